@@ -1,0 +1,330 @@
+"""One (backend, recipe, seed) run, the same for every backend.
+
+``run(config)`` is what the child process of ``bench run`` executes: prepare
+the common split, resolve the weights (pretraining the backbone on the
+``shapes`` domain when ``--weights source`` has no cached checkpoint), then
+for each phase ask the backend to express it natively and drive the epochs:
+learning rate from ``common.schedule``, validation metrics from
+``common.metrics``, best-on-val and last checkpoints in the backend's native
+format, a ``state.json`` that ``--resume`` continues from. Backends are reached
+only through the registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from backends.base import Backend, BackendError, WeightsRequest, get_backend
+from common import synthetic
+from common.config import Phase, RunConfig, validate_run
+from common.data import DataError, Split, load_dataset, split_dataset
+from common.linear import fit_logistic, predict_logistic
+from common.metrics import classification_metrics
+from common.models import get_model
+from common.results import base_result, write_json_atomic
+from common.schedule import learning_rate_at
+from common.timing import peak_rss_bytes
+
+STATE_FILE = "state.json"
+
+
+def default_image_size(config: RunConfig) -> int:
+    """``--image-size`` or, by default, the model's minimum for synthetic data
+    (CPU-sized) and the model's native size for user data."""
+    spec = get_model(config.model.name)
+    if config.data.image_size:
+        return config.data.image_size
+    if config.data.source == "synthetic":
+        return max(spec.min_size, 64)
+    return spec.default_size
+
+
+def prepare_split(config: RunConfig) -> Split:
+    """The common split for ``config.data`` (generating the synthetic target if needed)."""
+    d = config.data
+    if d.source == "synthetic":
+        root = synthetic.generate(synthetic.DEFAULT_TARGET, progress=False)
+        ds = load_dataset(root)
+    else:
+        ds = load_dataset(d.source, d.class_map)
+    from common import verify  # local: keeps the import light for `bench list`
+
+    ds, skipped = verify.verified(ds, strict=d.strict)
+    split = split_dataset(ds, d.split_seed, d.val_fraction, d.test_fraction)
+    split.skipped = skipped
+    return split
+
+
+# --------------------------------------------------------------- source weights
+
+def source_cache_dir(config: RunConfig, image_size: int) -> Path:
+    p = config.pretrain
+    key = json.dumps({
+        "backend": config.backend, "model": config.model.name, "size": image_size,
+        "pretrain": dataclasses.asdict(p), "aux": config.model.aux_logits,
+        "domain": dataclasses.replace(synthetic.DEFAULT_SOURCE,
+                                      images_per_class=p.images_per_class).digest(),
+    }, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return synthetic.data_root() / "weights" / config.backend / f"{config.model.name}-{image_size}px-{digest}"
+
+
+def ensure_source_checkpoint(config: RunConfig, image_size: int, log) -> tuple[Path, dict]:
+    """The cached shapes-pretrained checkpoint for this backend/model/size (trained if missing)."""
+    cache = source_cache_dir(config, image_size)
+    meta_file = cache / "source.json"
+    if meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        meta["cached"] = True
+        return Path(meta["checkpoint"]), meta
+    p = config.pretrain
+    spec = dataclasses.replace(synthetic.DEFAULT_SOURCE, images_per_class=p.images_per_class)
+    root = synthetic.generate(spec, progress=False)
+    split = split_dataset(load_dataset(root), seed=0, val_fraction=0.1, test_fraction=0.1)
+    phase = Phase(name="pretrain", train="all", optimizer=p.optimizer, learning_rate=p.learning_rate,
+                  epochs=p.epochs, schedule="cosine", augment=True, bn="train")
+    pre_config = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, batch_size=p.batch_size, seed=0))
+    log(f"pretraining {config.model.name} on shapes ({len(split.train)} images, {p.epochs} epochs) "
+        f"-> {cache}")
+    t0 = time.perf_counter()
+    backend = get_backend(config.backend)(pre_config, cache / "train")
+    try:
+        backend.setup(split, image_size)
+        backend.build(get_model(config.model.name), split.num_classes, WeightsRequest("none"), 0)
+        backend.apply_phase(phase, 0)
+        for epoch in range(phase.epochs):
+            backend.set_learning_rate(learning_rate_at(phase, epoch))
+            stats = backend.fit_epoch(phase, epoch + 1)
+            log(f"  pretrain epoch {epoch + 1}/{phase.epochs}: loss {stats['loss']:.3f} "
+                f"train top1 {stats['top1']:.3f}")
+        val = classification_metrics(backend.predict("val"), _labels(split, "val"), split.classes)
+        cache.mkdir(parents=True, exist_ok=True)
+        ckpt = backend.save(cache / "source")
+    finally:
+        backend.close()
+    meta = {"checkpoint": str(ckpt), "classes": list(split.classes), "val_top1": val["top1"],
+            "seconds": time.perf_counter() - t0, "epochs": p.epochs, "split_digest": split.digest(),
+            "images": len(split.train)}
+    write_json_atomic(meta_file, meta)
+    log(f"  source model: val top1 {val['top1']:.3f} in {meta['seconds']:.0f}s")
+    meta["cached"] = False
+    return ckpt, meta
+
+
+def resolve_weights(config: RunConfig, split: Split, image_size: int, log) -> tuple[WeightsRequest, dict]:
+    """The WeightsRequest for this run and a record of where the weights came from."""
+    weights = config.model.weights
+    if config.recipe.init == "random" or weights == "none":
+        return WeightsRequest("none"), {"kind": "none"}
+    if weights == "imagenet":
+        return WeightsRequest("imagenet"), {"kind": "imagenet"}
+    if weights == "source":
+        ckpt, meta = ensure_source_checkpoint(config, image_size, log)
+        rows = {}
+        if config.train.reuse_head_rows:
+            src = {c: i for i, c in enumerate(meta["classes"])}
+            rows = {i: src[c] for i, c in enumerate(split.classes) if c in src}
+        return WeightsRequest("path", str(ckpt), rows), {"kind": "source", **meta,
+                                                        "reused_head_rows": rows}
+    path = Path(weights)
+    if not path.exists():
+        raise BackendError(f"weights file {weights!r} does not exist; pass --weights source, none, "
+                           f"imagenet or the path of a native checkpoint")
+    return WeightsRequest("path", str(path)), {"kind": "path", "path": str(path.resolve())}
+
+
+# --------------------------------------------------------------------- running
+
+def _labels(split: Split, subset: str) -> np.ndarray:
+    return np.asarray([s.label for s in split.subset(subset)], np.int64)
+
+
+def _evaluate(backend: Backend, split: Split, subset: str) -> dict:
+    return classification_metrics(backend.predict(subset), _labels(split, subset), split.classes)
+
+
+def _load_state(run_dir: Path) -> dict | None:
+    f = run_dir / STATE_FILE
+    if not f.is_file():
+        return None
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Path, log) -> dict:
+    """Run every phase with per-epoch validation, checkpoints and resume."""
+    recipe = config.recipe
+    state = _load_state(run_dir) or {"done": [], "curves": [], "best": None, "phases": []}
+    done = {tuple(x) for x in state["done"]}
+    ckpt_last, ckpt_best = run_dir / "checkpoints" / "last", run_dir / "checkpoints" / "best"
+    images_seen = state["curves"][-1]["images_seen"] if state["curves"] else 0
+    global_epoch = len(state["curves"])
+    for pi, phase in enumerate(recipe.phases):
+        if all((pi, e) in done for e in range(phase.epochs)):
+            continue
+        report = backend.apply_phase(phase, pi)
+        report.update(name=phase.name, train=phase.train, optimizer=phase.optimizer,
+                      learning_rate=phase.learning_rate, head_lr_multiplier=phase.head_lr_multiplier,
+                      epochs=phase.epochs, bn=phase.bn, augment=phase.augment)
+        state["phases"] = [p for p in state["phases"] if p.get("index") != pi] + [{"index": pi, **report}]
+        log(f"phase {pi + 1}/{len(recipe.phases)} '{phase.name}': {report['trainable_params']:,} of "
+            f"{report['total_params']:,} parameters trainable ({', '.join(report['trainable_blocks']) or 'head only'})")
+        if done:  # resuming: the last checkpoint holds the model and optimizer state
+            backend.restore(ckpt_last)
+            log(f"resumed from {ckpt_last} after {len(done)} epoch(s)")
+        for epoch in range(phase.epochs):
+            if (pi, epoch) in done:
+                continue
+            lr = learning_rate_at(phase, epoch)
+            backend.set_learning_rate(lr)
+            stats = backend.fit_epoch(phase, global_epoch + 1)
+            val = _evaluate(backend, split, "val")
+            global_epoch += 1
+            images_seen += stats["images"]
+            point = {"phase": pi, "phase_name": phase.name, "epoch": epoch + 1,
+                     "global_epoch": global_epoch, "images_seen": images_seen, "lr": lr,
+                     "train_loss": stats["loss"], "train_top1": stats["top1"],
+                     "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
+                     "seconds": stats["seconds"],
+                     "images_per_second": stats["images"] / max(stats["seconds"], 1e-9)}
+            state["curves"].append(point)
+            backend.log_scalars(global_epoch, {"val/top1": val["top1"], "val/loss": val["loss"],
+                                               "train/loss": stats["loss"], "train/top1": stats["top1"],
+                                               "lr": lr})
+            best = state["best"]
+            if best is None or (val["top1"], -val["loss"]) > (best["val_top1"], -best["val_loss"]):
+                backend.save(ckpt_best)
+                state["best"] = {"global_epoch": global_epoch, "val_top1": val["top1"],
+                                 "val_loss": val["loss"]}
+            backend.save(ckpt_last)
+            done.add((pi, epoch))
+            state["done"] = sorted(done)
+            write_json_atomic(run_dir / STATE_FILE, state)
+            log(f"  epoch {global_epoch} ({phase.name} {epoch + 1}/{phase.epochs}) lr {lr:.2e}: "
+                f"loss {stats['loss']:.3f} train {stats['top1']:.3f} val {val['top1']:.3f} "
+                f"({point['images_per_second']:.1f} img/s)")
+    backend.restore(ckpt_best)
+    return state
+
+
+def linear_probe(backend: Backend, config: RunConfig, split: Split, weights_info: dict,
+                 image_size: int, log) -> dict:
+    """Features computed once and cached on disk; a numpy logistic head on top."""
+    key = json.dumps({"backend": config.backend, "model": config.model.name, "size": image_size,
+                      "weights": {k: weights_info.get(k) for k in ("kind", "checkpoint", "path")},
+                      "split": split.digest()}, sort_keys=True)
+    cache = synthetic.data_root() / "features" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    t0 = time.perf_counter()
+    if cache.is_file():
+        feats = dict(np.load(cache))
+        log(f"linear probe: features from cache {cache}")
+        cached = True
+    else:
+        feats = {s: backend.extract_features(s) for s in ("train", "val", "test")}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
+        np.savez(tmp, **feats)
+        os.replace(tmp, cache)
+        cached = False
+    feature_seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    head = fit_logistic(feats["train"], _labels(split, "train"), split.num_classes,
+                        seed=config.train.seed)
+    fit_seconds = time.perf_counter() - t1
+    metrics = {s: classification_metrics(predict_logistic(head, feats[s]), _labels(split, s),
+                                         split.classes) for s in ("val", "test")}
+    phase = config.recipe.phases[0]
+    point = {"phase": 0, "phase_name": phase.name, "epoch": 1, "global_epoch": 1,
+             "images_seen": len(split.train), "lr": None, "train_loss": None, "train_top1": None,
+             "val_loss": metrics["val"]["loss"], "val_top1": metrics["val"]["top1"],
+             "val_top5": metrics["val"]["top5"], "seconds": feature_seconds + fit_seconds,
+             "images_per_second": None}
+    return {"metrics": metrics, "curves": [point], "feature_cache": str(cache), "cached": cached,
+            "feature_seconds": feature_seconds, "fit_seconds": fit_seconds,
+            "phases": [{"index": 0, "name": phase.name, "train": "linear", "trainable_blocks": [],
+                        "trainable_params": int(head["W"].size + head["b"].size),
+                        "total_params": None, "trainable_tensors": 2,
+                        "native": {"features": "backend.extract_features (cached .npz)",
+                                   "head": "common.linear.fit_logistic (numpy)"}}]}
+
+
+def run(config: RunConfig, log=print) -> dict:
+    """Run ``config`` end to end and return its result (also written to result.json)."""
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result = base_result(config.backend, config.recipe.name, config.train.seed,
+                         config.model.name, config.to_dict())
+    t_start = time.perf_counter()
+    backend = None
+    try:
+        validate_run(config)
+        image_size = default_image_size(config)
+        split = prepare_split(config)
+        split.write(run_dir / "split.json")
+        result["data"] = {"source": config.data.source, "root": split.root,
+                          "split_digest": split.digest(), "classes": list(split.classes),
+                          "num_classes": split.num_classes, "image_size": image_size,
+                          "counts": split.counts(), "skipped_files": len(split.skipped),
+                          "skipped": [list(x) for x in split.skipped[:50]]}
+        if split.skipped:
+            log(f"skipped {len(split.skipped)} unreadable file(s); see split.json")
+        t_pre = time.perf_counter()
+        request, weights_info = resolve_weights(config, split, image_size, log)
+        pretrain_seconds = time.perf_counter() - t_pre
+        result["weights"] = weights_info
+        backend = get_backend(config.backend)(config, run_dir)
+        result["versions"].update(backend.frameworks())
+        result["device"] = backend.device()
+        backend.setup(split, image_size)
+        spec = get_model(config.model.name)
+        backend.build(spec, split.num_classes, request, config.recipe.head_hidden_units)
+        summary = backend.model_summary()
+        if summary:
+            (run_dir / "model_summary.txt").write_text(summary, encoding="utf-8")
+        t_train = time.perf_counter()
+        if config.recipe.is_linear_probe:
+            probe = linear_probe(backend, config, split, weights_info, image_size, log)
+            result.update(curves=probe["curves"], phases=probe["phases"], val=probe["metrics"]["val"],
+                          test=probe["metrics"]["test"],
+                          best={"global_epoch": 1, "val_top1": probe["metrics"]["val"]["top1"]},
+                          linear_probe={k: probe[k] for k in ("feature_cache", "cached",
+                                                              "feature_seconds", "fit_seconds")})
+        else:
+            state = train_phases(backend, config, split, run_dir, log)
+            result.update(curves=state["curves"], best=state["best"],
+                          phases=sorted(state["phases"], key=lambda p: p["index"]),
+                          val=_evaluate(backend, split, "val"), test=_evaluate(backend, split, "test"))
+        train_seconds = time.perf_counter() - t_train
+        t_tp = time.perf_counter()
+        result["throughput"] = backend.throughput(
+            config.train.batch_size, config.train.precision, config.train.throughput_steps, warmup=2)
+        epochs = [c for c in result["curves"] if c.get("images_per_second")]
+        if epochs:
+            result["throughput"]["end_to_end_train_images_per_second"] = epochs[-1]["images_per_second"]
+        result["times"] = {"total_seconds": time.perf_counter() - t_start,
+                           "pretrain_seconds": pretrain_seconds, "train_seconds": train_seconds,
+                           "throughput_seconds": time.perf_counter() - t_tp}
+        result["peak_rss_bytes"] = peak_rss_bytes()
+        result["status"] = "ok"
+        log(f"test top1 {result['test']['top1']:.3f} top5 {result['test']['top5']:.3f}")
+    except Exception as err:  # bad input or a framework crash: recorded, the sweep goes on
+        result["error"] = (f"{err}" if isinstance(err, (DataError, BackendError)) else
+                           f"{type(err).__name__}: {err}").splitlines()[0]
+        result["traceback"] = traceback.format_exc()
+    finally:
+        if backend is not None:
+            backend.close()
+    result.setdefault("times", {"total_seconds": time.perf_counter() - t_start})
+    write_json_atomic(run_dir / "result.json", result)
+    return result

@@ -1,0 +1,352 @@
+"""Typed run configuration: data, model, recipe (a list of phases), training, output.
+
+A recipe is a TOML file (``benchmarks/recipes/*.toml``)::
+
+    name = "two_phase"
+    description = "..."
+    init = "pretrained"          # or "random" (the scratch control)
+    head_hidden_units = 1024     # 0: a single linear layer as the new head
+
+    [[phase]]
+    name = "head"
+    train = "head"               # head | top | blocks | all | linear
+    optimizer = "rmsprop"
+    learning_rate = 1e-3
+    epochs = 3
+
+Every value is validated; a bad one raises ``ConfigError`` whose message is one
+line naming the key, the value and what is allowed.
+
+Optimizers mean the same in every backend (hyperparameters are explicit, so
+no framework default leaks in):
+
+* ``sgd``: SGD with ``momentum`` (default 0: plain SGD);
+* ``momentum``: SGD with ``momentum`` (default 0.9; slim's name for it);
+* ``rmsprop``: decay ``rmsprop_rho`` (0.9), ``momentum`` (0), ``epsilon`` (1e-7);
+* ``adam`` / ``adamw``: betas 0.9/0.999, ``epsilon``; ``adamw`` decouples
+  ``weight_decay``, the others add it as an L2 penalty.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.models import MODELS
+
+TRAIN_MODES = ("head", "top", "blocks", "all", "linear")
+OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam", "adamw")
+SCHEDULES = ("fixed", "exponential", "cosine")
+BN_MODES = ("frozen", "train")
+INITS = ("pretrained", "random")
+BACKENDS = ("pytorch", "keras", "slim")
+PRECISIONS = ("fp32", "bf16")
+
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "recipes"
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; ``str(err)`` is one line for the user."""
+
+
+def _fail(where: str, key: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"{where}: {key} = {value!r} is invalid; {allowed}")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One training phase: what trains, with which optimizer and schedule."""
+
+    name: str = "train"
+    train: str = "head"
+    top_blocks: int = 0
+    blocks: tuple[str, ...] = ()
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    head_lr_multiplier: float = 1.0
+    momentum: float | None = None
+    rmsprop_rho: float = 0.9
+    epsilon: float = 1e-7
+    weight_decay: float = 0.0
+    schedule: str = "fixed"
+    warmup_epochs: int = 0
+    decay_rate: float = 0.94
+    epochs: int = 1
+    bn: str = "frozen"
+    augment: bool = True
+    label_smoothing: float = 0.0
+
+    @property
+    def effective_momentum(self) -> float:
+        """``momentum`` or its default: 0.9 for ``momentum``, 0 for ``sgd``/``rmsprop``."""
+        if self.momentum is not None:
+            return self.momentum
+        return 0.9 if self.optimizer == "momentum" else 0.0
+
+    def trainable_blocks(self, model) -> tuple[str, ...]:
+        """Canonical backbone blocks this phase trains (the head always trains)."""
+        if self.train == "all":
+            return model.blocks
+        if self.train == "top":
+            return model.top_blocks(self.top_blocks)
+        if self.train == "blocks":
+            return tuple(b for b in model.blocks if b in self.blocks)
+        return ()
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    phases: tuple[Phase, ...]
+    description: str = ""
+    init: str = "pretrained"
+    head_hidden_units: int = 0
+    source: str = ""
+
+    @property
+    def is_linear_probe(self) -> bool:
+        return any(p.train == "linear" for p in self.phases)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "synthetic"      # "synthetic" or a path (folder or meta file)
+    class_map: str | None = None   # class-map JSON for a meta file
+    image_size: int | None = None  # None: the model table's default for synthetic
+    val_fraction: float = 0.2
+    test_fraction: float = 0.3
+    split_seed: int = 0
+    num_workers: int = 0
+    strict: bool = False
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "inception_v3"
+    weights: str = "source"        # source | none | imagenet | PATH
+    aux_logits: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    batch_size: int = 16
+    precision: str = "fp32"
+    throughput_steps: int = 5
+    reuse_head_rows: bool = False
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """How ``--weights source`` pretrains a backbone on the ``shapes`` domain."""
+
+    epochs: int = 4
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    images_per_class: int = 120
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    backend: str
+    recipe: Recipe
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    run_dir: str = "results/run"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        recipe = d["recipe"]
+        return cls(
+            backend=d["backend"],
+            recipe=Recipe(
+                **{**recipe, "phases": tuple(
+                    Phase(**{**p, "blocks": tuple(p.get("blocks", ()))}) for p in recipe["phases"]
+                )}
+            ),
+            data=DataConfig(**d["data"]),
+            model=ModelConfig(**d["model"]),
+            train=TrainConfig(**d["train"]),
+            pretrain=PretrainConfig(**d["pretrain"]),
+            run_dir=d["run_dir"],
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+# ---------------------------------------------------------------- validation
+
+_PHASE_TYPES = {f.name: f.type for f in dataclasses.fields(Phase)}
+
+
+def _check_type(where: str, key: str, value: Any, kind: type) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is tuple:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            _fail(where, key, value, "expected a list of block names")
+        return tuple(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        _fail(where, key, value, f"expected {kind.__name__}")
+    return value
+
+
+def _choice(where: str, key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        _fail(where, key, value, f"allowed: {', '.join(allowed)}")
+
+
+def parse_phase(raw: dict, where: str) -> Phase:
+    types = {"name": str, "train": str, "top_blocks": int, "blocks": tuple, "optimizer": str,
+             "learning_rate": float, "head_lr_multiplier": float, "momentum": float,
+             "rmsprop_rho": float, "epsilon": float,
+             "weight_decay": float, "schedule": str, "warmup_epochs": int, "decay_rate": float,
+             "epochs": int, "bn": str, "augment": bool, "label_smoothing": float}
+    assert set(types) == set(_PHASE_TYPES), "keep parse_phase in step with Phase"
+    values = {}
+    for key, value in raw.items():
+        if key not in types:
+            raise ConfigError(
+                f"{where}: unknown key {key!r}; allowed keys: {', '.join(sorted(types))}"
+            )
+        values[key] = _check_type(where, key, value, types[key])
+    phase = Phase(**values)
+    _choice(where, "train", phase.train, TRAIN_MODES)
+    _choice(where, "optimizer", phase.optimizer, OPTIMIZERS)
+    _choice(where, "schedule", phase.schedule, SCHEDULES)
+    _choice(where, "bn", phase.bn, BN_MODES)
+    if phase.learning_rate <= 0:
+        _fail(where, "learning_rate", phase.learning_rate, "must be > 0")
+    if phase.head_lr_multiplier <= 0:
+        _fail(where, "head_lr_multiplier", phase.head_lr_multiplier, "must be > 0")
+    if phase.epochs < 1:
+        _fail(where, "epochs", phase.epochs, "must be >= 1")
+    if phase.momentum is not None and not 0 <= phase.momentum < 1:
+        _fail(where, "momentum", phase.momentum, "must be in [0, 1)")
+    if not 0 < phase.rmsprop_rho < 1:
+        _fail(where, "rmsprop_rho", phase.rmsprop_rho, "must be in (0, 1)")
+    if phase.epsilon <= 0:
+        _fail(where, "epsilon", phase.epsilon, "must be > 0")
+    if phase.weight_decay < 0:
+        _fail(where, "weight_decay", phase.weight_decay, "must be >= 0")
+    if not 0 <= phase.label_smoothing < 1:
+        _fail(where, "label_smoothing", phase.label_smoothing, "must be in [0, 1)")
+    if not 0 < phase.decay_rate <= 1:
+        _fail(where, "decay_rate", phase.decay_rate, "must be in (0, 1]")
+    if not 0 <= phase.warmup_epochs < phase.epochs:
+        _fail(where, "warmup_epochs", phase.warmup_epochs, f"must be in [0, epochs={phase.epochs})")
+    if phase.train == "top" and phase.top_blocks < 1:
+        _fail(where, "top_blocks", phase.top_blocks, 'must be >= 1 when train = "top"')
+    if phase.train == "blocks" and not phase.blocks:
+        _fail(where, "blocks", phase.blocks, 'name at least one block when train = "blocks"')
+    return phase
+
+
+def parse_recipe(raw: dict, source: str = "<recipe>") -> Recipe:
+    allowed = {"name", "description", "init", "head_hidden_units", "phase"}
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(
+                f"{source}: unknown key {key!r}; allowed keys: {', '.join(sorted(allowed))}"
+            )
+    if "name" not in raw:
+        raise ConfigError(f"{source}: missing key 'name'")
+    phases_raw = raw.get("phase")
+    if not isinstance(phases_raw, list) or not phases_raw:
+        raise ConfigError(f"{source}: needs at least one [[phase]] table")
+    phases = tuple(
+        parse_phase(p, f"{source} phase {i + 1}") for i, p in enumerate(phases_raw)
+    )
+    init = raw.get("init", "pretrained")
+    _choice(source, "init", init, INITS)
+    hidden = _check_type(source, "head_hidden_units", raw.get("head_hidden_units", 0), int)
+    if hidden < 0:
+        _fail(source, "head_hidden_units", hidden, "must be >= 0")
+    if any(p.train == "linear" for p in phases) and len(phases) != 1:
+        raise ConfigError(f"{source}: a train = \"linear\" phase must be the only phase")
+    return Recipe(
+        name=_check_type(source, "name", raw["name"], str),
+        description=raw.get("description", ""),
+        phases=phases,
+        init=init,
+        head_hidden_units=hidden,
+        source=source,
+    )
+
+
+def available_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """A recipe by name (``benchmarks/recipes/NAME.toml``) or by path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = RECIPE_DIR / f"{name_or_path}.toml"
+        if not path.is_file():
+            raise ConfigError(
+                f"unknown recipe {name_or_path!r}; choose one of: "
+                f"{', '.join(available_recipes())} or give a path to a .toml file"
+            )
+    elif not path.is_file():
+        raise ConfigError(f"recipe file {str(path)!r} does not exist")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    return parse_recipe(raw, source=str(path.name if path.parent == RECIPE_DIR else path))
+
+
+def override_epochs(recipe: Recipe, epochs: int) -> Recipe:
+    """The recipe with every phase set to ``epochs`` (the ``--epochs`` flag)."""
+    if epochs < 1:
+        _fail("--epochs", "epochs", epochs, "must be >= 1")
+    phases = tuple(
+        dataclasses.replace(p, epochs=epochs, warmup_epochs=min(p.warmup_epochs, epochs - 1))
+        for p in recipe.phases
+    )
+    return dataclasses.replace(recipe, phases=phases)
+
+
+def validate_run(config: RunConfig) -> None:
+    """Cross-field checks that need the model table."""
+    _choice("run", "backend", config.backend, BACKENDS)
+    _choice("run", "precision", config.train.precision, PRECISIONS)
+    if config.model.name not in MODELS:
+        _fail("run", "model", config.model.name, f"allowed: {', '.join(sorted(MODELS))}")
+    spec = MODELS[config.model.name]
+    if not spec.supports(config.backend):
+        _fail("run", "model", config.model.name,
+              f"the {config.backend} backend supports: "
+              f"{', '.join(m for m, s in MODELS.items() if s.supports(config.backend))}")
+    size = config.data.image_size
+    if size is not None and size < spec.min_size:
+        _fail("run", "image_size", size, f"{spec.name} needs at least {spec.min_size} px")
+    if config.train.batch_size < 1:
+        _fail("run", "batch_size", config.train.batch_size, "must be >= 1")
+    for i, phase in enumerate(config.recipe.phases):
+        unknown = [b for b in phase.blocks if b not in spec.blocks]
+        if unknown:
+            _fail(f"{config.recipe.source} phase {i + 1}", "blocks", list(phase.blocks),
+                  f"{spec.name} blocks are: {', '.join(spec.blocks)}")
+        if phase.train == "top" and phase.top_blocks > len(spec.blocks):
+            _fail(f"{config.recipe.source} phase {i + 1}", "top_blocks", phase.top_blocks,
+                  f"{spec.name} has {len(spec.blocks)} blocks")
+    for frac_key in ("val_fraction", "test_fraction"):
+        v = getattr(config.data, frac_key)
+        if not 0 < v < 1:
+            _fail("data", frac_key, v, "must be in (0, 1)")
+    if config.data.val_fraction + config.data.test_fraction >= 0.9:
+        _fail("data", "val_fraction + test_fraction",
+              config.data.val_fraction + config.data.test_fraction, "must be < 0.9")

@@ -1,0 +1,278 @@
+"""Datasets, deterministic splits and image decoding shared by every backend.
+
+Two input formats:
+
+* an ImageFolder root: ``ROOT/<class>/<image>``, or ``ROOT/{train,val,test}/<class>/``
+  when the user already split the data;
+* a meta file of ``label|path`` lines plus a class-map JSON
+  ``{"id2cls": {...}, "cls2id": {...}}`` (the Stanford40 seed's format).
+
+``split_dataset`` makes the stratified train/val/test split from a seed; the
+split (and its hash, recorded in every result) is identical for every backend
+because it is computed here, before any framework is imported.
+
+``load_image`` is the single decoder: PIL, EXIF orientation applied, every
+mode converted to RGB (alpha composited on white), resized to a square.
+Backends call it from their native pipelines and do the rest natively.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+SPLIT_NAMES = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """Unusable dataset input; ``str(err)`` is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str
+    label: int
+
+
+@dataclass
+class Dataset:
+    classes: tuple[str, ...]
+    samples: list[Sample]
+    root: str
+    # pre-made split from train/val/test subfolders, else None
+    presplit: dict[str, list[Sample]] | None = None
+
+
+@dataclass
+class Split:
+    classes: tuple[str, ...]
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample]
+    root: str = ""
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def subset(self, name: str) -> list[Sample]:
+        if name not in SPLIT_NAMES:
+            raise ValueError(f"unknown subset {name!r}; choose one of {SPLIT_NAMES}")
+        return getattr(self, name)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def digest(self) -> str:
+        """Hash of the classes and of every (subset, relative path, label)."""
+        h = hashlib.sha256()
+        h.update(json.dumps(self.classes).encode())
+        for name in SPLIT_NAMES:
+            for s in self.subset(name):
+                rel = _relative(s.path, self.root)
+                h.update(f"{name}|{rel}|{s.label}\n".encode())
+        return h.hexdigest()[:16]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return {name: {self.classes[k]: v for k, v in sorted(Counter(s.label for s in self.subset(name)).items())}
+                for name in SPLIT_NAMES}
+
+    def to_dict(self) -> dict:
+        return {
+            "root": self.root,
+            "classes": list(self.classes),
+            "digest": self.digest(),
+            **{name: [[_relative(s.path, self.root), s.label] for s in self.subset(name)]
+               for name in SPLIT_NAMES},
+            "skipped": [list(x) for x in self.skipped],
+        }
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+
+
+def _relative(path: str, root: str) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
+
+
+def _is_image_file(p: Path) -> bool:
+    return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")),
+                  key=lambda d: d.name)
+
+
+def _folder_samples(root: Path, classes: list[str]) -> list[Sample]:
+    samples = []
+    for idx, cls in enumerate(classes):
+        d = root / cls
+        if not d.is_dir():
+            continue
+        for f in sorted(d.rglob("*")):
+            if _is_image_file(f) and not any(part.startswith(".") for part in f.relative_to(d).parts):
+                samples.append(Sample(str(f), idx))
+    return samples
+
+
+def load_image_folder(root: str | Path) -> Dataset:
+    """An ImageFolder dataset, with or without train/val/test subfolders."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"data path {str(root)!r} does not exist; pass --data synthetic or an "
+                        f"image folder with one subfolder per class")
+    if not root.is_dir():
+        raise DataError(f"data path {str(root)!r} is a file, not a folder; pass a folder with one "
+                        f"subfolder per class, or a label|path meta file with --class-map")
+    root = root.resolve()
+    subdirs = {d.name for d in _class_dirs(root)}
+    if {"train", "test"} <= subdirs:
+        parts = {name: root / name for name in SPLIT_NAMES if (root / name).is_dir()}
+        classes = sorted({d.name for p in parts.values() for d in _class_dirs(p)})
+        presplit = {name: _folder_samples(p, classes) for name, p in parts.items()}
+        samples = [s for v in presplit.values() for s in v]
+        ds = Dataset(tuple(classes), samples, str(root), presplit)
+    else:
+        classes = sorted(subdirs)
+        ds = Dataset(tuple(classes), _folder_samples(root, classes), str(root))
+    if not ds.classes:
+        raise DataError(f"data path {str(root)!r} has no class subfolders; expected "
+                        f"{root}/<class>/<image files>")
+    return ds
+
+
+def load_meta_file(meta: str | Path, class_map: str | Path) -> Dataset:
+    """A dataset from ``label|path`` lines and a ``{id2cls, cls2id}`` class map."""
+    meta, class_map = Path(meta), Path(class_map)
+    for p, what in ((meta, "meta file"), (class_map, "class map")):
+        if not p.is_file():
+            raise DataError(f"{what} {str(p)!r} does not exist")
+    try:
+        cmap = json.loads(class_map.read_text(encoding="utf-8"))
+        id2cls = {int(k): v for k, v in cmap["id2cls"].items()}
+    except (json.JSONDecodeError, KeyError, ValueError, AttributeError) as err:
+        raise DataError(f"class map {str(class_map)!r} must be JSON with an 'id2cls' object "
+                        f"mapping integer ids to names ({type(err).__name__}: {err})") from None
+    if sorted(id2cls) != list(range(len(id2cls))):
+        raise DataError(f"class map {str(class_map)!r}: ids must be 0..{len(id2cls) - 1}")
+    classes = tuple(id2cls[i] for i in range(len(id2cls)))
+    cls2id = {c: i for i, c in enumerate(classes)}
+    samples = []
+    base = meta.parent.resolve()
+    for lineno, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if "|" not in line:
+            raise DataError(f"{meta}:{lineno}: expected 'label|path', got {line.strip()!r}")
+        label, path = (x.strip() for x in line.split("|", 1))
+        if label in cls2id:
+            idx = cls2id[label]
+        elif label.isdigit() and int(label) in id2cls:
+            idx = int(label)
+        else:
+            raise DataError(f"{meta}:{lineno}: label {label!r} is not in the class map "
+                            f"{str(class_map)!r}")
+        p = Path(path)
+        samples.append(Sample(str(p if p.is_absolute() else base / p), idx))
+    return Dataset(classes, samples, str(base))
+
+
+def load_dataset(source: str | Path, class_map: str | Path | None = None) -> Dataset:
+    source = Path(source)
+    if source.is_file() and class_map is not None:
+        return load_meta_file(source, class_map)
+    if source.is_file() and source.suffix.lower() in {".txt", ".csv", ".meta", ".lst"}:
+        raise DataError(f"{str(source)!r} looks like a label|path meta file; pass its class map "
+                        f"with --class-map CLASS_MAP.json")
+    return load_image_folder(source)
+
+
+def split_dataset(ds: Dataset, seed: int, val_fraction: float = 0.2,
+                  test_fraction: float = 0.3) -> Split:
+    """Stratified train/val/test split, the same for every backend.
+
+    Per class, files are sorted, shuffled with ``random.Random(f"{seed}:{class}")``
+    and cut so that val and test each get at least one image. Pre-split folders
+    are kept; a missing ``val`` is cut from ``train``.
+    """
+    counts = Counter(s.label for s in ds.samples)
+    for idx, cls in enumerate(ds.classes):
+        if counts.get(idx, 0) == 0:
+            raise DataError(f"class {cls!r} in {ds.root!r} has no images; add images or remove "
+                            f"the folder")
+    if len(ds.classes) < 2:
+        raise DataError(f"{ds.root!r} has {len(ds.classes)} class; a classifier needs at least 2 "
+                        f"class subfolders")
+
+    def cut(samples: list[Sample], fractions: tuple[float, ...], names: tuple[str, ...]):
+        out = {n: [] for n in ("train", *names)}
+        for idx, cls in enumerate(ds.classes):
+            items = sorted((s for s in samples if s.label == idx), key=lambda s: s.path)
+            need = 1 + len(names)
+            if len(items) < need:
+                raise DataError(
+                    f"class {cls!r} has {len(items)} image(s); a train/{'/'.join(names)} split "
+                    f"needs at least {need} per class"
+                )
+            random.Random(f"{seed}:{cls}").shuffle(items)
+            start = 0
+            for name, frac in zip(names, fractions):
+                n = max(1, round(len(items) * frac))
+                n = min(n, len(items) - start - (need - 1 - names.index(name)))
+                out[name].extend(items[start:start + n])
+                start += n
+            out["train"].extend(items[start:])
+        return out
+
+    if ds.presplit is not None:
+        parts = dict(ds.presplit)
+        if "val" not in parts or not parts["val"]:
+            parts.update(cut(parts.get("train", []), (val_fraction,), ("val",)))
+        return Split(ds.classes, parts["train"], parts["val"], parts.get("test", []), ds.root)
+    parts = cut(ds.samples, (val_fraction, test_fraction), ("val", "test"))
+    return Split(ds.classes, parts["train"], parts["val"], parts["test"], ds.root)
+
+
+# ------------------------------------------------------------------ decoding
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB: EXIF orientation applied, alpha on white."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(path: str | Path, size: int) -> np.ndarray:
+    """The image at ``path`` as uint8 RGB ``[size, size, 3]`` (bilinear resize)."""
+    with Image.open(path) as img:
+        img.draft("RGB", (size, size))  # fast JPEG downscale where possible
+        rgb = to_rgb(img)
+        if rgb.size != (size, size):
+            rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(rgb, dtype=np.uint8)
+
+
+def load_batch(samples: list[Sample], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``[N, size, size, 3]`` uint8 and labels ``[N]`` int64."""
+    images = np.stack([load_image(s.path, size) for s in samples]) if samples else \
+        np.zeros((0, size, size, 3), np.uint8)
+    return images, np.asarray([s.label for s in samples], np.int64)

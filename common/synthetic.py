@@ -1,0 +1,233 @@
+"""The embedded default dataset: two synthetic domains, generated offline.
+
+``shapes`` (the source domain) has many labelled images of ten geometric shape
+classes on light, cluttered backgrounds. ``quads`` (the target domain) has a
+few labelled images of five kinds of quadrilateral under a shifted palette
+(dark, striped backgrounds, saturated fills). ``square`` is in both, so the
+reuse of a source classifier row for a shared label can be shown.
+
+Generation is deterministic: every image is drawn from its own generator
+seeded by ``(seed, class index, image index)``, so the same parameters give
+byte-identical PNG files. A domain is written as an ImageFolder under
+``data/synthetic/<domain>-<hash of the parameters>/`` and reused when that
+folder is complete; user data goes through exactly the same loading code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+SHAPES_CLASSES = ("arrow", "circle", "cross", "ellipse", "hexagon",
+                  "pentagon", "ring", "square", "star", "triangle")
+QUADS_CLASSES = ("kite", "parallelogram", "rectangle", "square", "trapezoid")
+DOMAINS = {"shapes": SHAPES_CLASSES, "quads": QUADS_CLASSES}
+GENERATOR_VERSION = 1
+_COMPLETE = ".complete"
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    domain: str
+    images_per_class: int
+    image_size: int = 96
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.domain not in DOMAINS:
+            raise ValueError(f"unknown synthetic domain {self.domain!r}; choose one of: "
+                             f"{', '.join(DOMAINS)}")
+        if self.images_per_class < 1:
+            raise ValueError(f"images_per_class = {self.images_per_class} must be >= 1")
+        if self.image_size < 16:
+            raise ValueError(f"image_size = {self.image_size} must be >= 16")
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return DOMAINS[self.domain]
+
+    def digest(self) -> str:
+        payload = json.dumps({**asdict(self), "version": GENERATOR_VERSION}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+# Defaults of the embedded benchmark: a large source, a small target.
+DEFAULT_SOURCE = SyntheticSpec("shapes", images_per_class=120)
+DEFAULT_TARGET = SyntheticSpec("quads", images_per_class=40)
+
+
+def data_root() -> Path:
+    """Where generated data and caches live: ``$TRANSFER_BENCH_DATA`` or ``./data``."""
+    return Path(os.environ.get("TRANSFER_BENCH_DATA", "data")).resolve()
+
+
+# ------------------------------------------------------------------ geometry
+
+def _regular(n: int, r: float, phase: float = 0.0) -> list[tuple[float, float]]:
+    return [(r * math.cos(phase + 2 * math.pi * k / n), r * math.sin(phase + 2 * math.pi * k / n))
+            for k in range(n)]
+
+
+def _star(r: float) -> list[tuple[float, float]]:
+    pts = []
+    for k in range(10):
+        rad = r if k % 2 == 0 else r * 0.45
+        a = -math.pi / 2 + math.pi * k / 5
+        pts.append((rad * math.cos(a), rad * math.sin(a)))
+    return pts
+
+
+def _cross(r: float) -> list[tuple[float, float]]:
+    w = r * 0.35
+    return [(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r),
+            (-w, w), (-r, w), (-r, -w), (-w, -w)]
+
+
+def _arrow(r: float) -> list[tuple[float, float]]:
+    return [(-r, -0.25 * r), (0.2 * r, -0.25 * r), (0.2 * r, -0.7 * r), (r, 0),
+            (0.2 * r, 0.7 * r), (0.2 * r, 0.25 * r), (-r, 0.25 * r)]
+
+
+def _quad(kind: str, r: float, rng: np.random.Generator) -> list[tuple[float, float]]:
+    if kind == "square":
+        return [(-r, -r), (r, -r), (r, r), (-r, r)]
+    if kind == "rectangle":
+        aspect = rng.uniform(1.7, 2.4)
+        w, h = r, r / aspect
+        return [(-w, -h), (w, -h), (w, h), (-w, h)]
+    if kind == "parallelogram":
+        h, s = r * 0.55, r * rng.uniform(0.45, 0.7)
+        w = r - s / 2
+        return [(-w - s / 2, h), (w - s / 2, h), (w + s / 2, -h), (-w + s / 2, -h)]
+    if kind == "trapezoid":
+        top = r * rng.uniform(0.3, 0.55)
+        h = r * 0.7
+        return [(-r, h), (r, h), (top, -h), (-top, -h)]
+    if kind == "kite":
+        return [(0, -r), (r * 0.6, -r * 0.35), (0, r), (-r * 0.6, -r * 0.35)]
+    raise ValueError(kind)
+
+
+def _rotate(pts, angle: float, cx: float, cy: float):
+    c, s = math.cos(angle), math.sin(angle)
+    return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]
+
+
+# ------------------------------------------------------------------ drawing
+
+def _background(domain: str, size: int, rng: np.random.Generator) -> Image.Image:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    if domain == "shapes":
+        # light two-colour gradient with soft noise
+        c0 = rng.uniform(170, 255, 3)
+        c1 = rng.uniform(150, 255, 3)
+        t = (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1))[..., None]
+        t = (t - t.min()) / (np.ptp(t) + 1e-6)
+        img = c0 * (1 - t) + c1 * t + rng.normal(0, 8, (size, size, 3))
+    else:
+        # shifted palette: dark, bluish, striped
+        c0 = rng.uniform([10, 20, 50], [60, 70, 120])
+        c1 = c0 + rng.uniform(15, 45, 3)
+        freq = rng.uniform(6, 14)
+        angle = rng.uniform(0, math.pi)
+        stripes = 0.5 + 0.5 * np.sin(2 * math.pi * freq * (xx * math.cos(angle) + yy * math.sin(angle)))
+        img = c0 * (1 - stripes[..., None]) + c1 * stripes[..., None] + rng.normal(0, 6, (size, size, 3))
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
+
+
+def _fill_colour(domain: str, rng: np.random.Generator) -> tuple[int, int, int]:
+    if domain == "shapes":
+        return tuple(int(v) for v in rng.uniform(0, 140, 3))  # dark on light
+    hue = rng.integers(0, 3)
+    base = rng.uniform(120, 200, 3)
+    base[hue] = rng.uniform(220, 255)
+    return tuple(int(v) for v in base)  # saturated on dark
+
+
+def draw_image(domain: str, label: str, size: int, rng: np.random.Generator) -> Image.Image:
+    """One image of class ``label`` in ``domain``, drawn at 2x and downsampled."""
+    big = size * 2
+    img = _background(domain, big, rng)
+    draw = ImageDraw.Draw(img)
+    if domain == "shapes":  # distractor strokes
+        for _ in range(int(rng.integers(1, 4))):
+            x0, y0, x1, y1 = (float(v) for v in rng.uniform(0, big, 4))
+            draw.line((x0, y0, x1, y1), fill=tuple(int(v) for v in rng.uniform(120, 200, 3)),
+                      width=int(rng.integers(1, 4)))
+    r = big * rng.uniform(0.22, 0.36)
+    cx, cy = (float(v) for v in rng.uniform(r * 1.05, big - r * 1.05, 2))
+    colour = _fill_colour(domain, rng)
+    if domain == "quads":
+        angle = rng.uniform(-0.25, 0.25)  # small tilt: a tilted square must stay a square
+        pts = _rotate(_quad(label, r, rng), angle, cx, cy)
+        draw.polygon(pts, fill=colour)
+    elif label in ("circle", "ellipse", "ring"):
+        ry = r if label != "ellipse" else r * rng.uniform(0.4, 0.6)
+        draw.ellipse((cx - r, cy - ry, cx + r, cy + ry), fill=colour)
+        if label == "ring":
+            inner = r * rng.uniform(0.45, 0.6)
+            bg = img.getpixel((int(cx), int(max(0, cy - r * 1.04))))
+            draw.ellipse((cx - inner, cy - inner, cx + inner, cy + inner), fill=bg)
+    else:
+        pts = {
+            "square": lambda: [(-r * 0.8, -r * 0.8), (r * 0.8, -r * 0.8), (r * 0.8, r * 0.8), (-r * 0.8, r * 0.8)],
+            "triangle": lambda: _regular(3, r, -math.pi / 2),
+            "pentagon": lambda: _regular(5, r, -math.pi / 2),
+            "hexagon": lambda: _regular(6, r),
+            "star": lambda: _star(r),
+            "cross": lambda: _cross(r),
+            "arrow": lambda: _arrow(r),
+        }[label]()
+        angle = rng.uniform(-0.3, 0.3) if label == "square" else rng.uniform(0, 2 * math.pi)
+        draw.polygon(_rotate(pts, angle, cx, cy), fill=colour)
+    img = img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 1.2))))
+    return img.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def generate(spec: SyntheticSpec, root: Path | None = None, progress: bool = True) -> Path:
+    """Write ``spec`` as an ImageFolder (cached by parameter hash); return its path."""
+    base = (root or data_root()) / "synthetic"
+    out = base / f"{spec.domain}-{spec.digest()}"
+    if (out / _COMPLETE).is_file():
+        return out
+    tmp = base / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    total = len(spec.classes) * spec.images_per_class
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=f"generating {spec.domain}", unit="img", leave=False)
+    for ci, label in enumerate(spec.classes):
+        (tmp / label).mkdir(parents=True, exist_ok=True)
+        for i in range(spec.images_per_class):
+            rng = np.random.default_rng([spec.seed, ci, i, GENERATOR_VERSION])
+            draw_image(spec.domain, label, spec.image_size, rng).save(
+                tmp / label / f"{label}_{i:04d}.png", optimize=False)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    (tmp / "params.json").write_text(json.dumps({**asdict(spec), "version": GENERATOR_VERSION},
+                                                indent=2, sort_keys=True))
+    (tmp / _COMPLETE).write_text("")
+    if out.exists():  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    return out
+
+
+def domain_stats(path: Path) -> dict:
+    """Classes and image counts of a generated domain (for ``bench data synthetic``)."""
+    counts = {d.name: sum(1 for _ in d.glob("*.png")) for d in sorted(path.iterdir()) if d.is_dir()}
+    return {"path": str(path), "classes": len(counts), "images": sum(counts.values()),
+            "per_class": counts}

@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny synthetic data made once per session, tiny run configs.
+
+Everything generated lives under a session temporary folder
+(``TRANSFER_BENCH_DATA``), never in the repository's ``data/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+from common import synthetic
+from common.config import DataConfig, ModelConfig, PretrainConfig, RunConfig, TrainConfig, load_recipe
+from backends.base import availability
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench-data")
+    old = os.environ.get("TRANSFER_BENCH_DATA")
+    os.environ["TRANSFER_BENCH_DATA"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("TRANSFER_BENCH_DATA", None)
+    else:
+        os.environ["TRANSFER_BENCH_DATA"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_quads(isolated_data_root) -> Path:
+    """5 quadrilateral classes x 6 images (train 3 / val 1 / test 2 per class)."""
+    return synthetic.generate(synthetic.SyntheticSpec("quads", 6, image_size=80, seed=1),
+                              root=isolated_data_root, progress=False)
+
+
+def tiny_config(backend: str, recipe: str, data: Path, run_dir: Path, *, model: str = "inception_v3",
+                weights: str = "none", image_size: int = 75, epochs: int = 1, batch_size: int = 4,
+                seed: int = 0, **train) -> RunConfig:
+    """A RunConfig small enough for a CPU test (1 epoch per phase, 75 px)."""
+    from common.config import override_epochs
+
+    r = override_epochs(load_recipe(recipe), epochs)
+    return RunConfig(
+        backend=backend,
+        recipe=r,
+        data=DataConfig(source=str(data), image_size=image_size, val_fraction=0.2, test_fraction=0.3),
+        model=ModelConfig(name=model, weights=weights),
+        train=TrainConfig(seed=seed, batch_size=batch_size, throughput_steps=2, **train),
+        pretrain=PretrainConfig(epochs=1, images_per_class=4, batch_size=8),
+        run_dir=str(run_dir),
+    )
+
+
+def require_backend(name: str) -> None:
+    reason = availability(name)
+    if reason:
+        pytest.skip(f"backend {name} unavailable: {reason}")
+
+
+__all__ = ["tiny_config", "require_backend", "dataclasses"]
