@@ -127,6 +127,15 @@ class Backend(abc.ABC):
     def restore(self, path: Path) -> None:
         """Restore everything saved by ``save`` (for resume and best-on-val)."""
 
+    @abc.abstractmethod
+    def trainable_names(self) -> list[str]:
+        """Native names of the tensors the current phase trains (keys as in ``snapshot``)."""
+
+    @abc.abstractmethod
+    def snapshot(self, block: str) -> dict[str, np.ndarray]:
+        """Copies of every tensor of canonical ``block`` (``"head"`` included), keyed by
+        native name: weights and non-trainable state such as BN moving statistics."""
+
     # -- reporting -------------------------------------------------------
     @abc.abstractmethod
     def throughput(self, batch_size: int, precision: str, steps: int, warmup: int) -> dict:

@@ -1,0 +1,114 @@
+"""The contract every backend honours, run once per backend (skipped with the
+reason when its framework is missing). Backend-specific behaviour lives in
+test_<backend>.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from backends.base import WeightsRequest, get_backend
+from benchmarks import driver
+from common.config import Phase, load_recipe
+from common.models import HEAD, get_model
+from common.results import validate_result
+from conftest import require_backend, tiny_config
+
+BACKENDS = ["pytorch", "keras", "slim"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_name(request):
+    require_backend(request.param)
+    return request.param
+
+
+def _built(backend_name, tiny_quads, tmp_path, recipe="two_phase", hidden=0):
+    config = tiny_config(backend_name, recipe, tiny_quads, tmp_path / "run")
+    split = driver.prepare_split(config)
+    b = get_backend(backend_name)(config, tmp_path / "run")
+    b.setup(split, 75)
+    b.build(get_model("inception_v3"), split.num_classes, WeightsRequest("none"), hidden)
+    return b, split
+
+
+def test_top2_phase_trains_exactly_mixed_7b_7c_and_head(backend_name, tiny_quads, tmp_path):
+    b, _ = _built(backend_name, tiny_quads, tmp_path)
+    try:
+        phase = load_recipe("two_phase").phases[1]
+        report = b.apply_phase(phase, 1)
+        assert tuple(report["trainable_blocks"]) == ("Mixed_7b", "Mixed_7c")
+        trainable = set(b.trainable_names())
+        in_blocks = {name: a.size for blk in ("Mixed_7b", "Mixed_7c", HEAD)
+                     for name, a in b.snapshot(blk).items()}
+        assert trainable <= set(in_blocks), sorted(trainable - set(in_blocks))[:5]
+        assert report["trainable_params"] == sum(in_blocks[n] for n in trainable)
+        assert report["trainable_tensors"] == len(trainable)
+        assert 0 < report["trainable_params"] < report["total_params"]
+    finally:
+        b.close()
+
+
+def test_head_phase_leaves_backbone_bit_identical(backend_name, tiny_quads, tmp_path):
+    b, _ = _built(backend_name, tiny_quads, tmp_path)
+    try:
+        phase = Phase(name="head", train="head", optimizer="adam", learning_rate=1e-2, epochs=1)
+        b.apply_phase(phase, 0)
+        spec = get_model("inception_v3")
+        before = {blk: b.snapshot(blk) for blk in (*spec.blocks, HEAD)}
+        b.set_learning_rate(1e-2)
+        stats = b.fit_epoch(phase, 1)
+        assert stats["images"] == 15 and np.isfinite(stats["loss"])
+        for blk in spec.blocks:
+            after = b.snapshot(blk)
+            assert after.keys() == before[blk].keys()
+            for name, arr in after.items():
+                np.testing.assert_array_equal(arr, before[blk][name], err_msg=f"{blk}: {name}")
+        changed = [n for n, a in b.snapshot(HEAD).items() if not np.array_equal(a, before[HEAD][n])]
+        assert changed, "the head did not train"
+    finally:
+        b.close()
+
+
+def test_save_restore_round_trip_gives_same_logits(backend_name, tiny_quads, tmp_path):
+    b, split = _built(backend_name, tiny_quads, tmp_path)
+    try:
+        b.apply_phase(load_recipe("two_phase").phases[0], 0)
+        logits = b.predict("test")
+        assert logits.shape == (len(split.test), split.num_classes)
+        path = b.save(tmp_path / "ckpt" / "model")
+        assert path.name.endswith(b.checkpoint_suffix)
+        b.set_learning_rate(0.05)
+        b.fit_epoch(load_recipe("two_phase").phases[0], 1)
+        assert not np.allclose(b.predict("test"), logits)
+        b.restore(tmp_path / "ckpt" / "model")
+        np.testing.assert_allclose(b.predict("test"), logits, rtol=1e-5, atol=1e-5)
+    finally:
+        b.close()
+
+
+def test_features_have_the_model_feature_dim(backend_name, tiny_quads, tmp_path):
+    b, split = _built(backend_name, tiny_quads, tmp_path)
+    try:
+        feats = b.extract_features("val")
+        assert feats.shape == (len(split.val), get_model("inception_v3").feature_dim)
+    finally:
+        b.close()
+
+
+def test_two_phase_run_writes_a_valid_result(backend_name, tiny_quads, tmp_path):
+    config = tiny_config(backend_name, "two_phase", tiny_quads, tmp_path / "run")
+    result = driver.run(config, log=lambda m: None)
+    assert result["status"] == "ok", result.get("traceback")
+    on_disk = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert validate_result(on_disk) == []
+    assert [p["name"] for p in on_disk["phases"]] == ["head", "top2"]
+    assert [c["global_epoch"] for c in on_disk["curves"]] == [1, 2]
+    assert on_disk["data"]["split_digest"] == driver.prepare_split(config).digest()
+    assert on_disk["throughput"]["train"]["images_per_second"] > 0
+    assert on_disk["throughput"]["infer"]["images_per_second"] > 0
+    assert len(on_disk["test"]["confusion"]) == 5
+    assert on_disk["versions"] and on_disk["device"]["kind"]
