@@ -23,11 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     config = RunConfig.from_dict(json.loads(Path(argv[0]).read_text()))
 
     def log(msg: str) -> None:
-        print(msg, flush=True)
+        print(f"| {msg}", flush=True)  # runner.PROGRESS_MARK: echoed to the terminal
 
     result = run(config, log=log)
     if result["status"] != "ok":
-        print(f"error: {result['error']}", file=sys.stderr, flush=True)
+        print(f"| error: {result['error']}", flush=True)
         return 1
     return 0
 

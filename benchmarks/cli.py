@@ -1,0 +1,368 @@
+"""``bench``: a thin command line over the library (torchvision references style).
+
+Each subcommand parses its flags and calls plain functions that the tests
+call directly. User errors (a bad recipe key, a missing data folder, an
+unknown backend) print one line ``bench: error: ...`` and exit 2; finished
+results are never touched by a failing command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from backends.base import BackendError, availability, backend_names, unknown_backend_message
+from common import synthetic
+from common.config import (ConfigError, DataConfig, ModelConfig, PRECISIONS, RunConfig,
+                           TrainConfig, available_recipes, load_recipe, override_epochs,
+                           validate_run)
+from common.data import DataError
+from common.models import MODELS
+from common.results import run_name
+
+DEFAULT_RECIPES = ("two_phase", "scratch")
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A user error reported as one line with exit code 2."""
+
+
+# ------------------------------------------------------------------ parsing
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: expected integers like 0,1,2") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("--seeds: give at least one seed, e.g. 0,1,2")
+    return seeds
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} must be >= 1")
+    return v
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bench",
+        description="Fine-tune pretrained image classifiers with PyTorch, Keras 3 and TF-Slim "
+                    "from one recipe and compare them.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="train and evaluate (backend x recipe x seed), then report")
+    run.add_argument("--backend", default="all",
+                     help="pytorch, keras, slim, all, or a comma list (default: all)")
+    run.add_argument("--recipe", nargs="+", default=list(DEFAULT_RECIPES), metavar="NAME|PATH",
+                     help=f"recipes by name or .toml path (default: {' '.join(DEFAULT_RECIPES)})")
+    run.add_argument("--model", default="inception_v3", help=f"one of: {', '.join(MODELS)}")
+    run.add_argument("--data", default="synthetic",
+                     help="'synthetic' (embedded default) or an image folder / label|path meta file")
+    run.add_argument("--class-map", help="class-map JSON {id2cls, cls2id} for a meta file")
+    run.add_argument("--weights", default="source",
+                     help="source (pretrain on synthetic shapes; cached), none, imagenet, or PATH")
+    run.add_argument("--epochs", type=_positive, help="override the epochs of every phase")
+    run.add_argument("--batch-size", type=_positive, default=16)
+    run.add_argument("--image-size", type=_positive,
+                     help="square input size (default: 64 or the model minimum for synthetic data, "
+                          "the model's native size otherwise)")
+    run.add_argument("--seeds", type=_seeds, default=[0], help="comma list, e.g. 0,1,2")
+    run.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    run.add_argument("--aux-logits", action="store_true",
+                     help="train InceptionV3's auxiliary head (PyTorch and slim; weight 0.4)")
+    run.add_argument("--reuse-head-rows", action="store_true",
+                     help="initialise head rows of classes shared with the source from its head")
+    run.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping")
+    run.add_argument("--out", type=Path, help="run directory (default: results/<timestamp>)")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                     help="finish the missing runs of an earlier sweep")
+    run.add_argument("--no-report", action="store_true", help="skip writing report.md/html")
+
+    sub.add_parser("list", help="backends (with availability), models, recipes")
+
+    data = sub.add_parser("data", help="dataset tools")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    syn = dsub.add_parser("synthetic", help="generate the synthetic domains and print stats")
+    syn.add_argument("--domain", choices=("shapes", "quads", "both"), default="both")
+    syn.add_argument("--images-per-class", type=_positive)
+    syn.add_argument("--seed", type=int, default=0)
+    ins = dsub.add_parser("inspect", help="classes, counts per split, modes, sizes, problems")
+    ins.add_argument("path", help="image folder or label|path meta file")
+    ins.add_argument("--class-map")
+    ins.add_argument("--seed", type=int, default=0)
+    tfr = dsub.add_parser("export-tfrecord", help="write the common split as slim TFRecords")
+    tfr.add_argument("--data", default="synthetic")
+    tfr.add_argument("--class-map")
+    tfr.add_argument("--out", type=Path, required=True)
+    tfr.add_argument("--image-size", type=_positive)
+
+    tp = sub.add_parser("throughput", help="model-step train/infer img/s (throughput protocol)")
+    tp.add_argument("--backend", default="pytorch")
+    tp.add_argument("--model", default="inception_v3")
+    tp.add_argument("--batch-size", type=_positive, default=32)
+    tp.add_argument("--image-size", type=_positive)
+    tp.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    tp.add_argument("--steps", type=_positive, default=10)
+    tp.add_argument("--warmup", type=int, default=2)
+    tp.add_argument("--out", type=Path, help="write the JSON result here")
+
+    rep = sub.add_parser("report", help="(re)build report.md/html and summary.csv from a run directory")
+    rep.add_argument("run_dir", type=Path)
+    cmp_ = sub.add_parser("compare", help="two run directories side by side")
+    cmp_.add_argument("run_a", type=Path)
+    cmp_.add_argument("run_b", type=Path)
+
+    w = sub.add_parser("weights", help="ImageNet weights: where they go offline, pre-fetching")
+    wsub = w.add_subparsers(dest="weights_command", required=True, metavar="WEIGHTS_COMMAND")
+    wsub.add_parser("where", help="per backend and model: file name, cache path, present?")
+    fetch = wsub.add_parser("fetch", help="download into the framework's own cache (needs network)")
+    fetch.add_argument("--backend", required=True)
+    fetch.add_argument("--model", required=True)
+    return p
+
+
+# ----------------------------------------------------------------- commands
+
+def parse_backends(text: str) -> list[str]:
+    names = backend_names() if text == "all" else [b.strip() for b in text.split(",") if b.strip()]
+    for b in names:
+        if b not in backend_names():
+            raise UsageError(unknown_backend_message(b))
+    return names
+
+
+def build_configs(args: argparse.Namespace, out: Path) -> list[RunConfig]:
+    """One validated RunConfig per (backend, recipe, seed) from ``bench run`` flags."""
+    backends = parse_backends(args.backend)
+    if args.data != "synthetic" and not Path(args.data).exists():
+        raise UsageError(f"--data {args.data!r} does not exist; pass 'synthetic' or an image folder "
+                         f"with one subfolder per class")
+    if args.class_map and not Path(args.class_map).is_file():
+        raise UsageError(f"--class-map {args.class_map!r} does not exist")
+    weights = args.weights
+    if weights not in ("source", "none", "imagenet") and not Path(weights).exists():
+        raise UsageError(f"--weights {weights!r} is neither source, none, imagenet nor an existing path")
+    recipes = [load_recipe(r) for r in args.recipe]
+    if args.epochs:
+        recipes = [override_epochs(r, args.epochs) for r in recipes]
+    if args.model not in MODELS:
+        raise UsageError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
+    spec = MODELS[args.model]
+    if not any(spec.supports(b) for b in backends):
+        raise UsageError(f"model {args.model!r} exists only for: {', '.join(spec.frameworks())}")
+    names = [r.name for r in recipes]
+    if len(set(names)) != len(names):
+        raise UsageError(f"--recipe names must be unique, got {', '.join(names)}")
+    data = DataConfig(source=str(Path(args.data).resolve()) if args.data != "synthetic" else "synthetic",
+                      class_map=args.class_map, image_size=args.image_size, strict=args.strict)
+    configs = []
+    for backend in backends:
+        for recipe in recipes:
+            for seed in args.seeds:
+                config = RunConfig(
+                    backend=backend, recipe=recipe, data=data,
+                    model=ModelConfig(name=args.model, weights=weights, aux_logits=args.aux_logits),
+                    train=TrainConfig(seed=seed, batch_size=args.batch_size, precision=args.precision,
+                                      reuse_head_rows=args.reuse_head_rows),
+                    run_dir=str(out / run_name(backend, recipe.name, seed)))
+                if spec.supports(backend):  # else (resnet18 in Keras) the run is recorded as skipped
+                    validate_run(config)
+                configs.append(config)
+    return configs
+
+
+def _writable_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{time.time_ns()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UsageError(f"output directory {str(path)!r} is not writable ({err.strerror}); "
+                         f"choose another with --out") from None
+    return path
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from benchmarks import runner
+
+    if args.resume:
+        run_dir = args.resume
+        if not (run_dir / runner.SWEEP_FILE).is_file():
+            raise UsageError(f"--resume {str(run_dir)!r} has no {runner.SWEEP_FILE}; "
+                             f"give the directory of an earlier 'bench run'")
+        _writable_dir(run_dir)
+        runs = runner.read_plan(run_dir)
+    else:
+        run_dir = args.out or Path("results") / time.strftime("%Y%m%d-%H%M%S")
+        if args.out and (args.out / runner.SWEEP_FILE).is_file():
+            raise UsageError(f"--out {str(args.out)!r} already holds a sweep; continue it with "
+                             f"--resume {args.out} or choose a new --out")
+        configs = build_configs(args, run_dir)  # validates before anything is written
+        _writable_dir(run_dir)
+        runs = runner.plan(configs)
+        runner.write_plan(run_dir, runs, sys.argv[1:])
+    print(f"run directory: {run_dir} ({len(runs)} run(s))")
+    try:
+        results = runner.run_sweep(runs, log=print, resume=bool(args.resume))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished results are kept in {run_dir}; "
+              f"continue with: bench run --resume {run_dir}", file=sys.stderr)
+        return 130
+    _print_summary(run_dir, results, write=not args.no_report)
+    return 1 if any(r["status"] == "failed" for r in results) else 0
+
+
+def _print_summary(run_dir: Path, results: list[dict], write: bool) -> None:
+    from benchmarks import report
+
+    print()
+    print(report.summary_table(results))
+    if write:
+        paths = report.write_report(run_dir)
+        print("\nreport: " + ", ".join(str(p) for p in paths.values()))
+
+
+def cmd_list(_args: argparse.Namespace) -> int:
+    print("backends:")
+    for name in backend_names():
+        reason = availability(name)
+        print(f"  {name:8s} {'available' if reason is None else 'unavailable: ' + reason}")
+    print("models:")
+    for m in MODELS.values():
+        print(f"  {m.name:13s} default {m.default_size}px, min {m.min_size}px, "
+              f"blocks {', '.join(m.blocks)}; backends: {', '.join(m.frameworks())}")
+    print("recipes:")
+    for r in available_recipes():
+        recipe = load_recipe(r)
+        print(f"  {r:13s} {recipe.description}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.data_command == "synthetic":
+        domains = ("shapes", "quads") if args.domain == "both" else (args.domain,)
+        for d in domains:
+            default = synthetic.DEFAULT_SOURCE if d == "shapes" else synthetic.DEFAULT_TARGET
+            spec = dataclasses.replace(default, seed=args.seed,
+                                       images_per_class=args.images_per_class or default.images_per_class)
+            t0 = time.perf_counter()
+            path = synthetic.generate(spec)
+            stats = synthetic.domain_stats(path)
+            print(f"{d}: {stats['images']} images, {stats['classes']} classes "
+                  f"({', '.join(f'{k} {v}' for k, v in stats['per_class'].items())}) in {path} "
+                  f"[{time.perf_counter() - t0:.1f}s]")
+        return 0
+    if args.data_command == "inspect":
+        from benchmarks.inspect_data import inspect_dataset
+
+        print(inspect_dataset(args.path, args.class_map, seed=args.seed))
+        return 0
+    if args.data_command == "export-tfrecord":
+        reason = availability("slim")
+        if reason:
+            raise UsageError(f"export-tfrecord needs TensorFlow: {reason}")
+        from benchmarks.driver import prepare_split
+        from backends.slim.tfrecord import export_split
+
+        data = DataConfig(source="synthetic" if args.data == "synthetic" else str(Path(args.data).resolve()),
+                          class_map=args.class_map)
+        if args.data != "synthetic" and not Path(args.data).exists():
+            raise UsageError(f"--data {args.data!r} does not exist")
+        split = prepare_split(RunConfig(backend="slim", recipe=load_recipe("head"), data=data))
+        info = export_split(split, _writable_dir(args.out), args.image_size)
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    raise UsageError(f"unknown data command {args.data_command!r}")
+
+
+def cmd_throughput(args: argparse.Namespace) -> int:
+    from benchmarks.throughput import measure_in_child
+
+    backends = parse_backends(args.backend)
+    rows = []
+    for b in backends:
+        reason = availability(b)
+        if reason:
+            print(f"{b}: skipped ({reason})")
+            continue
+        result = measure_in_child(b, args.model, args.batch_size, args.image_size, args.precision,
+                                  args.steps, args.warmup)
+        rows.append(result)
+        if result.get("status") != "ok":
+            print(f"{b}: failed ({result.get('error')})")
+            continue
+        for kind in ("train", "infer"):
+            t = result[kind]
+            print(f"{b:8s} {args.model} {kind:5s} {result['precision']:4s} batch {args.batch_size}: "
+                  f"{t['images_per_second']:8.1f} img/s (p10 {t['images_per_second_p10']:.1f}, "
+                  f"p90 {t['images_per_second_p90']:.1f}; first step {t['first_step_seconds']:.2f}s) "
+                  f"on {result['device'].get('name', result['device'].get('kind'))}")
+    if args.out:
+        from common.results import write_json_atomic
+
+        write_json_atomic(args.out, {"command": "bench " + " ".join(sys.argv[1:]), "results": rows})
+    return 1 if any(r.get("status") != "ok" for r in rows) else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from benchmarks import report
+    from common.results import read_results
+
+    if not args.run_dir.is_dir():
+        raise UsageError(f"run directory {str(args.run_dir)!r} does not exist")
+    results = read_results(args.run_dir)
+    if not results:
+        raise UsageError(f"{str(args.run_dir)!r} has no */result.json; give a 'bench run' directory")
+    _print_summary(args.run_dir, results, write=True)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from benchmarks import report
+
+    for d in (args.run_a, args.run_b):
+        if not d.is_dir():
+            raise UsageError(f"run directory {str(d)!r} does not exist")
+    print(report.compare(args.run_a, args.run_b))
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from benchmarks import weights_cli
+
+    if args.weights_command == "where":
+        print(weights_cli.where_table())
+        return 0
+    parse_backends(args.backend)
+    if args.model not in MODELS:
+        raise UsageError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
+    return weights_cli.fetch(args.backend, args.model)
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "data": cmd_data, "throughput": cmd_throughput,
+            "report": cmd_report, "compare": cmd_compare, "weights": cmd_weights}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (UsageError, ConfigError, DataError, BackendError) as err:
+        print(f"bench: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

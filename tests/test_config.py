@@ -1,0 +1,99 @@
+"""Recipes and run configuration: loading, validation errors, overrides."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.config import (ConfigError, RunConfig, available_recipes, load_recipe, override_epochs,
+                           parse_recipe, validate_run)
+from common.models import get_model
+from common.schedule import learning_rate_at
+
+
+def test_every_shipped_recipe_loads():
+    assert set(available_recipes()) >= {"two_phase", "head", "partial", "full", "linear_probe", "scratch"}
+    for name in available_recipes():
+        assert load_recipe(name).name == name
+
+
+def test_two_phase_is_the_keras_seed():
+    r = load_recipe("two_phase")
+    head, top = r.phases
+    assert (head.train, head.optimizer) == ("head", "rmsprop")
+    assert (top.train, top.top_blocks, top.optimizer, top.learning_rate, top.effective_momentum) == \
+        ("top", 2, "sgd", 1e-4, 0.9)
+    assert top.trainable_blocks(get_model("inception_v3")) == ("Mixed_7b", "Mixed_7c")
+    assert r.head_hidden_units == 1024
+
+
+def test_partial_is_resnet_layer4_and_full_has_head_multiplier():
+    assert load_recipe("partial").phases[0].trainable_blocks(get_model("resnet50")) == ("layer4",)
+    assert load_recipe("full").phases[0].head_lr_multiplier == 10.0
+    assert load_recipe("scratch").init == "random"
+
+
+def _recipe(**phase):
+    return {"name": "x", "phase": [{"train": "head", **phase}]}
+
+
+@pytest.mark.parametrize("phase, fragment", [
+    ({"optimiser": "sgd"}, "unknown key 'optimiser'"),
+    ({"optimizer": "lamb"}, "optimizer = 'lamb' is invalid; allowed: sgd, momentum, rmsprop, adam, adamw"),
+    ({"learning_rate": -1}, "learning_rate = -1.0 is invalid; must be > 0"),
+    ({"epochs": 0}, "epochs = 0 is invalid"),
+    ({"bn": "off"}, "bn = 'off' is invalid; allowed: frozen, train"),
+    ({"epochs": "3"}, "epochs = '3' is invalid; expected int"),
+    ({"train": "top"}, "top_blocks = 0 is invalid"),
+])
+def test_bad_phase_values_fail_with_one_line_naming_key_and_value(phase, fragment):
+    with pytest.raises(ConfigError) as err:
+        parse_recipe(_recipe(**phase), "r.toml")
+    msg = str(err.value)
+    assert fragment in msg and "\n" not in msg and msg.startswith("r.toml phase 1")
+
+
+def test_unknown_top_level_key_and_missing_phases():
+    with pytest.raises(ConfigError, match="unknown key 'phases'"):
+        parse_recipe({"name": "x", "phases": []}, "r.toml")
+    with pytest.raises(ConfigError, match=r"needs at least one \[\[phase\]\]"):
+        parse_recipe({"name": "x"}, "r.toml")
+
+
+def test_recipe_from_path_and_bad_toml(tmp_path):
+    good = tmp_path / "mine.toml"
+    good.write_text('name = "mine"\n[[phase]]\ntrain = "all"\noptimizer = "adamw"\n')
+    assert load_recipe(str(good)).phases[0].optimizer == "adamw"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_recipe(str(bad))
+    with pytest.raises(ConfigError, match="unknown recipe 'nope'"):
+        load_recipe("nope")
+
+
+def test_epochs_override_and_round_trip_through_dict():
+    r = override_epochs(load_recipe("two_phase"), 2)
+    assert [p.epochs for p in r.phases] == [2, 2]
+    config = RunConfig(backend="pytorch", recipe=r)
+    assert RunConfig.from_dict(config.to_dict()) == config
+
+
+def test_validate_run_rejects_small_images_and_foreign_models():
+    r = load_recipe("head")
+    from common.config import DataConfig, ModelConfig
+
+    with pytest.raises(ConfigError, match="inception_v3 needs at least 75 px"):
+        validate_run(RunConfig("pytorch", r, data=DataConfig(image_size=60)))
+    with pytest.raises(ConfigError, match="keras backend supports"):
+        validate_run(RunConfig("keras", r, model=ModelConfig(name="resnet18")))
+
+
+def test_schedules():
+    from common.config import Phase
+
+    p = Phase(learning_rate=1.0, epochs=4, schedule="cosine", warmup_epochs=1)
+    lrs = [learning_rate_at(p, e) for e in range(4)]
+    assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0)
+    assert lrs[2] == pytest.approx(0.75) and lrs[3] == pytest.approx(0.25)
+    e = Phase(learning_rate=1.0, epochs=3, schedule="exponential", decay_rate=0.5)
+    assert [learning_rate_at(e, i) for i in range(3)] == [1.0, 0.5, 0.25]
