@@ -194,6 +194,18 @@ def _writable_dir(path: Path) -> Path:
     return path
 
 
+def _check_data(config: RunConfig) -> None:
+    """Load, verify and split the data once in the parent: bad data fails here, with exit 2."""
+    from benchmarks.driver import prepare_split
+
+    split = prepare_split(config, log=lambda m: print(m))
+    note = f", {len(split.skipped)} unreadable file(s) will be skipped" if split.skipped else ""
+    print(f"data: {split.num_classes} classes, train {len(split.train)} / val {len(split.val)} / "
+          f"test {len(split.test)}, split {split.digest()}{note}")
+    for path, why in split.skipped[:10]:
+        print(f"  skipped {path}: {why}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from benchmarks import runner
 
@@ -210,6 +222,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError(f"--out {str(args.out)!r} already holds a sweep; continue it with "
                              f"--resume {args.out} or choose a new --out")
         configs = build_configs(args, run_dir)  # validates before anything is written
+        _check_data(configs[0])
         _writable_dir(run_dir)
         runs = runner.plan(configs)
         runner.write_plan(run_dir, runs, sys.argv[1:])
@@ -317,7 +330,6 @@ def cmd_throughput(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from benchmarks import report
     from common.results import read_results
 
     if not args.run_dir.is_dir():

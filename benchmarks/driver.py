@@ -47,8 +47,12 @@ def default_image_size(config: RunConfig) -> int:
     return spec.default_size
 
 
-def prepare_split(config: RunConfig) -> Split:
-    """The common split for ``config.data`` (generating the synthetic target if needed)."""
+def prepare_split(config: RunConfig, log=None) -> Split:
+    """The common split for ``config.data`` (generating the synthetic target if needed).
+
+    Unreadable files are skipped (listed in ``split.skipped``) or fail the run
+    with ``--strict``; images smaller than the model's minimum are reported.
+    """
     d = config.data
     if d.source == "synthetic":
         root = synthetic.generate(synthetic.DEFAULT_TARGET, progress=False)
@@ -57,7 +61,12 @@ def prepare_split(config: RunConfig) -> Split:
         ds = load_dataset(d.source, d.class_map)
     from common import verify  # local: keeps the import light for `bench list`
 
-    ds, skipped = verify.verified(ds, strict=d.strict)
+    infos = verify.scan(ds)
+    ds, skipped = verify.verified(ds, strict=d.strict, infos=infos)
+    small = verify.smaller_than(infos, get_model(config.model.name).min_size)
+    if small and log:
+        log(f"warning: {len(small)} image(s) are smaller than {config.model.name}'s minimum "
+            f"{get_model(config.model.name).min_size} px and will be upscaled (e.g. {small[0].path})")
     split = split_dataset(ds, d.split_seed, d.val_fraction, d.test_fraction)
     split.skipped = skipped
     return split
@@ -270,7 +279,7 @@ def run(config: RunConfig, log=print) -> dict:
     try:
         validate_run(config)
         image_size = default_image_size(config)
-        split = prepare_split(config)
+        split = prepare_split(config, log)
         split.write(run_dir / "split.json")
         result["data"] = {"source": config.data.source, "root": split.root,
                           "split_digest": split.digest(), "classes": list(split.classes),
