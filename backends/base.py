@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import importlib
 import importlib.util
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -160,6 +161,15 @@ REGISTRY: dict[str, str] = {
     "slim": "backends.slim.backend:SlimBackend",
 }
 
+# Extra backends (a plug-in, or the tests' numpy backend) as
+# TRANSFER_BENCH_BACKENDS="name=package.module:Class,...". The variable is
+# inherited by the per-run child processes.
+EXTRA_BACKENDS_ENV = "TRANSFER_BENCH_BACKENDS"
+for _entry in filter(None, os.environ.get(EXTRA_BACKENDS_ENV, "").split(",")):
+    _name, _, _target = _entry.partition("=")
+    if _name and ":" in _target:
+        REGISTRY[_name.strip()] = _target.strip()
+
 _REQUIRES = {
     "pytorch": (("torch", "torchvision"), "pip install 'transfer-bench[torch]'"),
     "keras": (("keras", "tensorflow"), "pip install 'transfer-bench[keras]'"),
@@ -179,7 +189,7 @@ def availability(name: str) -> str | None:
     """Reason ``name`` cannot run here (without importing its framework), or None."""
     if name not in REGISTRY:
         return unknown_backend_message(name)
-    modules, hint = _REQUIRES[name]
+    modules, hint = _REQUIRES.get(name, ((), ""))
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
         return f"{', '.join(missing)} not installed; {hint}"

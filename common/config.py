@@ -43,7 +43,6 @@ OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam", "adamw")
 SCHEDULES = ("fixed", "exponential", "cosine")
 BN_MODES = ("frozen", "train")
 INITS = ("pretrained", "random")
-BACKENDS = ("pytorch", "keras", "slim")
 PRECISIONS = ("fp32", "bf16")
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "recipes"
@@ -321,7 +320,6 @@ def override_epochs(recipe: Recipe, epochs: int) -> Recipe:
 
 def validate_run(config: RunConfig) -> None:
     """Cross-field checks that need the model table."""
-    _choice("run", "backend", config.backend, BACKENDS)
     _choice("run", "precision", config.train.precision, PRECISIONS)
     if config.model.name not in MODELS:
         _fail("run", "model", config.model.name, f"allowed: {', '.join(sorted(MODELS))}")

@@ -52,7 +52,9 @@ class ModelSpec:
         return tuple(fw for fw in FRAMEWORKS if fw in self.native_blocks)
 
     def supports(self, framework: str) -> bool:
-        return framework in self.native_blocks
+        """Whether ``framework`` has this model. The table describes the three built-in
+        frameworks; a plug-in backend (``TRANSFER_BENCH_BACKENDS``) checks models itself."""
+        return framework in self.native_blocks or framework not in FRAMEWORKS
 
     def top_blocks(self, n: int) -> tuple[str, ...]:
         """The last ``n`` canonical backbone blocks (``partial(top=n)``)."""

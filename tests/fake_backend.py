@@ -1,0 +1,127 @@
+"""A numpy backend for harness tests: softmax regression on 8x8 thumbnails.
+
+Registered through ``TRANSFER_BENCH_BACKENDS=fake=fake_backend:FakeBackend``
+(with ``tests/`` on ``PYTHONPATH``), it runs the real driver, runner, result
+files and reports in well under a second per run. ``FAKE_BACKEND_CRASH``
+makes it fail on purpose: ``raise`` (a Python error in fit), ``segfault``
+(the process dies), ``sleep`` (each epoch sleeps 2 s, for interruption tests).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+
+from backends.base import Backend
+from common.data import load_batch
+from common.metrics import log_softmax
+from common.timing import measure_steps
+
+THUMB = 8
+
+
+class FakeBackend(Backend):
+    name = "fake"
+    checkpoint_suffix = ".pkl"
+
+    def frameworks(self):
+        return {"numpy": np.__version__}
+
+    def device(self):
+        return {"kind": "cpu", "name": "numpy"}
+
+    def setup(self, split, image_size):
+        self.split = split
+        self.rng = np.random.default_rng(self.config.train.seed)
+        self.data = {}
+        for name in ("train", "val", "test"):
+            x, y = load_batch(split.subset(name), THUMB) if split.subset(name) else \
+                (np.zeros((0, THUMB, THUMB, 3), np.uint8), np.zeros(0, np.int64))
+            self.data[name] = (x.reshape(len(x), -1).astype(np.float64) / 255.0, y)
+
+    def build(self, model, num_classes, weights, head_hidden_units=0):
+        d = THUMB * THUMB * 3
+        self.params = {"stem.W": self.rng.normal(0, 0.1, (d, 16)),
+                       "head.W": self.rng.normal(0, 0.1, (16, num_classes)), "head.b": np.zeros(num_classes)}
+        if weights.kind == "path":
+            with open(weights.path, "rb") as f:
+                self.params["stem.W"] = pickle.load(f)["params"]["stem.W"]
+        self.lr = 0.1
+
+    def apply_phase(self, phase, index):
+        self.trainable = ["head.W", "head.b"] + (["stem.W"] if phase.train in ("all", "top", "blocks") else [])
+        n = sum(self.params[k].size for k in self.trainable)
+        return {"trainable_blocks": ["stem"] if "stem.W" in self.trainable else [], "trainable_params": n,
+                "total_params": sum(v.size for v in self.params.values()),
+                "trainable_tensors": len(self.trainable), "native": {"arrays": list(self.trainable)}}
+
+    def set_learning_rate(self, lr):
+        self.lr = lr * 50
+
+    def _forward(self, x):
+        h = np.maximum(x @ self.params["stem.W"], 0)
+        return h, h @ self.params["head.W"] + self.params["head.b"]
+
+    def fit_epoch(self, phase, global_epoch):
+        crash = os.environ.get("FAKE_BACKEND_CRASH")
+        if crash == "raise":
+            raise RuntimeError("fake backend exploded")
+        if crash == "segfault":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if crash == "sleep":
+            time.sleep(2)
+        t0 = time.perf_counter()
+        x, y = self.data["train"]
+        h, logits = self._forward(x)
+        p = np.exp(log_softmax(logits))
+        loss = float(-np.log(p[np.arange(len(y)), y] + 1e-12).mean())
+        g = (p - np.eye(p.shape[1])[y]) / len(y)
+        grads = {"head.W": h.T @ g, "head.b": g.sum(0),
+                 "stem.W": x.T @ ((g @ self.params["head.W"].T) * (h > 0))}
+        for k in self.trainable:
+            self.params[k] -= self.lr * grads[k]
+        return {"loss": loss, "top1": float((logits.argmax(1) == y).mean()), "images": len(y),
+                "seconds": time.perf_counter() - t0}
+
+    def predict(self, subset):
+        return self._forward(self.data[subset][0])[1]
+
+    def extract_features(self, subset):
+        return self._forward(self.data[subset][0])[0]
+
+    def save(self, path):
+        out = Path(str(path) + self.checkpoint_suffix)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "wb") as f:
+            pickle.dump({"params": self.params}, f)
+        return out
+
+    def restore(self, path):
+        with open(str(path) + self.checkpoint_suffix, "rb") as f:
+            self.params = pickle.load(f)["params"]
+
+    def trainable_names(self):
+        return list(self.trainable)
+
+    def snapshot(self, block):
+        return {k: v.copy() for k, v in self.params.items() if k.startswith(block)}
+
+    def throughput(self, batch_size, precision, steps, warmup):
+        x = np.random.default_rng(0).random((batch_size, THUMB * THUMB * 3))
+        t = measure_steps(lambda: self._forward(x), lambda: None, batch_size=batch_size, steps=steps,
+                          warmup=warmup)
+        return {"precision": precision, "train": t, "infer": t, "peak_memory_bytes": None}
+
+
+class CrashingBackend(FakeBackend):
+    """Dies with a segmentation fault in its first epoch (a native crash)."""
+
+    name = "fakecrash"
+
+    def fit_epoch(self, phase, global_epoch):
+        os.kill(os.getpid(), signal.SIGSEGV)

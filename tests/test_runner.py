@@ -1,0 +1,110 @@
+"""The sweep harness on the numpy fake backend: child processes, crashes,
+resume, Ctrl-C, result files and the report at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from backends import base
+from benchmarks import cli
+from common.results import read_results, validate_result
+
+TESTS = Path(__file__).resolve().parent
+FAKES = "fake=fake_backend:FakeBackend,fakecrash=fake_backend:CrashingBackend"
+
+
+@pytest.fixture
+def fake_backends(monkeypatch):
+    monkeypatch.setenv(base.EXTRA_BACKENDS_ENV, FAKES)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setitem(base.REGISTRY, "fake", "fake_backend:FakeBackend")
+    monkeypatch.setitem(base.REGISTRY, "fakecrash", "fake_backend:CrashingBackend")
+
+
+def _bench(*argv):
+    return cli.main([str(a) for a in argv])
+
+
+def test_sweep_writes_one_valid_result_per_run_and_a_report(fake_backends, tiny_quads, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = _bench("run", "--backend", "fake", "--recipe", "two_phase", "scratch", "--seeds", "0,1",
+                  "--data", tiny_quads, "--epochs", "2", "--out", out)
+    assert code == 0
+    results = read_results(out)
+    assert [(r["recipe"], r["seed"]) for r in results] == \
+        [("scratch", 0), ("scratch", 1), ("two_phase", 0), ("two_phase", 1)]
+    for r in results:
+        assert validate_result(r) == [] and r["status"] == "ok"
+        assert len(r["curves"]) == (4 if r["recipe"] == "two_phase" else 2)
+        assert (Path(r["_path"]).parent / "log.txt").is_file()
+    assert len({r["data"]["split_digest"] for r in results}) == 1
+    for name in ("report.md", "report.html", "summary.csv"):
+        assert (out / name).is_file()
+    assert "fake" in capsys.readouterr().out
+
+
+def test_a_crashing_backend_is_recorded_and_the_others_finish(fake_backends, tiny_quads, tmp_path):
+    out = tmp_path / "out"
+    code = _bench("run", "--backend", "fakecrash,fake", "--recipe", "head", "--data", tiny_quads,
+                  "--epochs", "1", "--out", out)
+    assert code == 1
+    by_backend = {r["backend"]: r for r in read_results(out)}
+    assert by_backend["fake"]["status"] == "ok"
+    crashed = by_backend["fakecrash"]
+    assert crashed["status"] == "failed" and "signal 11" in crashed["error"]
+    assert validate_result(crashed) == []
+
+
+def test_python_error_in_a_run_is_a_failed_result_with_its_message(fake_backends, tiny_quads, tmp_path,
+                                                                   monkeypatch):
+    monkeypatch.setenv("FAKE_BACKEND_CRASH", "raise")
+    out = tmp_path / "out"
+    assert _bench("run", "--backend", "fake", "--recipe", "head", "--data", tiny_quads,
+                  "--epochs", "1", "--out", out) == 1
+    (r,) = read_results(out)
+    assert r["error"] == "RuntimeError: fake backend exploded" and "Traceback" in r["traceback"]
+
+
+def test_resume_runs_only_what_is_missing(fake_backends, tiny_quads, tmp_path):
+    out = tmp_path / "out"
+    assert _bench("run", "--backend", "fake", "--recipe", "head", "--seeds", "0,1,2",
+                  "--data", tiny_quads, "--epochs", "1", "--out", out) == 0
+    kept = {p: p.stat().st_mtime_ns for p in out.glob("*/result.json")}
+    missing = out / "fake-head-s1" / "result.json"
+    missing.unlink()
+    assert _bench("run", "--resume", out) == 0
+    assert missing.is_file()
+    for p, mtime in kept.items():
+        if p != missing:
+            assert p.stat().st_mtime_ns == mtime, f"{p} was re-run"
+
+
+def test_ctrl_c_keeps_finished_results_and_resume_completes(fake_backends, tiny_quads, tmp_path):
+    out = tmp_path / "out"
+    env = dict(os.environ, FAKE_BACKEND_CRASH="sleep")
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.cli", "run", "--backend", "fake",
+                             "--recipe", "head", "--seeds", "0,1", "--data", str(tiny_quads),
+                             "--epochs", "1", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=str(TESTS.parent))
+    first = out / "fake-head-s0" / "result.json"
+    deadline = time.time() + 60
+    while not first.is_file() and time.time() < deadline:
+        time.sleep(0.1)
+    assert first.is_file(), proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert f"bench run --resume {out}" in err
+    assert json.loads(first.read_text())["status"] == "ok"
+    assert not (out / "fake-head-s1" / "result.json").exists()
+    assert _bench("run", "--resume", out) == 0
+    assert json.loads((out / "fake-head-s1" / "result.json").read_text())["status"] == "ok"
