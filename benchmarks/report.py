@@ -462,7 +462,7 @@ def build_blocks(results: list[dict], run_dir: Path, figures: dict[str, tuple[st
         ("p", f"{len(results)} result files in `{run_dir}`: {n_status['ok']} ok, {n_status['failed']} "
               f"failed, {n_status['skipped']} skipped. Built only from the `result.json` files on "
               f"{time.strftime('%Y-%m-%d %H:%M')}; regenerate it with "
-              f"`benchmarks.report.write_report(run_dir)`."),
+              f"`bench report {run_dir}`."),
     ]
     blocks += [("warn", w) for w in cond["warnings"]]
     blocks.append(("h2", "Conditions"))
