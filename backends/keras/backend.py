@@ -1,0 +1,224 @@
+"""``KerasBackend``: the recipe in Keras 3 (any of its backends; tensorflow by default).
+
+Thin: it composes ``model`` (keras.applications + new head, canonical blocks
+as layer index ranges), ``train`` (``layer.trainable`` + recompile,
+optimizers with a head param group, ``model.fit`` for one epoch), ``data``
+(tf.data or a PyDataset over the common split), ``weights`` (``.weights.h5``,
+ImageNet, backbone-only restore) and ``throughput``.
+
+How Keras differs, and what this backend does about it:
+
+* BatchNorm in frozen layers. In Keras 3 a ``BatchNormalization`` layer with
+  ``trainable=False`` always runs in inference mode, so freezing a block also
+  freezes its BN statistics: ``bn = "frozen"`` is Keras' default. In Keras 2
+  (the keras.io InceptionV3 seed's era, before TF 2.0's change) a frozen BN
+  layer still normalised with batch statistics and updated its moving
+  averages in ``fit``, so the seed's "freeze the first 249 layers" meant a
+  different model in Keras 2 and 3. PyTorch separates the two (frozen
+  parameters, ``eval()`` chosen separately), so the torch backend must call
+  ``eval()`` on frozen modules to match. ``bn = "train"`` here keeps frozen
+  BN layers trainable and freezes their gamma/beta variables instead.
+* Keras reads ``trainable`` when it compiles: every phase recompiles.
+* Optimizers take ``learning_rate=`` (``lr=`` raises in Keras 3) and have no
+  param groups; ``train.with_param_groups`` gives the head its own LR.
+* Keras has no auxiliary Inception head; ``aux_logits`` is reported as
+  unavailable, not an error.
+"""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from backends.base import Backend, BackendError, WeightsRequest
+from common.config import Phase
+from common.data import Split
+from common.models import ModelSpec, get_model
+from common.preprocess import get_normalisation
+
+from . import weights as kweights
+from .data import KerasData
+from .model import APPLICATIONS, build_model
+from .throughput import POLICIES, device_info, measure_throughput
+from .train import compile_phase, fit_one_epoch, set_trainable, weight_count
+
+BN_MODES = {
+    "frozen": "frozen blocks: layer.trainable=False, so their BatchNormalization runs in "
+              "inference mode (Keras 3); trained blocks: batch statistics",
+    "train": "every BatchNormalization layer trainable (batch statistics, moving averages "
+             "updated); gamma/beta variables of frozen blocks set trainable=False",
+}
+
+
+class KerasBackend(Backend):
+    name = "keras"
+    checkpoint_suffix = kweights.WEIGHTS_SUFFIX
+
+    def __init__(self, config, run_dir):
+        super().__init__(config, run_dir)
+        self.km = None
+        self.data: KerasData | None = None
+        self.split: Split | None = None
+        self.image_size = 0
+        self.optimizer = None
+        self.phase: Phase | None = None
+        self._writer = None
+        self._previous_policy = None
+
+    # -- environment -----------------------------------------------------
+    def frameworks(self) -> dict[str, str]:
+        backend = keras.backend.backend()
+        versions = {"keras": keras.__version__, "keras_backend": backend}
+        module = __import__({"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[backend])
+        versions[backend] = module.__version__
+        return versions
+
+    def device(self) -> dict:
+        return device_info()
+
+    # -- data and model --------------------------------------------------
+    def setup(self, split: Split, image_size: int) -> None:
+        keras.utils.set_random_seed(self.config.train.seed)  # python, numpy and the backend
+        if self.config.train.precision != "fp32":
+            # Keras fixes each layer's compute dtype when it is built: set the policy first.
+            self._previous_policy = keras.config.dtype_policy()
+            keras.config.set_dtype_policy(POLICIES[self.config.train.precision])
+        self.split, self.image_size = split, image_size
+        norm = get_normalisation(get_model(self.config.model.name).preprocessing["keras"])
+        # tf.data parallelism is AUTOTUNE; TF's op threads default to the machine's cores.
+        self.data = KerasData(split, image_size, norm, self.config.train.batch_size,
+                              self.config.train.seed)
+
+    def build(self, model: ModelSpec, num_classes: int, weights: WeightsRequest,
+              head_hidden_units: int = 0) -> None:
+        if not model.supports("keras") or model.name not in APPLICATIONS:
+            raise BackendError(f"model {model.name!r} is not available in the keras backend; "
+                               f"choose one of: {', '.join(APPLICATIONS)}")
+        base_weights, path = None, None
+        if weights.kind == "imagenet":
+            base_weights = kweights.imagenet_file(model)
+        elif weights.kind == "path":
+            path = str(weights.path)
+            if not Path(path).is_file():
+                raise BackendError(f"weights file {path!r} does not exist")
+            if not path.endswith(kweights.WEIGHTS_SUFFIX):
+                if not path.endswith(".h5"):
+                    raise BackendError(f"weights file {path!r}: the keras backend reads "
+                                       f"*.weights.h5 (saved by it) or a keras.applications "
+                                       f"*_notop.h5 file")
+                base_weights, path = path, None  # a keras.applications-style no-top file
+        if weights.reuse_head_rows and path is None:
+            raise BackendError("reuse_head_rows needs a .weights.h5 checkpoint with a head")
+        try:
+            self.km = build_model(model, num_classes, self.image_size, head_hidden_units,
+                                  base_weights)
+        except ValueError as err:
+            raise BackendError(f"keras {model.name}: {str(err).splitlines()[0]}") from None
+        if path is not None:
+            kweights.restore_backbone(self.km, path, self.image_size, weights.reuse_head_rows)
+
+    def apply_phase(self, phase: Phase, index: int) -> dict:
+        info = set_trainable(self.km, phase)
+        self.optimizer, optimizer_text = compile_phase(self.km, phase)
+        self.phase = phase
+        trainable = self.km.model.trainable_weights
+        native = {"layer_range": info["layer_range"], "trainable_layers": info["trainable_layers"],
+                  "bn_statistics_only_layers": info["bn_statistics_only_layers"],
+                  "head_layers": [layer.name for layer in self.km.head_layers()],
+                  "optimizer": optimizer_text, "bn": f"{phase.bn}: {BN_MODES[phase.bn]}",
+                  "compile": "recompiled"}
+        if self.config.model.aux_logits:
+            native["aux_logits"] = "unavailable: keras.applications has no auxiliary Inception head"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "phases.txt", "a", encoding="utf-8") as f:
+            f.write(f"phase {index + 1} '{phase.name}': trainable base layers {info['layer_range']} "
+                    f"of 0..{self.km.num_base_layers - 1} "
+                    f"({', '.join(info['trainable_blocks']) or 'head only'}) + head "
+                    f"{native['head_layers']}; {optimizer_text}; bn {phase.bn}\n")
+        return {"trainable_blocks": info["trainable_blocks"],
+                "trainable_params": weight_count(trainable),
+                "total_params": weight_count(self.km.parameters()),
+                "trainable_tensors": len(trainable), "native": native}
+
+    def set_learning_rate(self, learning_rate: float) -> None:
+        self.optimizer.learning_rate = learning_rate  # the head's x multiplier is in the optimizer
+
+    def fit_epoch(self, phase: Phase, global_epoch: int) -> dict:
+        tensorboard = keras.callbacks.TensorBoard(log_dir=str(self.run_dir / "tensorboard"),
+                                                  write_graph=False, profile_batch=0)
+        return fit_one_epoch(self.km, self.data.train(global_epoch, phase.augment), global_epoch,
+                             len(self.split.train), callbacks=[tensorboard])
+
+    def _predict(self, model: keras.Model, subset: str, width: int) -> np.ndarray:
+        if not self.split.subset(subset):
+            return np.zeros((0, width), np.float32)
+        # predict() calls the model with training=False: every BN layer uses moving statistics.
+        return np.asarray(model.predict(self.data.eval(subset), verbose=0), np.float32)
+
+    def predict(self, subset: str) -> np.ndarray:
+        return self._predict(self.km.model, subset, self.split.num_classes)
+
+    def extract_features(self, subset: str) -> np.ndarray:
+        return self._predict(self.km.features, subset, self.km.spec.feature_dim)
+
+    # -- checkpoints -----------------------------------------------------
+    def save(self, path: Path) -> Path:
+        return kweights.save(self.km, self.optimizer, path)
+
+    def restore(self, path: Path) -> None:
+        kweights.restore(self.km, self.optimizer, path)
+
+    def trainable_names(self) -> list[str]:
+        return [v.path for v in self.km.model.trainable_weights]
+
+    def snapshot(self, block: str) -> dict[str, np.ndarray]:
+        return {v.path: np.array(keras.ops.convert_to_numpy(v), copy=True)
+                for layer in self.km.block_layers(block) for v in layer.weights}
+
+    # -- reporting -------------------------------------------------------
+    def throughput(self, batch_size: int, precision: str, steps: int, warmup: int) -> dict:
+        phase = self.phase
+        if phase is None:  # a linear probe never applied a phase: time the head
+            phase = Phase(name="throughput", train="head", optimizer="sgd", learning_rate=1e-3)
+            set_trainable(self.km, phase)
+            self.optimizer, _ = compile_phase(self.km, phase)
+        return measure_throughput(self.km, phase, batch_size, precision, steps, warmup,
+                                  seed=self.config.train.seed)
+
+    def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        try:
+            import tensorflow as tf
+        except ImportError:
+            return
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard" / "epochs"))
+        with self._writer.as_default():
+            for key, value in scalars.items():
+                tf.summary.scalar(key, value, step=step)
+        self._writer.flush()
+
+    def model_summary(self) -> str:
+        lines = [f"keras {keras.__version__} ({keras.backend.backend()}), "
+                 f"{self.km.spec.constructors['keras']}(include_top=False) + new head",
+                 "canonical block -> layer indices (model.layers[i]):"]
+        for block, indices in self.km.blocks.items():
+            names = (self.km.layers[indices.start].name, self.km.layers[indices[-1]].name)
+            lines.append(f"  {block:10s} {indices.start:4d}..{indices[-1]:<4d} {names[0]} .. {names[1]}")
+        lines.append(f"  {'head':10s} {self.km.num_base_layers:4d}..{len(self.km.layers) - 1:<4d} "
+                     f"{', '.join(layer.name for layer in self.km.layers[self.km.num_base_layers:])}")
+        captured: list[str] = []
+        self.km.model.summary(line_length=110, print_fn=lambda text, **_: captured.append(text))
+        return "\n".join(lines + ["", *captured]) + "\n"
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._previous_policy is not None:
+            keras.config.set_dtype_policy(self._previous_policy)
+            self._previous_policy = None
+        self.km = self.optimizer = self.data = None
+        gc.collect()

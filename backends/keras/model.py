@@ -1,0 +1,163 @@
+"""The Keras model: a ``keras.applications`` backbone, a new head, canonical blocks.
+
+Keras idiom shown here: the functional API on top of the application's own
+graph, exactly as the keras.io "Fine-tune InceptionV3" example does::
+
+    base = InceptionV3(include_top=False)
+    x = GlobalAveragePooling2D()(base.output)
+    model = Model(base.input, Dense(n)(x))
+
+so ``model.layers[i]`` *is* base layer ``i`` and Keras' famous "freeze the first
+249 layers" is literally ``model.layers[:249]``. A canonical block is a range
+of layer indices computed from ``common.models`` (the name of each block's
+last layer), never from auto-generated names such as ``max_pooling2d_1``,
+which change when a process builds several models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+
+from common.models import HEAD, ModelSpec
+
+# keras.applications constructors, keyed like common.models.MODELS.
+APPLICATIONS = {
+    "inception_v3": keras.applications.InceptionV3,
+    "resnet50": keras.applications.ResNet50,
+}
+
+FEATURES_LAYER = "avg_pool"
+HEAD_HIDDEN = "head_hidden"
+HEAD_LOGITS = "head_logits"
+
+
+@dataclass
+class KerasModel:
+    """The built model and the index bookkeeping the phases need."""
+
+    spec: ModelSpec
+    model: keras.Model           # image -> logits
+    features: keras.Model        # image -> pooled features (shares the layers)
+    num_base_layers: int         # model.layers[:num_base_layers] is the backbone
+    blocks: dict[str, range]     # canonical block -> indices into model.layers
+    head_hidden_units: int
+    # ids of the variables PyTorch would call parameters (kernels, biases, BN
+    # gamma/beta); BN moving statistics are Keras variables but not parameters
+    parameter_ids: frozenset
+    # the same layers as ``model``, never compiled: its .weights.h5 holds the
+    # weights only (a compiled model's file also holds its optimizer)
+    weights_view: keras.Model
+
+    @property
+    def layers(self) -> list:
+        return self.model.layers
+
+    def head_layers(self) -> list:
+        return [self.model.get_layer(n) for n in (HEAD_HIDDEN, HEAD_LOGITS)
+                if any(l.name == n for l in self.model.layers)]
+
+    def block_layers(self, block: str) -> list:
+        if block == HEAD:
+            return self.head_layers()
+        return [self.model.layers[i] for i in self.blocks[block]]
+
+    def parameters(self) -> list:
+        return [v for v in self.model.weights if id(v) in self.parameter_ids]
+
+
+def _parent_layers(layer) -> list:
+    """Layers feeding ``layer`` in the functional graph."""
+    return [parent.operation for node in layer._inbound_nodes for parent in node.parent_nodes]
+
+
+def _ancestors(layer) -> set:
+    seen, todo = set(), [layer]
+    while todo:
+        current = todo.pop()
+        if id(current) not in seen:
+            seen.add(id(current))
+            todo.extend(_parent_layers(current))
+    return seen
+
+
+def _stem_end(layers: list, first_block_last: int) -> int:
+    """Index of the stem's last layer: the latest layer that every branch of
+    the first block starts from (the latest common ancestor of the inputs of
+    the block's final concatenation; for InceptionV3 ``max_pooling2d_1``, 17)."""
+    branches = _parent_layers(layers[first_block_last])
+    common = set.intersection(*(_ancestors(b) for b in branches))
+    return max(i for i, layer in enumerate(layers) if id(layer) in common)
+
+
+def block_ranges(layers: list, spec: ModelSpec) -> dict[str, range]:
+    """Canonical block -> ``range`` of layer indices (see ``common.models``)."""
+    native = spec.native_blocks["keras"]
+    index = {layer.name: i for i, layer in enumerate(layers)}
+    ends = {}
+    for pos, block in enumerate(spec.blocks):
+        names = native[block]
+        if names:
+            ends[block] = index[names[-1]]
+        else:  # a block of auto-named layers (the Inception stem): found from the graph
+            if pos != 0:
+                raise ValueError(f"{spec.name}: only the first block may be unnamed")
+            ends[block] = _stem_end(layers, index[native[spec.blocks[1]][-1]])
+    ranges, start = {}, 0  # the stem includes the InputLayer, like model.layers[:249]
+    for block in spec.blocks:
+        if ends[block] < start:
+            raise ValueError(f"{spec.name}: block {block} ends before it starts")
+        ranges[block] = range(start, ends[block] + 1)
+        start = ends[block] + 1
+    if start != len(layers):
+        raise ValueError(f"{spec.name}: the blocks cover {start} of {len(layers)} layers")
+    return ranges
+
+
+def build_model(spec: ModelSpec, num_classes: int, image_size: int, head_hidden_units: int = 0,
+                base_weights: str | None = None) -> KerasModel:
+    """``spec``'s application without its top, pooled, with a new head.
+
+    ``base_weights`` is passed to the application as ``weights=``: None, or the
+    path of a Keras ImageNet ``*_notop.h5`` file (see ``weights.py``).
+    """
+    if spec.name not in APPLICATIONS:
+        raise ValueError(f"no keras.applications constructor for {spec.name}")
+    # NHWC: Keras image models take channels last; torchvision takes NCHW.
+    base = APPLICATIONS[spec.name](include_top=False, weights=base_weights,
+                                   input_shape=(image_size, image_size, 3))
+    pooled = keras.layers.GlobalAveragePooling2D(name=FEATURES_LAYER)(base.output)
+    x = pooled
+    if head_hidden_units:
+        x = keras.layers.Dense(head_hidden_units, activation="relu", name=HEAD_HIDDEN)(x)
+    # Logits, no softmax (losses use from_logits=True); kept float32 under mixed precision.
+    logits = keras.layers.Dense(num_classes, name=HEAD_LOGITS, dtype="float32")(x)
+    model = keras.Model(base.input, logits, name=f"{spec.name}_transfer")
+    features = keras.Model(base.input, pooled, name=f"{spec.name}_features")
+    num_base = len(base.layers)
+    blocks = block_ranges(model.layers[:num_base], spec)
+    if spec.name == "inception_v3":
+        # The keras.io seed's cut: layers[249:] are mixed9 + mixed10 = Mixed_7b + Mixed_7c.
+        top2 = spec.top_blocks(2)
+        assert blocks[top2[0]].start == 249 and blocks[top2[-1]].stop == num_base == 311, blocks
+    # every weight is trainable right after construction, except BN moving statistics
+    params = frozenset(id(v) for v in model.trainable_weights)
+    weights_view = keras.Model(base.input, logits, name=f"{spec.name}_weights")
+    return KerasModel(spec, model, features, num_base, blocks, head_hidden_units, params,
+                      weights_view)
+
+
+def layer_range_text(indices) -> str:
+    """``[249, ..., 310]`` -> ``"249..310"``; gaps give ``"a..b, c..d"``; empty -> ``"none"``."""
+    indices = sorted(indices)
+    if not indices:
+        return "none"
+    runs, start, prev = [], indices[0], indices[0]
+    for i in indices[1:]:
+        if i != prev + 1:
+            runs.append((start, prev))
+            start = i
+        prev = i
+    runs.append((start, prev))
+    return ", ".join(f"{a}..{b}" for a, b in runs)

@@ -1,0 +1,120 @@
+"""Throughput the Keras way: ``train_on_batch`` / ``predict_on_batch`` on an in-memory batch.
+
+Keras idioms shown here: the compiled train function of the current phase is
+the unit timed (one optimizer step on the phase's trainable weights), mixed
+precision is a global dtype policy (``mixed_bfloat16``) that must be set
+*before* the layers are built, and both calls return numpy arrays, which is
+the device synchronisation (no explicit ``cuda.synchronize``).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from common.config import Phase
+from common.timing import measure_steps
+
+from .model import KerasModel, build_model
+from .train import compile_phase, set_trainable
+
+POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16"}
+
+
+def device_info() -> dict:
+    """The accelerator Keras' backend will use."""
+    backend = keras.backend.backend()
+    kind, name = "cpu", "cpu"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            details = tf.config.experimental.get_device_details(gpus[0])
+            kind, name = "gpu", details.get("device_name", gpus[0].name)
+    elif backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            kind, name = "gpu", torch.cuda.get_device_name(0)
+    elif backend == "jax":
+        import jax
+
+        dev = jax.devices()[0]
+        if dev.platform != "cpu":
+            kind, name = "gpu", dev.device_kind
+    return {"kind": kind, "name": name, "keras_backend": backend}
+
+
+def _reset_peak_memory() -> None:
+    backend = keras.backend.backend()
+    if device_info()["kind"] != "gpu":
+        return
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.reset_memory_stats("GPU:0")
+    elif backend == "torch":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_bytes() -> int | None:
+    """Peak accelerator memory since the last reset, None on CPU."""
+    backend = keras.backend.backend()
+    if device_info()["kind"] != "gpu":
+        return None
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+    if backend == "torch":
+        import torch
+
+        return int(torch.cuda.max_memory_allocated())
+    import jax
+
+    return int((jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use", 0)) or None
+
+
+def model_for_precision(km: KerasModel, phase: Phase, precision: str) -> KerasModel:
+    """``km`` itself, or a copy built under ``precision``'s dtype policy with the same
+    weights and phase (Keras fixes a layer's compute dtype when it is built)."""
+    policy = POLICIES[precision]
+    if km.layers[1].dtype_policy.name == policy:
+        return km
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        copy = build_model(km.spec, km.model.output_shape[-1], km.model.input_shape[1],
+                           km.head_hidden_units)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    copy.model.set_weights(km.model.get_weights())
+    set_trainable(copy, phase)
+    compile_phase(copy, phase)
+    return copy
+
+
+def measure_throughput(km: KerasModel, phase: Phase, batch_size: int, precision: str,
+                       steps: int, warmup: int, seed: int = 0) -> dict:
+    """The common protocol (``common.timing.measure_steps``) for one train and one infer step."""
+    model = model_for_precision(km, phase, precision)
+    size = km.model.input_shape[1]
+    n = km.model.output_shape[-1]
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, size=(batch_size, size, size, 3)).astype(np.float32)
+    y = np.eye(n, dtype=np.float32)[rng.integers(0, n, size=batch_size)]
+    _reset_peak_memory()
+
+    def sync():
+        """train_on_batch / predict_on_batch already returned host numpy arrays."""
+
+    train = measure_steps(lambda: model.model.train_on_batch(x, y), sync,
+                          batch_size=batch_size, steps=steps, warmup=warmup)
+    infer = measure_steps(lambda: model.model.predict_on_batch(x), sync,
+                          batch_size=batch_size, steps=steps, warmup=warmup)
+    return {"precision": precision, "dtype_policy": POLICIES[precision], "train": train,
+            "infer": infer, "peak_memory_bytes": peak_memory_bytes(), "device": device_info(),
+            "step": "model.train_on_batch / model.predict_on_batch (compiled, current phase)"}

@@ -1,0 +1,182 @@
+"""Weights the Keras way: ``.weights.h5`` files, ImageNet via ``keras.applications``.
+
+* ``save``/``load``: ``model.save_weights`` / ``model.load_weights`` (Keras 3
+  insists the file name ends in ``.weights.h5``), written atomically. A
+  compiled model's file would also hold its optimizer and ``load_weights``
+  would load it whenever the variable *count* matches, even into another
+  phase's optimizer; so the weights go through an uncompiled view of the same
+  layers and the optimizer's variables into a sidecar ``.optimizer.npz``,
+  restored only when class and shapes match (a resumed run then continues
+  with the same momentum/Adam moments).
+* backbone from a checkpoint, head excluded: Keras 3 ``.weights.h5`` files are
+  keyed by the model's structure, not by layer name, so a file is loaded into
+  a temporary model shaped like the checkpoint (its head size read from the
+  file) and the backbone layers are copied across with ``set_weights``; the new
+  head keeps its fresh initialisation (``skip_mismatch=True`` would instead
+  *load* a head whose shape happens to match, e.g. same class count).
+* ImageNet: ``keras.applications``' own ``weights=`` with the cached
+  ``*_notop.h5``; offline, one line names the file and the cache folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+
+from backends.base import BackendError
+from common.models import ModelSpec
+
+from .model import HEAD_LOGITS, KerasModel, build_model
+
+WEIGHTS_SUFFIX = ".weights.h5"
+OPTIMIZER_SUFFIX = ".optimizer.npz"
+
+# keras.applications' own download locations and hashes for the no-top files.
+IMAGENET_ORIGINS = {
+    "inception_v3": ("https://storage.googleapis.com/tensorflow/keras-applications/inception_v3/",
+                     "bcbd6486424b2319ff4ef7d526e38f63"),
+    "resnet50": ("https://storage.googleapis.com/tensorflow/keras-applications/resnet/",
+                 "4d473c1dd8becc155b73f8504c6f6626"),
+}
+
+
+# ------------------------------------------------------------------ imagenet
+
+def keras_home() -> Path:
+    """Keras' cache root: ``$KERAS_HOME`` or ``~/.keras`` (as ``keras.utils.get_file``)."""
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
+
+
+def imagenet_file(spec: ModelSpec) -> str:
+    """Path of the cached Keras ImageNet no-top file, downloading it if possible."""
+    fname = spec.imagenet_files["keras"]
+    cache = keras_home() / "models"
+    if (cache / fname).is_file():
+        return str(cache / fname)
+    origin, file_hash = IMAGENET_ORIGINS[spec.name]
+    try:
+        return keras.utils.get_file(fname, origin + fname, cache_subdir="models",
+                                    cache_dir=str(keras_home()), file_hash=file_hash)
+    except Exception as err:  # offline, proxy, bad hash: the user places the file
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise BackendError(
+            f"Keras ImageNet weights for {spec.name} are not cached and could not be downloaded "
+            f"({reason}); place {fname} in {cache} (set KERAS_HOME to use another folder)"
+        ) from None
+
+
+# ------------------------------------------------------------ save / restore
+
+def weights_file(path: Path) -> Path:
+    path = Path(path)
+    return path if path.name.endswith(WEIGHTS_SUFFIX) else Path(str(path) + WEIGHTS_SUFFIX)
+
+
+def optimizer_file(path: Path) -> Path:
+    return Path(str(path) + OPTIMIZER_SUFFIX)
+
+
+def optimizer_signature(optimizer) -> str:
+    """Which optimizer state fits: class and variable shapes."""
+    shapes = [tuple(v.shape) for v in optimizer.variables]
+    return hashlib.sha256(repr((type(optimizer).__name__, shapes)).encode()).hexdigest()[:16]
+
+
+def save(km: KerasModel, optimizer, path: Path) -> Path:
+    """``<path>.weights.h5`` (and ``<path>.optimizer.npz``), each replaced atomically."""
+    target = weights_file(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # save_weights rejects names not ending in .weights.h5, so the temporary file keeps it.
+    tmp = target.with_name(f".{target.name[:-len(WEIGHTS_SUFFIX)]}.tmp{os.getpid()}{WEIGHTS_SUFFIX}")
+    km.weights_view.save_weights(str(tmp))
+    os.replace(tmp, target)
+    if optimizer is not None and optimizer.built:
+        opt_target = optimizer_file(target.with_name(target.name[:-len(WEIGHTS_SUFFIX)]))
+        opt_tmp = opt_target.with_name(f".{opt_target.name}.tmp{os.getpid()}.npz")
+        arrays = {f"v{i:04d}": np.asarray(keras.ops.convert_to_numpy(v))
+                  for i, v in enumerate(optimizer.variables)}
+        np.savez(opt_tmp, signature=np.asarray(optimizer_signature(optimizer)), **arrays)
+        os.replace(opt_tmp, opt_target)
+    return target
+
+
+def restore(km: KerasModel, optimizer, path: Path) -> bool:
+    """Load what ``save`` wrote; the optimizer state too when it fits the current phase.
+
+    Returns whether optimizer state was restored (best-on-val from an earlier
+    phase restores the model only: its optimizer belonged to that phase).
+    """
+    target = weights_file(path)
+    if not target.is_file():
+        raise BackendError(f"checkpoint {target} does not exist")
+    km.weights_view.load_weights(str(target))
+    opt_path = optimizer_file(target.with_name(target.name[:-len(WEIGHTS_SUFFIX)]))
+    if optimizer is None or not opt_path.is_file():
+        return False
+    if not optimizer.built:
+        optimizer.build(km.model.trainable_variables)
+    with np.load(opt_path) as saved:
+        if str(saved["signature"]) != optimizer_signature(optimizer):
+            return False
+        for i, v in enumerate(optimizer.variables):
+            v.assign(saved[f"v{i:04d}"])
+    return True
+
+
+# ------------------------------------------------------- backbone from a file
+
+def checkpoint_head(path: Path) -> tuple[int, int]:
+    """``(num_classes, head_hidden_units)`` of a ``.weights.h5`` written by ``save``.
+
+    The backbone of an application without its top has no Dense layer, so the
+    file's Dense kernels are the head: one (logits) or two (hidden, logits).
+    """
+    kernels = []
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset) and name.split("/")[-3].startswith("dense") \
+                    and name.endswith("vars/0") and obj.ndim == 2:
+                kernels.append((name, obj.shape))
+        f.visititems(visit)
+    if len(kernels) not in (1, 2):
+        raise BackendError(f"{path} is not a checkpoint written by the keras backend "
+                           f"(found {len(kernels)} Dense kernels, expected 1 or 2)")
+    kernels.sort()  # dense, dense_1: the order the head was built in
+    return kernels[-1][1][1], (kernels[0][1][1] if len(kernels) == 2 else 0)
+
+
+def restore_backbone(km: KerasModel, path: str, image_size: int,
+                     reuse_head_rows: dict[int, int]) -> None:
+    """Copy the backbone (never the head) of a ``.weights.h5`` into ``km``."""
+    path = Path(path)
+    num_classes, hidden = checkpoint_head(path)
+    if reuse_head_rows and (km.head_hidden_units or hidden):
+        raise BackendError("reuse_head_rows needs a linear head (head_hidden_units = 0) in the "
+                           "checkpoint and in this run")
+    source = build_model(km.spec, num_classes, image_size, hidden)
+    try:
+        source.weights_view.load_weights(str(path))
+    except (ValueError, KeyError) as err:
+        raise BackendError(f"{path} does not fit keras {km.spec.name}: "
+                           f"{str(err).splitlines()[0]}") from None
+    for src, dst in zip(source.layers[:source.num_base_layers], km.layers[:km.num_base_layers]):
+        dst.set_weights(src.get_weights())
+    if reuse_head_rows:
+        copy_head_rows(source.model.get_layer(HEAD_LOGITS), km.model.get_layer(HEAD_LOGITS),
+                       reuse_head_rows)
+
+
+def copy_head_rows(src_layer, dst_layer, rows: dict[int, int]) -> None:
+    """Copy the classifier of source class ``s`` to target class ``t`` for each ``t: s``."""
+    src_kernel, src_bias = src_layer.get_weights()
+    kernel, bias = dst_layer.get_weights()
+    for t, s in rows.items():
+        # Keras Dense kernels are [in, out]: a class is a COLUMN (a row of torch's [out, in] weight).
+        kernel[:, t] = src_kernel[:, s]
+        bias[t] = src_bias[s]
+    dst_layer.set_weights([kernel, bias])
