@@ -27,6 +27,16 @@ FRAMEWORKS = ("pytorch", "keras", "slim")
 # Canonical name of the classifier head in every model.
 HEAD = "head"
 
+# BatchNorm moving-average decay used by every backend:
+# moving = BN_DECAY * moving + (1 - BN_DECAY) * batch statistic.
+# The frameworks' defaults differ widely: torch.nn.BatchNorm2d momentum=0.1
+# (= decay 0.9), Keras BatchNormalization momentum=0.99, slim's
+# inception_v3_arg_scope batch_norm_decay=0.9997. With the few hundred steps
+# of a CPU run, 0.99 and 0.9997 leave the moving statistics near their
+# initial values, so a model trained in train mode evaluates badly in
+# inference mode; one explicit value keeps the comparison about the recipe.
+BN_DECAY = 0.9
+
 
 @dataclass(frozen=True)
 class ModelSpec:

@@ -296,3 +296,13 @@ def test_two_phase_run_reports_249_to_310_and_resumes(tiny_quads, tmp_path, monk
     assert "Mixed_7b    249..279" in summary and "head_logits" in summary
     assert on_disk["versions"]["keras_backend"] == keras.backend.backend()
     assert on_disk["throughput"]["train"]["images_per_second"] > 0
+
+
+def test_batchnorm_decay_is_the_suite_value_not_keras_default():
+    # Keras' BatchNormalization default momentum is 0.99; the suite uses common.models.BN_DECAY
+    from backends.keras.model import build_model
+    from common.models import BN_DECAY, get_model
+
+    km = build_model(get_model("inception_v3"), 5, 75)
+    bns = [l for l in km.model.layers if l.__class__.__name__ == "BatchNormalization"]
+    assert len(bns) == 94 and {l.momentum for l in bns} == {BN_DECAY}

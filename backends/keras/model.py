@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import keras
 
-from common.models import HEAD, ModelSpec
+from common.models import BN_DECAY, HEAD, ModelSpec
 
 # keras.applications constructors, keyed like common.models.MODELS.
 APPLICATIONS = {
@@ -127,6 +127,11 @@ def build_model(spec: ModelSpec, num_classes: int, image_size: int, head_hidden_
     # NHWC: Keras image models take channels last; torchvision takes NCHW.
     base = APPLICATIONS[spec.name](include_top=False, weights=base_weights,
                                    input_shape=(image_size, image_size, 3))
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            # Keras' default momentum is 0.99; the suite uses one decay everywhere
+            # (common.models.BN_DECAY; torch expresses the same as momentum=0.1).
+            layer.momentum = BN_DECAY
     pooled = keras.layers.GlobalAveragePooling2D(name=FEATURES_LAYER)(base.output)
     x = pooled
     if head_hidden_units:
