@@ -179,6 +179,7 @@ def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Pat
     ckpt_last, ckpt_best = run_dir / "checkpoints" / "last", run_dir / "checkpoints" / "best"
     images_seen = state["curves"][-1]["images_seen"] if state["curves"] else 0
     global_epoch = len(state["curves"])
+    resuming = bool(done)  # an interrupted run: the last checkpoint holds model + optimizer
     for pi, phase in enumerate(recipe.phases):
         if all((pi, e) in done for e in range(phase.epochs)):
             continue
@@ -189,9 +190,10 @@ def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Pat
         state["phases"] = [p for p in state["phases"] if p.get("index") != pi] + [{"index": pi, **report}]
         log(f"phase {pi + 1}/{len(recipe.phases)} '{phase.name}': {report['trainable_params']:,} of "
             f"{report['total_params']:,} parameters trainable ({', '.join(report['trainable_blocks']) or 'head only'})")
-        if done:  # resuming: the last checkpoint holds the model and optimizer state
+        if resuming:
             backend.restore(ckpt_last)
             log(f"resumed from {ckpt_last} after {len(done)} epoch(s)")
+            resuming = False
         for epoch in range(phase.epochs):
             if (pi, epoch) in done:
                 continue

@@ -1,0 +1,250 @@
+"""The PyTorch backend: torchvision models, requires_grad + param groups, state_dict ``.pt``.
+
+A thin class over plain functions: ``model.py`` builds the model and maps
+canonical blocks to top-level modules, ``train.py`` expresses a phase
+(``requires_grad``, BatchNorm ``eval()``, ``torch.optim`` param groups) and
+runs the epoch loop, ``data.py`` is the ``DataLoader`` over the common split,
+``weights.py`` saves and restores ``state_dict`` checkpoints (head excluded),
+``throughput.py`` times model steps.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+
+from backends.base import Backend, BackendError, WeightsRequest
+from common.config import Phase, RunConfig
+from common.data import Split
+from common.models import HEAD, ModelSpec
+from common.preprocess import get_normalisation
+
+from . import data, model as model_lib, train, weights as weights_lib
+from .throughput import measure_throughput
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class PyTorchBackend(Backend):
+    name = "pytorch"
+    checkpoint_suffix = ".pt"
+
+    def __init__(self, config: RunConfig, run_dir: Path):
+        super().__init__(config, run_dir)
+        self.device_ = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.split: Split | None = None
+        self.image_size = 0
+        self.spec: ModelSpec | None = None
+        self.model: nn.Module | None = None
+        self.num_classes = 0
+        self.phase: Phase | None = None
+        self.trainable: dict[str, nn.Module] = {}
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.optimizer_description = ""
+        self.writer = train.ScalarWriter(self.run_dir / "tensorboard")
+        self._step = 0
+
+    # -- environment -----------------------------------------------------
+    def frameworks(self) -> dict[str, str]:
+        return {"torch": torch.__version__, "torchvision": torchvision.__version__}
+
+    def device(self) -> dict:
+        if self.device_.type == "cuda":
+            name = torch.cuda.get_device_name(self.device_)
+        else:
+            name = _cpu_name()
+        return {"kind": self.device_.type, "name": name, "threads": torch.get_num_threads()}
+
+    # -- data and model --------------------------------------------------
+    def setup(self, split: Split, image_size: int) -> None:
+        seed = self.config.train.seed
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        torch.set_num_threads(cores or 1)
+        self.split, self.image_size = split, image_size
+        bs, workers = self.config.train.batch_size, self.config.data.num_workers
+        self.eval_loaders = {name: data.eval_loader(split.subset(name), image_size, bs, workers)
+                             for name in ("train", "val", "test")}
+
+    def build(self, model: ModelSpec, num_classes: int, weights: WeightsRequest,
+              head_hidden_units: int = 0) -> None:
+        self.spec, self.num_classes = model, num_classes
+        self.norm = get_normalisation(model.preprocessing["pytorch"])
+        torch.manual_seed(self.config.train.seed)  # random init depends on the seed only
+        net = model_lib.build_model(model, num_classes, head_hidden_units,
+                                    aux_logits=self.config.model.aux_logits,
+                                    image_size=self.image_size or None)
+        if weights.kind == "path":
+            file = Path(weights.path or "")
+            if not file.is_file() and weights_lib.checkpoint_file(file).is_file():
+                file = weights_lib.checkpoint_file(file)
+            state = weights_lib.model_state(weights_lib.load_checkpoint(file))
+            weights_lib.restore_excluding_head(net, state, f"checkpoint {str(file)!r}")
+        elif weights.kind == "imagenet":
+            state = weights_lib.imagenet_state(model)
+            weights_lib.restore_excluding_head(net, state, f"ImageNet weights for {model.name}")
+        elif weights.kind == "none":
+            state = None
+        else:
+            raise BackendError(f"unknown weights kind {weights.kind!r}; use none, imagenet or path")
+        if weights.reuse_head_rows:
+            if state is None:
+                raise BackendError("reuse_head_rows needs weights to copy the rows from")
+            weights_lib.copy_head_rows(net, state, weights.reuse_head_rows)
+        self.model = net.to(self.device_)
+        self.phase, self.optimizer, self.trainable = None, None, {}
+
+    def _require_model(self) -> nn.Module:
+        if self.model is None:
+            raise BackendError("the pytorch backend has no model yet; call build() first")
+        return self.model
+
+    def apply_phase(self, phase: Phase, index: int) -> dict:
+        net = self._require_model()
+        self.phase = phase
+        self.trainable = train.trainable_modules(net, self.spec, phase)
+        train.freeze_all_but(net, self.trainable)
+        groups = train.param_groups(net, self.spec, phase)
+        self.optimizer, self.optimizer_description = train.make_optimizer(phase, groups)
+        params = [p for p in net.parameters() if p.requires_grad]
+        return {
+            "trainable_blocks": list(phase.trainable_blocks(self.spec)),
+            "trainable_params": sum(p.numel() for p in params),
+            "total_params": sum(p.numel() for p in net.parameters()),
+            "trainable_tensors": len(params),
+            "native": {
+                "modules": list(self.trainable),
+                "param_groups": [{"name": g["name"], "lr_multiplier": g["lr_multiplier"],
+                                  "params": sum(p.numel() for p in g["params"])} for g in groups],
+                "optimizer": self.optimizer_description,
+                "bn": ("BatchNorm of frozen modules in eval()" if phase.bn == "frozen" else
+                       "every BatchNorm in train() (frozen modules update running stats too)"),
+            },
+        }
+
+    def set_learning_rate(self, learning_rate: float) -> None:
+        if self.optimizer is None:
+            raise BackendError("set_learning_rate before apply_phase")
+        train.set_learning_rate(self.optimizer, learning_rate)
+
+    def fit_epoch(self, phase: Phase, global_epoch: int) -> dict:
+        net = self._require_model()
+        if self.optimizer is None:
+            self.apply_phase(phase, 0)
+        loader = data.train_loader(self.split.train, self.image_size, self.config.train.batch_size,
+                                   augment=phase.augment, seed=self.config.train.seed,
+                                   epoch=global_epoch, num_workers=self.config.data.num_workers)
+        criterion = nn.CrossEntropyLoss(label_smoothing=phase.label_smoothing)
+        train.set_train_modes(net, self.trainable, phase.bn)  # model.train() resets BN modes
+
+        def on_step(loss: float) -> None:
+            self._step += 1
+            self.writer.add_scalars(self._step, {"batch/train_loss": loss})
+
+        return train.train_one_epoch(net, loader, self.optimizer, criterion, self.device_,
+                                     self.norm, on_step)
+
+    def _run_eval(self, subset: str, fn=None) -> np.ndarray:
+        net = self._require_model()
+        if subset not in self.eval_loaders:
+            raise BackendError(f"unknown subset {subset!r}; choose train, val or test")
+        out = train.predict_batches(net, self.eval_loaders[subset], self.device_, self.norm, fn)
+        if out is None:
+            width = self.num_classes if fn is None else self.spec.feature_dim
+            out = np.zeros((0, width), np.float32)
+        return out
+
+    def predict(self, subset: str) -> np.ndarray:
+        return self._run_eval(subset)
+
+    def extract_features(self, subset: str) -> np.ndarray:
+        return self._run_eval(subset, model_lib.forward_features)
+
+    # -- checkpoints -----------------------------------------------------
+    def _optimizer_signature(self) -> list:
+        """What must match for a saved optimizer state to be loaded into the current one."""
+        if self.optimizer is None:
+            return []
+        return [type(self.optimizer).__name__, self.trainable_names()]
+
+    def save(self, path: Path) -> Path:
+        net = self._require_model()
+        payload = {
+            "model": net.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "optimizer_signature": self._optimizer_signature(),
+            "classes": list(self.split.classes) if self.split is not None else [],
+            "num_classes": self.num_classes,
+            "model_name": self.spec.name,
+        }
+        return weights_lib.save_checkpoint(weights_lib.checkpoint_file(path, self.checkpoint_suffix),
+                                           payload)
+
+    def restore(self, path: Path) -> None:
+        net = self._require_model()
+        file = weights_lib.checkpoint_file(path, self.checkpoint_suffix)
+        ckpt = weights_lib.load_checkpoint(file)
+        try:
+            net.load_state_dict(weights_lib.model_state(ckpt))
+        except RuntimeError as err:
+            raise BackendError(f"checkpoint {str(file)!r} does not match the model: "
+                               f"{str(err).splitlines()[0]}") from None
+        # The optimizer state (momentum buffers, Adam moments) belongs to the phase that
+        # saved it; a checkpoint of another phase (best-on-val from phase 1) restores weights only.
+        if (self.optimizer is not None and ckpt.get("optimizer")
+                and ckpt.get("optimizer_signature") == self._optimizer_signature()):
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+
+    def trainable_names(self) -> list[str]:
+        return [n for n, p in self._require_model().named_parameters() if p.requires_grad]
+
+    def snapshot(self, block: str) -> dict[str, np.ndarray]:
+        net = self._require_model()
+        if block != HEAD and block not in self.spec.blocks:
+            raise BackendError(f"unknown block {block!r}; {self.spec.name} blocks are: "
+                               f"{', '.join(self.spec.blocks)}, {HEAD}")
+        modules = set(model_lib.block_modules(net, self.spec, block))
+        return {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()
+                if k.split(".", 1)[0] in modules}
+
+    # -- reporting -------------------------------------------------------
+    def throughput(self, batch_size: int, precision: str, steps: int, warmup: int) -> dict:
+        net = self._require_model()
+        if self.optimizer is None:  # no phase yet: time training of the whole model with SGD
+            self.apply_phase(Phase(name="throughput", train="all", optimizer="sgd",
+                                   learning_rate=1e-3), 0)
+        phase = self.phase
+        return measure_throughput(
+            net, self.optimizer, lambda: train.set_train_modes(net, self.trainable, phase.bn),
+            device=self.device_, num_classes=self.num_classes, image_size=self.image_size,
+            batch_size=batch_size, precision=precision, steps=steps, warmup=warmup,
+            seed=self.config.train.seed)
+
+    def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        self.writer.add_scalars(step, scalars)
+
+    def model_summary(self) -> str:
+        return model_lib.summary(self.model) if self.model is not None else ""
+
+    def close(self) -> None:
+        self.writer.close()
+        self.model = self.optimizer = None
+        if self.device_.type == "cuda":
+            torch.cuda.empty_cache()

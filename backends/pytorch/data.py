@@ -1,0 +1,86 @@
+"""The native input pipeline: a ``torch.utils.data.Dataset`` over the common split.
+
+PyTorch idiom: a map-style ``Dataset`` returns one sample, a ``DataLoader``
+batches and shuffles it (seeded ``torch.Generator``), and the augmentation
+is written with ``torchvision.transforms.v2.functional`` ops on tensors.
+Decoding is ``common.data.load_image`` (the one decoder every backend uses);
+what happens after it is exactly ``common.preprocess``: random crop from
+``crop_source_size(size)`` + random horizontal flip for training, the image
+at ``size`` for evaluation, then the model family's normalisation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2 import functional as F
+
+from common.data import Sample, load_image
+from common.preprocess import Normalisation, crop_source_size
+
+
+class SplitDataset(Dataset):
+    """uint8 CHW image tensors and labels of one subset, in split order.
+
+    With ``augment``, every sample draws its crop and flip from its own
+    generator seeded by ``(seed, epoch, index)``: the same epoch gives the
+    same augmentation whatever ``num_workers`` is.
+    """
+
+    def __init__(self, samples: list[Sample], size: int, augment: bool = False,
+                 seed: int = 0, epoch: int = 0):
+        self.samples = samples
+        self.size = size
+        self.augment = augment
+        self.seed = seed
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        sample = self.samples[index]
+        load_size = crop_source_size(self.size) if self.augment else self.size
+        # HWC uint8 (numpy, like every framework) -> CHW: PyTorch convolutions are NCHW,
+        # TensorFlow's NHWC.
+        image = torch.from_numpy(load_image(sample.path, load_size).copy()).permute(2, 0, 1).contiguous()
+        if self.augment:
+            image = random_crop_flip(image, self.size, self._generator(index))
+        return image, sample.label
+
+    def _generator(self, index: int) -> torch.Generator:
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_033 + index)
+
+
+def random_crop_flip(image: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """A random ``size`` x ``size`` crop and a left-right flip with probability 1/2."""
+    _, height, width = image.shape
+    top = int(torch.randint(0, height - size + 1, (1,), generator=generator))
+    left = int(torch.randint(0, width - size + 1, (1,), generator=generator))
+    image = F.crop(image, top, left, size, size)
+    if torch.rand((), generator=generator) < 0.5:
+        image = F.horizontal_flip(image)
+    return image
+
+
+def normalise(images: torch.Tensor, norm: Normalisation) -> torch.Tensor:
+    """uint8 ``[N, 3, H, W]`` -> float32 ``(x * scale - mean) / std`` per channel."""
+    x = images.float() * norm.scale
+    if norm.channel_order == "bgr":
+        x = x.flip(1)  # channels are dim 1 in NCHW
+    return F.normalize(x, list(norm.mean), list(norm.std))
+
+
+def train_loader(samples: list[Sample], size: int, batch_size: int, *, augment: bool, seed: int,
+                 epoch: int, num_workers: int = 0) -> DataLoader:
+    """Shuffled batches of one epoch; order and augmentation depend on ``(seed, epoch)`` only."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return DataLoader(SplitDataset(samples, size, augment, seed, epoch), batch_size=batch_size,
+                      shuffle=True, generator=generator, drop_last=False, num_workers=num_workers,
+                      pin_memory=torch.cuda.is_available())
+
+
+def eval_loader(samples: list[Sample], size: int, batch_size: int, num_workers: int = 0) -> DataLoader:
+    """Batches in split order, no augmentation."""
+    return DataLoader(SplitDataset(samples, size), batch_size=batch_size, shuffle=False,
+                      num_workers=num_workers, pin_memory=torch.cuda.is_available())

@@ -1,0 +1,213 @@
+"""Phases and the training loop, the PyTorch way.
+
+PyTorch idiom (torchvision ``references/classification/train.py``):
+freezing is ``requires_grad_(False)`` on modules, discriminative learning
+rates are optimizer *param groups*, BatchNorm's mode is the module's
+``train()`` / ``eval()`` flag, and one epoch is a plain ``train_one_epoch``
+function: forward, loss, ``backward()``, ``optimizer.step()``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from backends.base import BackendError
+from common.config import Phase
+from common.models import HEAD, ModelSpec
+from common.preprocess import Normalisation
+
+from .data import normalise
+from .model import block_modules
+
+# slim's inception_v3 train_image_classifier weights the aux loss by 0.4
+AUX_LOSS_WEIGHT = 0.4
+
+
+def trainable_modules(model: nn.Module, spec: ModelSpec, phase: Phase) -> dict[str, nn.Module]:
+    """Top-level modules ``phase`` trains: its canonical blocks, then the head (and AuxLogits)."""
+    modules = {}
+    for block in (*phase.trainable_blocks(spec), HEAD):
+        modules.update(block_modules(model, spec, block))
+    return modules
+
+
+def freeze_all_but(model: nn.Module, trainable: dict[str, nn.Module]) -> None:
+    """``requires_grad`` True exactly for the parameters of ``trainable`` modules."""
+    model.requires_grad_(False)
+    for module in trainable.values():
+        module.requires_grad_(True)
+
+
+def set_train_modes(model: nn.Module, trainable: dict[str, nn.Module], bn: str) -> None:
+    """``model.train()``, then BatchNorm of frozen modules back in ``eval()`` when ``bn="frozen"``.
+
+    ``model.train()`` resets every submodule, so this runs at the start of each epoch.
+    """
+    model.train()
+    if bn == "train":
+        # PyTorch's default: requires_grad=False does not stop a BN layer in train() mode
+        # from normalising with batch statistics and updating running_mean/var. Keras
+        # (trainable=False) and the suite's default instead keep frozen BN in inference.
+        return
+    for name, child in model.named_children():
+        if name not in trainable:
+            for module in child.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()  # frozen layers: running statistics used, never updated
+
+
+def param_groups(model: nn.Module, spec: ModelSpec, phase: Phase) -> list[dict]:
+    """Trainable parameters as two groups: ``backbone`` (x1) and ``head`` (x head_lr_multiplier)."""
+    head_ids = {id(p) for m in block_modules(model, spec, HEAD).values() for p in m.parameters()}
+    backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    head = [p for p in model.parameters() if p.requires_grad and id(p) in head_ids]
+    # Extra keys in a param group ("name", "lr_multiplier") are kept by torch.optim and saved
+    # in optimizer.state_dict(); Keras has one learning rate per optimizer instead.
+    return [
+        {"params": backbone, "name": "backbone", "lr_multiplier": 1.0,
+         "lr": phase.learning_rate},
+        {"params": head, "name": "head", "lr_multiplier": phase.head_lr_multiplier,
+         "lr": phase.learning_rate * phase.head_lr_multiplier},
+    ]
+
+
+def make_optimizer(phase: Phase, groups: list[dict]) -> tuple[torch.optim.Optimizer, str]:
+    """The ``torch.optim`` optimizer for ``phase`` and a one-line description of it."""
+    groups = [g for g in groups if g["params"]]  # torch.optim refuses an empty group
+    m, wd, eps = phase.effective_momentum, phase.weight_decay, phase.epsilon
+    lr = phase.learning_rate  # PyTorch spells it lr=, Keras learning_rate=
+    if phase.optimizer in ("sgd", "momentum"):
+        # PyTorch: v = m*v + g; p -= lr*v. Keras/TF: v = m*v - lr*g; p += v (equal at fixed lr).
+        # weight_decay here is an L2 term added to the gradient (coupled).
+        opt = torch.optim.SGD(groups, lr=lr, momentum=m, weight_decay=wd)
+        desc = f"torch.optim.SGD(momentum={m}, weight_decay={wd})"
+    elif phase.optimizer == "rmsprop":
+        # PyTorch adds eps outside the square root: g / (sqrt(avg) + eps); Keras and
+        # tf.compat.v1 (slim) add it inside: g / sqrt(avg + eps). alpha= is Keras' rho=.
+        opt = torch.optim.RMSprop(groups, lr=lr, alpha=phase.rmsprop_rho, eps=eps, momentum=m,
+                                  weight_decay=wd)
+        desc = f"torch.optim.RMSprop(alpha={phase.rmsprop_rho}, eps={eps}, momentum={m}, weight_decay={wd})"
+    elif phase.optimizer == "adam":
+        # Adam's weight_decay in PyTorch is L2 added to the gradient (coupled), not AdamW.
+        opt = torch.optim.Adam(groups, lr=lr, betas=(0.9, 0.999), eps=eps, weight_decay=wd)
+        desc = f"torch.optim.Adam(betas=(0.9, 0.999), eps={eps}, weight_decay={wd})"
+    elif phase.optimizer == "adamw":
+        opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=eps, weight_decay=wd)
+        desc = f"torch.optim.AdamW(betas=(0.9, 0.999), eps={eps}, weight_decay={wd})"
+    else:
+        raise BackendError(f"unknown optimizer {phase.optimizer!r}")
+    return opt, desc
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, learning_rate: float) -> None:
+    """Base LR for every group, times the group's ``lr_multiplier``."""
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate * group.get("lr_multiplier", 1.0)
+
+
+def compute_loss(outputs, labels: torch.Tensor, criterion: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, main logits); Inception's train-mode ``InceptionOutputs`` adds 0.4 x aux loss."""
+    if isinstance(outputs, tuple):  # torchvision InceptionOutputs(logits, aux_logits)
+        logits, aux = outputs
+        loss = criterion(logits, labels)
+        if aux is not None:
+            loss = loss + AUX_LOSS_WEIGHT * criterion(aux, labels)
+        return loss, logits
+    return criterion(outputs, labels), outputs
+
+
+def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, criterion: nn.Module,
+                    device: torch.device, norm: Normalisation, on_step=None) -> dict:
+    """One pass over ``loader`` (modes already set): mean loss, top-1, images, seconds."""
+    total_loss, correct, seen = 0.0, 0, 0
+    t0 = time.perf_counter()
+    for images, labels in loader:
+        images = normalise(images.to(device, non_blocking=True), norm)
+        labels = labels.to(device, non_blocking=True)
+        try:
+            outputs = model(images)
+        except ValueError as err:
+            if "Expected more than 1 value per channel" in str(err):
+                raise BackendError(
+                    f"a training batch of {len(labels)} image reached a BatchNorm layer in train mode "
+                    f"on 1x1 features, which PyTorch cannot normalise; choose a --batch-size that "
+                    f"does not leave a last batch of 1 ({len(loader.dataset)} training images)"
+                ) from None
+            raise
+        loss, logits = compute_loss(outputs, labels, criterion)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = len(labels)
+        total_loss += loss.item() * n
+        correct += int((logits.argmax(1) == labels).sum())
+        seen += n
+        if on_step is not None:
+            on_step(loss.item())
+    return {"loss": total_loss / max(seen, 1), "top1": correct / max(seen, 1), "images": seen,
+            "seconds": time.perf_counter() - t0}
+
+
+@torch.no_grad()
+def predict_batches(model: nn.Module, loader, device: torch.device, norm: Normalisation, fn=None):
+    """``fn(model, images)`` (default: the model) over ``loader`` in eval mode, concatenated."""
+    model.eval()
+    outs = []
+    for images, _ in loader:
+        images = normalise(images.to(device, non_blocking=True), norm)
+        outs.append((fn(model, images) if fn else model(images)).float().cpu())
+    return torch.cat(outs).numpy() if outs else None
+
+
+class ScalarWriter:
+    """TensorBoard scalars in ``logdir`` (an ``events.out.tfevents.*`` file), opened lazily.
+
+    Not ``torch.utils.tensorboard.SummaryWriter``: importing it imports TensorFlow
+    whenever TensorFlow is installed (its embedding module resolves
+    ``tensorboard.compat.tf``), which would add seconds and hundreds of MB to the
+    PyTorch run's peak memory. This writes the same event records with
+    tensorboard's TensorFlow-free record writer. No tensorboard: nothing is written.
+    """
+
+    def __init__(self, logdir: Path):
+        self.logdir = Path(logdir)
+        self._writer = None
+        self._event = self._summary = None
+        self._failed = False
+
+    def _open(self) -> bool:
+        if self._writer is not None or self._failed:
+            return self._writer is not None
+        try:
+            from tensorboard.compat.proto import event_pb2, summary_pb2
+            from tensorboard.summary.writer.record_writer import RecordWriter
+        except ImportError:
+            self._failed = True
+            return False
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}.0"
+        self._event, self._summary = event_pb2.Event, summary_pb2.Summary
+        self._writer = RecordWriter(open(self.logdir / name, "wb"))
+        self._writer.write(self._event(wall_time=time.time(), file_version="brain.Event:2")
+                           .SerializeToString())
+        return True
+
+    def add_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        if not self._open():
+            return
+        values = [self._summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()
+                  if v is not None]
+        self._writer.write(self._event(wall_time=time.time(), step=int(step),
+                                       summary=self._summary(value=values)).SerializeToString())
+        self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

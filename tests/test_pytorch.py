@@ -1,0 +1,346 @@
+"""PyTorch-specific behaviour: requires_grad counts, BatchNorm modes, param groups,
+state_dict restore without the head, ImageNet offline error, resume, and transfer.
+
+Tiny and on the CPU: ResNet18/50 at 32 px, Inception at 75 px (299 px for its
+aux head), a few images per class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import urllib.error
+
+import numpy as np
+import pytest
+
+from conftest import require_backend, tiny_config
+
+require_backend("pytorch")
+
+import torch  # noqa: E402
+
+from backends.base import BackendError, WeightsRequest, get_backend  # noqa: E402
+from benchmarks import driver  # noqa: E402
+from common import synthetic  # noqa: E402
+from common.config import Phase, PretrainConfig, load_recipe, override_epochs  # noqa: E402
+from common.models import get_model  # noqa: E402
+
+
+def _backend(tiny_quads, tmp_path, *, recipe="head", model="resnet18", size=32, **kw):
+    config = tiny_config("pytorch", recipe, tiny_quads, tmp_path / "run", model=model,
+                         image_size=size, **kw)
+    split = driver.prepare_split(config)
+    b = get_backend("pytorch")(config, tmp_path / "run")
+    b.setup(split, size)
+    return b, split
+
+
+def _built(tiny_quads, tmp_path, *, model="resnet18", size=32, hidden=0, weights=None,
+           num_classes=None, **kw):
+    b, split = _backend(tiny_quads, tmp_path, model=model, size=size, **kw)
+    b.build(get_model(model), num_classes or split.num_classes, weights or WeightsRequest("none"),
+            hidden)
+    return b, split
+
+
+def _params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# ------------------------------------------------------------------ freezing
+
+def test_partial_trains_exactly_layer4_and_fc(tiny_quads, tmp_path):
+    b, _ = _built(tiny_quads, tmp_path, model="resnet50")
+    try:
+        report = b.apply_phase(load_recipe("partial").phases[0], 0)
+        assert report["trainable_blocks"] == ["layer4"]
+        assert report["trainable_params"] == _params(b.model.layer4) + _params(b.model.fc)
+        assert report["total_params"] == _params(b.model)
+        names = b.trainable_names()
+        assert names and all(n.startswith(("layer4.", "fc.")) for n in names)
+        assert report["trainable_tensors"] == len(names) == (
+            len(list(b.model.layer4.parameters())) + len(list(b.model.fc.parameters())))
+        assert report["native"]["modules"] == ["layer4", "fc"]
+        assert report["native"]["optimizer"].startswith("torch.optim.SGD(momentum=0.9")
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("bn, stats_change", [("frozen", False), ("train", True)])
+def test_batchnorm_of_frozen_block_follows_phase_bn(tiny_quads, tmp_path, bn, stats_change):
+    b, _ = _built(tiny_quads, tmp_path)
+    try:
+        phase = Phase(name="head", train="head", optimizer="sgd", learning_rate=0.01, bn=bn)
+        b.apply_phase(phase, 0)
+        before = b.snapshot("layer4")
+        b.set_learning_rate(0.01)
+        b.fit_epoch(phase, 1)
+        after = b.snapshot("layer4")
+        stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+        weights = [k for k in before if k.endswith(("weight", "bias"))]
+        assert stats and weights
+        # frozen weights never change; running statistics change only with bn = "train"
+        assert all(np.array_equal(before[k], after[k]) for k in weights)
+        changed = [k for k in stats if not np.array_equal(before[k], after[k])]
+        assert (len(changed) == len(stats)) if stats_change else not changed
+        bn_modes = {m.training for m in b.model.layer4.modules()
+                    if isinstance(m, torch.nn.BatchNorm2d)}
+        assert bn_modes == {stats_change}
+    finally:
+        b.close()
+
+
+def test_head_lr_multiplier_gives_two_param_groups(tiny_quads, tmp_path):
+    b, _ = _built(tiny_quads, tmp_path)
+    try:
+        phase = load_recipe("full").phases[0]  # sgd 1e-3, head x10
+        report = b.apply_phase(phase, 0)
+        groups = {g["name"]: g for g in b.optimizer.param_groups}
+        assert groups["backbone"]["lr"] == pytest.approx(1e-3)
+        assert groups["head"]["lr"] == pytest.approx(1e-2)
+        b.set_learning_rate(5e-4)
+        assert [g["lr"] for g in b.optimizer.param_groups] == pytest.approx([5e-4, 5e-3])
+        assert [g["name"] for g in report["native"]["param_groups"]] == ["backbone", "head"]
+        assert report["native"]["param_groups"][1] == {
+            "name": "head", "lr_multiplier": 10.0, "params": _params(b.model.fc)}
+        assert sum(g["params"] for g in report["native"]["param_groups"]) == _params(b.model)
+    finally:
+        b.close()
+
+
+# ------------------------------------------------------------------ weights
+
+def _perturbed_checkpoint(tiny_quads, tmp_path, num_classes=None) -> tuple[object, object]:
+    """A backend whose every tensor (BN statistics too) differs from a fresh build, saved."""
+    a, _ = _built(tiny_quads, tmp_path / "a", num_classes=num_classes)
+    with torch.no_grad():
+        for t in a.model.state_dict().values():
+            if t.is_floating_point():
+                t.add_(0.5)
+    return a, a.save(tmp_path / "a" / "source")
+
+
+def test_restore_from_pt_excludes_the_head(tiny_quads, tmp_path):
+    a, file = _perturbed_checkpoint(tiny_quads, tmp_path)
+    assert file.name == "source.pt"
+    saved = torch.load(file, weights_only=True)
+    assert {"model", "optimizer", "classes", "num_classes", "model_name"} <= set(saved)
+    assert not list(file.parent.glob(".*tmp*"))  # written via a temporary file + os.replace
+    for source in (str(file), str(tmp_path / "plain.pt")):
+        torch.save(a.model.state_dict(), tmp_path / "plain.pt")  # a user's bare state_dict
+        b, _ = _built(tiny_quads, tmp_path / "b", weights=WeightsRequest("path", source))
+        try:
+            for blk in get_model("resnet18").blocks:
+                want, got = a.snapshot(blk), b.snapshot(blk)
+                assert want.keys() == got.keys()
+                for k in want:
+                    np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+            head_a, head_b = a.snapshot("head"), b.snapshot("head")
+            assert set(head_a) == {"fc.weight", "fc.bias"}
+            assert all(not np.array_equal(head_a[k], head_b[k]) for k in head_a)
+        finally:
+            b.close()
+    a.close()
+
+
+def test_restore_from_another_architecture_is_one_line_error(tiny_quads, tmp_path):
+    a, file = _perturbed_checkpoint(tiny_quads, tmp_path)
+    a.close()
+    with pytest.raises(BackendError) as err:
+        _built(tiny_quads, tmp_path / "b", model="resnet50", weights=WeightsRequest("path", str(file)))
+    assert "does not fit this model" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_reuse_head_rows_copies_exactly_the_listed_rows(tiny_quads, tmp_path):
+    a, file = _perturbed_checkpoint(tiny_quads, tmp_path, num_classes=10)
+    src_w = a.model.fc.weight.detach().numpy().copy()
+    src_b = a.model.fc.bias.detach().numpy().copy()
+    a.close()
+    rows = {3: 7, 0: 2}
+    b, _ = _built(tiny_quads, tmp_path / "b", weights=WeightsRequest("path", str(file), rows))
+    try:
+        w, bias = b.model.fc.weight.detach().numpy(), b.model.fc.bias.detach().numpy()
+        for target, source in rows.items():
+            np.testing.assert_array_equal(w[target], src_w[source])
+            assert bias[target] == src_b[source]
+        for target in set(range(5)) - set(rows):
+            assert not any(np.array_equal(w[target], r) for r in src_w)
+    finally:
+        b.close()
+    with pytest.raises(BackendError, match="linear head"):
+        _built(tiny_quads, tmp_path / "c", hidden=16, weights=WeightsRequest("path", str(file), rows))
+
+
+def test_imagenet_offline_error_names_file_and_cache_path(tiny_quads, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(BackendError) as err:
+        _built(tiny_quads, tmp_path, weights=WeightsRequest("imagenet"))
+    message = str(err.value)
+    cache = tmp_path / "torch-home" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    assert "resnet18-f37072fd.pth" in message and str(cache) in message
+    assert "TORCH_HOME" in message and "\n" not in message
+
+
+def test_cached_imagenet_file_is_loaded_without_network(tiny_quads, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    monkeypatch.setattr(torch.hub, "download_url_to_file",
+                        lambda *a, **k: pytest.fail("must not download"))
+    a, _ = _perturbed_checkpoint(tiny_quads, tmp_path)
+    cache = tmp_path / "torch-home" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    cache.parent.mkdir(parents=True)
+    torch.save(a.model.state_dict(), cache)
+    b, _ = _built(tiny_quads, tmp_path / "b", weights=WeightsRequest("imagenet"))
+    try:
+        np.testing.assert_array_equal(b.snapshot("layer4")["layer4.1.bn2.running_var"],
+                                      a.snapshot("layer4")["layer4.1.bn2.running_var"])
+    finally:
+        a.close()
+        b.close()
+
+
+# ------------------------------------------------------------------ model details
+
+@pytest.fixture
+def aux_config(tiny_quads, tmp_path):
+    def make(size):
+        config = tiny_config("pytorch", "head", tiny_quads, tmp_path / f"run{size}",
+                             image_size=size)
+        return dataclasses.replace(config, model=dataclasses.replace(config.model, aux_logits=True))
+    return make
+
+
+def test_inception_aux_logits_below_299px_is_one_line_error(tiny_quads, tmp_path, aux_config):
+    config = aux_config(75)
+    split = driver.prepare_split(config)
+    b = get_backend("pytorch")(config, tmp_path / "run75")
+    b.setup(split, 75)
+    with pytest.raises(BackendError, match="299") as err:
+        b.build(get_model("inception_v3"), split.num_classes, WeightsRequest("none"), 0)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_inception_aux_logits_train_with_aux_loss(tiny_quads, tmp_path, aux_config):
+    config = aux_config(299)
+    split = driver.prepare_split(config)
+    b = get_backend("pytorch")(config, tmp_path / "run299")
+    b.setup(split, 299)
+    b.build(get_model("inception_v3"), split.num_classes, WeightsRequest("none"), 0)
+    try:
+        phase = Phase(name="head", train="head", optimizer="adam", learning_rate=1e-3)
+        report = b.apply_phase(phase, 0)
+        assert report["native"]["modules"] == ["fc", "AuxLogits"]
+        assert b.model.AuxLogits.fc.out_features == split.num_classes
+        assert any(k.startswith("AuxLogits.") for k in b.snapshot("head"))
+        assert set(b.trainable_names()) <= set(b.snapshot("head"))
+        b.set_learning_rate(1e-3)
+        stats = b.fit_epoch(phase, 1)
+        assert stats["images"] == len(split.train) and np.isfinite(stats["loss"])
+        assert b.predict("val").shape == (len(split.val), split.num_classes)
+    finally:
+        b.close()
+
+
+def test_inception_has_no_dropout_and_features_feed_the_head(tiny_quads, tmp_path):
+    b, split = _built(tiny_quads, tmp_path, model="inception_v3", size=75, hidden=8)
+    try:
+        assert not [m for m in b.model.modules() if isinstance(m, torch.nn.Dropout)]
+        assert b.model.transform_input is False
+        feats = b.extract_features("test")
+        assert feats.shape == (len(split.test), 2048)
+        with torch.no_grad():
+            logits = b.model.fc(torch.from_numpy(feats)).numpy()
+        np.testing.assert_allclose(logits, b.predict("test"), rtol=1e-4, atol=1e-4)
+    finally:
+        b.close()
+
+
+def test_throughput_bf16_leaves_the_model_unchanged(tiny_quads, tmp_path):
+    b, _ = _built(tiny_quads, tmp_path)
+    try:
+        b.apply_phase(load_recipe("partial").phases[0], 0)
+        before = b.snapshot("layer4")
+        tp = b.throughput(batch_size=4, precision="bf16", steps=2, warmup=1)
+        assert tp["precision"] == "bf16" and tp["peak_memory_bytes"] is None
+        assert tp["train"]["images_per_second"] > 0 and tp["infer"]["steps"] == 2
+        after = b.snapshot("layer4")
+        assert all(np.array_equal(before[k], after[k]) for k in before)
+        assert b.model.conv1.weight.is_contiguous()  # back to NCHW memory
+    finally:
+        b.close()
+
+
+def test_training_is_deterministic_for_a_seed(tiny_quads, tmp_path):
+    losses = []
+    for run in ("a", "b"):
+        b, _ = _built(tiny_quads, tmp_path / run)
+        phase = Phase(name="all", train="all", optimizer="sgd", learning_rate=0.01, bn="train")
+        b.apply_phase(phase, 0)
+        b.set_learning_rate(0.01)
+        losses.append(b.fit_epoch(phase, 3)["loss"])
+        b.close()
+    assert losses[0] == losses[1]
+
+
+# ------------------------------------------------------------------ driver
+
+def test_resume_runs_only_the_missing_epoch(tiny_quads, tmp_path, monkeypatch):
+    cls = get_backend("pytorch")
+    config = tiny_config("pytorch", "head", tiny_quads, tmp_path / "run", model="resnet18",
+                         image_size=32, epochs=2)
+    real_fit = cls.fit_epoch
+
+    def crash_on_second(self, phase, global_epoch):
+        if global_epoch == 2:
+            raise RuntimeError("simulated interruption")
+        return real_fit(self, phase, global_epoch)
+
+    monkeypatch.setattr(cls, "fit_epoch", crash_on_second)
+    first = driver.run(config, log=lambda m: None)
+    assert first["status"] == "failed" and "simulated interruption" in first["error"]
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["done"] == [[0, 0]] and len(state["curves"]) == 1
+
+    calls = []
+
+    def counting(self, phase, global_epoch):
+        calls.append(global_epoch)
+        return real_fit(self, phase, global_epoch)
+
+    monkeypatch.setattr(cls, "fit_epoch", counting)
+    second = driver.run(config, log=lambda m: None)
+    assert second["status"] == "ok", second.get("traceback")
+    assert calls == [2]
+    assert [c["global_epoch"] for c in second["curves"]] == [1, 2]
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+# ------------------------------------------------------------------ transfer
+
+@pytest.mark.slow
+def test_source_weights_beat_scratch(tmp_path):
+    """two_phase from shapes-pretrained weights beats the scratch control on quads.
+
+    Minutes on 2 CPU cores (the shapes pretraining dominates; it is cached per session).
+    """
+    target = synthetic.generate(synthetic.SyntheticSpec("quads", 30, image_size=64, seed=2),
+                                progress=False)
+    top1 = {}
+    for recipe, weights in (("two_phase", "source"), ("scratch", "none")):
+        config = tiny_config("pytorch", recipe, target, tmp_path / recipe, model="resnet18",
+                             weights=weights, image_size=32, batch_size=16)
+        config = dataclasses.replace(
+            config, recipe=override_epochs(load_recipe(recipe), 8),
+            pretrain=PretrainConfig(epochs=8, images_per_class=120, batch_size=32))
+        result = driver.run(config, log=lambda m: None)
+        assert result["status"] == "ok", result.get("traceback")
+        top1[recipe] = result["test"]["top1"]
+    assert top1["two_phase"] >= top1["scratch"] + 0.10, top1
