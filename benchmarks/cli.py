@@ -151,7 +151,8 @@ def build_configs(args: argparse.Namespace, out: Path) -> list[RunConfig]:
     if args.class_map and not Path(args.class_map).is_file():
         raise UsageError(f"--class-map {args.class_map!r} does not exist")
     weights = args.weights
-    if weights not in ("source", "none", "imagenet") and not Path(weights).exists():
+    if weights not in ("source", "none", "imagenet") and not (
+            Path(weights).exists() or Path(weights + ".index").exists()):  # TF checkpoint prefix
         raise UsageError(f"--weights {weights!r} is neither source, none, imagenet nor an existing path")
     recipes = [load_recipe(r) for r in args.recipe]
     if args.epochs:

@@ -145,7 +145,7 @@ def resolve_weights(config: RunConfig, split: Split, image_size: int, log) -> tu
         return WeightsRequest("path", str(ckpt), rows), {"kind": "source", **meta,
                                                         "reused_head_rows": rows}
     path = Path(weights)
-    if not path.exists():
+    if not (path.exists() or Path(weights + ".index").exists()):  # a TF checkpoint is a prefix
         raise BackendError(f"weights file {weights!r} does not exist; pass --weights source, none, "
                            f"imagenet or the path of a native checkpoint")
     return WeightsRequest("path", str(path)), {"kind": "path", "path": str(path.resolve())}

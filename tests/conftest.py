@@ -7,8 +7,15 @@ Everything generated lives under a session temporary folder
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 from pathlib import Path
+
+# Import order matters when one interpreter holds both frameworks (pytest does;
+# `bench run` never does): `import tensorflow` before `torchvision.models`
+# segfaults in triton's import, torch first is fine.
+if importlib.util.find_spec("torch") is not None:
+    import torch  # noqa: F401
 
 import pytest
 

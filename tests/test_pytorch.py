@@ -344,3 +344,14 @@ def test_source_weights_beat_scratch(tmp_path):
         assert result["status"] == "ok", result.get("traceback")
         top1[recipe] = result["test"]["top1"]
     assert top1["two_phase"] >= top1["scratch"] + 0.10, top1
+
+
+def test_batchnorm_momentum_is_the_suite_decay():
+    # torch's momentum weights the new batch statistic: 1 - common.models.BN_DECAY
+    from torch import nn
+
+    from backends.pytorch.model import build_model
+    from common.models import BN_DECAY, get_model
+
+    bns = [m for m in build_model(get_model("inception_v3"), 5).modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 94 and {round(m.momentum, 9) for m in bns} == {round(1 - BN_DECAY, 9)}

@@ -14,7 +14,7 @@ import torchvision
 from torch import nn
 
 from backends.base import BackendError
-from common.models import HEAD, ModelSpec
+from common.models import BN_DECAY, HEAD, ModelSpec
 
 # Each model of the table that this backend supports: one constructor line.
 CONSTRUCTORS = {
@@ -54,6 +54,11 @@ def build_model(spec: ModelSpec, num_classes: int, head_hidden_units: int = 0,
     else:
         model = CONSTRUCTORS[spec.name](weights=None)
     model.fc = make_head(model.fc.in_features, num_classes, head_hidden_units)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            # PyTorch's momentum is the weight of the *new* batch statistic:
+            # momentum=0.1 is Keras' momentum=0.9 / slim's decay=0.9 (common.models.BN_DECAY).
+            m.momentum = 1.0 - BN_DECAY
     return model
 
 

@@ -1,0 +1,357 @@
+"""The TF-Slim backend: the recipe as ``train_image_classifier.py`` would run it.
+
+One private ``tf.Graph`` and ``tf.compat.v1.Session`` per backend object
+(eager execution stays on for the rest of the process; everything here is
+built inside ``with self.graph.as_default()``). The graph holds the
+tf.data pipelines (``data.py``), an eval tower and one train tower per BN
+configuration (``model.py``), one train op per phase (``train.py``) and
+the Savers (``weights.py``).
+
+BatchNorm in frozen blocks, the slim way and the suite's way:
+
+* slim's ``batch_norm`` has no per-layer mode switch: ``is_training`` is a
+  Python bool of the graph. With ``True`` it normalises with batch
+  statistics and adds two moving-average ops to ``UPDATE_OPS``; with
+  ``False`` it uses the moving statistics and creates no update op. Whether a
+  variable *trains* is a separate matter (``--trainable_scopes`` ->
+  ``variables_to_train``).
+* ``train_image_classifier.py`` builds the whole net with ``is_training=True``
+  and runs every ``UPDATE_OPS`` op, so the moving statistics of frozen scopes
+  keep drifting towards the new data (Keras 3 and PyTorch ``eval()`` do not).
+* Here, a train tower is built with ``is_training`` chosen *per scope*
+  (``model.scoped_batch_norm``): ``phase.bn = "frozen"`` -> True only in the
+  blocks that train (and the head), so frozen scopes normalise with their
+  moving statistics and have no update op; ``phase.bn = "train"`` -> True
+  everywhere and every update op runs. The train op runs exactly that
+  tower's ``UPDATE_OPS`` (counted in the phase report).
+
+Precision: fp32 only; ``bf16`` is refused in ``setup`` (slim layers have no
+mixed-precision policy in TF1 graph mode).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from backends.base import Backend, BackendError, WeightsRequest
+from backends.slim import data as slim_data
+from backends.slim import model as slim_model
+from backends.slim import throughput as slim_throughput
+from backends.slim import train as slim_train
+from backends.slim import weights as slim_weights
+from common.config import Phase
+from common.models import HEAD, ModelSpec, get_model
+from common.preprocess import get_normalisation
+
+# the linear classifier layer (the one whose rows ``reuse_head_rows`` copies) per model
+LOGITS_LAYER = {"inception_v3": "InceptionV3/Logits/Conv2d_1c_1x1", "resnet50": "resnet_v1_50/logits"}
+
+# what ``throughput`` times when no phase was applied (a linear-probe run): every layer
+ALL_LAYERS = Phase(name="throughput", train="all", optimizer="momentum", learning_rate=1e-3,
+                   bn="train", augment=False)
+
+
+class SlimBackend(Backend):
+    name = "slim"
+    checkpoint_suffix = slim_weights.SUFFIX
+
+    def __init__(self, config, run_dir):
+        super().__init__(config, run_dir)
+        self.graph: tf.Graph | None = None
+        self.session: tf.compat.v1.Session | None = None
+        self.step: slim_train.TrainOp | None = None
+        self.variables_to_train: list = []
+        self.weights_report: dict = {"kind": "none"}
+        self._train_towers: dict[tuple, slim_model.Tower] = {}
+        self._in_memory: dict[int, tf.Operation] = {}
+        self._saver = slim_weights.CheckpointSaver()
+        self._writer = None
+        self._lr_value = 0.0
+
+    # -- environment -----------------------------------------------------
+    def frameworks(self) -> dict[str, str]:
+        import tf_keras
+
+        return {"tensorflow": tf.__version__, "tf_slim": importlib.metadata.version("tf-slim"),
+                "tf_keras": tf_keras.__version__}
+
+    def device(self) -> dict:
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            details = tf.config.experimental.get_device_details(gpus[0])
+            return {"kind": "gpu", "name": details.get("device_name", gpus[0].name),
+                    "count": len(gpus)}
+        return {"kind": "cpu", "name": platform.processor() or platform.machine()}
+
+    # -- data and model --------------------------------------------------
+    def setup(self, split, image_size: int) -> None:
+        if self.config.train.precision != "fp32":
+            raise BackendError(f"the slim backend runs fp32 only (precision "
+                               f"{self.config.train.precision!r} is not supported by tf_slim "
+                               f"graph mode); pass --precision fp32")
+        seed = self.config.train.seed
+        random.seed(seed)
+        np.random.seed(seed)
+        self.split, self.image_size = split, image_size
+        self.graph = tf.Graph()
+        norm = get_normalisation(get_model(self.config.model.name).preprocessing["slim"])
+        with self.graph.as_default():
+            tf.compat.v1.set_random_seed(seed)  # graph-level seed: op seeds follow build order
+            self.pipes = slim_data.build_pipelines(split, image_size, norm,
+                                                   self.config.train.batch_size)
+        config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
+        config.gpu_options.allow_growth = True
+        self.session = tf.compat.v1.Session(graph=self.graph, config=config)
+
+    def build(self, model: ModelSpec, num_classes: int, weights: WeightsRequest,
+              head_hidden_units: int = 0) -> None:
+        if not model.supports("slim"):
+            raise BackendError(f"model {model.name!r} has no slim entry in the model table")
+        self.spec, self.num_classes, self.hidden = model, num_classes, head_hidden_units
+        self.aux = bool(self.config.model.aux_logits and model.has_aux_head.get("slim"))
+        if head_hidden_units > 0 and weights.reuse_head_rows:
+            raise BackendError("reuse_head_rows needs a linear head (head_hidden_units = 0): "
+                               "the new head's first layer has no class rows")
+        ckpt = self._checkpoint_for(weights)
+        with self.graph.as_default():
+            # phase-dependent scalars; local variables: not in checkpoints
+            self.learning_rate = _local_scalar("learning_rate", 0.0)
+            self.weight_decay = _local_scalar("weight_decay", 0.0)
+            # the eval tower creates every model variable: is_training=False everywhere
+            self.eval_tower = self._tower(training_blocks=(), reuse=False)
+            self.model_variables = tf.compat.v1.global_variables()
+            self.global_step = tf.compat.v1.train.get_or_create_global_step()
+            self.session.run([tf.compat.v1.global_variables_initializer(),
+                              tf.compat.v1.local_variables_initializer()])
+            self._train_towers[self._bn_key(())] = self.eval_tower
+            self.weights_report = self._load_weights(weights, ckpt)
+
+    def _tower(self, training_blocks, reuse: bool) -> slim_model.Tower:
+        return slim_model.build_tower(
+            self.spec, self.pipes.images, self.num_classes, hidden_units=self.hidden,
+            aux_logits=self.aux, weight_decay=self.weight_decay, training_blocks=training_blocks,
+            reuse=reuse)
+
+    def _bn_key(self, training_blocks) -> tuple:
+        """Blocks that have a batch_norm in training mode (towers are shared per key)."""
+        with_bn = {slim_model.block_of(v.op.name, self.spec) for v in self.model_variables
+                   if slim_model.is_moving_statistic(v)}
+        return tuple(b for b in training_blocks if b in with_bn)
+
+    def _checkpoint_for(self, weights: WeightsRequest) -> str | None:
+        """The checkpoint to restore from (checked before the graph is built)."""
+        if weights.kind == "none":
+            return None
+        if weights.kind == "imagenet":
+            return slim_weights.imagenet_checkpoint(self.spec)
+        if weights.kind == "path":
+            return slim_weights.resolve_checkpoint(weights.path)
+        raise BackendError(f"unknown weights kind {weights.kind!r}; use none, imagenet or path")
+
+    def _load_weights(self, weights: WeightsRequest, ckpt: str | None) -> dict:
+        if ckpt is None:
+            return {"kind": "none"}
+        exclude = slim_model.checkpoint_exclude_scopes(self.spec)
+        report = slim_weights.restore_excluding(self.session, ckpt, self.model_variables, exclude)
+        if report["restored"] == 0:
+            raise BackendError(f"checkpoint {ckpt!r} shares no variable with slim "
+                               f"{self.spec.name}; is it a {self.spec.constructors['slim']} checkpoint?")
+        if weights.reuse_head_rows:
+            layer = LOGITS_LAYER[self.spec.name]
+            w, b = (self._variable(f"{layer}/{n}") for n in ("weights", "biases"))
+            report["reused_head_rows"] = slim_weights.copy_head_rows(
+                self.session, ckpt, w, b, weights.reuse_head_rows)
+        return {"kind": weights.kind, **report}
+
+    def _variable(self, name: str):
+        for v in self.model_variables:
+            if v.op.name == name:
+                return v
+        raise KeyError(name)
+
+    # -- phases ------------------------------------------------------------
+    def apply_phase(self, phase: Phase, index: int) -> dict:
+        spec = self.spec
+        scopes = slim_model.trainable_scopes(spec, phase, self.aux)
+        exclude = slim_model.checkpoint_exclude_scopes(spec)
+        trainable = [v for v in self.model_variables
+                     if v.trainable and slim_model.in_scopes(v.op.name, scopes)]
+        head_vars = slim_model.variables_in_scopes(trainable, slim_model.native_scopes(spec, HEAD, True))
+        training_blocks = slim_model.bn_training_blocks(spec, phase)
+        with self.graph.as_default():
+            key = self._bn_key(training_blocks)
+            if key not in self._train_towers:
+                self._train_towers[key] = self._tower(training_blocks, reuse=True)
+            tower = self._train_towers[key]
+            # a fresh variable scope per phase: its optimizer slots get their own names
+            with tf.compat.v1.variable_scope(f"phase{index}"):
+                step = slim_train.build_train_op(
+                    tower, self.pipes.labels, self.num_classes, phase,
+                    variables_to_train=trainable, head_variables=head_vars,
+                    learning_rate=self.learning_rate, global_step=self.global_step,
+                    name=f"phase{index}")
+            # initialise only what this phase created (slots); model values are kept
+            self.session.run(tf.compat.v1.variables_initializer(step.variables))
+            self.weight_decay.load(0.0 if phase.optimizer == "adamw" else phase.weight_decay,
+                                   self.session)
+        self.step, self.variables_to_train, self.phase = step, trainable, phase
+        params = [v for v in self.model_variables if not slim_model.is_moving_statistic(v)]
+        bn_training = ", ".join(key) or "none"
+        return {
+            "trainable_blocks": list(phase.trainable_blocks(spec)),
+            "trainable_params": slim_model.param_count(trainable),
+            "total_params": slim_model.param_count(params),
+            "trainable_tensors": len(trainable),
+            "native": {
+                "trainable_scopes": ",".join(scopes),
+                "checkpoint_exclude_scopes": ",".join(exclude),
+                "optimizer": step.optimizer,
+                "bn": (f"batch_norm is_training=True in: {bn_training}; is_training=False "
+                       f"(moving statistics, no update ops) elsewhere"),
+                "update_ops": len(step.update_ops),
+                "train_image_classifier_flags": slim_train.slim_flags(phase, scopes, exclude),
+                "weights": {k: v for k, v in self.weights_report.items()
+                            if k not in ("missing", "shape_mismatch")},
+            },
+        }
+
+    def set_learning_rate(self, learning_rate: float) -> None:
+        self._lr_value = float(learning_rate)
+        with self.graph.as_default():  # Variable.load assigns eagerly outside a graph
+            self.learning_rate.load(self._lr_value, self.session)
+
+    def fit_epoch(self, phase: Phase, global_epoch: int) -> dict:
+        if self.step is None:
+            raise BackendError("fit_epoch before apply_phase")
+        init = self.pipes.initializers["train_augmented" if phase.augment else "train"]
+        feed = {self.pipes.epoch_seed: self.config.train.seed * 100_003 + global_epoch}
+        writer = self._summary_writer()
+        step_no = int(self.session.run(self.global_step))
+
+        def on_step(loss):
+            nonlocal step_no
+            step_no += 1
+            writer.add_summary(_summary({"step/loss": loss, "step/learning_rate": self._lr_value}),
+                               step_no)
+
+        stats = slim_train.train_one_epoch(self.session, self.step, init, feed, on_step)
+        writer.add_summary(_summary({"epoch/train_loss": stats["loss"],
+                                     "epoch/train_accuracy": stats["top1"],
+                                     "epoch/learning_rate": self._lr_value}), global_epoch)
+        writer.flush()
+        return stats
+
+    def _run_subset(self, subset: str, tensor) -> np.ndarray:
+        if subset not in slim_data.SUBSETS:
+            raise BackendError(f"unknown subset {subset!r}; choose one of {slim_data.SUBSETS}")
+        self.session.run(self.pipes.initializers[subset])
+        out = []
+        while True:
+            try:
+                out.append(self.session.run(tensor))
+            except tf.errors.OutOfRangeError:
+                break
+        width = tensor.shape[-1]
+        return np.concatenate(out) if out else np.zeros((0, width), np.float32)
+
+    def predict(self, subset: str) -> np.ndarray:
+        return self._run_subset(subset, self.eval_tower.logits)
+
+    def extract_features(self, subset: str) -> np.ndarray:
+        return self._run_subset(subset, self.eval_tower.features)
+
+    # -- checkpoints -------------------------------------------------------
+    def save(self, path: Path) -> Path:
+        with self.graph.as_default():
+            return self._saver.save(self.session, tf.compat.v1.global_variables(), path)
+
+    def restore(self, path: Path) -> None:
+        with self.graph.as_default():
+            self._saver.restore(self.session, tf.compat.v1.global_variables(),
+                                self.model_variables, path)
+
+    def trainable_names(self) -> list[str]:
+        return [v.op.name for v in self.variables_to_train]
+
+    def snapshot(self, block: str) -> dict[str, np.ndarray]:
+        scopes = slim_model.native_scopes(self.spec, block, self.aux)
+        return slim_weights.snapshot(self.session,
+                                     slim_model.variables_in_scopes(self.model_variables, scopes))
+
+    # -- reporting ---------------------------------------------------------
+    def throughput(self, batch_size: int, precision: str, steps: int, warmup: int) -> dict:
+        if precision != "fp32":
+            raise BackendError(f"the slim backend measures fp32 only (got {precision!r})")
+        with self.graph.as_default():
+            if batch_size not in self._in_memory:
+                self._in_memory[batch_size] = slim_data.add_in_memory_batch(
+                    self.pipes, batch_size, self.image_size, self.config.train.seed)
+        previous = self.step, self.variables_to_train
+        if self.step is None:
+            self.apply_phase(ALL_LAYERS, -1)
+        # timing trains on a random batch: keep the model as it was
+        with tempfile.TemporaryDirectory(prefix="slim-throughput-") as tmp:
+            kept = self.save(Path(tmp) / "before")
+            try:
+                result = slim_throughput.model_step_throughput(
+                    self.session, initializer=self._in_memory[batch_size],
+                    train_step=self.step.train_op, infer_step=self.eval_tower.logits,
+                    batch_size=batch_size, steps=steps, warmup=warmup)
+            finally:
+                self.restore(kept)
+                self.step, self.variables_to_train = previous
+        return {"precision": "fp32", **result, "peak_memory_bytes": self._peak_memory(),
+                "device": self.device()}
+
+    def _peak_memory(self) -> int | None:
+        if not tf.config.list_physical_devices("GPU"):
+            return None  # CPU: the driver records the process peak RSS
+        try:
+            return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+        except (ValueError, RuntimeError):
+            return None
+
+    def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        writer = self._summary_writer()
+        writer.add_summary(_summary(scalars), step)
+        writer.flush()
+
+    def _summary_writer(self):
+        if self._writer is None:
+            with self.graph.as_default():  # FileWriter refuses to start in eager mode
+                self._writer = tf.compat.v1.summary.FileWriter(str(self.run_dir / "tensorboard"))
+        return self._writer
+
+    def model_summary(self) -> str:
+        text = slim_model.summary(self.spec, self.model_variables, self.trainable_names())
+        w = self.weights_report
+        if w.get("kind") != "none":
+            text += (f"\nweights: {w['checkpoint']}: restored {w['restored']} variables, excluded "
+                     f"{w['excluded']} (checkpoint_exclude_scopes), missing {len(w['missing'])}, "
+                     f"shape mismatch {len(w['shape_mismatch'])}\n")
+        return text
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+
+def _local_scalar(name: str, value: float) -> tf.Variable:
+    return tf.compat.v1.Variable(value, trainable=False, name=name, dtype=tf.float32,
+                                 collections=[tf.compat.v1.GraphKeys.LOCAL_VARIABLES])
+
+
+def _summary(scalars: dict[str, float]) -> tf.compat.v1.Summary:
+    return tf.compat.v1.Summary(value=[tf.compat.v1.Summary.Value(tag=k, simple_value=float(v))
+                                       for k, v in scalars.items()])

@@ -1,0 +1,107 @@
+"""The common split as a tf.data pipeline inside the slim graph.
+
+TF1 idiom: one reinitializable iterator (``Iterator.from_structure``) whose
+``get_next()`` tensors feed every tower; each subset is a dataset with its own
+initializer op (train with and without augmentation, val, test, and an
+in-memory batch for throughput). Switching subset or starting an epoch is one
+``session.run(initializer)``; the hot path has no ``feed_dict``.
+
+Per element: ``(path, label)`` -> ``tf.numpy_function(common.data.load_image)``
+(the suite's only decoder) -> stateless random crop + flip seeded by
+(epoch seed, element index) when augmenting -> ``common.preprocess``
+normalisation -> batch -> prefetch. Images are NHWC float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from common.data import Sample, load_image
+from common.preprocess import Normalisation, crop_source_size
+
+SUBSETS = ("train", "val", "test")
+
+
+def _decode(path: tf.Tensor, size: int) -> tf.Tensor:
+    """``common.data.load_image`` as a graph op: uint8 ``[size, size, 3]`` RGB."""
+    image = tf.numpy_function(lambda p: load_image(p.decode("utf-8"), size), [path], tf.uint8,
+                              stateful=False)
+    image.set_shape([size, size, 3])
+    return image
+
+
+def normalise(image: tf.Tensor, norm: Normalisation) -> tf.Tensor:
+    """``common.preprocess`` normalisation with tf ops (NHWC, RGB in)."""
+    x = tf.cast(image, tf.float32) * norm.scale
+    if norm.channel_order == "bgr":
+        x = x[..., ::-1]
+    return (x - tf.constant(norm.mean, tf.float32)) / tf.constant(norm.std, tf.float32)
+
+
+def make_dataset(samples: list[Sample], image_size: int, norm: Normalisation, batch_size: int, *,
+                 augment: bool = False, shuffle: bool = False,
+                 epoch_seed: tf.Tensor | None = None) -> tf.data.Dataset:
+    """Batches of (normalised images ``[B, S, S, 3]``, int64 labels) over ``samples``."""
+    paths = tf.constant([s.path for s in samples], tf.string)
+    labels = tf.constant([s.label for s in samples], tf.int64)
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    if shuffle:
+        # a new order every epoch, reproducible: the seed is fed to the initializer
+        ds = ds.shuffle(max(len(samples), 1), seed=epoch_seed, reshuffle_each_iteration=False)
+    ds = ds.enumerate()
+
+    def load(index, item):
+        path, label = item
+        if not augment:
+            return normalise(_decode(path, image_size), norm), label
+        image = _decode(path, crop_source_size(image_size))
+        crop_seed, flip_seed = tf.unstack(
+            tf.random.experimental.stateless_split(tf.stack([epoch_seed, index]), 2))
+        image = tf.image.stateless_random_crop(image, [image_size, image_size, 3], seed=crop_seed)
+        image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+        return normalise(image, norm), label
+
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+@dataclass
+class Pipelines:
+    """The reinitializable iterator, its output tensors and one initializer per source."""
+
+    images: tf.Tensor
+    labels: tf.Tensor
+    initializers: dict
+    epoch_seed: tf.Tensor
+    iterator: object
+
+
+def build_pipelines(split, image_size: int, norm: Normalisation, batch_size: int) -> Pipelines:
+    """Datasets for every subset plus ``train_augmented``, in the current default graph."""
+    epoch_seed = tf.compat.v1.placeholder_with_default(tf.constant(0, tf.int64), [], "epoch_seed")
+    datasets = {
+        "train_augmented": make_dataset(split.train, image_size, norm, batch_size, augment=True,
+                                        shuffle=True, epoch_seed=epoch_seed),
+        "train": make_dataset(split.train, image_size, norm, batch_size, shuffle=True,
+                              epoch_seed=epoch_seed),
+        "val": make_dataset(split.val, image_size, norm, batch_size),
+        "test": make_dataset(split.test, image_size, norm, batch_size),
+    }
+    spec = datasets["val"].element_spec
+    iterator = tf.compat.v1.data.Iterator.from_structure(  # NHWC (PyTorch batches are NCHW)
+        (spec[0].dtype, spec[1].dtype), ([None, image_size, image_size, 3], [None]))
+    images, labels = iterator.get_next()
+    inits = {name: iterator.make_initializer(ds, name=f"init_{name}") for name, ds in datasets.items()}
+    return Pipelines(images, labels, inits, epoch_seed, iterator)
+
+
+def add_in_memory_batch(pipes: Pipelines, batch_size: int, image_size: int, seed: int) -> tf.Operation:
+    """An initializer that makes the iterator repeat one random batch held in the graph."""
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(-1, 1, (batch_size, image_size, image_size, 3)).astype(np.float32)
+    labels = rng.integers(0, 2, batch_size).astype(np.int64)
+    ds = tf.data.Dataset.from_tensors((tf.constant(images), tf.constant(labels))).repeat()
+    return pipes.iterator.make_initializer(ds, name=f"init_in_memory_{batch_size}")

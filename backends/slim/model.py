@@ -1,0 +1,258 @@
+"""Build tf_slim nets with a new head; map canonical blocks to variable scopes.
+
+TF-Slim idiom: a network is a function that creates variables under a
+``variable_scope`` ("InceptionV3/Mixed_7b/Branch_1/...") inside the defaults
+of an ``arg_scope`` (``inception_v3_arg_scope``: conv2d -> batch_norm,
+L2 ``weights_regularizer``). A canonical block *is* a scope prefix, so
+freezing is a list of scopes (``--trainable_scopes``) and restoring is a list
+of scopes to leave out (``--checkpoint_exclude_scopes``).
+
+A *tower* is one call of the net function on an input tensor. Variables are
+created by the first tower (``reuse=False``) and shared by later ones
+(``reuse=True``), the way slim builds train and eval graphs. Each tower
+decides per scope whether ``batch_norm`` runs with ``is_training=True``:
+slim's ``is_training`` is a Python bool fixed at graph construction, so the
+backend builds a new train tower when a phase changes the BN mode of a block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+from tf_slim.nets import inception_v3 as slim_inception
+from tf_slim.nets import resnet_utils, resnet_v1
+
+from backends.base import BackendError
+from backends.slim.compat import slim
+from common.config import Phase
+from common.models import BN_DECAY, HEAD, ModelSpec
+
+# BatchNorm moving-average decay for every net: the suite's one value
+# (common.models.BN_DECAY). slim's arg_scopes default to 0.9997 (inception)
+# and 0.997 (resnet), tuned for ImageNet-length runs.
+BATCH_NORM_DECAY = BN_DECAY
+
+# Canonical "head" scopes that only exist when the aux head is built.
+AUX_SCOPES = ("InceptionV3/AuxLogits",)
+
+
+@dataclass
+class Tower:
+    """Output tensors of one call of the network."""
+
+    logits: tf.Tensor
+    features: tf.Tensor              # pooled backbone features [B, feature_dim]
+    aux_logits: tf.Tensor | None
+    # UPDATE_OPS (BN moving averages) this tower created: one pair per batch_norm
+    # built with is_training=True, none for batch_norm with is_training=False.
+    update_ops: list = field(default_factory=list)
+    training_blocks: tuple[str, ...] = ()
+
+
+# ------------------------------------------------------------------ scopes
+
+def native_scopes(spec: ModelSpec, block: str, aux_logits: bool = False) -> tuple[str, ...]:
+    """Variable scopes of canonical ``block`` ("head": Logits, plus AuxLogits when built)."""
+    scopes = spec.native("slim", block)
+    if block == HEAD and not aux_logits:
+        scopes = tuple(s for s in scopes if s not in AUX_SCOPES)
+    return scopes
+
+
+def trainable_scopes(spec: ModelSpec, phase: Phase, aux_logits: bool = False) -> tuple[str, ...]:
+    """slim's ``--trainable_scopes`` for ``phase``: its blocks' scopes, then the head's."""
+    scopes = [s for block in phase.trainable_blocks(spec) for s in native_scopes(spec, block)]
+    return (*scopes, *native_scopes(spec, HEAD, aux_logits))
+
+
+def checkpoint_exclude_scopes(spec: ModelSpec) -> tuple[str, ...]:
+    """slim's ``--checkpoint_exclude_scopes``: the classifier scopes, never restored."""
+    return spec.native("slim", HEAD)
+
+
+def in_scopes(name: str, scopes) -> bool:
+    """``name`` (a variable or scope name) is one of ``scopes`` or below one."""
+    return any(name == s or name.startswith(s + "/") for s in scopes)
+
+
+def block_of(name: str, spec: ModelSpec) -> str | None:
+    """The canonical block whose scopes contain ``name`` (``None`` outside the model)."""
+    for block in (*spec.blocks, HEAD):
+        if in_scopes(name, spec.native("slim", block)):
+            return block
+    return None
+
+
+def variables_in_scopes(variables, scopes) -> list:
+    return [v for v in variables if in_scopes(v.op.name, scopes)]
+
+
+def is_moving_statistic(var) -> bool:
+    """BN moving_mean / moving_variance: state, not parameters (torch buffers)."""
+    return var.op.name.endswith(("/moving_mean", "/moving_variance"))
+
+
+def param_count(variables) -> int:
+    return int(sum(np.prod(v.shape.as_list(), dtype=np.int64) for v in variables))
+
+
+# ------------------------------------------------------------- batch norm
+
+def scoped_batch_norm(spec: ModelSpec, training_blocks: set[str]) -> Callable:
+    """A conv2d ``normalizer_fn``: slim.batch_norm with ``is_training`` chosen per scope.
+
+    slim.conv2d calls its ``normalizer_fn`` inside the layer's own variable
+    scope, so the scope name tells which canonical block the BN belongs to.
+    """
+
+    def batch_norm(inputs, **params):
+        scope = tf.compat.v1.get_variable_scope().name
+        # slim: is_training=False means moving statistics and *no* update op;
+        # PyTorch decides this per module with .eval(), Keras with training=False.
+        params["is_training"] = block_of(scope, spec) in training_blocks
+        return slim.batch_norm(inputs, **params)
+
+    return batch_norm
+
+
+# ------------------------------------------------------------------- heads
+
+def new_head(net: tf.Tensor, num_classes: int, hidden_units: int, logits_scope: str) -> tf.Tensor:
+    """The suite's head on a pooled ``[B, 1, 1, C]`` map, as slim's 1x1 convolutions.
+
+    ``hidden_units > 0``: a ReLU layer first (the Keras recipe's Dense(1024, relu)).
+    Slim's classifier is a 1x1 conv (weights ``[1, 1, C, classes]``) where
+    PyTorch and Keras use a dense layer (``[classes, C]`` / ``[C, classes]``).
+    """
+    if hidden_units > 0:
+        net = slim.conv2d(net, hidden_units, [1, 1], activation_fn=tf.nn.relu,
+                          normalizer_fn=None, scope="Conv2d_1b_1x1")
+    logits = slim.conv2d(net, num_classes, [1, 1], activation_fn=None, normalizer_fn=None,
+                         scope=logits_scope)
+    return tf.squeeze(logits, [1, 2], name="SpatialSqueeze")
+
+
+def _inception_aux_head(mixed_6e: tf.Tensor, num_classes: int) -> tf.Tensor:
+    """slim's InceptionV3/AuxLogits, verbatim from ``tf_slim.nets.inception_v3``."""
+    with slim.arg_scope([slim.conv2d, slim.max_pool2d, slim.avg_pool2d], stride=1, padding="SAME"):
+        aux = slim.avg_pool2d(mixed_6e, [5, 5], stride=3, padding="VALID", scope="AvgPool_1a_5x5")
+        aux = slim.conv2d(aux, 128, [1, 1], scope="Conv2d_1b_1x1")
+        kernel = slim_inception._reduced_kernel_size_for_small_input(aux, [5, 5])
+        aux = slim.conv2d(aux, 768, kernel, padding="VALID",
+                          weights_initializer=tf.compat.v1.truncated_normal_initializer(stddev=0.01),
+                          scope="Conv2d_2a_{}x{}".format(*kernel))
+        aux = slim.conv2d(aux, num_classes, [1, 1], activation_fn=None, normalizer_fn=None,
+                          weights_initializer=tf.compat.v1.truncated_normal_initializer(stddev=0.001),
+                          scope="Conv2d_2b_1x1")
+        return tf.squeeze(aux, [1, 2], name="SpatialSqueeze")
+
+
+# ---------------------------------------------------------------- networks
+
+def _inception_v3(images, num_classes, hidden_units, aux_logits, reuse):
+    """``inception_v3_base`` + AuxLogits + the new head under InceptionV3/Logits.
+
+    tf_slim 1.1's ``inception_v3()`` has no ``num_classes=0`` (features-only) or
+    ``global_pool`` option and ties the aux head to ``num_classes``, so the
+    classifier scopes are rebuilt here around ``inception_v3_base`` with the
+    same variable names, which keeps official ``inception_v3.ckpt`` files loadable.
+    """
+    with tf.compat.v1.variable_scope("InceptionV3", [images], reuse=reuse) as scope:
+        net, end_points = slim_inception.inception_v3_base(images, scope=scope)
+        aux = None
+        if aux_logits:
+            if end_points["Mixed_6e"].shape[1] < 5:
+                raise BackendError("tf_slim inception_v3 with aux_logits needs image_size >= 107 px "
+                                   "(its AuxLogits pools 5x5 after Mixed_6e); use a larger "
+                                   "--image-size or turn aux_logits off")
+            with tf.compat.v1.variable_scope("AuxLogits"):
+                aux = _inception_aux_head(end_points["Mixed_6e"], num_classes)
+        with tf.compat.v1.variable_scope("Logits"):
+            # global average pool (TF-models slim's global_pool=True); tf_slim 1.1 pools
+            # with a fixed 8x8 kernel, which is global only at 299 px and below.
+            pooled = tf.reduce_mean(net, [1, 2], keepdims=True, name="GlobalPool")
+            logits = new_head(pooled, num_classes, hidden_units, "Conv2d_1c_1x1")
+    return logits, tf.squeeze(pooled, [1, 2]), aux
+
+
+def _resnet_v1_50(images, num_classes, hidden_units, aux_logits, reuse):
+    """``resnet_v1_50(num_classes=None)`` (pooled features) + the head as resnet_v1_50/logits."""
+    net, _ = resnet_v1.resnet_v1_50(images, num_classes=None, is_training=None, global_pool=True,
+                                    reuse=reuse, scope="resnet_v1_50")
+    with tf.compat.v1.variable_scope("resnet_v1_50", reuse=reuse, auxiliary_name_scope=False):
+        if hidden_units > 0:
+            with tf.compat.v1.variable_scope("logits"):
+                net_h = slim.conv2d(net, hidden_units, [1, 1], activation_fn=tf.nn.relu,
+                                    normalizer_fn=None, scope="hidden")
+        else:
+            net_h = net
+        # slim's own name for the ResNet classifier: resnet_v1_50/logits/{weights,biases}
+        logits = slim.conv2d(net_h, num_classes, [1, 1], activation_fn=None, normalizer_fn=None,
+                             scope="logits")
+    return tf.squeeze(logits, [1, 2]), tf.squeeze(net, [1, 2]), None
+
+
+# Each model of the table this backend supports: (net function, arg_scope factory).
+NETS = {
+    "inception_v3": (_inception_v3, lambda wd: slim_inception.inception_v3_arg_scope(
+        weight_decay=wd, batch_norm_decay=BATCH_NORM_DECAY)),
+    "resnet50": (_resnet_v1_50, lambda wd: resnet_utils.resnet_arg_scope(
+        weight_decay=wd, batch_norm_decay=BATCH_NORM_DECAY)),
+}
+
+
+def build_tower(spec: ModelSpec, images: tf.Tensor, num_classes: int, *, hidden_units: int,
+                aux_logits: bool, weight_decay: tf.Variable, training_blocks=(),
+                reuse: bool = False) -> Tower:
+    """One call of ``spec``'s slim net in its arg_scope; BN trains in ``training_blocks``.
+
+    ``weight_decay`` (a variable, so phases can change it) is the scale of slim's
+    ``l2_regularizer`` in the arg_scope; the regularization losses land in
+    ``REGULARIZATION_LOSSES`` when the first tower creates the variables.
+    """
+    if spec.name not in NETS:
+        raise BackendError(f"the slim backend has no net for model {spec.name!r}; "
+                           f"choose one of: {', '.join(NETS)}")
+    net_fn, arg_scope_fn = NETS[spec.name]
+    training = set(training_blocks)
+    before = set(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS))
+    with slim.arg_scope(arg_scope_fn(weight_decay)):
+        with slim.arg_scope([slim.conv2d], normalizer_fn=scoped_batch_norm(spec, training)):
+            logits, features, aux = net_fn(images, num_classes, hidden_units, aux_logits, reuse)
+    update_ops = [op for op in tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
+                  if op not in before]
+    return Tower(logits, features, aux, update_ops, tuple(b for b in (*spec.blocks, HEAD)
+                                                         if b in training))
+
+
+def bn_training_blocks(spec: ModelSpec, phase: Phase) -> tuple[str, ...]:
+    """Blocks whose batch_norm runs with ``is_training=True`` in ``phase``'s train tower.
+
+    ``bn = "frozen"``: only the blocks that train (and the head); ``"train"``: all.
+    """
+    if phase.bn == "train":
+        return (*spec.blocks, HEAD)
+    return (*phase.trainable_blocks(spec), HEAD)
+
+
+def summary(spec: ModelSpec, variables, trainable_names=()) -> str:
+    """Variable scopes per canonical block with variable and parameter counts."""
+    trainable_names = set(trainable_names)
+    lines = [f"{spec.constructors['slim']} (variable scopes per canonical block)", "",
+             f"{'block':<10} {'scope':<34} {'variables':>9} {'params':>12} {'trainable':>12}"]
+    for block in (*spec.blocks, HEAD):
+        for scope in spec.native("slim", block):
+            vs = variables_in_scopes(variables, [scope])
+            if not vs:
+                continue
+            params = [v for v in vs if not is_moving_statistic(v)]
+            tr = [v for v in params if v.op.name in trainable_names]
+            lines.append(f"{block:<10} {scope:<34} {len(vs):>9} {param_count(params):>12,} "
+                         f"{param_count(tr):>12,}")
+    params = [v for v in variables if not is_moving_statistic(v)]
+    lines.append(f"{'total':<10} {'':<34} {len(variables):>9} {param_count(params):>12,} "
+                 f"{param_count([v for v in params if v.op.name in trainable_names]):>12,}")
+    return "\n".join(lines) + "\n"

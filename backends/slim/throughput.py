@@ -1,0 +1,28 @@
+"""Model-step timing in a TF1 session (DESIGN.md "Throughput protocol").
+
+The batch lives in the graph (a constant behind the reinitializable
+iterator), so a step is one ``session.run`` with no ``feed_dict``;
+``session.run`` returns only when the fetched values are computed, so it is
+its own device synchronisation. The train step is the current phase's train
+op (forward, backward, update, its UPDATE_OPS); the inference step is the
+eval tower's logits (every batch_norm with ``is_training=False``).
+"""
+
+from __future__ import annotations
+
+from common.timing import measure_steps
+
+
+def model_step_throughput(session, *, initializer, train_step, infer_step, batch_size: int,
+                          steps: int, warmup: int) -> dict:
+    """``common.timing.measure_steps`` for the train op and the inference logits."""
+    session.run(initializer)
+
+    def synchronised():  # session.run has already waited for the device
+        return None
+
+    train = measure_steps(lambda: session.run(train_step), synchronised, batch_size=batch_size,
+                          steps=steps, warmup=warmup)
+    infer = measure_steps(lambda: session.run(infer_step), synchronised, batch_size=batch_size,
+                          steps=steps, warmup=warmup)
+    return {"train": train, "infer": infer}
