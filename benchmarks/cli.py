@@ -162,6 +162,14 @@ def build_configs(args: argparse.Namespace, out: Path) -> list[RunConfig]:
     spec = MODELS[args.model]
     if not any(spec.supports(b) for b in backends):
         raise UsageError(f"model {args.model!r} exists only for: {', '.join(spec.frameworks())}")
+    if args.reuse_head_rows:
+        if weights != "source":
+            raise UsageError("--reuse-head-rows copies rows of the source classifier; it needs "
+                             "--weights source (the synthetic shapes classifier)")
+        hidden = [r.name for r in recipes if r.head_hidden_units]
+        if hidden:
+            raise UsageError(f"--reuse-head-rows needs a linear head, but {', '.join(hidden)} "
+                             f"has head_hidden_units > 0; use e.g. --recipe head")
     names = [r.name for r in recipes]
     if len(set(names)) != len(names):
         raise UsageError(f"--recipe names must be unique, got {', '.join(names)}")

@@ -102,6 +102,7 @@ def test_inspect_reports_problems(messy, capsys):
     (None, ["--image-size", "60"], "inception_v3 needs at least 75 px"),
     ("file", ["--out", "{tmp}/file.jpg/out"], "is not writable"),
     (None, ["--weights", "{tmp}/nothing.pt"], "neither source, none, imagenet nor an existing path"),
+    (None, ["--reuse-head-rows"], "two_phase, scratch has head_hidden_units > 0"),
 ])
 def test_bad_run_input_exits_2_with_one_line(tmp_path, capsys, setup, argv, fragment):
     if setup == "file":
