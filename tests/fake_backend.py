@@ -38,11 +38,16 @@ class FakeBackend(Backend):
     def setup(self, split, image_size):
         self.split = split
         self.rng = np.random.default_rng(self.config.train.seed)
-        self.data = {}
-        for name in ("train", "val", "test"):
-            x, y = load_batch(split.subset(name), THUMB) if split.subset(name) else \
-                (np.zeros((0, THUMB, THUMB, 3), np.uint8), np.zeros(0, np.int64))
-            self.data[name] = (x.reshape(len(x), -1).astype(np.float64) / 255.0, y)
+        self._data = {}
+
+    @property
+    def data(self):
+        """Thumbnails of each subset, decoded on first use (throughput needs none)."""
+        if not self._data:
+            for name in ("train", "val", "test"):
+                x, y = load_batch(self.split.subset(name), THUMB)
+                self._data[name] = (x.reshape(len(x), -1).astype(np.float64) / 255.0, y)
+        return self._data
 
     def build(self, model, num_classes, weights, head_hidden_units=0):
         d = THUMB * THUMB * 3

@@ -108,3 +108,29 @@ def test_ctrl_c_keeps_finished_results_and_resume_completes(fake_backends, tiny_
     assert not (out / "fake-head-s1" / "result.json").exists()
     assert _bench("run", "--resume", out) == 0
     assert json.loads((out / "fake-head-s1" / "result.json").read_text())["status"] == "ok"
+
+
+def test_throughput_command_writes_the_protocol_fields(fake_backends, tmp_path, capsys):
+    out = tmp_path / "tp.json"
+    assert _bench("throughput", "--backend", "fake", "--batch-size", "4", "--image-size", "75",
+                  "--steps", "3", "--out", out) == 0
+    (r,) = json.loads(out.read_text())["results"]
+    for kind in ("train", "infer"):
+        t = r[kind]
+        assert t["steps"] == 3 and t["batch_size"] == 4 and t["warmup_steps"] == 2
+        assert t["images_per_second_p10"] <= t["images_per_second"] <= t["images_per_second_p90"]
+        assert "first_step_seconds" in t
+    assert r["precision"] == "fp32" and r["device"]["kind"] == "cpu"
+    assert "fake     inception_v3 train fp32 batch 4" in capsys.readouterr().out
+
+
+def test_compare_and_report_commands(fake_backends, tiny_quads, tmp_path, capsys):
+    for name in ("a", "b"):
+        assert _bench("run", "--backend", "fake", "--recipe", "head", "--data", tiny_quads,
+                      "--epochs", "1", "--out", tmp_path / name, "--no-report") == 0
+    assert not (tmp_path / "a" / "report.html").exists()
+    assert _bench("report", tmp_path / "a") == 0
+    assert (tmp_path / "a" / "report.html").is_file()
+    capsys.readouterr()
+    assert _bench("compare", tmp_path / "a", tmp_path / "b") == 0
+    assert "fake" in capsys.readouterr().out
