@@ -12,14 +12,13 @@ prints one JSON line.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import traceback
 from pathlib import Path
 
 from backends.base import WeightsRequest, get_backend
+from benchmarks.child import run_json_child
 from common.config import Phase, Recipe, RunConfig, DataConfig, ModelConfig, TrainConfig
 from common.data import Sample, Split
 from common.models import get_model
@@ -57,17 +56,11 @@ def measure(backend: str, model: str, batch_size: int, image_size: int | None,
 def measure_in_child(backend: str, model: str, batch_size: int, image_size: int | None,
                      precision: str, steps: int, warmup: int) -> dict:
     """``measure`` in a fresh interpreter (frameworks never share a process)."""
-    repo_root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")])))
-    cmd = [sys.executable, "-m", "benchmarks.throughput", backend, model, str(batch_size),
-           str(image_size or 0), precision, str(steps), str(warmup)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"status": "failed", "backend": backend, "model": model,
-            "error": f"throughput process exited with {proc.returncode}: {tail}"}
+    result = run_json_child("benchmarks.throughput", [backend, model, batch_size, image_size or 0,
+                                                      precision, steps, warmup])
+    result.setdefault("backend", backend)
+    result.setdefault("model", model)
+    return result
 
 
 def main(argv: list[str]) -> int:

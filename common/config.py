@@ -143,10 +143,10 @@ class TrainConfig:
 class PretrainConfig:
     """How ``--weights source`` pretrains a backbone on the ``shapes`` domain."""
 
-    epochs: int = 4
+    epochs: int = 12
     optimizer: str = "adam"
     learning_rate: float = 1e-3
-    batch_size: int = 32
+    batch_size: int = 16
     images_per_class: int = 120
 
 

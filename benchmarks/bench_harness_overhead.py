@@ -1,0 +1,158 @@
+"""Benchmark (a): harness overhead = harness train img/s / a bare training loop's.
+
+The harness figure is what every result.json reports: the backend's
+``throughput`` (``common.timing.measure_steps``: a sync and a clock read
+around every step, median step time). The bare loop is the same model,
+optimizer and in-memory batch driven by a plain ``for`` loop in the same
+framework, timed once around all steps. Rounds alternate bare/harness so that
+drift of the machine hits both; the medians over rounds are compared.
+
+    python -m benchmarks.bench_harness_overhead --backend all
+
+Target: ratio >= 0.98 for every backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+TARGET = 0.98
+
+
+def _bare_loop_pytorch(b, batch_size: int, image_size: int, steps: int):
+    import torch
+    from torch import nn
+
+    model, optimizer = b.model, b.optimizer
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, 3, image_size, image_size, generator=g).to(b.device_)
+    y = torch.randint(0, b.num_classes, (batch_size,), generator=g).to(b.device_)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+    return run
+
+
+def _bare_loop_keras(b, batch_size: int, image_size: int, steps: int):
+    model = b.km.model
+    n = model.output_shape[-1]
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (batch_size, image_size, image_size, 3)).astype(np.float32)
+    y = np.eye(n, dtype=np.float32)[rng.integers(0, n, batch_size)]
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            model.train_on_batch(x, y)
+        return time.perf_counter() - t0
+    return run
+
+
+def _bare_loop_slim(b, batch_size: int, image_size: int, steps: int):
+    from backends.slim import data as slim_data
+
+    with b.graph.as_default():  # the same in-graph batch the backend's throughput uses
+        if batch_size not in b._in_memory:
+            b._in_memory[batch_size] = slim_data.add_in_memory_batch(
+                b.pipes, batch_size, image_size, b.config.train.seed)
+
+    def run() -> float:
+        b.session.run(b._in_memory[batch_size])
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            b.session.run(b.step.train_op)
+        return time.perf_counter() - t0
+    return run
+
+
+BARE_LOOPS = {"pytorch": _bare_loop_pytorch, "keras": _bare_loop_keras, "slim": _bare_loop_slim}
+
+
+def measure(backend_name: str, model: str, image_size: int, batch_size: int, steps: int,
+            rounds: int) -> dict:
+    from backends.base import WeightsRequest, get_backend
+    from benchmarks.throughput import ALL_LAYERS
+    from common.config import DataConfig, ModelConfig, Recipe, RunConfig, TrainConfig
+    from common.data import Sample, Split
+    from common.models import get_model
+
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
+        config = RunConfig(backend=backend_name, recipe=Recipe("overhead", (ALL_LAYERS,)),
+                           data=DataConfig(image_size=image_size), model=ModelConfig(name=model, weights="none"),
+                           train=TrainConfig(batch_size=batch_size), run_dir=tmp)
+        split = Split(tuple(f"c{i}" for i in range(5)), [Sample("-", 0)], [], [])
+        b = get_backend(backend_name)(config, Path(tmp))
+        try:
+            b.setup(split, image_size)
+            b.build(get_model(model), 5, WeightsRequest("none"), 0)
+            b.apply_phase(ALL_LAYERS, 0)
+            bare = BARE_LOOPS[backend_name](b, batch_size, image_size, steps)
+            bare()  # compile / warm up
+            bare_ips, harness_ips = [], []
+            for _ in range(rounds):
+                bare_ips.append(batch_size * steps / bare())
+                harness_ips.append(b.throughput(batch_size, "fp32", steps, 1)["train"]["images_per_second"])
+        finally:
+            b.close()
+    bare_m, harness_m = statistics.median(bare_ips), statistics.median(harness_ips)
+    return {"backend": backend_name, "model": model, "image_size": image_size, "batch_size": batch_size,
+            "steps": steps, "rounds": rounds, "bare_images_per_second": bare_m,
+            "harness_images_per_second": harness_m, "ratio": harness_m / bare_m, "target": TARGET,
+            "bare_rounds": bare_ips, "harness_rounds": harness_ips}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backend", default="all")
+    p.add_argument("--model", default="inception_v3")
+    p.add_argument("--image-size", type=int, default=75)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # child-process mode
+    args = p.parse_args(argv)
+    if args.json:
+        print(json.dumps(measure(args.backend, args.model, args.image_size, args.batch_size,
+                                 args.steps, args.rounds)))
+        return 0
+    from backends.base import availability, backend_names
+    from benchmarks.child import run_json_child
+
+    ok = True
+    for name in backend_names() if args.backend == "all" else [args.backend]:
+        if availability(name):
+            print(f"{name}: skipped ({availability(name)})")
+            continue
+        r = run_json_child("benchmarks.bench_harness_overhead", [
+            "--json", "--backend", name, "--model", args.model, "--image-size", args.image_size,
+            "--batch-size", args.batch_size, "--steps", args.steps, "--rounds", args.rounds])
+        if r.get("status") == "failed":
+            print(f"{name}: failed ({r['error']})")
+            ok = False
+            continue
+        met = r["ratio"] >= TARGET
+        ok &= met
+        print(f"{name:8s} {r['model']} {r['image_size']}px batch {r['batch_size']}: harness "
+              f"{r['harness_images_per_second']:.1f} img/s / bare loop {r['bare_images_per_second']:.1f} img/s "
+              f"= {r['ratio']:.3f} (target >= {TARGET}: {'met' if met else 'NOT met'})")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
