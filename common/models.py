@@ -135,6 +135,8 @@ INCEPTION_V3 = ModelSpec(
 )
 
 _RESNET_BLOCKS = ("stem", "layer1", "layer2", "layer3", "layer4")
+# torchvision ResNets (18 and 50) share their top-level module names
+_TORCH_RESNET = {"stem": ("conv1", "bn1", "relu", "maxpool"), **{b: (b,) for b in _RESNET_BLOCKS[1:]}}
 
 RESNET50 = ModelSpec(
     name="resnet50",
@@ -142,10 +144,7 @@ RESNET50 = ModelSpec(
     min_size=32,
     blocks=_RESNET_BLOCKS,
     native_blocks={
-        "pytorch": {
-            "stem": ("conv1", "bn1", "relu", "maxpool"),
-            **{b: (b,) for b in _RESNET_BLOCKS[1:]},
-        },
+        "pytorch": _TORCH_RESNET,
         "keras": {
             "stem": ("pool1_pool",),
             "layer1": ("conv2_block3_out",),
@@ -190,10 +189,7 @@ RESNET18 = ModelSpec(
     min_size=32,
     blocks=_RESNET_BLOCKS,
     native_blocks={
-        "pytorch": {
-            "stem": ("conv1", "bn1", "relu", "maxpool"),
-            **{b: (b,) for b in _RESNET_BLOCKS[1:]},
-        },
+        "pytorch": _TORCH_RESNET,
     },
     native_head={"pytorch": ("fc",)},
     preprocessing={"pytorch": "torch"},

@@ -1,9 +1,12 @@
 """The embedded default dataset: two synthetic domains, generated offline.
 
 ``shapes`` (the source domain) has many labelled images of ten geometric shape
-classes on light, cluttered backgrounds. ``quads`` (the target domain) has a
-few labelled images of five kinds of quadrilateral under a shifted palette
-(dark, striped backgrounds, saturated fills). ``square`` is in both, so the
+classes on varied backgrounds (light or dark gradients with noise and
+distractor strokes, the fill contrasting either way). ``quads`` (the target
+domain) has a few labelled images of five kinds of quadrilateral under a
+shifted palette (bluish striped backgrounds, saturated pastel fills), written
+pre-split as ``train/`` (10 per class: "a few labelled images"), ``val/`` and
+``test/`` (large enough to measure accuracy). ``square`` is in both, so the
 reuse of a source classifier row for a shared label can be shown.
 
 Generation is deterministic: every image is drawn from its own generator
@@ -26,11 +29,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-SHAPES_CLASSES = ("arrow", "circle", "cross", "ellipse", "hexagon",
-                  "pentagon", "ring", "square", "star", "triangle")
+SHAPES_CLASSES = ("arrow", "circle", "cross", "diamond", "ellipse", "hexagon",
+                  "pentagon", "square", "star", "triangle")
 QUADS_CLASSES = ("kite", "parallelogram", "rectangle", "square", "trapezoid")
 DOMAINS = {"shapes": SHAPES_CLASSES, "quads": QUADS_CLASSES}
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 _COMPLETE = ".complete"
 
 
@@ -40,6 +43,9 @@ class SyntheticSpec:
     images_per_class: int
     image_size: int = 96
     seed: int = 0
+    # (train, val, test) images per class written as train/ val/ test/ folders;
+    # None: one ImageFolder, split later by common.data.split_dataset
+    presplit: tuple[int, int, int] | None = None
 
     def __post_init__(self):
         if self.domain not in DOMAINS:
@@ -49,6 +55,10 @@ class SyntheticSpec:
             raise ValueError(f"images_per_class = {self.images_per_class} must be >= 1")
         if self.image_size < 16:
             raise ValueError(f"image_size = {self.image_size} must be >= 16")
+        if self.presplit is not None and (sum(self.presplit) != self.images_per_class
+                                          or min(self.presplit) < 1):
+            raise ValueError(f"presplit = {self.presplit} must be three counts >= 1 adding up to "
+                             f"images_per_class = {self.images_per_class}")
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -61,7 +71,7 @@ class SyntheticSpec:
 
 # Defaults of the embedded benchmark: a large source, a small target.
 DEFAULT_SOURCE = SyntheticSpec("shapes", images_per_class=120)
-DEFAULT_TARGET = SyntheticSpec("quads", images_per_class=40)
+DEFAULT_TARGET = SyntheticSpec("quads", images_per_class=50, presplit=(10, 10, 30))
 
 
 def data_root() -> Path:
@@ -123,17 +133,17 @@ def _rotate(pts, angle: float, cx: float, cy: float):
 
 # ------------------------------------------------------------------ drawing
 
-def _background(domain: str, size: int, rng: np.random.Generator) -> Image.Image:
+def _background(domain: str, size: int, rng: np.random.Generator, dark: bool) -> Image.Image:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     if domain == "shapes":
-        # light two-colour gradient with soft noise
-        c0 = rng.uniform(170, 255, 3)
-        c1 = rng.uniform(150, 255, 3)
+        # a light or dark two-colour gradient with soft noise
+        lo, hi = (10, 100) if dark else (160, 255)
+        c0, c1 = rng.uniform(lo, hi, 3), rng.uniform(lo, hi, 3)
         t = (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1))[..., None]
         t = (t - t.min()) / (np.ptp(t) + 1e-6)
         img = c0 * (1 - t) + c1 * t + rng.normal(0, 8, (size, size, 3))
     else:
-        # shifted palette: dark, bluish, striped
+        # the shifted palette: bluish and striped
         c0 = rng.uniform([10, 20, 50], [60, 70, 120])
         c1 = c0 + rng.uniform(15, 45, 3)
         freq = rng.uniform(6, 14)
@@ -143,19 +153,21 @@ def _background(domain: str, size: int, rng: np.random.Generator) -> Image.Image
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
 
 
-def _fill_colour(domain: str, rng: np.random.Generator) -> tuple[int, int, int]:
+def _fill_colour(domain: str, rng: np.random.Generator, dark_background: bool) -> tuple[int, int, int]:
     if domain == "shapes":
-        return tuple(int(v) for v in rng.uniform(0, 140, 3))  # dark on light
+        lo, hi = (150, 255) if dark_background else (0, 110)
+        return tuple(int(v) for v in rng.uniform(lo, hi, 3))  # contrasting either way
     hue = rng.integers(0, 3)
     base = rng.uniform(120, 200, 3)
     base[hue] = rng.uniform(220, 255)
-    return tuple(int(v) for v in base)  # saturated on dark
+    return tuple(int(v) for v in base)  # saturated pastel on dark blue
 
 
 def draw_image(domain: str, label: str, size: int, rng: np.random.Generator) -> Image.Image:
     """One image of class ``label`` in ``domain``, drawn at 2x and downsampled."""
     big = size * 2
-    img = _background(domain, big, rng)
+    dark = bool(rng.random() < 0.5)
+    img = _background(domain, big, rng, dark)
     draw = ImageDraw.Draw(img)
     if domain == "shapes":  # distractor strokes
         for _ in range(int(rng.integers(1, 4))):
@@ -164,21 +176,21 @@ def draw_image(domain: str, label: str, size: int, rng: np.random.Generator) -> 
                       width=int(rng.integers(1, 4)))
     r = big * rng.uniform(0.22, 0.36)
     cx, cy = (float(v) for v in rng.uniform(r * 1.05, big - r * 1.05, 2))
-    colour = _fill_colour(domain, rng)
+    colour = _fill_colour(domain, rng, dark)
     if domain == "quads":
         angle = rng.uniform(-0.25, 0.25)  # small tilt: a tilted square must stay a square
         pts = _rotate(_quad(label, r, rng), angle, cx, cy)
         draw.polygon(pts, fill=colour)
-    elif label in ("circle", "ellipse", "ring"):
-        ry = r if label != "ellipse" else r * rng.uniform(0.4, 0.6)
-        draw.ellipse((cx - r, cy - ry, cx + r, cy + ry), fill=colour)
-        if label == "ring":
-            inner = r * rng.uniform(0.45, 0.6)
-            bg = img.getpixel((int(cx), int(max(0, cy - r * 1.04))))
-            draw.ellipse((cx - inner, cy - inner, cx + inner, cy + inner), fill=bg)
+    elif label in ("circle", "ellipse"):
+        ry = r if label == "circle" else r * rng.uniform(0.4, 0.6)
+        angle = rng.uniform(0, math.pi)
+        n = 64  # an ellipse as a rotated polygon
+        pts = [(r * math.cos(2 * math.pi * k / n), ry * math.sin(2 * math.pi * k / n)) for k in range(n)]
+        draw.polygon(_rotate(pts, angle, cx, cy), fill=colour)
     else:
         pts = {
             "square": lambda: [(-r * 0.8, -r * 0.8), (r * 0.8, -r * 0.8), (r * 0.8, r * 0.8), (-r * 0.8, r * 0.8)],
+            "diamond": lambda: [(0, -r), (r * 0.6, 0), (0, r), (-r * 0.6, 0)],
             "triangle": lambda: _regular(3, r, -math.pi / 2),
             "pentagon": lambda: _regular(5, r, -math.pi / 2),
             "hexagon": lambda: _regular(6, r),
@@ -186,10 +198,19 @@ def draw_image(domain: str, label: str, size: int, rng: np.random.Generator) -> 
             "cross": lambda: _cross(r),
             "arrow": lambda: _arrow(r),
         }[label]()
-        angle = rng.uniform(-0.3, 0.3) if label == "square" else rng.uniform(0, 2 * math.pi)
+        # a square or diamond turned far enough becomes the other: small tilts only
+        angle = rng.uniform(-0.3, 0.3) if label in ("square", "diamond") else rng.uniform(0, 2 * math.pi)
         draw.polygon(_rotate(pts, angle, cx, cy), fill=colour)
     img = img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 1.2))))
     return img.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def _subset_of(spec: SyntheticSpec, index: int) -> str:
+    """The pre-split folder of image ``index`` ('' when the domain is not pre-split)."""
+    if spec.presplit is None:
+        return ""
+    train, val, _ = spec.presplit
+    return "train" if index < train else "val" if index < train + val else "test"
 
 
 def generate(spec: SyntheticSpec, root: Path | None = None, progress: bool = True) -> Path:
@@ -207,11 +228,12 @@ def generate(spec: SyntheticSpec, root: Path | None = None, progress: bool = Tru
 
         bar = tqdm(total=total, desc=f"generating {spec.domain}", unit="img", leave=False)
     for ci, label in enumerate(spec.classes):
-        (tmp / label).mkdir(parents=True, exist_ok=True)
         for i in range(spec.images_per_class):
+            folder = tmp / _subset_of(spec, i) / label
+            folder.mkdir(parents=True, exist_ok=True)
             rng = np.random.default_rng([spec.seed, ci, i, GENERATOR_VERSION])
             draw_image(spec.domain, label, spec.image_size, rng).save(
-                tmp / label / f"{label}_{i:04d}.png", optimize=False)
+                folder / f"{label}_{i:04d}.png", optimize=False)
             if bar is not None:
                 bar.update(1)
     if bar is not None:
@@ -228,6 +250,9 @@ def generate(spec: SyntheticSpec, root: Path | None = None, progress: bool = Tru
 
 def domain_stats(path: Path) -> dict:
     """Classes and image counts of a generated domain (for ``bench data synthetic``)."""
-    counts = {d.name: sum(1 for _ in d.glob("*.png")) for d in sorted(path.iterdir()) if d.is_dir()}
+    counts: dict[str, int] = {}
+    for png in sorted(path.rglob("*.png")):
+        counts[png.parent.name] = counts.get(png.parent.name, 0) + 1
+    splits = sorted(d.name for d in path.iterdir() if d.name in ("train", "val", "test"))
     return {"path": str(path), "classes": len(counts), "images": sum(counts.values()),
-            "per_class": counts}
+            "per_class": counts, "presplit": splits}

@@ -104,3 +104,14 @@ def test_bad_dataset_paths_fail_with_one_line(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "one" / "a" / "x.png")
     with pytest.raises(DataError, match="at least 2"):
         split_dataset(load_dataset(tmp_path / "one"), 0)
+
+
+def test_presplit_synthetic_target_keeps_its_folders(tmp_path):
+    spec = synthetic.SyntheticSpec("quads", 6, image_size=32, presplit=(2, 1, 3))
+    root = synthetic.generate(spec, root=tmp_path, progress=False)
+    split = split_dataset(load_dataset(root), seed=5)
+    assert {n: sum(c.values()) for n, c in split.counts().items()} == {"train": 10, "val": 5, "test": 15}
+    assert all("/train/" in s.path for s in split.train)
+    with pytest.raises(ValueError, match="adding up to images_per_class"):
+        synthetic.SyntheticSpec("quads", 6, presplit=(2, 2, 3))
+    assert synthetic.DEFAULT_TARGET.presplit == (10, 10, 30)
