@@ -37,7 +37,10 @@ def _bare_loop_pytorch(b, batch_size: int, image_size: int, steps: int):
     y = torch.randint(0, b.num_classes, (batch_size,), generator=g).to(b.device_)
     loss_fn = nn.CrossEntropyLoss()
 
+    from backends.pytorch.train import set_train_modes
+
     def run() -> float:
+        set_train_modes(model, b.trainable, b.phase.bn)  # the harness left the model in eval()
         t0 = time.perf_counter()
         for _ in range(steps):
             optimizer.zero_grad()
@@ -123,8 +126,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="inception_v3")
     p.add_argument("--image-size", type=int, default=75)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # child-process mode
     args = p.parse_args(argv)
     if args.json:

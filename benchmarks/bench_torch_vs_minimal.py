@@ -57,8 +57,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="inception_v3")
     p.add_argument("--image-size", type=int, default=75)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args(argv)
 
     import torch

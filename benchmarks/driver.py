@@ -171,6 +171,16 @@ def _load_state(run_dir: Path) -> dict | None:
         return None
 
 
+def _write_phase_text(run_dir: Path, index: int, report: dict) -> None:
+    """Append how the backend expressed this phase to ``phases.txt`` (for people, not parsing)."""
+    lines = [f"phase {index + 1} '{report['name']}': {report['trainable_params']:,} of "
+             f"{report['total_params']:,} parameters trainable in {report['trainable_tensors']} tensors; "
+             f"blocks: {', '.join(report['trainable_blocks']) or 'head only'}"]
+    lines += [f"    {key}: {value}" for key, value in report.get("native", {}).items()]
+    with open(run_dir / "phases.txt", "a", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Path, log) -> dict:
     """Run every phase with per-epoch validation, checkpoints and resume."""
     recipe = config.recipe
@@ -188,6 +198,7 @@ def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Pat
                       learning_rate=phase.learning_rate, head_lr_multiplier=phase.head_lr_multiplier,
                       epochs=phase.epochs, bn=phase.bn, augment=phase.augment)
         state["phases"] = [p for p in state["phases"] if p.get("index") != pi] + [{"index": pi, **report}]
+        _write_phase_text(run_dir, pi, report)
         log(f"phase {pi + 1}/{len(recipe.phases)} '{phase.name}': {report['trainable_params']:,} of "
             f"{report['total_params']:,} parameters trainable ({', '.join(report['trainable_blocks']) or 'head only'})")
         if resuming:

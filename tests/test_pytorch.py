@@ -325,21 +325,19 @@ def test_resume_runs_only_the_missing_epoch(tiny_quads, tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ transfer
 
-@pytest.mark.slow
 def test_source_weights_beat_scratch(tmp_path):
-    """two_phase from shapes-pretrained weights beats the scratch control on quads.
-
-    Minutes on 2 CPU cores (the shapes pretraining dominates; it is cached per session).
-    """
-    target = synthetic.generate(synthetic.SyntheticSpec("quads", 30, image_size=64, seed=2),
-                                progress=False)
+    """two_phase from shapes-pretrained weights beats the scratch control on quads
+    by at least 10 points (resnet18 at 48 px keeps it CPU-fast; the default
+    InceptionV3 run shows the same, see README)."""
+    target = synthetic.generate(synthetic.SyntheticSpec("quads", 50, image_size=64, seed=2,
+                                                        presplit=(10, 10, 30)), progress=False)
     top1 = {}
     for recipe, weights in (("two_phase", "source"), ("scratch", "none")):
         config = tiny_config("pytorch", recipe, target, tmp_path / recipe, model="resnet18",
-                             weights=weights, image_size=32, batch_size=16)
+                             weights=weights, image_size=48, batch_size=16)
         config = dataclasses.replace(
-            config, recipe=override_epochs(load_recipe(recipe), 8),
-            pretrain=PretrainConfig(epochs=8, images_per_class=120, batch_size=32))
+            config, recipe=load_recipe(recipe),
+            pretrain=PretrainConfig(epochs=8, images_per_class=60, batch_size=16))
         result = driver.run(config, log=lambda m: None)
         assert result["status"] == "ok", result.get("traceback")
         top1[recipe] = result["test"]["top1"]

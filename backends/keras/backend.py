@@ -132,12 +132,6 @@ class KerasBackend(Backend):
                   "compile": "recompiled"}
         if self.config.model.aux_logits:
             native["aux_logits"] = "unavailable: keras.applications has no auxiliary Inception head"
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "phases.txt", "a", encoding="utf-8") as f:
-            f.write(f"phase {index + 1} '{phase.name}': trainable base layers {info['layer_range']} "
-                    f"of 0..{self.km.num_base_layers - 1} "
-                    f"({', '.join(info['trainable_blocks']) or 'head only'}) + head "
-                    f"{native['head_layers']}; {optimizer_text}; bn {phase.bn}\n")
         return {"trainable_blocks": info["trainable_blocks"],
                 "trainable_params": weight_count(trainable),
                 "total_params": weight_count(self.km.parameters()),

@@ -130,6 +130,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     for images, labels in loader:
         images = normalise(images.to(device, non_blocking=True), norm)
         labels = labels.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)  # before the forward pass: lower peak memory
         try:
             outputs = model(images)
         except ValueError as err:
@@ -141,7 +142,6 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                 ) from None
             raise
         loss, logits = compute_loss(outputs, labels, criterion)
-        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         n = len(labels)
