@@ -13,9 +13,11 @@ from pathlib import Path
 
 # Import order matters when one interpreter holds both frameworks (pytest does;
 # `bench run` never does): `import tensorflow` before `torchvision.models`
-# segfaults in triton's import, torch first is fine.
-if importlib.util.find_spec("torch") is not None:
+# segfaults (in triton's import, even with torch already imported); importing
+# torchvision.models first is fine.
+if importlib.util.find_spec("torchvision") is not None:
     import torch  # noqa: F401
+    import torchvision.models  # noqa: F401
 
 import pytest
 
