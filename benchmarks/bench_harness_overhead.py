@@ -34,6 +34,7 @@ def _bare_loop_pytorch(b, batch_size: int, image_size: int, steps: int):
     model, optimizer = b.model, b.optimizer
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch_size, 3, image_size, image_size, generator=g).to(b.device_)
+    x = x.contiguous(memory_format=torch.channels_last)  # the same batch layout as the harness
     y = torch.randint(0, b.num_classes, (batch_size,), generator=g).to(b.device_)
     loss_fn = nn.CrossEntropyLoss()
 

@@ -70,6 +70,17 @@ def validate_result(result: dict) -> list[str]:
     return problems
 
 
+def cpu_name() -> str:
+    """The CPU model ("Intel(R) Xeon(R) ..."), for device records of CPU runs."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def base_result(backend: str, recipe: str, seed: int, model: str, config: dict) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
@@ -81,7 +92,7 @@ def base_result(backend: str, recipe: str, seed: int, model: str, config: dict) 
         "model": model,
         "config": config,
         "versions": {"python": platform.python_version()},
-        "device": {"kind": "cpu", "name": platform.processor() or platform.machine()},
+        "device": {"kind": "cpu", "name": cpu_name()},
     }
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from common.config import Phase
 from common.timing import measure_steps
+from common.results import cpu_name
 
 from .model import KerasModel, build_model
 from .train import compile_phase, set_trainable
@@ -24,7 +25,7 @@ POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16"}
 def device_info() -> dict:
     """The accelerator Keras' backend will use."""
     backend = keras.backend.backend()
-    kind, name = "cpu", "cpu"
+    kind, name = "cpu", cpu_name()
     if backend == "tensorflow":
         import tensorflow as tf
 

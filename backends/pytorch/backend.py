@@ -11,7 +11,6 @@ runs the epoch loop, ``data.py`` is the ``DataLoader`` over the common split,
 from __future__ import annotations
 
 import os
-import platform
 import random
 from pathlib import Path
 
@@ -25,19 +24,10 @@ from common.config import Phase, RunConfig
 from common.data import Split
 from common.models import HEAD, ModelSpec
 from common.preprocess import get_normalisation
+from common.results import cpu_name
 
 from . import data, model as model_lib, train, weights as weights_lib
 from .throughput import measure_throughput
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 class PyTorchBackend(Backend):
@@ -67,7 +57,7 @@ class PyTorchBackend(Backend):
         if self.device_.type == "cuda":
             name = torch.cuda.get_device_name(self.device_)
         else:
-            name = _cpu_name()
+            name = cpu_name()
         return {"kind": self.device_.type, "name": name, "threads": torch.get_num_threads()}
 
     # -- data and model --------------------------------------------------
@@ -108,7 +98,10 @@ class PyTorchBackend(Backend):
             if state is None:
                 raise BackendError("reuse_head_rows needs weights to copy the rows from")
             weights_lib.copy_head_rows(net, state, weights.reuse_head_rows)
-        self.model = net.to(self.device_)
+        # channels_last: NCHW shapes with NHWC memory (TensorFlow's layout), which oneDNN's
+        # CPU convolutions and cuDNN's tensor cores prefer; compare with a plain NCHW loop
+        # with benchmarks/bench_torch_vs_minimal.py.
+        self.model = net.to(self.device_, memory_format=torch.channels_last)
         self.phase, self.optimizer, self.trainable = None, None, {}
 
     def _require_model(self) -> nn.Module:

@@ -64,11 +64,12 @@ def random_crop_flip(image: torch.Tensor, size: int, generator: torch.Generator)
 
 
 def normalise(images: torch.Tensor, norm: Normalisation) -> torch.Tensor:
-    """uint8 ``[N, 3, H, W]`` -> float32 ``(x * scale - mean) / std`` per channel."""
+    """uint8 ``[N, 3, H, W]`` -> float32 ``(x * scale - mean) / std`` per channel,
+    in channels_last memory like the model (see ``backend.build``)."""
     x = images.float() * norm.scale
     if norm.channel_order == "bgr":
         x = x.flip(1)  # channels are dim 1 in NCHW
-    return F.normalize(x, list(norm.mean), list(norm.std))
+    return F.normalize(x, list(norm.mean), list(norm.std)).contiguous(memory_format=torch.channels_last)
 
 
 def train_loader(samples: list[Sample], size: int, batch_size: int, *, augment: bool, seed: int,

@@ -2,7 +2,7 @@
 
 PyTorch idiom: eager steps, ``torch.cuda.synchronize()`` before the clock
 stops (CUDA kernels are asynchronous; on the CPU a step has finished when it
-returns), ``torch.autocast`` + ``channels_last`` for bf16, and
+returns), ``torch.autocast`` for bf16 (the model is ``channels_last`` throughout), and
 ``torch.cuda.max_memory_allocated`` for peak device memory.
 """
 
@@ -37,13 +37,11 @@ def measure_throughput(model: nn.Module, optimizer: torch.optim.Optimizer, set_m
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, parked)
     was_training = model.training
     g = torch.Generator().manual_seed(seed)
-    # NCHW: PyTorch's layout; channels_last keeps NCHW shape with NHWC memory (TF's layout)
+    # NCHW shape in channels_last memory (NHWC, TF's layout), as the backend's model is
     images = torch.randn(batch_size, 3, image_size, image_size, generator=g).to(device)
+    images = images.contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
     bf16 = precision == "bf16"
-    if bf16:
-        model.to(memory_format=torch.channels_last)
-        images = images.contiguous(memory_format=torch.channels_last)
     criterion = nn.CrossEntropyLoss()
 
     def autocast():
@@ -72,8 +70,6 @@ def measure_throughput(model: nn.Module, optimizer: torch.optim.Optimizer, set_m
         infer = measure_steps(infer_step, lambda: synchronize(device), batch_size=batch_size,
                               steps=steps, warmup=warmup)
     finally:
-        if bf16:
-            model.to(memory_format=torch.contiguous_format)
         parked.seek(0)
         state = torch.load(parked, weights_only=True)
         parked.close()
@@ -88,5 +84,5 @@ def measure_throughput(model: nn.Module, optimizer: torch.optim.Optimizer, set_m
         "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "image_size": image_size,
-        "layout": "channels_last" if bf16 else "NCHW",
+        "layout": "NCHW shape, channels_last memory",
     }

@@ -32,7 +32,6 @@ mixed-precision policy in TF1 graph mode).
 from __future__ import annotations
 
 import importlib.metadata
-import platform
 import random
 import tempfile
 from pathlib import Path
@@ -49,6 +48,7 @@ from backends.slim import weights as slim_weights
 from common.config import Phase
 from common.models import HEAD, ModelSpec, get_model
 from common.preprocess import get_normalisation
+from common.results import cpu_name
 
 # the linear classifier layer (the one whose rows ``reuse_head_rows`` copies) per model
 LOGITS_LAYER = {"inception_v3": "InceptionV3/Logits/Conv2d_1c_1x1", "resnet50": "resnet_v1_50/logits"}
@@ -88,7 +88,7 @@ class SlimBackend(Backend):
             details = tf.config.experimental.get_device_details(gpus[0])
             return {"kind": "gpu", "name": details.get("device_name", gpus[0].name),
                     "count": len(gpus)}
-        return {"kind": "cpu", "name": platform.processor() or platform.machine()}
+        return {"kind": "cpu", "name": cpu_name()}
 
     # -- data and model --------------------------------------------------
     def setup(self, split, image_size: int) -> None:
