@@ -135,26 +135,18 @@ def main(argv=None) -> int:
         print(json.dumps(measure(args.backend, args.model, args.image_size, args.batch_size,
                                  args.steps, args.rounds)))
         return 0
-    from backends.base import availability, backend_names
-    from benchmarks.child import run_json_child
+    from benchmarks.child import run_per_backend
 
-    ok = True
-    for name in backend_names() if args.backend == "all" else [args.backend]:
-        if availability(name):
-            print(f"{name}: skipped ({availability(name)})")
-            continue
-        r = run_json_child("benchmarks.bench_harness_overhead", [
-            "--json", "--backend", name, "--model", args.model, "--image-size", args.image_size,
-            "--batch-size", args.batch_size, "--steps", args.steps, "--rounds", args.rounds])
-        if r.get("status") == "failed":
-            print(f"{name}: failed ({r['error']})")
-            ok = False
-            continue
+    def describe(r: dict) -> tuple[str, bool]:
         met = r["ratio"] >= TARGET
-        ok &= met
-        print(f"{name:8s} {r['model']} {r['image_size']}px batch {r['batch_size']}: harness "
-              f"{r['harness_images_per_second']:.1f} img/s / bare loop {r['bare_images_per_second']:.1f} img/s "
-              f"= {r['ratio']:.3f} (target >= {TARGET}: {'met' if met else 'NOT met'})")
+        return (f"{r['backend']:8s} {r['model']} {r['image_size']}px batch {r['batch_size']}: harness "
+                f"{r['harness_images_per_second']:.1f} img/s / bare loop "
+                f"{r['bare_images_per_second']:.1f} img/s = {r['ratio']:.3f} "
+                f"(target >= {TARGET}: {'met' if met else 'NOT met'})", met)
+
+    ok = run_per_backend("benchmarks.bench_harness_overhead", args.backend, [
+        "--model", args.model, "--image-size", args.image_size, "--batch-size", args.batch_size,
+        "--steps", args.steps, "--rounds", args.rounds], describe)
     return 0 if ok else 1
 
 

@@ -84,28 +84,18 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(measure(args.backend, args.model, args.image_size, args.epochs)))
         return 0
-    from backends.base import availability, backend_names
-    from benchmarks.child import run_json_child
+    from benchmarks.child import run_per_backend
 
-    names = backend_names() if args.backend == "all" else [args.backend]
-    ok = True
-    for name in names:
-        if availability(name):
-            print(f"{name}: skipped ({availability(name)})")
-            continue
-        r = run_json_child("benchmarks.bench_linear_probe", [
-            "--json", "--backend", name, "--model", args.model, "--image-size", args.image_size,
-            "--epochs", args.epochs])
-        if r.get("status") == "failed":
-            print(f"{name}: failed ({r['error']})")
-            ok = False
-            continue
+    def describe(r: dict) -> tuple[str, bool]:
         met = r["ratio"] >= TARGET
-        ok &= met
-        print(f"{name:8s} {r['model']} {r['image_size']}px, {r['train_images']} train images: head epoch "
-              f"{r['head_epoch_seconds']:.2f}s, feature cache built once in {r['feature_cache_seconds']:.2f}s, "
-              f"linear-probe epoch {r['linear_probe_epoch_seconds'] * 1000:.1f}ms -> "
-              f"{r['ratio']:.0f}x faster (target >= {TARGET:.0f}x: {'met' if met else 'NOT met'})")
+        return (f"{r['backend']:8s} {r['model']} {r['image_size']}px, {r['train_images']} train images: "
+                f"head epoch {r['head_epoch_seconds']:.2f}s, feature cache built once in "
+                f"{r['feature_cache_seconds']:.2f}s, linear-probe epoch "
+                f"{r['linear_probe_epoch_seconds'] * 1000:.1f}ms -> {r['ratio']:.3g}x faster "
+                f"(target >= {TARGET:.0f}x: {'met' if met else 'NOT met'})", met)
+
+    ok = run_per_backend("benchmarks.bench_linear_probe", args.backend, [
+        "--model", args.model, "--image-size", args.image_size, "--epochs", args.epochs], describe)
     return 0 if ok else 1
 
 

@@ -28,3 +28,26 @@ def run_json_child(module: str, args: list[str]) -> dict:
             return json.loads(line)
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     return {"status": "failed", "error": f"{module} exited with {proc.returncode}: {tail}"}
+
+
+def run_per_backend(module: str, backend: str, args: list, describe) -> bool:
+    """Run ``python -m module --json --backend NAME *args`` for each backend named by
+    ``backend`` ("all" or one name), printing ``describe(result) -> (line, met)``;
+    True when every available backend met its target (unavailable ones are skipped)."""
+    from backends.base import availability, backend_names
+
+    ok = True
+    for name in backend_names() if backend == "all" else [backend]:
+        reason = availability(name)
+        if reason:
+            print(f"{name}: skipped ({reason})")
+            continue
+        result = run_json_child(module, ["--json", "--backend", name, *args])
+        if result.get("status") == "failed":
+            print(f"{name}: failed ({result['error']})")
+            ok = False
+            continue
+        line, met = describe(result)
+        print(line)
+        ok &= met
+    return ok

@@ -134,3 +134,14 @@ def test_compare_and_report_commands(fake_backends, tiny_quads, tmp_path, capsys
     capsys.readouterr()
     assert _bench("compare", tmp_path / "a", tmp_path / "b") == 0
     assert "fake" in capsys.readouterr().out
+
+
+def test_benchmark_script_runs_each_backend_in_a_child_and_prints_its_ratio(fake_backends, capsys):
+    from benchmarks import bench_linear_probe
+
+    code = bench_linear_probe.main(["--backend", "fake", "--epochs", "1"])
+    out = capsys.readouterr().out
+    (line,) = [l for l in out.splitlines() if l.startswith("fake")]
+    ratio = float(line.split("-> ")[1].split("x faster")[0])
+    assert "linear-probe epoch" in line and ratio > 0
+    assert code == (0 if ratio >= bench_linear_probe.TARGET else 1)
