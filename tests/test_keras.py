@@ -305,3 +305,13 @@ def test_batchnorm_decay_is_the_suite_value_not_keras_default():
     km = build_model(get_model("inception_v3"), 5, 75)
     bns = [l for l in km.model.layers if l.__class__.__name__ == "BatchNormalization"]
     assert len(bns) == 94 and {l.momentum for l in bns} == {BN_DECAY}
+
+
+def test_inception_batchnorm_has_no_gamma_in_keras():
+    # keras.applications.InceptionV3 builds BatchNormalization(scale=False): beta only
+    from backends.keras.model import build_model
+    from common.models import get_model
+
+    km = build_model(get_model("inception_v3"), 5, 75)
+    bns = [l for l in km.model.layers if l.__class__.__name__ == "BatchNormalization"]
+    assert bns and all(not l.scale and l.gamma is None for l in bns)

@@ -354,3 +354,15 @@ def test_batchnorm_momentum_is_the_suite_decay():
 
     bns = [m for m in build_model(get_model("inception_v3"), 5).modules() if isinstance(m, nn.BatchNorm2d)]
     assert len(bns) == 94 and {round(m.momentum, 9) for m in bns} == {round(1 - BN_DECAY, 9)}
+
+
+def test_inception_batchnorm_has_gamma_in_torchvision():
+    # torchvision's BasicConv2d BatchNorm is affine (gamma and beta); Keras and slim use
+    # scale=False (beta only), so torch's trainable counts include one gamma per conv
+    from torch import nn
+
+    from backends.pytorch.model import build_model
+    from common.models import get_model
+
+    bns = [m for m in build_model(get_model("inception_v3"), 5).modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(m.affine and m.weight is not None for m in bns)
