@@ -1,4 +1,4 @@
-"""The Backend interface and the registry of backends (imported lazily).
+"""The Backend interface, the per-backend descriptors and the registry (imported lazily).
 
 A backend is one framework's way of doing the recipe: it builds the model
 with its head replaced, expresses each phase natively (which parameters
@@ -6,11 +6,21 @@ train, which optimizer and learning rates, which BatchNorm mode), runs its
 own input pipeline over the common split and saves checkpoints in its own
 format. Everything else — the epoch loop, best-on-val checkpointing, resume,
 metrics, linear-probe heads, result files — lives in ``benchmarks.driver`` and
-is therefore identical for every backend.
+is therefore identical for every backend (docs/design.md, "The backend
+contract").
 
-The registry maps names to ``"module:Class"`` strings so that ``bench run
---backend keras`` never imports torch, and ``bench list`` can report a
-missing framework without importing any.
+Each backend folder owns two things:
+
+* a light descriptor, ``BackendInfo`` (in ``backends/<name>/__init__.py``),
+  that answers without importing the framework: what must be installed, which
+  models the backend has (its ``catalog.py``: constructor, canonical block ->
+  native names, head, ImageNet file, URL and cache), where ImageNet weights go
+  and how they are fetched;
+* the ``Backend`` subclass, which imports the framework.
+
+The registry maps backend names to descriptors as ``"module:ATTRIBUTE"``
+strings, so ``bench run --backend keras`` never imports torch and ``bench
+list`` reports a missing framework without importing any.
 """
 
 from __future__ import annotations
@@ -21,13 +31,17 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar, Mapping
 
 import numpy as np
 
 from common.config import Phase, RunConfig
-from common.data import Split
-from common.models import ModelSpec
+from common.data import SPLIT_NAMES, Split
+from common.models import HEAD, MODELS, ModelSpec
+
+
+class BackendError(RuntimeError):
+    """A user-facing failure inside a backend (one line, no traceback needed)."""
 
 
 @dataclass(frozen=True)
@@ -46,24 +60,249 @@ class WeightsRequest:
     reuse_head_rows: dict[int, int] = field(default_factory=dict)
 
 
-class BackendError(RuntimeError):
-    """A user-facing failure inside a backend (one line, no traceback needed)."""
+# ------------------------------------------------------------------ catalogs
 
+@dataclass(frozen=True)
+class ImagenetWeights:
+    """A framework's own ImageNet weights for one model."""
+
+    file: str                 # the file its mechanism caches (slim: the checkpoint in the archive)
+    url: str                  # where that mechanism downloads from
+    preprocessing: str        # the input normalisation the weights expect (common.preprocess)
+    archive: str = ""         # slim: the official .tar.gz that holds ``file``
+    file_hash: str = ""       # checked by the framework's download (keras.utils.get_file's md5)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model in one backend's catalog (``backends/<name>/catalog.py``).
+
+    ``constructor`` is the framework's own constructor as ``"module:attribute"``
+    (resolved only where the framework is imported); ``blocks`` maps every
+    canonical block of ``common.models`` to the framework's names for it
+    (modules, layers or variable scopes, as the backend's ``model.py`` says);
+    ``head`` / ``aux_head`` name the classifier and the auxiliary classifier.
+    """
+
+    constructor: str
+    blocks: Mapping[str, tuple[str, ...]]
+    head: tuple[str, ...]
+    aux_head: tuple[str, ...] = ()
+    imagenet: ImagenetWeights | None = None
+
+    def native(self, block: str, aux: bool = True) -> tuple[str, ...]:
+        """Native names of canonical ``block``; ``"head"`` includes the aux head when ``aux``."""
+        if block == HEAD:
+            return self.head + (self.aux_head if aux else ())
+        return self.blocks[block]
+
+    def resolve_constructor(self) -> Callable:
+        module, _, attribute = self.constructor.partition(":")
+        return getattr(importlib.import_module(module), attribute)
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What the suite knows about a backend without importing its framework."""
+
+    name: str
+    backend_class: str                   # "module:Class", imported by get_backend()
+    requires: tuple[str, ...]            # importable modules that must be installed
+    install_hint: str
+    checkpoint_suffix: str
+    catalog: str = ""                    # module with MODELS and imagenet_dir(); "" = any model
+    fetcher: str = ""                    # "module:function(model, entry) -> Path"
+    # set in the run's own process before anything is imported (KERAS_BACKEND)
+    environment: Mapping[str, str] = field(default_factory=dict)
+    color: str = "#777777"               # the backend's colour in report plots
+    description: str = ""
+
+    def _catalog(self):
+        return importlib.import_module(self.catalog) if self.catalog else None
+
+    def models(self) -> dict[str, ModelEntry]:
+        """The backend's catalog (framework-free)."""
+        catalog = self._catalog()
+        return dict(catalog.MODELS) if catalog else {}
+
+    def supports(self, model: str) -> bool:
+        return not self.catalog or model in self.models()
+
+    def entry(self, model: str) -> ModelEntry:
+        """The catalog entry of ``model``, or a one-line error naming what this backend has."""
+        models = self.models()
+        if model not in models:
+            raise BackendError(f"the {self.name} backend has no model {model!r}; it has: "
+                               f"{', '.join(models) or 'none'}")
+        return models[model]
+
+    def imagenet_location(self, model: str) -> Path:
+        """Where ``--weights imagenet`` looks for ``model`` (offline users put the file there)."""
+        entry = self.entry(model)
+        if entry.imagenet is None:
+            raise BackendError(f"the {self.name} backend has no ImageNet weights for {model!r}")
+        return Path(self._catalog().imagenet_dir()) / entry.imagenet.file
+
+    def imagenet_present(self, model: str) -> bool:
+        f = self.imagenet_location(model)
+        # a TF checkpoint is a prefix: NAME.index + NAME.data-*
+        return f.is_file() or Path(str(f) + ".index").is_file()
+
+    def offline_message(self, model: str) -> str:
+        """One line telling an offline user which file to put where."""
+        entry = self.entry(model)
+        target = self.imagenet_location(model)
+        what = (f"extract {entry.imagenet.file} from {entry.imagenet.archive} into {target.parent}/"
+                if entry.imagenet.archive else f"place {entry.imagenet.file} at {target}")
+        return (f"ImageNet weights for {self.name} {model} are not cached: {what}, run "
+                f"'bench weights fetch --backend {self.name} --model {model}' where there is a "
+                f"network, or pass --weights source (synthetic, offline) or --weights PATH")
+
+    def fetch_imagenet(self, model: str) -> Path:
+        """Download ``model``'s ImageNet weights with the framework's own mechanism (imports it)."""
+        entry = self.entry(model)
+        if entry.imagenet is None or not self.fetcher:
+            raise BackendError(f"the {self.name} backend cannot fetch ImageNet weights for {model!r}")
+        self.apply_environment()
+        module, _, function = self.fetcher.partition(":")
+        return getattr(importlib.import_module(module), function)(model, entry)
+
+    def availability(self) -> str | None:
+        """Why this backend cannot run here (without importing its framework), or None."""
+        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            return f"{', '.join(missing)} not installed; {self.install_hint}"
+        module = self.backend_class.split(":")[0]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            return f"backend module {module} is missing from this installation"
+        return None
+
+    def apply_environment(self) -> None:
+        """Set this backend's environment (call before its framework is imported)."""
+        os.environ.update(self.environment)
+
+
+# ------------------------------------------------------------------ registry
+
+REGISTRY: dict[str, str] = {
+    "pytorch": "backends.pytorch:INFO",
+    "keras": "backends.keras:INFO",
+    "slim": "backends.slim:INFO",
+}
+
+# Extra backends (a plug-in, or the tests' numpy backend) as
+# TRANSFER_BENCH_BACKENDS="name=package.module:Attribute,...", where the
+# attribute is a BackendInfo or a Backend subclass. The variable is inherited
+# by the per-run child processes.
+EXTRA_BACKENDS_ENV = "TRANSFER_BENCH_BACKENDS"
+for _entry in filter(None, os.environ.get(EXTRA_BACKENDS_ENV, "").split(",")):
+    _name, _, _target = _entry.partition("=")
+    if _name and ":" in _target:
+        REGISTRY[_name.strip()] = _target.strip()
+
+_INFOS: dict[str, BackendInfo] = {}
+
+
+def backend_names() -> list[str]:
+    return list(REGISTRY)
+
+
+def unknown_backend_message(name: str) -> str:
+    return f"unknown backend {name!r}; choose one of: {', '.join(REGISTRY)}, all"
+
+
+def backend_info(name: str) -> BackendInfo:
+    """The descriptor of backend ``name`` (imports its light package, never its framework)."""
+    if name in _INFOS:
+        return _INFOS[name]
+    if name not in REGISTRY:
+        raise BackendError(unknown_backend_message(name))
+    module, _, attribute = REGISTRY[name].partition(":")
+    try:
+        target = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as err:
+        raise BackendError(f"backend {name!r}: cannot load {REGISTRY[name]} ({err})") from None
+    if isinstance(target, BackendInfo):
+        info = target
+    elif isinstance(target, type) and issubclass(target, Backend):  # a plug-in class
+        info = BackendInfo(name=name, backend_class=REGISTRY[name], requires=(), install_hint="",
+                           checkpoint_suffix=target.checkpoint_suffix)
+    else:
+        raise BackendError(f"backend {name!r}: {REGISTRY[name]} is neither a BackendInfo nor a "
+                           f"Backend class")
+    _INFOS[name] = info
+    return info
+
+
+def availability(name: str) -> str | None:
+    """Reason ``name`` cannot run here (without importing its framework), or None."""
+    if name not in REGISTRY:
+        return unknown_backend_message(name)
+    try:
+        return backend_info(name).availability()
+    except BackendError as err:
+        return str(err)
+
+
+def unsupported_model(backend: str, model: str) -> str | None:
+    """Why ``backend`` cannot run ``model`` (unknown model, not in its catalog), or None."""
+    if model not in MODELS:
+        return f"unknown model {model!r}; choose one of: {', '.join(sorted(MODELS))}"
+    info = backend_info(backend)
+    if info.supports(model):
+        return None
+    return (f"{model} has no {backend} model in this suite (available for: "
+            f"{', '.join(backends_with_model(model)) or 'none'})")
+
+
+def backends_with_model(model: str) -> list[str]:
+    out = []
+    for name in REGISTRY:
+        try:
+            if backend_info(name).supports(model):
+                out.append(name)
+        except BackendError:
+            continue
+    return out
+
+
+def get_backend(name: str) -> type["Backend"]:
+    """The backend class (sets the backend's environment, then imports its framework)."""
+    info = backend_info(name)
+    reason = info.availability()
+    if reason:
+        raise BackendError(f"backend {name!r} is not available: {reason}")
+    info.apply_environment()
+    module, _, cls = info.backend_class.partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+# ------------------------------------------------------------------ the contract
 
 class Backend(abc.ABC):
     """One framework's implementation of the recipe (see module docstring).
 
-    Lifecycle, driven by ``benchmarks.driver``::
+    The lifecycle is a template method: the public methods below check the
+    order of calls in one place and call the backend's ``_``-prefixed hooks.
+    Driven by ``benchmarks.driver``::
 
         b = Backend(config, run_dir)
         b.setup(split, image_size)            # seeds, threads, input pipelines
-        b.build(num_classes, weights, head_hidden_units)
+        b.build(model, num_classes, weights, head_hidden_units)
         for phase in recipe.phases:
             report = b.apply_phase(phase, index)
             for epoch in range(phase.epochs):
                 b.set_learning_rate(lr)       # common.schedule decides the value
-                b.fit_epoch(...); logits = b.predict("val"); b.save(...)
+                b.fit_epoch(phase, epoch); logits = b.predict("val"); b.save(...)
         b.predict("test"); b.throughput(...); b.close()
+
+    Training, timing and saving need an applied phase; prediction, features,
+    snapshots and restoring need a built model; every backend refuses the
+    same way (a ``BackendError`` naming the missing step).
     """
 
     name: ClassVar[str]
@@ -73,6 +312,39 @@ class Backend(abc.ABC):
     def __init__(self, config: RunConfig, run_dir: Path):
         self.config = config
         self.run_dir = Path(run_dir)
+        self.split: Split | None = None
+        self.image_size = 0
+        self.spec: ModelSpec | None = None
+        self.entry: ModelEntry | None = None
+        self.num_classes = 0
+        self.phase: Phase | None = None
+
+    @property
+    def info(self) -> BackendInfo:
+        return backend_info(self.name) if self.name in REGISTRY else BackendInfo(
+            name=self.name, backend_class="", requires=(), install_hint="",
+            checkpoint_suffix=self.checkpoint_suffix)
+
+    def preprocessing_name(self) -> str:
+        """The input normalisation of this run (``common.preprocess``): what the ImageNet
+        weights of this backend expect with ``--weights imagenet``, otherwise the model's own
+        (suite-made weights, random init), the same in every backend."""
+        spec = MODELS[self.config.model.name]
+        if (self.config.model.weights == "imagenet" and self.config.recipe.init != "random"
+                and self.info.catalog):
+            imagenet = self.info.entry(spec.name).imagenet
+            if imagenet is not None:
+                return imagenet.preprocessing
+        return spec.preprocessing
+
+    # -- order of calls --------------------------------------------------
+    def _require(self, stage: str, action: str) -> None:
+        if stage in ("setup", "built", "phase") and self.split is None:
+            raise BackendError(f"{self.name}: {action} needs setup(split, image_size) first")
+        if stage in ("built", "phase") and self.spec is None:
+            raise BackendError(f"{self.name}: {action} needs a model: call build() first")
+        if stage == "phase" and self.phase is None:
+            raise BackendError(f"{self.name}: {action} needs a phase: call apply_phase() first")
 
     # -- environment -----------------------------------------------------
     @abc.abstractmethod
@@ -84,16 +356,23 @@ class Backend(abc.ABC):
         """``{"kind": "cpu"|"cuda"|..., "name": ..., ...}`` of the device used."""
 
     # -- data and model --------------------------------------------------
-    @abc.abstractmethod
     def setup(self, split: Split, image_size: int) -> None:
         """Seed the framework (``config.train.seed``) and build the input pipelines."""
+        self.split, self.image_size = split, image_size
+        self._setup(split, image_size)
 
-    @abc.abstractmethod
     def build(self, model: ModelSpec, num_classes: int, weights: WeightsRequest,
               head_hidden_units: int = 0) -> None:
         """Build ``model`` with a new head of ``num_classes`` and load ``weights``."""
+        self._require("setup", "build()")
+        entry = self.info.entry(model.name) if self.info.catalog else None
+        self.spec, self.entry, self.num_classes, self.phase = model, entry, num_classes, None
+        try:
+            self._build(model, num_classes, weights, head_hidden_units)
+        except BaseException:
+            self.spec = None
+            raise
 
-    @abc.abstractmethod
     def apply_phase(self, phase: Phase, index: int) -> dict:
         """Freeze/unfreeze, set BN mode and make the optimizer for ``phase``.
 
@@ -102,45 +381,80 @@ class Backend(abc.ABC):
         ``native`` (how the framework expressed it: module names and param
         groups / layer index range and optimizer / scopes and flags).
         """
+        self._require("built", "apply_phase()")
+        report = self._apply_phase(phase, index)
+        self.phase = phase
+        return report
 
-    @abc.abstractmethod
     def set_learning_rate(self, learning_rate: float) -> None:
         """Base LR for the next epoch (the head gets ``x head_lr_multiplier``)."""
+        self._require("phase", "set_learning_rate()")
+        self._set_learning_rate(learning_rate)
 
-    @abc.abstractmethod
     def fit_epoch(self, phase: Phase, global_epoch: int) -> dict:
         """One pass over the training split: ``{"loss", "top1", "images", "seconds"}``."""
+        self._require("phase", "fit_epoch()")
+        if phase != self.phase:
+            raise BackendError(f"{self.name}: fit_epoch() for phase {phase.name!r}, but the "
+                               f"applied phase is {self.phase.name!r}; call apply_phase() first")
+        return self._fit_epoch(phase, global_epoch)
 
-    @abc.abstractmethod
     def predict(self, subset: str) -> np.ndarray:
         """Logits ``[N, num_classes]`` for ``split.<subset>`` in split order (eval mode)."""
+        self._require("built", "predict()")
+        self._check_subset(subset)
+        return self._predict(subset)
 
-    @abc.abstractmethod
     def extract_features(self, subset: str) -> np.ndarray:
         """Pooled backbone features ``[N, feature_dim]`` in split order (eval mode)."""
+        self._require("built", "extract_features()")
+        self._check_subset(subset)
+        return self._extract_features(subset)
+
+    def _check_subset(self, subset: str) -> None:
+        if subset not in SPLIT_NAMES:
+            raise BackendError(f"unknown subset {subset!r}; choose one of: {', '.join(SPLIT_NAMES)}")
 
     # -- checkpoints -----------------------------------------------------
-    @abc.abstractmethod
     def save(self, path: Path) -> Path:
-        """Save model (and optimizer) state natively at ``path`` (no suffix); return the file."""
+        """Save model and optimizer state natively at ``path`` (no suffix); return the file."""
+        self._require("phase", "save()")
+        return self._save(Path(path))
 
-    @abc.abstractmethod
     def restore(self, path: Path) -> None:
-        """Restore everything saved by ``save`` (for resume and best-on-val)."""
+        """Restore what ``save`` wrote (the optimizer too when it belongs to this phase)."""
+        self._require("built", "restore()")
+        self._restore(Path(path))
 
-    @abc.abstractmethod
     def trainable_names(self) -> list[str]:
         """Native names of the tensors the current phase trains (keys as in ``snapshot``)."""
+        self._require("phase", "trainable_names()")
+        return self._trainable_names()
 
-    @abc.abstractmethod
     def snapshot(self, block: str) -> dict[str, np.ndarray]:
         """Copies of every tensor of canonical ``block`` (``"head"`` included), keyed by
         native name: weights and non-trainable state such as BN moving statistics."""
+        self._require("built", "snapshot()")
+        if block != HEAD and block not in self.spec.blocks:
+            raise BackendError(f"unknown block {block!r}; {self.spec.name} blocks are: "
+                               f"{', '.join(self.spec.blocks)}, {HEAD}")
+        return self._snapshot(block)
 
     # -- reporting -------------------------------------------------------
-    @abc.abstractmethod
     def throughput(self, batch_size: int, precision: str, steps: int, warmup: int) -> dict:
-        """Model-step train/infer timing on in-memory batches (``common.timing``)."""
+        """Model-step train/infer timing of the applied phase on in-memory batches
+        (``common.timing``); the model and optimizer are left as they were."""
+        self._require("phase", "throughput()")
+        return self._throughput(batch_size, precision, steps, warmup)
+
+    def bare_train_loop(self, batch_size: int, steps: int) -> Callable[[], float]:
+        """A plain ``for`` loop of ``steps`` training steps of the applied phase on one
+        in-memory batch, returning its seconds (the harness-overhead benchmark's baseline)."""
+        self._require("phase", "bare_train_loop()")
+        return self._bare_train_loop(batch_size, steps)
+
+    def _bare_train_loop(self, batch_size: int, steps: int) -> Callable[[], float]:
+        raise BackendError(f"the {self.name} backend has no bare training loop")
 
     def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
         """Write scalars to TensorBoard natively (default: nothing)."""
@@ -152,59 +466,45 @@ class Backend(abc.ABC):
     def close(self) -> None:
         """Release sessions, writers and memory."""
 
+    # -- hooks each backend implements ------------------------------------
+    @abc.abstractmethod
+    def _setup(self, split: Split, image_size: int) -> None: ...
 
-# ------------------------------------------------------------------ registry
+    @abc.abstractmethod
+    def _build(self, model: ModelSpec, num_classes: int, weights: WeightsRequest,
+               head_hidden_units: int) -> None: ...
 
-REGISTRY: dict[str, str] = {
-    "pytorch": "backends.pytorch.backend:PyTorchBackend",
-    "keras": "backends.keras.backend:KerasBackend",
-    "slim": "backends.slim.backend:SlimBackend",
-}
+    @abc.abstractmethod
+    def _apply_phase(self, phase: Phase, index: int) -> dict: ...
 
-# Extra backends (a plug-in, or the tests' numpy backend) as
-# TRANSFER_BENCH_BACKENDS="name=package.module:Class,...". The variable is
-# inherited by the per-run child processes.
-EXTRA_BACKENDS_ENV = "TRANSFER_BENCH_BACKENDS"
-for _entry in filter(None, os.environ.get(EXTRA_BACKENDS_ENV, "").split(",")):
-    _name, _, _target = _entry.partition("=")
-    if _name and ":" in _target:
-        REGISTRY[_name.strip()] = _target.strip()
+    @abc.abstractmethod
+    def _set_learning_rate(self, learning_rate: float) -> None: ...
 
-_REQUIRES = {
-    "pytorch": (("torch", "torchvision"), "pip install 'transfer-bench[torch]'"),
-    "keras": (("keras", "tensorflow"), "pip install 'transfer-bench[keras]'"),
-    "slim": (("tensorflow", "tf_slim", "tf_keras"), "pip install 'transfer-bench[slim]'"),
-}
+    @abc.abstractmethod
+    def _fit_epoch(self, phase: Phase, global_epoch: int) -> dict: ...
 
+    @abc.abstractmethod
+    def _predict(self, subset: str) -> np.ndarray: ...
 
-def backend_names() -> list[str]:
-    return list(REGISTRY)
+    @abc.abstractmethod
+    def _extract_features(self, subset: str) -> np.ndarray: ...
 
+    @abc.abstractmethod
+    def _save(self, path: Path) -> Path: ...
 
-def unknown_backend_message(name: str) -> str:
-    return f"unknown backend {name!r}; choose one of: {', '.join(REGISTRY)}, all"
+    @abc.abstractmethod
+    def _restore(self, path: Path) -> None: ...
 
+    @abc.abstractmethod
+    def _trainable_names(self) -> list[str]: ...
 
-def availability(name: str) -> str | None:
-    """Reason ``name`` cannot run here (without importing its framework), or None."""
-    if name not in REGISTRY:
-        return unknown_backend_message(name)
-    modules, hint = _REQUIRES.get(name, ((), ""))
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        return f"{', '.join(missing)} not installed; {hint}"
-    module = REGISTRY[name].split(":")[0]
-    if importlib.util.find_spec(module) is None:
-        return f"backend module {module} is missing from this installation"
-    return None
+    @abc.abstractmethod
+    def _snapshot(self, block: str) -> dict[str, np.ndarray]: ...
+
+    @abc.abstractmethod
+    def _throughput(self, batch_size: int, precision: str, steps: int, warmup: int) -> dict: ...
 
 
-def get_backend(name: str) -> type[Backend]:
-    """The backend class (imports its framework)."""
-    if name not in REGISTRY:
-        raise BackendError(unknown_backend_message(name))
-    reason = availability(name)
-    if reason:
-        raise BackendError(f"backend {name!r} is not available: {reason}")
-    module, cls = REGISTRY[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+__all__ = ["Backend", "BackendError", "BackendInfo", "ImagenetWeights", "ModelEntry",
+           "REGISTRY", "WeightsRequest", "availability", "backend_info", "backend_names",
+           "backends_with_model", "get_backend", "unknown_backend_message", "unsupported_model"]

@@ -4,8 +4,9 @@ The harness figure is what every result.json reports: the backend's
 ``throughput`` (``common.timing.measure_steps``: a sync and a clock read
 around every step, median step time). The bare loop is the same model,
 optimizer and in-memory batch driven by a plain ``for`` loop in the same
-framework, timed once around all steps. Rounds alternate bare/harness so that
-drift of the machine hits both; the medians over rounds are compared.
+framework, timed once around all steps (each backend's ``bare_train_loop``).
+Rounds alternate bare/harness so that drift of the machine hits both; the
+medians over rounds are compared.
 
     python -m benchmarks.bench_harness_overhead --backend all
 
@@ -19,73 +20,9 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
-
 TARGET = 0.98
-
-
-def _bare_loop_pytorch(b, batch_size: int, image_size: int, steps: int):
-    import torch
-    from torch import nn
-
-    model, optimizer = b.model, b.optimizer
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch_size, 3, image_size, image_size, generator=g).to(b.device_)
-    x = x.contiguous(memory_format=torch.channels_last)  # the same batch layout as the harness
-    y = torch.randint(0, b.num_classes, (batch_size,), generator=g).to(b.device_)
-    loss_fn = nn.CrossEntropyLoss()
-
-    from backends.pytorch.train import set_train_modes
-
-    def run() -> float:
-        set_train_modes(model, b.trainable, b.phase.bn)  # the harness left the model in eval()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            optimizer.zero_grad()
-            loss_fn(model(x), y).backward()
-            optimizer.step()
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
-    return run
-
-
-def _bare_loop_keras(b, batch_size: int, image_size: int, steps: int):
-    model = b.km.model
-    n = model.output_shape[-1]
-    rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, (batch_size, image_size, image_size, 3)).astype(np.float32)
-    y = np.eye(n, dtype=np.float32)[rng.integers(0, n, batch_size)]
-
-    def run() -> float:
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            model.train_on_batch(x, y)
-        return time.perf_counter() - t0
-    return run
-
-
-def _bare_loop_slim(b, batch_size: int, image_size: int, steps: int):
-    from backends.slim import data as slim_data
-
-    with b.graph.as_default():  # the same in-graph batch the backend's throughput uses
-        if batch_size not in b._in_memory:
-            b._in_memory[batch_size] = slim_data.add_in_memory_batch(
-                b.pipes, batch_size, image_size, b.config.train.seed)
-
-    def run() -> float:
-        b.session.run(b._in_memory[batch_size])
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            b.session.run(b.step.train_op)
-        return time.perf_counter() - t0
-    return run
-
-
-BARE_LOOPS = {"pytorch": _bare_loop_pytorch, "keras": _bare_loop_keras, "slim": _bare_loop_slim}
 
 
 def measure(backend_name: str, model: str, image_size: int, batch_size: int, steps: int,
@@ -106,7 +43,7 @@ def measure(backend_name: str, model: str, image_size: int, batch_size: int, ste
             b.setup(split, image_size)
             b.build(get_model(model), 5, WeightsRequest("none"), 0)
             b.apply_phase(ALL_LAYERS, 0)
-            bare = BARE_LOOPS[backend_name](b, batch_size, image_size, steps)
+            bare = b.bare_train_loop(batch_size, steps)  # each backend's own plain loop
             bare()  # compile / warm up
             bare_ips, harness_ips = [], []
             for _ in range(rounds):

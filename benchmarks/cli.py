@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from backends.base import BackendError, availability, backend_names, unknown_backend_message
+from backends.base import (BackendError, availability, backend_names, backends_with_model,
+                           unknown_backend_message, unsupported_model)
 from common import synthetic
 from common.config import (ConfigError, DataConfig, ModelConfig, PRECISIONS, RunConfig,
                            TrainConfig, available_recipes, load_recipe, override_epochs,
@@ -54,8 +55,26 @@ def _positive(text: str) -> int:
     return v
 
 
+def _names(text: str) -> list[str]:
+    """A comma list (``two_phase,scratch``), the one list syntax of every option."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: give at least one name, e.g. two_phase,scratch")
+    return names
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with README's promise: a usage error is one ``bench: error: ...`` line
+    (argparse prints the whole usage block), exit code 2, and a pointer to ``--help``."""
+
+    def error(self, message: str):
+        where = self.prog.removeprefix("bench").strip()
+        self.exit(EXIT_USAGE, f"bench: error: {where + ': ' if where else ''}{message} "
+                              f"(see '{self.prog} --help')\n")
+
+
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="bench",
         description="Fine-tune pretrained image classifiers with PyTorch, Keras 3 and TF-Slim "
                     "from one recipe and compare them.")
@@ -64,8 +83,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train and evaluate (backend x recipe x seed), then report")
     run.add_argument("--backend", default="all",
                      help="pytorch, keras, slim, all, or a comma list (default: all)")
-    run.add_argument("--recipe", nargs="+", default=list(DEFAULT_RECIPES), metavar="NAME|PATH",
-                     help=f"recipes by name or .toml path (default: {' '.join(DEFAULT_RECIPES)})")
+    run.add_argument("--recipe", type=_names, default=list(DEFAULT_RECIPES), metavar="NAME|PATH,...",
+                     help=f"comma list of recipes by name or .toml path "
+                          f"(default: {','.join(DEFAULT_RECIPES)})")
     run.add_argument("--model", default="inception_v3", help=f"one of: {', '.join(MODELS)}")
     run.add_argument("--data", default="synthetic",
                      help="'synthetic' (embedded default) or an image folder / label|path meta file")
@@ -159,9 +179,10 @@ def build_configs(args: argparse.Namespace, out: Path) -> list[RunConfig]:
         recipes = [override_epochs(r, args.epochs) for r in recipes]
     if args.model not in MODELS:
         raise UsageError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
-    spec = MODELS[args.model]
-    if not any(spec.supports(b) for b in backends):
-        raise UsageError(f"model {args.model!r} exists only for: {', '.join(spec.frameworks())}")
+    supported = {b: unsupported_model(b, args.model) is None for b in backends}
+    if not any(supported.values()):
+        raise UsageError(f"model {args.model!r} exists only for: "
+                         f"{', '.join(backends_with_model(args.model)) or 'no backend'}")
     if args.reuse_head_rows:
         if weights != "source":
             raise UsageError("--reuse-head-rows copies rows of the source classifier; it needs "
@@ -185,7 +206,7 @@ def build_configs(args: argparse.Namespace, out: Path) -> list[RunConfig]:
                     train=TrainConfig(seed=seed, batch_size=args.batch_size, precision=args.precision,
                                       reuse_head_rows=args.reuse_head_rows),
                     run_dir=str(out / run_name(backend, recipe.name, seed)))
-                if spec.supports(backend):  # else (resnet18 in Keras) the run is recorded as skipped
+                if supported[backend]:  # else (resnet18 in Keras) the run is recorded as skipped
                     validate_run(config)
                 configs.append(config)
     return configs
@@ -264,7 +285,7 @@ def cmd_list(_args: argparse.Namespace) -> int:
     print("models:")
     for m in MODELS.values():
         print(f"  {m.name:13s} default {m.default_size}px, min {m.min_size}px, "
-              f"blocks {', '.join(m.blocks)}; backends: {', '.join(m.frameworks())}")
+              f"blocks {', '.join(m.blocks)}; backends: {', '.join(backends_with_model(m.name))}")
     print("recipes:")
     for r in available_recipes():
         recipe = load_recipe(r)

@@ -35,6 +35,19 @@ from common.timing import peak_rss_bytes
 
 STATE_FILE = "state.json"
 
+# What "train img/s" times in a linear-probe run, whose head is fitted by scikit-learn
+# outside the framework: the framework's head-only step (frozen backbone), the same in
+# every backend. Every other run times its last phase.
+LINEAR_PROBE_THROUGHPUT_PHASE = Phase(name="head (throughput)", train="head", optimizer="sgd",
+                                      learning_rate=1e-3, augment=False)
+
+
+def throughput_phase_record(phase: Phase, spec) -> dict:
+    """What a train img/s figure measured: which blocks trained, with which optimizer."""
+    return {"name": phase.name, "train": phase.train,
+            "trainable_blocks": list(phase.trainable_blocks(spec)) + ["head"],
+            "optimizer": phase.optimizer, "bn": phase.bn}
+
 
 def default_image_size(config: RunConfig) -> int:
     """``--image-size`` or, by default, the model's minimum for synthetic data
@@ -311,6 +324,7 @@ def run(config: RunConfig, log=print) -> dict:
         backend.setup(split, image_size)
         spec = get_model(config.model.name)
         backend.build(spec, split.num_classes, request, config.recipe.head_hidden_units)
+        result["preprocessing"] = {"normalisation": backend.preprocessing_name()}
         summary = backend.model_summary()
         if summary:
             (run_dir / "model_summary.txt").write_text(summary, encoding="utf-8")
@@ -329,8 +343,13 @@ def run(config: RunConfig, log=print) -> dict:
                           val=_evaluate(backend, split, "val"), test=_evaluate(backend, split, "test"))
         train_seconds = time.perf_counter() - t_train
         t_tp = time.perf_counter()
+        if config.recipe.is_linear_probe:
+            backend.apply_phase(LINEAR_PROBE_THROUGHPUT_PHASE, len(config.recipe.phases))
+        elif backend.phase is None:  # a resumed run whose epochs had all finished
+            backend.apply_phase(config.recipe.phases[-1], len(config.recipe.phases) - 1)
         result["throughput"] = backend.throughput(
             config.train.batch_size, config.train.precision, config.train.throughput_steps, warmup=2)
+        result["throughput"]["phase"] = throughput_phase_record(backend.phase, spec)
         epochs = [c for c in result["curves"] if c.get("images_per_second")]
         if epochs:
             result["throughput"]["end_to_end_train_images_per_second"] = epochs[-1]["images_per_second"]

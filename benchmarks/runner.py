@@ -19,9 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from backends.base import availability
+from backends.base import availability, backend_info, unsupported_model
 from common.config import RunConfig
-from common.models import get_model
 from common.results import base_result, run_name, write_json_atomic
 
 SWEEP_FILE = "sweep.json"
@@ -83,6 +82,7 @@ def run_child(run: PlannedRun, log) -> dict:
     result_file = run_dir / "result.json"
     before = result_file.stat().st_mtime_ns if result_file.exists() else None
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.update(backend_info(run.config.backend).environment)  # e.g. KERAS_BACKEND, before import
     repo_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo_root, env.get("PYTHONPATH")]))
     tail: list[str] = []
@@ -149,11 +149,7 @@ def run_sweep(runs: list[PlannedRun], log=print, resume: bool = False) -> list[d
 
 
 def unsupported(config: RunConfig) -> str | None:
-    spec = get_model(config.model.name)
-    if spec.supports(config.backend):
-        return None
-    return (f"{spec.name} has no {config.backend} model in this suite "
-            f"(available for: {', '.join(spec.frameworks())})")
+    return unsupported_model(config.backend, config.model.name)
 
 
 def run_names(backends: list[str], recipes: list[str], seeds: list[int]) -> list[tuple[str, str, int, str]]:

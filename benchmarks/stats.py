@@ -30,7 +30,7 @@ CONTROL_RECIPE = "scratch"
 #: the backends in the order reports list them
 BACKEND_ORDER = ("pytorch", "keras", "slim")
 
-#: the recipes in the order of DESIGN.md's strategy table (others before the control)
+#: the recipes in the order of docs/design.md's strategy table (others before the control)
 RECIPE_ORDER = ("linear_probe", "head", "partial", "full", "two_phase")
 
 #: aggregated metric -> path of keys inside one result.json
@@ -94,7 +94,7 @@ def backend_sort_key(backend: str) -> tuple[int, str]:
 
 
 def recipe_sort_key(recipe: str) -> tuple[int, int, str]:
-    """Known strategies in DESIGN.md order, then other recipes by name, the control last."""
+    """Known strategies in docs/design.md order, then other recipes by name, the control last."""
     if recipe == CONTROL_RECIPE:
         return (2, 0, recipe)
     if recipe in RECIPE_ORDER:

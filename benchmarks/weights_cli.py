@@ -1,18 +1,36 @@
 """``bench weights where`` and ``bench weights fetch``.
 
-``where`` is framework-free (``common.imagenet``). ``fetch`` uses each
-framework's own download mechanism — torchvision weight enums, the
-``keras.applications`` constructor, the slim archive — so the file lands in
-exactly the cache that ``--weights imagenet`` reads.
+Both ask the backends themselves (``backends.base.BackendInfo``): ``where``
+reads each backend's catalog without importing a framework; ``fetch`` uses
+the framework's own download mechanism — torchvision weight enums,
+``keras.utils.get_file`` as ``keras.applications`` does, the official slim
+archive — so the file lands in exactly the cache that ``--weights imagenet``
+reads.
 """
 
 from __future__ import annotations
 
 import sys
-import tarfile
-import urllib.request
 
-from common.imagenet import DOWNLOAD_URLS, SLIM_CHECKPOINTS, expected_file, offline_message, where_rows
+from backends.base import BackendError, backend_info, backend_names
+
+
+def where_rows() -> list[dict]:
+    """One row per (backend, model with ImageNet weights): file, path, present, source URL."""
+    rows = []
+    for name in backend_names():
+        try:
+            info = backend_info(name)
+        except BackendError:
+            continue
+        for model, entry in info.models().items():
+            if entry.imagenet is None:
+                continue
+            path = info.imagenet_location(model)
+            rows.append({"backend": name, "model": model, "file": entry.imagenet.file,
+                         "path": str(path), "present": info.imagenet_present(model),
+                         "source": entry.imagenet.url})
+    return rows
 
 
 def where_table() -> str:
@@ -29,44 +47,19 @@ def where_table() -> str:
     return "\n".join(lines)
 
 
-def _fetch_pytorch(model: str) -> None:
-    import torchvision.models as tvm
-
-    enum = {"inception_v3": tvm.Inception_V3_Weights, "resnet50": tvm.ResNet50_Weights,
-            "resnet18": tvm.ResNet18_Weights}[model]
-    enum.IMAGENET1K_V1.get_state_dict(progress=True)
-
-
-def _fetch_keras(model: str) -> None:
-    import keras
-
-    ctor = {"inception_v3": keras.applications.InceptionV3, "resnet50": keras.applications.ResNet50}[model]
-    ctor(include_top=False, weights="imagenet")
-
-
-def _fetch_slim(model: str) -> None:
-    target = expected_file("slim", model)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    archive = target.parent / DOWNLOAD_URLS[("slim", model)].rsplit("/", 1)[1]
-    urllib.request.urlretrieve(DOWNLOAD_URLS[("slim", model)], archive)
-    with tarfile.open(archive) as tar:
-        tar.extractall(target.parent, filter="data")
-    if not any(target.parent.glob(SLIM_CHECKPOINTS[model] + "*")):
-        raise OSError(f"{archive.name} did not contain {SLIM_CHECKPOINTS[model]}")
-
-
 def fetch(backend: str, model: str) -> int:
     """Download ImageNet weights for ``backend``/``model`` into its cache; 0 on success."""
-    if (backend, model) not in DOWNLOAD_URLS:
+    info = backend_info(backend)
+    entry = info.entry(model)
+    if entry.imagenet is None:
         print(f"bench: error: no ImageNet weights known for {backend} {model}", file=sys.stderr)
         return 2
-    fetcher = {"pytorch": _fetch_pytorch, "keras": _fetch_keras, "slim": _fetch_slim}[backend]
     try:
-        fetcher(model)
+        path = info.fetch_imagenet(model)
     except Exception as err:  # URLError, keras' download Exception, a bad archive...
         first = (str(err).splitlines() or [""])[0][:200]
         print(f"bench: error: download failed ({type(err).__name__}: {first}); "
-              f"{offline_message(backend, model)}", file=sys.stderr)
+              f"{info.offline_message(model)}", file=sys.stderr)
         return 1
-    print(f"{backend} {model}: ImageNet weights at {expected_file(backend, model)}")
+    print(f"{backend} {model}: ImageNet weights at {path}")
     return 0

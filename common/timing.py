@@ -1,4 +1,4 @@
-"""The throughput protocol, framework-free (DESIGN.md "Throughput protocol").
+"""The throughput protocol, framework-free (docs/design.md, "Throughput protocol").
 
 A backend hands ``measure_steps`` a ``step`` callable that runs one training or
 inference step and a ``sync`` callable that waits for the device

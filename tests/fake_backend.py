@@ -35,8 +35,7 @@ class FakeBackend(Backend):
     def device(self):
         return {"kind": "cpu", "name": "numpy"}
 
-    def setup(self, split, image_size):
-        self.split = split
+    def _setup(self, split, image_size):
         self.rng = np.random.default_rng(self.config.train.seed)
         self._data = {}
 
@@ -49,7 +48,7 @@ class FakeBackend(Backend):
                 self._data[name] = (x.reshape(len(x), -1).astype(np.float64) / 255.0, y)
         return self._data
 
-    def build(self, model, num_classes, weights, head_hidden_units=0):
+    def _build(self, model, num_classes, weights, head_hidden_units):
         d = THUMB * THUMB * 3
         self.params = {"stem.W": self.rng.normal(0, 0.1, (d, 16)),
                        "head.W": self.rng.normal(0, 0.1, (16, num_classes)), "head.b": np.zeros(num_classes)}
@@ -58,21 +57,21 @@ class FakeBackend(Backend):
                 self.params["stem.W"] = pickle.load(f)["params"]["stem.W"]
         self.lr = 0.1
 
-    def apply_phase(self, phase, index):
+    def _apply_phase(self, phase, index):
         self.trainable = ["head.W", "head.b"] + (["stem.W"] if phase.train in ("all", "top", "blocks") else [])
         n = sum(self.params[k].size for k in self.trainable)
         return {"trainable_blocks": ["stem"] if "stem.W" in self.trainable else [], "trainable_params": n,
                 "total_params": sum(v.size for v in self.params.values()),
                 "trainable_tensors": len(self.trainable), "native": {"arrays": list(self.trainable)}}
 
-    def set_learning_rate(self, lr):
+    def _set_learning_rate(self, lr):
         self.lr = lr * 50
 
     def _forward(self, x):
         h = np.maximum(x @ self.params["stem.W"], 0)
         return h, h @ self.params["head.W"] + self.params["head.b"]
 
-    def fit_epoch(self, phase, global_epoch):
+    def _fit_epoch(self, phase, global_epoch):
         crash = os.environ.get("FAKE_BACKEND_CRASH")
         if crash == "raise":
             raise RuntimeError("fake backend exploded")
@@ -93,30 +92,30 @@ class FakeBackend(Backend):
         return {"loss": loss, "top1": float((logits.argmax(1) == y).mean()), "images": len(y),
                 "seconds": time.perf_counter() - t0}
 
-    def predict(self, subset):
+    def _predict(self, subset):
         return self._forward(self.data[subset][0])[1]
 
-    def extract_features(self, subset):
+    def _extract_features(self, subset):
         return self._forward(self.data[subset][0])[0]
 
-    def save(self, path):
+    def _save(self, path):
         out = Path(str(path) + self.checkpoint_suffix)
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(out, "wb") as f:
             pickle.dump({"params": self.params}, f)
         return out
 
-    def restore(self, path):
+    def _restore(self, path):
         with open(str(path) + self.checkpoint_suffix, "rb") as f:
             self.params = pickle.load(f)["params"]
 
-    def trainable_names(self):
+    def _trainable_names(self):
         return list(self.trainable)
 
-    def snapshot(self, block):
+    def _snapshot(self, block):
         return {k: v.copy() for k, v in self.params.items() if k.startswith(block)}
 
-    def throughput(self, batch_size, precision, steps, warmup):
+    def _throughput(self, batch_size, precision, steps, warmup):
         x = np.random.default_rng(0).random((batch_size, THUMB * THUMB * 3))
         t = measure_steps(lambda: self._forward(x), lambda: None, batch_size=batch_size, steps=steps,
                           warmup=warmup)
@@ -128,5 +127,5 @@ class CrashingBackend(FakeBackend):
 
     name = "fakecrash"
 
-    def fit_epoch(self, phase, global_epoch):
+    def _fit_epoch(self, phase, global_epoch):
         os.kill(os.getpid(), signal.SIGSEGV)

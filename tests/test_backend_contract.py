@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from backends.base import WeightsRequest, get_backend
+from backends.base import BackendError, WeightsRequest, get_backend
 from benchmarks import driver
 from common.config import Phase, load_recipe
 from common.models import HEAD, get_model
@@ -90,11 +90,28 @@ def test_save_restore_round_trip_gives_same_logits(backend_name, tiny_quads, tmp
         b.close()
 
 
-def test_features_have_the_model_feature_dim(backend_name, tiny_quads, tmp_path):
+def test_features_need_a_model_and_training_needs_a_phase(backend_name, tiny_quads, tmp_path):
+    # the lifecycle is checked once, in backends.base: every backend refuses the same way
+    config = tiny_config(backend_name, "two_phase", tiny_quads, tmp_path / "bare")
+    bare = get_backend(backend_name)(config, tmp_path / "bare")
+    with pytest.raises(BackendError, match=r"^\w+: predict\(\) needs setup\(split, image_size\) first$"):
+        bare.predict("val")
     b, split = _built(backend_name, tiny_quads, tmp_path)
     try:
         feats = b.extract_features("val")
         assert feats.shape == (len(split.val), get_model("inception_v3").feature_dim)
+        phase = load_recipe("two_phase").phases[0]
+        for action, call in (("fit_epoch()", lambda: b.fit_epoch(phase, 1)),
+                             ("set_learning_rate()", lambda: b.set_learning_rate(0.1)),
+                             ("throughput()", lambda: b.throughput(2, "fp32", 1, 0)),
+                             ("save()", lambda: b.save(tmp_path / "ckpt")),
+                             ("trainable_names()", b.trainable_names)):
+            with pytest.raises(BackendError) as err:
+                call()
+            assert str(err.value) == f"{backend_name}: {action} needs a phase: call apply_phase() first"
+        with pytest.raises(BackendError, match="unknown subset 'dev'"):
+            b.predict("dev")
+        assert not list(tmp_path.glob("ckpt*"))
     finally:
         b.close()
 

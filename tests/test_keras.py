@@ -22,6 +22,7 @@ import keras  # noqa: E402
 
 from backends.base import BackendError, WeightsRequest  # noqa: E402
 from backends.keras.backend import KerasBackend  # noqa: E402
+from backends.keras.catalog import MODELS  # noqa: E402
 from backends.keras.model import build_model  # noqa: E402
 from backends.keras.train import with_param_groups  # noqa: E402
 from benchmarks import driver  # noqa: E402
@@ -72,7 +73,7 @@ def test_blocks_are_the_table_ranges_and_the_stem_ends_at_17(shared):
 
 
 def test_resnet50_blocks_end_at_the_table_layers():
-    km = build_model(get_model("resnet50"), 3, 32)
+    km = build_model(get_model("resnet50"), MODELS["resnet50"], 3, 32)
     ends = {b: r.stop - 1 for b, r in km.blocks.items()}
     assert ends == {"stem": 6, "layer1": 38, "layer2": 80, "layer3": 142, "layer4": 174}
 
@@ -211,6 +212,7 @@ def test_frameworks_and_device_name_the_keras_backend(shared):
 # ----------------------------------------------------------- weights
 
 def test_restore_from_a_source_checkpoint_excludes_the_head(shared, tiny_quads, tmp_path):
+    shared.apply_phase(TOP2, 1)
     ckpt = shared.save(tmp_path / "source")
     source_base = {blk: shared.snapshot(blk) for blk in ("stem", "Mixed_7c")}
     source_head = shared.snapshot(HEAD)
@@ -235,6 +237,7 @@ def test_restore_from_a_source_checkpoint_excludes_the_head(shared, tiny_quads, 
 
 
 def test_reuse_head_rows_needs_a_linear_head(shared, tiny_quads, tmp_path):
+    shared.apply_phase(TOP2, 1)
     ckpt = shared.save(tmp_path / "source")
     config = tiny_config("keras", "two_phase", tiny_quads, tmp_path / "run")
     b = KerasBackend(config, tmp_path / "run")
@@ -257,7 +260,7 @@ def test_imagenet_offline_names_the_file_and_the_cache(shared, tiny_quads, tmp_p
         b.build(INCEPTION, 5, WeightsRequest("imagenet"))
     message = str(err.value)
     assert "\n" not in message
-    assert INCEPTION.imagenet_files["keras"] in message
+    assert MODELS["inception_v3"].imagenet.file in message
     assert str(tmp_path / "keras-home" / "models") in message
 
 
@@ -302,7 +305,7 @@ def test_batchnorm_decay_is_the_suite_value_not_keras_default():
     from backends.keras.model import build_model
     from common.models import BN_DECAY, get_model
 
-    km = build_model(get_model("inception_v3"), 5, 75)
+    km = build_model(get_model("inception_v3"), MODELS["inception_v3"], 5, 75)
     bns = [l for l in km.model.layers if l.__class__.__name__ == "BatchNormalization"]
     assert len(bns) == 94 and {l.momentum for l in bns} == {BN_DECAY}
 
@@ -312,6 +315,6 @@ def test_inception_batchnorm_has_no_gamma_in_keras():
     from backends.keras.model import build_model
     from common.models import get_model
 
-    km = build_model(get_model("inception_v3"), 5, 75)
+    km = build_model(get_model("inception_v3"), MODELS["inception_v3"], 5, 75)
     bns = [l for l in km.model.layers if l.__class__.__name__ == "BatchNormalization"]
     assert bns and all(not l.scale and l.gamma is None for l in bns)

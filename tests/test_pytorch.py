@@ -21,6 +21,7 @@ require_backend("pytorch")
 import torch  # noqa: E402
 
 from backends.base import BackendError, WeightsRequest, get_backend  # noqa: E402
+from backends.pytorch.catalog import MODELS  # noqa: E402
 from benchmarks import driver  # noqa: E402
 from common import synthetic  # noqa: E402
 from common.config import Phase, PretrainConfig, load_recipe, override_epochs  # noqa: E402
@@ -118,6 +119,7 @@ def _perturbed_checkpoint(tiny_quads, tmp_path, num_classes=None) -> tuple[objec
         for t in a.model.state_dict().values():
             if t.is_floating_point():
                 t.add_(0.5)
+    a.apply_phase(load_recipe("head").phases[0], 0)  # saving needs a phase (the optimizer's)
     return a, a.save(tmp_path / "a" / "source")
 
 
@@ -352,7 +354,8 @@ def test_batchnorm_momentum_is_the_suite_decay():
     from backends.pytorch.model import build_model
     from common.models import BN_DECAY, get_model
 
-    bns = [m for m in build_model(get_model("inception_v3"), 5).modules() if isinstance(m, nn.BatchNorm2d)]
+    bns = [m for m in build_model(get_model("inception_v3"), MODELS["inception_v3"], 5).modules()
+           if isinstance(m, nn.BatchNorm2d)]
     assert len(bns) == 94 and {round(m.momentum, 9) for m in bns} == {round(1 - BN_DECAY, 9)}
 
 
@@ -364,5 +367,6 @@ def test_inception_batchnorm_has_gamma_in_torchvision():
     from backends.pytorch.model import build_model
     from common.models import get_model
 
-    bns = [m for m in build_model(get_model("inception_v3"), 5).modules() if isinstance(m, nn.BatchNorm2d)]
+    bns = [m for m in build_model(get_model("inception_v3"), MODELS["inception_v3"], 5).modules()
+           if isinstance(m, nn.BatchNorm2d)]
     assert all(m.affine and m.weight is not None for m in bns)

@@ -35,7 +35,7 @@ def _bench(*argv):
 
 def test_sweep_writes_one_valid_result_per_run_and_a_report(fake_backends, tiny_quads, tmp_path, capsys):
     out = tmp_path / "out"
-    code = _bench("run", "--backend", "fake", "--recipe", "two_phase", "scratch", "--seeds", "0,1",
+    code = _bench("run", "--backend", "fake", "--recipe", "two_phase,scratch", "--seeds", "0,1",
                   "--data", tiny_quads, "--epochs", "2", "--out", out)
     assert code == 0
     results = read_results(out)

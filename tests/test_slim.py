@@ -141,6 +141,7 @@ def test_bn_train_updates_moving_stats_of_frozen_scopes(built):
 def test_restore_excludes_logits_and_aux_logits_and_reuses_head_rows(tiny_quads, tmp_path):
     source = _backend(tiny_quads, tmp_path / "a", image_size=107, aux=True, seed=0)
     try:
+        source.apply_phase(load_recipe("two_phase").phases[0], 0)
         ckpt = source.save(tmp_path / "ckpt" / "source")
         assert ckpt.name == "source.ckpt" and (tmp_path / "ckpt" / "source.ckpt.index").is_file()
         values = {v.op.name: a for v, a in zip(source.model_variables,
@@ -272,11 +273,12 @@ def test_tfrecord_round_trip(tiny_quads, tmp_path, image_size):
 def test_batch_norm_decay_is_the_suite_value_not_slims_default():
     # slim's inception_v3_arg_scope defaults to batch_norm_decay=0.9997; the suite uses BN_DECAY
     require_backend("slim")
-    from backends.slim.model import NETS
+    from backends.slim.catalog import MODELS
+    from backends.slim.model import arg_scope
     from common.models import BN_DECAY
 
-    for name, (_, arg_scope) in NETS.items():
-        scope = arg_scope(0.0)
+    for name, entry in MODELS.items():
+        scope = arg_scope(entry, 0.0)
         decays = {(kw.get("normalizer_params") or {}).get("decay") for kw in scope.values()
                   if kw.get("normalizer_params")}
         assert decays == {BN_DECAY}, (name, decays)

@@ -28,6 +28,7 @@ How Keras differs, and what this backend does about it:
 from __future__ import annotations
 
 import gc
+import time
 from pathlib import Path
 
 import keras
@@ -36,12 +37,12 @@ import numpy as np
 from backends.base import Backend, BackendError, WeightsRequest
 from common.config import Phase
 from common.data import Split
-from common.models import ModelSpec, get_model
+from common.models import ModelSpec
 from common.preprocess import get_normalisation
 
 from . import weights as kweights
 from .data import KerasData
-from .model import APPLICATIONS, build_model
+from .model import build_model
 from .throughput import POLICIES, device_info, measure_throughput
 from .train import compile_phase, fit_one_epoch, set_trainable, weight_count
 
@@ -61,10 +62,7 @@ class KerasBackend(Backend):
         super().__init__(config, run_dir)
         self.km = None
         self.data: KerasData | None = None
-        self.split: Split | None = None
-        self.image_size = 0
         self.optimizer = None
-        self.phase: Phase | None = None
         self._writer = None
         self._previous_policy = None
 
@@ -80,26 +78,22 @@ class KerasBackend(Backend):
         return device_info()
 
     # -- data and model --------------------------------------------------
-    def setup(self, split: Split, image_size: int) -> None:
+    def _setup(self, split: Split, image_size: int) -> None:
         keras.utils.set_random_seed(self.config.train.seed)  # python, numpy and the backend
         if self.config.train.precision != "fp32":
             # Keras fixes each layer's compute dtype when it is built: set the policy first.
             self._previous_policy = keras.config.dtype_policy()
             keras.config.set_dtype_policy(POLICIES[self.config.train.precision])
-        self.split, self.image_size = split, image_size
-        norm = get_normalisation(get_model(self.config.model.name).preprocessing["keras"])
+        norm = get_normalisation(self.preprocessing_name())
         # tf.data parallelism is AUTOTUNE; TF's op threads default to the machine's cores.
         self.data = KerasData(split, image_size, norm, self.config.train.batch_size,
                               self.config.train.seed)
 
-    def build(self, model: ModelSpec, num_classes: int, weights: WeightsRequest,
-              head_hidden_units: int = 0) -> None:
-        if not model.supports("keras") or model.name not in APPLICATIONS:
-            raise BackendError(f"model {model.name!r} is not available in the keras backend; "
-                               f"choose one of: {', '.join(APPLICATIONS)}")
+    def _build(self, model: ModelSpec, num_classes: int, weights: WeightsRequest,
+               head_hidden_units: int) -> None:
         base_weights, path = None, None
         if weights.kind == "imagenet":
-            base_weights = kweights.imagenet_file(model)
+            base_weights = kweights.imagenet_file(model.name, self.entry)
         elif weights.kind == "path":
             path = str(weights.path)
             if not Path(path).is_file():
@@ -113,17 +107,16 @@ class KerasBackend(Backend):
         if weights.reuse_head_rows and path is None:
             raise BackendError("reuse_head_rows needs a .weights.h5 checkpoint with a head")
         try:
-            self.km = build_model(model, num_classes, self.image_size, head_hidden_units,
+            self.km = build_model(model, self.entry, num_classes, self.image_size, head_hidden_units,
                                   base_weights)
         except ValueError as err:
             raise BackendError(f"keras {model.name}: {str(err).splitlines()[0]}") from None
         if path is not None:
             kweights.restore_backbone(self.km, path, self.image_size, weights.reuse_head_rows)
 
-    def apply_phase(self, phase: Phase, index: int) -> dict:
+    def _apply_phase(self, phase: Phase, index: int) -> dict:
         info = set_trainable(self.km, phase)
         self.optimizer, optimizer_text = compile_phase(self.km, phase)
-        self.phase = phase
         trainable = self.km.model.trainable_weights
         native = {"layer_range": info["layer_range"], "trainable_layers": info["trainable_layers"],
                   "bn_statistics_only_layers": info["bn_statistics_only_layers"],
@@ -137,50 +130,61 @@ class KerasBackend(Backend):
                 "total_params": weight_count(self.km.parameters()),
                 "trainable_tensors": len(trainable), "native": native}
 
-    def set_learning_rate(self, learning_rate: float) -> None:
+    def _set_learning_rate(self, learning_rate: float) -> None:
         self.optimizer.learning_rate = learning_rate  # the head's x multiplier is in the optimizer
 
-    def fit_epoch(self, phase: Phase, global_epoch: int) -> dict:
+    def _fit_epoch(self, phase: Phase, global_epoch: int) -> dict:
         tensorboard = keras.callbacks.TensorBoard(log_dir=str(self.run_dir / "tensorboard"),
                                                   write_graph=False, profile_batch=0)
         return fit_one_epoch(self.km, self.data.train(global_epoch, phase.augment), global_epoch,
                              len(self.split.train), callbacks=[tensorboard])
 
-    def _predict(self, model: keras.Model, subset: str, width: int) -> np.ndarray:
+    def _run_predict(self, model: keras.Model, subset: str, width: int) -> np.ndarray:
         if not self.split.subset(subset):
             return np.zeros((0, width), np.float32)
         # predict() calls the model with training=False: every BN layer uses moving statistics.
         return np.asarray(model.predict(self.data.eval(subset), verbose=0), np.float32)
 
-    def predict(self, subset: str) -> np.ndarray:
-        return self._predict(self.km.model, subset, self.split.num_classes)
+    def _predict(self, subset: str) -> np.ndarray:
+        return self._run_predict(self.km.model, subset, self.split.num_classes)
 
-    def extract_features(self, subset: str) -> np.ndarray:
-        return self._predict(self.km.features, subset, self.km.spec.feature_dim)
+    def _extract_features(self, subset: str) -> np.ndarray:
+        return self._run_predict(self.km.features, subset, self.km.spec.feature_dim)
 
     # -- checkpoints -----------------------------------------------------
-    def save(self, path: Path) -> Path:
+    def _save(self, path: Path) -> Path:
         return kweights.save(self.km, self.optimizer, path)
 
-    def restore(self, path: Path) -> None:
+    def _restore(self, path: Path) -> None:
         kweights.restore(self.km, self.optimizer, path)
 
-    def trainable_names(self) -> list[str]:
+    def _trainable_names(self) -> list[str]:
         return [v.path for v in self.km.model.trainable_weights]
 
-    def snapshot(self, block: str) -> dict[str, np.ndarray]:
+    def _snapshot(self, block: str) -> dict[str, np.ndarray]:
         return {v.path: np.array(keras.ops.convert_to_numpy(v), copy=True)
                 for layer in self.km.block_layers(block) for v in layer.weights}
 
     # -- reporting -------------------------------------------------------
-    def throughput(self, batch_size: int, precision: str, steps: int, warmup: int) -> dict:
-        phase = self.phase
-        if phase is None:  # a linear probe never applied a phase: time the head
-            phase = Phase(name="throughput", train="head", optimizer="sgd", learning_rate=1e-3)
-            set_trainable(self.km, phase)
-            self.optimizer, _ = compile_phase(self.km, phase)
-        return measure_throughput(self.km, phase, batch_size, precision, steps, warmup,
+    def _throughput(self, batch_size: int, precision: str, steps: int, warmup: int) -> dict:
+        return measure_throughput(self.km, self.phase, batch_size, precision, steps, warmup,
                                   seed=self.config.train.seed)
+
+    def _bare_train_loop(self, batch_size: int, steps: int):
+        """The harness-overhead baseline: ``train_on_batch`` in a plain loop, timed once."""
+        model = self.km.model
+        n = model.output_shape[-1]
+        rng = np.random.default_rng(0)
+        size = self.image_size
+        x = rng.uniform(-1, 1, (batch_size, size, size, 3)).astype(np.float32)
+        y = np.eye(n, dtype=np.float32)[rng.integers(0, n, batch_size)]
+
+        def run() -> float:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                model.train_on_batch(x, y)
+            return time.perf_counter() - t0
+        return run
 
     def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
         try:
@@ -196,7 +200,7 @@ class KerasBackend(Backend):
 
     def model_summary(self) -> str:
         lines = [f"keras {keras.__version__} ({keras.backend.backend()}), "
-                 f"{self.km.spec.constructors['keras']}(include_top=False) + new head",
+                 f"{self.entry.constructor}(include_top=False) + new head",
                  "canonical block -> layer indices (model.layers[i]):"]
         for block, indices in self.km.blocks.items():
             names = (self.km.layers[indices.start].name, self.km.layers[indices[-1]].name)

@@ -9,8 +9,8 @@ graph, exactly as the keras.io "Fine-tune InceptionV3" example does::
 
 so ``model.layers[i]`` *is* base layer ``i`` and Keras' famous "freeze the first
 249 layers" is literally ``model.layers[:249]``. A canonical block is a range
-of layer indices computed from ``common.models`` (the name of each block's
-last layer), never from auto-generated names such as ``max_pooling2d_1``,
+of layer indices computed from the backend's ``catalog.py`` (the name of each
+block's last layer), never from auto-generated names such as ``max_pooling2d_1``,
 which change when a process builds several models.
 """
 
@@ -20,17 +20,13 @@ from dataclasses import dataclass
 
 import keras
 
+from backends.base import ModelEntry
 from common.models import BN_DECAY, HEAD, ModelSpec
 
-# keras.applications constructors, keyed like common.models.MODELS.
-APPLICATIONS = {
-    "inception_v3": keras.applications.InceptionV3,
-    "resnet50": keras.applications.ResNet50,
-}
+from .catalog import HEAD_LAYERS
 
 FEATURES_LAYER = "avg_pool"
-HEAD_HIDDEN = "head_hidden"
-HEAD_LOGITS = "head_logits"
+HEAD_HIDDEN, HEAD_LOGITS = HEAD_LAYERS
 
 
 @dataclass
@@ -38,6 +34,7 @@ class KerasModel:
     """The built model and the index bookkeeping the phases need."""
 
     spec: ModelSpec
+    entry: ModelEntry            # the catalog entry (constructor, block names)
     model: keras.Model           # image -> logits
     features: keras.Model        # image -> pooled features (shares the layers)
     num_base_layers: int         # model.layers[:num_base_layers] is the backbone
@@ -91,9 +88,9 @@ def _stem_end(layers: list, first_block_last: int) -> int:
     return max(i for i, layer in enumerate(layers) if id(layer) in common)
 
 
-def block_ranges(layers: list, spec: ModelSpec) -> dict[str, range]:
-    """Canonical block -> ``range`` of layer indices (see ``common.models``)."""
-    native = spec.native_blocks["keras"]
+def block_ranges(layers: list, spec: ModelSpec, entry: ModelEntry) -> dict[str, range]:
+    """Canonical block -> ``range`` of layer indices (see ``catalog.py``)."""
+    native = entry.blocks
     index = {layer.name: i for i, layer in enumerate(layers)}
     ends = {}
     for pos, block in enumerate(spec.blocks):
@@ -115,17 +112,15 @@ def block_ranges(layers: list, spec: ModelSpec) -> dict[str, range]:
     return ranges
 
 
-def build_model(spec: ModelSpec, num_classes: int, image_size: int, head_hidden_units: int = 0,
-                base_weights: str | None = None) -> KerasModel:
+def build_model(spec: ModelSpec, entry: ModelEntry, num_classes: int, image_size: int,
+                head_hidden_units: int = 0, base_weights: str | None = None) -> KerasModel:
     """``spec``'s application without its top, pooled, with a new head.
 
     ``base_weights`` is passed to the application as ``weights=``: None, or the
     path of a Keras ImageNet ``*_notop.h5`` file (see ``weights.py``).
     """
-    if spec.name not in APPLICATIONS:
-        raise ValueError(f"no keras.applications constructor for {spec.name}")
     # NHWC: Keras image models take channels last; torchvision takes NCHW.
-    base = APPLICATIONS[spec.name](include_top=False, weights=base_weights,
+    base = entry.resolve_constructor()(include_top=False, weights=base_weights,
                                    input_shape=(image_size, image_size, 3))
     for layer in base.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -141,7 +136,7 @@ def build_model(spec: ModelSpec, num_classes: int, image_size: int, head_hidden_
     model = keras.Model(base.input, logits, name=f"{spec.name}_transfer")
     features = keras.Model(base.input, pooled, name=f"{spec.name}_features")
     num_base = len(base.layers)
-    blocks = block_ranges(model.layers[:num_base], spec)
+    blocks = block_ranges(model.layers[:num_base], spec, entry)
     if spec.name == "inception_v3":
         # The keras.io seed's cut: layers[249:] are mixed9 + mixed10 = Mixed_7b + Mixed_7c.
         top2 = spec.top_blocks(2)
@@ -149,7 +144,7 @@ def build_model(spec: ModelSpec, num_classes: int, image_size: int, head_hidden_
     # every weight is trainable right after construction, except BN moving statistics
     params = frozenset(id(v) for v in model.trainable_weights)
     weights_view = keras.Model(base.input, logits, name=f"{spec.name}_weights")
-    return KerasModel(spec, model, features, num_base, blocks, head_hidden_units, params,
+    return KerasModel(spec, entry, model, features, num_base, blocks, head_hidden_units, params,
                       weights_view)
 
 

@@ -88,7 +88,7 @@ def model_for_precision(km: KerasModel, phase: Phase, precision: str) -> KerasMo
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
     try:
-        copy = build_model(km.spec, km.model.output_shape[-1], km.model.input_shape[1],
+        copy = build_model(km.spec, km.entry, km.model.output_shape[-1], km.model.input_shape[1],
                            km.head_hidden_units)
     finally:
         keras.config.set_dtype_policy(previous)

@@ -28,46 +28,38 @@ import h5py
 import keras
 import numpy as np
 
-from backends.base import BackendError
-from common.models import ModelSpec
+from backends.base import BackendError, ModelEntry
 
+from .catalog import imagenet_dir
 from .model import HEAD_LOGITS, KerasModel, build_model
 
 WEIGHTS_SUFFIX = ".weights.h5"
 OPTIMIZER_SUFFIX = ".optimizer.npz"
 
-# keras.applications' own download locations and hashes for the no-top files.
-IMAGENET_ORIGINS = {
-    "inception_v3": ("https://storage.googleapis.com/tensorflow/keras-applications/inception_v3/",
-                     "bcbd6486424b2319ff4ef7d526e38f63"),
-    "resnet50": ("https://storage.googleapis.com/tensorflow/keras-applications/resnet/",
-                 "4d473c1dd8becc155b73f8504c6f6626"),
-}
-
-
 # ------------------------------------------------------------------ imagenet
 
-def keras_home() -> Path:
-    """Keras' cache root: ``$KERAS_HOME`` or ``~/.keras`` (as ``keras.utils.get_file``)."""
-    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
-
-
-def imagenet_file(spec: ModelSpec) -> str:
+def imagenet_file(model: str, entry: ModelEntry) -> str:
     """Path of the cached Keras ImageNet no-top file, downloading it if possible."""
-    fname = spec.imagenet_files["keras"]
-    cache = keras_home() / "models"
-    if (cache / fname).is_file():
-        return str(cache / fname)
-    origin, file_hash = IMAGENET_ORIGINS[spec.name]
+    cached = imagenet_dir() / entry.imagenet.file
+    if cached.is_file():
+        return str(cached)
     try:
-        return keras.utils.get_file(fname, origin + fname, cache_subdir="models",
-                                    cache_dir=str(keras_home()), file_hash=file_hash)
+        return fetch_imagenet(model, entry)
     except Exception as err:  # offline, proxy, bad hash: the user places the file
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise BackendError(
-            f"Keras ImageNet weights for {spec.name} are not cached and could not be downloaded "
-            f"({reason}); place {fname} in {cache} (set KERAS_HOME to use another folder)"
+            f"Keras ImageNet weights for {model} are not cached and could not be downloaded "
+            f"({reason}); place {entry.imagenet.file} in {cached.parent} (set KERAS_HOME to use "
+            f"another folder), run 'bench weights fetch --backend keras --model {model}' where "
+            f"there is a network, or pass --weights source"
         ) from None
+
+
+def fetch_imagenet(model: str, entry: ModelEntry) -> str:
+    """``keras.utils.get_file`` into ``$KERAS_HOME/models``, as keras.applications does."""
+    cache = imagenet_dir()
+    return keras.utils.get_file(entry.imagenet.file, entry.imagenet.url, cache_subdir="models",
+                                cache_dir=str(cache.parent), file_hash=entry.imagenet.file_hash)
 
 
 # ------------------------------------------------------------ save / restore
@@ -158,7 +150,7 @@ def restore_backbone(km: KerasModel, path: str, image_size: int,
     if reuse_head_rows and (km.head_hidden_units or hidden):
         raise BackendError("reuse_head_rows needs a linear head (head_hidden_units = 0) in the "
                            "checkpoint and in this run")
-    source = build_model(km.spec, num_classes, image_size, hidden)
+    source = build_model(km.spec, km.entry, num_classes, image_size, hidden)
     try:
         source.weights_view.load_weights(str(path))
     except (ValueError, KeyError) as err:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from torch import nn
 from backends.base import Backend, BackendError, WeightsRequest
 from common.config import Phase, RunConfig
 from common.data import Split
-from common.models import HEAD, ModelSpec
+from common.models import ModelSpec
 from common.preprocess import get_normalisation
 from common.results import cpu_name
 
@@ -37,12 +38,7 @@ class PyTorchBackend(Backend):
     def __init__(self, config: RunConfig, run_dir: Path):
         super().__init__(config, run_dir)
         self.device_ = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.split: Split | None = None
-        self.image_size = 0
-        self.spec: ModelSpec | None = None
         self.model: nn.Module | None = None
-        self.num_classes = 0
-        self.phase: Phase | None = None
         self.trainable: dict[str, nn.Module] = {}
         self.optimizer: torch.optim.Optimizer | None = None
         self.optimizer_description = ""
@@ -61,24 +57,22 @@ class PyTorchBackend(Backend):
         return {"kind": self.device_.type, "name": name, "threads": torch.get_num_threads()}
 
     # -- data and model --------------------------------------------------
-    def setup(self, split: Split, image_size: int) -> None:
+    def _setup(self, split: Split, image_size: int) -> None:
         seed = self.config.train.seed
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         torch.set_num_threads(cores or 1)
-        self.split, self.image_size = split, image_size
         bs, workers = self.config.train.batch_size, self.config.data.num_workers
         self.eval_loaders = {name: data.eval_loader(split.subset(name), image_size, bs, workers)
                              for name in ("train", "val", "test")}
 
-    def build(self, model: ModelSpec, num_classes: int, weights: WeightsRequest,
-              head_hidden_units: int = 0) -> None:
-        self.spec, self.num_classes = model, num_classes
-        self.norm = get_normalisation(model.preprocessing["pytorch"])
+    def _build(self, model: ModelSpec, num_classes: int, weights: WeightsRequest,
+               head_hidden_units: int) -> None:
+        self.norm = get_normalisation(self.preprocessing_name())
         torch.manual_seed(self.config.train.seed)  # random init depends on the seed only
-        net = model_lib.build_model(model, num_classes, head_hidden_units,
+        net = model_lib.build_model(model, self.entry, num_classes, head_hidden_units,
                                     aux_logits=self.config.model.aux_logits,
                                     image_size=self.image_size or None)
         if weights.kind == "path":
@@ -86,10 +80,11 @@ class PyTorchBackend(Backend):
             if not file.is_file() and weights_lib.checkpoint_file(file).is_file():
                 file = weights_lib.checkpoint_file(file)
             state = weights_lib.model_state(weights_lib.load_checkpoint(file))
-            weights_lib.restore_excluding_head(net, state, f"checkpoint {str(file)!r}")
+            weights_lib.restore_excluding_head(net, self.entry, state, f"checkpoint {str(file)!r}")
         elif weights.kind == "imagenet":
-            state = weights_lib.imagenet_state(model)
-            weights_lib.restore_excluding_head(net, state, f"ImageNet weights for {model.name}")
+            state = weights_lib.imagenet_state(model.name, self.entry)
+            weights_lib.restore_excluding_head(net, self.entry, state,
+                                               f"ImageNet weights for {model.name}")
         elif weights.kind == "none":
             state = None
         else:
@@ -97,24 +92,18 @@ class PyTorchBackend(Backend):
         if weights.reuse_head_rows:
             if state is None:
                 raise BackendError("reuse_head_rows needs weights to copy the rows from")
-            weights_lib.copy_head_rows(net, state, weights.reuse_head_rows)
+            weights_lib.copy_head_rows(net, self.entry, state, weights.reuse_head_rows)
         # channels_last: NCHW shapes with NHWC memory (TensorFlow's layout), which oneDNN's
         # CPU convolutions and cuDNN's tensor cores prefer; compare with a plain NCHW loop
         # with benchmarks/bench_torch_vs_minimal.py.
         self.model = net.to(self.device_, memory_format=torch.channels_last)
-        self.phase, self.optimizer, self.trainable = None, None, {}
+        self.optimizer, self.trainable = None, {}
 
-    def _require_model(self) -> nn.Module:
-        if self.model is None:
-            raise BackendError("the pytorch backend has no model yet; call build() first")
-        return self.model
-
-    def apply_phase(self, phase: Phase, index: int) -> dict:
-        net = self._require_model()
-        self.phase = phase
-        self.trainable = train.trainable_modules(net, self.spec, phase)
+    def _apply_phase(self, phase: Phase, index: int) -> dict:
+        net = self.model
+        self.trainable = train.trainable_modules(net, self.spec, self.entry, phase)
         train.freeze_all_but(net, self.trainable)
-        groups = train.param_groups(net, self.spec, phase)
+        groups = train.param_groups(net, self.entry, phase)
         self.optimizer, self.optimizer_description = train.make_optimizer(phase, groups)
         params = [p for p in net.parameters() if p.requires_grad]
         return {
@@ -132,15 +121,11 @@ class PyTorchBackend(Backend):
             },
         }
 
-    def set_learning_rate(self, learning_rate: float) -> None:
-        if self.optimizer is None:
-            raise BackendError("set_learning_rate before apply_phase")
+    def _set_learning_rate(self, learning_rate: float) -> None:
         train.set_learning_rate(self.optimizer, learning_rate)
 
-    def fit_epoch(self, phase: Phase, global_epoch: int) -> dict:
-        net = self._require_model()
-        if self.optimizer is None:
-            self.apply_phase(phase, 0)
+    def _fit_epoch(self, phase: Phase, global_epoch: int) -> dict:
+        net = self.model
         loader = data.train_loader(self.split.train, self.image_size, self.config.train.batch_size,
                                    augment=phase.augment, seed=self.config.train.seed,
                                    epoch=global_epoch, num_workers=self.config.data.num_workers)
@@ -155,20 +140,18 @@ class PyTorchBackend(Backend):
                                      self.norm, on_step)
 
     def _run_eval(self, subset: str, fn=None) -> np.ndarray:
-        net = self._require_model()
-        if subset not in self.eval_loaders:
-            raise BackendError(f"unknown subset {subset!r}; choose train, val or test")
-        out = train.predict_batches(net, self.eval_loaders[subset], self.device_, self.norm, fn)
+        out = train.predict_batches(self.model, self.eval_loaders[subset], self.device_, self.norm, fn)
         if out is None:
             width = self.num_classes if fn is None else self.spec.feature_dim
             out = np.zeros((0, width), np.float32)
         return out
 
-    def predict(self, subset: str) -> np.ndarray:
+    def _predict(self, subset: str) -> np.ndarray:
         return self._run_eval(subset)
 
-    def extract_features(self, subset: str) -> np.ndarray:
-        return self._run_eval(subset, model_lib.forward_features)
+    def _extract_features(self, subset: str) -> np.ndarray:
+        return self._run_eval(subset, lambda net, images: model_lib.forward_features(
+            net, self.entry, images))
 
     # -- checkpoints -----------------------------------------------------
     def _optimizer_signature(self) -> list:
@@ -177,10 +160,9 @@ class PyTorchBackend(Backend):
             return []
         return [type(self.optimizer).__name__, self.trainable_names()]
 
-    def save(self, path: Path) -> Path:
-        net = self._require_model()
+    def _save(self, path: Path) -> Path:
         payload = {
-            "model": net.state_dict(),
+            "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             "optimizer_signature": self._optimizer_signature(),
             "classes": list(self.split.classes) if self.split is not None else [],
@@ -190,8 +172,8 @@ class PyTorchBackend(Backend):
         return weights_lib.save_checkpoint(weights_lib.checkpoint_file(path, self.checkpoint_suffix),
                                            payload)
 
-    def restore(self, path: Path) -> None:
-        net = self._require_model()
+    def _restore(self, path: Path) -> None:
+        net = self.model
         file = weights_lib.checkpoint_file(path, self.checkpoint_suffix)
         ckpt = weights_lib.load_checkpoint(file)
         try:
@@ -205,30 +187,46 @@ class PyTorchBackend(Backend):
                 and ckpt.get("optimizer_signature") == self._optimizer_signature()):
             self.optimizer.load_state_dict(ckpt["optimizer"])
 
-    def trainable_names(self) -> list[str]:
-        return [n for n, p in self._require_model().named_parameters() if p.requires_grad]
+    def _trainable_names(self) -> list[str]:
+        return [n for n, p in self.model.named_parameters() if p.requires_grad]
 
-    def snapshot(self, block: str) -> dict[str, np.ndarray]:
-        net = self._require_model()
-        if block != HEAD and block not in self.spec.blocks:
-            raise BackendError(f"unknown block {block!r}; {self.spec.name} blocks are: "
-                               f"{', '.join(self.spec.blocks)}, {HEAD}")
-        modules = set(model_lib.block_modules(net, self.spec, block))
+    def _snapshot(self, block: str) -> dict[str, np.ndarray]:
+        net = self.model
+        modules = set(model_lib.block_modules(net, self.entry, block))
         return {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()
                 if k.split(".", 1)[0] in modules}
 
     # -- reporting -------------------------------------------------------
-    def throughput(self, batch_size: int, precision: str, steps: int, warmup: int) -> dict:
-        net = self._require_model()
-        if self.optimizer is None:  # no phase yet: time training of the whole model with SGD
-            self.apply_phase(Phase(name="throughput", train="all", optimizer="sgd",
-                                   learning_rate=1e-3), 0)
-        phase = self.phase
+    def _throughput(self, batch_size: int, precision: str, steps: int, warmup: int) -> dict:
+        net, phase = self.model, self.phase
         return measure_throughput(
             net, self.optimizer, lambda: train.set_train_modes(net, self.trainable, phase.bn),
             device=self.device_, num_classes=self.num_classes, image_size=self.image_size,
             batch_size=batch_size, precision=precision, steps=steps, warmup=warmup,
             seed=self.config.train.seed)
+
+    def _bare_train_loop(self, batch_size: int, steps: int):
+        """The harness-overhead baseline: the same model, optimizer and batch layout in a
+        plain ``for`` loop, timed once around all steps."""
+        net, optimizer = self.model, self.optimizer
+        g = torch.Generator().manual_seed(0)
+        size = self.image_size
+        x = torch.randn(batch_size, 3, size, size, generator=g).to(self.device_)
+        x = x.contiguous(memory_format=torch.channels_last)  # the harness's batch layout
+        y = torch.randint(0, self.num_classes, (batch_size,), generator=g).to(self.device_)
+        loss_fn = nn.CrossEntropyLoss()
+
+        def run() -> float:
+            train.set_train_modes(net, self.trainable, self.phase.bn)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                optimizer.zero_grad()
+                loss_fn(net(x), y).backward()
+                optimizer.step()
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            return time.perf_counter() - t0
+        return run
 
     def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
         self.writer.add_scalars(step, scalars)

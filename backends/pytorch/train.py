@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from backends.base import BackendError
+from backends.base import BackendError, ModelEntry
 from common.config import Phase
 from common.models import HEAD, ModelSpec
 from common.preprocess import Normalisation
@@ -29,11 +29,12 @@ from .model import block_modules
 AUX_LOSS_WEIGHT = 0.4
 
 
-def trainable_modules(model: nn.Module, spec: ModelSpec, phase: Phase) -> dict[str, nn.Module]:
+def trainable_modules(model: nn.Module, spec: ModelSpec, entry: ModelEntry,
+                      phase: Phase) -> dict[str, nn.Module]:
     """Top-level modules ``phase`` trains: its canonical blocks, then the head (and AuxLogits)."""
     modules = {}
     for block in (*phase.trainable_blocks(spec), HEAD):
-        modules.update(block_modules(model, spec, block))
+        modules.update(block_modules(model, entry, block))
     return modules
 
 
@@ -62,9 +63,9 @@ def set_train_modes(model: nn.Module, trainable: dict[str, nn.Module], bn: str) 
                     module.eval()  # frozen layers: running statistics used, never updated
 
 
-def param_groups(model: nn.Module, spec: ModelSpec, phase: Phase) -> list[dict]:
+def param_groups(model: nn.Module, entry: ModelEntry, phase: Phase) -> list[dict]:
     """Trainable parameters as two groups: ``backbone`` (x1) and ``head`` (x head_lr_multiplier)."""
-    head_ids = {id(p) for m in block_modules(model, spec, HEAD).values() for p in m.parameters()}
+    head_ids = {id(p) for m in block_modules(model, entry, HEAD).values() for p in m.parameters()}
     backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
     head = [p for p in model.parameters() if p.requires_grad and id(p) in head_ids]
     # Extra keys in a param group ("name", "lr_multiplier") are kept by torch.optim and saved

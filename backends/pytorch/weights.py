@@ -17,17 +17,10 @@ import torch
 import torchvision
 from torch import nn
 
-from backends.base import BackendError
-from common.models import ModelSpec
+from backends.base import BackendError, ModelEntry
 
-from .model import head_prefixes
-
-IMAGENET_WEIGHTS = {
-    "inception_v3": lambda: torchvision.models.Inception_V3_Weights.IMAGENET1K_V1,
-    "resnet50": lambda: torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
-    "resnet18": lambda: torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
-}
-
+from .catalog import imagenet_dir
+from .model import head_name, head_prefixes
 
 def checkpoint_file(path: Path | str, suffix: str = ".pt") -> Path:
     """``path`` + ``suffix`` (paths are given without the suffix, as in ``Backend.save``)."""
@@ -67,14 +60,15 @@ def model_state(checkpoint: dict) -> dict[str, torch.Tensor]:
     return checkpoint
 
 
-def restore_excluding_head(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> dict:
+def restore_excluding_head(model: nn.Module, entry: ModelEntry, state: dict[str, torch.Tensor],
+                           source: str) -> dict:
     """Load every backbone tensor of ``state`` into ``model``; never the classifier (head).
 
     Keys of modules the model does not have (e.g. ``AuxLogits.*`` of an ImageNet
     Inception file when the aux head is off) are skipped; a backbone tensor that is
     missing or has another shape is an error naming ``source``.
     """
-    excluded = head_prefixes(model) + ("fc.",)
+    excluded = head_prefixes(model, entry) + (head_name(entry) + ".",)
     own = model.state_dict()
     backbone = {k: v for k, v in state.items() if not k.startswith(excluded) and k in own}
     bad_shapes = [k for k, v in backbone.items() if tuple(v.shape) != tuple(own[k].shape)]
@@ -88,49 +82,66 @@ def restore_excluding_head(model: nn.Module, state: dict[str, torch.Tensor], sou
     return {"restored": len(backbone), "skipped": sorted(k for k in state if k not in backbone)}
 
 
-def copy_head_rows(model: nn.Module, state: dict[str, torch.Tensor], rows: dict[int, int]) -> None:
+def copy_head_rows(model: nn.Module, entry: ModelEntry, state: dict[str, torch.Tensor],
+                   rows: dict[int, int]) -> None:
     """Copy source classifier rows into the new linear head: ``fc[target] = source_fc[source]``."""
-    if not isinstance(model.fc, nn.Linear):
+    name = head_name(entry)
+    head = getattr(model, name)
+    if not isinstance(head, nn.Linear):
         raise BackendError("reuse_head_rows needs a linear head (head_hidden_units = 0); this "
                            "recipe's head has a hidden layer")
-    if "fc.weight" not in state or "fc.bias" not in state:
-        raise BackendError("reuse_head_rows needs a checkpoint whose head is one linear layer "
-                           "(fc.weight, fc.bias)")
-    src_w, src_b = state["fc.weight"], state["fc.bias"]
-    if src_w.shape[1] != model.fc.in_features:
+    if f"{name}.weight" not in state or f"{name}.bias" not in state:
+        raise BackendError(f"reuse_head_rows needs a checkpoint whose head is one linear layer "
+                           f"({name}.weight, {name}.bias)")
+    src_w, src_b = state[f"{name}.weight"], state[f"{name}.bias"]
+    if src_w.shape[1] != head.in_features:
         raise BackendError(f"checkpoint head has {src_w.shape[1]} input features, the model "
-                           f"{model.fc.in_features}; cannot reuse its rows")
+                           f"{head.in_features}; cannot reuse its rows")
     with torch.no_grad():
         for target, source in rows.items():
-            if not (0 <= target < model.fc.out_features and 0 <= source < src_w.shape[0]):
+            if not (0 <= target < head.out_features and 0 <= source < src_w.shape[0]):
                 raise BackendError(f"reuse_head_rows {target} -> {source} is out of range "
-                                   f"({model.fc.out_features} target, {src_w.shape[0]} source classes)")
-            model.fc.weight[target].copy_(src_w[source])
-            model.fc.bias[target].copy_(src_b[source])
+                                   f"({head.out_features} target, {src_w.shape[0]} source classes)")
+            head.weight[target].copy_(src_w[source])
+            head.bias[target].copy_(src_b[source])
 
 
-def imagenet_cache_path(spec: ModelSpec) -> Path:
-    """Where ``torch.hub`` keeps the ImageNet file (``$TORCH_HOME/hub/checkpoints/<file>``)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / spec.imagenet_files["pytorch"]
+def imagenet_weights_enum(model: str, entry: ModelEntry):
+    """The torchvision weights enum member whose URL is the catalog's ImageNet file."""
+    enum = torchvision.models.get_model_weights(entry.resolve_constructor())
+    for member in enum:
+        if member.url == entry.imagenet.url:
+            return member
+    raise BackendError(f"torchvision {torchvision.__version__} has no {model} weights at "
+                       f"{entry.imagenet.url}")
 
 
-def imagenet_state(spec: ModelSpec) -> dict[str, torch.Tensor]:
-    """torchvision's ImageNet ``state_dict`` for ``spec``: the cached file, else a download.
+def imagenet_state(model: str, entry: ModelEntry) -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet ``state_dict`` for ``model``: the cached file, else a download.
 
-    Offline, the error names the file to place and where.
+    ``torch.hub.get_dir()`` is where the weights enum caches; it is the
+    catalog's ``imagenet_dir()`` unless a program changed it with ``set_dir``.
+    Offline, the error names the file to place, where, and ``bench weights fetch``.
     """
-    if spec.name not in IMAGENET_WEIGHTS:
-        raise BackendError(f"no torchvision ImageNet weights for {spec.name!r}")
-    cached = imagenet_cache_path(spec)
+    if entry.imagenet is None:
+        raise BackendError(f"no torchvision ImageNet weights for {model!r}")
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / entry.imagenet.file
     if cached.is_file():
         return torch.load(cached, map_location="cpu", weights_only=True)
-    weights = IMAGENET_WEIGHTS[spec.name]()
     try:
         # the weights enum's own mechanism: torch.hub.load_state_dict_from_url into the cache
-        return weights.get_state_dict(progress=False, check_hash=True)
+        return imagenet_weights_enum(model, entry).get_state_dict(progress=False, check_hash=True)
     except Exception as err:  # URLError, socket errors, HTTP errors: all mean "offline"
         raise BackendError(
-            f"ImageNet weights for {spec.name} are not cached and could not be downloaded "
-            f"({type(err).__name__}); place {spec.imagenet_files['pytorch']} at {cached} "
-            f"(the cache is under $TORCH_HOME, now {os.environ.get('TORCH_HOME', '~/.cache/torch')})"
+            f"ImageNet weights for pytorch {model} are not cached and could not be downloaded "
+            f"({type(err).__name__}); place {entry.imagenet.file} at {cached} (the cache is under "
+            f"$TORCH_HOME, now {os.environ.get('TORCH_HOME', '~/.cache/torch')}), run "
+            f"'bench weights fetch --backend pytorch --model {model}' where there is a network, "
+            f"or pass --weights source"
         ) from None
+
+
+def fetch_imagenet(model: str, entry: ModelEntry) -> Path:
+    """``bench weights fetch``: the weights enum downloads into the torch.hub cache."""
+    imagenet_weights_enum(model, entry).get_state_dict(progress=True, check_hash=True)
+    return imagenet_dir() / entry.imagenet.file

@@ -2,6 +2,22 @@
 ``train_image_classifier.py`` does (arg_scope, trainable_scopes ->
 variables_to_train, UPDATE_OPS, checkpoint_exclude_scopes).
 
-Import ``backends.slim.backend`` for the class; ``backends.slim.compat``
-installs the tf-keras import alias that tf_slim 1.1 needs on TF 2.21.
+This package's import is light (no TensorFlow): ``INFO`` describes the backend
+for the registry; ``backend.SlimBackend`` is reached through
+``backends.base.get_backend``. ``backends.slim.compat`` installs the tf-keras
+import alias that tf_slim 1.1 needs on TF 2.21.
 """
+
+from backends.base import BackendInfo
+
+INFO = BackendInfo(
+    name="slim",
+    backend_class="backends.slim.backend:SlimBackend",
+    requires=("tensorflow", "tf_slim", "tf_keras"),
+    install_hint="pip install 'transfer-bench[slim]'",
+    checkpoint_suffix=".ckpt",
+    catalog="backends.slim.catalog",
+    fetcher="backends.slim.weights:fetch_imagenet",
+    color="#3a9e5f",
+    description="tf_slim.nets in a TF1 graph; trainable_scopes + variables_to_train; .ckpt",
+)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import importlib.metadata
 import random
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -46,17 +47,9 @@ from backends.slim import throughput as slim_throughput
 from backends.slim import train as slim_train
 from backends.slim import weights as slim_weights
 from common.config import Phase
-from common.models import HEAD, ModelSpec, get_model
+from common.models import HEAD, ModelSpec
 from common.preprocess import get_normalisation
 from common.results import cpu_name
-
-# the linear classifier layer (the one whose rows ``reuse_head_rows`` copies) per model
-LOGITS_LAYER = {"inception_v3": "InceptionV3/Logits/Conv2d_1c_1x1", "resnet50": "resnet_v1_50/logits"}
-
-# what ``throughput`` times when no phase was applied (a linear-probe run): every layer
-ALL_LAYERS = Phase(name="throughput", train="all", optimizer="momentum", learning_rate=1e-3,
-                   bn="train", augment=False)
-
 
 class SlimBackend(Backend):
     name = "slim"
@@ -91,7 +84,7 @@ class SlimBackend(Backend):
         return {"kind": "cpu", "name": cpu_name()}
 
     # -- data and model --------------------------------------------------
-    def setup(self, split, image_size: int) -> None:
+    def _setup(self, split, image_size: int) -> None:
         if self.config.train.precision != "fp32":
             raise BackendError(f"the slim backend runs fp32 only (precision "
                                f"{self.config.train.precision!r} is not supported by tf_slim "
@@ -99,9 +92,8 @@ class SlimBackend(Backend):
         seed = self.config.train.seed
         random.seed(seed)
         np.random.seed(seed)
-        self.split, self.image_size = split, image_size
         self.graph = tf.Graph()
-        norm = get_normalisation(get_model(self.config.model.name).preprocessing["slim"])
+        norm = get_normalisation(self.preprocessing_name())
         with self.graph.as_default():
             tf.compat.v1.set_random_seed(seed)  # graph-level seed: op seeds follow build order
             self.pipes = slim_data.build_pipelines(split, image_size, norm,
@@ -110,12 +102,10 @@ class SlimBackend(Backend):
         config.gpu_options.allow_growth = True
         self.session = tf.compat.v1.Session(graph=self.graph, config=config)
 
-    def build(self, model: ModelSpec, num_classes: int, weights: WeightsRequest,
-              head_hidden_units: int = 0) -> None:
-        if not model.supports("slim"):
-            raise BackendError(f"model {model.name!r} has no slim entry in the model table")
-        self.spec, self.num_classes, self.hidden = model, num_classes, head_hidden_units
-        self.aux = bool(self.config.model.aux_logits and model.has_aux_head.get("slim"))
+    def _build(self, model: ModelSpec, num_classes: int, weights: WeightsRequest,
+               head_hidden_units: int) -> None:
+        self.hidden = head_hidden_units
+        self.aux = bool(self.config.model.aux_logits and self.entry.aux_head)
         if head_hidden_units > 0 and weights.reuse_head_rows:
             raise BackendError("reuse_head_rows needs a linear head (head_hidden_units = 0): "
                                "the new head's first layer has no class rows")
@@ -135,13 +125,13 @@ class SlimBackend(Backend):
 
     def _tower(self, training_blocks, reuse: bool) -> slim_model.Tower:
         return slim_model.build_tower(
-            self.spec, self.pipes.images, self.num_classes, hidden_units=self.hidden,
+            self.spec, self.entry, self.pipes.images, self.num_classes, hidden_units=self.hidden,
             aux_logits=self.aux, weight_decay=self.weight_decay, training_blocks=training_blocks,
             reuse=reuse)
 
     def _bn_key(self, training_blocks) -> tuple:
         """Blocks that have a batch_norm in training mode (towers are shared per key)."""
-        with_bn = {slim_model.block_of(v.op.name, self.spec) for v in self.model_variables
+        with_bn = {slim_model.block_of(v.op.name, self.spec, self.entry) for v in self.model_variables
                    if slim_model.is_moving_statistic(v)}
         return tuple(b for b in training_blocks if b in with_bn)
 
@@ -150,7 +140,7 @@ class SlimBackend(Backend):
         if weights.kind == "none":
             return None
         if weights.kind == "imagenet":
-            return slim_weights.imagenet_checkpoint(self.spec)
+            return slim_weights.imagenet_checkpoint(self.spec.name, self.entry)
         if weights.kind == "path":
             return slim_weights.resolve_checkpoint(weights.path)
         raise BackendError(f"unknown weights kind {weights.kind!r}; use none, imagenet or path")
@@ -158,13 +148,13 @@ class SlimBackend(Backend):
     def _load_weights(self, weights: WeightsRequest, ckpt: str | None) -> dict:
         if ckpt is None:
             return {"kind": "none"}
-        exclude = slim_model.checkpoint_exclude_scopes(self.spec)
+        exclude = slim_model.checkpoint_exclude_scopes(self.entry)
         report = slim_weights.restore_excluding(self.session, ckpt, self.model_variables, exclude)
         if report["restored"] == 0:
             raise BackendError(f"checkpoint {ckpt!r} shares no variable with slim "
-                               f"{self.spec.name}; is it a {self.spec.constructors['slim']} checkpoint?")
+                               f"{self.spec.name}; is it a {self.entry.constructor} checkpoint?")
         if weights.reuse_head_rows:
-            layer = LOGITS_LAYER[self.spec.name]
+            layer = self.entry.logits_layer
             w, b = (self._variable(f"{layer}/{n}") for n in ("weights", "biases"))
             report["reused_head_rows"] = slim_weights.copy_head_rows(
                 self.session, ckpt, w, b, weights.reuse_head_rows)
@@ -177,13 +167,13 @@ class SlimBackend(Backend):
         raise KeyError(name)
 
     # -- phases ------------------------------------------------------------
-    def apply_phase(self, phase: Phase, index: int) -> dict:
-        spec = self.spec
-        scopes = slim_model.trainable_scopes(spec, phase, self.aux)
-        exclude = slim_model.checkpoint_exclude_scopes(spec)
+    def _apply_phase(self, phase: Phase, index: int) -> dict:
+        spec, entry = self.spec, self.entry
+        scopes = slim_model.trainable_scopes(spec, entry, phase, self.aux)
+        exclude = slim_model.checkpoint_exclude_scopes(entry)
         trainable = [v for v in self.model_variables
                      if v.trainable and slim_model.in_scopes(v.op.name, scopes)]
-        head_vars = slim_model.variables_in_scopes(trainable, slim_model.native_scopes(spec, HEAD, True))
+        head_vars = slim_model.variables_in_scopes(trainable, slim_model.native_scopes(entry, HEAD, True))
         training_blocks = slim_model.bn_training_blocks(spec, phase)
         with self.graph.as_default():
             key = self._bn_key(training_blocks)
@@ -201,7 +191,7 @@ class SlimBackend(Backend):
             self.session.run(tf.compat.v1.variables_initializer(step.variables))
             self.weight_decay.load(0.0 if phase.optimizer == "adamw" else phase.weight_decay,
                                    self.session)
-        self.step, self.variables_to_train, self.phase = step, trainable, phase
+        self.step, self.variables_to_train = step, trainable
         params = [v for v in self.model_variables if not slim_model.is_moving_statistic(v)]
         bn_training = ", ".join(key) or "none"
         return {
@@ -222,14 +212,12 @@ class SlimBackend(Backend):
             },
         }
 
-    def set_learning_rate(self, learning_rate: float) -> None:
+    def _set_learning_rate(self, learning_rate: float) -> None:
         self._lr_value = float(learning_rate)
         with self.graph.as_default():  # Variable.load assigns eagerly outside a graph
             self.learning_rate.load(self._lr_value, self.session)
 
-    def fit_epoch(self, phase: Phase, global_epoch: int) -> dict:
-        if self.step is None:
-            raise BackendError("fit_epoch before apply_phase")
+    def _fit_epoch(self, phase: Phase, global_epoch: int) -> dict:
         init = self.pipes.initializers["train_augmented" if phase.augment else "train"]
         feed = {self.pipes.epoch_seed: self.config.train.seed * 100_003 + global_epoch}
         writer = self._summary_writer()
@@ -249,8 +237,6 @@ class SlimBackend(Backend):
         return stats
 
     def _run_subset(self, subset: str, tensor) -> np.ndarray:
-        if subset not in slim_data.SUBSETS:
-            raise BackendError(f"unknown subset {subset!r}; choose one of {slim_data.SUBSETS}")
         self.session.run(self.pipes.initializers[subset])
         out = []
         while True:
@@ -261,41 +247,38 @@ class SlimBackend(Backend):
         width = tensor.shape[-1]
         return np.concatenate(out) if out else np.zeros((0, width), np.float32)
 
-    def predict(self, subset: str) -> np.ndarray:
+    def _predict(self, subset: str) -> np.ndarray:
         return self._run_subset(subset, self.eval_tower.logits)
 
-    def extract_features(self, subset: str) -> np.ndarray:
+    def _extract_features(self, subset: str) -> np.ndarray:
         return self._run_subset(subset, self.eval_tower.features)
 
     # -- checkpoints -------------------------------------------------------
-    def save(self, path: Path) -> Path:
+    def _save(self, path: Path) -> Path:
         with self.graph.as_default():
             return self._saver.save(self.session, tf.compat.v1.global_variables(), path)
 
-    def restore(self, path: Path) -> None:
+    def _restore(self, path: Path) -> None:
         with self.graph.as_default():
             self._saver.restore(self.session, tf.compat.v1.global_variables(),
                                 self.model_variables, path)
 
-    def trainable_names(self) -> list[str]:
+    def _trainable_names(self) -> list[str]:
         return [v.op.name for v in self.variables_to_train]
 
-    def snapshot(self, block: str) -> dict[str, np.ndarray]:
-        scopes = slim_model.native_scopes(self.spec, block, self.aux)
+    def _snapshot(self, block: str) -> dict[str, np.ndarray]:
+        scopes = slim_model.native_scopes(self.entry, block, self.aux)
         return slim_weights.snapshot(self.session,
                                      slim_model.variables_in_scopes(self.model_variables, scopes))
 
     # -- reporting ---------------------------------------------------------
-    def throughput(self, batch_size: int, precision: str, steps: int, warmup: int) -> dict:
+    def _throughput(self, batch_size: int, precision: str, steps: int, warmup: int) -> dict:
         if precision != "fp32":
             raise BackendError(f"the slim backend measures fp32 only (got {precision!r})")
         with self.graph.as_default():
             if batch_size not in self._in_memory:
                 self._in_memory[batch_size] = slim_data.add_in_memory_batch(
                     self.pipes, batch_size, self.image_size, self.config.train.seed)
-        previous = self.step, self.variables_to_train
-        if self.step is None:
-            self.apply_phase(ALL_LAYERS, -1)
         # timing trains on a random batch: keep the model as it was
         with tempfile.TemporaryDirectory(prefix="slim-throughput-") as tmp:
             kept = self.save(Path(tmp) / "before")
@@ -306,9 +289,24 @@ class SlimBackend(Backend):
                     batch_size=batch_size, steps=steps, warmup=warmup)
             finally:
                 self.restore(kept)
-                self.step, self.variables_to_train = previous
         return {"precision": "fp32", **result, "peak_memory_bytes": self._peak_memory(),
                 "device": self.device()}
+
+    def _bare_train_loop(self, batch_size: int, steps: int):
+        """The harness-overhead baseline: ``session.run(train_op)`` in a plain loop on the
+        same in-graph batch that ``throughput`` uses, timed once around all steps."""
+        with self.graph.as_default():
+            if batch_size not in self._in_memory:
+                self._in_memory[batch_size] = slim_data.add_in_memory_batch(
+                    self.pipes, batch_size, self.image_size, self.config.train.seed)
+
+        def run() -> float:
+            self.session.run(self._in_memory[batch_size])
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                self.session.run(self.step.train_op)
+            return time.perf_counter() - t0
+        return run
 
     def _peak_memory(self) -> int | None:
         if not tf.config.list_physical_devices("GPU"):
@@ -330,7 +328,8 @@ class SlimBackend(Backend):
         return self._writer
 
     def model_summary(self) -> str:
-        text = slim_model.summary(self.spec, self.model_variables, self.trainable_names())
+        names = self.trainable_names() if self.phase is not None else ()
+        text = slim_model.summary(self.spec, self.entry, self.model_variables, names)
         w = self.weights_report
         if w.get("kind") != "none":
             text += (f"\nweights: {w['checkpoint']}: restored {w['restored']} variables, excluded "

@@ -17,6 +17,7 @@ backend builds a new train tower when a phase changes the BN mode of a block.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -25,7 +26,7 @@ import tensorflow as tf
 from tf_slim.nets import inception_v3 as slim_inception
 from tf_slim.nets import resnet_utils, resnet_v1
 
-from backends.base import BackendError
+from backends.base import BackendError, ModelEntry
 from backends.slim.compat import slim
 from common.config import Phase
 from common.models import BN_DECAY, HEAD, ModelSpec
@@ -34,9 +35,6 @@ from common.models import BN_DECAY, HEAD, ModelSpec
 # (common.models.BN_DECAY). slim's arg_scopes default to 0.9997 (inception)
 # and 0.997 (resnet), tuned for ImageNet-length runs.
 BATCH_NORM_DECAY = BN_DECAY
-
-# Canonical "head" scopes that only exist when the aux head is built.
-AUX_SCOPES = ("InceptionV3/AuxLogits",)
 
 
 @dataclass
@@ -54,23 +52,21 @@ class Tower:
 
 # ------------------------------------------------------------------ scopes
 
-def native_scopes(spec: ModelSpec, block: str, aux_logits: bool = False) -> tuple[str, ...]:
+def native_scopes(entry: ModelEntry, block: str, aux_logits: bool = False) -> tuple[str, ...]:
     """Variable scopes of canonical ``block`` ("head": Logits, plus AuxLogits when built)."""
-    scopes = spec.native("slim", block)
-    if block == HEAD and not aux_logits:
-        scopes = tuple(s for s in scopes if s not in AUX_SCOPES)
-    return scopes
+    return entry.native(block, aux=aux_logits)
 
 
-def trainable_scopes(spec: ModelSpec, phase: Phase, aux_logits: bool = False) -> tuple[str, ...]:
+def trainable_scopes(spec: ModelSpec, entry: ModelEntry, phase: Phase,
+                     aux_logits: bool = False) -> tuple[str, ...]:
     """slim's ``--trainable_scopes`` for ``phase``: its blocks' scopes, then the head's."""
-    scopes = [s for block in phase.trainable_blocks(spec) for s in native_scopes(spec, block)]
-    return (*scopes, *native_scopes(spec, HEAD, aux_logits))
+    scopes = [s for block in phase.trainable_blocks(spec) for s in native_scopes(entry, block)]
+    return (*scopes, *native_scopes(entry, HEAD, aux_logits))
 
 
-def checkpoint_exclude_scopes(spec: ModelSpec) -> tuple[str, ...]:
+def checkpoint_exclude_scopes(entry: ModelEntry) -> tuple[str, ...]:
     """slim's ``--checkpoint_exclude_scopes``: the classifier scopes, never restored."""
-    return spec.native("slim", HEAD)
+    return entry.native(HEAD)
 
 
 def in_scopes(name: str, scopes) -> bool:
@@ -78,10 +74,10 @@ def in_scopes(name: str, scopes) -> bool:
     return any(name == s or name.startswith(s + "/") for s in scopes)
 
 
-def block_of(name: str, spec: ModelSpec) -> str | None:
+def block_of(name: str, spec: ModelSpec, entry: ModelEntry) -> str | None:
     """The canonical block whose scopes contain ``name`` (``None`` outside the model)."""
     for block in (*spec.blocks, HEAD):
-        if in_scopes(name, spec.native("slim", block)):
+        if in_scopes(name, entry.native(block)):
             return block
     return None
 
@@ -101,7 +97,7 @@ def param_count(variables) -> int:
 
 # ------------------------------------------------------------- batch norm
 
-def scoped_batch_norm(spec: ModelSpec, training_blocks: set[str]) -> Callable:
+def scoped_batch_norm(spec: ModelSpec, entry: ModelEntry, training_blocks: set[str]) -> Callable:
     """A conv2d ``normalizer_fn``: slim.batch_norm with ``is_training`` chosen per scope.
 
     slim.conv2d calls its ``normalizer_fn`` inside the layer's own variable
@@ -112,7 +108,7 @@ def scoped_batch_norm(spec: ModelSpec, training_blocks: set[str]) -> Callable:
         scope = tf.compat.v1.get_variable_scope().name
         # slim: is_training=False means moving statistics and *no* update op;
         # PyTorch decides this per module with .eval(), Keras with training=False.
-        params["is_training"] = block_of(scope, spec) in training_blocks
+        params["is_training"] = block_of(scope, spec, entry) in training_blocks
         return slim.batch_norm(inputs, **params)
 
     return batch_norm
@@ -152,7 +148,7 @@ def _inception_aux_head(mixed_6e: tf.Tensor, num_classes: int) -> tf.Tensor:
 
 # ---------------------------------------------------------------- networks
 
-def _inception_v3(images, num_classes, hidden_units, aux_logits, reuse):
+def inception_v3(images, num_classes, hidden_units, aux_logits, reuse):
     """``inception_v3_base`` + AuxLogits + the new head under InceptionV3/Logits.
 
     tf_slim 1.1's ``inception_v3()`` has no ``num_classes=0`` (features-only) or
@@ -178,7 +174,7 @@ def _inception_v3(images, num_classes, hidden_units, aux_logits, reuse):
     return logits, tf.squeeze(pooled, [1, 2]), aux
 
 
-def _resnet_v1_50(images, num_classes, hidden_units, aux_logits, reuse):
+def resnet_v1_50(images, num_classes, hidden_units, aux_logits, reuse):
     """``resnet_v1_50(num_classes=None)`` (pooled features) + the head as resnet_v1_50/logits."""
     net, _ = resnet_v1.resnet_v1_50(images, num_classes=None, is_training=None, global_pool=True,
                                     reuse=reuse, scope="resnet_v1_50")
@@ -195,16 +191,15 @@ def _resnet_v1_50(images, num_classes, hidden_units, aux_logits, reuse):
     return tf.squeeze(logits, [1, 2]), tf.squeeze(net, [1, 2]), None
 
 
-# Each model of the table this backend supports: (net function, arg_scope factory).
-NETS = {
-    "inception_v3": (_inception_v3, lambda wd: slim_inception.inception_v3_arg_scope(
-        weight_decay=wd, batch_norm_decay=BATCH_NORM_DECAY)),
-    "resnet50": (_resnet_v1_50, lambda wd: resnet_utils.resnet_arg_scope(
-        weight_decay=wd, batch_norm_decay=BATCH_NORM_DECAY)),
-}
+def arg_scope(entry: ModelEntry, weight_decay) -> dict:
+    """The model's own arg_scope (slim's ``arg_scopes_map``) with the suite's BN decay."""
+    module, _, function = entry.arg_scope.partition(":")
+    factory = getattr(importlib.import_module(module), function)
+    return factory(weight_decay=weight_decay, batch_norm_decay=BATCH_NORM_DECAY)
 
 
-def build_tower(spec: ModelSpec, images: tf.Tensor, num_classes: int, *, hidden_units: int,
+def build_tower(spec: ModelSpec, entry: ModelEntry, images: tf.Tensor, num_classes: int, *,
+                hidden_units: int,
                 aux_logits: bool, weight_decay: tf.Variable, training_blocks=(),
                 reuse: bool = False) -> Tower:
     """One call of ``spec``'s slim net in its arg_scope; BN trains in ``training_blocks``.
@@ -213,14 +208,11 @@ def build_tower(spec: ModelSpec, images: tf.Tensor, num_classes: int, *, hidden_
     ``l2_regularizer`` in the arg_scope; the regularization losses land in
     ``REGULARIZATION_LOSSES`` when the first tower creates the variables.
     """
-    if spec.name not in NETS:
-        raise BackendError(f"the slim backend has no net for model {spec.name!r}; "
-                           f"choose one of: {', '.join(NETS)}")
-    net_fn, arg_scope_fn = NETS[spec.name]
+    net_fn = entry.resolve_constructor()
     training = set(training_blocks)
     before = set(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS))
-    with slim.arg_scope(arg_scope_fn(weight_decay)):
-        with slim.arg_scope([slim.conv2d], normalizer_fn=scoped_batch_norm(spec, training)):
+    with slim.arg_scope(arg_scope(entry, weight_decay)):
+        with slim.arg_scope([slim.conv2d], normalizer_fn=scoped_batch_norm(spec, entry, training)):
             logits, features, aux = net_fn(images, num_classes, hidden_units, aux_logits, reuse)
     update_ops = [op for op in tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
                   if op not in before]
@@ -238,13 +230,13 @@ def bn_training_blocks(spec: ModelSpec, phase: Phase) -> tuple[str, ...]:
     return (*phase.trainable_blocks(spec), HEAD)
 
 
-def summary(spec: ModelSpec, variables, trainable_names=()) -> str:
+def summary(spec: ModelSpec, entry: ModelEntry, variables, trainable_names=()) -> str:
     """Variable scopes per canonical block with variable and parameter counts."""
     trainable_names = set(trainable_names)
-    lines = [f"{spec.constructors['slim']} (variable scopes per canonical block)", "",
+    lines = [f"{entry.constructor} (variable scopes per canonical block)", "",
              f"{'block':<10} {'scope':<34} {'variables':>9} {'params':>12} {'trainable':>12}"]
     for block in (*spec.blocks, HEAD):
-        for scope in spec.native("slim", block):
+        for scope in entry.native(block):
             vs = variables_in_scopes(variables, [scope])
             if not vs:
                 continue

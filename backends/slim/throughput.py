@@ -1,4 +1,4 @@
-"""Model-step timing in a TF1 session (DESIGN.md "Throughput protocol").
+"""Model-step timing in a TF1 session (docs/design.md, "Throughput protocol").
 
 The batch lives in the graph (a constant behind the reinitializable
 iterator), so a step is one ``session.run`` with no ``feed_dict``;

@@ -13,21 +13,19 @@ PyTorch's ``.pt`` or Keras' ``.weights.h5``.
 
 from __future__ import annotations
 
+import tarfile
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from backends.base import BackendError
+from backends.base import BackendError, ModelEntry
+from backends.slim.catalog import imagenet_dir
 from backends.slim.compat import slim
 from backends.slim.model import in_scopes
-from common import synthetic
-from common.models import ModelSpec
 
 SUFFIX = ".ckpt"
-
-# the file inside each official slim tarball (tensorflow/models research/slim)
-IMAGENET_CHECKPOINTS = {"inception_v3": "inception_v3.ckpt", "resnet50": "resnet_v1_50.ckpt"}
 
 
 def _strip_file_suffix(path) -> str:
@@ -123,18 +121,30 @@ def copy_head_rows(session, ckpt: str, weights: tf.Variable, biases: tf.Variable
     return len(rows)
 
 
-def imagenet_checkpoint(spec: ModelSpec) -> str:
-    """The official slim checkpoint under ``$TRANSFER_BENCH_DATA/weights/imagenet/slim``."""
-    if spec.name not in IMAGENET_CHECKPOINTS:
-        raise BackendError(f"the slim backend has no ImageNet checkpoint for {spec.name!r}")
-    folder = synthetic.data_root() / "weights" / "imagenet" / "slim"
-    ckpt = folder / IMAGENET_CHECKPOINTS[spec.name]
+def imagenet_checkpoint(model: str, entry: ModelEntry) -> str:
+    """The official slim checkpoint, extracted under ``catalog.imagenet_dir()``."""
+    if entry.imagenet is None:
+        raise BackendError(f"the slim backend has no ImageNet checkpoint for {model!r}")
+    ckpt = imagenet_dir() / entry.imagenet.file
     if ckpt.is_file() or Path(str(ckpt) + ".index").is_file():
         return str(ckpt)
-    tarball = spec.imagenet_files["slim"].split()[0]
-    raise BackendError(f"ImageNet weights for slim {spec.name} are not available offline: extract "
-                       f"{IMAGENET_CHECKPOINTS[spec.name]} from {tarball} into {folder}/, or pass "
-                       f"--weights PATH to a slim checkpoint")
+    raise BackendError(f"ImageNet weights for slim {model} are not available offline: extract "
+                       f"{entry.imagenet.file} from {entry.imagenet.archive} into {ckpt.parent}/, "
+                       f"run 'bench weights fetch --backend slim --model {model}' where there is "
+                       f"a network, or pass --weights PATH to a slim checkpoint or --weights source")
+
+
+def fetch_imagenet(model: str, entry: ModelEntry) -> Path:
+    """Download the official archive and extract its checkpoint (slim's README does it by hand)."""
+    target = imagenet_dir() / entry.imagenet.file
+    target.parent.mkdir(parents=True, exist_ok=True)
+    archive = target.parent / entry.imagenet.archive
+    urllib.request.urlretrieve(entry.imagenet.url, archive)
+    with tarfile.open(archive) as tar:
+        tar.extractall(target.parent, filter="data")
+    if not any(target.parent.glob(entry.imagenet.file + "*")):
+        raise OSError(f"{archive.name} did not contain {entry.imagenet.file}")
+    return target
 
 
 class CheckpointSaver:

@@ -1,0 +1,57 @@
+"""The Keras backend's models: ``keras.applications`` constructors and layer names.
+
+One entry per model: the ``keras.applications`` constructor (built with
+``include_top=False``), each canonical block of ``common.models`` as the name
+of the *last* layer of the block (a block is every layer after the previous
+block's last layer up to and including its own; an empty tuple — the
+InceptionV3 stem, whose layers have generated names — means every layer
+before the first layer of the next block, so Keras' famous "freeze the first
+249 layers" is the boundary after ``mixed8``), the suite's head layers and
+the ``*_notop.h5`` ImageNet file that ``keras.utils.get_file`` caches in
+``$KERAS_HOME/models``. Framework-free: read without importing Keras.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from backends.base import ImagenetWeights, ModelEntry
+
+# the suite's new head: Dense(hidden, relu) (optional) then Dense(num_classes)
+HEAD_LAYERS = ("head_hidden", "head_logits")
+
+_KERAS_APPLICATIONS = "https://storage.googleapis.com/tensorflow/keras-applications/"
+
+MODELS: dict[str, ModelEntry] = {
+    "inception_v3": ModelEntry(
+        constructor="keras.applications:InceptionV3",
+        # mixed0..mixed10 are the concatenations: Mixed_6a..6e = mixed3..mixed7,
+        # Mixed_7a..7c = mixed8..mixed10 (layer 248 is mixed8, so Mixed_7b starts at 249)
+        blocks={"stem": (), **{b: (f"mixed{i}",) for i, b in enumerate(
+            ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+             "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"))}},
+        head=HEAD_LAYERS,
+        imagenet=ImagenetWeights(
+            file="inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            url=_KERAS_APPLICATIONS + "inception_v3/"
+                "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            preprocessing="inception", file_hash="bcbd6486424b2319ff4ef7d526e38f63"),
+    ),
+    "resnet50": ModelEntry(
+        constructor="keras.applications:ResNet50",
+        blocks={"stem": ("pool1_pool",), "layer1": ("conv2_block3_out",),
+                "layer2": ("conv3_block4_out",), "layer3": ("conv4_block6_out",),
+                "layer4": ("conv5_block3_out",)},
+        head=HEAD_LAYERS,
+        imagenet=ImagenetWeights(
+            file="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            url=_KERAS_APPLICATIONS + "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            # keras.applications.resnet50.preprocess_input: "caffe" (BGR, mean-subtracted)
+            preprocessing="caffe", file_hash="4d473c1dd8becc155b73f8504c6f6626"),
+    ),
+}
+
+def imagenet_dir() -> Path:
+    """Keras' cache of downloaded weights: ``$KERAS_HOME/models`` (``~/.keras/models``)."""
+    return Path(os.environ.get("KERAS_HOME") or os.path.expanduser("~/.keras")) / "models"

@@ -1,0 +1,62 @@
+"""The PyTorch backend's models: torchvision constructors and their module names.
+
+One entry per model (timm's ``pretrained_cfg`` idea): the torchvision
+constructor, each canonical block of ``common.models`` as the *top-level
+child modules* of the torchvision model (``model.layer4``, ``model.Mixed_7c``),
+the head attribute (``model.fc``) and the ImageNet file that torchvision's
+weight enum downloads into the ``torch.hub`` cache. Framework-free: ``bench
+list`` and ``bench weights where`` read it without importing torch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from backends.base import ImagenetWeights, ModelEntry
+
+_INCEPTION_BLOCKS = ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c",
+                     "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c")
+# torchvision ResNets (18 and 50) share their top-level module names
+_RESNET_BLOCKS = {"stem": ("conv1", "bn1", "relu", "maxpool"),
+                  **{b: (b,) for b in ("layer1", "layer2", "layer3", "layer4")}}
+
+MODELS: dict[str, ModelEntry] = {
+    "inception_v3": ModelEntry(
+        constructor="torchvision.models:inception_v3",
+        blocks={"stem": ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1",
+                         "Conv2d_3b_1x1", "Conv2d_4a_3x3", "maxpool2"),
+                **{b: (b,) for b in _INCEPTION_BLOCKS}},
+        head=("fc",),
+        aux_head=("AuxLogits",),
+        imagenet=ImagenetWeights(
+            file="inception_v3_google-0cc3c7bd.pth",
+            url="https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth",
+            # torchvision's Inception weights take [-1, 1] input (transform_input=True maps
+            # mean/std input to it inside forward; the suite feeds [-1, 1] directly)
+            preprocessing="inception"),
+    ),
+    "resnet50": ModelEntry(
+        constructor="torchvision.models:resnet50",
+        blocks=_RESNET_BLOCKS,
+        head=("fc",),
+        imagenet=ImagenetWeights(file="resnet50-11ad3fa6.pth",
+                                 url="https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
+                                 preprocessing="torch"),
+    ),
+    "resnet18": ModelEntry(
+        constructor="torchvision.models:resnet18",
+        blocks=_RESNET_BLOCKS,
+        head=("fc",),
+        imagenet=ImagenetWeights(file="resnet18-f37072fd.pth",
+                                 url="https://download.pytorch.org/models/resnet18-f37072fd.pth",
+                                 preprocessing="torch"),
+    ),
+}
+
+
+def imagenet_dir() -> Path:
+    """``torch.hub.get_dir()/checkpoints``, computed as torch does, without importing it."""
+    home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "torch")
+    return Path(home) / "hub" / "checkpoints"
