@@ -72,7 +72,7 @@ def main(argv=None) -> int:
         print(json.dumps(measure(args.backend, args.model, args.image_size, args.batch_size,
                                  args.steps, args.rounds)))
         return 0
-    from benchmarks.child import run_per_backend
+    from benchmarks.json_subprocess import run_per_backend
 
     def describe(r: dict) -> tuple[str, bool]:
         met = r["ratio"] >= TARGET

@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(measure(args.backend, args.model, args.image_size, args.epochs)))
         return 0
-    from benchmarks.child import run_per_backend
+    from benchmarks.json_subprocess import run_per_backend
 
     def describe(r: dict) -> tuple[str, bool]:
         met = r["ratio"] >= TARGET

@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 import time
 from pathlib import Path
 
 from backends.base import (BackendError, availability, backend_names, backends_with_model,
                            unknown_backend_message, unsupported_model)
+from benchmarks.console import configure_console
 from common import synthetic
 from common.config import (ConfigError, DataConfig, ModelConfig, PRECISIONS, RunConfig,
                            TrainConfig, available_recipes, load_recipe, override_epochs,
@@ -26,6 +28,7 @@ from common.models import MODELS
 from common.results import run_name
 
 DEFAULT_RECIPES = ("two_phase", "scratch")
+log = logging.getLogger(__name__)
 EXIT_USAGE = 2
 
 
@@ -228,12 +231,12 @@ def _check_data(config: RunConfig) -> None:
     """Load, verify and split the data once in the parent: bad data fails here, with exit 2."""
     from benchmarks.driver import prepare_split
 
-    split = prepare_split(config, log=lambda m: print(m))
+    split = prepare_split(config)
     note = f", {len(split.skipped)} unreadable file(s) will be skipped" if split.skipped else ""
-    print(f"data: {split.num_classes} classes, train {len(split.train)} / val {len(split.val)} / "
-          f"test {len(split.test)}, split {split.digest()}{note}")
+    log.info(f"data: {split.num_classes} classes, train {len(split.train)} / val {len(split.val)} / "
+             f"test {len(split.test)}, split {split.digest()}{note}")
     for path, why in split.skipped[:10]:
-        print(f"  skipped {path}: {why}")
+        log.info(f"  skipped {path}: {why}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -256,9 +259,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         _writable_dir(run_dir)
         runs = runner.plan(configs)
         runner.write_plan(run_dir, runs, sys.argv[1:])
-    print(f"run directory: {run_dir} ({len(runs)} run(s))")
+    log.info(f"run directory: {run_dir} ({len(runs)} run(s))")
     try:
-        results = runner.run_sweep(runs, log=print, resume=bool(args.resume))
+        results = runner.run_sweep(runs, resume=bool(args.resume))
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished results are kept in {run_dir}; "
               f"continue with: bench run --resume {run_dir}", file=sys.stderr)
@@ -398,6 +401,7 @@ COMMANDS = {"run": cmd_run, "list": cmd_list, "data": cmd_data, "throughput": cm
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_console()
     args = get_args_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

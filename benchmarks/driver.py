@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import time
 import traceback
@@ -29,11 +30,13 @@ from common.data import DataError, Split, load_dataset, split_dataset
 from common.linear import fit_logistic, predict_logistic
 from common.metrics import classification_metrics
 from common.models import get_model
+from common.paths import cache_root
 from common.results import base_result, write_json_atomic
 from common.schedule import learning_rate_at
 from common.timing import peak_rss_bytes
 
 STATE_FILE = "state.json"
+log = logging.getLogger(__name__)
 
 # What "train img/s" times in a linear-probe run, whose head is fitted by scikit-learn
 # outside the framework: the framework's head-only step (frozen backbone), the same in
@@ -60,7 +63,7 @@ def default_image_size(config: RunConfig) -> int:
     return spec.default_size
 
 
-def prepare_split(config: RunConfig, log=None) -> Split:
+def prepare_split(config: RunConfig) -> Split:
     """The common split for ``config.data`` (generating the synthetic target if needed).
 
     Unreadable files are skipped (listed in ``split.skipped``) or fail the run
@@ -77,8 +80,8 @@ def prepare_split(config: RunConfig, log=None) -> Split:
     infos = verify.scan(ds)
     ds, skipped = verify.verified(ds, strict=d.strict, infos=infos)
     small = verify.smaller_than(infos, get_model(config.model.name).min_size)
-    if small and log:
-        log(f"warning: {len(small)} image(s) are smaller than {config.model.name}'s minimum "
+    if small:
+        log.warning(f"warning: {len(small)} image(s) are smaller than {config.model.name}'s minimum "
             f"{get_model(config.model.name).min_size} px and will be upscaled (e.g. {small[0].path})")
     split = split_dataset(ds, d.split_seed, d.val_fraction, d.test_fraction)
     split.skipped = skipped
@@ -96,10 +99,10 @@ def source_cache_dir(config: RunConfig, image_size: int) -> Path:
                                       images_per_class=p.images_per_class).digest(),
     }, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return synthetic.data_root() / "weights" / config.backend / f"{config.model.name}-{image_size}px-{digest}"
+    return cache_root() / "weights" / config.backend / f"{config.model.name}-{image_size}px-{digest}"
 
 
-def ensure_source_checkpoint(config: RunConfig, image_size: int, log) -> tuple[Path, dict]:
+def ensure_source_checkpoint(config: RunConfig, image_size: int) -> tuple[Path, dict]:
     """The cached shapes-pretrained checkpoint for this backend/model/size (trained if missing)."""
     cache = source_cache_dir(config, image_size)
     meta_file = cache / "source.json"
@@ -115,7 +118,7 @@ def ensure_source_checkpoint(config: RunConfig, image_size: int, log) -> tuple[P
                   epochs=p.epochs, schedule="cosine", augment=True, bn="train")
     pre_config = dataclasses.replace(
         config, train=dataclasses.replace(config.train, batch_size=p.batch_size, seed=0))
-    log(f"pretraining {config.model.name} on shapes ({len(split.train)} images, {p.epochs} epochs) "
+    log.info(f"pretraining {config.model.name} on shapes ({len(split.train)} images, {p.epochs} epochs) "
         f"-> {cache}")
     t0 = time.perf_counter()
     backend = get_backend(config.backend)(pre_config, cache / "train")
@@ -126,7 +129,7 @@ def ensure_source_checkpoint(config: RunConfig, image_size: int, log) -> tuple[P
         for epoch in range(phase.epochs):
             backend.set_learning_rate(learning_rate_at(phase, epoch))
             stats = backend.fit_epoch(phase, epoch + 1)
-            log(f"  pretrain epoch {epoch + 1}/{phase.epochs}: loss {stats['loss']:.3f} "
+            log.info(f"  pretrain epoch {epoch + 1}/{phase.epochs}: loss {stats['loss']:.3f} "
                 f"train top1 {stats['top1']:.3f}")
         val = classification_metrics(backend.predict("val"), _labels(split, "val"), split.classes)
         cache.mkdir(parents=True, exist_ok=True)
@@ -137,12 +140,12 @@ def ensure_source_checkpoint(config: RunConfig, image_size: int, log) -> tuple[P
             "seconds": time.perf_counter() - t0, "epochs": p.epochs, "split_digest": split.digest(),
             "images": len(split.train)}
     write_json_atomic(meta_file, meta)
-    log(f"  source model: val top1 {val['top1']:.3f} in {meta['seconds']:.0f}s")
+    log.info(f"  source model: val top1 {val['top1']:.3f} in {meta['seconds']:.0f}s")
     meta["cached"] = False
     return ckpt, meta
 
 
-def resolve_weights(config: RunConfig, split: Split, image_size: int, log) -> tuple[WeightsRequest, dict]:
+def resolve_weights(config: RunConfig, split: Split, image_size: int) -> tuple[WeightsRequest, dict]:
     """The WeightsRequest for this run and a record of where the weights came from."""
     weights = config.model.weights
     if config.recipe.init == "random" or weights == "none":
@@ -150,7 +153,7 @@ def resolve_weights(config: RunConfig, split: Split, image_size: int, log) -> tu
     if weights == "imagenet":
         return WeightsRequest("imagenet"), {"kind": "imagenet"}
     if weights == "source":
-        ckpt, meta = ensure_source_checkpoint(config, image_size, log)
+        ckpt, meta = ensure_source_checkpoint(config, image_size)
         rows = {}
         if config.train.reuse_head_rows:
             src = {c: i for i, c in enumerate(meta["classes"])}
@@ -194,7 +197,7 @@ def _write_phase_text(run_dir: Path, index: int, report: dict) -> None:
         f.write("\n".join(lines) + "\n")
 
 
-def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Path, log) -> dict:
+def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Path) -> dict:
     """Run every phase with per-epoch validation, checkpoints and resume."""
     recipe = config.recipe
     state = _load_state(run_dir) or {"done": [], "curves": [], "best": None, "phases": []}
@@ -212,11 +215,11 @@ def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Pat
                       epochs=phase.epochs, bn=phase.bn, augment=phase.augment)
         state["phases"] = [p for p in state["phases"] if p.get("index") != pi] + [{"index": pi, **report}]
         _write_phase_text(run_dir, pi, report)
-        log(f"phase {pi + 1}/{len(recipe.phases)} '{phase.name}': {report['trainable_params']:,} of "
+        log.info(f"phase {pi + 1}/{len(recipe.phases)} '{phase.name}': {report['trainable_params']:,} of "
             f"{report['total_params']:,} parameters trainable ({', '.join(report['trainable_blocks']) or 'head only'})")
         if resuming:
             backend.restore(ckpt_last)
-            log(f"resumed from {ckpt_last} after {len(done)} epoch(s)")
+            log.info(f"resumed from {ckpt_last} after {len(done)} epoch(s)")
             resuming = False
         for epoch in range(phase.epochs):
             if (pi, epoch) in done:
@@ -246,7 +249,7 @@ def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Pat
             done.add((pi, epoch))
             state["done"] = sorted(done)
             write_json_atomic(run_dir / STATE_FILE, state)
-            log(f"  epoch {global_epoch} ({phase.name} {epoch + 1}/{phase.epochs}) lr {lr:.2e}: "
+            log.info(f"  epoch {global_epoch} ({phase.name} {epoch + 1}/{phase.epochs}) lr {lr:.2e}: "
                 f"loss {stats['loss']:.3f} train {stats['top1']:.3f} val {val['top1']:.3f} "
                 f"({point['images_per_second']:.1f} img/s)")
     backend.restore(ckpt_best)
@@ -254,16 +257,16 @@ def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Pat
 
 
 def linear_probe(backend: Backend, config: RunConfig, split: Split, weights_info: dict,
-                 image_size: int, log) -> dict:
+                 image_size: int) -> dict:
     """Features computed once and cached on disk; a numpy logistic head on top."""
     key = json.dumps({"backend": config.backend, "model": config.model.name, "size": image_size,
                       "weights": {k: weights_info.get(k) for k in ("kind", "checkpoint", "path")},
                       "split": split.digest()}, sort_keys=True)
-    cache = synthetic.data_root() / "features" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    cache = cache_root() / "features" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
     t0 = time.perf_counter()
     if cache.is_file():
         feats = dict(np.load(cache))
-        log(f"linear probe: features from cache {cache}")
+        log.info(f"linear probe: features from cache {cache}")
         cached = True
     else:
         feats = {s: backend.extract_features(s) for s in ("train", "val", "test")}
@@ -294,7 +297,7 @@ def linear_probe(backend: Backend, config: RunConfig, split: Split, weights_info
                                    "head": "common.linear.fit_logistic (numpy)"}}]}
 
 
-def run(config: RunConfig, log=print) -> dict:
+def run(config: RunConfig) -> dict:
     """Run ``config`` end to end and return its result (also written to result.json)."""
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -305,7 +308,7 @@ def run(config: RunConfig, log=print) -> dict:
     try:
         validate_run(config)
         image_size = default_image_size(config)
-        split = prepare_split(config, log)
+        split = prepare_split(config)
         split.write(run_dir / "split.json")
         result["data"] = {"source": config.data.source, "root": split.root,
                           "split_digest": split.digest(), "classes": list(split.classes),
@@ -313,9 +316,9 @@ def run(config: RunConfig, log=print) -> dict:
                           "counts": split.counts(), "skipped_files": len(split.skipped),
                           "skipped": [list(x) for x in split.skipped[:50]]}
         if split.skipped:
-            log(f"skipped {len(split.skipped)} unreadable file(s); see split.json")
+            log.info(f"skipped {len(split.skipped)} unreadable file(s); see split.json")
         t_pre = time.perf_counter()
-        request, weights_info = resolve_weights(config, split, image_size, log)
+        request, weights_info = resolve_weights(config, split, image_size)
         pretrain_seconds = time.perf_counter() - t_pre
         result["weights"] = weights_info
         backend = get_backend(config.backend)(config, run_dir)
@@ -330,14 +333,14 @@ def run(config: RunConfig, log=print) -> dict:
             (run_dir / "model_summary.txt").write_text(summary, encoding="utf-8")
         t_train = time.perf_counter()
         if config.recipe.is_linear_probe:
-            probe = linear_probe(backend, config, split, weights_info, image_size, log)
+            probe = linear_probe(backend, config, split, weights_info, image_size)
             result.update(curves=probe["curves"], phases=probe["phases"], val=probe["metrics"]["val"],
                           test=probe["metrics"]["test"],
                           best={"global_epoch": 1, "val_top1": probe["metrics"]["val"]["top1"]},
                           linear_probe={k: probe[k] for k in ("feature_cache", "cached",
                                                               "feature_seconds", "fit_seconds")})
         else:
-            state = train_phases(backend, config, split, run_dir, log)
+            state = train_phases(backend, config, split, run_dir)
             result.update(curves=state["curves"], best=state["best"],
                           phases=sorted(state["phases"], key=lambda p: p["index"]),
                           val=_evaluate(backend, split, "val"), test=_evaluate(backend, split, "test"))
@@ -358,7 +361,7 @@ def run(config: RunConfig, log=print) -> dict:
                            "throughput_seconds": time.perf_counter() - t_tp}
         result["peak_rss_bytes"] = peak_rss_bytes()
         result["status"] = "ok"
-        log(f"test top1 {result['test']['top1']:.3f} top5 {result['test']['top5']:.3f}")
+        log.info(f"test top1 {result['test']['top1']:.3f} top5 {result['test']['top5']:.3f}")
     except Exception as err:  # bad input or a framework crash: recorded, the sweep goes on
         result["error"] = (f"{err}" if isinstance(err, (DataError, BackendError)) else
                            f"{type(err).__name__}: {err}").splitlines()[0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -20,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backends.base import availability, backend_info, unsupported_model
+from benchmarks.console import PROGRESS_MARK
 from common.config import RunConfig
 from common.results import base_result, run_name, write_json_atomic
 
 SWEEP_FILE = "sweep.json"
-PROGRESS_MARK = "| "  # benchmarks.worker prefixes driver messages with this
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ def _write_unrun(run: PlannedRun, status: str, error: str) -> dict:
     return result
 
 
-def run_child(run: PlannedRun, log) -> dict:
+def run_child(run: PlannedRun) -> dict:
     """Run one planned run in a child process, streaming its log; return its result."""
     run_dir = Path(run.config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -88,7 +90,7 @@ def run_child(run: PlannedRun, log) -> dict:
     tail: list[str] = []
     with open(run_dir / "log.txt", "a", encoding="utf-8") as logfile:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.worker", str(config_file)],
+            [sys.executable, "-m", "benchmarks.run_worker", str(config_file)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
             start_new_session=True,  # Ctrl-C reaches the parent, which stops the child
         )
@@ -99,7 +101,7 @@ def run_child(run: PlannedRun, log) -> dict:
                 logfile.flush()
                 tail = (tail + [line.rstrip()])[-40:]
                 if line.startswith(PROGRESS_MARK):  # driver messages; framework noise stays in log.txt
-                    log(f"  [{run.name}] {line[len(PROGRESS_MARK):].rstrip()}")
+                    log.info(f"  [{run.name}] {line[len(PROGRESS_MARK):].rstrip()}")
             code = proc.wait()
         except BaseException:
             _stop(proc)
@@ -125,25 +127,25 @@ def _stop(proc: subprocess.Popen) -> None:
             pass
 
 
-def run_sweep(runs: list[PlannedRun], log=print, resume: bool = False) -> list[dict]:
+def run_sweep(runs: list[PlannedRun], resume: bool = False) -> list[dict]:
     """Run every planned run not yet finished; return all results in plan order."""
     results = []
     for i, run in enumerate(runs, 1):
         if resume and finished(run):
-            log(f"[{i}/{len(runs)}] {run.name}: already finished, kept")
+            log.info(f"[{i}/{len(runs)}] {run.name}: already finished, kept")
             results.append(json.loads((Path(run.config.run_dir) / "result.json").read_text()))
             continue
         reason = availability(run.config.backend) or unsupported(run.config)
         if reason:
-            log(f"[{i}/{len(runs)}] {run.name}: skipped ({reason})")
+            log.info(f"[{i}/{len(runs)}] {run.name}: skipped ({reason})")
             results.append(_write_unrun(run, "skipped", reason))
             continue
-        log(f"[{i}/{len(runs)}] {run.name}: running (log: {Path(run.config.run_dir) / 'log.txt'})")
+        log.info(f"[{i}/{len(runs)}] {run.name}: running (log: {Path(run.config.run_dir) / 'log.txt'})")
         t0 = time.perf_counter()
-        result = run_child(run, log)
+        result = run_child(run)
         status = result["status"]
         extra = f"test top1 {result['test']['top1']:.3f}" if status == "ok" else result.get("error")
-        log(f"[{i}/{len(runs)}] {run.name}: {status} in {time.perf_counter() - t0:.0f}s ({extra})")
+        log.info(f"[{i}/{len(runs)}] {run.name}: {status} in {time.perf_counter() - t0:.0f}s ({extra})")
         results.append(result)
     return results
 

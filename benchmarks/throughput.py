@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 
 from backends.base import WeightsRequest, get_backend
-from benchmarks.child import run_json_child
+from benchmarks.json_subprocess import run_json_child
 from common.config import Phase, Recipe, RunConfig, DataConfig, ModelConfig, TrainConfig
 from common.data import Sample, Split
 from common.models import get_model

@@ -12,7 +12,7 @@ reuse of a source classifier row for a shared label can be shown.
 Generation is deterministic: every image is drawn from its own generator
 seeded by ``(seed, class index, image index)``, so the same parameters give
 byte-identical PNG files. A domain is written as an ImageFolder under
-``data/synthetic/<domain>-<hash of the parameters>/`` and reused when that
+``<cache root>/synthetic/<domain>-<hash of the parameters>/`` (``common.paths``) and reused when that
 folder is complete; user data goes through exactly the same loading code.
 """
 
@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from common.paths import cache_root
 
 SHAPES_CLASSES = ("arrow", "circle", "cross", "diamond", "ellipse", "hexagon",
                   "pentagon", "square", "star", "triangle")
@@ -72,11 +74,6 @@ class SyntheticSpec:
 # Defaults of the embedded benchmark: a large source, a small target.
 DEFAULT_SOURCE = SyntheticSpec("shapes", images_per_class=120)
 DEFAULT_TARGET = SyntheticSpec("quads", images_per_class=50, presplit=(10, 10, 30))
-
-
-def data_root() -> Path:
-    """Where generated data and caches live: ``$TRANSFER_BENCH_DATA`` or ``./data``."""
-    return Path(os.environ.get("TRANSFER_BENCH_DATA", "data")).resolve()
 
 
 # ------------------------------------------------------------------ geometry
@@ -215,7 +212,7 @@ def _subset_of(spec: SyntheticSpec, index: int) -> str:
 
 def generate(spec: SyntheticSpec, root: Path | None = None, progress: bool = True) -> Path:
     """Write ``spec`` as an ImageFolder (cached by parameter hash); return its path."""
-    base = (root or data_root()) / "synthetic"
+    base = (root or cache_root()) / "synthetic"
     out = base / f"{spec.domain}-{spec.digest()}"
     if (out / _COMPLETE).is_file():
         return out

@@ -118,7 +118,7 @@ def test_features_need_a_model_and_training_needs_a_phase(backend_name, tiny_qua
 
 def test_two_phase_run_writes_a_valid_result(backend_name, tiny_quads, tmp_path):
     config = tiny_config(backend_name, "two_phase", tiny_quads, tmp_path / "run")
-    result = driver.run(config, log=lambda m: None)
+    result = driver.run(config)
     assert result["status"] == "ok", result.get("traceback")
     on_disk = json.loads((tmp_path / "run" / "result.json").read_text())
     assert validate_result(on_disk) == []

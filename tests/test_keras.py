@@ -278,12 +278,12 @@ def test_two_phase_run_reports_249_to_310_and_resumes(tiny_quads, tmp_path, monk
         return fit(self, phase, global_epoch)
 
     monkeypatch.setattr(KerasBackend, "fit_epoch", interrupted)
-    first = driver.run(config, log=lambda m: None)
+    first = driver.run(config)
     assert first["status"] == "failed" and calls == [1]
     calls.clear()
     monkeypatch.setattr(KerasBackend, "fit_epoch",
                         lambda self, phase, e: calls.append(e) or fit(self, phase, e))
-    result = driver.run(config, log=lambda m: None)
+    result = driver.run(config)
     assert result["status"] == "ok", result.get("traceback")
     assert calls == [2]  # only the missing epoch ran
     on_disk = json.loads((tmp_path / "run" / "result.json").read_text())

@@ -307,7 +307,7 @@ def test_resume_runs_only_the_missing_epoch(tiny_quads, tmp_path, monkeypatch):
         return real_fit(self, phase, global_epoch)
 
     monkeypatch.setattr(cls, "fit_epoch", crash_on_second)
-    first = driver.run(config, log=lambda m: None)
+    first = driver.run(config)
     assert first["status"] == "failed" and "simulated interruption" in first["error"]
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["done"] == [[0, 0]] and len(state["curves"]) == 1
@@ -319,7 +319,7 @@ def test_resume_runs_only_the_missing_epoch(tiny_quads, tmp_path, monkeypatch):
         return real_fit(self, phase, global_epoch)
 
     monkeypatch.setattr(cls, "fit_epoch", counting)
-    second = driver.run(config, log=lambda m: None)
+    second = driver.run(config)
     assert second["status"] == "ok", second.get("traceback")
     assert calls == [2]
     assert [c["global_epoch"] for c in second["curves"]] == [1, 2]
@@ -341,7 +341,7 @@ def test_source_weights_beat_scratch(tmp_path):
         config = dataclasses.replace(
             config, recipe=load_recipe(recipe),
             pretrain=PretrainConfig(epochs=8, images_per_class=60, batch_size=16))
-        result = driver.run(config, log=lambda m: None)
+        result = driver.run(config)
         assert result["status"] == "ok", result.get("traceback")
         top1[recipe] = result["test"]["top1"]
     assert top1["two_phase"] >= top1["scratch"] + 0.10, top1

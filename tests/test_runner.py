@@ -48,7 +48,10 @@ def test_sweep_writes_one_valid_result_per_run_and_a_report(fake_backends, tiny_
     assert len({r["data"]["split_digest"] for r in results}) == 1
     for name in ("report.md", "report.html", "summary.csv"):
         assert (out / name).is_file()
-    assert "fake" in capsys.readouterr().out
+    terminal = capsys.readouterr().out
+    # the worker's driver messages reach the terminal (logging behind console.PROGRESS_MARK)
+    assert "  [fake-two_phase-s0] phase 2/2 'top2'" in terminal
+    assert "[4/4] fake-scratch-s1: ok in" in terminal
 
 
 def test_a_crashing_backend_is_recorded_and_the_others_finish(fake_backends, tiny_quads, tmp_path):

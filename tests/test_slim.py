@@ -15,10 +15,10 @@ from conftest import require_backend, tiny_config
 
 from backends.base import BackendError, WeightsRequest, get_backend
 from benchmarks import driver
-from common import synthetic
 from common.config import Phase, load_recipe
 from common.data import load_image
 from common.models import HEAD, get_model
+from common.paths import cache_root
 from common.results import validate_result
 
 require_backend("slim")
@@ -183,7 +183,7 @@ def test_aux_logits_too_small_and_missing_imagenet_checkpoint_are_one_line_error
         _backend(tiny_quads, tmp_path / "imagenet", weights=WeightsRequest("imagenet"))
     message = str(err.value)
     assert "\n" not in message and "inception_v3_2016_08_28.tar.gz" in message
-    assert str(synthetic.data_root() / "weights" / "imagenet" / "slim") in message
+    assert str(cache_root() / "weights" / "imagenet" / "slim") in message
     assert "--weights PATH" in message
 
 
@@ -226,7 +226,7 @@ def test_resume_after_interruption_runs_only_the_missing_epoch(tiny_quads, tmp_p
         return original(self, phase, global_epoch)
 
     monkeypatch.setattr(cls, "fit_epoch", interrupted_at_epoch_2)
-    first = driver.run(config, log=lambda m: None)
+    first = driver.run(config)
     assert first["status"] == "failed" and "interrupted" in first["error"]
     assert calls == [1]
     checkpoints = tmp_path / "run" / "checkpoints"
@@ -237,7 +237,7 @@ def test_resume_after_interruption_runs_only_the_missing_epoch(tiny_quads, tmp_p
 
     calls.clear()
     monkeypatch.setattr(cls, "fit_epoch", counted)
-    second = driver.run(config, log=lambda m: None)
+    second = driver.run(config)
     assert second["status"] == "ok", second.get("traceback")
     assert calls == [2]
     on_disk = json.loads((tmp_path / "run" / "result.json").read_text())

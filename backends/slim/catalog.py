@@ -65,6 +65,6 @@ MODELS: dict[str, ModelEntry] = {
 
 def imagenet_dir() -> Path:
     """TF-Slim has no download cache: ``$TRANSFER_BENCH_DATA/weights/imagenet/slim``."""
-    from common.synthetic import data_root
+    from common.paths import cache_root
 
-    return data_root() / "weights" / "imagenet" / "slim"
+    return cache_root() / "weights" / "imagenet" / "slim"
