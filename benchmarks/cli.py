@@ -19,6 +19,7 @@ from pathlib import Path
 from backends.base import (BackendError, availability, backend_names, backends_with_model,
                            unknown_backend_message, unsupported_model)
 from benchmarks.console import configure_console
+from benchmarks.runner import PlanError
 from common import synthetic
 from common.config import (ConfigError, DataConfig, ModelConfig, PRECISIONS, RunConfig,
                            TrainConfig, available_recipes, load_recipe, override_epochs,
@@ -45,6 +46,11 @@ def _seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--seeds {text!r}: expected integers like 0,1,2") from None
     if not seeds:
         raise argparse.ArgumentTypeError("--seeds: give at least one seed, e.g. 0,1,2")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(
+            f"--seeds {text!r} repeats {', '.join(map(str, repeated))}; each seed is one training "
+            f"run, so give distinct seeds, e.g. 0,1,2")
     return seeds
 
 
@@ -111,6 +117,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", type=Path, metavar="RUN_DIR",
                      help="finish the missing runs of an earlier sweep")
     run.add_argument("--no-report", action="store_true", help="skip writing report.md/html")
+    p.run_parser = run  # for resume_conflicts(): which run options a command line gives
 
     sub.add_parser("list", help="backends (with availability), models, recipes")
 
@@ -171,12 +178,19 @@ def build_configs(args: argparse.Namespace, out: Path) -> list[RunConfig]:
     if args.data != "synthetic" and not Path(args.data).exists():
         raise UsageError(f"--data {args.data!r} does not exist; pass 'synthetic' or an image folder "
                          f"with one subfolder per class")
+    if args.data != "synthetic" and Path(args.data).is_dir():
+        data_dir, out_dir = Path(args.data).resolve(), out.resolve()
+        if out_dir == data_dir or data_dir in out_dir.parents:
+            raise UsageError(f"--out {str(out)!r} is inside --data {args.data!r}: run folders would "
+                             f"become classes of the dataset; choose an --out outside the data")
     if args.class_map and not Path(args.class_map).is_file():
         raise UsageError(f"--class-map {args.class_map!r} does not exist")
     weights = args.weights
-    if weights not in ("source", "none", "imagenet") and not (
-            Path(weights).exists() or Path(weights + ".index").exists()):  # TF checkpoint prefix
-        raise UsageError(f"--weights {weights!r} is neither source, none, imagenet nor an existing path")
+    if weights not in ("source", "none", "imagenet"):
+        if not (Path(weights).exists() or Path(weights + ".index").exists()):  # a TF prefix
+            raise UsageError(f"--weights {weights!r} is neither source, none, imagenet nor an "
+                             f"existing path")
+        weights = str(Path(weights).resolve())  # absolute: --resume works from anywhere
     recipes = [load_recipe(r) for r in args.recipe]
     if args.epochs:
         recipes = [override_epochs(r, args.epochs) for r in recipes]
@@ -198,7 +212,8 @@ def build_configs(args: argparse.Namespace, out: Path) -> list[RunConfig]:
     if len(set(names)) != len(names):
         raise UsageError(f"--recipe names must be unique, got {', '.join(names)}")
     data = DataConfig(source=str(Path(args.data).resolve()) if args.data != "synthetic" else "synthetic",
-                      class_map=args.class_map, image_size=args.image_size, strict=args.strict)
+                      class_map=str(Path(args.class_map).resolve()) if args.class_map else None,
+                      image_size=args.image_size, strict=args.strict)
     configs = []
     for backend in backends:
         for recipe in recipes:
@@ -233,10 +248,42 @@ def _check_data(config: RunConfig) -> None:
 
     split = prepare_split(config)
     note = f", {len(split.skipped)} unreadable file(s) will be skipped" if split.skipped else ""
+    if split.duplicates:
+        note += f", {len(split.duplicates)} duplicate file(s) kept once"
     log.info(f"data: {split.num_classes} classes, train {len(split.train)} / val {len(split.val)} / "
              f"test {len(split.test)}, split {split.digest()}{note}")
-    for path, why in split.skipped[:10]:
+    for path, why in (split.skipped + split.duplicates)[:10]:
         log.info(f"  skipped {path}: {why}")
+
+
+def resume_conflicts(argv: list[str]) -> list[str]:
+    """The ``bench run`` options in ``argv`` that ``--resume`` cannot honour (it finishes the
+    sweep exactly as its ``sweep.json`` planned it)."""
+    parser = get_args_parser()
+    run = parser.run_parser
+    dests = [a.dest for a in run._actions if a.option_strings and a.dest not in ("help",)]
+    unset = object()  # not a string: argparse would run a string default through `type`
+    run.set_defaults(**{d: unset for d in dests})
+    given = parser.parse_args(argv)
+    options = {a.dest: a.option_strings[-1] for a in run._actions if a.option_strings}
+    return [options[d] for d in dests if d not in RESUME_OPTIONS and getattr(given, d) is not unset]
+
+
+RESUME_OPTIONS = ("resume", "no_report")
+
+
+def _claim_sweep(run_dir: Path, flag: str):
+    from common.locks import DirectoryBusy, claim_directory
+
+    try:
+        return claim_directory(run_dir)
+    except DirectoryBusy as busy:
+        raise UsageError(f"{flag} {str(run_dir)!r} is in use by another bench run "
+                         f"(PID {busy.pid or '?'}); wait for it to finish, or choose another "
+                         f"--out") from None
+    except OSError as err:
+        raise UsageError(f"output directory {str(run_dir)!r} is not writable ({err.strerror}); "
+                         f"choose another with --out") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -244,10 +291,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.resume:
         run_dir = args.resume
+        conflicts = resume_conflicts(args.argv)
+        if conflicts:
+            raise UsageError(f"--resume finishes {str(run_dir)!r} as its {runner.SWEEP_FILE} "
+                             f"planned it; {', '.join(conflicts)} cannot change it: drop "
+                             f"{'them' if len(conflicts) > 1 else 'it'}, or start a new sweep "
+                             f"with --out")
         if not (run_dir / runner.SWEEP_FILE).is_file():
             raise UsageError(f"--resume {str(run_dir)!r} has no {runner.SWEEP_FILE}; "
                              f"give the directory of an earlier 'bench run'")
+        runner.read_plan(run_dir)  # a malformed plan fails before anything is claimed
         _writable_dir(run_dir)
+        claim = _claim_sweep(run_dir, "--resume")
         runs = runner.read_plan(run_dir)
     else:
         run_dir = args.out or Path("results") / time.strftime("%Y%m%d-%H%M%S")
@@ -257,26 +312,42 @@ def cmd_run(args: argparse.Namespace) -> int:
         configs = build_configs(args, run_dir)  # validates before anything is written
         _check_data(configs[0])
         _writable_dir(run_dir)
+        claim = _claim_sweep(run_dir, "--out")  # atomic: a second bench run on it stops here
+        if (run_dir / runner.SWEEP_FILE).is_file():  # one finished while this one validated
+            claim.release()
+            raise UsageError(f"--out {str(run_dir)!r} already holds a sweep; continue it with "
+                             f"--resume {run_dir} or choose a new --out")
         runs = runner.plan(configs)
-        runner.write_plan(run_dir, runs, sys.argv[1:])
-    log.info(f"run directory: {run_dir} ({len(runs)} run(s))")
-    try:
-        results = runner.run_sweep(runs, resume=bool(args.resume))
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: finished results are kept in {run_dir}; "
-              f"continue with: bench run --resume {run_dir}", file=sys.stderr)
-        return 130
-    _print_summary(run_dir, results, write=not args.no_report)
+        runner.write_plan(run_dir, runs, args.argv)
+    with claim:
+        log.info(f"run directory: {run_dir} ({len(runs)} run(s))")
+        try:
+            results = runner.run_sweep(runs, resume=bool(args.resume))
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: finished results are kept in {run_dir}; "
+                  f"continue with: bench run --resume {run_dir}", file=sys.stderr)
+            return 130
+        _print_summary(run_dir, results, write=not args.no_report)
     return 1 if any(r["status"] == "failed" for r in results) else 0
 
 
 def _print_summary(run_dir: Path, results: list[dict], write: bool) -> None:
     from benchmarks import report
 
+    from common.paths import disk_full_message, is_disk_full
+    from common.results import read_results
+
     print()
     print(report.summary_table(results))
-    if write:
-        paths = report.write_report(run_dir)
+    if write and read_results(run_dir):
+        try:
+            paths = report.write_report(run_dir)
+        except OSError as err:  # the results are kept; only the report is missing
+            if not is_disk_full(err):
+                raise
+            print(f"\nreport not written: {disk_full_message(err.filename or run_dir)}; "
+                  f"rebuild it with: bench report {run_dir}", file=sys.stderr)
+            return
         print("\nreport: " + ", ".join(str(p) for p in paths.values()))
 
 
@@ -313,21 +384,29 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.data_command == "inspect":
         from benchmarks.inspect_data import inspect_dataset
 
-        print(inspect_dataset(args.path, args.class_map, seed=args.seed))
+        report, refused = inspect_dataset(args.path, args.class_map, seed=args.seed)
+        print(report)
+        if refused:
+            raise UsageError(refused)  # the same reason, and exit code, as bench run
         return 0
     if args.data_command == "export-tfrecord":
         reason = availability("slim")
         if reason:
             raise UsageError(f"export-tfrecord needs TensorFlow: {reason}")
         from benchmarks.driver import prepare_split
-        from backends.slim.tfrecord import export_split
 
-        data = DataConfig(source="synthetic" if args.data == "synthetic" else str(Path(args.data).resolve()),
-                          class_map=args.class_map)
         if args.data != "synthetic" and not Path(args.data).exists():
             raise UsageError(f"--data {args.data!r} does not exist")
+        if args.class_map and not Path(args.class_map).is_file():
+            raise UsageError(f"--class-map {args.class_map!r} does not exist")
+        data = DataConfig(source="synthetic" if args.data == "synthetic" else str(Path(args.data).resolve()),
+                          class_map=args.class_map)
+        # every check before TensorFlow is imported: errors come before its log noise
         split = prepare_split(RunConfig(backend="slim", recipe=load_recipe("head"), data=data))
-        info = export_split(split, _writable_dir(args.out), args.image_size)
+        out = _writable_dir(args.out)
+        from backends.slim.tfrecord import export_split
+
+        info = export_split(split, out, args.image_size)
         print(json.dumps(info, indent=2, default=str))
         return 0
     raise UsageError(f"unknown data command {args.data_command!r}")
@@ -337,9 +416,18 @@ def cmd_throughput(args: argparse.Namespace) -> int:
     from benchmarks.throughput import measure_in_child
 
     backends = parse_backends(args.backend)
+    if args.model not in MODELS:
+        raise UsageError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
+    spec = MODELS[args.model]
+    if args.image_size is not None and args.image_size < spec.min_size:
+        raise UsageError(f"--image-size {args.image_size}: {spec.name} needs at least "
+                         f"{spec.min_size} px")
+    lacking = [b for b in backends if availability(b) is None and unsupported_model(b, args.model)]
+    if lacking and len(lacking) == len(backends):
+        raise UsageError(unsupported_model(lacking[0], args.model))
     rows = []
     for b in backends:
-        reason = availability(b)
+        reason = availability(b) or unsupported_model(b, args.model)
         if reason:
             print(f"{b}: skipped ({reason})")
             continue
@@ -358,7 +446,7 @@ def cmd_throughput(args: argparse.Namespace) -> int:
     if args.out:
         from common.results import write_json_atomic
 
-        write_json_atomic(args.out, {"command": "bench " + " ".join(sys.argv[1:]), "results": rows})
+        write_json_atomic(args.out, {"command": "bench " + " ".join(args.argv), "results": rows})
     return 1 if any(r.get("status") != "ok" for r in rows) else 0
 
 
@@ -402,11 +490,14 @@ COMMANDS = {"run": cmd_run, "list": cmd_list, "data": cmd_data, "throughput": cm
 
 def main(argv: list[str] | None = None) -> int:
     configure_console()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = get_args_parser().parse_args(argv)
+    args.argv = argv
     try:
         return COMMANDS[args.command](args)
-    except (UsageError, ConfigError, DataError, BackendError) as err:
-        print(f"bench: error: {err}", file=sys.stderr)
+    except (UsageError, ConfigError, DataError, BackendError, PlanError) as err:
+        message = " ".join(str(err).split())  # one line, whatever the message held
+        print(f"bench: error: {message}", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -38,7 +38,13 @@ class _ConsoleHandler(logging.Handler):
 
 def configure_console(prefix: str = "") -> None:
     """Show the suite's INFO messages on stdout, each line prefixed by ``prefix``
-    (idempotent: a second call replaces the handler)."""
+    (idempotent: a second call replaces the handler). A file name that is not UTF-8
+    prints with ``\\x..`` escapes instead of failing."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):
+            pass
     for name in SUITE_LOGGERS:
         logger = logging.getLogger(name)
         for handler in [h for h in logger.handlers if isinstance(h, _ConsoleHandler)]:

@@ -12,6 +12,7 @@ only through the registry.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -26,11 +27,12 @@ import numpy as np
 from backends.base import Backend, BackendError, WeightsRequest, get_backend
 from common import synthetic
 from common.config import Phase, RunConfig, validate_run
-from common.data import DataError, Split, load_dataset, split_dataset
+from common.data import DataError, Split, drops_last_batch, load_dataset, split_dataset
 from common.linear import fit_logistic, predict_logistic
+from common.locks import claim_directory
 from common.metrics import classification_metrics
 from common.models import get_model
-from common.paths import cache_root
+from common.paths import cache_root, disk_full_message, is_disk_full
 from common.results import base_result, write_json_atomic
 from common.schedule import learning_rate_at
 from common.timing import peak_rss_bytes
@@ -67,7 +69,8 @@ def prepare_split(config: RunConfig) -> Split:
     """The common split for ``config.data`` (generating the synthetic target if needed).
 
     Unreadable files are skipped (listed in ``split.skipped``) or fail the run
-    with ``--strict``; images smaller than the model's minimum are reported.
+    with ``--strict``; copies of one file are kept once (``split.duplicates``);
+    images smaller than the model's minimum are reported.
     """
     d = config.data
     if d.source == "synthetic":
@@ -78,13 +81,17 @@ def prepare_split(config: RunConfig) -> Split:
     from common import verify  # local: keeps the import light for `bench list`
 
     infos = verify.scan(ds)
-    ds, skipped = verify.verified(ds, strict=d.strict, infos=infos)
+    ds, skipped, duplicates = verify.usable_dataset(ds, strict=d.strict, infos=infos)
     small = verify.smaller_than(infos, get_model(config.model.name).min_size)
     if small:
         log.warning(f"warning: {len(small)} image(s) are smaller than {config.model.name}'s minimum "
-            f"{get_model(config.model.name).min_size} px and will be upscaled (e.g. {small[0].path})")
+                    f"{get_model(config.model.name).min_size} px and will be upscaled "
+                    f"(e.g. {small[0].path})")
+    if duplicates:
+        log.warning(f"warning: {len(duplicates)} duplicate file(s) kept once, so that no image is "
+                    f"in two subsets (e.g. {duplicates[0][0]}: {duplicates[0][1]})")
     split = split_dataset(ds, d.split_seed, d.val_fraction, d.test_fraction)
-    split.skipped = skipped
+    split.skipped, split.duplicates = skipped, duplicates
     return split
 
 
@@ -102,14 +109,37 @@ def source_cache_dir(config: RunConfig, image_size: int) -> Path:
     return cache_root() / "weights" / config.backend / f"{config.model.name}-{image_size}px-{digest}"
 
 
-def ensure_source_checkpoint(config: RunConfig, image_size: int) -> tuple[Path, dict]:
-    """The cached shapes-pretrained checkpoint for this backend/model/size (trained if missing)."""
-    cache = source_cache_dir(config, image_size)
+def _cached_source(cache: Path) -> tuple[Path, dict] | None:
+    """The checkpoint and record in ``cache/source.json``, if there is one. The record
+    names the checkpoint relative to the cache, so a moved cache root keeps working."""
     meta_file = cache / "source.json"
-    if meta_file.is_file():
-        meta = json.loads(meta_file.read_text())
-        meta["cached"] = True
-        return Path(meta["checkpoint"]), meta
+    if not meta_file.is_file():
+        return None
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    ckpt = Path(meta["checkpoint"])
+    if ckpt.is_absolute() and not ckpt.parent.is_dir():  # written by an older version, moved
+        ckpt = Path(ckpt.name)
+    ckpt = ckpt if ckpt.is_absolute() else cache / ckpt
+    meta.update(checkpoint=str(ckpt), cached=True)
+    return ckpt, meta
+
+
+def ensure_source_checkpoint(config: RunConfig, image_size: int) -> tuple[Path, dict]:
+    """The cached shapes-pretrained checkpoint for this backend/model/size (trained if missing;
+    concurrent runs wait for the one that trains it)."""
+    cache = source_cache_dir(config, image_size)
+    cached = _cached_source(cache)
+    if cached:
+        return cached
+    with claim_directory(cache, wait=None):
+        cached = _cached_source(cache)  # trained by another run while this one waited
+        if cached:
+            return cached
+        return _pretrain_source(config, image_size, cache)
+
+
+def _pretrain_source(config: RunConfig, image_size: int, cache: Path) -> tuple[Path, dict]:
+    meta_file = cache / "source.json"
     p = config.pretrain
     spec = dataclasses.replace(synthetic.DEFAULT_SOURCE, images_per_class=p.images_per_class)
     root = synthetic.generate(spec, progress=False)
@@ -136,12 +166,13 @@ def ensure_source_checkpoint(config: RunConfig, image_size: int) -> tuple[Path, 
         ckpt = backend.save(cache / "source")
     finally:
         backend.close()
-    meta = {"checkpoint": str(ckpt), "classes": list(split.classes), "val_top1": val["top1"],
+    meta = {"checkpoint": ckpt.relative_to(cache).as_posix(), "classes": list(split.classes),
+            "val_top1": val["top1"],
             "seconds": time.perf_counter() - t0, "epochs": p.epochs, "split_digest": split.digest(),
             "images": len(split.train)}
     write_json_atomic(meta_file, meta)
     log.info(f"  source model: val top1 {val['top1']:.3f} in {meta['seconds']:.0f}s")
-    meta["cached"] = False
+    meta.update(checkpoint=str(ckpt), cached=False)
     return ckpt, meta
 
 
@@ -197,8 +228,12 @@ def _write_phase_text(run_dir: Path, index: int, report: dict) -> None:
         f.write("\n".join(lines) + "\n")
 
 
-def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Path) -> dict:
-    """Run every phase with per-epoch validation, checkpoints and resume."""
+def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Path,
+                 earlier_attempts: list[float] = (), started: float | None = None) -> dict:
+    """Run every phase with per-epoch validation, checkpoints and resume. ``state.json``
+    also keeps the wall seconds of each attempt (``earlier_attempts`` + this one, which
+    began at ``started``), so that a resumed run reports its whole wall time."""
+    started = time.perf_counter() if started is None else started
     recipe = config.recipe
     state = _load_state(run_dir) or {"done": [], "curves": [], "best": None, "phases": []}
     done = {tuple(x) for x in state["done"]}
@@ -248,6 +283,7 @@ def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Pat
             backend.save(ckpt_last)
             done.add((pi, epoch))
             state["done"] = sorted(done)
+            state["attempt_seconds"] = [*earlier_attempts, time.perf_counter() - started]
             write_json_atomic(run_dir / STATE_FILE, state)
             log.info(f"  epoch {global_epoch} ({phase.name} {epoch + 1}/{phase.epochs}) lr {lr:.2e}: "
                 f"loss {stats['loss']:.3f} train {stats['top1']:.3f} val {val['top1']:.3f} "
@@ -270,11 +306,17 @@ def linear_probe(backend: Backend, config: RunConfig, split: Split, weights_info
         cached = True
     else:
         feats = {s: backend.extract_features(s) for s in ("train", "val", "test")}
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, **feats)
-        os.replace(tmp, cache)
         cached = False
+        tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(tmp, **feats)
+            os.replace(tmp, cache)
+        except OSError as err:  # a read-only or full cache: the probe goes on without it
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            log.warning(f"warning: features not cached ({err.strerror or err}: {cache.parent}); "
+                        f"the probe goes on")
     feature_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
     head = fit_logistic(feats["train"], _labels(split, "train"), split.num_classes,
@@ -304,6 +346,7 @@ def run(config: RunConfig) -> dict:
     result = base_result(config.backend, config.recipe.name, config.train.seed,
                          config.model.name, config.to_dict())
     t_start = time.perf_counter()
+    earlier = _earlier_attempts(run_dir)
     backend = None
     try:
         validate_run(config)
@@ -314,9 +357,16 @@ def run(config: RunConfig) -> dict:
                           "split_digest": split.digest(), "classes": list(split.classes),
                           "num_classes": split.num_classes, "image_size": image_size,
                           "counts": split.counts(), "skipped_files": len(split.skipped),
-                          "skipped": [list(x) for x in split.skipped[:50]]}
+                          "skipped": [list(x) for x in split.skipped[:50]],
+                          "duplicate_files": len(split.duplicates),
+                          "duplicates": [list(x) for x in split.duplicates[:50]]}
         if split.skipped:
             log.info(f"skipped {len(split.skipped)} unreadable file(s); see split.json")
+        bs = config.train.batch_size
+        result["data"]["drops_last_batch"] = drops_last_batch(len(split.train), bs)
+        if result["data"]["drops_last_batch"] and not config.recipe.is_linear_probe:
+            log.info(f"each training epoch drops its last batch, of 1 image ({len(split.train)} "
+                     f"training images, batch {bs}): BatchNorm cannot normalise a single image")
         t_pre = time.perf_counter()
         request, weights_info = resolve_weights(config, split, image_size)
         pretrain_seconds = time.perf_counter() - t_pre
@@ -340,7 +390,7 @@ def run(config: RunConfig) -> dict:
                           linear_probe={k: probe[k] for k in ("feature_cache", "cached",
                                                               "feature_seconds", "fit_seconds")})
         else:
-            state = train_phases(backend, config, split, run_dir)
+            state = train_phases(backend, config, split, run_dir, earlier, t_start)
             result.update(curves=state["curves"], best=state["best"],
                           phases=sorted(state["phases"], key=lambda p: p["index"]),
                           val=_evaluate(backend, split, "val"), test=_evaluate(backend, split, "test"))
@@ -356,19 +406,52 @@ def run(config: RunConfig) -> dict:
         epochs = [c for c in result["curves"] if c.get("images_per_second")]
         if epochs:
             result["throughput"]["end_to_end_train_images_per_second"] = epochs[-1]["images_per_second"]
-        result["times"] = {"total_seconds": time.perf_counter() - t_start,
+        this_attempt = time.perf_counter() - t_start
+        # a resumed run: its wall time is every attempt's (each up to its last checkpoint
+        # or its failure), and says so
+        result["times"] = {"total_seconds": this_attempt + sum(earlier),
+                           "attempt_seconds": [*earlier, this_attempt],
                            "pretrain_seconds": pretrain_seconds, "train_seconds": train_seconds,
                            "throughput_seconds": time.perf_counter() - t_tp}
+        if earlier:
+            log.info(f"wall time {this_attempt + sum(earlier):.1f}s: this attempt {this_attempt:.1f}s "
+                     f"+ {sum(earlier):.1f}s in {len(earlier)} earlier attempt(s)")
         result["peak_rss_bytes"] = peak_rss_bytes()
         result["status"] = "ok"
         log.info(f"test top1 {result['test']['top1']:.3f} top5 {result['test']['top5']:.3f}")
     except Exception as err:  # bad input or a framework crash: recorded, the sweep goes on
-        result["error"] = (f"{err}" if isinstance(err, (DataError, BackendError)) else
-                           f"{type(err).__name__}: {err}").splitlines()[0]
+        if is_disk_full(err):
+            message = disk_full_message(err.filename or run_dir)
+        elif isinstance(err, (DataError, BackendError)):
+            message = f"{err}"
+        else:
+            message = f"{type(err).__name__}: {err}"
+        result["error"] = " ".join(message.split())
         result["traceback"] = traceback.format_exc()
     finally:
         if backend is not None:
             backend.close()
-    result.setdefault("times", {"total_seconds": time.perf_counter() - t_start})
+    if result["status"] != "ok":
+        this_attempt = time.perf_counter() - t_start
+        result.setdefault("times", {"total_seconds": this_attempt + sum(earlier),
+                                    "attempt_seconds": [*earlier, this_attempt]})
+        _record_attempt(run_dir, [*earlier, this_attempt])
     write_json_atomic(run_dir / "result.json", result)
     return result
+
+
+def _earlier_attempts(run_dir: Path) -> list[float]:
+    """Wall seconds of the earlier attempts at this run (``state.json``), oldest first."""
+    try:
+        return [float(x) for x in (_load_state(run_dir) or {}).get("attempt_seconds", [])]
+    except (TypeError, ValueError, AttributeError):
+        return []
+
+
+def _record_attempt(run_dir: Path, attempt_seconds: list[float]) -> None:
+    """Keep a failed attempt's wall time in ``state.json`` for the run that resumes it."""
+    state = _load_state(run_dir)
+    if state is not None:
+        state["attempt_seconds"] = attempt_seconds
+        with contextlib.suppress(OSError):
+            write_json_atomic(run_dir / STATE_FILE, state)

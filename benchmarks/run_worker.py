@@ -5,30 +5,88 @@ TensorFlow and PyTorch never share an interpreter, a crash is contained, and
 peak memory is per run. The result is always written to ``result.json``; the
 driver's log messages go to stdout behind ``console.PROGRESS_MARK`` so that
 the parent echoes them to the terminal.
+
+A worker dies with its parent (``PR_SET_PDEATHSIG`` on Linux, a watchdog on
+the parent's PID elsewhere): a killed ``bench run`` leaves no training behind.
+It holds its run directory's claim (``common.locks``) until it exits, so no
+second worker can run in the same directory.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
+import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 from benchmarks.console import PROGRESS_MARK, configure_console
-from benchmarks.driver import run
-from common.config import RunConfig
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("benchmarks.run_worker")  # not __main__ under -m
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+EXIT_BUSY = 3         # the run directory is claimed by another live worker
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have this process killed when ``parent_pid`` (its parent) exits, however it exits."""
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+    if armed:
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks import runner
+    from common.locks import DirectoryBusy, adopt_claim, claim_directory
+
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m benchmarks.run_worker RUN_DIR/config.json", file=sys.stderr)
         return 2
+    if os.environ.get(runner.PARENT_PID_ENV):
+        die_with_parent(int(os.environ[runner.PARENT_PID_ENV]))
     configure_console(prefix=PROGRESS_MARK)  # the parent echoes these lines to the terminal
-    config = RunConfig.from_dict(json.loads(Path(argv[0]).read_text()))
-    result = run(config)
+    config_file = Path(argv[0])
+    run_dir = config_file.parent
+    try:
+        inherited = os.environ.get(runner.CLAIM_FD_ENV)
+        claim = adopt_claim(run_dir, int(inherited)) if inherited else claim_directory(run_dir)
+    except DirectoryBusy as busy:
+        log.error(f"error: run directory {run_dir} is held by worker PID {busy.pid or '?'}; "
+                  f"not starting a second worker in it")
+        return EXIT_BUSY
+
+    from benchmarks.driver import run
+    from common.config import RunConfig
+
+    with claim:
+        config = RunConfig.from_dict(json.loads(config_file.read_text(encoding="utf-8")))
+        try:
+            result = run(config)
+        except OSError as err:  # result.json itself could not be written (a full disk)
+            from common.paths import disk_full_message, is_disk_full
+
+            log.error(f"error: {disk_full_message(err.filename or run_dir) if is_disk_full(err) else err}")
+            return 1
     if result["status"] != "ok":
         log.info(f"error: {result['error']}")
         return 1

@@ -22,10 +22,17 @@ from pathlib import Path
 
 from backends.base import availability, backend_info, unsupported_model
 from benchmarks.console import PROGRESS_MARK
-from common.config import RunConfig
+from common.config import ConfigError, RunConfig, validate_run
+from common.locks import DirectoryBusy, DirectoryClaim, claim_directory
+from common.paths import disk_full_message, is_disk_full
 from common.results import base_result, run_name, write_json_atomic
 
 SWEEP_FILE = "sweep.json"
+# how long a run directory may stay claimed by a worker of a killed sweep (it dies with
+# its parent, see run_worker) before the run is reported as held
+RUN_CLAIM_WAIT_SECONDS = 10.0
+PARENT_PID_ENV = "TRANSFER_BENCH_PARENT_PID"     # the worker dies with this process
+CLAIM_FD_ENV = "TRANSFER_BENCH_RUN_CLAIM_FD"     # the run directory's claim, inherited
 log = logging.getLogger(__name__)
 
 
@@ -46,14 +53,30 @@ def write_plan(run_dir: Path, runs: list[PlannedRun], argv: list[str]) -> None:
     })
 
 
+class PlanError(ValueError):
+    """``sweep.json`` is missing, malformed or not a plan this version can run (one line)."""
+
+
 def read_plan(run_dir: Path) -> list[PlannedRun]:
-    raw = json.loads((run_dir / SWEEP_FILE).read_text())
-    runs = []
-    for r in raw["runs"]:
-        config = RunConfig.from_dict(r["config"])
-        # the directory may have moved since the sweep started
-        config = dataclasses.replace(config, run_dir=str(run_dir / r["name"]))
-        runs.append(PlannedRun(r["name"], config))
+    """The planned runs of the sweep in ``run_dir``, each config validated like a new one."""
+    f = Path(run_dir) / SWEEP_FILE
+    try:
+        raw = json.loads(f.read_text(encoding="utf-8"))
+        runs = []
+        for r in raw["runs"]:
+            config = RunConfig.from_dict(r["config"])
+            name = run_name(config.backend, config.recipe.name, config.train.seed)
+            if r["name"] != name:
+                raise ValueError(f"run {r['name']!r} should be named {name!r}")
+            validate_run(config)
+            # the directory may have moved since the sweep started
+            runs.append(PlannedRun(name, dataclasses.replace(config, run_dir=str(Path(run_dir) / name))))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        what = f"{type(err).__name__}: {err}" if not isinstance(err, ConfigError) else str(err)
+        raise PlanError(f"{f} is not a readable sweep plan ({what}); start a new sweep with "
+                        f"--out") from None
+    if not runs:
+        raise PlanError(f"{f} plans no runs; start a new sweep with --out")
     return runs
 
 
@@ -67,38 +90,76 @@ def finished(run: PlannedRun) -> bool:
         return False
 
 
-def _write_unrun(run: PlannedRun, status: str, error: str) -> dict:
+def _unrun_result(run: PlannedRun, status: str, error: str) -> dict:
     c = run.config
     result = base_result(c.backend, c.recipe.name, c.train.seed, c.model.name, c.to_dict())
     result.update(status=status, error=error)
-    write_json_atomic(Path(c.run_dir) / "result.json", result)
+    return result
+
+
+def _write_unrun(run: PlannedRun, status: str, error: str) -> dict:
+    result = _unrun_result(run, status, error)
+    write_json_atomic(Path(run.config.run_dir) / "result.json", result)
     return result
 
 
 def run_child(run: PlannedRun) -> dict:
-    """Run one planned run in a child process, streaming its log; return its result."""
+    """Run one planned run in a worker process, streaming its log; return its result.
+
+    The run directory is claimed (``common.locks``) and the claim handed to the
+    worker, which holds it for as long as it lives: a worker left over from a
+    killed sweep keeps its directory from a second worker. A full disk becomes a
+    ``failed`` result naming the disk, and the sweep goes on.
+    """
     run_dir = Path(run.config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        claim = claim_directory(run_dir, wait=RUN_CLAIM_WAIT_SECONDS)
+    except DirectoryBusy as busy:
+        # not written: result.json belongs to the worker that holds the directory
+        return _unrun_result(run, "failed", f"run directory {run_dir} is held by worker PID "
+                                            f"{busy.pid or '?'} (of another bench run); left as is")
+    except OSError as err:
+        return _failed_on_disk(run, err)
+    with claim:
+        try:
+            return _run_worker(run, claim)
+        except OSError as err:
+            return _failed_on_disk(run, err)
+
+
+def _run_worker(run: PlannedRun, claim: DirectoryClaim) -> dict:
+    run_dir = Path(run.config.run_dir)
     config_file = run_dir / "config.json"
     write_json_atomic(config_file, run.config.to_dict())
     result_file = run_dir / "result.json"
     before = result_file.stat().st_mtime_ns if result_file.exists() else None
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8:backslashreplace")
     env.update(backend_info(run.config.backend).environment)  # e.g. KERAS_BACKEND, before import
+    env.update({PARENT_PID_ENV: str(os.getpid()), CLAIM_FD_ENV: str(claim.fd)})
     repo_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo_root, env.get("PYTHONPATH")]))
     tail: list[str] = []
-    with open(run_dir / "log.txt", "a", encoding="utf-8") as logfile:
+    disk_full = None
+    with open(run_dir / "log.txt", "a", encoding="utf-8", errors="backslashreplace") as logfile:
         proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.run_worker", str(config_file)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace",
+            env=env, pass_fds=(claim.fd,),
             start_new_session=True,  # Ctrl-C reaches the parent, which stops the child
         )
+        claim.set_holder(proc.pid)
+        claim.release()  # the worker's inherited handle holds the directory from now on
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
-                logfile.write(line)
-                logfile.flush()
+                if disk_full is None:
+                    try:
+                        logfile.write(line)
+                        logfile.flush()
+                    except OSError as err:  # keep streaming; the worker decides how to fail
+                        if not is_disk_full(err):
+                            raise
+                        disk_full = err
                 tail = (tail + [line.rstrip()])[-40:]
                 if line.startswith(PROGRESS_MARK):  # driver messages; framework noise stays in log.txt
                     log.info(f"  [{run.name}] {line[len(PROGRESS_MARK):].rstrip()}")
@@ -107,11 +168,32 @@ def run_child(run: PlannedRun) -> dict:
             _stop(proc)
             raise
     after = result_file.stat().st_mtime_ns if result_file.exists() else None
-    if after is None or after == before:
-        reason = f"signal {-code}" if code < 0 else f"exit code {code}"
-        last = next((t for t in reversed(tail) if t.strip()), "no output")
-        return _write_unrun(run, "failed", f"worker process died ({reason}): {last}"[:500])
-    return json.loads(result_file.read_text())
+    if after is not None and after != before:
+        try:
+            return json.loads(result_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            if disk_full is None and not is_disk_full(err):
+                return _write_unrun(run, "failed", f"result.json of the worker is unreadable ({err})")
+    reason = f"signal {-code}" if code < 0 else f"exit code {code}"
+    last = next((t for t in reversed(tail) if t.strip()), "no output")
+    if last.startswith(PROGRESS_MARK):
+        last = last[len(PROGRESS_MARK):]
+    if disk_full is not None:
+        raise disk_full
+    return _write_unrun(run, "failed", f"worker process died ({reason}): {last}"[:500])
+
+
+def _failed_on_disk(run: PlannedRun, err: OSError) -> dict:
+    """The result of a run that could not write its files; re-raised unless the disk is full."""
+    if not is_disk_full(err):
+        raise err
+    run_dir = Path(run.config.run_dir)
+    message = (f"{disk_full_message(err.filename or run_dir)}; free space there and continue with "
+               f"'bench run --resume {run_dir.parent}'")
+    try:
+        return _write_unrun(run, "failed", message)
+    except OSError:
+        return _unrun_result(run, "failed", message)  # reported, not written: no room
 
 
 def _stop(proc: subprocess.Popen) -> None:

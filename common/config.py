@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +46,12 @@ SCHEDULES = ("fixed", "exponential", "cosine")
 BN_MODES = ("frozen", "train")
 INITS = ("pretrained", "random")
 PRECISIONS = ("fp32", "bf16")
+MAX_EPOCHS = 10_000
+MAX_HIDDEN_UNITS = 65_536
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "recipes"
+# a recipe name is part of every run folder's name (<backend>-<recipe>-s<seed>)
+RECIPE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class ConfigError(ValueError):
@@ -165,14 +171,11 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
-        recipe = d["recipe"]
+        """The config ``to_dict`` wrote (``sweep.json``, ``config.json``), its recipe validated
+        like a recipe file; a malformed one raises ``ConfigError``, ``KeyError`` or ``TypeError``."""
         return cls(
             backend=d["backend"],
-            recipe=Recipe(
-                **{**recipe, "phases": tuple(
-                    Phase(**{**p, "blocks": tuple(p.get("blocks", ()))}) for p in recipe["phases"]
-                )}
-            ),
+            recipe=recipe_from_dict(d["recipe"]),
             data=DataConfig(**d["data"]),
             model=ModelConfig(**d["model"]),
             train=TrainConfig(**d["train"]),
@@ -191,7 +194,9 @@ _PHASE_TYPES = {f.name: f.type for f in dataclasses.fields(Phase)}
 
 def _check_type(where: str, key: str, value: Any, kind: type) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value) if abs(value) < 2 ** 63 else math.inf
+    if kind is float and isinstance(value, float) and not math.isfinite(value):
+        _fail(where, key, value, "expected a finite number")
     if kind is tuple:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             _fail(where, key, value, "expected a list of block names")
@@ -229,8 +234,10 @@ def parse_phase(raw: dict, where: str) -> Phase:
         _fail(where, "learning_rate", phase.learning_rate, "must be > 0")
     if phase.head_lr_multiplier <= 0:
         _fail(where, "head_lr_multiplier", phase.head_lr_multiplier, "must be > 0")
-    if phase.epochs < 1:
-        _fail(where, "epochs", phase.epochs, "must be >= 1")
+    if not 1 <= phase.epochs <= MAX_EPOCHS:
+        _fail(where, "epochs", phase.epochs, f"must be in [1, {MAX_EPOCHS}]")
+    if not 0 <= phase.top_blocks <= 1000:
+        _fail(where, "top_blocks", phase.top_blocks, "must be in [0, 1000]")
     if phase.momentum is not None and not 0 <= phase.momentum < 1:
         _fail(where, "momentum", phase.momentum, "must be in [0, 1)")
     if not 0 < phase.rmsprop_rho < 1:
@@ -261,27 +268,48 @@ def parse_recipe(raw: dict, source: str = "<recipe>") -> Recipe:
             )
     if "name" not in raw:
         raise ConfigError(f"{source}: missing key 'name'")
+    name = _check_type(source, "name", raw["name"], str)
+    if not RECIPE_NAME.fullmatch(name):
+        _fail(source, "name", name, "a recipe name names run folders: use letters, digits, '_', "
+                                    "'-' and '.', starting with a letter or digit (at most 64)")
+    _check_type(source, "description", raw.get("description", ""), str)
     phases_raw = raw.get("phase")
     if not isinstance(phases_raw, list) or not phases_raw:
         raise ConfigError(f"{source}: needs at least one [[phase]] table")
+    for i, p in enumerate(phases_raw):
+        if not isinstance(p, dict):
+            raise ConfigError(f"{source}: phase {i + 1} is {p!r:.40}, not a table; write each "
+                              f"phase as a [[phase]] table of keys")
     phases = tuple(
         parse_phase(p, f"{source} phase {i + 1}") for i, p in enumerate(phases_raw)
     )
     init = raw.get("init", "pretrained")
     _choice(source, "init", init, INITS)
     hidden = _check_type(source, "head_hidden_units", raw.get("head_hidden_units", 0), int)
-    if hidden < 0:
-        _fail(source, "head_hidden_units", hidden, "must be >= 0")
+    if not 0 <= hidden <= MAX_HIDDEN_UNITS:
+        _fail(source, "head_hidden_units", hidden, f"must be in [0, {MAX_HIDDEN_UNITS}]")
     if any(p.train == "linear" for p in phases) and len(phases) != 1:
         raise ConfigError(f"{source}: a train = \"linear\" phase must be the only phase")
     return Recipe(
-        name=_check_type(source, "name", raw["name"], str),
+        name=name,
         description=raw.get("description", ""),
         phases=phases,
         init=init,
         head_hidden_units=hidden,
         source=source,
     )
+
+
+def recipe_from_dict(d: dict) -> Recipe:
+    """A ``Recipe`` from its ``dataclasses.asdict`` form, validated like a TOML recipe."""
+    if not isinstance(d, dict) or not isinstance(d.get("phases"), list):
+        raise ConfigError(f"recipe {d!r:.60}: expected an object with a list of phases")
+    raw = {"name": d.get("name"), "description": d.get("description", ""),
+           "init": d.get("init", "pretrained"), "head_hidden_units": d.get("head_hidden_units", 0),
+           "phase": [{k: v for k, v in p.items() if v is not None} if isinstance(p, dict) else p
+                     for p in d["phases"]]}
+    source = d.get("source") or str(d.get("name"))
+    return dataclasses.replace(parse_recipe(raw, source=source), source=source)
 
 
 def available_recipes() -> list[str]:
@@ -304,13 +332,18 @@ def load_recipe(name_or_path: str) -> Recipe:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}); save the recipe as "
+                          f"UTF-8 TOML") from None
+    except OSError as err:
+        raise ConfigError(f"recipe file {str(path)!r} cannot be read ({err.strerror})") from None
     return parse_recipe(raw, source=str(path.name if path.parent == RECIPE_DIR else path))
 
 
 def override_epochs(recipe: Recipe, epochs: int) -> Recipe:
     """The recipe with every phase set to ``epochs`` (the ``--epochs`` flag)."""
-    if epochs < 1:
-        _fail("--epochs", "epochs", epochs, "must be >= 1")
+    if not 1 <= epochs <= MAX_EPOCHS:
+        _fail("--epochs", "epochs", epochs, f"must be in [1, {MAX_EPOCHS}]")
     phases = tuple(
         dataclasses.replace(p, epochs=epochs, warmup_epochs=min(p.warmup_epochs, epochs - 1))
         for p in recipe.phases

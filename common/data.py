@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -58,7 +59,8 @@ class Split:
     val: list[Sample]
     test: list[Sample]
     root: str = ""
-    skipped: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)     # unreadable: (path, why)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # dropped copies: (path, why)
 
     def subset(self, name: str) -> list[Sample]:
         if name not in SPLIT_NAMES:
@@ -75,8 +77,8 @@ class Split:
         h.update(json.dumps(self.classes).encode())
         for name in SPLIT_NAMES:
             for s in self.subset(name):
-                rel = _relative(s.path, self.root)
-                h.update(f"{name}|{rel}|{s.label}\n".encode())
+                rel = os.fsencode(_relative(s.path, self.root))  # a name need not be UTF-8
+                h.update(f"{name}|".encode() + rel + f"|{s.label}\n".encode())
         return h.hexdigest()[:16]
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -91,6 +93,7 @@ class Split:
             **{name: [[_relative(s.path, self.root), s.label] for s in self.subset(name)]
                for name in SPLIT_NAMES},
             "skipped": [list(x) for x in self.skipped],
+            "duplicates": [list(x) for x in self.duplicates],
         }
 
     def write(self, path: Path) -> None:
@@ -157,19 +160,16 @@ def load_meta_file(meta: str | Path, class_map: str | Path) -> Dataset:
     for p, what in ((meta, "meta file"), (class_map, "class map")):
         if not p.is_file():
             raise DataError(f"{what} {str(p)!r} does not exist")
-    try:
-        cmap = json.loads(class_map.read_text(encoding="utf-8"))
-        id2cls = {int(k): v for k, v in cmap["id2cls"].items()}
-    except (json.JSONDecodeError, KeyError, ValueError, AttributeError) as err:
-        raise DataError(f"class map {str(class_map)!r} must be JSON with an 'id2cls' object "
-                        f"mapping integer ids to names ({type(err).__name__}: {err})") from None
-    if sorted(id2cls) != list(range(len(id2cls))):
-        raise DataError(f"class map {str(class_map)!r}: ids must be 0..{len(id2cls) - 1}")
-    classes = tuple(id2cls[i] for i in range(len(id2cls)))
+    classes = _classes_from_class_map(class_map)
     cls2id = {c: i for i, c in enumerate(classes)}
     samples = []
     base = meta.parent.resolve()
-    for lineno, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        lines = meta.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise DataError(f"meta file {str(meta)!r} is not UTF-8 text (byte {err.start}); save it "
+                        f"as UTF-8 'label|path' lines") from None
+    for lineno, line in enumerate(lines, 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         if "|" not in line:
@@ -177,14 +177,50 @@ def load_meta_file(meta: str | Path, class_map: str | Path) -> Dataset:
         label, path = (x.strip() for x in line.split("|", 1))
         if label in cls2id:
             idx = cls2id[label]
-        elif label.isdigit() and int(label) in id2cls:
+        elif label.isdecimal() and int(label) < len(classes):
             idx = int(label)
         else:
             raise DataError(f"{meta}:{lineno}: label {label!r} is not in the class map "
                             f"{str(class_map)!r}")
+        if not path or "\x00" in path:
+            raise DataError(f"{meta}:{lineno}: expected 'label|path', got an empty or invalid path")
         p = Path(path)
         samples.append(Sample(str(p if p.is_absolute() else base / p), idx))
     return Dataset(classes, samples, str(base))
+
+
+def _classes_from_class_map(class_map: Path) -> tuple[str, ...]:
+    """Class names by id from ``{"id2cls": {"0": "a", ...}, "cls2id": {"a": 0, ...}}``
+    (``cls2id`` is optional; when given it must be the inverse of ``id2cls``)."""
+    where = f"class map {str(class_map)!r}"
+    try:
+        cmap = json.loads(class_map.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{where} is not JSON ({type(err).__name__}: {err}); expected "
+                        f"{{\"id2cls\": {{\"0\": \"name\", ...}}}}") from None
+    if not isinstance(cmap, dict) or not isinstance(cmap.get("id2cls"), dict):
+        got = (f"a JSON {type(cmap).__name__}" if not isinstance(cmap, dict) else
+               f"id2cls = {type(cmap.get('id2cls')).__name__}")
+        raise DataError(f"{where} must be a JSON object with an 'id2cls' object mapping integer "
+                        f"ids to names, got {got}")
+    id2cls = {}
+    for k, v in cmap["id2cls"].items():
+        if not (k.strip().isdecimal() and isinstance(v, str) and v.strip()):
+            raise DataError(f"{where}: id2cls entry {k!r}: {v!r} must map an integer id to a "
+                            f"non-empty class name")
+        id2cls[int(k)] = v
+    if sorted(id2cls) != list(range(len(id2cls))):
+        raise DataError(f"{where}: ids must be 0..{len(id2cls) - 1}")
+    classes = tuple(id2cls[i] for i in range(len(id2cls)))
+    if len(set(classes)) != len(classes):
+        raise DataError(f"{where}: id2cls names a class twice")
+    if "cls2id" in cmap:
+        cls2id = cmap["cls2id"]
+        expected = {c: i for i, c in enumerate(classes)}
+        if not isinstance(cls2id, dict) or {str(c): v for c, v in cls2id.items()} != expected:
+            raise DataError(f"{where}: cls2id contradicts id2cls (expected {expected}); fix one "
+                            f"of them or drop cls2id")
+    return classes
 
 
 def load_dataset(source: str | Path, class_map: str | Path | None = None) -> Dataset:
@@ -243,14 +279,27 @@ def split_dataset(ds: Dataset, seed: int, val_fraction: float = 0.2,
     return Split(ds.classes, parts["train"], parts["val"], parts["test"], ds.root)
 
 
+def drops_last_batch(num_images: int, batch_size: int) -> bool:
+    """Whether a training epoch over ``num_images`` drops its last batch: when that batch
+    would hold a single image. BatchNorm in training cannot normalise one image on 1x1
+    features (PyTorch refuses it after a whole epoch; Keras and slim divide by a zero
+    variance), so every backend drops it the same way; the image is in other epochs'
+    batches, which are shuffled."""
+    return num_images > batch_size and num_images % batch_size == 1
+
+
 # ------------------------------------------------------------------ decoding
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL image as 8-bit RGB: EXIF orientation applied, alpha on white."""
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        top = arr.max() if arr.size else 0.0
+        if img.mode == "F" and top <= 1.0:
+            hi = 1.0  # float images (TIFF, EXR-like) are usually in [0, 1]
+        else:
+            hi = 65535.0 if img.mode.startswith("I;16") or top > 255 else 255.0
         img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     if img.mode == "P":
         img = img.convert("RGBA")

@@ -3,17 +3,20 @@
 Every file of a dataset is opened and fully decoded once with the same
 decoder the backends use (``common.data.to_rgb``). Corrupt, truncated and
 non-image files are listed and skipped (or, with ``strict``, fail the run);
-the surviving list is what gets split, so every backend sees the same files.
+files with the same bytes (a path listed twice in a meta file, a copied
+image) are kept once and listed, so no image can land in two subsets; the
+surviving list is what gets split, so every backend sees the same files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass, replace
 
 from PIL import Image, UnidentifiedImageError
 
-from common.data import DataError, Dataset, to_rgb
+from common.data import SPLIT_NAMES, DataError, Dataset, Sample, to_rgb
 
 
 @dataclass(frozen=True)
@@ -23,12 +26,19 @@ class ImageInfo:
     width: int = 0
     height: int = 0
     problem: str | None = None
+    sha256: str = ""  # of the file's bytes: equal files are one image
 
 
 def inspect_image(path: str) -> ImageInfo:
     """Mode and size of the image at ``path``, or why it is unusable."""
     try:
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+    except OSError as err:
+        return ImageInfo(path, problem=f"cannot read the file ({err.strerror or type(err).__name__})")
+    try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # e.g. corrupt EXIF: judged below
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.verify()  # structure and checksums (catches truncated PNGs)
@@ -36,11 +46,15 @@ def inspect_image(path: str) -> ImageInfo:
                 mode = img.mode
                 rgb = to_rgb(img)
                 rgb.load()  # full decode (truncated JPEG data raises here)
-                return ImageInfo(path, mode, rgb.width, rgb.height)
+                return ImageInfo(path, mode, rgb.width, rgb.height, sha256=digest)
     except UnidentifiedImageError:
         return ImageInfo(path, problem="not an image file")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as err:
-        return ImageInfo(path, problem=f"corrupt image ({type(err).__name__}: {err})".splitlines()[0])
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
+            Image.DecompressionBombError) as err:
+        return ImageInfo(path, problem=" ".join(f"corrupt image ({type(err).__name__}: {err})".split()))
+    except (MemoryError, OverflowError, ZeroDivisionError, TypeError, IndexError, KeyError) as err:
+        # a decoder plug-in tripping over hostile bytes: still only one bad file
+        return ImageInfo(path, problem=" ".join(f"undecodable image ({type(err).__name__}: {err})".split()))
 
 
 def scan(ds: Dataset) -> list[ImageInfo]:
@@ -64,6 +78,63 @@ def verified(ds: Dataset, strict: bool = False, infos: list[ImageInfo] | None = 
     if ds.presplit is not None:
         presplit = {k: [s for s in v if s.path not in bad] for k, v in ds.presplit.items()}
     return replace(ds, samples=keep, presplit=presplit), skipped
+
+
+def deduplicated(ds: Dataset, infos: list[ImageInfo]) -> tuple[Dataset, list[tuple[str, str]]]:
+    """``ds`` with each distinct file content once, and the ``(path, "same bytes as P")``
+    list of what was dropped. The copy kept is the first in train, val, test order
+    (pre-split data) and then by path, so a copy never moves an image into test."""
+    subset_of = {}
+    if ds.presplit is not None:
+        for name in reversed(SPLIT_NAMES):
+            for s in ds.presplit.get(name, []):
+                subset_of[s.path] = SPLIT_NAMES.index(name)
+    digest = {i.path: i.sha256 for i in infos if i.sha256}
+    order = sorted(range(len(ds.samples)),
+                   key=lambda k: (subset_of.get(ds.samples[k].path, 0), ds.samples[k].path, k))
+    first: dict[str, Sample] = {}
+    keep, dropped = set(), []
+    for k in order:
+        s = ds.samples[k]
+        key = digest.get(s.path) or f"path:{s.path}"
+        if key in first:
+            same = first[key]
+            why = "listed twice" if same.path == s.path else "same bytes as"
+            labels = "" if same.label == s.label else \
+                f" (labelled {ds.classes[s.label]!r} here, {ds.classes[same.label]!r} there)"
+            dropped.append((s.path, f"duplicate: {why} {same.path}{labels}"))
+        else:
+            first[key] = s
+            keep.add(k)
+    if not dropped:
+        return ds, []
+    samples = [s for k, s in enumerate(ds.samples) if k in keep]
+    presplit = None
+    if ds.presplit is not None:
+        kept_paths = {s.path for s in samples}
+        presplit = {name: [s for s in v if s.path in kept_paths and
+                           subset_of.get(s.path) == SPLIT_NAMES.index(name)]
+                    for name, v in ds.presplit.items()}
+    return replace(ds, samples=samples, presplit=presplit), sorted(dropped)
+
+
+def usable_dataset(ds: Dataset, strict: bool = False, infos: list[ImageInfo] | None = None
+                   ) -> tuple[Dataset, list[tuple[str, str]], list[tuple[str, str]]]:
+    """``ds`` without unreadable files and duplicates: ``(dataset, skipped, duplicates)``,
+    the lists as ``(path, reason)``. What ``bench run`` trains on and ``bench data
+    inspect`` shows; a class left without images fails, naming its unreadable files."""
+    infos = scan(ds) if infos is None else infos
+    good, skipped = verified(ds, strict=strict, infos=infos)
+    good, duplicates = deduplicated(good, infos)
+    present = {s.label for s in good.samples}
+    label_of = {s.path: s.label for s in ds.samples}
+    for idx, cls in enumerate(ds.classes):
+        bad = [(p, why) for p, why in skipped if label_of.get(p) == idx]
+        if idx not in present and bad:
+            raise DataError(f"class {cls!r} has no readable images: {len(bad)} file(s) are "
+                            f"unusable, e.g. {bad[0][0]}: {bad[0][1]}; replace them or remove "
+                            f"the class")
+    return good, skipped, duplicates
 
 
 def smaller_than(infos: list[ImageInfo], size: int) -> list[ImageInfo]:

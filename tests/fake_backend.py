@@ -4,11 +4,14 @@ Registered through ``TRANSFER_BENCH_BACKENDS=fake=fake_backend:FakeBackend``
 (with ``tests/`` on ``PYTHONPATH``), it runs the real driver, runner, result
 files and reports in well under a second per run. ``FAKE_BACKEND_CRASH``
 makes it fail on purpose: ``raise`` (a Python error in fit), ``segfault``
-(the process dies), ``sleep`` (each epoch sleeps 2 s, for interruption tests).
+(the process dies), ``sleep`` (each epoch sleeps 2 s, for interruption tests),
+``enospc`` (saving a checkpoint finds the disk full); ``FAKE_BACKEND_CRASH_EPOCH=N``
+limits it to global epoch N.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import signal
@@ -23,6 +26,14 @@ from common.metrics import log_softmax
 from common.timing import measure_steps
 
 THUMB = 8
+
+
+def _crash(global_epoch: int) -> str | None:
+    """The crash asked for by ``FAKE_BACKEND_CRASH`` in this epoch, if any."""
+    at = os.environ.get("FAKE_BACKEND_CRASH_EPOCH")
+    if at and int(at) != global_epoch:
+        return None
+    return os.environ.get("FAKE_BACKEND_CRASH")
 
 
 class FakeBackend(Backend):
@@ -72,7 +83,8 @@ class FakeBackend(Backend):
         return h, h @ self.params["head.W"] + self.params["head.b"]
 
     def _fit_epoch(self, phase, global_epoch):
-        crash = os.environ.get("FAKE_BACKEND_CRASH")
+        self.epoch = global_epoch
+        crash = _crash(global_epoch)
         if crash == "raise":
             raise RuntimeError("fake backend exploded")
         if crash == "segfault":
@@ -100,6 +112,8 @@ class FakeBackend(Backend):
 
     def _save(self, path):
         out = Path(str(path) + self.checkpoint_suffix)
+        if _crash(getattr(self, "epoch", 0)) == "enospc":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out))
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(out, "wb") as f:
             pickle.dump({"params": self.params}, f)

@@ -17,11 +17,12 @@ same batches an uninterrupted one would have.
 from __future__ import annotations
 
 import math
+import os
 
 import keras
 import numpy as np
 
-from common.data import Sample, Split, load_image
+from common.data import Sample, Split, drops_last_batch, load_image
 from common.preprocess import Normalisation, crop_source_size
 
 
@@ -47,9 +48,10 @@ class KerasData:
         samples = self.split.train
         order, seeds = epoch_order(len(samples), self.seed, epoch)
         samples = [samples[i] for i in order]
+        drop = drops_last_batch(len(samples), self.batch_size)  # never a batch of 1
         if self.use_tf_data:
-            return self._tf_dataset(samples, seeds, augment)
-        return NumpyBatches(samples, seeds, self, augment)
+            return self._tf_dataset(samples, seeds, augment, drop)
+        return NumpyBatches(samples, seeds, self, augment, drop)
 
     def eval(self, subset: str):
         samples = self.split.subset(subset)
@@ -58,7 +60,7 @@ class KerasData:
         return NumpyBatches(samples, None, self, False)
 
     # ------------------------------------------------------------ tf.data
-    def _tf_dataset(self, samples: list[Sample], seeds, augment: bool):
+    def _tf_dataset(self, samples: list[Sample], seeds, augment: bool, drop_last: bool = False):
         import tensorflow as tf
 
         size, load_size = self.size, crop_source_size(self.size) if augment else self.size
@@ -69,7 +71,7 @@ class KerasData:
         bgr = self.norm.channel_order == "bgr"
 
         def load(path):
-            image = tf.numpy_function(lambda p: load_image(p.decode(), load_size), [path], tf.uint8)
+            image = tf.numpy_function(lambda p: load_image(os.fsdecode(p), load_size), [path], tf.uint8)
             image.set_shape((load_size, load_size, 3))  # NHWC, as Keras image models expect
             return image
 
@@ -84,13 +86,13 @@ class KerasData:
             x = (x - mean) / std
             return x, tf.one_hot(label, num_classes)
 
-        paths = [s.path for s in samples]
+        paths = [os.fsencode(s.path) for s in samples]  # bytes: a name need not be UTF-8
         labels = np.asarray([s.label for s in samples], np.int32)
         if seeds is None:
             seeds = np.zeros((len(samples), 2), np.int64)
         ds = tf.data.Dataset.from_tensor_slices((paths, labels, seeds))
         ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.batch(self.batch_size).prefetch(tf.data.AUTOTUNE)
+        return ds.batch(self.batch_size, drop_remainder=drop_last).prefetch(tf.data.AUTOTUNE)
 
     # -------------------------------------------------------------- numpy
     def numpy_example(self, sample: Sample, seed, augment: bool) -> np.ndarray:
@@ -109,12 +111,15 @@ class KerasData:
 class NumpyBatches(keras.utils.PyDataset):
     """Batches ``(x [B, H, W, 3] float32, one-hot y)`` for any Keras backend."""
 
-    def __init__(self, samples: list[Sample], seeds, data: KerasData, augment: bool):
+    def __init__(self, samples: list[Sample], seeds, data: KerasData, augment: bool,
+                 drop_last: bool = False):
         super().__init__(workers=1, use_multiprocessing=False)
         self.samples, self.seeds, self.data, self.augment = samples, seeds, data, augment
+        self.drop_last = drop_last
 
     def __len__(self) -> int:
-        return math.ceil(len(self.samples) / self.data.batch_size)
+        n, bs = len(self.samples), self.data.batch_size
+        return n // bs if self.drop_last else math.ceil(n / bs)
 
     def __getitem__(self, index: int):
         lo = index * self.data.batch_size

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as F
 
-from common.data import Sample, load_image
+from common.data import Sample, drops_last_batch, load_image
 from common.preprocess import Normalisation, crop_source_size
 
 
@@ -77,7 +77,8 @@ def train_loader(samples: list[Sample], size: int, batch_size: int, *, augment: 
     """Shuffled batches of one epoch; order and augmentation depend on ``(seed, epoch)`` only."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return DataLoader(SplitDataset(samples, size, augment, seed, epoch), batch_size=batch_size,
-                      shuffle=True, generator=generator, drop_last=False, num_workers=num_workers,
+                      shuffle=True, generator=generator, num_workers=num_workers,
+                      drop_last=drops_last_batch(len(samples), batch_size),  # never a batch of 1
                       pin_memory=torch.cuda.is_available())
 
 

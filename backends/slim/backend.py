@@ -218,7 +218,7 @@ class SlimBackend(Backend):
             self.learning_rate.load(self._lr_value, self.session)
 
     def _fit_epoch(self, phase: Phase, global_epoch: int) -> dict:
-        init = self.pipes.initializers["train_augmented" if phase.augment else "train"]
+        init = self.pipes.initializers["fit_augmented" if phase.augment else "fit"]
         feed = {self.pipes.epoch_seed: self.config.train.seed * 100_003 + global_epoch}
         writer = self._summary_writer()
         step_no = int(self.session.run(self.global_step))

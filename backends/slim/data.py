@@ -3,7 +3,8 @@
 TF1 idiom: one reinitializable iterator (``Iterator.from_structure``) whose
 ``get_next()`` tensors feed every tower; each subset is a dataset with its own
 initializer op (train with and without augmentation, val, test, and an
-in-memory batch for throughput). Switching subset or starting an epoch is one
+in-memory batch for throughput); training reads the shuffled ``fit`` datasets,
+prediction the ``train``/``val``/``test`` ones in split order. Switching subset or starting an epoch is one
 ``session.run(initializer)``; the hot path has no ``feed_dict``.
 
 Per element: ``(path, label)`` -> ``tf.numpy_function(common.data.load_image)``
@@ -14,12 +15,13 @@ normalisation -> batch -> prefetch. Images are NHWC float32.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
-from common.data import Sample, load_image
+from common.data import Sample, drops_last_batch, load_image
 from common.preprocess import Normalisation, crop_source_size
 
 SUBSETS = ("train", "val", "test")
@@ -27,7 +29,7 @@ SUBSETS = ("train", "val", "test")
 
 def _decode(path: tf.Tensor, size: int) -> tf.Tensor:
     """``common.data.load_image`` as a graph op: uint8 ``[size, size, 3]`` RGB."""
-    image = tf.numpy_function(lambda p: load_image(p.decode("utf-8"), size), [path], tf.uint8,
+    image = tf.numpy_function(lambda p: load_image(os.fsdecode(p), size), [path], tf.uint8,
                               stateful=False)
     image.set_shape([size, size, 3])
     return image
@@ -44,8 +46,10 @@ def normalise(image: tf.Tensor, norm: Normalisation) -> tf.Tensor:
 def make_dataset(samples: list[Sample], image_size: int, norm: Normalisation, batch_size: int, *,
                  augment: bool = False, shuffle: bool = False,
                  epoch_seed: tf.Tensor | None = None) -> tf.data.Dataset:
-    """Batches of (normalised images ``[B, S, S, 3]``, int64 labels) over ``samples``."""
-    paths = tf.constant([s.path for s in samples], tf.string)
+    """Batches of (normalised images ``[B, S, S, 3]``, int64 labels) over ``samples``; a
+    shuffled (training) dataset never ends with a batch of one (``drops_last_batch``)."""
+    # file names as bytes: a name need not be UTF-8
+    paths = tf.constant([os.fsencode(s.path) for s in samples], tf.string)
     labels = tf.constant([s.label for s in samples], tf.int64)
     ds = tf.data.Dataset.from_tensor_slices((paths, labels))
     if shuffle:
@@ -65,7 +69,8 @@ def make_dataset(samples: list[Sample], image_size: int, norm: Normalisation, ba
         return normalise(image, norm), label
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    drop = shuffle and drops_last_batch(len(samples), batch_size)
+    return ds.batch(batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE)
 
 
 @dataclass
@@ -80,13 +85,15 @@ class Pipelines:
 
 
 def build_pipelines(split, image_size: int, norm: Normalisation, batch_size: int) -> Pipelines:
-    """Datasets for every subset plus ``train_augmented``, in the current default graph."""
+    """Datasets for every subset (split order) plus the shuffled ``fit`` and
+    ``fit_augmented`` that training reads, in the current default graph."""
     epoch_seed = tf.compat.v1.placeholder_with_default(tf.constant(0, tf.int64), [], "epoch_seed")
     datasets = {
-        "train_augmented": make_dataset(split.train, image_size, norm, batch_size, augment=True,
-                                        shuffle=True, epoch_seed=epoch_seed),
-        "train": make_dataset(split.train, image_size, norm, batch_size, shuffle=True,
-                              epoch_seed=epoch_seed),
+        "fit_augmented": make_dataset(split.train, image_size, norm, batch_size, augment=True,
+                                      shuffle=True, epoch_seed=epoch_seed),
+        "fit": make_dataset(split.train, image_size, norm, batch_size, shuffle=True,
+                            epoch_seed=epoch_seed),
+        "train": make_dataset(split.train, image_size, norm, batch_size),  # split order
         "val": make_dataset(split.val, image_size, norm, batch_size),
         "test": make_dataset(split.test, image_size, norm, batch_size),
     }
