@@ -272,15 +272,28 @@ def resume_conflicts(argv: list[str]) -> list[str]:
 RESUME_OPTIONS = ("resume", "no_report")
 
 
+def _in_use(run_dir: Path, flag: str, pid: int | None) -> UsageError:
+    return UsageError(f"{flag} {str(run_dir)!r} is in use by another bench run (PID {pid or '?'}); "
+                      f"wait for it to finish, or choose another --out")
+
+
+def _refuse_if_claimed(run_dir: Path, flag: str) -> None:
+    from common.locks import live_holder
+
+    pid = live_holder(run_dir)
+    if pid is not None:
+        raise _in_use(run_dir, flag, pid)
+
+
 def _claim_sweep(run_dir: Path, flag: str):
+    """Claim the sweep's directory for this process (``common.locks``): atomic, so of two
+    ``bench run`` on one directory the second stops here, naming the first."""
     from common.locks import DirectoryBusy, claim_directory
 
     try:
         return claim_directory(run_dir)
     except DirectoryBusy as busy:
-        raise UsageError(f"{flag} {str(run_dir)!r} is in use by another bench run "
-                         f"(PID {busy.pid or '?'}); wait for it to finish, or choose another "
-                         f"--out") from None
+        raise _in_use(run_dir, flag, busy.pid) from None
     except OSError as err:
         raise UsageError(f"output directory {str(run_dir)!r} is not writable ({err.strerror}); "
                          f"choose another with --out") from None
@@ -307,6 +320,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         run_dir = args.out or Path("results") / time.strftime("%Y%m%d-%H%M%S")
         if args.out and (args.out / runner.SWEEP_FILE).is_file():
+            _refuse_if_claimed(args.out, "--out")
             raise UsageError(f"--out {str(args.out)!r} already holds a sweep; continue it with "
                              f"--resume {args.out} or choose a new --out")
         configs = build_configs(args, run_dir)  # validates before anything is written
@@ -333,7 +347,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _print_summary(run_dir: Path, results: list[dict], write: bool) -> None:
     from benchmarks import report
-
     from common.paths import disk_full_message, is_disk_full
     from common.results import read_results
 

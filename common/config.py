@@ -302,7 +302,7 @@ def parse_recipe(raw: dict, source: str = "<recipe>") -> Recipe:
 
 def recipe_from_dict(d: dict) -> Recipe:
     """A ``Recipe`` from its ``dataclasses.asdict`` form, validated like a TOML recipe."""
-    if not isinstance(d, dict) or not isinstance(d.get("phases"), list):
+    if not isinstance(d, dict) or not isinstance(d.get("phases"), (list, tuple)):
         raise ConfigError(f"recipe {d!r:.60}: expected an object with a list of phases")
     raw = {"name": d.get("name"), "description": d.get("description", ""),
            "init": d.get("init", "pretrained"), "head_hidden_units": d.get("head_hidden_units", 0),

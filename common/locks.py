@@ -58,6 +58,22 @@ def holder_pid(directory: Path) -> int | None:
         return None
 
 
+def live_holder(directory: Path) -> int | None:
+    """The PID holding ``directory``'s claim (0 when unreadable), or None when it is free;
+    creates nothing."""
+    try:
+        fd = os.open(Path(directory) / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return holder_pid(directory) or 0
+    finally:
+        os.close(fd)  # also releases the probe's own lock
+
+
 def claim_directory(directory: Path, wait: float | None = 0.0) -> DirectoryClaim:
     """Claim ``directory`` (created if missing) for this process.
 

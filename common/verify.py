@@ -125,15 +125,20 @@ def usable_dataset(ds: Dataset, strict: bool = False, infos: list[ImageInfo] | N
     inspect`` shows; a class left without images fails, naming its unreadable files."""
     infos = scan(ds) if infos is None else infos
     good, skipped = verified(ds, strict=strict, infos=infos)
-    good, duplicates = deduplicated(good, infos)
-    present = {s.label for s in good.samples}
     label_of = {s.path: s.label for s in ds.samples}
+    readable = {s.label for s in good.samples}
     for idx, cls in enumerate(ds.classes):
         bad = [(p, why) for p, why in skipped if label_of.get(p) == idx]
-        if idx not in present and bad:
+        if idx not in readable and bad:
             raise DataError(f"class {cls!r} has no readable images: {len(bad)} file(s) are "
                             f"unusable, e.g. {bad[0][0]}: {bad[0][1]}; replace them or remove "
                             f"the class")
+    good, duplicates = deduplicated(good, infos)
+    for idx in sorted(readable - {s.label for s in good.samples}):
+        copies = [(p, why) for p, why in duplicates if label_of.get(p) == idx]
+        raise DataError(f"class {ds.classes[idx]!r} has no images of its own: its {len(copies)} "
+                        f"file(s) have the bytes of other classes' files, e.g. {copies[0][0]}: "
+                        f"{copies[0][1]}; an image can only have one label")
     return good, skipped, duplicates
 
 

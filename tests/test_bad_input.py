@@ -38,9 +38,9 @@ def _png(path, size=(12, 12), mode="RGB", colour=(10, 200, 30)):
 def messy(tmp_path):
     """Two good classes plus every kind of troublesome file."""
     root = tmp_path / "my photos ü"  # spaces and non-ASCII in the path
-    for cls in ("cats", "dögs"):
-        for i in range(4):
-            _png(root / cls / f"img {i}.png", colour=(i * 40, 10, 10))
+    for ci, cls in enumerate(("cats", "dögs")):
+        for i in range(4):  # distinct images: copies of one image are kept once
+            _png(root / cls / f"img {i}.png", colour=(i * 40, 10 + 100 * ci, 10))
     d = root / "cats"
     buf = io.BytesIO()
     Image.new("RGB", (32, 32), (1, 2, 3)).save(buf, "JPEG")
@@ -111,7 +111,7 @@ def test_bad_run_input_exits_2_with_one_line(tmp_path, capsys, setup, argv, frag
         (tmp_path / "empty").mkdir()
     elif setup in ("empty_class", "one_image"):
         for i in range(4):
-            _png(tmp_path / "ds" / "a" / f"{i}.png")
+            _png(tmp_path / "ds" / "a" / f"{i}.png", colour=(50 * i, 0, 0))
         (tmp_path / "ds" / "b").mkdir()
         if setup == "one_image":
             _png(tmp_path / "ds" / "b" / "0.png")

@@ -141,6 +141,8 @@ def test_killing_the_bench_run_parent_kills_its_worker_and_resume_adds_its_time(
         # a second bench run on the same sweep stops at once, naming the holder
         code = bench("run", "--resume", out)
         one_line_error(capsys, code, f"is in use by another bench run (PID {parent.pid})")
+        code = bench(*fake_run(tiny_quads, out))
+        one_line_error(capsys, code, f"--out '{out}' is in use by another bench run (PID {parent.pid})")
         wait_for(lambda: (run_dir / "state.json").is_file(), "the first epoch's checkpoint")
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait()
@@ -204,6 +206,15 @@ def test_duplicate_meta_lines_and_identical_files_are_kept_once_and_never_leak(t
     assert sum("same bytes as" in w and w.endswith("0.png") for w in reasons) == 3
     assert bench("data", "inspect", root / "meta.txt", "--class-map", root / "classes.json") == 0
     assert "kept once, so that no image is in two subsets" in capsys.readouterr().out
+
+
+def test_a_class_made_only_of_other_classes_copies_is_refused_naming_them(tmp_path, capsys):
+    data = folder_dataset(tmp_path / "ds", per_class=3)
+    for i in range(3):
+        (data / "c" / f"{i}.png").parent.mkdir(exist_ok=True)
+        (data / "c" / f"{i}.png").write_bytes((data / "a" / f"{i}.png").read_bytes())
+    one_line_error(capsys, bench("data", "inspect", data), "class 'c' has no images of its own",
+                   "an image can only have one label")
 
 
 @pytest.mark.parametrize("where", ["", "runs", "a/runs"])
