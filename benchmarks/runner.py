@@ -80,14 +80,14 @@ def read_plan(run_dir: Path) -> list[PlannedRun]:
     return runs
 
 
-def finished(run: PlannedRun) -> bool:
+def finished(run: PlannedRun) -> dict | None:
+    """The run's ``ok`` result if it has one (anything unreadable counts as unfinished)."""
     f = Path(run.config.run_dir) / "result.json"
-    if not f.is_file():
-        return False
     try:
-        return json.loads(f.read_text()).get("status") == "ok"
-    except json.JSONDecodeError:
-        return False
+        result = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) and result.get("status") == "ok" else None
 
 
 def _unrun_result(run: PlannedRun, status: str, error: str) -> dict:
@@ -213,9 +213,10 @@ def run_sweep(runs: list[PlannedRun], resume: bool = False) -> list[dict]:
     """Run every planned run not yet finished; return all results in plan order."""
     results = []
     for i, run in enumerate(runs, 1):
-        if resume and finished(run):
+        done = finished(run) if resume else None
+        if done:
             log.info(f"[{i}/{len(runs)}] {run.name}: already finished, kept")
-            results.append(json.loads((Path(run.config.run_dir) / "result.json").read_text()))
+            results.append(done)
             continue
         reason = availability(run.config.backend) or unsupported(run.config)
         if reason:

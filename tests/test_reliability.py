@@ -296,7 +296,7 @@ def test_class_map_and_weights_path_are_resolved_so_resume_works_from_elsewhere(
     config = json.loads((out / "sweep.json").read_text())["runs"][0]["config"]
     assert config["data"]["class_map"] == str(data / "classes.json")
     assert config["model"]["weights"] == str(data / "stem.pkl")
-    (out / "fake-head-s0" / "result.json").unlink()
+    (out / "fake-head-s0" / "result.json").write_bytes(b"\xff\xfe[")  # unreadable: run again
     monkeypatch.chdir(tmp_path)
     assert bench("run", "--resume", out, "--no-report") == 0
     result = json.loads((out / "fake-head-s0" / "result.json").read_text())
