@@ -150,7 +150,8 @@ def test_killing_the_bench_run_parent_kills_its_worker_and_resume_adds_its_time(
     finally:
         parent.kill()
         parent.wait()
-    claim_directory(run_dir).release()  # nobody holds it any more
+    # nobody holds it any more (within the grace a resumed sweep gives a dying worker)
+    claim_directory(run_dir, wait=runner.RUN_CLAIM_WAIT_SECONDS).release()
     assert bench("run", "--resume", out, "--no-report") == 0
     result = json.loads((run_dir / "result.json").read_text())
     assert result["status"] == "ok" and len(result["curves"]) == 3
