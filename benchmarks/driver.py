@@ -28,7 +28,7 @@ from backends.base import Backend, BackendError, WeightsRequest, get_backend
 from common import synthetic
 from common.config import Phase, RunConfig, validate_run
 from common.data import DataError, Split, drops_last_batch, load_dataset, split_dataset
-from common.linear import fit_logistic, predict_logistic
+from common.linear import fit_linear_probe
 from common.locks import claim_directory
 from common.metrics import classification_metrics
 from common.models import get_model
@@ -294,7 +294,8 @@ def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Pat
 
 def linear_probe(backend: Backend, config: RunConfig, split: Split, weights_info: dict,
                  image_size: int) -> dict:
-    """Features computed once and cached on disk; a numpy logistic head on top."""
+    """Features computed once and cached on disk; a scikit-learn logistic-regression head,
+    its L2 strength chosen on the validation split (``common.linear``)."""
     key = json.dumps({"backend": config.backend, "model": config.model.name, "size": image_size,
                       "weights": {k: weights_info.get(k) for k in ("kind", "checkpoint", "path")},
                       "split": split.digest()}, sort_keys=True)
@@ -319,10 +320,12 @@ def linear_probe(backend: Backend, config: RunConfig, split: Split, weights_info
                         f"the probe goes on")
     feature_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
-    head = fit_logistic(feats["train"], _labels(split, "train"), split.num_classes,
-                        seed=config.train.seed)
+    probe = fit_linear_probe(feats["train"], _labels(split, "train"), feats["val"],
+                             _labels(split, "val"), split.num_classes, seed=config.train.seed)
     fit_seconds = time.perf_counter() - t1
-    metrics = {s: classification_metrics(predict_logistic(head, feats[s]), _labels(split, s),
+    log.info(f"linear probe: C = {probe.C:g} (L2 {1 / probe.C:g}) chosen on {len(split.val)} "
+             f"validation images over {len(probe.search)} values")
+    metrics = {s: classification_metrics(probe.logits(feats[s]), _labels(split, s),
                                          split.classes) for s in ("val", "test")}
     phase = config.recipe.phases[0]
     point = {"phase": 0, "phase_name": phase.name, "epoch": 1, "global_epoch": 1,
@@ -332,11 +335,13 @@ def linear_probe(backend: Backend, config: RunConfig, split: Split, weights_info
              "images_per_second": None}
     return {"metrics": metrics, "curves": [point], "feature_cache": str(cache), "cached": cached,
             "feature_seconds": feature_seconds, "fit_seconds": fit_seconds,
+            "probe": probe.describe(),
             "phases": [{"index": 0, "name": phase.name, "train": "linear", "trainable_blocks": [],
-                        "trainable_params": int(head["W"].size + head["b"].size),
+                        "trainable_params": probe.num_parameters,
                         "total_params": None, "trainable_tensors": 2,
                         "native": {"features": "backend.extract_features (cached .npz)",
-                                   "head": "common.linear.fit_logistic (numpy)"}}]}
+                                   "head": f"sklearn LogisticRegression(C={probe.C:g}, "
+                                           f"solver='lbfgs') on standardised features"}}]}
 
 
 def run(config: RunConfig) -> dict:
@@ -388,7 +393,8 @@ def run(config: RunConfig) -> dict:
                           test=probe["metrics"]["test"],
                           best={"global_epoch": 1, "val_top1": probe["metrics"]["val"]["top1"]},
                           linear_probe={k: probe[k] for k in ("feature_cache", "cached",
-                                                              "feature_seconds", "fit_seconds")})
+                                                              "feature_seconds", "fit_seconds",
+                                                              "probe")})
         else:
             state = train_phases(backend, config, split, run_dir, earlier, t_start)
             result.update(curves=state["curves"], best=state["best"],
