@@ -148,3 +148,21 @@ def test_benchmark_script_runs_each_backend_in_a_child_and_prints_its_ratio(fake
     ratio = float(line.split("-> ")[1].split("x (target")[0])
     assert "whole linear-probe fit" in line and ratio > 0
     assert code == (0 if ratio >= bench_linear_probe.TARGET else 1)
+
+
+def test_linear_probe_run_records_the_chosen_l2_and_what_train_throughput_timed(
+        fake_backends, tiny_quads, tmp_path):
+    from benchmarks import driver
+    from conftest import tiny_config
+
+    config = tiny_config("fake", "linear_probe", tiny_quads, tmp_path / "run")
+    result = driver.run(config, log=lambda m: None)
+    assert result["status"] == "ok", result.get("traceback")
+    probe = result["linear_probe"]["probe"]
+    assert probe["solver"] == "lbfgs" and probe["C"] in probe["c_grid"]
+    assert [r["C"] for r in probe["search"]] == probe["c_grid"]
+    assert result["phases"][0]["native"]["head"].startswith("sklearn LogisticRegression(C=")
+    # a linear probe's train img/s is the framework's head-only step, named in the result
+    assert result["throughput"]["phase"] == {"name": "head (throughput)", "train": "head",
+                                             "trainable_blocks": ["head"], "optimizer": "sgd",
+                                             "bn": "frozen"}
