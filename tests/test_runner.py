@@ -156,7 +156,7 @@ def test_linear_probe_run_records_the_chosen_l2_and_what_train_throughput_timed(
     from conftest import tiny_config
 
     config = tiny_config("fake", "linear_probe", tiny_quads, tmp_path / "run")
-    result = driver.run(config, log=lambda m: None)
+    result = driver.run(config)
     assert result["status"] == "ok", result.get("traceback")
     probe = result["linear_probe"]["probe"]
     assert probe["solver"] == "lbfgs" and probe["C"] in probe["c_grid"]
