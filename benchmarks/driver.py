@@ -113,8 +113,11 @@ def ensure_source_checkpoint(config: RunConfig, image_size: int, log) -> tuple[P
     split = split_dataset(load_dataset(root), seed=0, val_fraction=0.1, test_fraction=0.1)
     phase = Phase(name="pretrain", train="all", optimizer=p.optimizer, learning_rate=p.learning_rate,
                   epochs=p.epochs, schedule="cosine", augment=True, bn="train")
+    # always fp32: the cache key does not hold the precision, and a run labelled fp32
+    # must not start from a bf16-trained source
     pre_config = dataclasses.replace(
-        config, train=dataclasses.replace(config.train, batch_size=p.batch_size, seed=0))
+        config, train=dataclasses.replace(config.train, batch_size=p.batch_size, seed=0,
+                                          precision="fp32"))
     log(f"pretraining {config.model.name} on shapes ({len(split.train)} images, {p.epochs} epochs) "
         f"-> {cache}")
     t0 = time.perf_counter()
@@ -145,23 +148,26 @@ def ensure_source_checkpoint(config: RunConfig, image_size: int, log) -> tuple[P
 def resolve_weights(config: RunConfig, split: Split, image_size: int, log) -> tuple[WeightsRequest, dict]:
     """The WeightsRequest for this run and a record of where the weights came from."""
     weights = config.model.weights
+    ignore = config.model.ignore_missing_vars
     if config.recipe.init == "random" or weights == "none":
         return WeightsRequest("none"), {"kind": "none"}
     if weights == "imagenet":
-        return WeightsRequest("imagenet"), {"kind": "imagenet"}
+        return (WeightsRequest("imagenet", ignore_missing_vars=ignore),
+                {"kind": "imagenet", "ignore_missing_vars": ignore})
     if weights == "source":
         ckpt, meta = ensure_source_checkpoint(config, image_size, log)
         rows = {}
         if config.train.reuse_head_rows:
             src = {c: i for i, c in enumerate(meta["classes"])}
             rows = {i: src[c] for i, c in enumerate(split.classes) if c in src}
-        return WeightsRequest("path", str(ckpt), rows), {"kind": "source", **meta,
-                                                        "reused_head_rows": rows}
+        return (WeightsRequest("path", str(ckpt), rows, ignore_missing_vars=ignore),
+                {"kind": "source", **meta, "reused_head_rows": rows, "ignore_missing_vars": ignore})
     path = Path(weights)
     if not (path.exists() or Path(weights + ".index").exists()):  # a TF checkpoint is a prefix
         raise BackendError(f"weights file {weights!r} does not exist; pass --weights source, none, "
                            f"imagenet or the path of a native checkpoint")
-    return WeightsRequest("path", str(path)), {"kind": "path", "path": str(path.resolve())}
+    return (WeightsRequest("path", str(path), ignore_missing_vars=ignore),
+            {"kind": "path", "path": str(path.resolve()), "ignore_missing_vars": ignore})
 
 
 # --------------------------------------------------------------------- running
@@ -324,6 +330,8 @@ def run(config: RunConfig, log=print) -> dict:
         backend.setup(split, image_size)
         spec = get_model(config.model.name)
         backend.build(spec, split.num_classes, request, config.recipe.head_hidden_units)
+        if backend.restore_report:  # counts, and what ignore_missing_vars left at init
+            result["weights"]["restore"] = backend.restore_report
         result["preprocessing"] = {"normalisation": backend.preprocessing_name()}
         summary = backend.model_summary()
         if summary:
@@ -350,6 +358,10 @@ def run(config: RunConfig, log=print) -> dict:
         result["throughput"] = backend.throughput(
             config.train.batch_size, config.train.precision, config.train.throughput_steps, warmup=2)
         result["throughput"]["phase"] = throughput_phase_record(backend.phase, spec)
+        # what ran, observed by the backend in its fit and predict paths (not the request)
+        result["precision"] = backend.precision_used()
+        if config.recipe.is_linear_probe:
+            result["precision"]["train"] = "fp64 (common.linear on the cached features)"
         epochs = [c for c in result["curves"] if c.get("images_per_second")]
         if epochs:
             result["throughput"]["end_to_end_train_images_per_second"] = epochs[-1]["images_per_second"]
