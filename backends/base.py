@@ -52,12 +52,17 @@ class WeightsRequest:
     mechanism), or ``path`` (a native checkpoint: the cached source-pretrained
     one or a user's file). The head is never restored from a checkpoint; rows
     listed in ``reuse_head_rows`` (target class index -> source class index)
-    are copied from the checkpoint's linear head.
+    are copied from the checkpoint's linear head. A backbone variable that the
+    checkpoint lacks or holds in another shape fails the build in one line unless
+    ``ignore_missing_vars``.
     """
 
     kind: str = "none"
     path: str | None = None
     reuse_head_rows: dict[int, int] = field(default_factory=dict)
+    # slim's --ignore_missing_vars: backbone variables the checkpoint lacks (or holds in
+    # another shape) keep their initial values instead of failing the restore
+    ignore_missing_vars: bool = False
 
 
 # ------------------------------------------------------------------ catalogs
@@ -318,6 +323,9 @@ class Backend(abc.ABC):
         self.entry: ModelEntry | None = None
         self.num_classes = 0
         self.phase: Phase | None = None
+        # what build() restored from a checkpoint (counts; missing / shape_mismatch names
+        # left at their initial values under ignore_missing_vars), for result.json
+        self.restore_report: dict = {}
 
     @property
     def info(self) -> BackendInfo:
@@ -367,6 +375,7 @@ class Backend(abc.ABC):
         self._require("setup", "build()")
         entry = self.info.entry(model.name) if self.info.catalog else None
         self.spec, self.entry, self.num_classes, self.phase = model, entry, num_classes, None
+        self.restore_report = {}
         try:
             self._build(model, num_classes, weights, head_hidden_units)
         except BaseException:
@@ -446,6 +455,19 @@ class Backend(abc.ABC):
         (``common.timing``); the model and optimizer are left as they were."""
         self._require("phase", "throughput()")
         return self._throughput(batch_size, precision, steps, warmup)
+
+    def precision_used(self) -> dict:
+        """What precision really ran, for ``result.json``: ``{"requested", "train", "eval"}``.
+
+        ``train`` / ``eval`` are what the backend observed in its own fit and prediction
+        paths (the dtype its logits were computed in), not the request echoed back;
+        ``None`` where this process did not train or predict, or the backend does not say.
+        """
+        return {"requested": self.config.train.precision, "train": None, "eval": None,
+                **self._precision_used()}
+
+    def _precision_used(self) -> dict:
+        return {}
 
     def bare_train_loop(self, batch_size: int, steps: int) -> Callable[[], float]:
         """A plain ``for`` loop of ``steps`` training steps of the applied phase on one

@@ -110,6 +110,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--precision", choices=PRECISIONS, default="fp32")
     run.add_argument("--aux-logits", action="store_true",
                      help="train InceptionV3's auxiliary head (PyTorch and slim; weight 0.4)")
+    run.add_argument("--ignore-missing-vars", action="store_true",
+                     help="restore what fits from the weights and keep the initial values of "
+                          "backbone variables the checkpoint lacks or has in another shape "
+                          "(slim's --ignore_missing_vars; without it that is an error)")
     run.add_argument("--reuse-head-rows", action="store_true",
                      help="initialise head rows of classes shared with the source from its head")
     run.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping")
@@ -220,7 +224,8 @@ def build_configs(args: argparse.Namespace, out: Path) -> list[RunConfig]:
             for seed in args.seeds:
                 config = RunConfig(
                     backend=backend, recipe=recipe, data=data,
-                    model=ModelConfig(name=args.model, weights=weights, aux_logits=args.aux_logits),
+                    model=ModelConfig(name=args.model, weights=weights, aux_logits=args.aux_logits,
+                                      ignore_missing_vars=args.ignore_missing_vars),
                     train=TrainConfig(seed=seed, batch_size=args.batch_size, precision=args.precision,
                                       reuse_head_rows=args.reuse_head_rows),
                     run_dir=str(out / run_name(backend, recipe.name, seed)))

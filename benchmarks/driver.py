@@ -146,8 +146,11 @@ def _pretrain_source(config: RunConfig, image_size: int, cache: Path) -> tuple[P
     split = split_dataset(load_dataset(root), seed=0, val_fraction=0.1, test_fraction=0.1)
     phase = Phase(name="pretrain", train="all", optimizer=p.optimizer, learning_rate=p.learning_rate,
                   epochs=p.epochs, schedule="cosine", augment=True, bn="train")
+    # always fp32: the cache key does not hold the precision, and a run labelled fp32
+    # must not start from a bf16-trained source
     pre_config = dataclasses.replace(
-        config, train=dataclasses.replace(config.train, batch_size=p.batch_size, seed=0))
+        config, train=dataclasses.replace(config.train, batch_size=p.batch_size, seed=0,
+                                          precision="fp32"))
     log.info(f"pretraining {config.model.name} on shapes ({len(split.train)} images, {p.epochs} epochs) "
         f"-> {cache}")
     t0 = time.perf_counter()
@@ -179,23 +182,26 @@ def _pretrain_source(config: RunConfig, image_size: int, cache: Path) -> tuple[P
 def resolve_weights(config: RunConfig, split: Split, image_size: int) -> tuple[WeightsRequest, dict]:
     """The WeightsRequest for this run and a record of where the weights came from."""
     weights = config.model.weights
+    ignore = config.model.ignore_missing_vars
     if config.recipe.init == "random" or weights == "none":
         return WeightsRequest("none"), {"kind": "none"}
     if weights == "imagenet":
-        return WeightsRequest("imagenet"), {"kind": "imagenet"}
+        return (WeightsRequest("imagenet", ignore_missing_vars=ignore),
+                {"kind": "imagenet", "ignore_missing_vars": ignore})
     if weights == "source":
         ckpt, meta = ensure_source_checkpoint(config, image_size)
         rows = {}
         if config.train.reuse_head_rows:
             src = {c: i for i, c in enumerate(meta["classes"])}
             rows = {i: src[c] for i, c in enumerate(split.classes) if c in src}
-        return WeightsRequest("path", str(ckpt), rows), {"kind": "source", **meta,
-                                                        "reused_head_rows": rows}
+        return (WeightsRequest("path", str(ckpt), rows, ignore_missing_vars=ignore),
+                {"kind": "source", **meta, "reused_head_rows": rows, "ignore_missing_vars": ignore})
     path = Path(weights)
     if not (path.exists() or Path(weights + ".index").exists()):  # a TF checkpoint is a prefix
         raise BackendError(f"weights file {weights!r} does not exist; pass --weights source, none, "
                            f"imagenet or the path of a native checkpoint")
-    return WeightsRequest("path", str(path)), {"kind": "path", "path": str(path.resolve())}
+    return (WeightsRequest("path", str(path), ignore_missing_vars=ignore),
+            {"kind": "path", "path": str(path.resolve()), "ignore_missing_vars": ignore})
 
 
 # --------------------------------------------------------------------- running
@@ -382,6 +388,8 @@ def run(config: RunConfig) -> dict:
         backend.setup(split, image_size)
         spec = get_model(config.model.name)
         backend.build(spec, split.num_classes, request, config.recipe.head_hidden_units)
+        if backend.restore_report:  # counts, and what ignore_missing_vars left at init
+            result["weights"]["restore"] = backend.restore_report
         result["preprocessing"] = {"normalisation": backend.preprocessing_name()}
         summary = backend.model_summary()
         if summary:
@@ -409,6 +417,10 @@ def run(config: RunConfig) -> dict:
         result["throughput"] = backend.throughput(
             config.train.batch_size, config.train.precision, config.train.throughput_steps, warmup=2)
         result["throughput"]["phase"] = throughput_phase_record(backend.phase, spec)
+        # what ran, observed by the backend in its fit and predict paths (not the request)
+        result["precision"] = backend.precision_used()
+        if config.recipe.is_linear_probe:
+            result["precision"]["train"] = "fp64 (common.linear on the cached features)"
         epochs = [c for c in result["curves"] if c.get("images_per_second")]
         if epochs:
             result["throughput"]["end_to_end_train_images_per_second"] = epochs[-1]["images_per_second"]

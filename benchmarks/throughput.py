@@ -19,6 +19,7 @@ from pathlib import Path
 
 from backends.base import WeightsRequest, get_backend
 from benchmarks.json_subprocess import run_json_child
+from benchmarks.driver import throughput_phase_record
 from common.config import Phase, Recipe, RunConfig, DataConfig, ModelConfig, TrainConfig
 from common.data import Sample, Split
 from common.models import get_model
@@ -47,7 +48,8 @@ def measure(backend: str, model: str, batch_size: int, image_size: int | None,
             b.apply_phase(ALL_LAYERS, 0)
             result = b.throughput(batch_size, precision, steps, warmup)
             result.update(status="ok", backend=backend, model=model, image_size=size,
-                          versions=b.frameworks(), device=b.device())
+                          versions=b.frameworks(), device=b.device(),
+                          phase=throughput_phase_record(ALL_LAYERS, spec))
             return result
         finally:
             b.close()

@@ -134,6 +134,9 @@ class ModelConfig:
     name: str = "inception_v3"
     weights: str = "source"        # source | none | imagenet | PATH
     aux_logits: bool = False
+    # slim's --ignore_missing_vars: restore what matches, keep the initial values of
+    # backbone variables the checkpoint lacks or holds in another shape (else: an error)
+    ignore_missing_vars: bool = False
 
 
 @dataclass(frozen=True)

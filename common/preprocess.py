@@ -10,6 +10,12 @@ graph) is only what is written here:
 * eval: the image at ``size`` x ``size``;
 * then ``normalise``: ``(x * scale - mean) / std`` per channel, in the channel
   order given (``bgr`` for Keras' "caffe" ResNet weights).
+
+That is all any backend does, the slim one included: it runs these steps as
+``tf.image`` ops in its ``tf.data`` pipeline and does *not* use slim's
+``inception_preprocessing`` (distorted bounding-box crops, colour distortion,
+an 87.5 % central crop for evaluation) or ``vgg_preprocessing`` (aspect-
+preserving resize); the presets below only borrow their normalisations.
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ PREPROCESSING: dict[str, Normalisation] = {
     for n in (
         Normalisation(
             "inception", 1 / 127.5, (1.0, 1.0, 1.0), (1.0, 1.0, 1.0),
-            description="[-1, 1] (Inception: keras 'tf' mode, slim inception_preprocessing)",
+            description="[-1, 1]: x / 127.5 - 1 (Inception; Keras preprocess_input 'tf' mode, "
+                        "the range slim's inception_preprocessing ends in)",
         ),
         Normalisation(
             "torch", 1 / 255.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
@@ -53,7 +60,8 @@ PREPROCESSING: dict[str, Normalisation] = {
         ),
         Normalisation(
             "vgg", 1.0, (123.68, 116.78, 103.94), (1.0, 1.0, 1.0),
-            description="RGB, ImageNet mean subtracted, no scaling (slim vgg_preprocessing)",
+            description="RGB, ImageNet mean subtracted, no scaling (the means of slim's "
+                        "vgg_preprocessing, which slim's ResNet checkpoints expect)",
         ),
     )
 }

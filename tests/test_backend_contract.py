@@ -4,7 +4,6 @@ test_<backend>.py."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np

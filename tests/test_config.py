@@ -80,7 +80,7 @@ def test_epochs_override_and_round_trip_through_dict():
 
 def test_validate_run_rejects_small_images_and_foreign_models():
     r = load_recipe("head")
-    from common.config import DataConfig, ModelConfig
+    from common.config import DataConfig
 
     with pytest.raises(ConfigError, match="inception_v3 needs at least 75 px"):
         validate_run(RunConfig("pytorch", r, data=DataConfig(image_size=60)))

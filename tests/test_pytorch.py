@@ -24,7 +24,7 @@ from backends.base import BackendError, WeightsRequest, get_backend  # noqa: E40
 from backends.pytorch.catalog import MODELS  # noqa: E402
 from benchmarks import driver  # noqa: E402
 from common import synthetic  # noqa: E402
-from common.config import Phase, PretrainConfig, load_recipe, override_epochs  # noqa: E402
+from common.config import Phase, PretrainConfig, load_recipe  # noqa: E402
 from common.models import get_model  # noqa: E402
 
 
@@ -110,6 +110,55 @@ def test_head_lr_multiplier_gives_two_param_groups(tiny_quads, tmp_path):
         b.close()
 
 
+def test_optimizers_use_the_recipe_hyperparameters():
+    """One step on w = 1 with gradient 1: RMSprop adds eps outside the square root (Keras
+    and TF1 inside), weight_decay adds wd * w to every gradient (biases too)."""
+    from backends.pytorch.train import make_optimizer
+
+    def one_step(phase, grad=1.0):
+        w = torch.nn.Parameter(torch.ones(1))
+        opt, desc = make_optimizer(phase, [{"params": [w], "name": "backbone", "lr_multiplier": 1.0,
+                                            "lr": phase.learning_rate}])
+        w.grad = torch.full((1,), grad)
+        opt.step()
+        return w.detach().item(), desc
+
+    w, desc = one_step(Phase(optimizer="rmsprop", learning_rate=0.1, rmsprop_rho=0.9, epsilon=0.5))
+    assert desc.startswith("torch.optim.RMSprop(alpha=0.9, eps=0.5")
+    mean_square = (1 - 0.9) * 1.0  # PyTorch's slot starts at 0 (TF1's at 1)
+    assert w == pytest.approx(1 - 0.1 / (mean_square ** 0.5 + 0.5))
+    assert w != pytest.approx(1 - 0.1 / (mean_square + 0.5) ** 0.5)  # eps inside: not torch
+    w, _ = one_step(Phase(optimizer="sgd", learning_rate=0.1, weight_decay=0.5), grad=0.0)
+    assert w == pytest.approx(1 - 0.1 * 0.5 * 1.0)  # coupled L2: wd * w joins the gradient
+
+
+def test_pipelines_match_the_common_preprocessing(tiny_quads, tmp_path):
+    """Eval batches are common.preprocess exactly: [-1, 1] for Inception, NCHW shapes in
+    channels_last memory; suite weights use the model's normalisation, ImageNet weights theirs."""
+    from backends.pytorch import data
+    from common.data import load_image
+    from common.preprocess import get_normalisation
+
+    config = tiny_config("pytorch", "head", tiny_quads, tmp_path / "run", image_size=75)
+    split = driver.prepare_split(config)
+    norm = get_normalisation("inception")
+    batches = [data.normalise(x, norm) for x, _ in data.eval_loader(split.val, 75, 4)]
+    x = torch.cat(batches)
+    assert x.shape == (len(split.val), 3, 75, 75) and batches[0].is_contiguous(
+        memory_format=torch.channels_last)
+    expected = np.stack([norm.apply(load_image(s.path, 75)) for s in split.val])
+    np.testing.assert_allclose(x.permute(0, 2, 3, 1).numpy(), expected, atol=1e-6)
+    assert x.min() >= -1 and x.max() <= 1
+    cls = get_backend("pytorch")
+    for model, weights, expected_name in (("inception_v3", "source", "inception"),
+                                          ("resnet50", "source", "torch"),
+                                          ("resnet50", "imagenet", "torch"),
+                                          ("inception_v3", "imagenet", "inception")):
+        c = tiny_config("pytorch", "head", tiny_quads, tmp_path / "x", model=model, weights=weights)
+        assert cls(c, tmp_path / "x").preprocessing_name() == expected_name
+    assert MODELS["resnet50"].imagenet.preprocessing == "torch"  # mean/std on [0, 1]
+
+
 # ------------------------------------------------------------------ weights
 
 def _perturbed_checkpoint(tiny_quads, tmp_path, num_classes=None) -> tuple[object, object]:
@@ -148,10 +197,24 @@ def test_restore_from_pt_excludes_the_head(tiny_quads, tmp_path):
 
 def test_restore_from_another_architecture_is_one_line_error(tiny_quads, tmp_path):
     a, file = _perturbed_checkpoint(tiny_quads, tmp_path)
+    conv1 = a.snapshot("stem")["conv1.weight"]  # the same [64, 3, 7, 7] in resnet18 and 50
     a.close()
     with pytest.raises(BackendError) as err:
         _built(tiny_quads, tmp_path / "b", model="resnet50", weights=WeightsRequest("path", str(file)))
-    assert "does not fit this model" in str(err.value) and "\n" not in str(err.value)
+    message = str(err.value)
+    assert "does not fit this model" in message and "\n" not in message
+    assert "--ignore-missing-vars" in message
+    # slim's --ignore_missing_vars, opted into: what fits is restored, the rest is listed
+    b, _ = _built(tiny_quads, tmp_path / "c", model="resnet50",
+                  weights=WeightsRequest("path", str(file), ignore_missing_vars=True))
+    try:
+        report = b.restore_report
+        assert report["ignore_missing_vars"] is True and report["restored"] > 0
+        assert "layer4.0.conv3.weight" in report["missing"]  # resnet18 has no conv3
+        assert "layer1.0.conv1.weight" in report["shape_mismatch"]  # 3x3 vs 1x1 conv
+        np.testing.assert_array_equal(b.snapshot("stem")["conv1.weight"], conv1)
+    finally:
+        b.close()
 
 
 def test_reuse_head_rows_copies_exactly_the_listed_rows(tiny_quads, tmp_path):
@@ -251,6 +314,39 @@ def test_inception_aux_logits_train_with_aux_loss(tiny_quads, tmp_path, aux_conf
         b.close()
 
 
+@pytest.fixture(scope="module")
+def inception_with_aux():
+    """A torchvision InceptionV3 as build_model makes it, aux head on (no size check)."""
+    from backends.pytorch.model import build_model
+
+    torch.manual_seed(0)
+    return build_model(get_model("inception_v3"), MODELS["inception_v3"], 5, aux_logits=True)
+
+
+def test_aux_head_starts_as_slims_and_is_never_restored(inception_with_aux):
+    """AuxLogits: slim's truncated normals (see test_slim's cross-framework test), and
+    excluded from restores as a whole, like slim's checkpoint_exclude_scopes."""
+    from backends.pytorch.weights import restore_excluding_head
+
+    net = inception_with_aux
+    aux = net.AuxLogits
+    for weight, stddev in ((aux.conv0.conv.weight, (1.3 * 2 / 768) ** 0.5),
+                           (aux.conv1.conv.weight, 0.01), (aux.fc.weight, 0.001)):
+        w = weight.detach().numpy()
+        assert 1.9 * stddev < np.abs(w).max() <= 2 * stddev  # TF truncates at 2 stddev
+        assert w.std() == pytest.approx(0.8796 * stddev, rel=0.03)  # a 2-sigma truncated normal
+    assert not aux.fc.bias.detach().any()
+    head = ("AuxLogits.", "fc.")
+    state = {k: v + 0.5 if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    report = restore_excluding_head(net, MODELS["inception_v3"], state, "test")
+    after = net.state_dict()
+    restored = {k for k in after if not torch.equal(after[k], before[k])}
+    assert restored == {k for k, v in state.items() if v.is_floating_point() and not k.startswith(head)}
+    assert report["excluded"] == len([k for k in state if k.startswith(head)])
+    net.load_state_dict(before)  # the module fixture as it was
+
+
 def test_inception_has_no_dropout_and_features_feed_the_head(tiny_quads, tmp_path):
     b, split = _built(tiny_quads, tmp_path, model="inception_v3", size=75, hidden=8)
     try:
@@ -271,7 +367,8 @@ def test_throughput_bf16_leaves_the_model_unchanged(tiny_quads, tmp_path):
         b.apply_phase(load_recipe("partial").phases[0], 0)
         before = b.snapshot("layer4")
         tp = b.throughput(batch_size=4, precision="bf16", steps=2, warmup=1)
-        assert tp["precision"] == "bf16" and tp["peak_memory_bytes"] is None
+        assert tp["precision"] == "bf16"
+        assert (tp["peak_memory_bytes"] is None) == (b.device_.type == "cpu")  # CUDA: measured
         assert tp["train"]["images_per_second"] > 0 and tp["infer"]["steps"] == 2
         after = b.snapshot("layer4")
         assert all(np.array_equal(before[k], after[k]) for k in before)
@@ -279,6 +376,86 @@ def test_throughput_bf16_leaves_the_model_unchanged(tiny_quads, tmp_path):
         assert b.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     finally:
         b.close()
+
+
+def test_bf16_fits_and_predicts_under_autocast_in_inference_mode(tiny_quads, tmp_path):
+    seen = []
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where the backend runs
+
+    def record(module, args, output):
+        seen.append((output.dtype, torch.is_autocast_enabled(device), torch.is_inference_mode_enabled()))
+
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        b, _ = _built(tiny_quads, tmp_path / precision, precision=precision)
+        try:
+            phase = Phase(name="head", train="head", optimizer="sgd", learning_rate=0.01)
+            b.apply_phase(phase, 0)
+            hook = b.model.layer4.register_forward_hook(record)  # a frozen block: autocast too
+            b.set_learning_rate(0.01)
+            seen.clear()
+            b.fit_epoch(phase, 1)
+            assert seen and set(seen) == {(dtype, precision == "bf16", False)}
+            seen.clear()
+            logits = b.predict("val")
+            assert seen and set(seen) == {(dtype, precision == "bf16", True)}
+            assert logits.dtype == np.float32
+            hook.remove()
+            used = b.precision_used()
+            assert (used["requested"], used["train"], used["eval"]) == (precision,) * 3
+            assert b.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+            assert b.model.fc.weight.dtype == torch.float32  # mixed precision: fp32 weights
+        finally:
+            b.close()
+
+
+def test_train_loader_is_kept_and_an_epoch_depends_only_on_seed_and_epoch(tiny_quads, tmp_path):
+    from backends.pytorch import data
+
+    b, split = _built(tiny_quads, tmp_path)
+    try:
+        phase = Phase(name="head", train="head", optimizer="sgd", learning_rate=0.01)
+        b.apply_phase(phase, 0)
+        loader = b.train_loaders[True]
+        b.set_learning_rate(0.01)
+        b.fit_epoch(phase, 7)
+        assert b.train_loaders[True] is loader and loader.sampler.epoch == loader.dataset.epoch == 7
+    finally:
+        b.close()
+
+    def epoch(loader, e):
+        data.set_epoch(loader, e)
+        return [(x.numpy(), y.numpy()) for x, y in loader]
+
+    kept = data.train_loader(split.train, 32, 4, augment=True, seed=0)
+    first, second = epoch(kept, 1), epoch(kept, 2)
+    resumed = epoch(data.train_loader(split.train, 32, 4, augment=True, seed=0), 2)
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+               for a, b in zip(second, resumed))  # a resumed run sees the same epoch 2
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(first, second))  # reshuffled
+
+
+def test_linear_probe_result_records_precision_throughput_phase_and_weights(tiny_quads, tmp_path):
+    """The driver's record of a run says what ran: precision observed in the backend,
+    the head-only step the throughput timed, the restore and its ignore_missing_vars."""
+    a, _ = _built(tiny_quads, tmp_path / "a")
+    a.apply_phase(load_recipe("head").phases[0], 0)
+    file = a.save(tmp_path / "a" / "source")
+    a.close()
+    config = tiny_config("pytorch", "linear_probe", tiny_quads, tmp_path / "run", model="resnet18",
+                         image_size=32, weights=str(file))
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model,
+                                                                   ignore_missing_vars=True))
+    result = driver.run(config)
+    assert result["status"] == "ok", result.get("traceback")
+    assert result["precision"]["requested"] == result["precision"]["eval"] == "fp32"
+    assert result["precision"]["train"].startswith("fp64")  # the numpy logistic head
+    tp = result["throughput"]
+    assert tp["phase"]["trainable_blocks"] == ["head"] and tp["phase"]["optimizer"] == "sgd"
+    assert tp["timed"] == {"optimizer": "SGD", "trainable_tensors": 2,
+                           "trainable_params": 512 * 5 + 5}  # fc only, as the record says
+    assert result["weights"]["ignore_missing_vars"] is True
+    assert result["weights"]["restore"]["missing"] == []
+    assert result["weights"]["restore"]["excluded"] == 2  # fc.weight, fc.bias
 
 
 def test_training_is_deterministic_for_a_seed(tiny_quads, tmp_path):
@@ -355,26 +532,35 @@ def test_source_weights_beat_scratch(tmp_path):
     assert top1["two_phase"] >= top1["scratch"] + 0.10, top1
 
 
-def test_batchnorm_momentum_is_the_suite_decay():
+def test_top2_is_modules_mixed_7b_7c_and_fc(inception_with_aux):
+    from backends.pytorch.train import trainable_modules
+
+    top2 = load_recipe("two_phase").phases[1]
+    modules = trainable_modules(inception_with_aux, get_model("inception_v3"), MODELS["inception_v3"],
+                                top2)
+    assert list(modules) == ["Mixed_7b", "Mixed_7c", "fc", "AuxLogits"]
+    assert modules["Mixed_7b"] is inception_with_aux.Mixed_7b
+
+
+def test_batchnorm_momentum_is_the_suite_decay(inception_with_aux):
     # torch's momentum weights the new batch statistic: 1 - common.models.BN_DECAY
     from torch import nn
 
-    from backends.pytorch.model import build_model
-    from common.models import BN_DECAY, get_model
+    from common.models import BN_DECAY
 
-    bns = [m for m in build_model(get_model("inception_v3"), MODELS["inception_v3"], 5).modules()
-           if isinstance(m, nn.BatchNorm2d)]
-    assert len(bns) == 94 and {round(m.momentum, 9) for m in bns} == {round(1 - BN_DECAY, 9)}
+    bns = [m for m in inception_with_aux.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 94 + 2  # + the aux head's two
+    assert {round(m.momentum, 9) for m in bns} == {round(1 - BN_DECAY, 9)}
 
 
-def test_inception_batchnorm_has_gamma_in_torchvision():
+def test_inception_batchnorm_has_gamma_in_torchvision(inception_with_aux):
     # torchvision's BasicConv2d BatchNorm is affine (gamma and beta); Keras and slim use
     # scale=False (beta only), so torch's trainable counts include one gamma per conv
     from torch import nn
 
-    from backends.pytorch.model import build_model
-    from common.models import get_model
-
-    bns = [m for m in build_model(get_model("inception_v3"), MODELS["inception_v3"], 5).modules()
-           if isinstance(m, nn.BatchNorm2d)]
-    assert all(m.affine and m.weight is not None for m in bns)
+    bns = [m for m in inception_with_aux.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(m.affine and m.weight is not None and m.weight.requires_grad for m in bns)
+    # and they count: gammas are parameters next to the betas (slim/Keras have betas only)
+    gammas = sum(m.weight.numel() for m in bns)
+    assert sum(p.numel() for n, p in inception_with_aux.named_parameters()
+               if n.endswith("bn.weight")) == gammas > 0

@@ -26,9 +26,9 @@ from conftest import tiny_config
 
 from backends import base
 from benchmarks import cli, driver, runner
-from common.config import ConfigError, load_recipe, parse_recipe
+from common.config import ConfigError, parse_recipe
 from common.data import DataError, drops_last_batch, load_dataset, load_image, load_meta_file
-from common.locks import DirectoryBusy, claim_directory, holder_pid
+from common.locks import claim_directory, holder_pid
 from common.paths import CACHE_ENV, mount_point
 
 TESTS = Path(__file__).resolve().parent

@@ -65,6 +65,11 @@ def test_tf_keras_legacy_layers_alias():
         assert sys.modules[public] is importlib.import_module(private)
     assert importlib.import_module("tf_keras.legacy_tf_layers.normalization").BatchNormalization
     assert compat.install() == {}  # idempotent
+    variable = tf.Variable(1.0)
+    with compat.identity_hashing():  # graph building: TF1 hashing, then TF2's equality again
+        assert hash(variable) == id(variable)
+    with pytest.raises(TypeError, match="unhashable"):
+        hash(variable)
     graph = tf.Graph()
     with graph.as_default():
         x = tf.compat.v1.placeholder(tf.float32, [None, 8, 8, 3])
@@ -95,11 +100,58 @@ def test_trainable_scopes_select_exactly_mixed_7b_7c_and_logits(built):
     # 9 convolutions per block (weights + BN beta; slim's inception BN has no gamma) + the head
     assert len(names) == 2 * 9 * 2 + 2 == report["trainable_tensors"]
     assert all(n.endswith(("/weights", "/BatchNorm/beta", "/biases")) for n in names)
-    # L2 weights_regularizer terms of the trained conv/fc weights only
+    # L2 weights_regularizer terms collected by scope: the trained conv/fc weights only
     with built.graph.as_default():
-        assert len(slim_train.regularization_losses(built.variables_to_train)) == 19
+        terms = slim_train.regularization_losses(TOP2)
+        all_terms = tf.compat.v1.losses.get_regularization_losses()
+    assert len(terms) == 19 and len(all_terms) == 95  # 94 convolutions + the logits
+    assert all(_in_scopes(t.op.name, TOP2) for t in terms)
     # BN trains (has update ops) in the two trained blocks only: 18 batch_norms x 2
     assert native["update_ops"] == 36
+    assert native["train_image_classifier_flags"].startswith(
+        f"--trainable_scopes={','.join(TOP2)} --checkpoint_exclude_scopes=")
+    # slim's l2_regularizer(wd) is wd * sum(w**2) / 2 (the weight_decay variable's value)
+    with built.graph.as_default():
+        built.weight_decay.load(0.1, built.session)
+        weights = next(v for v in built.variables_to_train
+                       if v.op.name == "InceptionV3/Mixed_7b/Branch_0/Conv2d_0a_1x1/weights")
+        term = next(t for t in terms if t.op.name.startswith(weights.op.name.rsplit("/", 1)[0]))
+        value, w = built.session.run([term, weights])
+        built.weight_decay.load(0.0, built.session)
+    assert value == pytest.approx(0.1 * np.sum(w.astype(np.float64) ** 2) / 2, rel=1e-5)
+    # the learning rate is a graph variable the backend assigns per epoch
+    built.set_learning_rate(3e-3)
+    assert built.session.run(built.learning_rate) == pytest.approx(3e-3)
+
+
+def test_pipelines_match_the_common_preprocessing(built):
+    """The graph's input is common.preprocess exactly ([-1, 1], NHWC): no inception_preprocessing,
+    no dropout anywhere; the train order is a function of the epoch seed fed at initialization."""
+    import tensorflow as tf
+
+    from common.data import load_image
+    from common.preprocess import get_normalisation
+
+    pipes, session, split = built.pipes, built.session, built.split
+    assert pipes.images.shape.as_list() == [None, 75, 75, 3]  # NHWC (PyTorch: NCHW)
+    session.run(pipes.initializers["val"])
+    x = session.run(pipes.images)
+    norm = get_normalisation("inception")
+    expected = np.stack([norm.apply(load_image(s.path, 75)) for s in split.val[:len(x)]])
+    np.testing.assert_allclose(x, expected, atol=1e-6)
+    assert not [op.name for op in built.graph.get_operations() if "dropout" in op.name.lower()]
+
+    def labels(seed):
+        session.run(pipes.initializers["train_augmented"], {pipes.epoch_seed: seed})
+        out = []
+        while True:
+            try:
+                out.extend(session.run(pipes.labels))
+            except tf.errors.OutOfRangeError:  # the epoch is over
+                return out
+    first = labels(11)
+    assert labels(11) == first and labels(12) != first and sorted(first) == sorted(
+        s.label for s in split.train)
 
 
 def test_frozen_scopes_bit_identical_after_training_bn_frozen(built):
@@ -163,7 +215,7 @@ def test_restore_excludes_logits_and_aux_logits_and_reuses_head_rows(tiny_quads,
             np.testing.assert_array_equal(got[n], values[n], err_msg=n)
         aux = [n for n in head if n.endswith("weights") and "AuxLogits" in n]
         assert aux and all(not np.array_equal(got[n], values[n]) for n in aux)
-        report = target.weights_report
+        report = target.restore_report
         assert report["restored"] == len(body) and report["excluded"] == len(head)
         assert report["missing"] == [] and report["shape_mismatch"] == []
         w, b = "InceptionV3/Logits/Conv2d_1c_1x1/weights", "InceptionV3/Logits/Conv2d_1c_1x1/biases"
@@ -203,29 +255,261 @@ def test_optimizers_use_the_recipe_hyperparameters():
         rms, _ = slim_train.configure_optimizer("rmsprop", lr, phase, "c")
         # the common recipe's epsilon, not train_image_classifier.py's --opt_epsilon=1.0
         assert (rms._decay, rms._epsilon, rms._momentum) == (0.8, 1e-7, 0.0)
-        for name in ("adadelta", "adagrad", "ftrl", "adam", "adamw"):
-            slim_train.configure_optimizer(name, lr, Phase(optimizer="adam"), name)
+        # one step on w = 1 with gradient 1: TF1's mean-square slot starts at 1.0 and eps is
+        # inside the square root (PyTorch: slot at 0, eps outside)
+        w = tf.compat.v1.Variable([1.0])
+        opt, _ = slim_train.configure_optimizer(
+            "rmsprop", 0.1, Phase(optimizer="rmsprop", rmsprop_rho=0.9, epsilon=0.5), "e")
+        step = opt.apply_gradients([(tf.constant([1.0]), w)])
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            session.run(step)
+            assert session.run(w)[0] == pytest.approx(1 - 0.1 / (0.9 * 1.0 + 0.1 + 0.5) ** 0.5)
+        for name in ("adam", "adamw"):
+            adam, _ = slim_train.configure_optimizer(name, lr, Phase(optimizer=name), name)
+            assert isinstance(adam, tf.compat.v1.train.AdamOptimizer) and adam._epsilon == 1e-7
         with pytest.raises(BackendError):
-            slim_train.configure_optimizer("lamb", lr, Phase(), "d")
+            slim_train.configure_optimizer("adadelta", lr, Phase(), "d")  # no recipe selects it
+
+
+def test_head_lr_multiplier_is_a_second_optimizer_in_the_train_op():
+    """Plain SGD, head x10: one session.run of the train op steps the backbone by lr * g and
+    the head by 10 * lr * g (the slim counterpart of PyTorch param groups)."""
+    import tensorflow as tf
+
+    from backends.slim import train as slim_train
+    from backends.slim.model import Tower
+
+    with tf.Graph().as_default():
+        x = tf.constant([[1.0, 2.0], [0.5, -1.0]])
+        backbone = tf.compat.v1.Variable([[0.3, -0.2], [0.1, 0.4]], name="backbone")
+        head = tf.compat.v1.Variable([[0.5, -0.5], [0.2, 0.1]], name="head")
+        logits = tf.matmul(tf.nn.relu(tf.matmul(x, backbone)), head)
+        tower = Tower(logits=logits, features=x, aux_logits=None)
+        phase = Phase(optimizer="sgd", learning_rate=0.1, head_lr_multiplier=10.0, train="all")
+        step = slim_train.build_train_op(
+            tower, tf.constant([0, 1], tf.int64), 2, phase, variables_to_train=[backbone, head],
+            trainable_scopes=(), head_variables=[head], learning_rate=tf.constant(0.1),
+            global_step=tf.compat.v1.train.get_or_create_global_step(), name="p")
+        grads = tf.gradients(step.loss_sum / 2, [backbone, head])  # the batch-mean loss
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            before, g = session.run([[backbone, head], grads])
+            session.run(step.train_op)
+            after = session.run([backbone, head])
+    np.testing.assert_allclose(before[0] - after[0], 0.1 * g[0], rtol=1e-5)
+    np.testing.assert_allclose(before[1] - after[1], 10 * 0.1 * g[1], rtol=1e-5)
+    assert "x10.0 learning rate on head" in step.optimizer
+
+
+# train_image_classifier.py's flags (tensorflow/models research/slim), name -> type or
+# the values its _configure_optimizer / _configure_learning_rate accept.
+SCRIPT_FLAGS = {
+    "master": str, "train_dir": str, "num_clones": int, "clone_on_cpu": bool,
+    "worker_replicas": int, "num_ps_tasks": int, "num_readers": int,
+    "num_preprocessing_threads": int, "log_every_n_steps": int, "save_summaries_secs": int,
+    "save_interval_secs": int, "task": int,
+    "weight_decay": float,
+    "optimizer": ("adadelta", "adagrad", "adam", "ftrl", "momentum", "sgd", "rmsprop"),
+    "adadelta_rho": float, "adagrad_initial_accumulator_value": float, "adam_beta1": float,
+    "adam_beta2": float, "opt_epsilon": float, "ftrl_learning_rate_power": float,
+    "ftrl_initial_accumulator_value": float, "ftrl_l1": float, "ftrl_l2": float,
+    "momentum": float, "rmsprop_momentum": float, "rmsprop_decay": float, "quantize_delay": int,
+    "learning_rate_decay_type": ("fixed", "exponential", "polynomial"),
+    "learning_rate": float, "end_learning_rate": float, "label_smoothing": float,
+    "learning_rate_decay_factor": float, "num_epochs_per_decay": float, "sync_replicas": bool,
+    "replicas_to_aggregate": int, "moving_average_decay": float,
+    "dataset_name": str, "dataset_split_name": str, "dataset_dir": str, "labels_offset": int,
+    "model_name": str, "preprocessing_name": str, "batch_size": int, "train_image_size": int,
+    "max_number_of_steps": int, "use_grayscale": bool,
+    "checkpoint_path": str, "checkpoint_exclude_scopes": str, "trainable_scopes": str,
+    "ignore_missing_vars": bool,
+}
+# the optimizer class each --optimizer value builds in _configure_optimizer
+SCRIPT_OPTIMIZER_CLASS = {"sgd": "GradientDescentOptimizer", "momentum": "MomentumOptimizer",
+                          "rmsprop": "RMSPropOptimizer", "adam": "AdamOptimizer"}
+
+
+def _parse_script_flags(line: str) -> dict:
+    """``line`` parsed with train_image_classifier.py's flag set (absl: --flag=value, --bool)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    for name, kind in SCRIPT_FLAGS.items():
+        if kind is bool:
+            parser.add_argument(f"--{name}", action="store_true")
+        elif isinstance(kind, tuple):
+            parser.add_argument(f"--{name}", choices=kind)
+        else:
+            parser.add_argument(f"--{name}", type=kind)
+    args, unknown = parser.parse_known_args(line.split())
+    assert not unknown, f"not train_image_classifier.py flags: {unknown}"
+    return {k: v for k, v in vars(args).items() if v is not None and v is not False}
+
+
+@pytest.mark.parametrize("phase", [
+    *[p for r in ("head", "partial", "full", "two_phase", "scratch") for p in load_recipe(r).phases],
+    Phase(optimizer="adamw", weight_decay=0.01, schedule="cosine", warmup_epochs=1, epochs=3,
+          train="all", bn="train"),
+    Phase(optimizer="sgd", schedule="exponential", train="all", bn="train"),
+    Phase(optimizer="momentum", momentum=0.0, train="head"),
+], ids=lambda p: f"{p.name}-{p.optimizer}-{p.schedule}")
+def test_train_image_classifier_flags_are_the_scripts_own(phase):
+    """The flags record parses with the script's flag set and builds the optimizer that ran;
+    what no flag can say is listed, not invented."""
+    import tensorflow as tf
+
+    from backends.slim import train as slim_train
+    from backends.slim.catalog import MODELS
+    from backends.slim.model import bn_training_blocks, checkpoint_exclude_scopes, trainable_scopes
+
+    entry = MODELS["inception_v3"]
+    scopes = trainable_scopes(SPEC, entry, phase)
+    frozen_bn = any(b not in bn_training_blocks(SPEC, phase) for b in SPEC.blocks)
+    line, missing = slim_train.train_image_classifier_flags(
+        phase, scopes, checkpoint_exclude_scopes(entry), frozen_bn_scopes=frozen_bn)
+    flags = _parse_script_flags(line)
+    assert flags["trainable_scopes"] == ",".join(scopes)
+    assert flags["learning_rate"] == phase.learning_rate
+    expressible = phase.schedule in ("fixed", "exponential")
+    assert flags.get("learning_rate_decay_type") == (phase.schedule if expressible else None)
+    expected = [what for what, applies in (
+        ("schedule", not expressible), ("warmup_epochs", phase.warmup_epochs > 0),
+        ("adamw", phase.optimizer == "adamw"), ("head_lr_multiplier", phase.head_lr_multiplier != 1),
+        ("batch_norm", frozen_bn)) if applies]
+    assert [m.split(" ")[0].rstrip(":") for m in missing] == expected
+    with tf.Graph().as_default():
+        opt, _ = slim_train.configure_optimizer(phase.optimizer, 0.1, phase, "x")
+    assert type(opt).__name__ == SCRIPT_OPTIMIZER_CLASS[flags["optimizer"]]
+    if flags["optimizer"] == "momentum":
+        assert opt._momentum == flags["momentum"]
+    if flags["optimizer"] == "rmsprop":
+        assert (opt._decay, opt._momentum, opt._epsilon) == \
+            (flags["rmsprop_decay"], flags["rmsprop_momentum"], flags["opt_epsilon"])
+    if flags["optimizer"] == "adam":
+        assert opt._epsilon == flags["opt_epsilon"]
+
+
+def test_restore_fails_in_one_line_unless_ignore_missing_vars(built, tmp_path):
+    """As train_image_classifier.py without --ignore_missing_vars: a variable the model needs
+    missing from the checkpoint, or of another shape, fails the restore."""
+    import tensorflow as tf
+
+    from backends.slim import weights as slim_weights
+    from backends.slim.model import checkpoint_exclude_scopes
+
+    values = dict(zip([v.op.name for v in built.model_variables],
+                      built.session.run(built.model_variables)))
+    gone = "InceptionV3/Mixed_6a/Branch_0/Conv2d_1a_1x1/weights"
+    bent = "InceptionV3/Conv2d_1a_3x3/BatchNorm/beta"
+
+    def checkpoint(name, drop=(), reshape=()):
+        tensors = {n: np.zeros(3, np.float32) if n in reshape else v
+                   for n, v in values.items() if n not in drop}
+        prefix = str(tmp_path / name)
+        tf.raw_ops.SaveV2(prefix=prefix, tensor_names=list(tensors), shape_and_slices=[""] * len(tensors),
+                          tensors=list(tensors.values()))  # eager: a V2 checkpoint, no graph
+        return prefix
+
+    exclude = checkpoint_exclude_scopes(built.entry)
+    for ckpt, fragment in ((checkpoint("missing", drop=[gone]), f"missing, e.g. {gone}"),
+                           (checkpoint("bent", reshape=[bent]), f"of another shape, e.g. {bent} [3]")):
+        with pytest.raises(BackendError) as err:
+            slim_weights.restore_excluding(built.session, ckpt, built.model_variables, exclude)
+        assert fragment in str(err.value) and "--ignore-missing-vars" in str(err.value)
+        assert "\n" not in str(err.value)
+    with built.graph.as_default():  # assign_from_checkpoint_fn adds its ops to the graph
+        report = slim_weights.restore_excluding(built.session, ckpt, built.model_variables,
+                                                exclude, ignore_missing_vars=True)
+    assert report["shape_mismatch"] == [bent] and report["missing"] == []
+    assert report["ignore_missing_vars"] is True and report["restored"] == len(values) - 1 - \
+        report["excluded"]
+
+
+def test_imagenet_weights_use_their_own_normalisation(tiny_quads, tmp_path):
+    # slim's ResNet checkpoints expect vgg_preprocessing's mean subtraction; suite-made
+    # weights use the model's own normalisation in every backend
+    cls = get_backend("slim")
+    for model, weights, expected in (("resnet50", "imagenet", "vgg"), ("resnet50", "source", "torch"),
+                                     ("inception_v3", "imagenet", "inception")):
+        config = tiny_config("slim", "head", tiny_quads, tmp_path, model=model, weights=weights)
+        assert cls(config, tmp_path).preprocessing_name() == expected
+
+
+def test_bf16_is_refused_in_one_line(tiny_quads, tmp_path):
+    config = tiny_config("slim", "head", tiny_quads, tmp_path / "run", precision="bf16")
+    b = get_backend("slim")(config, tmp_path / "run")
+    with pytest.raises(BackendError) as err:
+        b.setup(driver.prepare_split(config), 75)
+    assert "fp32 only" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_linear_probe_throughput_times_the_head_only_sgd_step(built):
+    """What the driver records for a linear probe's train img/s (head, sgd) is what ran."""
+    report = built.apply_phase(driver.LINEAR_PROBE_THROUGHPUT_PHASE, 9)
+    record = driver.throughput_phase_record(driver.LINEAR_PROBE_THROUGHPUT_PHASE, SPEC)
+    assert record["trainable_blocks"] == ["head"] and record["optimizer"] == "sgd"
+    tp = built.throughput(2, "fp32", 1, 0)
+    assert tp["timed"] == {"optimizer": "tf.compat.v1.train.GradientDescentOptimizer()",
+                           "trainable_tensors": 2, "trainable_params": 2048 * 5 + 5}
+    assert report["native"]["trainable_scopes"] == "InceptionV3/Logits"
+    assert tp["precision"] == "fp32" and built.precision_used()["requested"] == "fp32"
+
+
+def test_aux_head_starts_from_the_same_distribution_as_torch():
+    """slim's AuxLogits initialisers and the PyTorch backend's init_aux_head_like_slim
+    draw from the same truncated normals (std and 2-stddev cut per layer)."""
+    pytest.importorskip("torchvision")
+    import tensorflow as tf
+    import torch
+    from torchvision.models.inception import InceptionAux
+
+    from backends.pytorch.model import init_aux_head_like_slim
+    from backends.slim.catalog import MODELS
+    from backends.slim.model import _inception_aux_head, arg_scope
+    from backends.slim.compat import slim
+
+    with tf.Graph().as_default():
+        tf.compat.v1.set_random_seed(0)
+        with slim.arg_scope(arg_scope(MODELS["inception_v3"], 0.0)):
+            with tf.compat.v1.variable_scope("AuxLogits"):
+                _inception_aux_head(tf.zeros([1, 17, 17, 768]), 5)
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            got = {v.op.name: a for v, a in zip(tf.compat.v1.global_variables(),
+                                                session.run(tf.compat.v1.global_variables()))}
+    torch.manual_seed(0)
+    aux = InceptionAux(768, 5)
+    init_aux_head_like_slim(aux)
+    pairs = {"Conv2d_1b_1x1": aux.conv0.conv.weight, "Conv2d_2a_5x5": aux.conv1.conv.weight,
+             "Conv2d_2b_1x1": aux.fc.weight}
+    for layer, weight in pairs.items():
+        s, t = got[f"AuxLogits/{layer}/weights"], weight.detach().numpy()
+        assert s.size == t.size
+        assert t.std() == pytest.approx(s.std(), rel=0.04), layer
+        assert np.abs(t).max() <= np.abs(s).max() * 1.02 and np.abs(s).max() <= np.abs(t).max() * 1.02
+    assert not got["AuxLogits/Conv2d_2b_1x1/biases"].any() and not aux.fc.bias.detach().any()
 
 
 def test_resume_after_interruption_runs_only_the_missing_epoch(tiny_quads, tmp_path, monkeypatch):
     cls = get_backend("slim")
     config = tiny_config("slim", "two_phase", tiny_quads, tmp_path / "run")
-    original = cls.fit_epoch
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, throughput_steps=1))
+    original, original_apply = cls.fit_epoch, cls.apply_phase
     calls = []
 
-    def interrupted_at_epoch_2(self, phase, global_epoch):
-        if global_epoch == 2:
-            raise RuntimeError("interrupted at epoch 2")
-        calls.append(global_epoch)
-        return original(self, phase, global_epoch)
+    def interrupted_before_epoch_2(self, phase, index):
+        # between epoch 1 (phase 1) and epoch 2 (phase 2), before the phase-2 graph is built
+        if index == 1:
+            raise RuntimeError("interrupted before epoch 2")
+        return original_apply(self, phase, index)
 
     def counted(self, phase, global_epoch):
         calls.append(global_epoch)
         return original(self, phase, global_epoch)
 
-    monkeypatch.setattr(cls, "fit_epoch", interrupted_at_epoch_2)
+    monkeypatch.setattr(cls, "fit_epoch", counted)
+    monkeypatch.setattr(cls, "apply_phase", interrupted_before_epoch_2)
     first = driver.run(config)
     assert first["status"] == "failed" and "interrupted" in first["error"]
     assert calls == [1]
@@ -236,7 +520,7 @@ def test_resume_after_interruption_runs_only_the_missing_epoch(tiny_quads, tmp_p
     assert tf.train.latest_checkpoint(str(checkpoints)) == str(checkpoints / "last.ckpt")
 
     calls.clear()
-    monkeypatch.setattr(cls, "fit_epoch", counted)
+    monkeypatch.setattr(cls, "apply_phase", original_apply)
     second = driver.run(config)
     assert second["status"] == "ok", second.get("traceback")
     assert calls == [2]
@@ -246,6 +530,8 @@ def test_resume_after_interruption_runs_only_the_missing_epoch(tiny_quads, tmp_p
     assert [p["native"]["trainable_scopes"] for p in on_disk["phases"]] == \
         ["InceptionV3/Logits", ",".join(TOP2)]
     assert on_disk["versions"]["tf_slim"] and on_disk["throughput"]["precision"] == "fp32"
+    precision = on_disk["precision"]  # observed in the fit and predict paths of this process
+    assert (precision["requested"], precision["train"], precision["eval"]) == ("fp32",) * 3
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
 
 

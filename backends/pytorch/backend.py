@@ -44,6 +44,8 @@ class PyTorchBackend(Backend):
         self.optimizer_description = ""
         self.writer = train.ScalarWriter(self.run_dir / "tensorboard")
         self._step = 0
+        # dtypes the logits were computed in, per path (precision_used reports them)
+        self._computed: dict[str, set[str]] = {"train": set(), "eval": set()}
 
     # -- environment -----------------------------------------------------
     def frameworks(self) -> dict[str, str]:
@@ -65,6 +67,11 @@ class PyTorchBackend(Backend):
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         torch.set_num_threads(cores or 1)
         bs, workers = self.config.train.batch_size, self.config.data.num_workers
+        # one DataLoader per split, kept across epochs (torchvision references): the train
+        # loaders reshuffle through data.set_epoch, with and without augmentation
+        self.train_loaders = {augment: data.train_loader(split.train, image_size, bs, augment=augment,
+                                                         seed=seed, num_workers=workers)
+                              for augment in (False, True)}
         self.eval_loaders = {name: data.eval_loader(split.subset(name), image_size, bs, workers)
                              for name in ("train", "val", "test")}
 
@@ -80,11 +87,13 @@ class PyTorchBackend(Backend):
             if not file.is_file() and weights_lib.checkpoint_file(file).is_file():
                 file = weights_lib.checkpoint_file(file)
             state = weights_lib.model_state(weights_lib.load_checkpoint(file))
-            weights_lib.restore_excluding_head(net, self.entry, state, f"checkpoint {str(file)!r}")
+            self.restore_report = weights_lib.restore_excluding_head(
+                net, self.entry, state, f"checkpoint {str(file)!r}", weights.ignore_missing_vars)
         elif weights.kind == "imagenet":
             state = weights_lib.imagenet_state(model.name, self.entry)
-            weights_lib.restore_excluding_head(net, self.entry, state,
-                                               f"ImageNet weights for {model.name}")
+            self.restore_report = weights_lib.restore_excluding_head(
+                net, self.entry, state, f"ImageNet weights for {model.name}",
+                weights.ignore_missing_vars)
         elif weights.kind == "none":
             state = None
         else:
@@ -126,9 +135,8 @@ class PyTorchBackend(Backend):
 
     def _fit_epoch(self, phase: Phase, global_epoch: int) -> dict:
         net = self.model
-        loader = data.train_loader(self.split.train, self.image_size, self.config.train.batch_size,
-                                   augment=phase.augment, seed=self.config.train.seed,
-                                   epoch=global_epoch, num_workers=self.config.data.num_workers)
+        loader = self.train_loaders[phase.augment]
+        data.set_epoch(loader, global_epoch)
         criterion = nn.CrossEntropyLoss(label_smoothing=phase.label_smoothing)
         train.set_train_modes(net, self.trainable, phase.bn)  # model.train() resets BN modes
 
@@ -136,11 +144,16 @@ class PyTorchBackend(Backend):
             self._step += 1
             self.writer.add_scalars(self._step, {"batch/train_loss": loss})
 
-        return train.train_one_epoch(net, loader, self.optimizer, criterion, self.device_,
-                                     self.norm, on_step)
+        stats = train.train_one_epoch(net, loader, self.optimizer, criterion, self.device_,
+                                      self.norm, on_step, precision=self.config.train.precision)
+        self._computed["train"].add(stats.pop("compute_dtype"))
+        return stats
 
     def _run_eval(self, subset: str, fn=None) -> np.ndarray:
-        out = train.predict_batches(self.model, self.eval_loaders[subset], self.device_, self.norm, fn)
+        out, dtype = train.predict_batches(self.model, self.eval_loaders[subset], self.device_,
+                                           self.norm, fn, precision=self.config.train.precision)
+        if dtype is not None:
+            self._computed["eval"].add(dtype)
         if out is None:
             width = self.num_classes if fn is None else self.spec.feature_dim
             out = np.zeros((0, width), np.float32)
@@ -152,6 +165,15 @@ class PyTorchBackend(Backend):
     def _extract_features(self, subset: str) -> np.ndarray:
         return self._run_eval(subset, lambda net, images: model_lib.forward_features(
             net, self.entry, images))
+
+    def _precision_used(self) -> dict:
+        labels = {"bfloat16": "bf16", "float32": "fp32"}
+        used = {path: "+".join(sorted(labels.get(d, d) for d in dtypes if d)) or None
+                for path, dtypes in self._computed.items()}
+        how = (f"torch.autocast({self.device_.type!r}, torch.bfloat16) around forward and loss; "
+               f"fp32 weights, optimizer state and BatchNorm statistics"
+               if self.config.train.precision == "bf16" else "fp32")
+        return {**used, "how": how}
 
     # -- checkpoints -----------------------------------------------------
     def _optimizer_signature(self) -> list:

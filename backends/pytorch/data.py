@@ -1,8 +1,11 @@
 """The native input pipeline: a ``torch.utils.data.Dataset`` over the common split.
 
-PyTorch idiom: a map-style ``Dataset`` returns one sample, a ``DataLoader``
-batches and shuffles it (seeded ``torch.Generator``), and the augmentation
-is written with ``torchvision.transforms.v2.functional`` ops on tensors.
+PyTorch idiom (torchvision ``references/classification/train.py``): a
+map-style ``Dataset`` returns one sample, one ``DataLoader`` per split is
+built once and kept across epochs, and the train loader reshuffles every
+epoch through its sampler's ``set_epoch`` (``DistributedSampler``'s
+convention); the augmentation is written with
+``torchvision.transforms.v2.functional`` ops on tensors.
 Decoding is ``common.data.load_image`` (the one decoder every backend uses);
 what happens after it is exactly ``common.preprocess``: random crop from
 ``crop_source_size(size)`` + random horizontal flip for training, the image
@@ -12,7 +15,7 @@ at ``size`` for evaluation, then the model family's normalisation.
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms.v2 import functional as F
 
 from common.data import Sample, drops_last_batch, load_image
@@ -48,8 +51,35 @@ class SplitDataset(Dataset):
             image = random_crop_flip(image, self.size, self._generator(index))
         return image, sample.label
 
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the next samples' augmentation for ``epoch``. Workers copy the dataset when
+        an epoch's iterator starts, so call this before iterating (no persistent workers)."""
+        self.epoch = epoch
+
     def _generator(self, index: int) -> torch.Generator:
         return torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_033 + index)
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A permutation of ``range(n)`` that depends on ``(seed, epoch)`` only.
+
+    ``set_epoch(e)`` before each epoch, as with ``DistributedSampler``: the order of
+    epoch ``e`` is the same whether the epochs before it ran in this process or in an
+    interrupted one, so a resumed run sees the batches an uninterrupted run would.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
 
 
 def random_crop_flip(image: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -73,13 +103,20 @@ def normalise(images: torch.Tensor, norm: Normalisation) -> torch.Tensor:
 
 
 def train_loader(samples: list[Sample], size: int, batch_size: int, *, augment: bool, seed: int,
-                 epoch: int, num_workers: int = 0) -> DataLoader:
-    """Shuffled batches of one epoch; order and augmentation depend on ``(seed, epoch)`` only."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return DataLoader(SplitDataset(samples, size, augment, seed, epoch), batch_size=batch_size,
-                      shuffle=True, generator=generator, num_workers=num_workers,
+                 num_workers: int = 0) -> DataLoader:
+    """The training loader, built once: call ``set_epoch(loader, e)`` before each epoch.
+    Order and augmentation of an epoch depend on ``(seed, epoch)`` only."""
+    return DataLoader(SplitDataset(samples, size, augment, seed), batch_size=batch_size,
+                      sampler=EpochShuffleSampler(len(samples), seed),
                       drop_last=drops_last_batch(len(samples), batch_size),  # never a batch of 1
+                      num_workers=num_workers, persistent_workers=False,
                       pin_memory=torch.cuda.is_available())
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Shuffle order and augmentation of ``epoch`` for a loader from ``train_loader``."""
+    loader.sampler.set_epoch(epoch)
+    loader.dataset.set_epoch(epoch)
 
 
 def eval_loader(samples: list[Sample], size: int, batch_size: int, num_workers: int = 0) -> DataLoader:

@@ -9,6 +9,8 @@ fine-tuning tutorial.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -41,6 +43,7 @@ def build_model(spec: ModelSpec, entry: ModelEntry, num_classes: int, head_hidde
         model.dropout = nn.Identity()
         if aux_logits:
             model.AuxLogits.fc = nn.Linear(model.AuxLogits.fc.in_features, num_classes)
+            init_aux_head_like_slim(model.AuxLogits)
     else:
         model = constructor(weights=None)
     head = head_name(entry)
@@ -52,6 +55,31 @@ def build_model(spec: ModelSpec, entry: ModelEntry, num_classes: int, head_hidde
             # momentum=0.1 is Keras' momentum=0.9 / slim's decay=0.9 (common.models.BN_DECAY).
             m.momentum = 1.0 - BN_DECAY
     return model
+
+
+def _truncated_normal_(weight: torch.Tensor, stddev: float) -> None:
+    """TensorFlow's ``truncated_normal``: N(0, stddev) redrawn beyond 2 stddev."""
+    nn.init.trunc_normal_(weight, mean=0.0, std=stddev, a=-2 * stddev, b=2 * stddev)
+
+
+def init_aux_head_like_slim(aux: nn.Module) -> None:
+    """Initialise torchvision's ``InceptionAux`` as slim initialises ``InceptionV3/AuxLogits``.
+
+    slim (``tf_slim.nets.inception_v3`` in ``inception_v3_arg_scope``): the 1x1 conv takes
+    the arg_scope's ``variance_scaling_initializer()`` (truncated normal, stddev
+    ``sqrt(1.3 * 2 / fan_in)``), the 5x5 conv ``truncated_normal(0.01)``, the logits
+    ``truncated_normal(0.001)`` with zero biases. torchvision differs: its ``stddev=0.01``
+    sits on the ``BasicConv2d`` wrapper, which the init loop never reads (the 5x5 conv
+    gets 0.1), it truncates at +-2 absolute rather than 2 stddev, and the new ``fc`` would
+    keep ``nn.Linear``'s uniform default. BatchNorm stays gamma 1, beta 0 (slim: beta 0).
+    """
+    conv0 = aux.conv0.conv
+    fan_in = conv0.in_channels * math.prod(conv0.kernel_size)
+    with torch.no_grad():
+        _truncated_normal_(conv0.weight, math.sqrt(1.3 * 2.0 / fan_in))
+        _truncated_normal_(aux.conv1.conv.weight, 0.01)
+        _truncated_normal_(aux.fc.weight, 0.001)
+        nn.init.zeros_(aux.fc.bias)
 
 
 def head_name(entry: ModelEntry) -> str:
@@ -94,14 +122,11 @@ def module_block(spec: ModelSpec, entry: ModelEntry) -> dict[str, str]:
     return out
 
 
-def head_prefixes(model: nn.Module, entry: ModelEntry) -> tuple[str, ...]:
-    """State-dict key prefixes of the classifier layers a checkpoint never restores:
-    the head, and the aux head's own classifier (its convolutions are backbone-like)."""
-    prefixes = [head_name(entry) + "."]
-    for aux in entry.aux_head:
-        if getattr(model, aux, None) is not None:
-            prefixes.append(f"{aux}.fc.")
-    return tuple(prefixes)
+def head_prefixes(entry: ModelEntry) -> tuple[str, ...]:
+    """State-dict key prefixes a checkpoint never restores: the head and the whole aux head,
+    as slim's ``--checkpoint_exclude_scopes=InceptionV3/Logits,InceptionV3/AuxLogits``, so
+    the aux head starts from ``init_aux_head_like_slim`` in both backends."""
+    return tuple(f"{name}." for name in entry.native(HEAD, aux=True))
 
 
 def count_params(module: nn.Module, trainable_only: bool = False) -> int:

@@ -2,8 +2,10 @@
 
 PyTorch idiom: eager steps, ``torch.cuda.synchronize()`` before the clock
 stops (CUDA kernels are asynchronous; on the CPU a step has finished when it
-returns), ``torch.autocast`` for bf16 (the model is ``channels_last`` throughout), and
-``torch.cuda.max_memory_allocated`` for peak device memory.
+returns), the training loop's own ``autocast`` for bf16 (the model is ``channels_last``
+throughout), ``torch.inference_mode`` for the inference step as in prediction, and
+``torch.cuda.max_memory_allocated`` for peak device memory. The train step is the applied
+phase's: its optimizer, its ``requires_grad`` parameters, its BatchNorm modes.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from torch import nn
 
 from common.timing import measure_steps
 
-from .train import compute_loss
+from .train import autocast, compute_loss
 
 
 def synchronize(device: torch.device) -> None:
@@ -41,23 +43,19 @@ def measure_throughput(model: nn.Module, optimizer: torch.optim.Optimizer, set_m
     images = torch.randn(batch_size, 3, image_size, image_size, generator=g).to(device)
     images = images.contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
-    bf16 = precision == "bf16"
     criterion = nn.CrossEntropyLoss()
-
-    def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def train_step():
         # gradients freed before the forward pass: lower peak memory than zeroing after it
         optimizer.zero_grad(set_to_none=True)
-        with autocast():
+        with autocast(device, precision):
             loss, _ = compute_loss(model(images), labels, criterion)
         loss.backward()
         optimizer.step()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def infer_step():
-        with autocast():
+        with autocast(device, precision):
             model(images)
 
     if device.type == "cuda":
@@ -66,6 +64,10 @@ def measure_throughput(model: nn.Module, optimizer: torch.optim.Optimizer, set_m
         set_modes()
         train = measure_steps(train_step, lambda: synchronize(device), batch_size=batch_size,
                               steps=steps, warmup=warmup)
+        # what the timed step trained: the parameters a gradient reached, the optimizer
+        stepped = [p for p in model.parameters() if p.grad is not None]
+        timed = {"optimizer": type(optimizer).__name__, "trainable_tensors": len(stepped),
+                 "trainable_params": sum(p.numel() for p in stepped)}
         model.eval()
         infer = measure_steps(infer_step, lambda: synchronize(device), batch_size=batch_size,
                               steps=steps, warmup=warmup)
@@ -79,6 +81,7 @@ def measure_throughput(model: nn.Module, optimizer: torch.optim.Optimizer, set_m
         optimizer.zero_grad(set_to_none=True)
     return {
         "precision": precision,
+        "timed": timed,
         "train": train,
         "infer": infer,
         "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,

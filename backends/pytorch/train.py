@@ -4,7 +4,10 @@ PyTorch idiom (torchvision ``references/classification/train.py``):
 freezing is ``requires_grad_(False)`` on modules, discriminative learning
 rates are optimizer *param groups*, BatchNorm's mode is the module's
 ``train()`` / ``eval()`` flag, and one epoch is a plain ``train_one_epoch``
-function: forward, loss, ``backward()``, ``optimizer.step()``.
+function: forward, loss, ``backward()``, ``optimizer.step()``. Mixed
+precision is ``torch.autocast`` around the forward pass and the loss (fit,
+prediction and the throughput steps alike); prediction runs under
+``torch.inference_mode``.
 """
 
 from __future__ import annotations
@@ -112,6 +115,21 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, learning_rate: float) ->
         group["lr"] = learning_rate * group.get("lr_multiplier", 1.0)
 
 
+def autocast(device: torch.device, precision: str):
+    """``torch.autocast(device, bfloat16)`` for ``precision == "bf16"``, a no-op for fp32.
+
+    Mixed precision, PyTorch's way: convolutions and matmuls run in bfloat16 while the
+    weights, the optimizer state, BatchNorm statistics and the loss stay fp32 (bf16 needs
+    no ``GradScaler``: it has fp32's exponent range).
+    """
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def dtype_name(tensor: torch.Tensor) -> str:
+    """``"bfloat16"``, ``"float32"``: the dtype a forward pass really computed in."""
+    return str(tensor.dtype).removeprefix("torch.")
+
+
 def compute_loss(outputs, labels: torch.Tensor, criterion: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, main logits); Inception's train-mode ``InceptionOutputs`` adds 0.4 x aux loss."""
     if isinstance(outputs, tuple):  # torchvision InceptionOutputs(logits, aux_logits)
@@ -124,16 +142,21 @@ def compute_loss(outputs, labels: torch.Tensor, criterion: nn.Module) -> tuple[t
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, criterion: nn.Module,
-                    device: torch.device, norm: Normalisation, on_step=None) -> dict:
-    """One pass over ``loader`` (modes already set): mean loss, top-1, images, seconds."""
+                    device: torch.device, norm: Normalisation, on_step=None,
+                    precision: str = "fp32") -> dict:
+    """One pass over ``loader`` (modes already set): mean loss, top-1, images, seconds, and
+    ``compute_dtype``, the dtype the logits were computed in (``bfloat16`` under autocast)."""
     total_loss, correct, seen = 0.0, 0, 0
+    compute_dtype = None
     t0 = time.perf_counter()
     for images, labels in loader:
         images = normalise(images.to(device, non_blocking=True), norm)
         labels = labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)  # before the forward pass: lower peak memory
         try:
-            outputs = model(images)
+            with autocast(device, precision):
+                outputs = model(images)
+                loss, logits = compute_loss(outputs, labels, criterion)
         except ValueError as err:
             if "Expected more than 1 value per channel" in str(err):
                 raise BackendError(
@@ -142,8 +165,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                     f"does not leave a last batch of 1 ({len(loader.dataset)} training images)"
                 ) from None
             raise
-        loss, logits = compute_loss(outputs, labels, criterion)
-        loss.backward()
+        compute_dtype = dtype_name(logits)
+        loss.backward()  # outside autocast, as torch.autocast's documentation prescribes
         optimizer.step()
         n = len(labels)
         total_loss += loss.item() * n
@@ -152,18 +175,23 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         if on_step is not None:
             on_step(loss.item())
     return {"loss": total_loss / max(seen, 1), "top1": correct / max(seen, 1), "images": seen,
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0, "compute_dtype": compute_dtype}
 
 
-@torch.no_grad()
-def predict_batches(model: nn.Module, loader, device: torch.device, norm: Normalisation, fn=None):
-    """``fn(model, images)`` (default: the model) over ``loader`` in eval mode, concatenated."""
+@torch.inference_mode()
+def predict_batches(model: nn.Module, loader, device: torch.device, norm: Normalisation, fn=None,
+                    precision: str = "fp32") -> tuple:
+    """``fn(model, images)`` (default: the model) over ``loader`` in eval mode, concatenated
+    as float32 numpy, and the dtype the outputs were computed in (None: empty loader)."""
     model.eval()
-    outs = []
+    outs, compute_dtype = [], None
     for images, _ in loader:
         images = normalise(images.to(device, non_blocking=True), norm)
-        outs.append((fn(model, images) if fn else model(images)).float().cpu())
-    return torch.cat(outs).numpy() if outs else None
+        with autocast(device, precision):
+            out = fn(model, images) if fn else model(images)
+        compute_dtype = dtype_name(out)
+        outs.append(out.float().cpu())
+    return (torch.cat(outs).numpy() if outs else None), compute_dtype
 
 
 class ScalarWriter:

@@ -61,25 +61,31 @@ def model_state(checkpoint: dict) -> dict[str, torch.Tensor]:
 
 
 def restore_excluding_head(model: nn.Module, entry: ModelEntry, state: dict[str, torch.Tensor],
-                           source: str) -> dict:
-    """Load every backbone tensor of ``state`` into ``model``; never the classifier (head).
+                           source: str, ignore_missing_vars: bool = False) -> dict:
+    """Load every backbone tensor of ``state`` into ``model``; never the head or aux head.
 
-    Keys of modules the model does not have (e.g. ``AuxLogits.*`` of an ImageNet
-    Inception file when the aux head is off) are skipped; a backbone tensor that is
-    missing or has another shape is an error naming ``source``.
+    Keys the model does not have are not needed and skipped; a backbone tensor that is
+    missing or has another shape is a one-line error naming ``source``, unless
+    ``ignore_missing_vars`` (slim's flag of that name), which keeps those tensors at their
+    initial values and lists them. Returns the counts and those lists.
     """
-    excluded = head_prefixes(model, entry) + (head_name(entry) + ".",)
+    excluded = head_prefixes(entry)
     own = model.state_dict()
     backbone = {k: v for k, v in state.items() if not k.startswith(excluded) and k in own}
     bad_shapes = [k for k, v in backbone.items() if tuple(v.shape) != tuple(own[k].shape)]
     missing = [k for k in own if not k.startswith(excluded) and k not in backbone]
-    if bad_shapes or missing:
+    if (bad_shapes or missing) and not ignore_missing_vars:
         what = (f"{len(bad_shapes)} tensor(s) of another shape, e.g. {bad_shapes[0]}" if bad_shapes
                 else f"{len(missing)} backbone tensor(s) missing, e.g. {missing[0]}")
         raise BackendError(f"{source} does not fit this model: {what}; was it saved from the same "
-                           f"torchvision architecture?")
+                           f"torchvision architecture? (--ignore-missing-vars keeps such tensors "
+                           f"at their initial values)")
+    for k in bad_shapes:
+        del backbone[k]
     model.load_state_dict(backbone, strict=False)
-    return {"restored": len(backbone), "skipped": sorted(k for k in state if k not in backbone)}
+    return {"restored": len(backbone), "excluded": sum(k.startswith(excluded) for k in state),
+            "missing": missing, "shape_mismatch": bad_shapes,
+            "ignore_missing_vars": ignore_missing_vars}
 
 
 def copy_head_rows(model: nn.Module, entry: ModelEntry, state: dict[str, torch.Tensor],

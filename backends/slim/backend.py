@@ -46,6 +46,7 @@ from backends.slim import model as slim_model
 from backends.slim import throughput as slim_throughput
 from backends.slim import train as slim_train
 from backends.slim import weights as slim_weights
+from backends.slim.compat import identity_hashing
 from common.config import Phase
 from common.models import HEAD, ModelSpec
 from common.preprocess import get_normalisation
@@ -61,12 +62,13 @@ class SlimBackend(Backend):
         self.session: tf.compat.v1.Session | None = None
         self.step: slim_train.TrainOp | None = None
         self.variables_to_train: list = []
-        self.weights_report: dict = {"kind": "none"}
         self._train_towers: dict[tuple, slim_model.Tower] = {}
         self._in_memory: dict[int, tf.Operation] = {}
         self._saver = slim_weights.CheckpointSaver()
         self._writer = None
         self._lr_value = 0.0
+        # dtypes the logits were computed in, per path (precision_used reports them)
+        self._computed: dict[str, set[str]] = {"train": set(), "eval": set()}
 
     # -- environment -----------------------------------------------------
     def frameworks(self) -> dict[str, str]:
@@ -110,7 +112,7 @@ class SlimBackend(Backend):
             raise BackendError("reuse_head_rows needs a linear head (head_hidden_units = 0): "
                                "the new head's first layer has no class rows")
         ckpt = self._checkpoint_for(weights)
-        with self.graph.as_default():
+        with self.graph.as_default(), identity_hashing():
             # phase-dependent scalars; local variables: not in checkpoints
             self.learning_rate = _local_scalar("learning_rate", 0.0)
             self.weight_decay = _local_scalar("weight_decay", 0.0)
@@ -121,7 +123,7 @@ class SlimBackend(Backend):
             self.session.run([tf.compat.v1.global_variables_initializer(),
                               tf.compat.v1.local_variables_initializer()])
             self._train_towers[self._bn_key(())] = self.eval_tower
-            self.weights_report = self._load_weights(weights, ckpt)
+            self.restore_report = self._load_weights(weights, ckpt)
 
     def _tower(self, training_blocks, reuse: bool) -> slim_model.Tower:
         return slim_model.build_tower(
@@ -147,9 +149,10 @@ class SlimBackend(Backend):
 
     def _load_weights(self, weights: WeightsRequest, ckpt: str | None) -> dict:
         if ckpt is None:
-            return {"kind": "none"}
+            return {}
         exclude = slim_model.checkpoint_exclude_scopes(self.entry)
-        report = slim_weights.restore_excluding(self.session, ckpt, self.model_variables, exclude)
+        report = slim_weights.restore_excluding(self.session, ckpt, self.model_variables, exclude,
+                                                weights.ignore_missing_vars)
         if report["restored"] == 0:
             raise BackendError(f"checkpoint {ckpt!r} shares no variable with slim "
                                f"{self.spec.name}; is it a {self.entry.constructor} checkpoint?")
@@ -175,7 +178,7 @@ class SlimBackend(Backend):
                      if v.trainable and slim_model.in_scopes(v.op.name, scopes)]
         head_vars = slim_model.variables_in_scopes(trainable, slim_model.native_scopes(entry, HEAD, True))
         training_blocks = slim_model.bn_training_blocks(spec, phase)
-        with self.graph.as_default():
+        with self.graph.as_default(), identity_hashing():
             key = self._bn_key(training_blocks)
             if key not in self._train_towers:
                 self._train_towers[key] = self._tower(training_blocks, reuse=True)
@@ -184,7 +187,7 @@ class SlimBackend(Backend):
             with tf.compat.v1.variable_scope(f"phase{index}"):
                 step = slim_train.build_train_op(
                     tower, self.pipes.labels, self.num_classes, phase,
-                    variables_to_train=trainable, head_variables=head_vars,
+                    variables_to_train=trainable, trainable_scopes=scopes, head_variables=head_vars,
                     learning_rate=self.learning_rate, global_step=self.global_step,
                     name=f"phase{index}")
             # initialise only what this phase created (slots); model values are kept
@@ -194,6 +197,9 @@ class SlimBackend(Backend):
         self.step, self.variables_to_train = step, trainable
         params = [v for v in self.model_variables if not slim_model.is_moving_statistic(v)]
         bn_training = ", ".join(key) or "none"
+        flags, not_expressed = slim_train.train_image_classifier_flags(
+            phase, scopes, exclude, frozen_bn_scopes=any(b not in training_blocks for b in spec.blocks),
+            ignore_missing_vars=bool(self.restore_report.get("ignore_missing_vars")))
         return {
             "trainable_blocks": list(phase.trainable_blocks(spec)),
             "trainable_params": slim_model.param_count(trainable),
@@ -206,8 +212,9 @@ class SlimBackend(Backend):
                 "bn": (f"batch_norm is_training=True in: {bn_training}; is_training=False "
                        f"(moving statistics, no update ops) elsewhere"),
                 "update_ops": len(step.update_ops),
-                "train_image_classifier_flags": slim_train.slim_flags(phase, scopes, exclude),
-                "weights": {k: v for k, v in self.weights_report.items()
+                "train_image_classifier_flags": flags,
+                "not_expressed_by_flags": not_expressed,
+                "weights": {k: v for k, v in self.restore_report.items()
                             if k not in ("missing", "shape_mismatch")},
             },
         }
@@ -230,6 +237,7 @@ class SlimBackend(Backend):
                                step_no)
 
         stats = slim_train.train_one_epoch(self.session, self.step, init, feed, on_step)
+        self._computed["train"].add(self.step.compute_dtype)
         writer.add_summary(_summary({"epoch/train_loss": stats["loss"],
                                      "epoch/train_accuracy": stats["top1"],
                                      "epoch/learning_rate": self._lr_value}), global_epoch)
@@ -245,6 +253,8 @@ class SlimBackend(Backend):
             except tf.errors.OutOfRangeError:
                 break
         width = tensor.shape[-1]
+        if out:
+            self._computed["eval"].add(tensor.dtype.name)
         return np.concatenate(out) if out else np.zeros((0, width), np.float32)
 
     def _predict(self, subset: str) -> np.ndarray:
@@ -289,8 +299,15 @@ class SlimBackend(Backend):
                     batch_size=batch_size, steps=steps, warmup=warmup)
             finally:
                 self.restore(kept)
-        return {"precision": "fp32", **result, "peak_memory_bytes": self._peak_memory(),
-                "device": self.device()}
+        timed = {"optimizer": self.step.optimizer, "trainable_tensors": len(self.step.trained),
+                 "trainable_params": slim_model.param_count(self.step.trained)}
+        return {"precision": _precision_label(self.step.compute_dtype), "timed": timed, **result,
+                "peak_memory_bytes": self._peak_memory(), "device": self.device()}
+
+    def _precision_used(self) -> dict:
+        used = {path: "+".join(sorted(_precision_label(d) for d in dtypes)) or None
+                for path, dtypes in self._computed.items()}
+        return {**used, "how": "fp32 graph (tf_slim layers have no mixed-precision policy)"}
 
     def _bare_train_loop(self, batch_size: int, steps: int):
         """The harness-overhead baseline: ``session.run(train_op)`` in a plain loop on the
@@ -330,8 +347,8 @@ class SlimBackend(Backend):
     def model_summary(self) -> str:
         names = self.trainable_names() if self.phase is not None else ()
         text = slim_model.summary(self.spec, self.entry, self.model_variables, names)
-        w = self.weights_report
-        if w.get("kind") != "none":
+        w = self.restore_report
+        if w:
             text += (f"\nweights: {w['checkpoint']}: restored {w['restored']} variables, excluded "
                      f"{w['excluded']} (checkpoint_exclude_scopes), missing {len(w['missing'])}, "
                      f"shape mismatch {len(w['shape_mismatch'])}\n")
@@ -344,6 +361,10 @@ class SlimBackend(Backend):
         if self.session is not None:
             self.session.close()
             self.session = None
+
+
+def _precision_label(dtype: str) -> str:
+    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(dtype, dtype)
 
 
 def _local_scalar(name: str, value: float) -> tf.Variable:

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 from tf_slim.nets import inception_v3 as slim_inception
-from tf_slim.nets import resnet_utils, resnet_v1
+from tf_slim.nets import resnet_v1
 
 from backends.base import BackendError, ModelEntry
 from backends.slim.compat import slim
@@ -155,9 +155,17 @@ def inception_v3(images, num_classes, hidden_units, aux_logits, reuse):
     ``global_pool`` option and ties the aux head to ``num_classes``, so the
     classifier scopes are rebuilt here around ``inception_v3_base`` with the
     same variable names, which keeps official ``inception_v3.ckpt`` files loadable.
+    Op names follow the variable names (``InceptionV3/Mixed_7b/...``), where slim's
+    ``inception_v3()`` nests its name scope twice (``InceptionV3/InceptionV3/Mixed_7b``):
+    the L2 regularizer terms are then collected by variable scope.
     """
-    with tf.compat.v1.variable_scope("InceptionV3", [images], reuse=reuse) as scope:
+    # auxiliary_name_scope=False: inception_v3_base opens the "InceptionV3" name scope itself
+    with tf.compat.v1.variable_scope("InceptionV3", [images], reuse=reuse,
+                                     auxiliary_name_scope=False) as scope:
         net, end_points = slim_inception.inception_v3_base(images, scope=scope)
+        name_scope = net.op.name[: net.op.name.index("/Mixed_7c/") + 1]  # "InceptionV3/"
+    with tf.compat.v1.variable_scope(scope, reuse=reuse, auxiliary_name_scope=False), \
+            tf.name_scope(name_scope):
         aux = None
         if aux_logits:
             if end_points["Mixed_6e"].shape[1] < 5:
@@ -178,16 +186,17 @@ def resnet_v1_50(images, num_classes, hidden_units, aux_logits, reuse):
     """``resnet_v1_50(num_classes=None)`` (pooled features) + the head as resnet_v1_50/logits."""
     net, _ = resnet_v1.resnet_v1_50(images, num_classes=None, is_training=None, global_pool=True,
                                     reuse=reuse, scope="resnet_v1_50")
-    with tf.compat.v1.variable_scope("resnet_v1_50", reuse=reuse, auxiliary_name_scope=False):
+    name_scope = net.op.name.rsplit("/", 1)[0] + "/"  # the net's own: "resnet_v1_50/"
+    with tf.compat.v1.variable_scope("resnet_v1_50", reuse=reuse, auxiliary_name_scope=False), \
+            tf.name_scope(name_scope), tf.compat.v1.variable_scope("logits") as logits_scope:
+        net_h = net
         if hidden_units > 0:
-            with tf.compat.v1.variable_scope("logits"):
-                net_h = slim.conv2d(net, hidden_units, [1, 1], activation_fn=tf.nn.relu,
-                                    normalizer_fn=None, scope="hidden")
-        else:
-            net_h = net
+            net_h = slim.conv2d(net, hidden_units, [1, 1], activation_fn=tf.nn.relu,
+                                normalizer_fn=None, scope="hidden")
         # slim's own name for the ResNet classifier: resnet_v1_50/logits/{weights,biases}
+        # (the scope object: variables in it, ops in a name scope below it)
         logits = slim.conv2d(net_h, num_classes, [1, 1], activation_fn=None, normalizer_fn=None,
-                             scope="logits")
+                             scope=logits_scope)
     return tf.squeeze(logits, [1, 2]), tf.squeeze(net, [1, 2]), None
 
 
@@ -211,11 +220,18 @@ def build_tower(spec: ModelSpec, entry: ModelEntry, images: tf.Tensor, num_class
     net_fn = entry.resolve_constructor()
     training = set(training_blocks)
     before = set(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS))
+    regularizers = set(tf.compat.v1.losses.get_regularization_losses())
     with slim.arg_scope(arg_scope(entry, weight_decay)):
         with slim.arg_scope([slim.conv2d], normalizer_fn=scoped_batch_norm(spec, entry, training)):
             logits, features, aux = net_fn(images, num_classes, hidden_units, aux_logits, reuse)
     update_ops = [op for op in tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
                   if op not in before]
+    stray = [t.op.name for t in tf.compat.v1.losses.get_regularization_losses()
+             if t not in regularizers and block_of(t.op.name, spec, entry) is None]
+    if stray:  # weight decay is collected by scope (train.regularization_losses)
+        raise BackendError(f"{entry.constructor}: the L2 regularizer {stray[0]} is outside the "
+                           f"model's variable scopes; build the net so that its op names follow "
+                           f"its variable scopes")
     return Tower(logits, features, aux, update_ops, tuple(b for b in (*spec.blocks, HEAD)
                                                          if b in training))
 

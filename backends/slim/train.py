@@ -3,10 +3,13 @@
 A common ``Phase`` becomes that script's flags: ``--trainable_scopes``
 (-> ``variables_to_train``), ``--optimizer`` with its hyperparameter flags,
 ``--learning_rate`` / ``--learning_rate_decay_type``, ``--label_smoothing``,
-``--weight_decay`` (the L2 ``weights_regularizer`` of the arg_scope); the
-train op is ``slim.learning.create_train_op`` over ``variables_to_train``
+``--weight_decay`` (the L2 ``weights_regularizer`` of the arg_scope, whose
+terms are collected by scope: ``tf.compat.v1.losses.get_regularization_losses``);
+the train op is ``slim.learning.create_train_op`` over ``variables_to_train``
 with the tower's UPDATE_OPS as control dependencies. ``train_one_epoch`` is
 the loop that ``slim.learning.train`` would run, cut at the end of the epoch.
+``train_image_classifier_flags`` writes the phase as that script's command
+line, and lists what of the phase the script has no flag for.
 
 ``--moving_average_decay`` is not implemented (the driver's best-on-val
 checkpoint would need the averaged variables swapped in).
@@ -25,24 +28,10 @@ from backends.slim.compat import slim
 from backends.slim.model import Tower
 from common.config import Phase
 
-# slim's default hyperparameters for the optimizers that common recipes cannot
-# select (train_image_classifier.py flags); kept so the vocabulary is complete.
-SLIM_ONLY_OPTIMIZERS = {
-    "adadelta": lambda lr: tf.compat.v1.train.AdadeltaOptimizer(lr, rho=0.95, epsilon=1.0),
-    "adagrad": lambda lr: tf.compat.v1.train.AdagradOptimizer(lr, initial_accumulator_value=0.1),
-    "ftrl": lambda lr: tf.compat.v1.train.FtrlOptimizer(
-        lr, learning_rate_power=-0.5, initial_accumulator_value=0.1,
-        l1_regularization_strength=0.0, l2_regularization_strength=0.0),
-}
-
-# common schedule -> slim's --learning_rate_decay_type. The value for each epoch
-# comes from common.schedule (assigned to the learning-rate variable), so the
-# schedule is the same in every backend; slim 1.x has no cosine decay type.
-LEARNING_RATE_DECAY_TYPE = {
-    "fixed": "fixed",
-    "exponential": "exponential",  # --learning_rate_decay_factor = phase.decay_rate per epoch
-    "cosine": "cosine (not a slim 1.x decay type: common.schedule values per epoch)",
-}
+# The values train_image_classifier.py accepts (tensorflow/models research/slim):
+# --optimizer (_configure_optimizer) and --learning_rate_decay_type (_configure_learning_rate).
+SCRIPT_OPTIMIZERS = ("adadelta", "adagrad", "adam", "ftrl", "momentum", "sgd", "rmsprop")
+SCRIPT_DECAY_TYPES = ("fixed", "exponential", "polynomial")
 
 
 def configure_optimizer(name: str, learning_rate, phase: Phase,
@@ -75,34 +64,73 @@ def configure_optimizer(name: str, learning_rate, phase: Phase,
         if name == "adamw":
             desc += f" + decoupled weight decay {phase.weight_decay} (w -= lr * wd * w)"
         return opt, desc
-    if name in SLIM_ONLY_OPTIMIZERS:
-        opt = SLIM_ONLY_OPTIMIZERS[name](learning_rate)
-        return opt, f"tf.compat.v1.train.{type(opt).__name__} (slim defaults)"
     raise BackendError(f"optimizer {name!r} is not supported by the slim backend; choose one of: "
-                       f"sgd, momentum, rmsprop, adam, adamw, {', '.join(SLIM_ONLY_OPTIMIZERS)}")
+                       f"sgd, momentum, rmsprop, adam, adamw")
 
 
-def slim_flags(phase: Phase, trainable: tuple[str, ...], exclude: tuple[str, ...]) -> dict:
-    """The ``train_image_classifier.py`` flags this phase corresponds to."""
-    flags = {
+def script_optimizer(phase: Phase) -> str:
+    """The ``--optimizer`` of train_image_classifier.py that ``configure_optimizer`` builds."""
+    if phase.optimizer in ("sgd", "momentum"):
+        # the script's "sgd" is GradientDescentOptimizer; SGD with momentum is "momentum"
+        return "sgd" if phase.optimizer == "sgd" and not phase.effective_momentum else "momentum"
+    if phase.optimizer == "adamw":
+        return "adam"  # the script has no decoupled weight decay (listed as not expressed)
+    return phase.optimizer
+
+
+def train_image_classifier_flags(phase: Phase, trainable: tuple[str, ...],
+                                 exclude: tuple[str, ...], *, frozen_bn_scopes: bool,
+                                 ignore_missing_vars: bool = False) -> tuple[str, list[str]]:
+    """``phase`` as a ``train_image_classifier.py`` command line, and what it leaves out.
+
+    The command line has only that script's flags and values (``SCRIPT_OPTIMIZERS``,
+    ``SCRIPT_DECAY_TYPES``). What the phase does that no flag says (a cosine schedule,
+    warm-up, a head learning-rate multiplier, AdamW's decoupled decay, BatchNorm in
+    inference mode in frozen scopes) is listed instead; an empty list means the command
+    line trains the phase as the suite does.
+    """
+    optimizer = script_optimizer(phase)
+    flags: dict[str, object] = {
         "trainable_scopes": ",".join(trainable),
         "checkpoint_exclude_scopes": ",".join(exclude),
-        "optimizer": "momentum" if phase.optimizer == "sgd" and phase.effective_momentum else
-                     phase.optimizer,
+        "optimizer": optimizer,
         "learning_rate": phase.learning_rate,
-        "learning_rate_decay_type": LEARNING_RATE_DECAY_TYPE[phase.schedule],
         "label_smoothing": phase.label_smoothing,
         "weight_decay": 0.0 if phase.optimizer == "adamw" else phase.weight_decay,
-        "opt_epsilon": phase.epsilon,
     }
+    not_expressed = []
+    if phase.schedule in ("fixed", "exponential"):
+        flags["learning_rate_decay_type"] = phase.schedule
+    else:
+        not_expressed.append(f"schedule {phase.schedule!r}: the script's decay types are "
+                             f"{', '.join(SCRIPT_DECAY_TYPES)}; the learning rate is set per epoch "
+                             f"from common.schedule")
     if phase.schedule == "exponential":
-        flags["learning_rate_decay_factor"] = phase.decay_rate
-        flags["num_epochs_per_decay"] = 1
-    if phase.optimizer in ("sgd", "momentum"):
+        flags.update(learning_rate_decay_factor=phase.decay_rate, num_epochs_per_decay=1.0)
+    if phase.warmup_epochs:
+        not_expressed.append(f"warmup_epochs {phase.warmup_epochs}: the script has no warm-up")
+    if optimizer == "momentum":
         flags["momentum"] = phase.effective_momentum
-    if phase.optimizer == "rmsprop":
-        flags.update(rmsprop_decay=phase.rmsprop_rho, rmsprop_momentum=phase.effective_momentum)
-    return flags
+    elif optimizer == "rmsprop":
+        # the script's defaults are --rmsprop_momentum=0.9 --opt_epsilon=1.0: always given
+        flags.update(rmsprop_decay=phase.rmsprop_rho, rmsprop_momentum=phase.effective_momentum,
+                     opt_epsilon=phase.epsilon)
+    elif optimizer == "adam":
+        flags.update(adam_beta1=0.9, adam_beta2=0.999, opt_epsilon=phase.epsilon)
+    if phase.optimizer == "adamw":
+        not_expressed.append(f"adamw: decoupled weight decay {phase.weight_decay} "
+                             f"(w -= lr * wd * w) before each Adam step; the script has no AdamW")
+    if phase.head_lr_multiplier != 1:
+        not_expressed.append(f"head_lr_multiplier {phase.head_lr_multiplier}: a second optimizer "
+                             f"steps the head at that multiple of --learning_rate")
+    if frozen_bn_scopes:
+        not_expressed.append("batch_norm is_training=False outside --trainable_scopes (moving "
+                             "statistics, no update ops); the script builds is_training=True "
+                             "everywhere")
+    line = " ".join(f"--{k}={v}" for k, v in flags.items())
+    if ignore_missing_vars:
+        line += " --ignore_missing_vars"
+    return line, not_expressed
 
 
 @dataclass
@@ -116,6 +144,8 @@ class TrainOp:
     update_ops: list
     optimizer: str
     variables: list = field(default_factory=list)  # variables the optimizer created (slots...)
+    trained: list = field(default_factory=list)    # variables the step updates
+    compute_dtype: str = "float32"                 # dtype of the tower's logits
 
 
 def classification_loss(tower: Tower, labels: tf.Tensor, num_classes: int,
@@ -138,41 +168,26 @@ def classification_loss(tower: Tower, labels: tf.Tensor, num_classes: int,
     return loss, per_image
 
 
-def regularization_losses(variables_to_train) -> list[tf.Tensor]:
-    """The arg_scope's L2 ``weights_regularizer`` terms of the variables that train.
+def regularization_losses(trainable_scopes) -> list[tf.Tensor]:
+    """The arg_scope's L2 ``weights_regularizer`` terms of the scopes that train.
 
+    Collected by scope, as train_image_classifier.py's clones collect theirs:
+    ``tf.compat.v1.losses.get_regularization_losses(scope)`` for each trained scope
+    (terms of frozen weights would add nothing to the gradients of the trained ones).
     slim's l2_regularizer(wd) is ``wd * sum(w**2) / 2``: the same gradient as PyTorch's
     ``weight_decay=wd`` (Keras' ``L2(wd)`` has no 1/2). Only conv/fc weights carry one:
     biases and BN beta are not decayed.
     """
-    names = {v.op.name for v in variables_to_train}
-    return [r for r in tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.REGULARIZATION_LOSSES)
-            if _regularized_variable(r) in names]
-
-
-def _regularized_variable(loss: tf.Tensor) -> str | None:
-    """Name of the variable a regularizer term reads: ``scale * l2_loss(w)``, followed
-    through the graph (the term's op name says ``kernel``, the legacy-layer name,
-    where the variable is slim's ``weights``)."""
-
-    def upstream(op, wanted, depth=4):
-        frontier = [op]
-        for _ in range(depth):
-            for o in frontier:
-                if o.type in wanted:
-                    return o
-            frontier = [t.op for o in frontier for t in o.inputs]
-        return None
-
-    l2 = upstream(loss.op, ("L2Loss",))
-    var = upstream(l2, ("VarHandleOp", "VariableV2")) if l2 is not None else None
-    return var.name if var is not None else None
+    return [loss for scope in trainable_scopes
+            for loss in tf.compat.v1.losses.get_regularization_losses(scope=scope + "/")]
 
 
 def build_train_op(tower: Tower, labels: tf.Tensor, num_classes: int, phase: Phase, *,
-                   variables_to_train: list, head_variables: list, learning_rate: tf.Variable,
+                   variables_to_train: list, trainable_scopes: tuple[str, ...],
+                   head_variables: list, learning_rate: tf.Variable,
                    global_step: tf.Variable, name: str) -> TrainOp:
-    """The train op of ``phase``: loss -> gradients of ``variables_to_train`` -> update.
+    """The train op of ``phase``: loss (+ the L2 terms of ``trainable_scopes``) ->
+    gradients of ``variables_to_train`` -> update.
 
     ``head_lr_multiplier != 1``: two optimizers (backbone at lr, head at lr * mult)
     grouped in one op, the slim counterpart of PyTorch param groups.
@@ -183,7 +198,7 @@ def build_train_op(tower: Tower, labels: tf.Tensor, num_classes: int, phase: Pha
     loss, per_image = classification_loss(tower, labels, num_classes, phase.label_smoothing)
     total_loss = loss
     if phase.weight_decay > 0 and phase.optimizer != "adamw":
-        reg = regularization_losses(variables_to_train)
+        reg = regularization_losses(trainable_scopes)
         if reg:
             total_loss = total_loss + tf.add_n(reg, name="regularization_loss")
     head_ids = {id(v) for v in head_variables}
@@ -218,6 +233,8 @@ def build_train_op(tower: Tower, labels: tf.Tensor, num_classes: int, phase: Pha
         update_ops=list(tower.update_ops),
         optimizer=description,
         variables=[v for v in tf.compat.v1.global_variables() if v not in before],
+        trained=[v for vs, _ in groups for v in vs],
+        compute_dtype=tower.logits.dtype.name,
     )
 
 

@@ -2,9 +2,10 @@
 
 ``restore_excluding`` is slim's ``_get_init_fn`` from
 ``train_image_classifier.py``: every model variable except those under
-``--checkpoint_exclude_scopes``, loaded with ``slim.assign_from_checkpoint_fn``
-and ``ignore_missing_vars`` (variables absent from the checkpoint, or whose
-shape differs, keep their initial values and are counted). ``save`` /
+``--checkpoint_exclude_scopes``, loaded with ``slim.assign_from_checkpoint_fn``.
+As there, a variable the checkpoint lacks (or holds in another shape) is an
+error unless ``ignore_missing_vars`` (``--ignore_missing_vars``), which keeps
+its initial value and lists it. ``save`` /
 ``restore`` use a ``tf.compat.v1.train.Saver`` over every global variable
 (model, optimizer slots, global step): a TF checkpoint is a prefix
 ``NAME.ckpt`` with ``.index`` and ``.data-*`` files, not a single file like
@@ -72,11 +73,15 @@ def checkpoint_shapes(ckpt: str) -> dict[str, list[int]]:
         raise BackendError(f"cannot read TF checkpoint {ckpt!r}: {str(err).splitlines()[0]}") from None
 
 
-def restore_excluding(session, ckpt: str, variables, exclude_scopes) -> dict:
+def restore_excluding(session, ckpt: str, variables, exclude_scopes,
+                      ignore_missing_vars: bool = False) -> dict:
     """slim's init_fn: restore ``variables`` outside ``exclude_scopes`` from ``ckpt``.
 
-    ``ignore_missing_vars`` semantics: variables missing from the checkpoint or with
-    a different shape are skipped. Returns counts and the names skipped.
+    A variable missing from the checkpoint or of another shape fails in one line, as
+    ``assign_from_checkpoint_fn`` does without ``ignore_missing_vars`` (its own error
+    is a multi-line traceback, and a shape mismatch is not caught by the flag at all);
+    with ``ignore_missing_vars`` they keep their initial values. Returns counts and
+    the names left out.
     """
     shapes = checkpoint_shapes(ckpt)
     to_restore, missing, mismatched, excluded = [], [], [], []
@@ -90,11 +95,23 @@ def restore_excluding(session, ckpt: str, variables, exclude_scopes) -> dict:
             mismatched.append(name)
         else:
             to_restore.append(v)
+    if (missing or mismatched) and not ignore_missing_vars:
+        if mismatched:
+            name = mismatched[0]
+            what = (f"{len(mismatched)} variable(s) of another shape, e.g. {name} "
+                    f"{list(shapes[name])} in the checkpoint")
+        else:
+            what = f"{len(missing)} variable(s) the model needs are missing, e.g. {missing[0]}"
+        raise BackendError(f"checkpoint {ckpt!r} does not fit this model: {what}; pass "
+                           f"--ignore-missing-vars (slim's --ignore_missing_vars) to keep their "
+                           f"initial values")
     if to_restore:
-        init_fn = slim.assign_from_checkpoint_fn(ckpt, to_restore, ignore_missing_vars=True)
+        init_fn = slim.assign_from_checkpoint_fn(ckpt, to_restore,
+                                                 ignore_missing_vars=ignore_missing_vars)
         init_fn(session)
     return {"checkpoint": ckpt, "restored": len(to_restore), "excluded": len(excluded),
-            "missing": missing, "shape_mismatch": mismatched}
+            "missing": missing, "shape_mismatch": mismatched,
+            "ignore_missing_vars": ignore_missing_vars}
 
 
 def copy_head_rows(session, ckpt: str, weights: tf.Variable, biases: tf.Variable,
