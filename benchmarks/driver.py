@@ -29,7 +29,7 @@ from common.data import DataError, Split, load_dataset, split_dataset
 from common.linear import fit_logistic, predict_logistic
 from common.metrics import classification_metrics
 from common.models import get_model
-from common.results import base_result, write_json_atomic
+from common.results import SchemaError, base_result, write_json_atomic, write_result
 from common.schedule import learning_rate_at
 from common.timing import peak_rss_bytes
 
@@ -170,8 +170,18 @@ def _labels(split: Split, subset: str) -> np.ndarray:
     return np.asarray([s.label for s in split.subset(subset)], np.int64)
 
 
+def _metrics(logits: np.ndarray, split: Split, subset: str) -> dict:
+    """``common.metrics`` of ``subset``; the test subset also keeps every image's predicted
+    and true class index (split order), for paired comparisons between backends."""
+    labels = _labels(split, subset)
+    metrics = classification_metrics(logits, labels, split.classes)
+    if subset == "test":
+        metrics.update(predictions=np.asarray(logits).argmax(axis=1).tolist(), labels=labels.tolist())
+    return metrics
+
+
 def _evaluate(backend: Backend, split: Split, subset: str) -> dict:
-    return classification_metrics(backend.predict(subset), _labels(split, subset), split.classes)
+    return _metrics(backend.predict(subset), split, subset)
 
 
 def _load_state(run_dir: Path) -> dict | None:
@@ -277,8 +287,7 @@ def linear_probe(backend: Backend, config: RunConfig, split: Split, weights_info
     head = fit_logistic(feats["train"], _labels(split, "train"), split.num_classes,
                         seed=config.train.seed)
     fit_seconds = time.perf_counter() - t1
-    metrics = {s: classification_metrics(predict_logistic(head, feats[s]), _labels(split, s),
-                                         split.classes) for s in ("val", "test")}
+    metrics = {s: _metrics(predict_logistic(head, feats[s]), split, s) for s in ("val", "test")}
     phase = config.recipe.phases[0]
     point = {"phase": 0, "phase_name": phase.name, "epoch": 1, "global_epoch": 1,
              "images_seen": len(split.train), "lr": None, "train_loss": None, "train_top1": None,
@@ -367,5 +376,9 @@ def run(config: RunConfig, log=print) -> dict:
         if backend is not None:
             backend.close()
     result.setdefault("times", {"total_seconds": time.perf_counter() - t_start})
-    write_json_atomic(run_dir / "result.json", result)
+    try:
+        write_result(run_dir / "result.json", result)
+    except SchemaError as err:  # a field of the wrong type: keep the numbers, say what is wrong
+        result.update(status="failed", error=f"result.json does not fit the schema: {err}")
+        write_json_atomic(run_dir / "result.json", result)
     return result
