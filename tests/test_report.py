@@ -45,12 +45,11 @@ def sweep(tmp_path_factory, tiny_quads, isolated_data_root) -> Path:
             for recipe in RECIPES:
                 for seed in SEEDS:
                     result = driver.run(tiny_config(b, recipe, tiny_quads, out / run_name(b, recipe, seed),
-                                                    weights="source", seed=seed), log=lambda m: None)
+                                                    weights="source", seed=seed))
                     assert result["status"] == "ok", result.get("error")
         shapes = synthetic.generate(synthetic.SyntheticSpec("shapes", 4, image_size=80, seed=2),
                                     root=isolated_data_root, progress=False)
-        result = driver.run(tiny_config("fake", "head", shapes, out.parent / "shapes" / "fake-head-s0"),
-                            log=lambda m: None)
+        result = driver.run(tiny_config("fake", "head", shapes, out.parent / "shapes" / "fake-head-s0"))
         assert result["status"] == "ok", result.get("error")
     return out
 
