@@ -427,3 +427,19 @@ def test_compare_lists_every_condition_that_changes_the_meaning_of_a_delta(sweep
     assert "> **WARNING: the runs differ in split digest**" in text.split("## Results")[0]
     rows = tables(section(text, "Results"))[0]
     assert len(rows) == 6 and all(r[4] == "+0.0 pp" for r in rows)
+
+
+def test_only_failures_and_an_empty_directory(tmp_path, tiny_quads, fakes, monkeypatch):
+    monkeypatch.setenv("FAKE_BACKEND_CRASH", "raise")
+    driver.run(tiny_config("fake", "head", tiny_quads, tmp_path / "failed" / "fake-head-s0"))
+    paths = report.write_report(tmp_path / "failed")
+    md, page = paths["md"].read_text(), paths["html"].read_text()
+    (row,) = tables(section(md, "Results"))[0]
+    assert row[:2] == ["`head`", "fake"] and row[-1] == "failed: RuntimeError: fake backend exploded"
+    assert tables(section(md, "Failures and skipped runs"))[0] == [
+        ["fake-head-s0", "failed", "RuntimeError: fake backend exploded"]]
+    assert PNG not in page and "No finished run reported its phases." in md
+    assert "fake backend exploded" in report.summary_table(load_results(tmp_path / "failed").results)
+    (tmp_path / "empty").mkdir()
+    md = report.write_report(tmp_path / "empty")["md"].read_text()
+    assert "0 result files" in md and "No results." in md and re.findall(r"^## (.+)$", md, re.M) == SECTIONS
