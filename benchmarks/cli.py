@@ -468,15 +468,28 @@ def cmd_throughput(args: argparse.Namespace) -> int:
     return 1 if any(r.get("status") != "ok" for r in rows) else 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from common.results import read_results
+def _readable_results(run_dir: Path):
+    """The results of ``run_dir`` (``common.results.RunResults``); one-line error when none is readable."""
+    from common.results import load_results
 
-    if not args.run_dir.is_dir():
-        raise UsageError(f"run directory {str(args.run_dir)!r} does not exist")
-    results = read_results(args.run_dir)
-    if not results:
-        raise UsageError(f"{str(args.run_dir)!r} has no */result.json; give a 'bench run' directory")
-    _print_summary(args.run_dir, results, write=True)
+    if not run_dir.is_dir():
+        raise UsageError(f"run directory {str(run_dir)!r} does not exist")
+    run = load_results(run_dir)
+    if not run.results:
+        why = "; ".join(f"{u.path}: {u.reason}" for u in run.unreadable[:3])
+        raise UsageError(f"{str(run_dir)!r} has no {'readable ' * bool(why)}*/result.json"
+                         + (f" ({len(run.unreadable)} unreadable: {why})" if why else "")
+                         + "; give a 'bench run' directory")
+    return run
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from benchmarks import report
+
+    run = _readable_results(args.run_dir)
+    _print_summary(args.run_dir, run.results, write=True)
+    for line in report.unreadable_lines(run):
+        print(line)
     return 0
 
 
@@ -484,8 +497,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from benchmarks import report
 
     for d in (args.run_a, args.run_b):
-        if not d.is_dir():
-            raise UsageError(f"run directory {str(d)!r} does not exist")
+        _readable_results(d)
     print(report.compare(args.run_a, args.run_b))
     return 0
 

@@ -33,7 +33,7 @@ from common.locks import claim_directory
 from common.metrics import classification_metrics
 from common.models import get_model
 from common.paths import cache_root, disk_full_message, is_disk_full
-from common.results import base_result, write_json_atomic
+from common.results import SchemaError, base_result, write_json_atomic, write_result
 from common.schedule import learning_rate_at
 from common.timing import peak_rss_bytes
 
@@ -210,8 +210,18 @@ def _labels(split: Split, subset: str) -> np.ndarray:
     return np.asarray([s.label for s in split.subset(subset)], np.int64)
 
 
+def _metrics(logits: np.ndarray, split: Split, subset: str) -> dict:
+    """``common.metrics`` of ``subset``; the test subset also keeps every image's predicted
+    and true class index (split order), for paired comparisons between backends."""
+    labels = _labels(split, subset)
+    metrics = classification_metrics(logits, labels, split.classes)
+    if subset == "test":
+        metrics.update(predictions=np.asarray(logits).argmax(axis=1).tolist(), labels=labels.tolist())
+    return metrics
+
+
 def _evaluate(backend: Backend, split: Split, subset: str) -> dict:
-    return classification_metrics(backend.predict(subset), _labels(split, subset), split.classes)
+    return _metrics(backend.predict(subset), split, subset)
 
 
 def _load_state(run_dir: Path) -> dict | None:
@@ -331,8 +341,7 @@ def linear_probe(backend: Backend, config: RunConfig, split: Split, weights_info
     fit_seconds = time.perf_counter() - t1
     log.info(f"linear probe: C = {probe.C:g} (L2 {1 / probe.C:g}) chosen on {len(split.val)} "
              f"validation images over {len(probe.search)} values")
-    metrics = {s: classification_metrics(probe.logits(feats[s]), _labels(split, s),
-                                         split.classes) for s in ("val", "test")}
+    metrics = {s: _metrics(probe.logits(feats[s]), split, s) for s in ("val", "test")}
     phase = config.recipe.phases[0]
     point = {"phase": 0, "phase_name": phase.name, "epoch": 1, "global_epoch": 1,
              "images_seen": len(split.train), "lr": None, "train_loss": None, "train_top1": None,
@@ -454,7 +463,11 @@ def run(config: RunConfig) -> dict:
         result.setdefault("times", {"total_seconds": this_attempt + sum(earlier),
                                     "attempt_seconds": [*earlier, this_attempt]})
         _record_attempt(run_dir, [*earlier, this_attempt])
-    write_json_atomic(run_dir / "result.json", result)
+    try:
+        write_result(run_dir / "result.json", result)
+    except SchemaError as err:  # a field of the wrong type: keep the numbers, say what is wrong
+        result.update(status="failed", error=f"result.json does not fit the schema: {err}")
+        write_json_atomic(run_dir / "result.json", result)
     return result
 
 

@@ -1,261 +1,279 @@
-"""Seed statistics over result files, framework-free (numpy only).
+"""Statistics over result files (framework-free): one tidy table, seed aggregates, paired tests.
 
-Every number a report shows comes from here: one aggregated row per
-(backend, recipe) with mean and sample standard deviation over the seeds that
-finished, the statement of which backends are within their seed spread on a
-recipe, and what transfer buys over the ``scratch`` control.
-
-Conventions:
-
-* a metric's values are the finite numbers found in the ``ok`` results of the
-  group; ``None``, NaN and missing keys are left out (so ``*_n`` may be less
-  than ``n_ok``);
-* ``std`` is the sample standard deviation (``ddof=1``) and ``None`` when
-  fewer than two values exist: one seed gives no spread estimate;
-* rows are ordered by recipe (linear_probe, head, partial, full, two_phase,
-  any other by name, then ``scratch``, the control) and then by backend
-  (pytorch, keras, slim, then any other name alphabetically).
+``runs_frame(results)``, a pandas DataFrame with one row per result file, is
+the one table every report number comes from. ``aggregate`` gives one row per
+(recipe, backend): mean, sample std (ddof = 1) and count over the seeds that
+finished. ``paired_tests`` compares backends image by image on the same test
+files (exact McNemar test); ``accuracy_intervals`` bootstraps each accuracy.
+Order: recipes as in docs/design.md, others by name, the ``scratch`` control
+last; backends in registry order (``backend_names()``), unknown ones after.
 """
 
 from __future__ import annotations
 
-import math
+from itertools import combinations
 from typing import Any, Iterable
 
 import numpy as np
+import pandas as pd
+from scipy.stats import binomtest, bootstrap
 
-#: the recipe every transferred recipe is compared with
+from backends.base import backend_names
+from common.results import Result, SchemaError
+
 CONTROL_RECIPE = "scratch"
-
-#: the backends in the order reports list them
-BACKEND_ORDER = ("pytorch", "keras", "slim")
-
-#: the recipes in the order of docs/design.md's strategy table (others before the control)
 RECIPE_ORDER = ("linear_probe", "head", "partial", "full", "two_phase")
+ALPHA = 0.05                 # significance level of the paired test
+BOOTSTRAP_RESAMPLES = 2000   # resamples of the test images per accuracy interval
+BOOTSTRAP_SEED = 0
 
-#: aggregated metric -> path of keys inside one result.json
+#: aggregated metric -> (part of the result, key path inside it)
 METRICS: dict[str, tuple[str, ...]] = {
-    "test_top1": ("test", "top1"),
-    "test_top5": ("test", "top5"),
-    "test_loss": ("test", "loss"),
-    "best_val_top1": ("best", "val_top1"),
-    "wall_seconds": ("times", "total_seconds"),
-    "train_seconds": ("times", "train_seconds"),
-    "pretrain_seconds": ("times", "pretrain_seconds"),
-    "train_images_per_second": ("throughput", "train", "images_per_second"),
-    "train_images_per_second_p10": ("throughput", "train", "images_per_second_p10"),
-    "train_images_per_second_p90": ("throughput", "train", "images_per_second_p90"),
-    "infer_images_per_second": ("throughput", "infer", "images_per_second"),
-    "infer_images_per_second_p10": ("throughput", "infer", "images_per_second_p10"),
-    "infer_images_per_second_p90": ("throughput", "infer", "images_per_second_p90"),
+    "test_top1": ("test", "top1"), "test_top5": ("test", "top5"), "test_loss": ("test", "loss"),
+    "best_val_top1": ("best", "val_top1"), "wall_seconds": ("times", "total_seconds"),
+    "train_seconds": ("times", "train_seconds"), "pretrain_seconds": ("times", "pretrain_seconds"),
+    **{f"{kind}_images_per_second{q}": ("throughput", kind, f"images_per_second{q}")
+       for kind in ("train", "infer") for q in ("", "_p10", "_p90")},
+    "first_train_step_seconds": ("throughput", "train", "first_step_seconds"),
+    "throughput_batch_size": ("throughput", "train", "batch_size"),
     "end_to_end_images_per_second": ("throughput", "end_to_end_train_images_per_second"),
-    "peak_memory_bytes": ("throughput", "peak_memory_bytes"),
-    "peak_rss_bytes": ("peak_rss_bytes",),
+    "peak_memory_bytes": ("throughput", "peak_memory_bytes"), "peak_rss_bytes": ("peak_rss_bytes",),
 }
 
 
-def lookup(result: dict, path: Iterable[str]) -> Any:
-    """The value at ``path`` of nested dicts, or None where any key is missing."""
-    value: Any = result
+def lookup(obj: Any, path: Iterable[str]) -> Any:
+    """The value at ``path`` through records (attributes) and dicts (keys); None where missing."""
     for key in path:
-        if not isinstance(value, dict):
+        obj = obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+        if obj is None:
             return None
-        value = value.get(key)
-    return value
+    return obj
 
 
 def finite(value: Any) -> float | None:
     """``value`` as a float when it is a finite real number, else None (bools excluded)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
         return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+    return float(value) if np.isfinite(value) else None
 
 
-def metric(result: dict, name: str) -> float | None:
-    """One of ``METRICS`` from one result, None unless the result is ``ok`` and the value finite."""
-    if result.get("status") != "ok":
-        return None
-    return finite(lookup(result, METRICS[name]))
-
-
-def mean_std(values: Iterable[Any]) -> tuple[float | None, float | None, int]:
-    """``(mean, sample std, n)`` of the finite values; std None for n < 2, both None for n = 0."""
-    xs = np.asarray([v for v in (finite(x) for x in values) if v is not None], np.float64)
-    if xs.size == 0:
-        return None, None, 0
-    if xs.size == 1:
-        return float(xs[0]), None, 1
-    return float(xs.mean()), float(xs.std(ddof=1)), int(xs.size)
+def as_results(results: Iterable[dict | Result]) -> list[Result]:
+    """Results as ``Result``s; a dict that does not fit the schema becomes a failed result saying why."""
+    out = []
+    for r in results:
+        try:
+            out.append(r if isinstance(r, Result) else Result.parse(r))
+        except SchemaError as err:
+            out.append(Result(status="failed", error=f"result does not fit the schema: {err}",
+                              **{k: r.get(k) for k in ("backend", "recipe", "seed")}))
+    return out
 
 
 def backend_sort_key(backend: str) -> tuple[int, str]:
-    return (BACKEND_ORDER.index(backend) if backend in BACKEND_ORDER else len(BACKEND_ORDER), backend)
+    order = backend_names()
+    return (order.index(backend) if backend in order else len(order), backend)
+
+
+def ordered_backends(names: Iterable[str]) -> list[str]:
+    return sorted(set(names), key=backend_sort_key)
 
 
 def recipe_sort_key(recipe: str) -> tuple[int, int, str]:
-    """Known strategies in docs/design.md order, then other recipes by name, the control last."""
     if recipe == CONTROL_RECIPE:
         return (2, 0, recipe)
-    if recipe in RECIPE_ORDER:
-        return (0, RECIPE_ORDER.index(recipe), recipe)
-    return (1, 0, recipe)
+    return (0, RECIPE_ORDER.index(recipe), recipe) if recipe in RECIPE_ORDER else (1, 0, recipe)
 
 
-def group_results(results: Iterable[dict]) -> dict[tuple[str, str], list[dict]]:
-    """Results keyed by ``(backend, recipe)`` in report order, each list sorted by seed."""
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in results:
-        groups.setdefault((str(r.get("backend", "?")), str(r.get("recipe", "?"))), []).append(r)
-    keys = sorted(groups, key=lambda k: (recipe_sort_key(k[1]), backend_sort_key(k[0])))
-    return {k: sorted(groups[k], key=lambda r: (finite(r.get("seed")) or 0)) for k in keys}
+def _correct(r: Result) -> np.ndarray | None:
+    """Per test image: did the run predict it right (None without stored predictions)."""
+    pred, labels = lookup(r, ("test", "predictions")), lookup(r, ("test", "labels"))
+    if not r.ok or pred is None or labels is None or len(pred) != len(labels):
+        return None
+    return np.asarray(pred) == np.asarray(labels)
 
 
-def _status(n_ok: int, n_failed: int, n_skipped: int) -> str:
-    n = n_ok + n_failed + n_skipped
+def device_text(device: Any) -> str:
+    """A result's device record on one line, ``cpu Intel(R) Xeon(R) ...`` (extra keys in brackets)."""
+    if not isinstance(device, dict):
+        return "unknown"
+    extra = ", ".join(f"{k} {v}" for k, v in device.items() if k not in ("kind", "name"))
+    return " ".join(str(device[k]) for k in ("kind", "name") if device.get(k)) + (f" ({extra})" if extra else "")
+
+
+def _phases_text(phases: Any) -> str:
+    return " + ".join(f"{p.get('name')} ({p.get('train')}, {p.get('optimizer')}, lr {p.get('learning_rate')}, "
+                      f"{p.get('epochs')} ep)" for p in phases or [])
+
+
+def _run_row(r: Result) -> dict:
+    classes = lookup(r, ("data", "num_classes")) or len(lookup(r, ("data", "classes")) or []) or None
+    config = r.config or {}
+    row = {"backend": r.backend, "recipe": r.recipe, "seed": r.seed, "status": r.status, "error": r.error,
+           "name": r.name, "model": r.model, "num_classes": classes,
+           "image_size": lookup(r, ("data", "image_size")) or lookup(config, ("data", "image_size")),
+           "batch_size": lookup(config, ("train", "batch_size")),
+           "precision": lookup(r, ("throughput", "precision")) or lookup(config, ("train", "precision")),
+           "throughput_steps": lookup(config, ("train", "throughput_steps")),
+           "data_source": lookup(r, ("data", "source")) or lookup(config, ("data", "source")),
+           "split_digest": lookup(r, ("data", "split_digest")),
+           "weights_kind": lookup(r, ("weights", "kind")) or lookup(config, ("model", "weights")),
+           "weights_digest": lookup(r, ("weights", "digest")),
+           "weights_source": lookup(r, ("weights", "source_backend")),
+           "phases": f"{r.recipe}: {_phases_text(lookup(config, ('recipe', 'phases')))}",
+           "versions": f"{r.backend}: " + ", ".join(f"{k} {v}" for k, v in sorted((r.versions or {}).items())),
+           "device": f"{r.backend}: {device_text(r.device)}", "correct": _correct(r), "result": r}
+    row.update({name: finite(lookup(r, path)) if r.ok else None for name, path in METRICS.items()})
+    if classes is not None and classes <= 5:
+        row["test_top5"] = None  # 100 % by construction
+    return row
+
+
+def runs_frame(results: Iterable[dict | Result]) -> pd.DataFrame:
+    """One row per result, in report order: identity, conditions, metrics (NaN unless ok; top-5
+    NaN for runs with 5 classes or fewer), ``correct`` (per test image, or None), ``result``."""
+    rows = [_run_row(r) for r in as_results(results)]
+    df = pd.DataFrame(rows, columns=list(_run_row(Result())), dtype=object)  # None stays None in text
+    df[list(METRICS)] = df[list(METRICS)].astype(float)
+    order = sorted(range(len(df)), key=lambda i: (recipe_sort_key(df.recipe[i]), backend_sort_key(df.backend[i]),
+                                                   df.seed[i]))
+    return df.iloc[order].reset_index(drop=True)
+
+
+def _status(n_ok: int, n_failed: int, n: int) -> str:
     if n_ok == n:
         return "ok"
-    if n_ok == 0:
-        return "failed" if n_failed else "skipped"
-    return f"ok {n_ok}/{n}"
+    return ("failed" if n_failed else "skipped") if n_ok == 0 else f"ok {n_ok}/{n}"
 
 
-def aggregate(results: Iterable[dict]) -> list[dict]:
-    """One row per (backend, recipe).
-
-    Each row has ``backend``, ``recipe``, ``n`` (result files), ``n_ok``,
-    ``n_failed``, ``n_skipped``, ``seeds`` (of the ok results), ``status``
-    (``ok``, ``failed``, ``skipped`` or ``ok k/n`` when some seeds did not
-    finish), ``errors`` (distinct error lines of failed and skipped results,
-    ``"seed N: ..."``), and for every name in ``METRICS`` the keys
-    ``<name>_mean``, ``<name>_std`` and ``<name>_n``. ``vs_scratch_top1`` is the
-    row's mean test top-1 minus the same backend's ``scratch`` mean (None for
-    the control itself or when either is missing).
-    """
+def aggregate(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (recipe, backend) in report order: ``n``, ``n_ok``, ``n_failed``,
+    ``n_skipped``, ``seeds`` (of ok runs), ``status`` (ok, failed, skipped or ``ok k/n``),
+    ``errors`` (distinct ``seed N: ...`` lines), ``<metric>_mean/_std/_n`` for every metric and
+    ``vs_scratch_top1`` (mean test top-1 minus the same backend's ``scratch`` mean)."""
     rows = []
-    for (backend, recipe), group in group_results(results).items():
-        statuses = [r.get("status") for r in group]
-        n_ok, n_failed = statuses.count("ok"), statuses.count("failed")
-        n_skipped = len(group) - n_ok - n_failed
-        errors = []
-        for r in group:
-            if r.get("status") != "ok":
-                line = f"seed {r.get('seed')}: {r.get('error') or r.get('status')}"
-                if line not in errors:
-                    errors.append(line)
-        row: dict[str, Any] = {
-            "backend": backend, "recipe": recipe, "n": len(group), "n_ok": n_ok,
-            "n_failed": n_failed, "n_skipped": n_skipped,
-            "seeds": [r.get("seed") for r in group if r.get("status") == "ok"],
-            "status": _status(n_ok, n_failed, n_skipped), "errors": errors,
-        }
-        for name in METRICS:
-            m, s, n = mean_std(metric(r, name) for r in group)
-            row[f"{name}_mean"], row[f"{name}_std"], row[f"{name}_n"] = m, s, n
+    for (recipe, backend), g in df.groupby(["recipe", "backend"], sort=False):
+        ok, n_failed = g[g.status == "ok"], int((g.status == "failed").sum())
+        row = {"backend": backend, "recipe": recipe, "n": len(g), "n_ok": len(ok), "n_failed": n_failed,
+               "n_skipped": len(g) - len(ok) - n_failed, "seeds": ok.seed.tolist(),
+               "status": _status(len(ok), n_failed, len(g)),
+               "precision": ", ".join(dict.fromkeys(ok.precision.dropna())),
+               "errors": list(dict.fromkeys(f"seed {s.seed}: {s.error or s.status}"
+                                            for s in g[g.status != "ok"].itertuples()))}
+        for m in METRICS:
+            row.update({f"{m}_mean": ok[m].mean(), f"{m}_std": ok[m].std(), f"{m}_n": ok[m].count()})
         rows.append(row)
-    control = {r["backend"]: r["test_top1_mean"] for r in rows if r["recipe"] == CONTROL_RECIPE}
-    for row in rows:
-        base = control.get(row["backend"])
-        row["vs_scratch_top1"] = (row["test_top1_mean"] - base
-                                  if row["recipe"] != CONTROL_RECIPE and base is not None
-                                  and row["test_top1_mean"] is not None else None)
-    return rows
+    columns = ["backend", "recipe", "n", "n_ok", "n_failed", "n_skipped", "seeds", "status", "precision", "errors"]
+    agg = pd.DataFrame(rows, columns=columns + [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "n")])
+    control = agg[agg.recipe == CONTROL_RECIPE].set_index("backend").test_top1_mean
+    agg["vs_scratch_top1"] = [np.nan if rec == CONTROL_RECIPE else m - control.get(b, np.nan)
+                              for b, rec, m in zip(agg.backend, agg.recipe, agg.test_top1_mean)]
+    return agg
 
 
-def within_spread(rows: list[dict], metric_name: str = "test_top1") -> list[dict]:
-    """For each recipe, every pair of backends with a mean of ``metric_name``.
+def records(df: pd.DataFrame) -> list[dict]:
+    """``df`` as JSON-ready dicts (NaN -> None)."""
+    return [{k: None if isinstance(v, float) and v != v else v for k, v in row.items()}
+            for row in df.to_dict("records")]
 
-    Returns dicts ``{recipe, a, b, mean_a, mean_b, std_a, std_b, n_a, n_b, diff,
-    spread, within, statement}`` where ``diff = |mean_a - mean_b|`` and
-    ``spread = std_a + std_b``. ``within`` is True when ``diff < spread`` (or the
-    means are equal), False when not, and None when either side has a single
-    seed; ``statement`` says so in one sentence, e.g. "pytorch and keras are
-    within their seed spread on two_phase (|Δ| 0.010 < 0.025)".
-    """
-    by_recipe: dict[str, list[dict]] = {}
-    for row in rows:
-        if row.get(f"{metric_name}_mean") is not None:
-            by_recipe.setdefault(row["recipe"], []).append(row)
+
+def within_spread(agg: pd.DataFrame, metric: str = "test_top1") -> list[dict]:
+    """Every pair of backends with a mean on a recipe: ``diff = |mean_a - mean_b|`` against
+    ``spread = std_a + std_b``; ``within`` None when either side has one seed; ``statement``."""
     out = []
-    for recipe, group in by_recipe.items():
-        for i, ra in enumerate(group):
-            for rb in group[i + 1:]:
-                ma, mb = ra[f"{metric_name}_mean"], rb[f"{metric_name}_mean"]
-                sa, sb = ra[f"{metric_name}_std"], rb[f"{metric_name}_std"]
-                na, nb = ra[f"{metric_name}_n"], rb[f"{metric_name}_n"]
-                a, b = ra["backend"], rb["backend"]
-                diff = abs(ma - mb)
-                if sa is None or sb is None or na < 2 or nb < 2:
-                    spread, within = None, None
-                    statement = (f"{a} and {b} on {recipe}: single seed: no spread estimate "
-                                 f"(|Δ| {diff:.3f})")
-                else:
-                    spread = sa + sb
-                    within = diff < spread or diff == 0
-                    if within:
-                        statement = (f"{a} and {b} are within their seed spread on {recipe} "
-                                     f"(|Δ| {diff:.3f} < {spread:.3f})")
-                    else:
-                        statement = (f"{a} and {b} differ by more than their seed spread on "
-                                     f"{recipe} (|Δ| {diff:.3f} ≥ {spread:.3f})")
-                out.append({"recipe": recipe, "a": a, "b": b, "mean_a": ma, "mean_b": mb,
-                            "std_a": sa, "std_b": sb, "n_a": na, "n_b": nb, "diff": diff,
-                            "spread": spread, "within": within, "statement": statement})
+    for recipe, g in agg[agg[f"{metric}_mean"].notna()].groupby("recipe", sort=False):
+        for ra, rb in combinations(g.to_dict("records"), 2):
+            a, b, diff = ra["backend"], rb["backend"], abs(ra[f"{metric}_mean"] - rb[f"{metric}_mean"])
+            spread = ra[f"{metric}_std"] + rb[f"{metric}_std"]
+            if not np.isfinite(spread):
+                spread, within = None, None
+                text = f"{a} and {b} on {recipe}: single seed: no spread estimate (|Δ| {diff:.3f})"
+            elif (within := bool(diff < spread or diff == 0)):
+                text = f"{a} and {b} are within their seed spread on {recipe} (|Δ| {diff:.3f} < {spread:.3f})"
+            else:
+                text = (f"{a} and {b} differ by more than their seed spread on {recipe} "
+                        f"(|Δ| {diff:.3f} ≥ {spread:.3f})")
+            out.append({"recipe": recipe, "a": a, "b": b, "diff": diff, "spread": spread,
+                        "within": within, "statement": text})
     return out
 
 
-def transfer_gain(rows: list[dict], metric_name: str = "test_top1",
-                  control: str = CONTROL_RECIPE) -> list[dict]:
-    """Per backend with both: the best transferred recipe's mean minus the control's.
-
-    Returns dicts ``{backend, best_recipe, best, control, control_recipe, gain}``
-    in backend order; a backend without a finished control or without a
-    finished transferred recipe is left out.
-    """
-    by_backend: dict[str, list[dict]] = {}
-    for row in rows:
-        if row.get(f"{metric_name}_mean") is not None:
-            by_backend.setdefault(row["backend"], []).append(row)
-    out = []
-    for backend in sorted(by_backend, key=backend_sort_key):
-        group = by_backend[backend]
-        base = [r for r in group if r["recipe"] == control]
-        transferred = [r for r in group if r["recipe"] != control]
-        if not base or not transferred:
-            continue
-        best = max(transferred, key=lambda r: r[f"{metric_name}_mean"])
-        b, c = best[f"{metric_name}_mean"], base[0][f"{metric_name}_mean"]
-        out.append({"backend": backend, "best_recipe": best["recipe"], "best": b,
-                    "control": c, "control_recipe": control, "gain": b - c})
+def transfer_gain(agg: pd.DataFrame, metric: str = "test_top1") -> list[dict]:
+    """Per backend with a finished control and a finished transferred recipe: the best
+    transferred recipe's mean minus the control's (``backend, best_recipe, best, control, gain``)."""
+    done, out = agg[agg[f"{metric}_mean"].notna()], []
+    for backend in ordered_backends(done.backend):
+        mine = done[done.backend == backend]
+        base, moved = mine[mine.recipe == CONTROL_RECIPE], mine[mine.recipe != CONTROL_RECIPE]
+        if len(base) and len(moved):
+            best = moved.loc[moved[f"{metric}_mean"].idxmax()]
+            control = base[f"{metric}_mean"].iloc[0]
+            out.append({"backend": backend, "best_recipe": best.recipe, "best": best[f"{metric}_mean"],
+                        "control": control, "gain": best[f"{metric}_mean"] - control})
     return out
 
 
-def curve_mean(results: Iterable[dict], x_key: str = "global_epoch",
-               y_key: str = "val_top1") -> dict[str, list]:
-    """Seed-averaged curve of ``y_key`` against ``x_key`` for one (backend, recipe).
+def curves_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """Validation curves of the ok runs, tidy: one row per (run, epoch)."""
+    rows = [{"backend": r.backend, "recipe": r.recipe, "seed": r.seed, **p}
+            for r in df[df.status == "ok"].result for p in (r.curves or []) if isinstance(p, dict)]
+    cols = ["backend", "recipe", "seed", "phase", "phase_name", "global_epoch", "images_seen", "val_top1"]
+    curves = pd.DataFrame(rows).reindex(columns=cols)
+    curves[cols[5:]] = curves[cols[5:]].apply(pd.to_numeric, errors="coerce")
+    return curves
 
-    Points are matched by ``global_epoch`` across the ok results; returns
-    ``{"x", "mean", "min", "max", "phase"}`` lists (x is the mean of ``x_key``
-    over seeds at that epoch), skipping epochs with no finite value.
-    """
-    by_epoch: dict[int, list[dict]] = {}
-    for r in results:
-        if r.get("status") != "ok":
-            continue
-        for point in r.get("curves") or []:
-            e = finite(point.get("global_epoch"))
-            if e is not None:
-                by_epoch.setdefault(int(e), []).append(point)
-    out: dict[str, list] = {"x": [], "mean": [], "min": [], "max": [], "phase": []}
-    for e in sorted(by_epoch):
-        pts = by_epoch[e]
-        ys = [v for v in (finite(p.get(y_key)) for p in pts) if v is not None]
-        xs = [v for v in (finite(p.get(x_key)) for p in pts) if v is not None]
-        if not ys or not xs:
-            continue
-        out["x"].append(float(np.mean(xs)))
-        out["mean"].append(float(np.mean(ys)))
-        out["min"].append(float(min(ys)))
-        out["max"].append(float(max(ys)))
-        out["phase"].append(pts[0].get("phase"))
+
+def curve_mean(curves: pd.DataFrame, x: str = "global_epoch") -> pd.DataFrame:
+    """Per (backend, recipe, epoch): mean of ``x`` and mean / min / max of val top-1 over seeds."""
+    return (curves.dropna(subset=["global_epoch", x, "val_top1"])
+            .groupby(["backend", "recipe", "global_epoch"], sort=False)
+            .agg(x=(x, "mean"), mean=("val_top1", "mean"), min=("val_top1", "min"),
+                 max=("val_top1", "max")).reset_index())
+
+
+# ------------------------------------------------------------ paired significance
+
+def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
+    """Exact McNemar test on paired right/wrong calls: ``only_a`` (a right, b wrong), ``only_b``,
+    and the two-sided p-value of ``binomtest(only_a, only_a + only_b, 0.5)`` (1.0 without any)."""
+    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    n = only_a + only_b
+    return {"only_a": only_a, "only_b": only_b, "p": binomtest(only_a, n, 0.5).pvalue if n else 1.0}
+
+
+def bootstrap_interval(correct: np.ndarray, level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
+                       seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """Percentile bootstrap interval of the accuracy (the test images resampled, seeded)."""
+    ci = bootstrap((np.asarray(correct, float),), np.mean, n_resamples=resamples, method="percentile",
+                   confidence_level=level, rng=np.random.default_rng(seed)).confidence_interval
+    return float(ci.low), float(ci.high)
+
+
+def accuracy_intervals(df: pd.DataFrame) -> pd.DataFrame:
+    """Per ok run: test top-1 and its 95 % bootstrap interval (NaN without stored predictions)."""
+    ok = df[df.status == "ok"]
+    ci = [bootstrap_interval(c) if c is not None else (np.nan, np.nan) for c in ok.correct]
+    return ok[["recipe", "backend", "seed", "test_top1"]].assign(
+        low=[c[0] for c in ci], high=[c[1] for c in ci]).reset_index(drop=True)
+
+
+def paired_tests(df: pd.DataFrame) -> list[dict]:
+    """Every pair of backends on the same recipe and seed (per seed, not pooled: seeds are
+    separate trainings of the same images). ``p`` is None when either run stored no
+    predictions or the two used different test files (split digest or labels differ)."""
+    out = []
+    ok = df[df.status == "ok"]
+    for (recipe, seed), g in ok.groupby(["recipe", "seed"], sort=False):
+        for ra, rb in combinations(g.itertuples(), 2):
+            row = {"recipe": recipe, "seed": seed, "a": ra.backend, "b": rb.backend,
+                   "top1_a": ra.test_top1, "top1_b": rb.test_top1, "only_a": None, "only_b": None,
+                   "p": None, "why": None}
+            la, lb = lookup(ra.result, ("test", "labels")), lookup(rb.result, ("test", "labels"))
+            if ra.correct is None or rb.correct is None:
+                row["why"] = "no per-image predictions stored: an older result file"
+            elif ra.split_digest != rb.split_digest or la != lb:
+                row["why"] = "different test files (split digests differ)"
+            else:
+                row.update(mcnemar(ra.correct, rb.correct))
+            out.append(row)
     return out

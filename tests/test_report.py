@@ -1,9 +1,12 @@
-"""Reports from the fixture run directories (benchmarks.report), no framework needed.
+"""Reports from result files written by the real driver on the numpy fake backend.
 
-``tests/fixtures/results/run_a``: pytorch, keras, slim x two_phase, scratch x
-seeds 0, 1, plus slim full (failed) and keras full (skipped). ``run_b``:
-pytorch, keras x two_phase, scratch, seed 0, plus pytorch linear_probe.
-Regenerate them with ``python tests/fixtures/results/make_fixtures.py``.
+One sweep per module (``benchmarks.driver.run`` in this process, about 3 s):
+backends ``fake`` and ``fakeb`` (the same numpy backend under two names, so
+they predict the same test images identically) x recipes head, two_phase,
+scratch x seeds 0, 1 on ``tiny_quads`` (5 classes, 2 test images each), plus
+one run on the 10-class ``shapes`` domain. Tests that need other values copy
+the sweep and patch the result files as a later driver or an older one would
+have written them.
 """
 
 from __future__ import annotations
@@ -17,21 +20,52 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import report, stats
-from common.results import read_results
+from backends import base
+from benchmarks import cli, driver, report, stats
+from common import synthetic
+from common.results import (SCHEMA_VERSION, Result, SchemaError, load_results, read_result, run_name,
+                            write_result)
+from conftest import tiny_config
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "results"
-RUN_A, RUN_B = FIXTURES / "run_a", FIXTURES / "run_b"
-BACKENDS = ("pytorch", "keras", "slim")
+BACKENDS, RECIPES, SEEDS = ("fake", "fakeb"), ("head", "two_phase", "scratch"), (0, 1)
 PNG = '<img src="data:image/png;base64,'
+SECTIONS = ["Conditions", "Starting weights", "Results", "Paired significance", "Seed spread",
+            "What transfer buys", "Throughput", "Per-class test accuracy", "Framework differences",
+            "Failures and skipped runs", "Unreadable and older results", "What the numbers mean"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, tiny_quads, isolated_data_root) -> Path:
+    """The real driver's result files (see the module docstring), read-only for the tests."""
+    out = tmp_path_factory.mktemp("report") / "sweep"
+    with pytest.MonkeyPatch.context() as mp:
+        for name in BACKENDS:
+            mp.setitem(base.REGISTRY, name, "fake_backend:FakeBackend")
+        for b in BACKENDS:
+            for recipe in RECIPES:
+                for seed in SEEDS:
+                    result = driver.run(tiny_config(b, recipe, tiny_quads, out / run_name(b, recipe, seed),
+                                                    weights="source", seed=seed))
+                    assert result["status"] == "ok", result.get("error")
+        shapes = synthetic.generate(synthetic.SyntheticSpec("shapes", 4, image_size=80, seed=2),
+                                    root=isolated_data_root, progress=False)
+        result = driver.run(tiny_config("fake", "head", shapes, out.parent / "shapes" / "fake-head-s0"))
+        assert result["status"] == "ok", result.get("error")
+    return out
+
+
+@pytest.fixture
+def fakes(monkeypatch):
+    for name in BACKENDS:
+        monkeypatch.setitem(base.REGISTRY, name, "fake_backend:FakeBackend")
 
 
 def copy_run(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("report.*", "summary.*", "*.py"))
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("report.*", "summary.*", "checkpoints"))
     return dst
 
 
-def edit_result(run_dir: Path, name: str, change) -> None:
+def edit(run_dir: Path, name: str, change) -> None:
     f = run_dir / name / "result.json"
     r = json.loads(f.read_text())
     change(r)
@@ -45,214 +79,367 @@ def section(md: str, title: str) -> str:
     return md[start: end if end != -1 else None]
 
 
-def table_rows(text: str) -> list[list[str]]:
-    """Body rows of the first markdown table in ``text``, as stripped cells."""
-    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
-    return [[c.strip() for c in ln.strip("|").split(" | ")] for ln in lines[2:]]
+def tables(text: str) -> list[list[list[str]]]:
+    """Every markdown table in ``text``: body rows as stripped cells."""
+    out, current = [], None
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            current = (current or []) + [[c.strip() for c in line.strip("|").split(" | ")]]
+        elif current:
+            out.append(current[2:])
+            current = None
+    return out
 
 
-@pytest.fixture(scope="module")
-def run_a(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
-    run_dir = copy_run(RUN_A, tmp_path_factory.mktemp("report") / "run_a")
-    return run_dir, report.write_report(run_dir)
+def md_report(run_dir: Path) -> str:
+    return report.write_report(run_dir, plots=False)["md"].read_text()
 
 
-def test_fixtures_are_what_the_tests_assume():
-    results = read_results(RUN_A)
-    assert len(results) == 14
-    assert sorted({r["status"] for r in results}) == ["failed", "ok", "skipped"]
-    assert {(r["backend"], r["recipe"]) for r in results if r["status"] == "ok"} == {
-        (b, rec) for b in BACKENDS for rec in ("two_phase", "scratch")}
+def on_disk(run_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(run_dir.glob("*/result.json"))]
 
 
-def test_write_report_writes_the_four_files(run_a):
-    run_dir, paths = run_a
-    assert set(paths) == {"md", "html", "csv", "json"}
+# ------------------------------------------------------------------ the report
+
+def test_report_has_every_section_table_and_plot(sweep, tmp_path):
+    run_dir = copy_run(sweep, tmp_path / "run")
+    paths = report.write_report(run_dir)
     assert paths == {"md": run_dir / "report.md", "html": run_dir / "report.html",
                      "csv": run_dir / "summary.csv", "json": run_dir / "summary.json"}
-    assert all(p.is_file() and p.stat().st_size > 0 for p in paths.values())
-
-
-def test_html_is_self_contained_with_embedded_plots(run_a):
-    _, paths = run_a
-    page = paths["html"].read_text()
-    assert page.startswith("<!DOCTYPE html>")
-    assert page.count(PNG) >= 5
-    assert page.count(PNG) == 7  # top-1, curves x2, throughput, per-class, confusion, params
-    assert not re.search(r'(src|href)="(https?:)?//', page), "no external assets"
-    assert "<link" not in page and "<script" not in page
-    for backend in BACKENDS:
-        assert backend in page
-    for title in ("Validation top-1 per epoch", "Validation top-1 per training images seen",
-                  "Throughput of the model step", "Per-class test accuracy", "confusion matrices",
-                  "Trainable parameters per phase", "Environment and versions"):
-        assert title in page
-
-
-def test_markdown_results_table_has_one_row_per_backend_and_recipe(run_a):
-    _, paths = run_a
-    md = paths["md"].read_text()
-    rows = table_rows(section(md, "Results"))
-    expected = {(r["backend"], r["recipe"]) for r in read_results(RUN_A)}
-    assert len(expected) == 8
-    assert len(rows) == 8
-    assert {(row[1], row[0].strip("`")) for row in rows} == expected
-
-
-def test_markdown_numbers_match_the_result_files(run_a):
-    _, paths = run_a
-    md = paths["md"].read_text()
-    top1 = [r["test"]["top1"] for r in read_results(RUN_A)
-            if (r["backend"], r["recipe"], r["status"]) == ("pytorch", "two_phase", "ok")]
-    expected = f"{100 * np.mean(top1):.1f} ± {100 * np.std(top1, ddof=1):.1f}"
-    row = next(r for r in table_rows(section(md, "Results")) if r[:2] == ["`two_phase`", "pytorch"])
-    assert row[3] == expected
-
-
-def test_markdown_sections(run_a):
-    _, paths = run_a
-    md = paths["md"].read_text()
-    for title in ("Conditions", "Results", "Seed spread", "What transfer buys", "Throughput",
-                  "Framework differences", "Failures and skipped runs", "What the numbers mean"):
-        assert f"## {title}\n" in md
-    conditions = section(md, "Conditions")
-    for text in ("inception_v3", "75 px", "fp32", "3f9c2a7d1e04b8c6", "torch", "2.14.1", "keras",
-                 "3.15.0", "tf_slim", "1.1.0", "0, 1", "synthetic"):
-        assert text in conditions
-    assert "WARNING" not in md  # every run used the same split
-    assert "within their seed spread on two_phase" in section(md, "Seed spread")
-    gains = table_rows(section(md, "What transfer buys"))
-    assert [g[0] for g in gains] == list(BACKENDS)
-    assert all(g[4].endswith(" pp") and g[4].startswith("+") for g in gains)
-    frameworks = section(md, "Framework differences")
-    for native in ("requires_grad_modules", "param_groups[0]", "model.layers[249:]",
-                   "trainable_scopes", "InceptionV3/Mixed_7b", "checkpoint_exclude_scopes"):
-        assert native in frameworks
-    assert "8,178,693" in frameworks and "8,176,645" in frameworks
-    notes = section(md, "What the numbers mean")
-    assert "warm-up steps are excluded" in notes and "batch / median step" in notes
-
-
-def test_failed_and_skipped_errors_appear(run_a):
-    _, paths = run_a
     md, page = paths["md"].read_text(), paths["html"].read_text()
-    oom = ("ResourceExhaustedError: OOM when allocating tensor with shape[16,768,17,17] and type "
-           "float on /job:localhost/replica:0/task:0/device:CPU:0")
-    assert oom in section(md, "Failures and skipped runs")
-    assert oom in page
-    assert "keras, tensorflow not installed" in md and "keras, tensorflow not installed" in page
+    assert re.findall(r"^## (.+)$", md, re.M) == SECTIONS
+    for title in SECTIONS:
+        assert f'<h2 id="{re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")}">{title}</h2>' in page
+        assert f'<a href="#{re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")}">' in page
+    assert page.startswith("<!DOCTYPE html>") and page.count(PNG) == 7
+    for title in ("Test top-1 per backend and recipe", "Validation top-1 per epoch",
+                  "Validation top-1 per training images seen", "Throughput of the model step",
+                  "Per-class test accuracy (mean", "Test confusion matrices", "Trainable parameters per phase"):
+        assert f"<figcaption><strong>{title}" in page
+    assert not re.search(r'(src|href)="(https?:)?//', page) and "<script" not in page and "<link" not in page
+    assert "WARNING" not in md  # one split, one model, no digests that differ
+    assert "### Environment and versions per backend" in section(md, "Conditions")
+    assert "5: kite, parallelogram, rectangle, square, trapezoid" in section(md, "Conditions")
 
 
-def test_summary_csv_and_json(run_a):
-    _, paths = run_a
+def test_results_table_numbers_are_the_seed_mean_and_sample_std_of_the_files(sweep):
+    md = md_report(copy_run(sweep, sweep.parent / "numbers"))
+    (rows,) = tables(section(md, "Results"))
+    assert [(r[0].strip("`"), r[1]) for r in rows] == [(rec, b) for rec in RECIPES for b in BACKENDS]
+    results = on_disk(sweep)
+    for row in rows:
+        top1 = [r["test"]["top1"] for r in results if (r["recipe"], r["backend"]) == (row[0].strip("`"), row[1])]
+        assert row[2] == "0, 1"
+        assert row[3] == f"{100 * np.mean(top1):.1f} ± {100 * np.std(top1, ddof=1):.1f}"
+        assert row[-1] == "ok"
+    scratch = {b: np.mean([r["test"]["top1"] for r in results if (r["backend"], r["recipe"]) == (b, "scratch")])
+               for b in BACKENDS}
+    head = next(r for r in rows if r[:2] == ["`head`", "fake"])
+    mean = np.mean([r["test"]["top1"] for r in results if (r["backend"], r["recipe"]) == ("fake", "head")])
+    assert head[4] == f"{100 * (mean - scratch['fake']):+.1f} pp"
+
+
+def test_top5_is_hidden_for_five_classes_and_shown_for_ten(sweep):
+    md = md_report(copy_run(sweep, sweep.parent / "five"))
+    assert "top-5" not in section(md, "Results")
+    shapes = md_report(sweep.parent / "shapes")
+    header = next(ln for ln in section(shapes, "Results").splitlines() if ln.startswith("| recipe"))
+    assert "test top-5 (%)" in header
+    (r,) = on_disk(sweep.parent / "shapes")
+    assert r["data"]["num_classes"] == 10
+    assert f"| {100 * r['test']['top5']:.1f} |" in section(shapes, "Results")
+
+
+def test_framework_differences_tables_come_from_the_phase_reports(sweep):
+    md = md_report(copy_run(sweep, sweep.parent / "phases"))
+    text = section(md, "Framework differences")
+    assert "### `two_phase` phase 2 `top2`: train=top, sgd lr 0.0001, 1 epoch, BN frozen, augment on" in text
+    (phase,) = [r["phases"][1] for r in on_disk(sweep) if r["backend"] == "fake" and r["recipe"] == "two_phase"][:1]
+    rows = tables(text)[2]
+    assert rows[0][:5] == ["fake", "stem", f"{phase['trainable_params']:,}", f"{phase['total_params']:,}",
+                           str(phase["trainable_tensors"])]
+    assert rows[0][5] == "**arrays**: " + ", ".join(phase["native"]["arrays"])
+
+
+def test_summary_csv_and_json_hold_the_aggregates(sweep, tmp_path):
+    paths = report.write_report(copy_run(sweep, tmp_path / "csv"), plots=False)
     with paths["csv"].open() as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 8
-    assert list(rows[0]) == report.CSV_FIELDS
-    by_key = {(r["backend"], r["recipe"]): r for r in rows}
-    assert by_key[("slim", "full")]["status"] == "failed"
-    assert "ResourceExhaustedError" in by_key[("slim", "full")]["errors"]
-    assert by_key[("slim", "full")]["test_top1_mean"] == ""
-    top1 = [r["test"]["top1"] for r in read_results(RUN_A)
-            if (r["backend"], r["recipe"], r["status"]) == ("keras", "scratch", "ok")]
-    assert float(by_key[("keras", "scratch")]["test_top1_mean"]) == pytest.approx(np.mean(top1), rel=1e-5)
-    assert by_key[("keras", "scratch")]["seeds"] == "0;1"
+    assert list(rows[0]) == report.CSV_FIELDS and len(rows) == 6
+    results = on_disk(sweep)
+    row = next(r for r in rows if (r["backend"], r["recipe"]) == ("fakeb", "scratch"))
+    top1 = [r["test"]["top1"] for r in results if (r["backend"], r["recipe"]) == ("fakeb", "scratch")]
+    assert float(row["test_top1_mean"]) == pytest.approx(np.mean(top1), rel=1e-5)
+    assert row["seeds"] == "0;1" and row["test_top5_mean"] == ""  # hidden: 5 classes
     summary = json.loads(paths["json"].read_text())
-    assert len(summary["rows"]) == 8
-    assert len(summary["transfer_gain"]) == 3
-    with_data = [r for r in read_results(RUN_A) if "data" in r]  # the skipped run never got data
-    assert len(with_data) == 13
-    assert summary["conditions"]["split_digests"] == {
-        "3f9c2a7d1e04b8c6": [f"{r['backend']}-{r['recipe']}-s{r['seed']}" for r in with_data]}
+    assert len(summary["rows"]) == 6 and len(summary["paired_tests"]) == 6
+    assert summary["conditions"]["digests"] == {results[0]["data"]["split_digest"]: [
+        r.name for r in stats.runs_frame(results).result]}
+    assert summary["unreadable"] == [] and summary["lacking"] == {}
 
 
-def test_summary_table_for_the_terminal():
-    results = read_results(RUN_A)
-    text = report.summary_table(results)
-    lines = text.splitlines()
-    assert len(lines) == 2 + 8
-    assert lines[0].split()[:4] == ["backend", "recipe", "seeds", "test"]
-    assert set(lines[1]) <= {"-", " "}
-    assert "failed: ResourceExhaustedError: OOM" in text
-    assert "skipped: keras, tensorflow not installed" in text
-    assert max(len(ln) for ln in lines) <= len(lines[1]) + 1
-    row = next(ln for ln in lines if ln.split()[:2] == ["pytorch", "two_phase"])
-    assert " ± " in row and " pp" in row and row.rstrip().endswith("ok")
-    long = [ln for ln in lines if "failed:" in ln][0]
-    assert long.endswith("…")
+def test_terminal_summary_table(sweep):
+    run = load_results(sweep)
+    lines = report.summary_table(run.results).splitlines()
+    assert lines[0].split()[:5] == ["backend", "recipe", "seeds", "test", "top1"]
+    assert len(lines) == 2 + 6 and set(lines[1]) <= {"─", " "}
+    row = next(ln for ln in lines if ln.split()[:2] == ["fakeb", "two_phase"])
+    assert " ± " in row and " pp" in row and row.endswith("ok")
+    assert report.summary_table([]) == "no results"
 
 
-def test_compare_two_runs():
-    text = report.compare(RUN_A, RUN_B)
-    rows = table_rows(text)
-    keys = {(r[0], r[1].strip("`")) for r in rows}
-    assert len(rows) == len(keys) == 9  # 8 in A plus pytorch linear_probe only in B
-    probe = next(r for r in rows if r[1] == "`linear_probe`")
-    assert probe[2] == "—" and probe[-2] == "absent" and probe[-1] == "ok"
-    both = next(r for r in rows if r[:2] == ["keras", "`two_phase`"])
-    a = stats.aggregate(read_results(RUN_A))
-    b = stats.aggregate(read_results(RUN_B))
-    ka = next(r for r in a if (r["backend"], r["recipe"]) == ("keras", "two_phase"))["test_top1_mean"]
-    kb = next(r for r in b if (r["backend"], r["recipe"]) == ("keras", "two_phase"))["test_top1_mean"]
-    assert both[4] == f"{100 * (kb - ka):+.1f} pp"
-    assert "WARNING" not in text
-
-
-def test_different_split_digests_are_a_loud_warning(tmp_path):
-    run_dir = copy_run(RUN_A, tmp_path / "mixed")
-    edit_result(run_dir, "keras-two_phase-s1", lambda r: r["data"].update(split_digest="0000deadbeef0000"))
-    paths = report.write_report(run_dir)
-    md, page = paths["md"].read_text(), paths["html"].read_text()
-    assert "> **WARNING: DIFFERENT DATA SPLITS" in md
-    assert "0000deadbeef0000: keras-two_phase-s1" in md
-    assert '<div class="warn">WARNING: DIFFERENT DATA SPLITS' in page
-    assert "WARNING: the runs differ in split digests" in report.compare(RUN_A, run_dir)
-
-
-def test_html_escapes_text_from_results(tmp_path):
-    run_dir = copy_run(RUN_A, tmp_path / "escape")
-    edit_result(run_dir, "slim-full-s0",
-                lambda r: r.update(error='ValueError: bad <script>alert("x")</script> & more'))
-    paths = report.write_report(run_dir)
+def test_html_escapes_text_from_results(sweep, tmp_path):
+    run_dir = copy_run(sweep, tmp_path / "escape")
+    edit(run_dir, "fake-head-s1", lambda r: r.update(status="failed", error='bad <script>alert("x")</script> & more'))
+    paths = report.write_report(run_dir, plots=False)
     page = paths["html"].read_text()
     assert "<script>" not in page
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; more" in page
+    assert "bad &lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; more" in page
+    assert "| fake-head-s1 | failed | bad <script>" in paths["md"].read_text()
 
 
-def test_single_backend_linear_probe_and_missing_values(tmp_path):
-    run_dir = tmp_path / "probe"
-    shutil.copytree(RUN_B / "pytorch-linear_probe-s0", run_dir / "pytorch-linear_probe-s0")
-    paths = report.write_report(run_dir)
+def test_backend_colours_come_from_the_descriptors_and_a_palette_for_plugins(fakes):
+    colors = report.backend_colors(["pytorch", "keras", "fake", "fakeb"])
+    assert colors["pytorch"] == base.backend_info("pytorch").color == "#e4572e"
+    assert colors["keras"] == base.backend_info("keras").color
+    assert colors["fake"] != colors["fakeb"] and "#777777" not in colors.values()
+    assert stats.ordered_backends(["zeta", "fakeb", "slim", "fake", "pytorch"]) == [
+        "pytorch", "slim", "fake", "fakeb", "zeta"]
+
+
+# ------------------------------------------------------------ significance
+
+def test_driver_stores_every_test_prediction_in_split_order(sweep):
+    for r in on_disk(sweep):
+        test = r["test"]
+        assert len(test["predictions"]) == len(test["labels"]) == test["count"] == 10
+        assert np.mean(np.asarray(test["predictions"]) == test["labels"]) == pytest.approx(test["top1"])
+    split = json.loads((sweep / "fake-head-s0" / "split.json").read_text())
+    assert json.loads((sweep / "fake-head-s0" / "result.json").read_text())["test"]["labels"] == [
+        label for _, label in split["test"]]
+
+
+def test_mcnemar_exact_p_value_by_hand():
+    a = np.array([1] * 7 + [0] * 1 + [1] * 5 + [0] * 3, bool)  # 7 only a, 1 only b, 5 both, 3 neither
+    b = np.array([0] * 7 + [1] * 1 + [1] * 5 + [0] * 3, bool)
+    t = stats.mcnemar(a, b)
+    # two-sided exact binomial on 8 discordant pairs: 2 * P(X <= 1), X ~ Bin(8, 1/2) = 2 * (1 + 8) / 256
+    assert (t["only_a"], t["only_b"]) == (7, 1) and t["p"] == pytest.approx(18 / 256, abs=1e-12)
+    assert stats.mcnemar(b, a)["p"] == pytest.approx(18 / 256, abs=1e-12)
+    assert stats.mcnemar(a, a) == {"only_a": 0, "only_b": 0, "p": 1.0}
+    ten = stats.mcnemar(np.ones(10, bool), np.zeros(10, bool))
+    assert ten["p"] == pytest.approx(2 / 1024, abs=1e-12)
+
+
+def test_bootstrap_interval_width_coverage_and_seed():
+    correct = np.array([1] * 700 + [0] * 300, bool)
+    low, high = stats.bootstrap_interval(correct)
+    assert low < 0.7 < high
+    assert high - low == pytest.approx(2 * 1.96 * np.sqrt(0.7 * 0.3 / 1000), rel=0.12)  # the normal width
+    assert stats.bootstrap_interval(correct) == (low, high)  # seeded
+    assert stats.bootstrap_interval(np.ones(30, bool)) == (1.0, 1.0)
+    rng = np.random.default_rng(1)
+    covered = [lo <= 0.6 <= hi for lo, hi in (stats.bootstrap_interval(rng.random(150) < 0.6, resamples=500)
+                                              for _ in range(60))]
+    assert 0.85 <= np.mean(covered) <= 1.0  # nominal 0.95
+
+
+def test_report_says_which_differences_are_distinguishable_from_noise(sweep, tmp_path):
+    run_dir = copy_run(sweep, tmp_path / "paired")
+
+    def predict(right: int):
+        def change(r):
+            labels = r["test"]["labels"]
+            r["test"]["predictions"] = [y if i < right else (y + 1) % 5 for i, y in enumerate(labels)]
+            r["test"]["top1"] = right / len(labels)
+        return change
+
+    edit(run_dir, "fake-head-s0", predict(10))
+    edit(run_dir, "fakeb-head-s0", predict(0))  # 10 discordant, all one way: p = 2 / 1024
+    edit(run_dir, "fake-head-s1", predict(4))
+    edit(run_dir, "fakeb-head-s1", predict(2))  # 2 discordant: p = 0.5
+    md = md_report(run_dir)
+    text = section(md, "Paired significance")
+    intervals, pairs = tables(text)
+    assert ["`head`", "0", "fake vs fakeb", "+100.0 pp", "10", "0", "0.002"] in pairs
+    assert ["`head`", "1", "fake vs fakeb", "+20.0 pp", "2", "0", "0.500"] in pairs
+    assert ("`head` seed 0, fake vs fakeb: +100.0 pp; 10 images only fake got right, 0 only fakeb; McNemar "
+            "p = 0.002: **distinguishable from noise** (level 0.05)") in text
+    assert "`head` seed 1, fake vs fakeb: +20.0 pp; 2 images only fake got right, 0 only fakeb; McNemar p = 0.500: " \
+           "**not distinguishable from noise**" in text
+    # fake and fakeb are the same numpy backend: identical calls on every image elsewhere
+    assert "`scratch` seed 0, fake vs fakeb: the same right/wrong call on every test image" in text
+    assert ["`head`", "fake", "0", "100.0", "100.0–100.0"] in intervals
+    assert ["`head`", "fakeb", "0", "0.0", "0.0–0.0"] in intervals
+    low, high = stats.bootstrap_interval(np.arange(10) < 4)
+    assert ["`head`", "fake", "1", "40.0", f"{100 * low:.1f}–{100 * high:.1f}"] in intervals
+
+
+# ------------------------------------------------------------ weights digest
+
+def test_one_digest_line_when_every_backend_started_from_the_same_weights(sweep, tmp_path):
+    run_dir = copy_run(sweep, tmp_path / "same")
+    for name in (run_name(b, rec, s) for b in BACKENDS for rec in ("head", "two_phase") for s in SEEDS):
+        edit(run_dir, name, lambda r: r["weights"].update(digest="ab" * 32, source_backend="fake"))
+    md = md_report(run_dir)
+    text = section(md, "Starting weights")
+    assert f"- `head`: every backend started from the same weights, digest `{'ab' * 32}` (source, from fake)" in text
+    assert "- `scratch`: random initialisation in every backend" in text
+    assert "WARNING" not in md
+
+
+def test_different_digests_are_a_loud_warning_naming_backends_kind_and_source(sweep, tmp_path):
+    run_dir = copy_run(sweep, tmp_path / "differ")
+    for s in SEEDS:
+        edit(run_dir, f"fake-head-s{s}", lambda r: r["weights"].update(digest="aa" * 32, source_backend="fake"))
+        edit(run_dir, f"fakeb-head-s{s}", lambda r: r["weights"].update(digest="bb" * 32, source_backend="fakeb"))
+        edit(run_dir, f"fake-two_phase-s{s}", lambda r: r["weights"].update(digest="cc" * 32))
+    md = report.write_report(run_dir, plots=False)["md"].read_text()
+    warning = ("> **WARNING: DIFFERENT STARTING WEIGHTS on `head`: the backends did not start from the same weights, "
+               "so their accuracies compare starting points as well as frameworks (fake: `aaaaaaaaaaaaaaaa` (source, "
+               "from fake); fakeb: `bbbbbbbbbbbbbbbb` (source, from fakeb))**")
+    assert md.startswith("# ") and warning in md.split("## Conditions")[0]
+    assert "DIFFERENT STARTING WEIGHTS on `head`" in section(md, "Starting weights")
+    assert (f"- `two_phase`: fake started from the same weights, digest `{'cc' * 32}` (source); no digest recorded "
+            f"for fakeb") in section(md, "Starting weights")
+    page = (run_dir / "report.html").read_text()
+    assert '<div class="warn">WARNING: DIFFERENT STARTING WEIGHTS on <code>head</code>' in page
+
+
+def test_results_without_a_digest_say_so(sweep):
+    md = md_report(copy_run(sweep, sweep.parent / "nodigest"))
+    assert "- `head`: no digest recorded for fake, fakeb" in section(md, "Starting weights")
+
+
+# ------------------------------------------------- unreadable and older results
+
+def test_unreadable_results_are_listed_never_dropped(sweep, tmp_path, fakes, capsys, monkeypatch):
+    run_dir = copy_run(sweep, tmp_path / "broken")
+    good = (run_dir / "fake-head-s0" / "result.json").read_text()
+    (run_dir / "fake-head-s0" / "result.json").write_text(good[: len(good) // 2])  # truncated mid-write
+    (run_dir / "empty-list").mkdir()
+    (run_dir / "empty-list" / "result.json").write_text("[]")
+    (run_dir / "no-keys").mkdir()
+    (run_dir / "no-keys" / "result.json").write_text('{"status": "ok", "backend": "fake"}')
+    run = load_results(run_dir)
+    assert len(run.results) == 11
+    reasons = {Path(u.path).parent.name: u.reason for u in run.unreadable}
+    assert reasons["fake-head-s0"].startswith("not valid JSON, truncated or corrupt (")
+    assert reasons["empty-list"] == "a JSON array, not a result object"
+    assert reasons["no-keys"] == "lacks the required keys schema_version, error, recipe, seed, model, config, " \
+                                 "versions, device"
+    md = md_report(run_dir)
+    assert "> **WARNING: 3 result file(s) could not be read and are left out" in md
+    listed = tables(section(md, "Unreadable and older results"))[0]
+    assert sorted((Path(f.strip("`")).parent.name, why) for f, why in listed) == sorted(reasons.items())
+    assert "11 result files" in md and "3 unreadable" in md
+
+    monkeypatch.setattr(report, "make_figures", lambda df: {})
+    capsys.readouterr()
+    assert cli.main(["report", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    for name, why in reasons.items():
+        assert f"unreadable result, left out: {run_dir / name / 'result.json'}: {why}" in out
+    assert cli.main(["compare", str(sweep), str(run_dir)]) == 0
+    assert "## Unreadable and older results in B" in capsys.readouterr().out
+
+
+def test_a_directory_of_only_unreadable_results_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "result.json").write_text("[]")
+    assert cli.main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bench: error:") and "no readable */result.json (1 unreadable" in err[0]
+    assert "Traceback" not in err[0]
+
+
+def test_a_schema_1_result_is_read_and_its_missing_fields_are_named(sweep, tmp_path, fakes, capsys, monkeypatch):
+    run_dir = copy_run(sweep, tmp_path / "old")
+
+    def schema_1(r):
+        r["schema_version"] = 1
+        del r["test"]["predictions"], r["test"]["labels"], r["preprocessing"], r["throughput"]["phase"]
+
+    edit(run_dir, "fakeb-two_phase-s1", schema_1)
+    old = read_result(run_dir / "fakeb-two_phase-s1" / "result.json")
+    assert old.schema_version == 1 < SCHEMA_VERSION
+    assert old.lacks == ["preprocessing", "test.predictions", "test.labels", "throughput.phase"]
+    md = md_report(run_dir)
+    (table,) = tables(section(md, "Unreadable and older results"))[-1:]
+    assert table == [["fakeb-two_phase-s1", "1", "preprocessing, test.predictions, test.labels, throughput.phase"]]
+    text = section(md, "Paired significance")
+    intervals, pairs = tables(text)
+    assert next(r for r in intervals if r[:3] == ["`two_phase`", "fakeb", "1"])[4] == "not available"
+    assert next(r for r in pairs if r[:3] == ["`two_phase`", "1", "fake vs fakeb"])[-1] == "not available"
+    assert ("`two_phase` seed 1, fake vs fakeb: not available (no per-image predictions stored: an older result "
+            "file)") in text
+    monkeypatch.setattr(report, "make_figures", lambda df: {})
+    assert cli.main(["report", str(run_dir)]) == 0
+    assert ("older result (schema 1), shown without preprocessing, test.predictions, test.labels, throughput.phase: "
+            f"{run_dir / 'fakeb-two_phase-s1' / 'result.json'}") in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ the schema
+
+def test_schema_keeps_unknown_keys_and_names_a_field_of_the_wrong_type(sweep, tmp_path):
+    raw = json.loads((sweep / "fake-head-s0" / "result.json").read_text())
+    raw["weights"].update(digest="ab" * 32, source_backend="fake", converted_from={"backend": "keras"})
+    raw["throughput"]["phase"]["variant"] = "jax"
+    raw["times"]["attempts"] = [{"total_seconds": 1.5}]
+    raw["keras_backend"] = "jax"
+    r = Result.parse(raw)
+    assert r.weights.digest == "ab" * 32 and r.weights.extra["converted_from"] == {"backend": "keras"}
+    assert r.times.extra == {"attempts": [{"total_seconds": 1.5}]} and r.extra["keras_backend"] == "jax"
+    write_result(tmp_path / "result.json", r)
+    again = json.loads((tmp_path / "result.json").read_text())
+    assert again == raw
+    raw["test"]["top1"] = "0.5"
+    with pytest.raises(SchemaError, match=r"^result\.test\.top1 is a JSON string, expected a number$"):
+        Result.parse(raw)
+
+
+def test_compare_lists_every_condition_that_changes_the_meaning_of_a_delta(sweep, tmp_path, fakes):
+    assert "None: same split, model, weights" in report.compare(sweep, sweep)
+    other = copy_run(sweep, tmp_path / "other")
+
+    def change(r):
+        r["data"]["split_digest"] = "0123456789abcdef"
+        r["model"] = "resnet50"
+        r["weights"].update(kind="imagenet", digest="ef" * 32)
+        r["config"]["recipe"]["phases"][0]["epochs"] = 9
+        r["data"]["image_size"] = 299
+        r["config"]["train"]["batch_size"] = 64
+        r["throughput"]["precision"] = "bf16"
+        r["versions"]["numpy"] = "9.9.9"
+        r["device"] = {"kind": "cuda", "name": "H100"}
+
+    for name in (run_name(b, rec, s) for b in BACKENDS for rec in RECIPES for s in SEEDS):
+        edit(other, name, change)
+    text = report.compare(sweep, other)
+    differences = section(text, "Conditions that differ")
+    for key in ("split digest", "model", "initial weights", "weights digest", "recipe phases / epochs", "image size",
+                "batch size", "precision", "framework versions", "device"):
+        assert f"- **{key}**: A " in differences, key
+    assert ("- **recipe phases / epochs**: A head: head (head, adam, lr 0.001, 1 ep); two_phase: head (head, rmsprop, "
+            "lr 0.001, 1 ep) + top2 (top, sgd, lr 0.0001, 1 ep);") in differences
+    assert "| B head: head (head, adam, lr 0.001, 9 ep);" in differences
+    assert "- **device**: A fake: cpu numpy; fakeb: cpu numpy | B fake: cuda H100; fakeb: cuda H100" in differences
+    assert "> **WARNING: the runs differ in split digest**" in text.split("## Results")[0]
+    rows = tables(section(text, "Results"))[0]
+    assert len(rows) == 6 and all(r[4] == "+0.0 pp" for r in rows)
+
+
+def test_only_failures_and_an_empty_directory(tmp_path, tiny_quads, fakes, monkeypatch):
+    monkeypatch.setenv("FAKE_BACKEND_CRASH", "raise")
+    driver.run(tiny_config("fake", "head", tiny_quads, tmp_path / "failed" / "fake-head-s0"))
+    paths = report.write_report(tmp_path / "failed")
     md, page = paths["md"].read_text(), paths["html"].read_text()
-    rows = table_rows(section(md, "Results"))
-    assert len(rows) == 1 and rows[0][:3] == ["`linear_probe`", "pytorch", "0"]
-    assert "±" not in rows[0][3]  # one seed: no spread
-    assert "No recipe has finished results from two backends." in md
-    assert "none (linear head on cached features)" in md
-    assert page.count(PNG) >= 5
-
-    # no throughput, NaN accuracy (as a hand-edited file may hold), no curves, no phases
-    edit_result(run_dir, "pytorch-linear_probe-s0",
-                lambda r: [r.pop(k) for k in ("throughput", "curves", "phases")])
-    f = run_dir / "pytorch-linear_probe-s0" / "result.json"
-    f.write_text(re.sub(r'"top1": [0-9.]+', '"top1": NaN', f.read_text(), count=1))
-    paths = report.write_report(run_dir)
-    assert "—" in table_rows(section(paths["md"].read_text(), "Results"))[0][3]
-    assert report.summary_table(read_results(run_dir)).count("\n") == 2
-
-
-def test_only_failures_and_empty_directories(tmp_path):
-    run_dir = tmp_path / "bad"
-    for name in ("slim-full-s0", "keras-full-s0"):
-        shutil.copytree(RUN_A / name, run_dir / name)
-    paths = report.write_report(run_dir)
-    md, page = paths["md"].read_text(), paths["html"].read_text()
-    assert len(table_rows(section(md, "Results"))) == 2
-    assert PNG not in page
-    assert "ResourceExhaustedError" in report.summary_table(read_results(run_dir))
-
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    paths = report.write_report(empty)
-    assert "0 result files" in paths["md"].read_text()
-    assert report.summary_table([]) == "no results"
+    (row,) = tables(section(md, "Results"))[0]
+    assert row[:2] == ["`head`", "fake"] and row[-1] == "failed: RuntimeError: fake backend exploded"
+    assert tables(section(md, "Failures and skipped runs"))[0] == [
+        ["fake-head-s0", "failed", "RuntimeError: fake backend exploded"]]
+    assert PNG not in page and "No finished run reported its phases." in md
+    assert "fake backend exploded" in report.summary_table(load_results(tmp_path / "failed").results)
+    (tmp_path / "empty").mkdir()
+    md = report.write_report(tmp_path / "empty")["md"].read_text()
+    assert "0 result files" in md and "No results." in md and re.findall(r"^## (.+)$", md, re.M) == SECTIONS

@@ -1,5 +1,5 @@
-"""Seed statistics on hand-made numbers (benchmarks.stats): exact means and stds,
-the within-spread statement, transfer gain, status counts. No framework needed."""
+"""Seed statistics on hand-made numbers (benchmarks.stats): exact means and sample stds from the
+table of runs, the within-spread statement, transfer gain, status counts, order. No framework."""
 
 from __future__ import annotations
 
@@ -24,35 +24,24 @@ def result(backend: str, recipe: str, seed: int, top1: float | None = None, *, s
     return r
 
 
-def test_mean_std_is_the_sample_std():
-    assert stats.mean_std([0.8, 0.9, 1.0]) == pytest.approx((0.9, 0.1, 3), abs=1e-12)
-    mean, std, n = stats.mean_std([2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0])
-    assert (mean, n) == (5.0, 8)
-    assert std == pytest.approx(math.sqrt(32 / 7), abs=1e-12)  # ddof=1, not the population 2.0
+def aggregate(results: list[dict]) -> list[dict]:
+    return stats.records(stats.aggregate(stats.runs_frame(results)))
 
 
-def test_mean_std_single_and_missing_values():
-    assert stats.mean_std([0.5]) == (0.5, None, 1)
-    assert stats.mean_std([None, float("nan"), 0.7, float("inf")]) == (0.7, None, 1)
-    assert stats.mean_std([]) == (None, None, 0)
-    assert stats.mean_std([None, True]) == (None, None, 0)  # a bool is not a number here
-
-
-def test_aggregate_rows_means_and_counts():
-    results = [
+def test_aggregate_rows_means_sample_stds_and_counts():
+    rows = aggregate([
         result("keras", "two_phase", 0, 0.80, wall=200.0, train=15.0, infer=50.0),
         result("keras", "two_phase", 1, 0.90, wall=220.0, train=17.0, infer=54.0),
         result("pytorch", "two_phase", 0, 0.85, wall=150.0),
         result("pytorch", "two_phase", 1, status="failed", error="RuntimeError: CUDA out of memory"),
         result("pytorch", "scratch", 0, 0.55),
         result("slim", "scratch", 0, status="skipped", error="tf_slim not installed"),
-    ]
-    rows = stats.aggregate(results)
+    ])
     assert [(r["recipe"], r["backend"]) for r in rows] == [
         ("two_phase", "pytorch"), ("two_phase", "keras"), ("scratch", "pytorch"), ("scratch", "slim")]
     keras = rows[1]
     assert keras["test_top1_mean"] == pytest.approx(0.85, abs=1e-12)
-    assert keras["test_top1_std"] == pytest.approx(math.sqrt(0.005), abs=1e-12)
+    assert keras["test_top1_std"] == pytest.approx(math.sqrt(0.005), abs=1e-12)  # ddof=1, not 0.05
     assert keras["wall_seconds_mean"] == pytest.approx(210.0)
     assert keras["wall_seconds_std"] == pytest.approx(math.sqrt(200.0))
     assert keras["train_images_per_second_mean"] == pytest.approx(16.0)
@@ -73,23 +62,31 @@ def test_aggregate_rows_means_and_counts():
     assert slim["errors"] == ["seed 0: tf_slim not installed"]
 
 
-def test_aggregate_ignores_missing_throughput_and_nan():
+def test_missing_throughput_and_nan_are_left_out():
     r = result("pytorch", "linear_probe", 0, float("nan"))
     del r["throughput"]
-    row = stats.aggregate([r])[0]
-    assert row["status"] == "ok"
+    (row,) = aggregate([r, result("pytorch", "linear_probe", 1, None)])
+    assert row["status"] == "ok" and row["n_ok"] == 2
     assert (row["test_top1_mean"], row["test_top1_n"]) == (None, 0)
-    assert row["train_images_per_second_mean"] is None
-    assert row["wall_seconds_mean"] == 100.0
+    assert row["train_images_per_second_n"] == 1 and row["wall_seconds_mean"] == 100.0
+    assert stats.finite(float("inf")) is None and stats.finite(True) is None and stats.finite(3) == 3.0
+
+
+def test_top5_is_blanked_for_five_classes_or_fewer():
+    few, many = result("pytorch", "head", 0, 0.5), result("keras", "head", 0, 0.5)
+    few["data"], many["data"] = {"num_classes": 5}, {"num_classes": 6}
+    df = stats.runs_frame([few, many])
+    assert df.set_index("backend").test_top5.to_dict() == pytest.approx({"pytorch": float("nan"), "keras": 1.0},
+                                                                        nan_ok=True)
 
 
 def test_within_spread_statements():
-    rows = stats.aggregate([
+    rows = stats.aggregate(stats.runs_frame([
         result("pytorch", "two_phase", 0, 0.80), result("pytorch", "two_phase", 1, 0.84),
         result("keras", "two_phase", 0, 0.81), result("keras", "two_phase", 1, 0.83),
         result("slim", "two_phase", 0, 0.60), result("slim", "two_phase", 1, 0.62),
         result("pytorch", "scratch", 0, 0.50), result("keras", "scratch", 0, 0.45),
-    ])
+    ]))
     pairs = {(s["recipe"], s["a"], s["b"]): s for s in stats.within_spread(rows)}
     assert set(pairs) == {("two_phase", "pytorch", "keras"), ("two_phase", "pytorch", "slim"),
                           ("two_phase", "keras", "slim"), ("scratch", "pytorch", "keras")}
@@ -111,42 +108,55 @@ def test_within_spread_statements():
 
 
 def test_within_spread_equal_means_without_spread_are_within():
-    rows = stats.aggregate([result(b, "head", s, 0.75) for b in ("pytorch", "keras") for s in (0, 1)])
+    rows = stats.aggregate(stats.runs_frame([result(b, "head", s, 0.75) for b in ("pytorch", "keras")
+                                             for s in (0, 1)]))
     (pair,) = stats.within_spread(rows)
     assert pair["spread"] == 0.0 and pair["within"] is True
 
 
 def test_transfer_gain_uses_the_best_transferred_recipe():
-    rows = stats.aggregate([
+    rows = stats.aggregate(stats.runs_frame([
         result("pytorch", "head", 0, 0.70), result("pytorch", "two_phase", 0, 0.85),
         result("pytorch", "scratch", 0, 0.50), result("pytorch", "scratch", 1, 0.60),
         result("keras", "two_phase", 0, 0.80),                       # no control: left out
         result("slim", "scratch", 0, 0.40),                          # no transfer: left out
         result("slim", "full", 0, status="failed", error="OOM"),
-    ])
+    ]))
     (gain,) = stats.transfer_gain(rows)
     assert (gain["backend"], gain["best_recipe"]) == ("pytorch", "two_phase")
     assert gain["control"] == pytest.approx(0.55)
     assert gain["gain"] == pytest.approx(0.30)
 
 
-def test_recipe_order_puts_the_control_last():
+def test_recipes_in_design_order_the_control_last_and_backends_in_registry_order():
     names = ["scratch", "two_phase", "custom", "linear_probe", "full", "head"]
     assert sorted(names, key=stats.recipe_sort_key) == [
         "linear_probe", "head", "full", "two_phase", "custom", "scratch"]
-    assert sorted(["zeta", "slim", "pytorch", "keras"], key=stats.backend_sort_key) == [
-        "pytorch", "keras", "slim", "zeta"]
+    assert stats.ordered_backends(["zeta", "slim", "pytorch", "keras", "alpha"]) == [
+        "pytorch", "keras", "slim", "alpha", "zeta"]
+
+
+def test_empty_results_give_empty_tables():
+    df = stats.runs_frame([])
+    assert len(df) == 0 and len(stats.aggregate(df)) == 0
+    assert stats.within_spread(stats.aggregate(df)) == [] and stats.paired_tests(df) == []
 
 
 def test_curve_mean_matches_epochs_across_seeds():
-    def run(seed: int, vals: list[float]) -> dict:
+    def run(seed: int, vals: list[float | None]) -> dict:
         r = result("pytorch", "two_phase", seed, 0.8)
         r["curves"] = [{"phase": 0 if e < 2 else 1, "global_epoch": e + 1, "images_seen": 100 * (e + 1),
                         "val_top1": v} for e, v in enumerate(vals)]
         return r
 
-    c = stats.curve_mean([run(0, [0.5, 0.6, 0.7]), run(1, [0.7, 0.8, None])], "images_seen")
-    assert c["x"] == [100.0, 200.0, 300.0]
-    assert c["mean"] == pytest.approx([0.6, 0.7, 0.7])
-    assert c["min"] == pytest.approx([0.5, 0.6, 0.7]) and c["max"] == pytest.approx([0.7, 0.8, 0.7])
-    assert c["phase"] == [0, 0, 1]
+    c = stats.curve_mean(stats.curves_frame(stats.runs_frame([run(0, [0.5, 0.6, 0.7]), run(1, [0.7, 0.8, None])])),
+                         "images_seen")
+    assert c.x.tolist() == [100.0, 200.0, 300.0]
+    assert c["mean"].tolist() == pytest.approx([0.6, 0.7, 0.7])
+    assert c["min"].tolist() == pytest.approx([0.5, 0.6, 0.7]) and c["max"].tolist() == pytest.approx([0.7, 0.8, 0.7])
+
+
+def test_a_result_that_does_not_fit_the_schema_is_a_failed_row_saying_why():
+    (row,) = aggregate([{**result("keras", "head", 0, 0.5), "test": [0.5]}])
+    assert row["status"] == "failed"
+    assert row["errors"] == ["seed 0: result does not fit the schema: result.test is a JSON array, expected an object"]
