@@ -142,7 +142,7 @@ def test_pipelines_match_the_common_preprocessing(built):
     assert not [op.name for op in built.graph.get_operations() if "dropout" in op.name.lower()]
 
     def labels(seed):
-        session.run(pipes.initializers["train_augmented"], {pipes.epoch_seed: seed})
+        session.run(pipes.initializers["fit_augmented"], {pipes.epoch_seed: seed})
         out = []
         while True:
             try:
