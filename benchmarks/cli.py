@@ -16,14 +16,14 @@ import sys
 import time
 from pathlib import Path
 
-from backends.base import (BackendError, availability, backend_names, backends_with_model,
-                           unknown_backend_message, unsupported_model)
+from backends.base import (BackendError, availability, backend_info, backend_names,
+                           backends_with_model, unknown_backend_message, unsupported_model)
 from benchmarks.console import configure_console
 from benchmarks.runner import PlanError
 from common import synthetic
 from common.config import (ConfigError, DataConfig, ModelConfig, PRECISIONS, RunConfig,
                            TrainConfig, available_recipes, load_recipe, override_epochs,
-                           validate_run)
+                           validate_run, validate_split_options)
 from common.data import DataError
 from common.models import MODELS
 from common.results import run_name
@@ -64,6 +64,48 @@ def _positive(text: str) -> int:
     return v
 
 
+def _nonnegative(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{v} must be >= 0")
+    return v
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a fraction such as 0.1") from None
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be in (0, 1), e.g. 0.1 for 10 %")
+    return v
+
+
+def _workers(text: str) -> int:
+    from common.config import MAX_WORKERS
+
+    v = _nonnegative(text)
+    if v > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{v} must be at most {MAX_WORKERS}")
+    return v
+
+
+def _add_split_options(parser: argparse.ArgumentParser) -> None:
+    """The split flags ``bench run`` and ``bench data inspect`` share."""
+    parser.add_argument("--val-fraction", type=_fraction, metavar="F",
+                        help="share of each class held out for validation (default 0.1; refused "
+                             "for a folder that already has val/)")
+    parser.add_argument("--test-fraction", type=_fraction, metavar="F",
+                        help="share of each class held out for the test (default 0.1; refused "
+                             "for a folder that already has test/)")
+    parser.add_argument("--split-seed", type=_nonnegative, default=0, metavar="N",
+                        help="seed of the train/val/test split (default 0; the same split for "
+                             "every backend and every --seeds)")
+
+
 def _names(text: str) -> list[str]:
     """A comma list (``two_phase,scratch``), the one list syntax of every option."""
     names = [n.strip() for n in text.split(",") if n.strip()]
@@ -99,8 +141,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--data", default="synthetic",
                      help="'synthetic' (embedded default) or an image folder / label|path meta file")
     run.add_argument("--class-map", help="class-map JSON {id2cls, cls2id} for a meta file")
-    run.add_argument("--weights", default="source",
-                     help="source (pretrain on synthetic shapes; cached), none, imagenet, or PATH")
+    run.add_argument("--weights",
+                     help="imagenet (each framework's own; the default with --data PATH), source "
+                          "(pretrain on synthetic shapes, cached: the default for synthetic data "
+                          "and the offline choice), none, or PATH")
     run.add_argument("--epochs", type=_positive, help="override the epochs of every phase")
     run.add_argument("--batch-size", type=_positive, default=16)
     run.add_argument("--image-size", type=_positive,
@@ -117,6 +161,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--reuse-head-rows", action="store_true",
                      help="initialise head rows of classes shared with the source from its head")
     run.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping")
+    _add_split_options(run)
+    run.add_argument("--workers", type=_workers, default=0, metavar="N",
+                     help="image-decoding workers: PyTorch DataLoader num_workers (default 0: in "
+                          "the training process), tf.data num_parallel_calls (0: AUTOTUNE)")
     run.add_argument("--out", type=Path, help="run directory (default: results/<timestamp>)")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR",
                      help="finish the missing runs of an earlier sweep")
@@ -134,7 +182,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     ins = dsub.add_parser("inspect", help="classes, counts per split, modes, sizes, problems")
     ins.add_argument("path", help="image folder or label|path meta file")
     ins.add_argument("--class-map")
-    ins.add_argument("--seed", type=int, default=0)
+    _add_split_options(ins)
+    ins.add_argument("--seed", type=_nonnegative, dest="split_seed", default=argparse.SUPPRESS,
+                     help=argparse.SUPPRESS)  # the flag's earlier name
     tfr = dsub.add_parser("export-tfrecord", help="write the common split as slim TFRecords")
     tfr.add_argument("--data", default="synthetic")
     tfr.add_argument("--class-map")
@@ -176,6 +226,28 @@ def parse_backends(text: str) -> list[str]:
     return names
 
 
+def default_weights(data: str) -> str:
+    """``--weights`` when not given: each framework's ImageNet weights for a user's data,
+    the cached shapes-pretrained backbone (``source``) for the synthetic default."""
+    return "source" if data == "synthetic" else "imagenet"
+
+
+def missing_imagenet_weights(configs: list[RunConfig]) -> str | None:
+    """The offline line (``BackendInfo.offline_message``) for the first run that needs
+    ImageNet weights its backend has not cached, or None; checked in the parent, before
+    any run starts, without importing a framework."""
+    for config in configs:
+        if (config.model.weights != "imagenet" or config.recipe.init == "random"
+                or availability(config.backend) or unsupported_model(config.backend,
+                                                                     config.model.name)):
+            continue
+        info = backend_info(config.backend)
+        if info.catalog and not info.imagenet_present(config.model.name):  # a plug-in without
+            # a catalog loads its own weights
+            return info.offline_message(config.model.name)
+    return None
+
+
 def build_configs(args: argparse.Namespace, out: Path) -> list[RunConfig]:
     """One validated RunConfig per (backend, recipe, seed) from ``bench run`` flags."""
     backends = parse_backends(args.backend)
@@ -189,7 +261,7 @@ def build_configs(args: argparse.Namespace, out: Path) -> list[RunConfig]:
                              f"become classes of the dataset; choose an --out outside the data")
     if args.class_map and not Path(args.class_map).is_file():
         raise UsageError(f"--class-map {args.class_map!r} does not exist")
-    weights = args.weights
+    weights = default_weights(args.data) if args.weights is None else args.weights
     if weights not in ("source", "none", "imagenet"):
         if not (Path(weights).exists() or Path(weights + ".index").exists()):  # a TF prefix
             raise UsageError(f"--weights {weights!r} is neither source, none, imagenet nor an "
@@ -217,7 +289,9 @@ def build_configs(args: argparse.Namespace, out: Path) -> list[RunConfig]:
         raise UsageError(f"--recipe names must be unique, got {', '.join(names)}")
     data = DataConfig(source=str(Path(args.data).resolve()) if args.data != "synthetic" else "synthetic",
                       class_map=str(Path(args.class_map).resolve()) if args.class_map else None,
-                      image_size=args.image_size, strict=args.strict)
+                      image_size=args.image_size, strict=args.strict,
+                      val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                      split_seed=args.split_seed, num_workers=args.workers)
     configs = []
     for backend in backends:
         for recipe in recipes:
@@ -255,6 +329,8 @@ def _check_data(config: RunConfig) -> None:
     note = f", {len(split.skipped)} unreadable file(s) will be skipped" if split.skipped else ""
     if split.duplicates:
         note += f", {len(split.duplicates)} duplicate file(s) kept once"
+    if split.given:
+        note += f"; {' '.join(n + '/' for n in split.given)} used as given"
     log.info(f"data: {split.num_classes} classes, train {len(split.train)} / val {len(split.val)} / "
              f"test {len(split.test)}, split {split.digest()}{note}")
     for path, why in (split.skipped + split.duplicates)[:10]:
@@ -330,6 +406,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                              f"--resume {args.out} or choose a new --out")
         configs = build_configs(args, run_dir)  # validates before anything is written
         _check_data(configs[0])
+        offline = missing_imagenet_weights(configs)  # before any run starts: no framework
+        if offline:
+            raise UsageError(offline)
         _writable_dir(run_dir)
         claim = _claim_sweep(run_dir, "--out")  # atomic: a second bench run on it stops here
         if (run_dir / runner.SWEEP_FILE).is_file():  # one finished while this one validated
@@ -402,7 +481,11 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.data_command == "inspect":
         from benchmarks.inspect_data import inspect_dataset
 
-        report, refused = inspect_dataset(args.path, args.class_map, seed=args.seed)
+        validate_split_options(args.val_fraction, args.test_fraction, args.split_seed)
+
+        report, refused = inspect_dataset(args.path, args.class_map, seed=args.split_seed,
+                                          val_fraction=args.val_fraction,
+                                          test_fraction=args.test_fraction)
         print(report)
         if refused:
             raise UsageError(refused)  # the same reason, and exit code, as bench run

@@ -21,9 +21,11 @@ from common.models import MODELS
 from common.verify import scan, smaller_than, usable_dataset
 
 
-def inspect_dataset(path: str, class_map: str | None = None, seed: int = 0) -> tuple[str, str | None]:
+def inspect_dataset(path: str, class_map: str | None = None, seed: int = 0,
+                    val_fraction: float | None = None,
+                    test_fraction: float | None = None) -> tuple[str, str | None]:
     """A human-readable report of the dataset at ``path`` and, when ``bench run`` would refuse
-    the data, why (one line; None when it would train on it)."""
+    the data (with these split options), why (one line; None when it would train on it)."""
     ds = load_dataset(path, class_map)
     infos = scan(ds)
     try:
@@ -53,10 +55,13 @@ def inspect_dataset(path: str, class_map: str | None = None, seed: int = 0) -> t
                             f"(upscaled), e.g. {Path(small[0].path).name}")
     if refused is None:
         try:
-            split = split_dataset(good, seed)
+            split = split_dataset(good, seed, val_fraction, test_fraction)
             counts = split.counts()
+            given = (f"; {' '.join(n + '/' for n in split.given)} used as given"
+                     if split.given else "")
             lines.append(f"split (seed {seed}, digest {split.digest()}): "
-                         + ", ".join(f"{n} {sum(counts[n].values())}" for n in ("train", "val", "test")))
+                         + ", ".join(f"{n} {sum(counts[n].values())}" for n in ("train", "val", "test"))
+                         + given)
         except DataError as err:
             refused = str(err)
     if refused:

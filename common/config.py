@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.data import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
 from common.models import MODELS
 
 TRAIN_MODES = ("head", "top", "blocks", "all", "linear")
@@ -122,9 +123,12 @@ class DataConfig:
     source: str = "synthetic"      # "synthetic" or a path (folder or meta file)
     class_map: str | None = None   # class-map JSON for a meta file
     image_size: int | None = None  # None: the model table's default for synthetic
-    val_fraction: float = 0.2
-    test_fraction: float = 0.3
+    # None: common.data's default (80/10/10); refused for a subset a folder already holds
+    val_fraction: float | None = None
+    test_fraction: float | None = None
     split_seed: int = 0
+    # image-decoding workers: torch DataLoader num_workers (0: in the training process),
+    # tf.data num_parallel_calls (0: AUTOTUNE)
     num_workers: int = 0
     strict: bool = False
 
@@ -374,10 +378,29 @@ def validate_run(config: RunConfig) -> None:
         if phase.train == "top" and phase.top_blocks > len(spec.blocks):
             _fail(f"{config.recipe.source} phase {i + 1}", "top_blocks", phase.top_blocks,
                   f"{spec.name} has {len(spec.blocks)} blocks")
-    for frac_key in ("val_fraction", "test_fraction"):
-        v = getattr(config.data, frac_key)
-        if not 0 < v < 1:
-            _fail("data", frac_key, v, "must be in (0, 1)")
-    if config.data.val_fraction + config.data.test_fraction >= 0.9:
-        _fail("data", "val_fraction + test_fraction",
-              config.data.val_fraction + config.data.test_fraction, "must be < 0.9")
+    validate_split_options(config.data.val_fraction, config.data.test_fraction,
+                           config.data.split_seed, config.data.num_workers)
+
+
+MAX_WORKERS = 256
+
+
+def validate_split_options(val_fraction: float | None, test_fraction: float | None,
+                           split_seed: int = 0, num_workers: int = 0) -> None:
+    """One-line ``ConfigError`` for a fraction outside (0, 1), fractions that leave less than
+    10 % for training, a negative split seed or a worker count outside [0, MAX_WORKERS]."""
+    fractions = {"val_fraction": val_fraction, "test_fraction": test_fraction}
+    for key, v in fractions.items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                              or not 0 < v < 1):
+            _fail("data", key, v, "must be a number in (0, 1), e.g. 0.1")
+    held_out = (DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction) + \
+        (DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction)
+    if held_out >= 0.9:
+        _fail("data", "val_fraction + test_fraction", round(held_out, 6),
+              "must be < 0.9 so that training keeps at least 10 % of each class")
+    if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
+        _fail("data", "split_seed", split_seed, "must be an integer >= 0")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) \
+            or not 0 <= num_workers <= MAX_WORKERS:
+        _fail("data", "num_workers", num_workers, f"must be an integer in [0, {MAX_WORKERS}]")

@@ -31,6 +31,9 @@ from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLIT_NAMES = ("train", "val", "test")
+# a user's folder that is not already split: 80 % train, 10 % val, 10 % test per class
+DEFAULT_VAL_FRACTION = 0.1
+DEFAULT_TEST_FRACTION = 0.1
 
 
 class DataError(ValueError):
@@ -51,6 +54,10 @@ class Dataset:
     # pre-made split from train/val/test subfolders, else None
     presplit: dict[str, list[Sample]] | None = None
 
+    def presplit_subsets(self) -> list[str]:
+        """The subsets the folder already holds (``train``, ``val``, ``test``), else []."""
+        return [n for n in SPLIT_NAMES if self.presplit and self.presplit.get(n)]
+
 
 @dataclass
 class Split:
@@ -61,6 +68,7 @@ class Split:
     root: str = ""
     skipped: list[tuple[str, str]] = field(default_factory=list)     # unreadable: (path, why)
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # dropped copies: (path, why)
+    given: tuple[str, ...] = ()  # subsets taken as given from train/ val/ test/ folders
 
     def subset(self, name: str) -> list[Sample]:
         if name not in SPLIT_NAMES:
@@ -128,6 +136,13 @@ def _folder_samples(root: Path, classes: list[str]) -> list[Sample]:
     return samples
 
 
+def is_presplit(subfolders: set[str]) -> bool:
+    """Whether a folder with these subfolders is already split: ``train/`` beside ``val/``
+    or ``test/`` (torchvision's ImageFolder tutorials ship ``train/`` + ``val/``). Other
+    subfolders beside them are not read."""
+    return "train" in subfolders and bool(subfolders & {"val", "test"})
+
+
 def load_image_folder(root: str | Path) -> Dataset:
     """An ImageFolder dataset, with or without train/val/test subfolders."""
     root = Path(root)
@@ -139,7 +154,7 @@ def load_image_folder(root: str | Path) -> Dataset:
                         f"subfolder per class, or a label|path meta file with --class-map")
     root = root.resolve()
     subdirs = {d.name for d in _class_dirs(root)}
-    if {"train", "test"} <= subdirs:
+    if is_presplit(subdirs):
         parts = {name: root / name for name in SPLIT_NAMES if (root / name).is_dir()}
         classes = sorted({d.name for p in parts.values() for d in _class_dirs(p)})
         presplit = {name: _folder_samples(p, classes) for name, p in parts.items()}
@@ -233,13 +248,16 @@ def load_dataset(source: str | Path, class_map: str | Path | None = None) -> Dat
     return load_image_folder(source)
 
 
-def split_dataset(ds: Dataset, seed: int, val_fraction: float = 0.2,
-                  test_fraction: float = 0.3) -> Split:
+def split_dataset(ds: Dataset, seed: int, val_fraction: float | None = None,
+                  test_fraction: float | None = None) -> Split:
     """Stratified train/val/test split, the same for every backend.
 
     Per class, files are sorted, shuffled with ``random.Random(f"{seed}:{class}")``
-    and cut so that val and test each get at least one image. Pre-split folders
-    are kept; a missing ``val`` is cut from ``train``.
+    and cut so that val and test each get at least one image; a fraction left at
+    ``None`` is the default (``DEFAULT_VAL_FRACTION``, ``DEFAULT_TEST_FRACTION``:
+    80/10/10). A folder already split into ``train/`` ``val/`` ``test/`` is used as
+    given; a subset it lacks is cut from ``train/`` with its fraction, and a fraction
+    given for a subset it has is refused (it would be ignored).
     """
     counts = Counter(s.label for s in ds.samples)
     for idx, cls in enumerate(ds.classes):
@@ -249,21 +267,33 @@ def split_dataset(ds: Dataset, seed: int, val_fraction: float = 0.2,
     if len(ds.classes) < 2:
         raise DataError(f"{ds.root!r} has {len(ds.classes)} class; a classifier needs at least 2 "
                         f"class subfolders")
+    given = {"val": val_fraction, "test": test_fraction}
+    if ds.presplit is not None:
+        kept = [name for name in ("val", "test") if ds.presplit.get(name) and given[name] is not None]
+        if kept:
+            flags = " and ".join(f"--{name}-fraction" for name in kept)
+            raise DataError(f"{ds.root!r} is already split into "
+                            f"{' '.join(n + '/' for n in ds.presplit_subsets())} folders, "
+                            f"used as given; {flags} would be ignored: drop "
+                            f"{'them' if len(kept) > 1 else 'it'}")
+    fractions = {"val": DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction,
+                 "test": DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction}
 
-    def cut(samples: list[Sample], fractions: tuple[float, ...], names: tuple[str, ...]):
+    def cut(samples: list[Sample], names: tuple[str, ...]):
         out = {n: [] for n in ("train", *names)}
         for idx, cls in enumerate(ds.classes):
             items = sorted((s for s in samples if s.label == idx), key=lambda s: s.path)
             need = 1 + len(names)
             if len(items) < need:
+                where = " in train/" if ds.presplit is not None else ""
                 raise DataError(
-                    f"class {cls!r} has {len(items)} image(s); a train/{'/'.join(names)} split "
-                    f"needs at least {need} per class"
+                    f"class {cls!r} has {len(items)} image(s){where}; a train/{'/'.join(names)} "
+                    f"split needs at least {need} per class"
                 )
             random.Random(f"{seed}:{cls}").shuffle(items)
             start = 0
-            for name, frac in zip(names, fractions):
-                n = max(1, round(len(items) * frac))
+            for name in names:
+                n = max(1, round(len(items) * fractions[name]))
                 n = min(n, len(items) - start - (need - 1 - names.index(name)))
                 out[name].extend(items[start:start + n])
                 start += n
@@ -271,11 +301,13 @@ def split_dataset(ds: Dataset, seed: int, val_fraction: float = 0.2,
         return out
 
     if ds.presplit is not None:
-        parts = dict(ds.presplit)
-        if "val" not in parts or not parts["val"]:
-            parts.update(cut(parts.get("train", []), (val_fraction,), ("val",)))
-        return Split(ds.classes, parts["train"], parts["val"], parts.get("test", []), ds.root)
-    parts = cut(ds.samples, (val_fraction, test_fraction), ("val", "test"))
+        parts = {name: list(v) for name, v in ds.presplit.items() if v}
+        missing = tuple(name for name in ("val", "test") if name not in parts)
+        if missing:  # cut from train/ what the folder lacks
+            parts.update(cut(parts.get("train", []), missing))
+        return Split(ds.classes, parts.get("train", []), parts["val"], parts["test"], ds.root,
+                     given=tuple(ds.presplit_subsets()))
+    parts = cut(ds.samples, ("val", "test"))
     return Split(ds.classes, parts["train"], parts["val"], parts["test"], ds.root)
 
 

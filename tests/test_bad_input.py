@@ -153,7 +153,8 @@ def test_missing_backend_is_a_skipped_result(tmp_path, capsys, monkeypatch, tiny
     monkeypatch.setattr(runner, "availability", lambda name: "keras not installed; pip install "
                                                             "'transfer-bench[keras]'")
     code, out, _ = _run_cli(capsys, "run", "--backend", "keras", "--data", str(tiny_quads),
-                            "--recipe", "head", "--out", str(tmp_path / "out"), "--no-report")
+                            "--recipe", "head", "--weights", "none", "--out", str(tmp_path / "out"),
+                            "--no-report")
     assert code == 0
     result = json.loads((tmp_path / "out" / "keras-head-s0" / "result.json").read_text())
     assert result["status"] == "skipped" and "pip install 'transfer-bench[keras]'" in result["error"]

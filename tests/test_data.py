@@ -48,7 +48,53 @@ def test_split_is_deterministic_stratified_and_disjoint(tiny_quads):
         assert set(s1.counts()[name]) == set(ds.classes)  # every class in every subset
     paths = [s.path for n in ("train", "val", "test") for s in s1.subset(n)]
     assert len(paths) == len(set(paths)) == len(ds.samples)
-    assert s1.counts()["train"] == {c: 3 for c in ds.classes}
+    assert s1.counts()["train"] == {c: 4 for c in ds.classes}  # 6 per class: 4 / 1 / 1
+    assert split_dataset(ds, 0, 0.2, 0.3).counts()["train"] == {c: 3 for c in ds.classes}
+
+
+def _folder(root, layout: dict[str, int]):
+    """Images under ``root/<relative class folder>`` (``{"train/a": 3, ...}``), 8 px each."""
+    for rel, n in layout.items():
+        (root / rel).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8), (i, len(rel), 0)).save(root / rel / f"{i}.png")
+    return root
+
+
+def test_default_split_keeps_80_percent_of_a_users_images_for_training(tmp_path):
+    ds = load_dataset(_folder(tmp_path, {"a": 10, "b": 20}))
+    counts = {n: sum(c.values()) for n, c in split_dataset(ds, 0).counts().items()}
+    assert counts == {"train": 24, "val": 3, "test": 3}
+    assert split_dataset(ds, 0).given == ()
+
+
+def test_folder_with_train_and_val_is_used_as_given_and_test_is_cut_from_train(tmp_path):
+    # torchvision's tutorial layout (hymenoptera_data): train/ and val/, no test/
+    ds = load_dataset(_folder(tmp_path, {"train/ants": 10, "train/bees": 10,
+                                         "val/ants": 3, "val/bees": 4}))
+    assert ds.classes == ("ants", "bees")  # not two classes named train and val
+    split = split_dataset(ds, 0)
+    assert split.given == ("train", "val")
+    assert all("/val/" in s.path for s in split.val) and len(split.val) == 7
+    assert all("/train/" in s.path for s in split.test) and len(split.test) == 2
+    assert len(split_dataset(ds, 0, test_fraction=0.3).test) == 6  # the missing subset's fraction
+    with pytest.raises(DataError, match=r"already split into train/ val/ folders, used as given; "
+                                        r"--val-fraction would be ignored: drop it"):
+        split_dataset(ds, 0, val_fraction=0.2)
+
+
+def test_fractions_for_a_presplit_folder_are_refused_in_one_line(tmp_path):
+    ds = load_dataset(_folder(tmp_path, {f"{n}/{c}": 2 for n in ("train", "val", "test")
+                                         for c in "ab"}))
+    split = split_dataset(ds, 0)
+    assert split.given == ("train", "val", "test")
+    assert {n: len(split.subset(n)) for n in ("train", "val", "test")} == {"train": 4, "val": 4,
+                                                                          "test": 4}
+    assert split_dataset(ds, 7).digest() == split.digest()  # the split seed cuts nothing here
+    with pytest.raises(DataError) as err:
+        split_dataset(ds, 0, 0.1, 0.2)
+    assert "--val-fraction and --test-fraction would be ignored: drop them" in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 def test_presplit_folders_and_meta_file(tmp_path, tiny_quads):

@@ -562,7 +562,7 @@ def test_keras_and_slim_pipelines_drop_the_same_last_batch_and_predict_in_split_
     from common.preprocess import get_normalisation
 
     norm = get_normalisation("inception")
-    split = split_dataset(load_dataset(tiny_quads), 0)  # 15 training images
+    split = split_dataset(load_dataset(tiny_quads), 0, 0.2, 0.3)  # 15 training images
     # and a file name that is not UTF-8, which tf.string tensors cannot hold as text
     odd = folder_dataset(tmp_path / "odd", per_class=3)
     png(odd / "a" / os.fsdecode(b"caf\xe9.png"), colour=(9, 9, 9))

@@ -87,7 +87,7 @@ class KerasBackend(Backend):
         norm = get_normalisation(self.preprocessing_name())
         # tf.data parallelism is AUTOTUNE; TF's op threads default to the machine's cores.
         self.data = KerasData(split, image_size, norm, self.config.train.batch_size,
-                              self.config.train.seed)
+                              self.config.train.seed, self.config.data.num_workers)
 
     def _build(self, model: ModelSpec, num_classes: int, weights: WeightsRequest,
                head_hidden_units: int) -> None:

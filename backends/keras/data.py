@@ -36,8 +36,9 @@ class KerasData:
     """Pipelines for one split: ``train(epoch, augment)`` and ``eval(subset)``."""
 
     def __init__(self, split: Split, image_size: int, normalisation: Normalisation,
-                 batch_size: int, seed: int):
+                 batch_size: int, seed: int, num_workers: int = 0):
         self.split = split
+        self.num_workers = num_workers  # tf.data num_parallel_calls (0: AUTOTUNE), PyDataset workers
         self.size = image_size
         self.norm = normalisation
         self.batch_size = batch_size
@@ -91,7 +92,8 @@ class KerasData:
         if seeds is None:
             seeds = np.zeros((len(samples), 2), np.int64)
         ds = tf.data.Dataset.from_tensor_slices((paths, labels, seeds))
-        ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(preprocess, num_parallel_calls=self.num_workers or tf.data.AUTOTUNE,
+                    deterministic=True)
         return ds.batch(self.batch_size, drop_remainder=drop_last).prefetch(tf.data.AUTOTUNE)
 
     # -------------------------------------------------------------- numpy
@@ -113,7 +115,7 @@ class NumpyBatches(keras.utils.PyDataset):
 
     def __init__(self, samples: list[Sample], seeds, data: KerasData, augment: bool,
                  drop_last: bool = False):
-        super().__init__(workers=1, use_multiprocessing=False)
+        super().__init__(workers=max(1, data.num_workers), use_multiprocessing=False)
         self.samples, self.seeds, self.data, self.augment = samples, seeds, data, augment
         self.drop_last = drop_last
 

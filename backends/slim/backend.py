@@ -99,7 +99,8 @@ class SlimBackend(Backend):
         with self.graph.as_default():
             tf.compat.v1.set_random_seed(seed)  # graph-level seed: op seeds follow build order
             self.pipes = slim_data.build_pipelines(split, image_size, norm,
-                                                   self.config.train.batch_size)
+                                                   self.config.train.batch_size,
+                                                   self.config.data.num_workers)
         config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
         config.gpu_options.allow_growth = True
         self.session = tf.compat.v1.Session(graph=self.graph, config=config)

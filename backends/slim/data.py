@@ -45,7 +45,7 @@ def normalise(image: tf.Tensor, norm: Normalisation) -> tf.Tensor:
 
 def make_dataset(samples: list[Sample], image_size: int, norm: Normalisation, batch_size: int, *,
                  augment: bool = False, shuffle: bool = False,
-                 epoch_seed: tf.Tensor | None = None) -> tf.data.Dataset:
+                 epoch_seed: tf.Tensor | None = None, num_workers: int = 0) -> tf.data.Dataset:
     """Batches of (normalised images ``[B, S, S, 3]``, int64 labels) over ``samples``; a
     shuffled (training) dataset never ends with a batch of one (``drops_last_batch``)."""
     # file names as bytes: a name need not be UTF-8
@@ -68,7 +68,8 @@ def make_dataset(samples: list[Sample], image_size: int, norm: Normalisation, ba
         image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
         return normalise(image, norm), label
 
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # --workers: num_parallel_calls (0: AUTOTUNE)
+    ds = ds.map(load, num_parallel_calls=num_workers or tf.data.AUTOTUNE, deterministic=True)
     drop = shuffle and drops_last_batch(len(samples), batch_size)
     return ds.batch(batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE)
 
@@ -84,18 +85,20 @@ class Pipelines:
     iterator: object
 
 
-def build_pipelines(split, image_size: int, norm: Normalisation, batch_size: int) -> Pipelines:
+def build_pipelines(split, image_size: int, norm: Normalisation, batch_size: int,
+                    num_workers: int = 0) -> Pipelines:
     """Datasets for every subset (split order) plus the shuffled ``fit`` and
     ``fit_augmented`` that training reads, in the current default graph."""
     epoch_seed = tf.compat.v1.placeholder_with_default(tf.constant(0, tf.int64), [], "epoch_seed")
+    w = num_workers
     datasets = {
         "fit_augmented": make_dataset(split.train, image_size, norm, batch_size, augment=True,
-                                      shuffle=True, epoch_seed=epoch_seed),
+                                      shuffle=True, epoch_seed=epoch_seed, num_workers=w),
         "fit": make_dataset(split.train, image_size, norm, batch_size, shuffle=True,
-                            epoch_seed=epoch_seed),
-        "train": make_dataset(split.train, image_size, norm, batch_size),  # split order
-        "val": make_dataset(split.val, image_size, norm, batch_size),
-        "test": make_dataset(split.test, image_size, norm, batch_size),
+                            epoch_seed=epoch_seed, num_workers=w),
+        "train": make_dataset(split.train, image_size, norm, batch_size, num_workers=w),
+        "val": make_dataset(split.val, image_size, norm, batch_size, num_workers=w),
+        "test": make_dataset(split.test, image_size, norm, batch_size, num_workers=w),
     }
     spec = datasets["val"].element_spec
     iterator = tf.compat.v1.data.Iterator.from_structure(  # NHWC (PyTorch batches are NCHW)
