@@ -323,6 +323,9 @@ class Backend(abc.ABC):
         self.entry: ModelEntry | None = None
         self.num_classes = 0
         self.phase: Phase | None = None
+        # the pass in hand ("epoch 3 train", "predict val", "features test"), named by the
+        # template methods for the backends' common.progress bars
+        self.pass_name = ""
         # what build() restored from a checkpoint (counts; missing / shape_mismatch names
         # left at their initial values under ignore_missing_vars), for result.json
         self.restore_report: dict = {}
@@ -406,18 +409,21 @@ class Backend(abc.ABC):
         if phase != self.phase:
             raise BackendError(f"{self.name}: fit_epoch() for phase {phase.name!r}, but the "
                                f"applied phase is {self.phase.name!r}; call apply_phase() first")
+        self.pass_name = f"epoch {global_epoch} train"
         return self._fit_epoch(phase, global_epoch)
 
     def predict(self, subset: str) -> np.ndarray:
         """Logits ``[N, num_classes]`` for ``split.<subset>`` in split order (eval mode)."""
         self._require("built", "predict()")
         self._check_subset(subset)
+        self.pass_name = f"predict {subset}"
         return self._predict(subset)
 
     def extract_features(self, subset: str) -> np.ndarray:
         """Pooled backbone features ``[N, feature_dim]`` in split order (eval mode)."""
         self._require("built", "extract_features()")
         self._check_subset(subset)
+        self.pass_name = f"features {subset}"
         return self._extract_features(subset)
 
     def _check_subset(self, subset: str) -> None:

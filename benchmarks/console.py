@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from tqdm import tqdm
+
 PROGRESS_MARK = "| "
 SUITE_LOGGERS = ("benchmarks", "common", "backends")
 
@@ -30,8 +32,10 @@ class _ConsoleHandler(logging.Handler):
         try:
             text = self.format(record)
             stream = sys.stdout
-            stream.write("".join(f"{self.prefix}{line}\n" for line in text.splitlines() or [""]))
-            stream.flush()
+            # a progress bar on the terminal (common.progress) is cleared and redrawn below
+            with tqdm.external_write_mode(file=stream):
+                stream.write("".join(f"{self.prefix}{line}\n" for line in text.splitlines() or [""]))
+                stream.flush()
         except Exception:  # noqa: BLE001 - logging must never take the program down
             self.handleError(record)
 

@@ -25,6 +25,7 @@ from benchmarks.console import PROGRESS_MARK
 from common.config import ConfigError, RunConfig, validate_run
 from common.locks import DirectoryBusy, DirectoryClaim, claim_directory
 from common.paths import disk_full_message, is_disk_full
+from common.progress import PROGRESS_ENV, ProgressRelay, parse_event, progress_mode
 from common.results import base_result, run_name, write_json_atomic
 
 SWEEP_FILE = "sweep.json"
@@ -136,10 +137,12 @@ def _run_worker(run: PlannedRun, claim: DirectoryClaim) -> dict:
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8:backslashreplace")
     env.update(backend_info(run.config.backend).environment)  # e.g. KERAS_BACKEND, before import
     env.update({PARENT_PID_ENV: str(os.getpid()), CLAIM_FD_ENV: str(claim.fd)})
+    env[PROGRESS_ENV] = child_progress_mode()
     repo_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo_root, env.get("PYTHONPATH")]))
     tail: list[str] = []
     disk_full = None
+    relay = ProgressRelay(prefix=f"  [{run.name}] ")  # the worker's progress, rendered here
     with open(run_dir / "log.txt", "a", encoding="utf-8", errors="backslashreplace") as logfile:
         proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.run_worker", str(config_file)],
@@ -152,6 +155,10 @@ def _run_worker(run: PlannedRun, claim: DirectoryClaim) -> dict:
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
+                event = parse_event(line)
+                if event is not None:  # not kept in log.txt: the epoch lines say it
+                    relay.feed(event)
+                    continue
                 if disk_full is None:
                     try:
                         logfile.write(line)
@@ -167,6 +174,8 @@ def _run_worker(run: PlannedRun, claim: DirectoryClaim) -> dict:
         except BaseException:
             _stop(proc)
             raise
+        finally:
+            relay.close()
     after = result_file.stat().st_mtime_ns if result_file.exists() else None
     if after is not None and after != before:
         try:
@@ -181,6 +190,12 @@ def _run_worker(run: PlannedRun, claim: DirectoryClaim) -> dict:
     if disk_full is not None:
         raise disk_full
     return _write_unrun(run, "failed", f"worker process died ({reason}): {last}"[:500])
+
+
+def child_progress_mode() -> str:
+    """What a worker does with its progress: ``events`` for this process to render (a bar
+    on its terminal, plain lines otherwise), or ``off`` when progress is off here."""
+    return "off" if progress_mode() == "off" else "events"
 
 
 def _failed_on_disk(run: PlannedRun, err: OSError) -> dict:

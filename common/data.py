@@ -320,6 +320,14 @@ def drops_last_batch(num_images: int, batch_size: int) -> bool:
     return num_images > batch_size and num_images % batch_size == 1
 
 
+def batch_count(num_images: int, batch_size: int, training: bool = False) -> int:
+    """Batches in one pass over ``num_images``: a training epoch drops a last batch of one
+    (``drops_last_batch``), an evaluation pass keeps every image."""
+    if training and drops_last_batch(num_images, batch_size):
+        return num_images // batch_size
+    return -(-num_images // batch_size)
+
+
 # ------------------------------------------------------------------ decoding
 
 def to_rgb(img: Image.Image) -> Image.Image:

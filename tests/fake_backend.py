@@ -23,6 +23,7 @@ import numpy as np
 from backends.base import Backend
 from common.data import load_batch
 from common.metrics import log_softmax
+from common.progress import progress
 from common.timing import measure_steps
 
 THUMB = 8
@@ -105,7 +106,10 @@ class FakeBackend(Backend):
                 "seconds": time.perf_counter() - t0}
 
     def _predict(self, subset):
-        return self._forward(self.data[subset][0])[1]
+        x, bs = self.data[subset][0], self.config.train.batch_size
+        starts = progress(range(0, len(x), bs), desc=self.pass_name)  # common.progress, as every backend
+        logits = [self._forward(x[i:i + bs])[1] for i in starts]
+        return np.concatenate(logits) if logits else self._forward(x)[1]
 
     def _extract_features(self, subset):
         return self._forward(self.data[subset][0])[0]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from backends.base import BackendError, WeightsRequest, get_backend
+from common import progress
 from benchmarks import driver
 from common.config import Phase, load_recipe
 from common.models import HEAD, get_model
@@ -51,7 +52,20 @@ def test_top2_phase_trains_exactly_mixed_7b_7c_and_head(backend_name, tiny_quads
         b.close()
 
 
-def test_head_phase_leaves_backbone_bit_identical(backend_name, tiny_quads, tmp_path):
+def _progress_events(capsys) -> list[dict]:
+    """The ``common.progress`` events a backend wrote to stdout (events mode)."""
+    return [e for e in map(progress.parse_event, capsys.readouterr().out.splitlines()) if e]
+
+
+@pytest.fixture
+def progress_events(monkeypatch):
+    """Every batch of every pass reported as an event on stdout, as in a bench worker."""
+    monkeypatch.setenv(progress.PROGRESS_ENV, "events")
+    monkeypatch.setenv(progress.SECONDS_ENV, "0")
+
+
+def test_head_phase_leaves_backbone_bit_identical(backend_name, tiny_quads, tmp_path,
+                                                  progress_events, capsys):
     b, _ = _built(backend_name, tiny_quads, tmp_path)
     try:
         phase = Phase(name="head", train="head", optimizer="adam", learning_rate=1e-2, epochs=1)
@@ -59,8 +73,13 @@ def test_head_phase_leaves_backbone_bit_identical(backend_name, tiny_quads, tmp_
         spec = get_model("inception_v3")
         before = {blk: b.snapshot(blk) for blk in (*spec.blocks, HEAD)}
         b.set_learning_rate(1e-2)
+        capsys.readouterr()
         stats = b.fit_epoch(phase, 1)
         assert stats["images"] == 15 and np.isfinite(stats["loss"])
+        # one progress unit per batch, through common.progress, in every backend
+        events = _progress_events(capsys)
+        assert [e["n"] for e in events] == [1, 2, 3, 4, 4] and events[-1]["done"]
+        assert {(e["desc"], e["total"]) for e in events} == {("epoch 1 train", 4)}
         for blk in spec.blocks:
             after = b.snapshot(blk)
             assert after.keys() == before[blk].keys()
@@ -89,7 +108,8 @@ def test_save_restore_round_trip_gives_same_logits(backend_name, tiny_quads, tmp
         b.close()
 
 
-def test_features_need_a_model_and_training_needs_a_phase(backend_name, tiny_quads, tmp_path):
+def test_features_need_a_model_and_training_needs_a_phase(backend_name, tiny_quads, tmp_path,
+                                                          progress_events, capsys):
     # the lifecycle is checked once, in backends.base: every backend refuses the same way
     config = tiny_config(backend_name, "two_phase", tiny_quads, tmp_path / "bare")
     bare = get_backend(backend_name)(config, tmp_path / "bare")
@@ -97,8 +117,15 @@ def test_features_need_a_model_and_training_needs_a_phase(backend_name, tiny_qua
         bare.predict("val")
     b, split = _built(backend_name, tiny_quads, tmp_path)
     try:
+        capsys.readouterr()
         feats = b.extract_features("val")
         assert feats.shape == (len(split.val), get_model("inception_v3").feature_dim)
+        events = _progress_events(capsys)
+        assert [(e["desc"], e["n"], e["total"]) for e in events] == [
+            ("features val", 1, 2), ("features val", 2, 2), ("features val", 2, 2)]
+        b.predict("test")
+        events = _progress_events(capsys)
+        assert [(e["desc"], e["n"], e["total"]) for e in events][-1] == ("predict test", 3, 3)
         phase = load_recipe("two_phase").phases[0]
         for action, call in (("fit_epoch()", lambda: b.fit_epoch(phase, 1)),
                              ("set_learning_rate()", lambda: b.set_learning_rate(0.1)),

@@ -36,15 +36,16 @@ import numpy as np
 
 from backends.base import Backend, BackendError, WeightsRequest
 from common.config import Phase
-from common.data import Split
+from common.data import Split, batch_count
 from common.models import ModelSpec
 from common.preprocess import get_normalisation
+from common.progress import Progress
 
 from . import weights as kweights
 from .data import KerasData
 from .model import build_model
 from .throughput import POLICIES, device_info, measure_throughput
-from .train import compile_phase, fit_one_epoch, set_trainable, weight_count
+from .train import ProgressCallback, compile_phase, fit_one_epoch, set_trainable, weight_count
 
 BN_MODES = {
     "frozen": "frozen blocks: layer.trainable=False, so their BatchNormalization runs in "
@@ -136,14 +137,21 @@ class KerasBackend(Backend):
     def _fit_epoch(self, phase: Phase, global_epoch: int) -> dict:
         tensorboard = keras.callbacks.TensorBoard(log_dir=str(self.run_dir / "tensorboard"),
                                                   write_graph=False, profile_batch=0)
-        return fit_one_epoch(self.km, self.data.train(global_epoch, phase.augment), global_epoch,
-                             len(self.split.train), callbacks=[tensorboard])
+        batches = batch_count(len(self.split.train), self.config.train.batch_size, training=True)
+        with Progress(batches, self.pass_name) as bar:
+            return fit_one_epoch(self.km, self.data.train(global_epoch, phase.augment),
+                                 global_epoch, len(self.split.train),
+                                 callbacks=[tensorboard, ProgressCallback(bar)])
 
     def _run_predict(self, model: keras.Model, subset: str, width: int) -> np.ndarray:
-        if not self.split.subset(subset):
+        samples = self.split.subset(subset)
+        if not samples:
             return np.zeros((0, width), np.float32)
         # predict() calls the model with training=False: every BN layer uses moving statistics.
-        return np.asarray(model.predict(self.data.eval(subset), verbose=0), np.float32)
+        with Progress(batch_count(len(samples), self.config.train.batch_size),
+                      self.pass_name) as bar:
+            return np.asarray(model.predict(self.data.eval(subset), verbose=0,
+                                            callbacks=[ProgressCallback(bar)]), np.float32)
 
     def _predict(self, subset: str) -> np.ndarray:
         return self._run_predict(self.km.model, subset, self.split.num_classes)

@@ -174,6 +174,22 @@ def weight_count(variables) -> int:
     return int(sum(int(np.prod(v.shape)) for v in variables))
 
 
+class ProgressCallback(keras.callbacks.Callback):
+    """One ``common.progress`` unit per batch of ``fit`` or ``predict`` (Keras' own
+    progress bar, ``verbose=1``, would print from the worker process, one line per update
+    once its output is not a terminal)."""
+
+    def __init__(self, bar):
+        super().__init__()
+        self.bar = bar
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.bar.update(1)
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self.bar.update(1)
+
+
 def fit_one_epoch(km: KerasModel, dataset, global_epoch: int, images: int, callbacks=()) -> dict:
     """One pass of ``model.fit`` over ``dataset`` (epoch numbering for TensorBoard)."""
     t0 = time.perf_counter()

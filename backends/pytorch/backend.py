@@ -145,13 +145,15 @@ class PyTorchBackend(Backend):
             self.writer.add_scalars(self._step, {"batch/train_loss": loss})
 
         stats = train.train_one_epoch(net, loader, self.optimizer, criterion, self.device_,
-                                      self.norm, on_step, precision=self.config.train.precision)
+                                      self.norm, on_step, precision=self.config.train.precision,
+                                      desc=self.pass_name)
         self._computed["train"].add(stats.pop("compute_dtype"))
         return stats
 
     def _run_eval(self, subset: str, fn=None) -> np.ndarray:
         out, dtype = train.predict_batches(self.model, self.eval_loaders[subset], self.device_,
-                                           self.norm, fn, precision=self.config.train.precision)
+                                           self.norm, fn, precision=self.config.train.precision,
+                                           desc=self.pass_name)
         if dtype is not None:
             self._computed["eval"].add(dtype)
         if out is None:

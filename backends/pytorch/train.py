@@ -24,6 +24,7 @@ from backends.base import BackendError, ModelEntry
 from common.config import Phase
 from common.models import HEAD, ModelSpec
 from common.preprocess import Normalisation
+from common.progress import progress
 
 from .data import normalise
 from .model import block_modules
@@ -143,13 +144,14 @@ def compute_loss(outputs, labels: torch.Tensor, criterion: nn.Module) -> tuple[t
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, criterion: nn.Module,
                     device: torch.device, norm: Normalisation, on_step=None,
-                    precision: str = "fp32") -> dict:
+                    precision: str = "fp32", desc: str = "") -> dict:
     """One pass over ``loader`` (modes already set): mean loss, top-1, images, seconds, and
-    ``compute_dtype``, the dtype the logits were computed in (``bfloat16`` under autocast)."""
+    ``compute_dtype``, the dtype the logits were computed in (``bfloat16`` under autocast).
+    ``desc`` names the pass in its progress bar (``common.progress``)."""
     total_loss, correct, seen = 0.0, 0, 0
     compute_dtype = None
     t0 = time.perf_counter()
-    for images, labels in loader:
+    for images, labels in progress(loader, len(loader), desc):
         images = normalise(images.to(device, non_blocking=True), norm)
         labels = labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)  # before the forward pass: lower peak memory
@@ -180,12 +182,12 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
 
 @torch.inference_mode()
 def predict_batches(model: nn.Module, loader, device: torch.device, norm: Normalisation, fn=None,
-                    precision: str = "fp32") -> tuple:
+                    precision: str = "fp32", desc: str = "") -> tuple:
     """``fn(model, images)`` (default: the model) over ``loader`` in eval mode, concatenated
     as float32 numpy, and the dtype the outputs were computed in (None: empty loader)."""
     model.eval()
     outs, compute_dtype = [], None
-    for images, _ in loader:
+    for images, _ in progress(loader, len(loader), desc):
         images = normalise(images.to(device, non_blocking=True), norm)
         with autocast(device, precision):
             out = fn(model, images) if fn else model(images)

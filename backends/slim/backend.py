@@ -49,7 +49,9 @@ from backends.slim import weights as slim_weights
 from backends.slim.compat import identity_hashing
 from common.config import Phase
 from common.models import HEAD, ModelSpec
+from common.data import batch_count
 from common.preprocess import get_normalisation
+from common.progress import Progress
 from common.results import cpu_name
 
 class SlimBackend(Backend):
@@ -231,13 +233,18 @@ class SlimBackend(Backend):
         writer = self._summary_writer()
         step_no = int(self.session.run(self.global_step))
 
+        batches = batch_count(len(self.split.train), self.config.train.batch_size, training=True)
+        bar = Progress(batches, self.pass_name)
+
         def on_step(loss):
             nonlocal step_no
             step_no += 1
             writer.add_summary(_summary({"step/loss": loss, "step/learning_rate": self._lr_value}),
                                step_no)
+            bar.update(1)
 
-        stats = slim_train.train_one_epoch(self.session, self.step, init, feed, on_step)
+        with bar:
+            stats = slim_train.train_one_epoch(self.session, self.step, init, feed, on_step)
         self._computed["train"].add(self.step.compute_dtype)
         writer.add_summary(_summary({"epoch/train_loss": stats["loss"],
                                      "epoch/train_accuracy": stats["top1"],
@@ -248,11 +255,14 @@ class SlimBackend(Backend):
     def _run_subset(self, subset: str, tensor) -> np.ndarray:
         self.session.run(self.pipes.initializers[subset])
         out = []
-        while True:
-            try:
-                out.append(self.session.run(tensor))
-            except tf.errors.OutOfRangeError:
-                break
+        batches = batch_count(len(self.split.subset(subset)), self.config.train.batch_size)
+        with Progress(batches, self.pass_name) as bar:
+            while True:
+                try:
+                    out.append(self.session.run(tensor))
+                except tf.errors.OutOfRangeError:
+                    break
+                bar.update(1)
         width = tensor.shape[-1]
         if out:
             self._computed["eval"].add(tensor.dtype.name)
