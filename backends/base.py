@@ -44,6 +44,15 @@ class BackendError(RuntimeError):
     """A user-facing failure inside a backend (one line, no traceback needed)."""
 
 
+class ExportCheckFailed(BackendError):
+    """An exported model whose logits differ from the native model's beyond the tolerance."""
+
+
+# ``bench export``: the exported model's logits on the golden batch must equal the native
+# model's within this (max absolute difference)
+EXPORT_TOLERANCE = 1e-4
+
+
 @dataclass(frozen=True)
 class WeightsRequest:
     """What to initialise the backbone from.
@@ -121,6 +130,8 @@ class BackendInfo:
     environment: Mapping[str, str] = field(default_factory=dict)
     color: str = "#777777"               # the backend's colour in report plots
     description: str = ""
+    # the deployable formats ``bench export --format`` writes (``backends/<name>/export.py``)
+    export_formats: tuple[str, ...] = ()
 
     def _catalog(self):
         return importlib.import_module(self.catalog) if self.catalog else None
@@ -235,7 +246,8 @@ def backend_info(name: str) -> BackendInfo:
         info = target
     elif isinstance(target, type) and issubclass(target, Backend):  # a plug-in class
         info = BackendInfo(name=name, backend_class=REGISTRY[name], requires=(), install_hint="",
-                           checkpoint_suffix=target.checkpoint_suffix)
+                           checkpoint_suffix=target.checkpoint_suffix,
+                           export_formats=tuple(getattr(target, "export_formats", ())))
     else:
         raise BackendError(f"backend {name!r}: {REGISTRY[name]} is neither a BackendInfo nor a "
                            f"Backend class")
@@ -484,6 +496,45 @@ class Backend(abc.ABC):
     def _bare_train_loop(self, batch_size: int, steps: int) -> Callable[[], float]:
         raise BackendError(f"the {self.name} backend has no bare training loop")
 
+    # -- deployment -------------------------------------------------------
+    def export(self, fmt: str, directory: Path, golden: np.ndarray) -> dict:
+        """Write the model in the deployable format ``fmt`` (one of ``info.export_formats``)
+        under ``directory``, load it back with that format's own runtime and check that its
+        logits on ``golden`` (normalised float32 images ``[N, H, W, 3]``) equal the native
+        model's within ``EXPORT_TOLERANCE``; ``ExportCheckFailed`` when they do not.
+
+        Returns ``{"format", "path", "max_abs_diff", "tolerance", "golden_images", "input"}``,
+        ``input`` describing what the exported model takes (layout, shape).
+        """
+        self._require("built", "export()")
+        formats = self.info.export_formats
+        if fmt not in formats:
+            raise BackendError(f"the {self.name} backend cannot export {fmt!r}; its formats are: "
+                               f"{', '.join(formats) or 'none'}")
+        golden = np.asarray(golden, np.float32)
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path, exported, native, layout = self._export(fmt, directory, golden)
+        exported, native = np.asarray(exported, np.float64), np.asarray(native, np.float64)
+        if exported.shape != native.shape:
+            raise ExportCheckFailed(f"{self.name} {fmt}: the exported model gives logits of shape "
+                                    f"{exported.shape}, the native model {native.shape}")
+        diff = float(np.max(np.abs(exported - native))) if native.size else 0.0
+        record = {"format": fmt, "path": str(path), "max_abs_diff": diff,
+                  "tolerance": EXPORT_TOLERANCE, "golden_images": int(len(golden)),
+                  "input": layout}
+        if not diff <= EXPORT_TOLERANCE:  # NaN fails too
+            raise ExportCheckFailed(
+                f"{self.name} {fmt}: the exported model's logits differ from the native model's "
+                f"by {diff:.3g} (max abs) on a golden batch of {len(golden)} image(s), more than "
+                f"{EXPORT_TOLERANCE:g}; {path} is not a faithful copy")
+        return record
+
+    def _export(self, fmt: str, directory: Path,
+                golden: np.ndarray) -> tuple[Path, np.ndarray, np.ndarray, dict]:
+        """(file written, exported logits, native logits, input description) on ``golden``."""
+        raise BackendError(f"the {self.name} backend has no export")
+
     def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
         """Write scalars to TensorBoard natively (default: nothing)."""
 
@@ -533,6 +584,7 @@ class Backend(abc.ABC):
     def _throughput(self, batch_size: int, precision: str, steps: int, warmup: int) -> dict: ...
 
 
-__all__ = ["Backend", "BackendError", "BackendInfo", "ImagenetWeights", "ModelEntry",
+__all__ = ["Backend", "BackendError", "BackendInfo", "EXPORT_TOLERANCE", "ExportCheckFailed",
+           "ImagenetWeights", "ModelEntry",
            "REGISTRY", "WeightsRequest", "availability", "backend_info", "backend_names",
            "backends_with_model", "get_backend", "unknown_backend_message", "unsupported_model"]

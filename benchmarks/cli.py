@@ -20,6 +20,7 @@ from backends.base import (BackendError, availability, backend_info, backend_nam
                            backends_with_model, unknown_backend_message, unsupported_model)
 from benchmarks.console import configure_console
 from benchmarks.runner import PlanError
+from benchmarks.saved_run import BackendProcessFailed, SavedRunError
 from common import synthetic
 from common.config import (ConfigError, DataConfig, ModelConfig, PRECISIONS, RunConfig,
                            TrainConfig, available_recipes, load_recipe, override_epochs,
@@ -206,6 +207,30 @@ def get_args_parser() -> argparse.ArgumentParser:
     cmp_ = sub.add_parser("compare", help="two run directories side by side")
     cmp_.add_argument("run_a", type=Path)
     cmp_.add_argument("run_b", type=Path)
+
+    ev = sub.add_parser("eval", help="evaluate a finished run's checkpoint on its test split or a "
+                                     "folder: metrics, confusion matrix, predictions CSV")
+    ev.add_argument("run", metavar="RUN", help="a run folder: RUN_DIR/<backend>-<recipe>-s<seed>")
+    ev.add_argument("--data", help="image folder (one subfolder per class, named as the run's "
+                                   "classes) or label|path meta file; default: the run's test split")
+    ev.add_argument("--class-map", help="class-map JSON for a meta file")
+    ev.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                    help="best on validation (default) or the last epoch's")
+    pr = sub.add_parser("predict", help="class probabilities of images from a run's checkpoint")
+    pr.add_argument("target", metavar="CHECKPOINT_OR_RUN",
+                    help="a run folder or a checkpoint file in its checkpoints/")
+    pr.add_argument("images", nargs="+", metavar="IMAGE")
+    pr.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                    help="for a run folder: which checkpoint (default best)")
+    pr.add_argument("--top-k", type=_positive, default=5, help="classes shown per image (default 5)")
+    ex = sub.add_parser("export", help="write a run's model in its framework's deployable format, "
+                                       "checked against the native logits")
+    ex.add_argument("run", metavar="RUN", help="a run folder: RUN_DIR/<backend>-<recipe>-s<seed>")
+    ex.add_argument("--format", required=True,
+                    help="pytorch: torchscript, onnx; keras: keras, savedmodel; "
+                         "slim: savedmodel, frozen_graph")
+    ex.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    ex.add_argument("--out", type=Path, help="folder for the export (default RUN/export/FORMAT)")
 
     w = sub.add_parser("weights", help="ImageNet weights: where they go offline, pre-fetching")
     wsub = w.add_subparsers(dest="weights_command", required=True, metavar="WEIGHTS_COMMAND")
@@ -597,8 +622,37 @@ def cmd_weights(args: argparse.Namespace) -> int:
     return weights_cli.fetch(args.backend, args.model)
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from benchmarks import saved_run
+
+    if args.class_map and not Path(args.class_map).is_file():
+        raise UsageError(f"--class-map {args.class_map!r} does not exist")
+    run = saved_run.open_run(args.run)
+    print(saved_run.eval_text(saved_run.evaluate(run, args.checkpoint, args.data, args.class_map)))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from benchmarks import saved_run
+
+    run, checkpoint = saved_run.open_target(args.target, args.checkpoint)
+    predictions = saved_run.predict(run, checkpoint, args.images, args.top_k)
+    print(saved_run.predict_text(run, checkpoint, predictions))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from benchmarks import saved_run
+
+    run = saved_run.open_run(args.run)
+    out = _writable_dir(args.out) if args.out else None
+    print(saved_run.export_text(saved_run.export(run, args.format, args.checkpoint, out)))
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "list": cmd_list, "data": cmd_data, "throughput": cmd_throughput,
-            "report": cmd_report, "compare": cmd_compare, "weights": cmd_weights}
+            "report": cmd_report, "compare": cmd_compare, "eval": cmd_eval,
+            "predict": cmd_predict, "export": cmd_export, "weights": cmd_weights}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -608,10 +662,13 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     try:
         return COMMANDS[args.command](args)
-    except (UsageError, ConfigError, DataError, BackendError, PlanError) as err:
+    except (UsageError, ConfigError, DataError, BackendError, PlanError, SavedRunError) as err:
         message = " ".join(str(err).split())  # one line, whatever the message held
         print(f"bench: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    except BackendProcessFailed as err:  # not bad input: an export that fails its check, a crash
+        print(f"bench: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

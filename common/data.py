@@ -107,6 +107,19 @@ class Split:
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=1))
 
+    @classmethod
+    def read(cls, path: Path) -> "Split":
+        """The split ``write`` saved (a run's ``split.json``), paths joined to its root."""
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+        root = d["root"]
+
+        def samples(name: str) -> list[Sample]:
+            return [Sample(str(Path(root) / rel), int(label)) for rel, label in d[name]]
+
+        return cls(tuple(d["classes"]), samples("train"), samples("val"), samples("test"), root,
+                   [tuple(x) for x in d.get("skipped", [])],
+                   [tuple(x) for x in d.get("duplicates", [])])
+
 
 def _relative(path: str, root: str) -> str:
     try:

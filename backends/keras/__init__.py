@@ -20,4 +20,5 @@ INFO = BackendInfo(
     environment={"KERAS_BACKEND": "tensorflow"},
     color="#2e86ab",
     description="keras.applications models; layer.trainable + compile; .weights.h5",
+    export_formats=("keras", "savedmodel"),  # export.py
 )

@@ -41,7 +41,7 @@ from common.models import ModelSpec
 from common.preprocess import get_normalisation
 from common.progress import Progress
 
-from . import weights as kweights
+from . import export as export_lib, weights as kweights
 from .data import KerasData
 from .model import build_model
 from .throughput import POLICIES, device_info, measure_throughput
@@ -193,6 +193,9 @@ class KerasBackend(Backend):
                 model.train_on_batch(x, y)
             return time.perf_counter() - t0
         return run
+
+    def _export(self, fmt: str, directory: Path, golden: np.ndarray):
+        return export_lib.export(self.km, fmt, directory, golden)
 
     def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
         try:

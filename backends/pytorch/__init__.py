@@ -17,4 +17,5 @@ INFO = BackendInfo(
     fetcher="backends.pytorch.weights:fetch_imagenet",
     color="#e4572e",
     description="torchvision models; requires_grad + param groups; state_dict .pt",
+    export_formats=("torchscript", "onnx"),  # export.py
 )

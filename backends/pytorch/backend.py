@@ -27,7 +27,7 @@ from common.models import ModelSpec
 from common.preprocess import get_normalisation
 from common.results import cpu_name
 
-from . import data, model as model_lib, train, weights as weights_lib
+from . import data, export as export_lib, model as model_lib, train, weights as weights_lib
 from .throughput import measure_throughput
 
 
@@ -251,6 +251,9 @@ class PyTorchBackend(Backend):
                 torch.cuda.synchronize()
             return time.perf_counter() - t0
         return run
+
+    def _export(self, fmt: str, directory: Path, golden: np.ndarray):
+        return export_lib.export(self.model, fmt, directory, golden)
 
     def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
         self.writer.add_scalars(step, scalars)

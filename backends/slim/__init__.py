@@ -18,6 +18,7 @@ INFO = BackendInfo(
     checkpoint_suffix=".ckpt",
     catalog="backends.slim.catalog",
     fetcher="backends.slim.weights:fetch_imagenet",
+    export_formats=("savedmodel", "frozen_graph"),  # export.py
     color="#3a9e5f",
     description="tf_slim.nets in a TF1 graph; trainable_scopes + variables_to_train; .ckpt",
 )

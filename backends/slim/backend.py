@@ -42,6 +42,7 @@ import tensorflow as tf
 
 from backends.base import Backend, BackendError, WeightsRequest
 from backends.slim import data as slim_data
+from backends.slim import export as slim_export
 from backends.slim import model as slim_model
 from backends.slim import throughput as slim_throughput
 from backends.slim import train as slim_train
@@ -335,6 +336,14 @@ class SlimBackend(Backend):
                 self.session.run(self.step.train_op)
             return time.perf_counter() - t0
         return run
+
+    def _export(self, fmt: str, directory: Path, golden: np.ndarray):
+        # the eval tower reads the iterator's images; a feed replaces them with the batch
+        native = self.session.run(self.eval_tower.logits, {self.pipes.images: golden})
+        values = dict(zip((v.op.name for v in self.model_variables),
+                          self.session.run(self.model_variables)))
+        return slim_export.export(values, native, self.spec, self.entry, self.num_classes,
+                                  self.hidden, fmt, directory, golden)
 
     def _peak_memory(self) -> int | None:
         if not tf.config.list_physical_devices("GPU"):
