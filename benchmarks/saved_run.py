@@ -300,7 +300,7 @@ def eval_text(record: dict) -> str:
     for i, c in enumerate(classes):
         acc = m["per_class"][c]
         n = sum(m["confusion"][i])
-        lines.append(f"    {c:<{width}}  {'—' if acc is None else f'{100 * acc:5.1f} %'}  {n}")
+        lines.append(f"    {c:<{width}}  {'      —' if acc is None else f'{100 * acc:5.1f} %'}  {n}")
     lines.append("  confusion (rows: true, columns: predicted):")
     short = [c[:8] for c in classes]
     cell = max(4, *(len(s) for s in short))

@@ -6,7 +6,9 @@ files and reports in well under a second per run. ``FAKE_BACKEND_CRASH``
 makes it fail on purpose: ``raise`` (a Python error in fit), ``segfault``
 (the process dies), ``sleep`` (each epoch sleeps 2 s, for interruption tests),
 ``enospc`` (saving a checkpoint finds the disk full); ``FAKE_BACKEND_CRASH_EPOCH=N``
-limits it to global epoch N.
+limits it to global epoch N. Its one export format, ``npz``, writes the arrays and
+reads them back; ``FAKE_EXPORT_OFFSET`` adds that much to the exported logits (an
+export that fails its check).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def _crash(global_epoch: int) -> str | None:
 class FakeBackend(Backend):
     name = "fake"
     checkpoint_suffix = ".pkl"
+    export_formats = ("npz",)
 
     def frameworks(self):
         return {"numpy": np.__version__}
@@ -57,7 +60,7 @@ class FakeBackend(Backend):
         if not self._data:
             for name in ("train", "val", "test"):
                 x, y = load_batch(self.split.subset(name), THUMB)
-                self._data[name] = (x.reshape(len(x), -1).astype(np.float64) / 255.0, y)
+                self._data[name] = (x.reshape(len(x), THUMB * THUMB * 3).astype(np.float64) / 255.0, y)
         return self._data
 
     def _build(self, model, num_classes, weights, head_hidden_units):
@@ -132,6 +135,16 @@ class FakeBackend(Backend):
 
     def _snapshot(self, block):
         return {k: v.copy() for k, v in self.params.items() if k.startswith(block)}
+
+    def _export(self, fmt, directory, golden):
+        path = Path(directory) / "model.npz"
+        np.savez(path, **self.params)
+        x = np.asarray(golden, np.float64)[:, :THUMB, :THUMB].reshape(len(golden), -1)
+        with np.load(path) as saved:
+            h = np.maximum(x @ saved["stem.W"], 0)
+            exported = h @ saved["head.W"] + saved["head.b"]
+        exported += float(os.environ.get("FAKE_EXPORT_OFFSET", 0))
+        return path, exported, self._forward(x)[1], {"layout": "NHWC", "shape": [None, THUMB, THUMB, 3]}
 
     def _throughput(self, batch_size, precision, steps, warmup):
         x = np.random.default_rng(0).random((batch_size, THUMB * THUMB * 3))
