@@ -419,7 +419,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not (run_dir / runner.SWEEP_FILE).is_file():
             raise UsageError(f"--resume {str(run_dir)!r} has no {runner.SWEEP_FILE}; "
                              f"give the directory of an earlier 'bench run'")
-        runner.read_plan(run_dir)  # a malformed plan fails before anything is claimed
+        planned = runner.read_plan(run_dir)  # a malformed plan fails before anything is claimed
+        offline = missing_imagenet_weights([r.config for r in planned if not runner.finished(r)])
+        if offline:
+            raise UsageError(offline)
         _writable_dir(run_dir)
         claim = _claim_sweep(run_dir, "--resume")
         runs = runner.read_plan(run_dir)

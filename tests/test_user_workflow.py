@@ -130,9 +130,31 @@ def test_workers_is_the_dataloaders_num_workers(tiny_quads, tmp_path):
     config = tiny_config("pytorch", "head", tiny_quads, tmp_path, model="resnet18", image_size=32)
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, num_workers=2))
     b = get_backend("pytorch")(config, tmp_path)
-    b.setup(driver.prepare_split(config), 32)
+    split = driver.prepare_split(config)
+    b.setup(split, 32)
     assert {loader.num_workers for loader in (*b.train_loaders.values(),
                                               *b.eval_loaders.values())} == {2}
+
+
+def test_workers_is_the_tf_data_map_parallelism(tiny_quads):
+    require_backend("keras")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import tensorflow as tf
+
+    from backends.keras.data import KerasData
+    from backends.slim.data import make_dataset
+    from common.data import load_dataset, split_dataset
+    from common.preprocess import get_normalisation
+
+    split, norm = split_dataset(load_dataset(tiny_quads), 0), get_normalisation("inception")
+
+    def parallel_calls(dataset) -> int:  # prefetch <- batch <- map(num_parallel_calls)
+        return int(tf.get_static_value(dataset._input_dataset._input_dataset._num_parallel_calls))
+
+    assert parallel_calls(KerasData(split, 32, norm, 4, 0, num_workers=3).eval("test")) == 3
+    assert parallel_calls(KerasData(split, 32, norm, 4, 0).eval("test")) == tf.data.AUTOTUNE
+    with tf.Graph().as_default():
+        assert parallel_calls(make_dataset(split.test, 32, norm, 4, num_workers=3)) == 3
 
 
 # ------------------------------------------------------------------ ImageNet by default
@@ -299,6 +321,14 @@ def test_eval_on_a_folder_maps_its_classes_by_name(fake_run, tiny_quads, tmp_pat
         rows = list(csv.DictReader(f))
     assert sorted((Path(r["path"]).parent.name, r["true_label"]) for r in rows) == \
         [("kite", "kite")] * 2 + [("square", "square")] * 2
+    split = tmp_path / "split photos"  # a split folder: its test/ is evaluated
+    for sub in ("train", "test"):
+        (split / sub).mkdir(parents=True)
+        (split / sub / "kite").symlink_to(folder / "kite")
+    code, out, _ = bench(capsys, "eval", fake_run, "--data", split)
+    assert code == 0 and ": 2 image(s), 5 classes" in out
+    with open(fake_run / "eval" / "best-split_photos" / "predictions.csv", newline="") as f:
+        assert all("/test/kite/" in r["path"] for r in csv.DictReader(f))
 
 
 def test_export_that_fails_its_check_is_an_error(fake_run, capsys, monkeypatch):
