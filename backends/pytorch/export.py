@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from backends.base import BackendError
+
 from . import INFO
 
 FORMATS = INFO.export_formats  # ("torchscript", "onnx")
@@ -50,8 +52,12 @@ def export(model: nn.Module, fmt: str, directory: Path,
                 exported = loaded(x).numpy()
         return path, exported, native, layout
     if fmt == "onnx":
-        import onnxruntime
-
+        try:
+            import onnxruntime
+            import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
+        except ImportError as err:
+            raise BackendError(f"ONNX export needs {err.name}: pip install "
+                               f"'transfer-bench[onnx]'") from None
         path = directory / "model.onnx"
         # the torch.export-based exporter (torch.onnx's default since 2.9), batch dynamic
         torch.onnx.export(net, (x,), str(path), input_names=["images"], output_names=["logits"],
