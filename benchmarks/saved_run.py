@@ -37,6 +37,7 @@ from common.results import write_json_atomic
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINTS = ("best", "last")
+GOLDEN_IMAGES = 8  # the export check's batch: the run's first test images
 
 
 class SavedRunError(ValueError):
@@ -68,6 +69,14 @@ class SavedRun:
     @property
     def classes(self) -> tuple[str, ...]:
         return self.split.classes
+
+    def test_images(self) -> list[Sample]:
+        """The run's test split, or one line when its images are no longer where they were."""
+        gone = [s.path for s in self.split.test if not os.path.isfile(s.path)]
+        if gone:
+            raise SavedRunError(f"{len(gone)} test image(s) of run {str(self.path)!r} are no longer "
+                                f"there, e.g. {gone[0]}; pass the data with --data")
+        return self.split.test
 
     def checkpoint(self, which: str) -> Path:
         """``checkpoints/<which>`` (no suffix, as ``Backend.restore`` takes it); one line when
@@ -213,7 +222,7 @@ def eval_samples(run: SavedRun, data: str | None, class_map: str | None) -> tupl
     """(images with the run's class indices, a name for them, skipped files): the run's own
     test split, or every readable image of ``data`` (its ``test/`` when it is split)."""
     if data is None:
-        return run.split.test, "test", []
+        return run.test_images(), "test", []
     from common import verify
 
     if not Path(data).exists():
@@ -355,12 +364,13 @@ def export(run: SavedRun, fmt: str, checkpoint: str = "best", out: Path | None =
         raise SavedRunError(f"--format {fmt!r}: the {run.config.backend} backend exports "
                             f"{', '.join(formats) or 'nothing'}")
     base = run.checkpoint(checkpoint)
-    if not run.split.test:
+    golden = run.test_images()[:GOLDEN_IMAGES]
+    if not golden:
         raise SavedRunError(f"run {str(run.path)!r} has no test images for the golden batch")
     directory = (out or run.path / "export" / fmt).resolve()
     answer = run_in_backend(run, {"action": "export", "checkpoint": str(base), "format": fmt,
                                   "directory": str(directory),
-                                  "images": [[s.path, s.label] for s in run.split.test]})
+                                  "images": [[s.path, s.label] for s in golden]})
     record = {**answer["export"], "run": str(run.path), "backend": run.config.backend,
               "model": run.config.model.name, "checkpoint": checkpoint,
               "image_size": run.image_size, "normalisation": answer["normalisation"],

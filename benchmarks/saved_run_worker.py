@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.console import PROGRESS_MARK, configure_console
+from benchmarks.saved_run import GOLDEN_IMAGES
 from common.config import RunConfig
 from common.data import DataError, Sample, Split, load_image
 from common.models import get_model
@@ -36,7 +37,6 @@ from common.preprocess import get_normalisation
 from common.results import write_json_atomic
 
 log = logging.getLogger("benchmarks.saved_run_worker")  # not __main__ under -m
-GOLDEN_IMAGES = 8
 
 
 def golden_batch(samples: list[Sample], image_size: int, normalisation: str,

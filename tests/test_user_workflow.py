@@ -13,6 +13,7 @@ import csv
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -352,8 +353,14 @@ def test_bad_input_after_training_is_one_line(fake_run, tiny_quads, tmp_path, ca
     config = json.loads((fake_run / "config.json").read_text())
     config["recipe"] = dataclasses.asdict(load_recipe("linear_probe"))
     (probe / "config.json").write_text(json.dumps(config))
+    moved = tmp_path / "moved"  # a run whose data folder has gone
+    shutil.copytree(fake_run, moved)
+    split = json.loads((moved / "split.json").read_text())
+    (moved / "split.json").write_text(json.dumps({**split, "root": str(tmp_path / "gone")}))
     cases = [
         (["eval", tmp_path / "nope"], "no such run"),
+        (["eval", moved], "test image(s) of run", "are no longer there", "pass the data with --data"),
+        (["export", moved, "--format", "npz"], "are no longer there"),
         (["eval", sweep], "(it is a sweep; its runs: fake-head-s0)"),
         (["eval", probe], "is a linear probe"),
         (["predict", fake_run, tmp_path / "notes.jpg"], "cannot be read: not an image file"),
@@ -362,9 +369,9 @@ def test_bad_input_after_training_is_one_line(fake_run, tiny_quads, tmp_path, ca
         (["export", fake_run, "--format", "onnx"], "--format 'onnx': the fake backend exports npz"),
         (["eval", fake_run, "--data", tmp_path / "missing"], "does not exist"),
     ]
-    for argv, fragment in cases:
+    for argv, *fragments in cases:
         code, _, err = bench(capsys, *argv)
-        one_line(code, err, fragment)
+        one_line(code, err, *fragments)
     monkeypatch.setenv("FAKE_BACKEND_CRASH", "raise")
     assert cli.main(["run", "--backend", "fake", "--recipe", "head", "--data", str(tiny_quads),
                      "--weights", "none", "--epochs", "1", "--out", str(tmp_path / "failed"),
