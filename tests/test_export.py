@@ -1,9 +1,9 @@
 """``Backend.export``: each framework's deployable format, written, loaded back by its own
 runtime and checked against the native logits on a golden batch (max abs diff <= 1e-4).
 
-One round trip per backend runs by default — PyTorch TorchScript through ``bench
-export`` in test_user_workflow.py, Keras ``.keras`` and a slim SavedModel here — and
-the other formats with ``-m slow``. ResNet-50 (ResNet-18 in PyTorch) at 32 px with
+One round trip per backend runs by default — PyTorch TorchScript, Keras ``.keras``
+and a slim SavedModel — and the other formats with ``-m slow`` (``bench export`` on a
+PyTorch run: test_user_workflow.py). ResNet-50 (ResNet-18 in PyTorch) at 32 px with
 random weights: the logits stay small, so 1e-4 is a real bound.
 """
 
@@ -18,7 +18,8 @@ from benchmarks.saved_run_worker import golden_batch
 from common.models import get_model
 from conftest import require_backend, tiny_config
 
-CASES = [("keras", "resnet50", "keras"), ("slim", "resnet50", "savedmodel"),
+CASES = [("pytorch", "resnet18", "torchscript"), ("keras", "resnet50", "keras"),
+         ("slim", "resnet50", "savedmodel"),
          pytest.param("pytorch", "resnet18", "onnx", marks=pytest.mark.slow),
          pytest.param("keras", "resnet50", "savedmodel", marks=pytest.mark.slow),
          pytest.param("slim", "resnet50", "frozen_graph", marks=pytest.mark.slow)]

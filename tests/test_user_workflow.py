@@ -280,22 +280,16 @@ def test_predict_prints_top_k_classes_of_each_image(user_run, capsys):
             assert p == pytest.approx(float(row[f"p_{cls}"]), abs=1e-3)
 
 
-def test_export_torchscript_is_checked_against_the_native_logits(user_run, capsys):
-    code, out, _ = bench(capsys, "export", user_run, "--format", "torchscript")
+@pytest.mark.slow  # bench export's CLI runs on the fake backend below; the formats in test_export
+@pytest.mark.parametrize("fmt, file", [("torchscript", "model.torchscript.pt"), ("onnx", "model.onnx")])
+def test_export_is_checked_against_the_native_logits(user_run, capsys, fmt, file):
+    code, out, _ = bench(capsys, "export", user_run, "--format", fmt)
     assert code == 0, out
-    record = json.loads((user_run / "export" / "torchscript" / "export.json").read_text())
-    assert Path(record["path"]) == user_run / "export" / "torchscript" / "model.torchscript.pt"
+    record = json.loads((user_run / "export" / fmt / "export.json").read_text())
+    assert Path(record["path"]) == user_run / "export" / fmt / file
     assert record["max_abs_diff"] <= 1e-4 and record["golden_images"] == 5
     assert record["input"]["layout"] == "NCHW" and record["normalisation"] == "torch"
     assert f"max abs diff {record['max_abs_diff']:.2g}" in out
-
-
-@pytest.mark.slow
-def test_export_onnx_is_checked_with_onnxruntime(user_run, capsys):
-    code, out, _ = bench(capsys, "export", user_run, "--format", "onnx")
-    assert code == 0, out
-    record = json.loads((user_run / "export" / "onnx" / "export.json").read_text())
-    assert record["path"].endswith("model.onnx") and record["max_abs_diff"] <= 1e-4
 
 
 # ------------------------------------------------------------------ any backend, bad input
@@ -335,6 +329,9 @@ def test_eval_on_a_folder_maps_its_classes_by_name(fake_run, tiny_quads, tmp_pat
 def test_export_that_fails_its_check_is_an_error(fake_run, capsys, monkeypatch):
     code, out, _ = bench(capsys, "export", fake_run, "--format", "npz")
     assert code == 0 and "max abs diff 0" in out
+    record = json.loads((fake_run / "export" / "npz" / "export.json").read_text())
+    assert record["classes"] == json.loads((fake_run / "split.json").read_text())["classes"]
+    assert record["golden_images"] == 5 and record["checkpoint"] == "best"
     monkeypatch.setenv("FAKE_EXPORT_OFFSET", "0.01")
     code, _, err = bench(capsys, "export", fake_run, "--format", "npz")
     lines = err.strip().splitlines()
