@@ -96,6 +96,14 @@ class ModelEntry:
     canonical block of ``common.models`` to the framework's names for it
     (modules, layers or variable scopes, as the backend's ``model.py`` says);
     ``head`` / ``aux_head`` name the classifier and the auxiliary classifier.
+
+    ``canonical`` is the weights-conversion table: every layer of
+    ``common.canonical`` (``Mixed_5b/branch5x5_2``) -> the native layer that
+    holds it (a module path, a Keras ``conv2d_bn`` call index, a slim scope),
+    read by the backend's ``convert.py``; empty when the model does not convert.
+    ``alignment`` says what the suite changes in this framework's model so that
+    it computes what the other frameworks compute (suite-made weights only;
+    README "Framework differences"); it is recorded in every result.
     """
 
     constructor: str
@@ -103,6 +111,8 @@ class ModelEntry:
     head: tuple[str, ...]
     aux_head: tuple[str, ...] = ()
     imagenet: ImagenetWeights | None = None
+    canonical: Mapping[str, str | int] = field(default_factory=dict)
+    alignment: tuple[str, ...] = ()
 
     def native(self, block: str, aux: bool = True) -> tuple[str, ...]:
         """Native names of canonical ``block``; ``"head"`` includes the aux head when ``aux``."""
@@ -126,6 +136,7 @@ class BackendInfo:
     checkpoint_suffix: str
     catalog: str = ""                    # module with MODELS and imagenet_dir(); "" = any model
     fetcher: str = ""                    # "module:function(model, entry) -> Path"
+    converter: str = ""                  # module with read_canonical / write_canonical
     # set in the run's own process before anything is imported (KERAS_BACKEND)
     environment: Mapping[str, str] = field(default_factory=dict)
     color: str = "#777777"               # the backend's colour in report plots
@@ -143,6 +154,10 @@ class BackendInfo:
 
     def supports(self, model: str) -> bool:
         return not self.catalog or model in self.models()
+
+    def converts(self, model: str) -> bool:
+        """Whether this backend reads and writes ``model`` as canonical weights."""
+        return bool(self.converter) and bool(getattr(self.models().get(model), "canonical", None))
 
     def entry(self, model: str) -> ModelEntry:
         """The catalog entry of ``model``, or a one-line error naming what this backend has."""

@@ -22,6 +22,7 @@ from benchmarks.console import configure_console
 from benchmarks.runner import PlanError
 from benchmarks.saved_run import BackendProcessFailed, SavedRunError
 from common import synthetic
+from common.canonical import ConversionError
 from common.config import (ConfigError, DataConfig, ModelConfig, PRECISIONS, RunConfig,
                            TrainConfig, available_recipes, load_recipe, override_epochs,
                            validate_run, validate_split_options)
@@ -232,12 +233,37 @@ def get_args_parser() -> argparse.ArgumentParser:
     ex.add_argument("--checkpoint", choices=("best", "last"), default="best")
     ex.add_argument("--out", type=Path, help="folder for the export (default RUN/export/FORMAT)")
 
-    w = sub.add_parser("weights", help="ImageNet weights: where they go offline, pre-fetching")
+    w = sub.add_parser("weights", help="ImageNet weights (where they go offline, fetch); convert "
+                                       "checkpoints between backends")
     wsub = w.add_subparsers(dest="weights_command", required=True, metavar="WEIGHTS_COMMAND")
     wsub.add_parser("where", help="per backend and model: file name, cache path, present?")
     fetch = wsub.add_parser("fetch", help="download into the framework's own cache (needs network)")
     fetch.add_argument("--backend", required=True)
     fetch.add_argument("--model", required=True)
+    conv = wsub.add_parser("convert", help="a native checkpoint of one backend -> another's, "
+                                           "exactly, through canonical weights")
+    conv.add_argument("--model", default="inception_v3")
+    conv.add_argument("--from", dest="source", required=True, metavar="BACKEND",
+                      help="pytorch, keras, slim or canonical (a .npz)")
+    conv.add_argument("--to", dest="target", required=True, metavar="BACKEND",
+                      help="pytorch, keras, slim or canonical (a .npz)")
+    conv.add_argument("--input", required=True, help=".pt, .weights.h5, TF checkpoint prefix, .npz")
+    conv.add_argument("--output", required=True,
+                      help="where to write (suffix added: .pt, .weights.h5, .ckpt prefix)")
+
+    par = sub.add_parser("parity", help="same weights and images through every backend: max abs "
+                                        "difference per canonical block")
+    par.add_argument("--model", default="inception_v3")
+    par.add_argument("--image-size", type=_positive, help="default: the model's minimum (75 px)")
+    par.add_argument("--backend", default="all", help="all, or a comma list of at least two")
+    par.add_argument("--weights", default="random",
+                     help="random (seeded canonical weights) or a checkpoint of any backend")
+    par.add_argument("--alignment", choices=("suite", "native"), default="suite",
+                     help="suite: the aligned models of suite-made weights (default); native: each "
+                          "framework's own model, to measure what the alignment changes")
+    par.add_argument("--seed", type=int, default=0)
+    par.add_argument("--out", type=Path, help="directory for parity.json and parity.md "
+                                              "(default: results/parity-<model>-<size>px-<alignment>)")
     return p
 
 
@@ -619,6 +645,16 @@ def cmd_weights(args: argparse.Namespace) -> int:
     if args.weights_command == "where":
         print(weights_cli.where_table())
         return 0
+    if args.weights_command == "convert":
+        from benchmarks.conversion import convert_checkpoint
+
+        if args.model not in MODELS:
+            raise UsageError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
+        out = convert_checkpoint(args.model, args.source, args.target, args.input, args.output)
+        dropped = f"; dropped (no canonical form): {len(out['dropped'])} tensor(s), e.g. " \
+                  f"{out['dropped'][0]}" if out["dropped"] else ""
+        print(f"{args.source} -> {args.target}: {out['output']} (digest {out['digest']}){dropped}")
+        return 0
     parse_backends(args.backend)
     if args.model not in MODELS:
         raise UsageError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
@@ -653,9 +689,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_parity(args: argparse.Namespace) -> int:
+    from benchmarks.parity import markdown, run_parity
+
+    if args.model not in MODELS:
+        raise UsageError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
+    size = args.image_size or MODELS[args.model].min_size
+    backends = None if args.backend == "all" else parse_backends(args.backend)
+    out = args.out or Path("results") / f"parity-{args.model}-{size}px-{args.alignment}"
+    _writable_dir(out)
+    report = run_parity(args.model, size, out, backends=backends, weights=args.weights,
+                        alignment=args.alignment, seed=args.seed)
+    print(markdown(report))
+    print(f"written: {out / 'parity.json'}, {out / 'parity.md'}")
+    return 0 if report["ok"] else 1
+
+
 COMMANDS = {"run": cmd_run, "list": cmd_list, "data": cmd_data, "throughput": cmd_throughput,
             "report": cmd_report, "compare": cmd_compare, "eval": cmd_eval,
-            "predict": cmd_predict, "export": cmd_export, "weights": cmd_weights}
+            "predict": cmd_predict, "export": cmd_export, "weights": cmd_weights,
+            "parity": cmd_parity}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -665,7 +718,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     try:
         return COMMANDS[args.command](args)
-    except (UsageError, ConfigError, DataError, BackendError, PlanError, SavedRunError) as err:
+    except (UsageError, ConfigError, DataError, BackendError, PlanError, SavedRunError,
+            ConversionError) as err:
         message = " ".join(str(err).split())  # one line, whatever the message held
         print(f"bench: error: {message}", file=sys.stderr)
         return EXIT_USAGE

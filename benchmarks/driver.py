@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from backends.base import Backend, BackendError, WeightsRequest, get_backend
-from common import synthetic
+from backends.base import Backend, BackendError, WeightsRequest, backend_info, get_backend
+from benchmarks import conversion
+from common import canonical, synthetic
 from common.config import Phase, RunConfig, validate_run
 from common.data import DataError, Split, drops_last_batch, load_dataset, split_dataset
 from common.linear import fit_linear_probe
@@ -97,49 +98,29 @@ def prepare_split(config: RunConfig) -> Split:
 
 # --------------------------------------------------------------- source weights
 
-def source_cache_dir(config: RunConfig, image_size: int) -> Path:
+SOURCE_CACHE_VERSION = 2  # 2: one source model per sweep, converted to every backend
+
+
+def source_cache_dir(config: RunConfig, image_size: int, source_backend: str) -> Path:
+    """The cache folder of the source model pretrained in ``source_backend`` (shared by
+    every backend's runs that start from it)."""
     p = config.pretrain
     key = json.dumps({
-        "backend": config.backend, "model": config.model.name, "size": image_size,
+        "backend": source_backend, "model": config.model.name, "size": image_size,
         "pretrain": dataclasses.asdict(p), "aux": config.model.aux_logits,
         "domain": dataclasses.replace(synthetic.DEFAULT_SOURCE,
                                       images_per_class=p.images_per_class).digest(),
+        "alignment": conversion.alignment_record(source_backend, config.model.name, "source"),
+        "version": SOURCE_CACHE_VERSION,
     }, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return cache_root() / "weights" / config.backend / f"{config.model.name}-{image_size}px-{digest}"
+    return (cache_root() / "weights" / "source" /
+            f"{config.model.name}-{image_size}px-{source_backend}-{digest}")
 
 
-def _cached_source(cache: Path) -> tuple[Path, dict] | None:
-    """The checkpoint and record in ``cache/source.json``, if there is one. The record
-    names the checkpoint relative to the cache, so a moved cache root keeps working."""
-    meta_file = cache / "source.json"
-    if not meta_file.is_file():
-        return None
-    meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    ckpt = Path(meta["checkpoint"])
-    if ckpt.is_absolute() and not ckpt.parent.is_dir():  # written by an older version, moved
-        ckpt = Path(ckpt.name)
-    ckpt = ckpt if ckpt.is_absolute() else cache / ckpt
-    meta.update(checkpoint=str(ckpt), cached=True)
-    return ckpt, meta
-
-
-def ensure_source_checkpoint(config: RunConfig, image_size: int) -> tuple[Path, dict]:
-    """The cached shapes-pretrained checkpoint for this backend/model/size (trained if missing;
-    concurrent runs wait for the one that trains it)."""
-    cache = source_cache_dir(config, image_size)
-    cached = _cached_source(cache)
-    if cached:
-        return cached
-    with claim_directory(cache, wait=None):
-        cached = _cached_source(cache)  # trained by another run while this one waited
-        if cached:
-            return cached
-        return _pretrain_source(config, image_size, cache)
-
-
-def _pretrain_source(config: RunConfig, image_size: int, cache: Path) -> tuple[Path, dict]:
-    meta_file = cache / "source.json"
+def pretrain_source(config: RunConfig, image_size: int, cache: Path) -> dict:
+    """Pretrain ``config.backend``'s model on ``shapes`` in this process (fp32, seed 0) and
+    save it as ``cache/<backend>/source``; returns its record (checkpoint relative to ``cache``)."""
     p = config.pretrain
     spec = dataclasses.replace(synthetic.DEFAULT_SOURCE, images_per_class=p.images_per_class)
     root = synthetic.generate(spec, progress=False)
@@ -151,8 +132,8 @@ def _pretrain_source(config: RunConfig, image_size: int, cache: Path) -> tuple[P
     pre_config = dataclasses.replace(
         config, train=dataclasses.replace(config.train, batch_size=p.batch_size, seed=0,
                                           precision="fp32"))
-    log.info(f"pretraining {config.model.name} on shapes ({len(split.train)} images, {p.epochs} epochs) "
-        f"-> {cache}")
+    log.info(f"pretraining {config.model.name} in {config.backend} on shapes "
+             f"({len(split.train)} images, {p.epochs} epochs) -> {cache}")
     t0 = time.perf_counter()
     backend = get_backend(config.backend)(pre_config, cache / "train")
     try:
@@ -163,31 +144,103 @@ def _pretrain_source(config: RunConfig, image_size: int, cache: Path) -> tuple[P
             backend.set_learning_rate(learning_rate_at(phase, epoch))
             stats = backend.fit_epoch(phase, epoch + 1)
             log.info(f"  pretrain epoch {epoch + 1}/{phase.epochs}: loss {stats['loss']:.3f} "
-                f"train top1 {stats['top1']:.3f}")
+                     f"train top1 {stats['top1']:.3f}")
         val = classification_metrics(backend.predict("val"), _labels(split, "val"), split.classes)
-        cache.mkdir(parents=True, exist_ok=True)
-        ckpt = backend.save(cache / "source")
+        ckpt = backend.save(cache / config.backend / "source")
     finally:
         backend.close()
-    meta = {"checkpoint": ckpt.relative_to(cache).as_posix(), "classes": list(split.classes),
-            "val_top1": val["top1"],
-            "seconds": time.perf_counter() - t0, "epochs": p.epochs, "split_digest": split.digest(),
-            "images": len(split.train)}
-    write_json_atomic(meta_file, meta)
+    meta = {"checkpoint": Path(ckpt).relative_to(cache).as_posix(), "classes": list(split.classes),
+            "val_top1": val["top1"], "seconds": time.perf_counter() - t0, "epochs": p.epochs,
+            "split_digest": split.digest(), "images": len(split.train),
+            "pretrained_in": config.backend}
     log.info(f"  source model: val top1 {val['top1']:.3f} in {meta['seconds']:.0f}s")
-    meta.update(checkpoint=str(ckpt), cached=False)
-    return ckpt, meta
+    return meta
+
+
+def pretrain_and_export_source(config: RunConfig, image_size: int, cache: Path) -> dict:
+    """``pretrain_source``, then (in the same process and framework) its canonical weights
+    ``cache/canonical.npz`` and their digest, when the model converts."""
+    meta = pretrain_source(config, image_size, cache)
+    meta["source_backend"] = config.backend
+    model = config.model.name
+    if conversion.can_convert(config.backend, model):
+        converted = conversion.to_canonical(config.backend, model, cache / meta["checkpoint"],
+                                            cache / "canonical.npz", in_process=True)
+        meta.update(digest=converted["digest"], canonical="canonical.npz",
+                    dropped=converted.get("dropped", []))
+    else:
+        # no canonical form (ResNet-50: three architectures): the digest of this backend's
+        # own tensors, which says "not the same weights" next to another backend's
+        meta.update(digest=None, conversion=canonical.conversion_refusal(model) or
+                    f"the {config.backend} backend does not convert {model}")
+    return meta
+
+
+def ensure_source_checkpoint(config: RunConfig, image_size: int) -> tuple[Path, dict]:
+    """This run's native checkpoint of the sweep's source model, and its record.
+
+    The source model is pretrained once, in ``conversion.source_backend`` (the first
+    installed of pytorch, keras, slim; in this process when that is the run's backend,
+    else in a child process), read into canonical weights (the digest), and written in
+    the run's backend's format (in this process: it runs that framework). A model that
+    does not convert (ResNet-50) is pretrained per backend, as its own source. The cache
+    entry is claimed (``common.locks``) while it is built, so concurrent runs wait for one
+    pretraining and one conversion per backend.
+    """
+    backend, model = config.backend, config.model.name
+    source = conversion.source_backend(model, backend)
+    cache = source_cache_dir(config, image_size, source)
+    meta_file = cache / "source.json"
+    with claim_directory(cache, wait=None):
+        cached = meta_file.is_file()
+        if cached:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        else:
+            pre_config = dataclasses.replace(config, backend=source)
+            if source == backend:
+                meta = pretrain_and_export_source(pre_config, image_size, cache)
+            else:
+                log.info(f"pretraining the source model in {source} (a child process)")
+                config_file = cache / "pretrain-config.json"
+                write_json_atomic(config_file, pre_config.to_dict())
+                meta = conversion.run_weights_worker(
+                    ["pretrain", "--config", config_file, "--image-size", image_size,
+                     "--cache", cache], progress=True)["meta"]
+            write_json_atomic(meta_file, meta)
+        if source == backend:
+            native = cache / meta["checkpoint"]
+        else:
+            folder = cache / backend
+            if not folder.is_dir():
+                log.info(f"converting the {source} source model to {backend} "
+                         f"(digest {meta['digest'][:12]})")
+                conversion.write_native_atomically(backend, model, cache / meta["canonical"],
+                                                   folder, "source", in_process=True)
+            native = folder / f"source{backend_info(backend).checkpoint_suffix}"
+    info = {**meta, "checkpoint": str(native), "cached": cached,
+            "source_checkpoint": str(cache / meta["checkpoint"]),
+            "converted_from": None if source == backend else str(cache / meta["checkpoint"])}
+    return native, info
 
 
 def resolve_weights(config: RunConfig, split: Split, image_size: int) -> tuple[WeightsRequest, dict]:
-    """The WeightsRequest for this run and a record of where the weights came from."""
+    """The WeightsRequest for this run and a record of where the weights came from
+    (``digest``, ``source_backend``, ``converted_from`` and ``alignment``)."""
+    request, info = _resolve_weights(config, split, image_size)
+    info["alignment"] = conversion.alignment_record(config.backend, config.model.name, info["kind"])
+    info["ignore_missing_vars"] = config.model.ignore_missing_vars
+    return request, info
+
+
+def _resolve_weights(config: RunConfig, split: Split, image_size: int) -> tuple[WeightsRequest, dict]:
     weights = config.model.weights
     ignore = config.model.ignore_missing_vars
     if config.recipe.init == "random" or weights == "none":
-        return WeightsRequest("none"), {"kind": "none"}
+        return WeightsRequest("none"), {"kind": "none", "digest": None}
     if weights == "imagenet":
+        # each framework's own ImageNet file: not the same tensors, no canonical digest
         return (WeightsRequest("imagenet", ignore_missing_vars=ignore),
-                {"kind": "imagenet", "ignore_missing_vars": ignore})
+                {"kind": "imagenet", "digest": None, "source_backend": config.backend})
     if weights == "source":
         ckpt, meta = ensure_source_checkpoint(config, image_size)
         rows = {}
@@ -195,13 +248,36 @@ def resolve_weights(config: RunConfig, split: Split, image_size: int) -> tuple[W
             src = {c: i for i, c in enumerate(meta["classes"])}
             rows = {i: src[c] for i, c in enumerate(split.classes) if c in src}
         return (WeightsRequest("path", str(ckpt), rows, ignore_missing_vars=ignore),
-                {"kind": "source", **meta, "reused_head_rows": rows, "ignore_missing_vars": ignore})
+                {"kind": "source", **meta, "reused_head_rows": rows})
     path = Path(weights)
     if not (path.exists() or Path(weights + ".index").exists()):  # a TF checkpoint is a prefix
         raise BackendError(f"weights file {weights!r} does not exist; pass --weights source, none, "
                            f"imagenet or the path of a native checkpoint")
-    return (WeightsRequest("path", str(path), ignore_missing_vars=ignore),
-            {"kind": "path", "path": str(path.resolve()), "ignore_missing_vars": ignore})
+    return path_weights(config, weights)
+
+
+def path_weights(config: RunConfig, path: str) -> tuple[WeightsRequest, dict]:
+    """``--weights PATH``: a native checkpoint of any backend (by ``conversion.detect_format``)
+    or a canonical ``.npz``; another framework's is converted to this run's (cached)."""
+    backend, model = config.backend, config.model.name
+    ignore = config.model.ignore_missing_vars
+    found = conversion.detect_format(path)
+    info = {"kind": "path", "path": str(Path(path).resolve()), "format": found}
+    if found == backend or found is None:  # this framework's own file: restored as it is
+        digest = None
+        if found is not None and conversion.can_convert(backend, model):
+            digest = conversion.canonical_of_path(model, backend, path, in_process=True)[1]["digest"]
+        return (WeightsRequest("path", path, ignore_missing_vars=ignore),
+                {**info, "digest": digest, "source_backend": backend, "converted_from": None,
+                 "checkpoint": path})
+    conversion.check_convertible(model, found, backend)
+    log.info(f"converting {found} checkpoint {path} to {backend}")
+    npz, meta = conversion.canonical_of_path(model, found, path, in_process=False)
+    native = conversion.native_of_path(model, backend, npz, in_process=True)
+    return (WeightsRequest("path", str(native), ignore_missing_vars=ignore),
+            {**info, "digest": meta["digest"], "source_backend": found,
+             "converted_from": str(Path(path).resolve()), "checkpoint": str(native),
+             "dropped": meta.get("dropped", [])})
 
 
 # --------------------------------------------------------------------- running
@@ -449,7 +525,7 @@ def run(config: RunConfig) -> dict:
     except Exception as err:  # bad input or a framework crash: recorded, the sweep goes on
         if is_disk_full(err):
             message = disk_full_message(err.filename or run_dir)
-        elif isinstance(err, (DataError, BackendError)):
+        elif isinstance(err, (DataError, BackendError, canonical.ConversionError)):
             message = f"{err}"
         else:
             message = f"{type(err).__name__}: {err}"

@@ -9,25 +9,46 @@ stdout line starting with ``{`` is the result.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+from benchmarks.console import PROGRESS_MARK
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger(__name__)
 
 
-def run_json_child(module: str, args: list[str]) -> dict:
-    """The JSON result of ``python -m module *args``, or a failed record with the last error line."""
+def run_json_child(module: str, args: list[str], progress: bool = False) -> dict:
+    """The JSON result of ``python -m module *args``, or a failed record with the last error line.
+
+    ``progress``: the child's stdout lines marked ``console.PROGRESS_MARK`` (its log
+    messages) are logged here as they come, so a long child such as pretraining shows
+    its progress."""
+    from benchmarks.runner import PARENT_PID_ENV
+
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True,
-                          text=True, env=env)
-    for line in reversed(proc.stdout.splitlines()):
+    env[PARENT_PID_ENV] = str(os.getpid())  # a child that honours it dies with this process
+    cmd = [sys.executable, "-m", module, *map(str, args)]
+    with tempfile.TemporaryFile(mode="w+") as stderr:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+        lines = []
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if progress and line.startswith(PROGRESS_MARK):
+                log.info(line[len(PROGRESS_MARK):].rstrip())
+        code = proc.wait()
+        stderr.seek(0)
+        err_lines = stderr.read().strip().splitlines()
+    for line in reversed(lines):
         if line.startswith("{"):
             return json.loads(line)
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"status": "failed", "error": f"{module} exited with {proc.returncode}: {tail}"}
+    tail = (err_lines or ["no output"])[-1]
+    return {"status": "failed", "error": f"{module} exited with {code}: {tail}"}
 
 
 def run_per_backend(module: str, backend: str, args: list, describe) -> bool:

@@ -122,6 +122,10 @@ class WeightsInfo(Record):
     kind: str | None = None            # none | source | imagenet | path
     digest: str | None = None          # sha256 over the canonical tensors of the starting weights
     source_backend: str | None = None  # the backend that made (or first held) those weights
+    converted_from: str | None = None  # the other backend's checkpoint they were converted from
+    checkpoint: str | None = None      # the native checkpoint this run restored
+    alignment: dict | None = None      # {mode: suite | native, changes: [...]}: see ModelEntry.alignment
+    conversion: str | None = None      # why there is no digest (a model that does not convert)
 
 
 @dataclass

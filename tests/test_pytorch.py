@@ -557,14 +557,19 @@ def test_batchnorm_momentum_is_the_suite_decay(inception_with_aux):
     assert {round(m.momentum, 9) for m in bns} == {round(1 - BN_DECAY, 9)}
 
 
-def test_inception_batchnorm_has_gamma_in_torchvision(inception_with_aux):
-    # torchvision's BasicConv2d BatchNorm is affine (gamma and beta); Keras and slim use
-    # scale=False (beta only), so torch's trainable counts include one gamma per conv
+def test_inception_batchnorm_has_gamma_in_torchvision():
+    # torchvision's own BasicConv2d BatchNorm is affine (gamma and beta); Keras and slim use
+    # scale=False (beta only). The suite's model for suite-made weights fixes gamma at 1
+    # (test_parity.py::test_torch_batchnorm_gamma_is_fixed_at_one_so_counts_match_keras_and_slim)
     from torch import nn
 
-    bns = [m for m in inception_with_aux.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert bns and all(m.affine and m.weight is not None and m.weight.requires_grad for m in bns)
+    from backends.pytorch.model import build_model
+    from common.models import get_model
+
+    native = build_model(get_model("inception_v3"), MODELS["inception_v3"], 5, aligned=False)
+    bns = [m for m in native.modules() if isinstance(m, nn.BatchNorm2d)]
+    params = {id(p) for p in native.parameters()}
+    assert bns and all(m.affine and id(m.weight) in params and m.weight.requires_grad for m in bns)
     # and they count: gammas are parameters next to the betas (slim/Keras have betas only)
     gammas = sum(m.weight.numel() for m in bns)
-    assert sum(p.numel() for n, p in inception_with_aux.named_parameters()
-               if n.endswith("bn.weight")) == gammas > 0
+    assert sum(p.numel() for n, p in native.named_parameters() if n.endswith("bn.weight")) == gammas

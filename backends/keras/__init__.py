@@ -16,6 +16,7 @@ INFO = BackendInfo(
     install_hint="pip install 'transfer-bench[keras]'",
     checkpoint_suffix=".weights.h5",
     catalog="backends.keras.catalog",
+    converter="backends.keras.convert",
     fetcher="backends.keras.weights:fetch_imagenet",
     environment={"KERAS_BACKEND": "tensorflow"},
     color="#2e86ab",

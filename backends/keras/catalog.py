@@ -17,6 +17,15 @@ import os
 from pathlib import Path
 
 from backends.base import ImagenetWeights, ModelEntry
+from common import canonical
+
+# Weights conversion (common.canonical): canonical layer -> the index of its conv2d_bn()
+# call in keras.applications.inception_v3 (a Conv2D, then a BatchNormalization with
+# scale=False). The layers have generated names (conv2d_7, batch_normalization_7), and
+# model.layers is in graph order, not call order; the calls follow the paper's branch
+# order, which is also torchvision's module order and slim's variable order, so the
+# table is the canonical order (convert.py checks every kernel shape against it).
+_INCEPTION_CANONICAL = {layer.name: index for index, layer in enumerate(canonical.INCEPTION_V3)}
 
 # the suite's new head: Dense(hidden, relu) (optional) then Dense(num_classes)
 HEAD_LAYERS = ("head_hidden", "head_logits")
@@ -37,6 +46,7 @@ MODELS: dict[str, ModelEntry] = {
             url=_KERAS_APPLICATIONS + "inception_v3/"
                 "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
             preprocessing="inception", file_hash="bcbd6486424b2319ff4ef7d526e38f63"),
+        canonical=_INCEPTION_CANONICAL,
     ),
     "resnet50": ModelEntry(
         constructor="keras.applications:ResNet50",

@@ -14,6 +14,7 @@ INFO = BackendInfo(
     install_hint="pip install 'transfer-bench[torch]'",
     checkpoint_suffix=".pt",
     catalog="backends.pytorch.catalog",
+    converter="backends.pytorch.convert",
     fetcher="backends.pytorch.weights:fetch_imagenet",
     color="#e4572e",
     description="torchvision models; requires_grad + param groups; state_dict .pt",

@@ -79,9 +79,12 @@ class PyTorchBackend(Backend):
                head_hidden_units: int) -> None:
         self.norm = get_normalisation(self.preprocessing_name())
         torch.manual_seed(self.config.train.seed)  # random init depends on the seed only
+        # torchvision's own Inception3 for its ImageNet weights; the aligned one (entry.alignment:
+        # Keras' and slim's computation) for suite-made weights and random init
         net = model_lib.build_model(model, self.entry, num_classes, head_hidden_units,
                                     aux_logits=self.config.model.aux_logits,
-                                    image_size=self.image_size or None)
+                                    image_size=self.image_size or None,
+                                    aligned=weights.kind != "imagenet")
         if weights.kind == "path":
             file = Path(weights.path or "")
             if not file.is_file() and weights_lib.checkpoint_file(file).is_file():

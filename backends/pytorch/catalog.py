@@ -14,6 +14,21 @@ import os
 from pathlib import Path
 
 from backends.base import ImagenetWeights, ModelEntry
+from common import canonical
+
+# Weights conversion (common.canonical): canonical layer -> torchvision module path. The
+# canonical names *are* torchvision's module paths with "/" ("Mixed_5b/branch5x5_2" is
+# model.Mixed_5b.branch5x5_2, a BasicConv2d holding .conv and .bn).
+_INCEPTION_CANONICAL = {layer.name: layer.name.replace("/", ".") for layer in canonical.INCEPTION_V3}
+
+# What the suite changes in torchvision's Inception3 for suite-made weights (model.py),
+# so that it computes what Keras and slim compute; README "Framework differences".
+INCEPTION_ALIGNMENT = (
+    "BatchNorm gamma fixed at 1 (a buffer, not a parameter), as Keras and slim build "
+    "InceptionV3 BatchNorm with scale=False",
+    "branch_pool average pooling excludes the padding (F.avg_pool2d count_include_pad=False), "
+    "as TensorFlow's SAME pooling in Keras and slim",
+)
 
 _INCEPTION_BLOCKS = ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c",
                      "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c")
@@ -35,6 +50,8 @@ MODELS: dict[str, ModelEntry] = {
             # torchvision's Inception weights take [-1, 1] input (transform_input=True maps
             # mean/std input to it inside forward; the suite feeds [-1, 1] directly)
             preprocessing="inception"),
+        canonical=_INCEPTION_CANONICAL,
+        alignment=INCEPTION_ALIGNMENT,
     ),
     "resnet50": ModelEntry(
         constructor="torchvision.models:resnet50",

@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torchvision.models import inception
 
 from backends.base import BackendError, ModelEntry
 from common.models import BN_DECAY, HEAD, ModelSpec
@@ -23,9 +25,87 @@ from common.models import BN_DECAY, HEAD, ModelSpec
 AUX_MIN_SIZE = 299
 
 
+# ---------------------------------------------------------------- alignment
+# torchvision's Inception3 differs from Keras' and slim's InceptionV3 in two places
+# (catalog.INCEPTION_ALIGNMENT; measured by `bench parity`, README "Framework
+# differences"). For suite-made weights the suite aligns torch, the odd one out, in
+# torchvision's own extension point: Inception3(inception_blocks=[...]) subclasses.
+
+class InceptionA(inception.InceptionA):
+    def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        branch1x1 = self.branch1x1(x)
+        branch5x5 = self.branch5x5_2(self.branch5x5_1(x))
+        branch3x3dbl = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        # torchvision: count_include_pad=True (zeros of the padding counted in the mean);
+        # Keras AveragePooling2D(padding="same") and slim avg_pool2d SAME divide by the
+        # number of real pixels under the window.
+        branch_pool = F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
+        return [branch1x1, branch5x5, branch3x3dbl, self.branch_pool(branch_pool)]
+
+
+class InceptionC(inception.InceptionC):
+    def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        branch1x1 = self.branch1x1(x)
+        branch7x7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+        branch7x7dbl = x
+        for i in range(1, 6):
+            branch7x7dbl = getattr(self, f"branch7x7dbl_{i}")(branch7x7dbl)
+        # TF SAME pooling excludes the padding (see InceptionA)
+        branch_pool = F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
+        return [branch1x1, branch7x7, branch7x7dbl, self.branch_pool(branch_pool)]
+
+
+class InceptionE(inception.InceptionE):
+    def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        branch1x1 = self.branch1x1(x)
+        branch3x3 = self.branch3x3_1(x)
+        branch3x3 = torch.cat([self.branch3x3_2a(branch3x3), self.branch3x3_2b(branch3x3)], 1)
+        branch3x3dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        branch3x3dbl = torch.cat([self.branch3x3dbl_3a(branch3x3dbl),
+                                  self.branch3x3dbl_3b(branch3x3dbl)], 1)
+        # TF SAME pooling excludes the padding (see InceptionA)
+        branch_pool = F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
+        return [branch1x1, branch3x3, branch3x3dbl, self.branch_pool(branch_pool)]
+
+
+ALIGNED_INCEPTION_BLOCKS = [inception.BasicConv2d, InceptionA, inception.InceptionB, InceptionC,
+                            inception.InceptionD, InceptionE, inception.InceptionAux]
+
+
+def remove_batchnorm_scale(model: nn.Module) -> None:
+    """Every BatchNorm's gamma becomes a constant buffer of ones (not a parameter).
+
+    Keras and slim build InceptionV3's BatchNorm with ``scale=False`` (beta only);
+    torchvision's is affine. With gamma fixed at 1 the three are the same model in
+    training as in inference, their trainable counts match, and the weights convert
+    exactly; the state_dict key (``bn.weight``) stays, so checkpoints keep their layout.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and isinstance(module.weight,
+                                                                               nn.Parameter):
+            ones = torch.ones_like(module.weight.detach())
+            del module.weight
+            module.register_buffer("weight", ones)
+
+
+def fixed_gamma_keys(model: nn.Module) -> list[str]:
+    """state_dict keys of BatchNorm gammas that ``remove_batchnorm_scale`` fixed at 1."""
+    params = {name for name, _ in model.named_parameters()}
+    return [f"{name}.weight" for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None
+            and f"{name}.weight" not in params]
+
+
 def build_model(spec: ModelSpec, entry: ModelEntry, num_classes: int, head_hidden_units: int = 0,
-                aux_logits: bool = False, image_size: int | None = None) -> nn.Module:
-    """The torchvision model of ``entry`` with randomly initialised weights and a new head."""
+                aux_logits: bool = False, image_size: int | None = None,
+                aligned: bool = True, init_weights: bool = True) -> nn.Module:
+    """The torchvision model of ``entry`` with randomly initialised weights and a new head.
+
+    ``aligned`` (suite-made weights): the changes of ``entry.alignment`` that make the
+    model compute what Keras and slim compute; ``False`` is torchvision's own model
+    (``--weights imagenet``, and ``bench parity --alignment native``). ``init_weights=False``
+    skips torchvision's truncated-normal initialisation (weights about to be overwritten).
+    """
     constructor = entry.resolve_constructor()
     if entry.aux_head:
         if aux_logits and image_size is not None and image_size < AUX_MIN_SIZE:
@@ -35,8 +115,11 @@ def build_model(spec: ModelSpec, entry: ModelEntry, num_classes: int, head_hidde
         # transform_input=False: we feed [-1, 1] ('inception' normalisation, as Keras and
         # slim do); torchvision's transform_input=True maps ImageNet mean/std input to that
         # same [-1, 1] range inside forward(), so the two are the same computation.
+        blocks = ALIGNED_INCEPTION_BLOCKS if aligned and entry.alignment else None
         model = constructor(weights=None, aux_logits=aux_logits, transform_input=False,
-                            init_weights=True)
+                            init_weights=init_weights, inception_blocks=blocks)
+        if aligned and entry.alignment:
+            remove_batchnorm_scale(model)
         # No dropout in the head path, in any backend: torchvision puts Dropout(0.5)
         # before fc, Keras' recipe head and slim's Logits would need their own; the suite
         # keeps the head identical everywhere (Linear or Linear-ReLU-Linear).

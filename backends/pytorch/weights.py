@@ -20,7 +20,7 @@ from torch import nn
 from backends.base import BackendError, ModelEntry
 
 from .catalog import imagenet_dir
-from .model import head_name, head_prefixes
+from .model import fixed_gamma_keys, head_name, head_prefixes
 
 def checkpoint_file(path: Path | str, suffix: str = ".pt") -> Path:
     """``path`` + ``suffix`` (paths are given without the suffix, as in ``Backend.save``)."""
@@ -82,10 +82,27 @@ def restore_excluding_head(model: nn.Module, entry: ModelEntry, state: dict[str,
                            f"at their initial values)")
     for k in bad_shapes:
         del backbone[k]
+    check_fixed_gammas(model, backbone, source)
     model.load_state_dict(backbone, strict=False)
     return {"restored": len(backbone), "excluded": sum(k.startswith(excluded) for k in state),
             "missing": missing, "shape_mismatch": bad_shapes,
             "ignore_missing_vars": ignore_missing_vars}
+
+
+def check_fixed_gammas(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """A model whose BatchNorm gamma is fixed at 1 (``model.remove_batchnorm_scale``) takes
+    only checkpoints whose gammas are 1: anything else would be loaded into the constant."""
+    for key in fixed_gamma_keys(model):
+        if key in state and not bool(torch.all(state[key] == 1)):
+            raise BackendError(gamma_refusal(source, key))
+
+
+def gamma_refusal(source: str, key: str) -> str:
+    return (f"{source}: {key} (a BatchNorm gamma) is not 1, but the suite's InceptionV3 has no "
+            f"BatchNorm scale (Keras and slim build it with scale=False; torch keeps gamma at 1): "
+            f"there is no exact equivalent; fine-tune torchvision's own ImageNet weights with "
+            f"--weights imagenet (folding gamma into the convolution would be exact for inference "
+            f"only, not for BatchNorm in training mode)")
 
 
 def copy_head_rows(model: nn.Module, entry: ModelEntry, state: dict[str, torch.Tensor],

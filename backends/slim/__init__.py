@@ -17,6 +17,7 @@ INFO = BackendInfo(
     install_hint="pip install 'transfer-bench[slim]'",
     checkpoint_suffix=".ckpt",
     catalog="backends.slim.catalog",
+    converter="backends.slim.convert",
     fetcher="backends.slim.weights:fetch_imagenet",
     export_formats=("savedmodel", "frozen_graph"),  # export.py
     color="#3a9e5f",

@@ -48,6 +48,8 @@ class Tower:
     # built with is_training=True, none for batch_norm with is_training=False.
     update_ops: list = field(default_factory=list)
     training_blocks: tuple[str, ...] = ()
+    # the net's end_points (slim's name -> tensor: "Mixed_5b", "MaxPool_5a_3x3"), for bench parity
+    end_points: dict = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ scopes
@@ -179,13 +181,13 @@ def inception_v3(images, num_classes, hidden_units, aux_logits, reuse):
             # with a fixed 8x8 kernel, which is global only at 299 px and below.
             pooled = tf.reduce_mean(net, [1, 2], keepdims=True, name="GlobalPool")
             logits = new_head(pooled, num_classes, hidden_units, "Conv2d_1c_1x1")
-    return logits, tf.squeeze(pooled, [1, 2]), aux
+    return logits, tf.squeeze(pooled, [1, 2]), aux, end_points
 
 
 def resnet_v1_50(images, num_classes, hidden_units, aux_logits, reuse):
     """``resnet_v1_50(num_classes=None)`` (pooled features) + the head as resnet_v1_50/logits."""
-    net, _ = resnet_v1.resnet_v1_50(images, num_classes=None, is_training=None, global_pool=True,
-                                    reuse=reuse, scope="resnet_v1_50")
+    net, end_points = resnet_v1.resnet_v1_50(images, num_classes=None, is_training=None,
+                                             global_pool=True, reuse=reuse, scope="resnet_v1_50")
     name_scope = net.op.name.rsplit("/", 1)[0] + "/"  # the net's own: "resnet_v1_50/"
     with tf.compat.v1.variable_scope("resnet_v1_50", reuse=reuse, auxiliary_name_scope=False), \
             tf.name_scope(name_scope), tf.compat.v1.variable_scope("logits") as logits_scope:
@@ -197,7 +199,7 @@ def resnet_v1_50(images, num_classes, hidden_units, aux_logits, reuse):
         # (the scope object: variables in it, ops in a name scope below it)
         logits = slim.conv2d(net_h, num_classes, [1, 1], activation_fn=None, normalizer_fn=None,
                              scope=logits_scope)
-    return tf.squeeze(logits, [1, 2]), tf.squeeze(net, [1, 2]), None
+    return tf.squeeze(logits, [1, 2]), tf.squeeze(net, [1, 2]), None, end_points
 
 
 def arg_scope(entry: ModelEntry, weight_decay) -> dict:
@@ -223,7 +225,8 @@ def build_tower(spec: ModelSpec, entry: ModelEntry, images: tf.Tensor, num_class
     regularizers = set(tf.compat.v1.losses.get_regularization_losses())
     with slim.arg_scope(arg_scope(entry, weight_decay)):
         with slim.arg_scope([slim.conv2d], normalizer_fn=scoped_batch_norm(spec, entry, training)):
-            logits, features, aux = net_fn(images, num_classes, hidden_units, aux_logits, reuse)
+            logits, features, aux, end_points = net_fn(images, num_classes, hidden_units,
+                                                       aux_logits, reuse)
     update_ops = [op for op in tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
                   if op not in before]
     stray = [t.op.name for t in tf.compat.v1.losses.get_regularization_losses()
@@ -233,7 +236,7 @@ def build_tower(spec: ModelSpec, entry: ModelEntry, images: tf.Tensor, num_class
                            f"model's variable scopes; build the net so that its op names follow "
                            f"its variable scopes")
     return Tower(logits, features, aux, update_ops, tuple(b for b in (*spec.blocks, HEAD)
-                                                         if b in training))
+                                                         if b in training), end_points)
 
 
 def bn_training_blocks(spec: ModelSpec, phase: Phase) -> tuple[str, ...]:

@@ -1,0 +1,149 @@
+"""PyTorch ``state_dict`` <-> canonical weights (``common.canonical``), by the catalog's table.
+
+PyTorch idiom: a checkpoint is a flat dict of tensors keyed by module path, so
+reading is looking keys up and writing is ``load_state_dict`` into the built
+model (strict: every key must be there). For each canonical layer ``L`` the
+catalog (``MODELS[model].canonical``) names the ``BasicConv2d`` module ``m``:
+
+* ``L/kernel`` = ``m.conv.weight`` OIHW, transposed to HWIO (``permute(2, 3, 1, 0)``);
+* ``L/beta``, ``L/moving_mean``, ``L/moving_variance`` = ``m.bn.bias``,
+  ``m.bn.running_mean``, ``m.bn.running_var``; ``m.bn.weight`` (gamma) must be 1
+  (canonical InceptionV3 has no BatchNorm scale; ``model.remove_batchnorm_scale``);
+* the head ``fc`` (``nn.Linear``: ``weight [classes, in]``, a class is a row) is
+  ``head/kernel [in, classes]`` transposed; a hidden head is ``fc.0`` / ``fc.2``
+  (``model.make_head``'s ``Linear -> ReLU -> Linear``).
+
+``num_batches_tracked`` counters are training state, not weights; the auxiliary
+head (``AuxLogits``) has no canonical form (Keras has none) and is dropped, listed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import canonical
+from common.models import get_model
+
+from .catalog import MODELS
+from .model import build_model, head_name
+from .weights import checkpoint_file, gamma_refusal, load_checkpoint, model_state, save_checkpoint
+
+SUFFIX = ".pt"
+
+# nn.Sequential(Linear, ReLU, Linear) of model.make_head: hidden layer, then logits
+HIDDEN_HEAD_LAYERS = ("0", "2")
+
+
+def _head_modules(state: dict, fc: str) -> dict[str, str]:
+    """Canonical head layer -> module path in ``state`` (linear or hidden head)."""
+    hidden, logits = (f"{fc}.{i}" for i in HIDDEN_HEAD_LAYERS)
+    if f"{hidden}.weight" in state:
+        return {canonical.HEAD_HIDDEN: hidden, canonical.HEAD: logits}
+    if f"{fc}.weight" in state:
+        return {canonical.HEAD: fc}
+    return {}
+
+
+def read_canonical(model: str, path: Path | str) -> tuple[dict[str, np.ndarray], dict]:
+    """The canonical tensors of the ``.pt`` checkpoint at ``path`` and what was left out."""
+    entry = MODELS[model]
+    layers = canonical.layers(model)
+    source = f"pytorch checkpoint {str(path)!r}"
+    ckpt = load_checkpoint(path)
+    state = {k: v.detach().cpu() for k, v in model_state(ckpt).items()}
+    tensors, used = {}, set()
+
+    def take(key: str, canonical_name: str, shape) -> torch.Tensor:
+        if key not in state:
+            raise canonical.ConversionError(f"{source} has no {key} (canonical {canonical_name})")
+        value = state[key]
+        if tuple(value.shape) != tuple(shape):
+            raise canonical.ConversionError(
+                f"{source}: {key} has shape {list(value.shape)}, canonical {canonical_name} "
+                f"needs {list(shape)} in torch's layout")
+        used.add(key)
+        return value.float()
+
+    for layer in layers:
+        m = entry.canonical[layer.name]
+        kh, kw, cin, cout = layer.kernel
+        # OIHW (PyTorch) -> HWIO (TensorFlow, canonical)
+        tensors[f"{layer.name}/kernel"] = take(f"{m}.conv.weight", f"{layer.name}/kernel",
+                                               (cout, cin, kh, kw)).permute(2, 3, 1, 0)
+        gamma = take(f"{m}.bn.weight", f"{layer.name} (no BatchNorm scale)", (cout,))
+        if not bool(torch.all(gamma == 1)):
+            raise canonical.ConversionError(gamma_refusal(source, f"{m}.bn.weight"))
+        for name, key in (("beta", "bias"), ("moving_mean", "running_mean"),
+                          ("moving_variance", "running_var")):
+            tensors[f"{layer.name}/{name}"] = take(f"{m}.bn.{key}", f"{layer.name}/{name}", (cout,))
+        used.add(f"{m}.bn.num_batches_tracked")
+    for layer, module in _head_modules(state, head_name(entry)).items():
+        weight = state[f"{module}.weight"]
+        # nn.Linear weight [out, in] (a class is a row) -> Dense kernel [in, out]
+        tensors[f"{layer}/kernel"] = take(f"{module}.weight", f"{layer}/kernel",
+                                          tuple(weight.shape)).t()
+        tensors[f"{layer}/bias"] = take(f"{module}.bias", f"{layer}/bias", (weight.shape[0],))
+    dropped = sorted(k for k in state if k.startswith(tuple(f"{a}." for a in entry.aux_head)))
+    ignored = {k for k in state if k.endswith(".num_batches_tracked")}
+    extra = [k for k in state if k not in used and k not in ignored and k not in dropped]
+    if extra:
+        raise canonical.ConversionError(f"{source}: {extra[0]} does not map to any canonical "
+                                        f"{model} tensor")
+    arrays = {k: np.ascontiguousarray(v.numpy(), dtype=np.float32) for k, v in tensors.items()}
+    canonical.check(model, arrays, get_model(model).feature_dim)
+    meta = {"classes": list(ckpt.get("classes", [])) if isinstance(ckpt, dict) else [],
+            "dropped": dropped}
+    return arrays, meta
+
+
+def model_from_canonical(model: str, tensors: dict[str, np.ndarray],
+                         aligned: bool = True) -> torch.nn.Module:
+    """The torchvision model holding ``tensors`` (head included), in ``eval()``.
+
+    ``aligned=False`` builds torchvision's own Inception3 (``bench parity --alignment
+    native``); its BatchNorm gamma is a parameter, set to 1."""
+    spec, entry = get_model(model), MODELS[model]
+    canonical.check(model, tensors, spec.feature_dim)
+    if f"{canonical.HEAD}/kernel" not in tensors:
+        raise canonical.ConversionError(f"canonical {model} weights have no head; a pytorch "
+                                        f"checkpoint needs one")
+    classes = tensors[f"{canonical.HEAD}/kernel"].shape[-1]
+    hidden = tensors.get(f"{canonical.HEAD_HIDDEN}/kernel")
+    net = build_model(spec, entry, classes, 0 if hidden is None else hidden.shape[-1],
+                      aligned=aligned, init_weights=False)
+    state = net.state_dict()
+
+    def put(key: str, value: np.ndarray) -> None:
+        if tuple(state[key].shape) != value.shape:
+            raise canonical.ConversionError(f"canonical tensor for {key} has shape "
+                                            f"{list(value.shape)}, torch needs {list(state[key].shape)}")
+        state[key] = torch.from_numpy(np.ascontiguousarray(value))
+
+    for layer in canonical.layers(model):
+        m = entry.canonical[layer.name]
+        put(f"{m}.conv.weight", tensors[f"{layer.name}/kernel"].transpose(3, 2, 0, 1))  # HWIO -> OIHW
+        put(f"{m}.bn.weight", np.ones(layer.kernel[-1], np.float32))  # no scale: gamma 1
+        put(f"{m}.bn.bias", tensors[f"{layer.name}/beta"])
+        put(f"{m}.bn.running_mean", tensors[f"{layer.name}/moving_mean"])
+        put(f"{m}.bn.running_var", tensors[f"{layer.name}/moving_variance"])
+    for layer, module in _head_modules(state, head_name(entry)).items():
+        put(f"{module}.weight", tensors[f"{layer}/kernel"].T)  # [in, out] -> [out, in]
+        put(f"{module}.bias", tensors[f"{layer}/bias"])
+    net.load_state_dict(state)  # strict: every tensor of the model is set
+    return net.eval()
+
+
+def write_canonical(model: str, tensors: dict[str, np.ndarray], path: Path | str,
+                    meta: dict | None = None) -> Path:
+    """A ``.pt`` checkpoint of ``tensors`` (``{"model": state_dict, ...}``, as ``Backend.save``),
+    loadable with ``--weights PATH``; returns the file."""
+    net = model_from_canonical(model, tensors)
+    file = Path(path) if str(path).endswith(SUFFIX) else checkpoint_file(path, SUFFIX)
+    return save_checkpoint(file, {"model": net.state_dict(), "optimizer": None,
+                                  "optimizer_signature": [],
+                                  "num_classes": tensors[f"{canonical.HEAD}/kernel"].shape[-1],
+                                  "classes": list((meta or {}).get("classes", [])),
+                                  "model_name": model})

@@ -1,0 +1,40 @@
+"""``bench parity`` in PyTorch: every canonical block's output for a batch, eval mode, fp32.
+
+PyTorch idiom: ``register_forward_hook`` on the last top-level module of each
+canonical block captures its output during one forward pass of the model that
+``convert.model_from_canonical`` builds (the same mapping ``write_canonical``
+saves; head included), in ``eval()`` under ``torch.inference_mode()``. Outputs are NCHW; they are returned NHWC (the
+canonical layout) so that the frameworks compare element by element.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from common.models import get_model
+
+from .catalog import MODELS
+from .convert import model_from_canonical
+
+
+def block_outputs(model: str, tensors: dict[str, np.ndarray], images: np.ndarray,
+                  aligned: bool = True) -> dict[str, np.ndarray]:
+    """``{block: [N, H, W, C], ..., "logits": [N, classes]}`` of the model holding the
+    canonical ``tensors``, for NHWC float32 ``images``."""
+    spec, entry = get_model(model), MODELS[model]
+    net = model_from_canonical(model, tensors, aligned=aligned)
+    captured: dict[str, torch.Tensor] = {}
+    handles = [getattr(net, entry.blocks[block][-1]).register_forward_hook(
+        lambda module, args, output, block=block: captured.__setitem__(block, output))
+        for block in spec.blocks]
+    try:
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))  # NHWC -> NCHW
+            logits = net(x)
+    finally:
+        for h in handles:
+            h.remove()
+    out = {block: captured[block].permute(0, 2, 3, 1).numpy() for block in spec.blocks}
+    out["logits"] = logits.numpy()
+    return out

@@ -1,0 +1,159 @@
+"""TF checkpoints (slim) <-> canonical weights (``common.canonical``), by the catalog's table.
+
+TF-Slim idiom: a checkpoint maps variable names to tensors, read with
+``tf.train.load_checkpoint`` (no graph needed) and written by building the
+net in a graph, loading values into its variables and ``Saver.save`` — a
+prefix ``NAME.ckpt`` with ``.index`` and ``.data-*`` files. For each canonical
+layer the catalog (``MODELS[model].canonical``) names the scope ``S``:
+
+* ``L/kernel`` = ``S/weights`` (``[kh, kw, in, out]``: TF's layout is canonical);
+* ``L/beta``, ``L/moving_mean``, ``L/moving_variance`` = ``S/BatchNorm/...``
+  (``inception_v3_arg_scope``: ``batch_norm`` without ``scale``, so no gamma);
+* the head is a 1x1 convolution: ``<logits_layer>/weights [1, 1, in, classes]``
+  (a class is the last axis) reshaped to ``head/kernel [in, classes]``, and
+  ``biases``; a hidden head is ``InceptionV3/Logits/Conv2d_1b_1x1`` (``model.new_head``).
+
+Variables outside the model scope (``global_step``, the optimizer slots under
+``phaseN/``) are training state and are not weights; the auxiliary head
+(``AuxLogits``) has no canonical form (Keras has none) and is dropped, listed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from backends.base import BackendError
+from common import canonical
+from common.models import get_model
+
+from .catalog import MODELS
+from .model import build_tower
+from .weights import checkpoint_prefix, resolve_checkpoint
+
+# model.new_head's hidden layer scope (the logits layer is the catalog's logits_layer)
+HIDDEN_HEAD_SCOPE = "Logits/Conv2d_1b_1x1"
+
+
+def _model_scope(model: str) -> str:
+    """``InceptionV3``: the scope every model variable lives under."""
+    return MODELS[model].logits_layer.split("/", 1)[0]
+
+
+def _head_scopes(model: str) -> dict[str, str]:
+    entry = MODELS[model]
+    return {canonical.HEAD_HIDDEN: f"{_model_scope(model)}/{HIDDEN_HEAD_SCOPE}",
+            canonical.HEAD: entry.logits_layer}
+
+
+def read_canonical(model: str, path: Path | str) -> tuple[dict[str, np.ndarray], dict]:
+    """The canonical tensors of the TF checkpoint at ``path`` (a prefix, one of its files
+    or a directory, as ``--weights PATH``)."""
+    entry = MODELS[model]
+    ckpt = resolve_checkpoint(str(path))
+    source = f"slim checkpoint {ckpt!r}"
+    try:
+        reader = tf.train.load_checkpoint(ckpt)
+    except (tf.errors.OpError, ValueError) as err:
+        raise BackendError(f"cannot read TF checkpoint {ckpt!r}: {str(err).splitlines()[0]}") from None
+    shapes = reader.get_variable_to_shape_map()
+    tensors, used = {}, set()
+
+    def take(name: str, canonical_name: str, shape) -> np.ndarray:
+        if name not in shapes:
+            raise canonical.ConversionError(f"{source} has no {name} (canonical {canonical_name})")
+        if tuple(shapes[name]) != tuple(shape):
+            raise canonical.ConversionError(f"{source}: {name} has shape {list(shapes[name])}, "
+                                            f"canonical {canonical_name} needs {list(shape)}")
+        used.add(name)
+        return np.asarray(reader.get_tensor(name), dtype=np.float32)
+
+    for layer in canonical.layers(model):
+        scope = entry.canonical[layer.name]
+        cout = layer.kernel[-1]
+        tensors[f"{layer.name}/kernel"] = take(f"{scope}/weights", f"{layer.name}/kernel", layer.kernel)
+        for t in canonical.CONV_BN_TENSORS[1:]:
+            tensors[f"{layer.name}/{t}"] = take(f"{scope}/BatchNorm/{t}", f"{layer.name}/{t}", (cout,))
+    for layer, scope in _head_scopes(model).items():
+        if f"{scope}/weights" in shapes:
+            kernel = take(f"{scope}/weights", f"{layer}/kernel", shapes[f"{scope}/weights"])
+            if kernel.shape[:2] != (1, 1):
+                raise canonical.ConversionError(f"{source}: {scope}/weights {list(kernel.shape)} "
+                                                f"is not a 1x1 classifier")
+            tensors[f"{layer}/kernel"] = kernel.reshape(kernel.shape[2:])  # [1, 1, in, out] -> [in, out]
+            tensors[f"{layer}/bias"] = take(f"{scope}/biases", f"{layer}/bias", (kernel.shape[-1],))
+    prefix = _model_scope(model) + "/"
+    aux = tuple(f"{a}/" for a in entry.aux_head)
+    dropped = sorted(n for n in shapes if n.startswith(aux))
+    extra = sorted(n for n in shapes if n.startswith(prefix) and n not in used and n not in dropped)
+    if extra:
+        raise canonical.ConversionError(f"{source}: {extra[0]} does not map to any canonical "
+                                        f"{model} tensor")
+    canonical.check(model, tensors, get_model(model).feature_dim)
+    return tensors, {"classes": [], "dropped": dropped}
+
+
+def _graph_with_model(model: str, num_classes: int, hidden: int, image_size: int):
+    """A graph holding the slim net (eval tower) on an image placeholder."""
+    spec, entry = get_model(model), MODELS[model]
+    graph = tf.Graph()
+    with graph.as_default():
+        images = tf.compat.v1.placeholder(tf.float32, [None, image_size, image_size, 3], "images")
+        tower = build_tower(spec, entry, images, num_classes, hidden_units=hidden, aux_logits=False,
+                            weight_decay=tf.constant(0.0), training_blocks=())
+    return graph, images, tower
+
+
+def session_from_canonical(model: str, tensors: dict[str, np.ndarray],
+                           image_size: int | None = None):
+    """``(session, images placeholder, eval tower)``: the slim net (input ``image_size``,
+    default the model's minimum) in its own graph, every variable holding ``tensors``."""
+    spec, entry = get_model(model), MODELS[model]
+    canonical.check(model, tensors, spec.feature_dim)
+    if f"{canonical.HEAD}/kernel" not in tensors:
+        raise canonical.ConversionError(f"canonical {model} weights have no head; a slim "
+                                        f"checkpoint needs one")
+    classes = tensors[f"{canonical.HEAD}/kernel"].shape[-1]
+    hidden = tensors.get(f"{canonical.HEAD_HIDDEN}/kernel")
+    graph, images, tower = _graph_with_model(model, classes, 0 if hidden is None else hidden.shape[-1],
+                                             image_size or spec.min_size)
+    values = {}
+    for layer in canonical.layers(model):
+        scope = entry.canonical[layer.name]
+        values[f"{scope}/weights"] = tensors[f"{layer.name}/kernel"]
+        for t in canonical.CONV_BN_TENSORS[1:]:
+            values[f"{scope}/BatchNorm/{t}"] = tensors[f"{layer.name}/{t}"]
+    for layer, scope in _head_scopes(model).items():
+        if f"{layer}/kernel" in tensors:
+            values[f"{scope}/weights"] = tensors[f"{layer}/kernel"][None, None]  # -> [1, 1, in, out]
+            values[f"{scope}/biases"] = tensors[f"{layer}/bias"]
+    session = tf.compat.v1.Session(graph=graph)
+    with graph.as_default():
+        variables = tf.compat.v1.global_variables()
+    missing = [v.op.name for v in variables if v.op.name not in values]
+    if missing:
+        session.close()
+        raise canonical.ConversionError(f"slim {model} variable {missing[0]} has no canonical tensor")
+    # one run of every variable's initializer, fed with its canonical value
+    session.run([v.initializer for v in variables],
+                {v.initializer.inputs[1]: values[v.op.name] for v in variables})
+    return session, images, tower
+
+
+def write_canonical(model: str, tensors: dict[str, np.ndarray], path: Path | str,
+                    meta: dict | None = None) -> Path:
+    """A TF checkpoint (prefix ``NAME.ckpt``) of ``tensors`` with the slim net's variable
+    names, loadable with ``--weights PATH``; returns the prefix."""
+    session, _, _ = session_from_canonical(model, tensors)
+    prefix = checkpoint_prefix(path)
+    try:
+        with session.graph.as_default():
+            Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+            tf.compat.v1.train.Saver(var_list=tf.compat.v1.global_variables(),
+                                     save_relative_paths=True).save(
+                session, prefix, write_meta_graph=False, write_state=False)
+    finally:
+        session.close()
+    return Path(prefix)

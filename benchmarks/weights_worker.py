@@ -1,0 +1,116 @@
+"""Child-process entry point for weights work in one framework (one JSON line out).
+
+``python -m benchmarks.weights_worker COMMAND ...`` where COMMAND is
+
+* ``read --backend B --model M --input NATIVE --output NPZ``: B's checkpoint -> canonical;
+* ``write --backend B --model M --input NPZ --output NATIVE``: canonical -> B's checkpoint;
+* ``outputs --backend B --model M --weights NPZ --images NPZ --output NPZ [--alignment A]``:
+  ``bench parity``: B's model holding the canonical weights (``convert``'s mapping) and
+  every canonical block's output for the images;
+* ``pretrain --config CONFIG.json --image-size N --cache DIR``: pretrain the source
+  model on ``shapes`` in the config's backend and export its canonical weights
+  (``driver.pretrain_and_export_source``).
+
+Log messages go to stdout behind ``console.PROGRESS_MARK`` (the parent logs them
+again: pretraining shows its epochs); the last line is ``{"status": "ok", ...}``
+or ``{"status": "failed", "error": one line}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from backends.base import BackendError, backend_info
+from benchmarks.console import PROGRESS_MARK, configure_console
+from common import canonical
+from common.data import DataError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.weights_worker")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("read", "write"):
+        c = sub.add_parser(name)
+        c.add_argument("--backend", required=True)
+        c.add_argument("--model", required=True)
+        c.add_argument("--input", required=True)
+        c.add_argument("--output", required=True)
+    o = sub.add_parser("outputs")
+    o.add_argument("--backend", required=True)
+    o.add_argument("--model", required=True)
+    o.add_argument("--weights", required=True)
+    o.add_argument("--images", required=True)
+    o.add_argument("--output", required=True)
+    o.add_argument("--alignment", choices=("suite", "native"), default="suite")
+    t = sub.add_parser("pretrain")
+    t.add_argument("--config", required=True)
+    t.add_argument("--image-size", type=int, required=True)
+    t.add_argument("--cache", required=True)
+    return p
+
+
+def _module(backend: str, name: str):
+    """``backends.<backend>.<name>`` with the backend's environment set first."""
+    import importlib
+
+    info = backend_info(backend)
+    info.apply_environment()
+    return importlib.import_module(f"{info.converter.rsplit('.', 1)[0]}.{name}")
+
+
+def run(args: argparse.Namespace) -> dict:
+    from benchmarks import conversion
+
+    if args.command == "read":
+        meta = conversion.to_canonical(args.backend, args.model, args.input, Path(args.output),
+                                       in_process=True)
+        return {"meta": meta}
+    if args.command == "write":
+        out = conversion.from_canonical(args.backend, args.model, Path(args.input), args.output,
+                                        in_process=True)
+        return {"output": str(out)}
+    if args.command == "outputs":
+        images = np.load(args.images)["images"]
+        tensors, _ = canonical.load(Path(args.weights))
+        outputs = _module(args.backend, "parity").block_outputs(
+            args.model, tensors, images, aligned=args.alignment == "suite")
+        np.savez(args.output, **{k: np.asarray(v, np.float32) for k, v in outputs.items()})
+        return {"blocks": list(outputs)}
+    if args.command == "pretrain":
+        from benchmarks.driver import pretrain_and_export_source
+        from common.config import RunConfig
+
+        config = RunConfig.from_dict(json.loads(Path(args.config).read_text()))
+        meta = pretrain_and_export_source(config, args.image_size, Path(args.cache))
+        return {"meta": meta}
+    raise ValueError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.run_worker import die_with_parent
+    from benchmarks.runner import PARENT_PID_ENV
+
+    args = _parser().parse_args(argv)
+    if os.environ.get(PARENT_PID_ENV):  # a pretraining child must not outlive its run
+        die_with_parent(int(os.environ[PARENT_PID_ENV]))
+    configure_console(prefix=PROGRESS_MARK)  # the parent passes these lines on
+    try:
+        result = {"status": "ok", **run(args)}
+    except (BackendError, canonical.ConversionError, DataError) as err:
+        result = {"status": "failed", "error": str(err).splitlines()[0]}
+    except Exception as err:  # a framework error: one line to the parent, the rest on stderr
+        traceback.print_exc()
+        result = {"status": "failed", "error": f"{type(err).__name__}: {err}".splitlines()[0]}
+    print(json.dumps(result, default=str), flush=True)
+    return 0 if result["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Parity: the same weights and images give the same numbers in every backend.
+
+* ``bench parity`` at 75 px: every canonical block and the logits within 1e-4 for every
+  pair of backends, each backend in its own child process;
+* the two places where torchvision's Inception3 differs from Keras' and slim's, and the
+  suite's alignment of each (README "Framework differences");
+* pixel parity: every backend's eval-mode input for the same file is the same array,
+  over golden images that exercise the decoder (alpha, CMYK, EXIF, 16 bit, too small).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import require_backend
+
+from backends.base import BackendError
+from benchmarks.parity import golden_batch, run_parity
+from common import canonical
+from common.data import Sample, Split, load_image
+from common.models import get_model
+from common.preprocess import get_normalisation
+
+SPEC = get_model("inception_v3")
+
+
+def test_bench_parity_at_75px_every_block_of_every_pair_within_1e_4(tmp_path):
+    for b in ("pytorch", "keras", "slim"):
+        require_backend(b)
+    report = run_parity("inception_v3", 75, tmp_path, weights="random")
+    assert report["backends"] == ["pytorch", "keras", "slim"] and report["alignment"] == "suite"
+    assert list(report["max_abs_diff"]) == ["pytorch-keras", "pytorch-slim", "keras-slim"]
+    for pair, blocks in report["max_abs_diff"].items():
+        assert list(blocks) == [*SPEC.blocks, "logits"]
+        assert max(blocks.values()) <= 1e-4, (pair, blocks)
+    assert report["ok"] and report["logits_max_abs_diff"] <= 1e-4
+    assert report["shapes"]["Mixed_7c"] == [5, 1, 1, 2048] and report["shapes"]["logits"] == [5, 5]
+    assert min(report["magnitude"].values()) > 0.1  # real signal, not zeros compared with zeros
+    assert json.loads((tmp_path / "parity.json").read_text())["weights"]["digest"] == \
+        report["weights"]["digest"]
+    assert "| Mixed_5b |" in (tmp_path / "parity.md").read_text()
+
+
+# ------------------------------------------------------------ torch alignment
+
+def _torch_inception(aligned: bool):
+    from backends.pytorch.catalog import MODELS
+    from backends.pytorch.model import build_model
+
+    return build_model(SPEC, MODELS["inception_v3"], 5, aligned=aligned).eval()
+
+
+def test_torch_branch_pool_excludes_the_padding_like_tensorflow_same_pooling():
+    """torchvision's F.avg_pool2d counts the zero padding (a corner of a constant map
+    averages to 4/9 of it); Keras and slim SAME pooling do not. The aligned model matches TF."""
+    require_backend("pytorch")
+    import torch
+
+    pooled = {}
+    for aligned in (True, False):
+        net = _torch_inception(aligned)
+        for block in ("Mixed_5b", "Mixed_6b", "Mixed_7b"):
+            module = getattr(net, block)
+            handle = module.branch_pool.register_forward_pre_hook(
+                lambda m, args, key=(aligned, block): pooled.__setitem__(key, args[0]))
+            with torch.inference_mode():
+                module(torch.ones(1, module.branch_pool.conv.in_channels, 5, 5))
+            handle.remove()
+    for block in ("Mixed_5b", "Mixed_6b", "Mixed_7b"):
+        assert torch.all(pooled[True, block] == 1)
+        assert float(pooled[False, block][0, 0, 0, 0]) == pytest.approx(4 / 9)
+        assert float(pooled[False, block][0, 0, 2, 2]) == 1
+
+
+def test_torch_batchnorm_gamma_is_fixed_at_one_so_counts_match_keras_and_slim():
+    """Keras and slim InceptionV3 BatchNorm has no gamma (scale=False); torchvision's has.
+    The aligned model's gamma is a constant 1 (not a parameter): its backbone has the
+    canonical (Keras, slim) trainable count, and a state with another gamma is refused."""
+    require_backend("pytorch")
+    import torch
+    from torch import nn
+
+    from backends.pytorch.catalog import MODELS
+    from backends.pytorch.weights import restore_excluding_head
+
+    counts = {}
+    for aligned in (True, False):
+        net = _torch_inception(aligned)
+        bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+        assert len(bns) == 94 and {m.eps for m in bns} == {1e-3}  # as Keras' and slim's
+        params = {id(p) for p in net.parameters()}
+        assert all((id(m.weight) in params) is not aligned for m in bns)
+        counts[aligned] = sum(p.numel() for n, p in net.named_parameters() if not n.startswith("fc."))
+    assert counts[True] == canonical.backbone_parameter_count("inception_v3") == 21_768_352
+    assert counts[False] - counts[True] == sum(l.kernel[-1] for l in canonical.INCEPTION_V3)
+    aligned = _torch_inception(True)
+    assert all(torch.all(m.weight == 1) for m in aligned.modules() if isinstance(m, nn.BatchNorm2d))
+    state = _torch_inception(False).state_dict()
+    state["Conv2d_4a_3x3.bn.weight"][0] = 0.5
+    with pytest.raises(BackendError, match=r"Conv2d_4a_3x3.bn.weight \(a BatchNorm gamma\) is not 1"):
+        restore_excluding_head(aligned, MODELS["inception_v3"], state, "a torchvision state")
+
+
+# ------------------------------------------------------------ pixel parity
+
+@pytest.fixture(scope="module")
+def golden_images(tmp_path_factory) -> list[str]:
+    """An RGBA icon, a CMYK JPEG, an EXIF-rotated JPEG, a 16-bit PNG, one below 75 px."""
+    d = tmp_path_factory.mktemp("golden")
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (90, 120, 3), np.uint8)
+    alpha = np.zeros((64, 64), np.uint8)
+    alpha[8:56, 8:56], alpha[20:44, 20:44] = 128, 255
+    icon = np.dstack([rng.integers(0, 256, (64, 64, 3), np.uint8), alpha])
+    Image.fromarray(icon, "RGBA").save(d / "icon_rgba.png")
+    Image.fromarray(rgb).convert("CMYK").save(d / "cmyk.jpg", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    Image.fromarray(rgb).save(d / "exif_rotated.jpg", exif=exif, quality=95)
+    deep = (rng.integers(0, 65536, (80, 80))).astype(np.uint16)
+    Image.fromarray(deep).save(d / "gray16.png")  # uint16: mode I;16
+    Image.fromarray(rgb[:30, :40]).save(d / "small.png")
+    files = [str(d / n) for n in ("icon_rgba.png", "cmyk.jpg", "exif_rotated.jpg", "gray16.png",
+                                  "small.png")]
+    with Image.open(files[3]) as im:
+        assert im.mode.startswith("I;16")
+    return files
+
+
+def _eval_inputs(backend: str, split: Split, size: int) -> np.ndarray:
+    """``backend``'s eval-mode input batch for ``split.test``, NHWC float32."""
+    norm = get_normalisation(SPEC.preprocessing)
+    if backend == "pytorch":
+        from backends.pytorch.data import eval_loader, normalise
+
+        return np.concatenate([normalise(x, norm).permute(0, 2, 3, 1).numpy()
+                               for x, _ in eval_loader(split.test, size, 8)])
+    if backend == "keras":
+        from backends.keras.data import KerasData
+
+        return np.concatenate([np.asarray(x) for x, _ in
+                               KerasData(split, size, norm, 8, 0).eval("test")])
+    import tensorflow as tf
+
+    from backends.slim.data import build_pipelines
+
+    graph = tf.Graph()
+    with graph.as_default():
+        pipes = build_pipelines(split, size, norm, 8)
+        with tf.compat.v1.Session(graph=graph) as session:
+            session.run(pipes.initializers["test"])
+            return session.run(pipes.images)
+
+
+def test_every_backend_feeds_the_same_array_for_the_same_file(golden_images):
+    """Decoding is common.data.load_image (PIL, bilinear) for every backend; each backend
+    normalises natively: the arrays agree with each other and with numpy to 1e-5."""
+    for b in ("pytorch", "keras", "slim"):
+        require_backend(b)
+    size = SPEC.min_size
+    samples = [Sample(p, 0) for p in golden_images]
+    split = Split(classes=("golden", "other"), train=samples, val=samples, test=samples)
+    norm = get_normalisation(SPEC.preprocessing)
+    reference = np.stack([norm.apply(load_image(p, size)) for p in golden_images])
+    inputs = {b: _eval_inputs(b, split, size) for b in ("pytorch", "keras", "slim")}
+    for b, x in inputs.items():
+        assert x.shape == (5, size, size, 3) and x.dtype == np.float32
+        assert float(np.max(np.abs(x - reference))) <= 1e-5, b
+    # what the decoder did is visible: alpha on white, EXIF applied, 16 bit scaled
+    with Image.open(golden_images[2]) as im:
+        upright = np.asarray(im.convert("RGB").transpose(Image.Transpose.ROTATE_270)
+                             .resize((size, size), Image.Resampling.BILINEAR))
+    assert np.array_equal(load_image(golden_images[2], size), upright)
+    assert load_image(golden_images[0], size)[0, 0].tolist() == [255, 255, 255]
+
+
+def test_golden_batch_is_fixed_and_normalised():
+    images, files = golden_batch("inception_v3", 75)
+    again, _ = golden_batch("inception_v3", 75)
+    assert images.shape == (5, 75, 75, 3) and np.array_equal(images, again)
+    assert -1.0 <= images.min() < 0 < images.max() <= 1.0 and len(files) == 5

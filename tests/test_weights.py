@@ -1,0 +1,228 @@
+"""Weights across frameworks: the canonical layout, each backend's conversion table, exact
+round trips, one-line refusals, and one source model (one digest) for every backend.
+
+Round trips run in this process (pytest holds every framework, torch imported first);
+``bench weights convert`` and the sweep's source model go through child processes, as
+they do for users.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from conftest import require_backend, tiny_config
+
+from backends.base import backend_info
+from benchmarks import cli, conversion, driver
+from common import canonical
+from common.config import PretrainConfig
+from common.models import get_model
+
+SPEC = get_model("inception_v3")
+BACKENDS = ("pytorch", "keras", "slim")
+
+
+@pytest.fixture(scope="module")
+def weights():
+    """Seeded canonical InceptionV3 weights with a 5-class head."""
+    return canonical.random_weights("inception_v3", SPEC.feature_dim, 5, seed=3)
+
+
+def _equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------ framework-free
+
+def test_every_backend_table_maps_each_canonical_layer_once():
+    names = [layer.name for layer in canonical.INCEPTION_V3]
+    assert len(names) == len(set(names)) == 94
+    for b in BACKENDS:
+        table = backend_info(b).entry("inception_v3").canonical
+        assert list(table) == names, b
+        assert len(set(table.values())) == 94, b
+    assert list(backend_info("keras").entry("inception_v3").canonical.values()) == list(range(94))
+    slim = backend_info("slim").entry("inception_v3").canonical
+    assert slim["Mixed_5c/branch5x5_2"] == "InceptionV3/Mixed_5c/Branch_1/Conv_1_0c_5x5"
+    assert slim["Mixed_7b/branch3x3_2b"] == "InceptionV3/Mixed_7b/Branch_1/Conv2d_0b_3x1"
+    assert slim["Mixed_7c/branch3x3_2b"] == "InceptionV3/Mixed_7c/Branch_1/Conv2d_0c_3x1"
+    # Keras' trainable InceptionV3 backbone (no top): kernels + BN betas
+    assert canonical.backbone_parameter_count("inception_v3") == 21_768_352
+
+
+def test_digest_is_over_values_in_canonical_order(weights):
+    d = canonical.digest("inception_v3", weights)
+    assert d == canonical.digest("inception_v3", dict(reversed(list(weights.items()))))
+    changed = dict(weights)
+    changed["Mixed_7c/branch_pool/beta"] = weights["Mixed_7c/branch_pool/beta"].copy()
+    changed["Mixed_7c/branch_pool/beta"][0] += 1e-6
+    assert canonical.digest("inception_v3", changed) != d
+    del changed["head/kernel"], changed["head/bias"]
+    assert canonical.digest("inception_v3", changed) != d
+
+
+def test_check_names_the_first_tensor_that_does_not_map(weights):
+    bad = dict(weights)
+    bad["Mixed_6a/branch3x3/kernel"] = bad["Mixed_6a/branch3x3/kernel"][:, :, :, :10]
+    with pytest.raises(canonical.ConversionError, match=r"^canonical tensor Mixed_6a/branch3x3/kernel "
+                                                        r"has shape \[3, 3, 288, 10\]"):
+        canonical.check("inception_v3", bad, SPEC.feature_dim)
+
+
+def test_detect_format_by_suffix_and_files(tmp_path):
+    (tmp_path / "m.ckpt.index").write_text("")
+    assert [conversion.detect_format(p) for p in (
+        "a.pt", "a.weights.h5", tmp_path / "m.ckpt", tmp_path / "m.ckpt.index", "w.npz",
+        "x.h5")] == ["pytorch", "keras", "slim", "slim", "canonical", None]
+
+
+def test_resnet50_conversion_is_refused_in_one_line(tmp_path, capsys):
+    (tmp_path / "r.pt").write_bytes(b"")
+    code = cli.main(["weights", "convert", "--model", "resnet50", "--from", "pytorch", "--to", "keras",
+                     "--input", str(tmp_path / "r.pt"), "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("bench: error: resnet50 is not one")
+    assert "v1.5" in err and "stride" in err
+
+
+def test_resnet50_is_three_architectures():
+    """Why resnet50 does not convert: where each framework puts the stride of a stage."""
+    for b in BACKENDS:
+        require_backend(b)
+    import keras
+    import tensorflow as tf
+    import torchvision
+
+    torch_net = torchvision.models.resnet50(weights=None)
+    first = torch_net.layer2[0]  # v1.5: the 3x3 convolution strides
+    assert (first.conv1.stride, first.conv2.stride, first.conv1.bias) == ((1, 1), (2, 2), None)
+    keras_net = keras.applications.ResNet50(weights=None, include_top=False, input_shape=(32, 32, 3))
+    conv = keras_net.get_layer("conv3_block1_1_conv")  # v1: the first 1x1 strides, with a bias
+    assert (conv.strides, conv.use_bias) == ((2, 2), True)
+    from backends.slim.model import resnet_v1_50
+
+    graph = tf.Graph()
+    with graph.as_default():
+        resnet_v1_50(tf.compat.v1.placeholder(tf.float32, [1, 32, 32, 3]), 5, 0, False, False)
+    strides = {unit: graph.get_operation_by_name(
+        f"resnet_v1_50/block1/{unit}/bottleneck_v1/conv2/Conv2D").get_attr("strides")
+        for unit in ("unit_1", "unit_3")}  # slim: the *last* unit of a block strides
+    assert strides == {"unit_1": [1, 1, 1, 1], "unit_3": [1, 2, 2, 1]}
+
+
+# ------------------------------------------------------------ round trips
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_round_trip_is_exact(backend, weights, tmp_path):
+    require_backend(backend)
+    convert = conversion.converter(backend)
+    native = convert.write_canonical("inception_v3", weights, tmp_path / "w")
+    assert conversion.detect_format(native) == backend
+    back, meta = convert.read_canonical("inception_v3", native)
+    assert _equal(weights, back) and meta["dropped"] == []
+
+
+def test_torch_gamma_other_than_one_is_refused_naming_the_tensor(weights, tmp_path):
+    require_backend("pytorch")
+    import torch
+
+    from backends.pytorch import convert
+
+    file = convert.write_canonical("inception_v3", weights, tmp_path / "w")
+    ckpt = torch.load(file, weights_only=True)
+    ckpt["model"]["Mixed_6b.branch7x7_2.bn.weight"][3] = 1.5
+    torch.save(ckpt, file)
+    with pytest.raises(canonical.ConversionError) as err:
+        convert.read_canonical("inception_v3", file)
+    assert "Mixed_6b.branch7x7_2.bn.weight (a BatchNorm gamma) is not 1" in str(err.value)
+    assert "\n" not in str(err.value)
+    ckpt["model"]["Mixed_6b.branch7x7_2.bn.weight"][3] = 1.0
+    ckpt["model"]["Mixed_5b.extra.weight"] = torch.zeros(3)
+    torch.save(ckpt, file)
+    with pytest.raises(canonical.ConversionError, match="Mixed_5b.extra.weight does not map"):
+        convert.read_canonical("inception_v3", file)
+
+
+def test_keras_and_slim_models_have_the_canonical_backbone(weights, tmp_path):
+    """Same trainable count as torch's aligned model (test_parity), BN epsilon 1e-3."""
+    require_backend("keras")
+    import keras
+
+    from backends.keras.catalog import MODELS
+    from backends.keras.model import build_model
+
+    km = build_model(SPEC, MODELS["inception_v3"], 5, 75)
+    base = km.layers[:km.num_base_layers]
+    assert sum(int(np.prod(v.shape)) for l in base for v in l.trainable_weights) == \
+        canonical.backbone_parameter_count("inception_v3")
+    assert {l.epsilon for l in base if isinstance(l, keras.layers.BatchNormalization)} == {1e-3}
+    require_backend("slim")
+    from backends.slim import convert as slim_convert
+
+    graph, _, _ = slim_convert._graph_with_model("inception_v3", 5, 0, 75)
+    variables = [v for v in graph.get_collection("trainable_variables")
+                 if not v.op.name.startswith("InceptionV3/Logits")]
+    assert sum(int(np.prod(v.shape.as_list())) for v in variables) == \
+        canonical.backbone_parameter_count("inception_v3")
+    eps = {op.get_attr("epsilon") for op in graph.get_operations() if op.type == "FusedBatchNormV3"}
+    assert eps and all(abs(e - 1e-3) < 1e-9 for e in eps)
+
+
+def test_bench_weights_convert_reads_in_a_child_and_keeps_the_digest(weights, tmp_path, capsys):
+    """``bench weights convert`` reads the source framework's file in its own child process
+    (here pytorch -> canonical; the writers are exercised by the round trips and parity)."""
+    require_backend("pytorch")
+    from backends.pytorch import convert as torch_convert
+
+    src = torch_convert.write_canonical("inception_v3", weights, tmp_path / "source")
+    code = cli.main(["weights", "convert", "--model", "inception_v3", "--from", "pytorch", "--to",
+                     "canonical", "--input", str(src), "--output", str(tmp_path / "w.npz")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert f"(digest {canonical.digest('inception_v3', weights)})" in out
+    back, meta = canonical.load(tmp_path / "w.npz")
+    assert _equal(weights, back) and meta["source_backend"] == "pytorch"
+    code = cli.main(["weights", "convert", "--from", "keras", "--to", "slim", "--input", str(src),
+                     "--output", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "is a pytorch checkpoint" in err
+
+
+# ------------------------------------------------------------ one source model
+
+def test_every_backend_starts_from_the_one_source_model(tiny_quads, tmp_path):
+    """The source model is pretrained once in pytorch (the first installed; in a child
+    process for a keras run), converted to keras, and every run records the same digest;
+    the pytorch run finds the cache. (slim's writer: test_round_trip_is_exact.)"""
+    for b in ("pytorch", "keras"):
+        require_backend(b)
+    infos = {}
+    for b in ("keras", "pytorch"):
+        config = tiny_config(b, "head", tiny_quads, tmp_path / b, weights="source")
+        config = dataclasses.replace(config, pretrain=PretrainConfig(epochs=1, images_per_class=3,
+                                                                     batch_size=8))
+        split = driver.prepare_split(config)
+        request, infos[b] = driver.resolve_weights(config, split, 75)
+        assert conversion.detect_format(request.path) == b
+    digests = {info["digest"] for info in infos.values()}
+    assert len(digests) == 1 and None not in digests
+    assert {info["source_backend"] for info in infos.values()} == {"pytorch"}
+    assert infos["pytorch"]["converted_from"] is None
+    assert infos["keras"]["converted_from"] == infos["pytorch"]["checkpoint"]
+    assert [infos[b]["cached"] for b in ("keras", "pytorch")] == [False, True]
+    assert infos["pytorch"]["alignment"]["mode"] == "suite"
+    assert len(infos["pytorch"]["alignment"]["changes"]) == 2 and infos["keras"]["alignment"]["changes"] == []
+    cache = conversion.Path(infos["pytorch"]["checkpoint"]).parent.parent
+    meta = json.loads((cache / "source.json").read_text())
+    digest = digests.pop()
+    assert meta["digest"] == digest and not meta["checkpoint"].startswith("/")
+    # --weights PATH: another format is converted (cached), this backend's own is used as is
+    for b, path in (("keras", cache / "canonical.npz"), ("pytorch", infos["pytorch"]["checkpoint"])):
+        config = tiny_config(b, "head", tiny_quads, tmp_path / b, weights=str(path))
+        request, info = driver.resolve_weights(config, driver.prepare_split(config), 75)
+        assert info["digest"] == digest and conversion.detect_format(request.path) == b
+        assert info["converted_from"] == (str(path) if b == "keras" else None)
