@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -690,16 +691,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
-    from benchmarks.parity import markdown, run_parity
+    from benchmarks.parity import check_parity_request, markdown, run_parity
 
     if args.model not in MODELS:
         raise UsageError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
     size = args.image_size or MODELS[args.model].min_size
     backends = None if args.backend == "all" else parse_backends(args.backend)
+    check_parity_request(args.model, size, backends)  # before anything is written
     out = args.out or Path("results") / f"parity-{args.model}-{size}px-{args.alignment}"
     _writable_dir(out)
     report = run_parity(args.model, size, out, backends=backends, weights=args.weights,
-                        alignment=args.alignment, seed=args.seed)
+                        alignment=args.alignment, seed=args.seed,
+                        command=shlex.join(["bench", *args.argv]))
     print(markdown(report))
     print(f"written: {out / 'parity.json'}, {out / 'parity.md'}")
     return 0 if report["ok"] else 1

@@ -240,7 +240,8 @@ def _resolve_weights(config: RunConfig, split: Split, image_size: int) -> tuple[
     if weights == "imagenet":
         # each framework's own ImageNet file: not the same tensors, no canonical digest
         return (WeightsRequest("imagenet", ignore_missing_vars=ignore),
-                {"kind": "imagenet", "digest": None, "source_backend": config.backend})
+                {"kind": "imagenet", "digest": None, "source_backend": config.backend,
+                 "conversion": f"{config.backend}'s own ImageNet file, not converted"})
     if weights == "source":
         ckpt, meta = ensure_source_checkpoint(config, image_size)
         rows = {}
@@ -264,12 +265,16 @@ def path_weights(config: RunConfig, path: str) -> tuple[WeightsRequest, dict]:
     found = conversion.detect_format(path)
     info = {"kind": "path", "path": str(Path(path).resolve()), "format": found}
     if found == backend or found is None:  # this framework's own file: restored as it is
-        digest = None
+        digest, why = None, None
         if found is not None and conversion.can_convert(backend, model):
             digest = conversion.canonical_of_path(model, backend, path, in_process=True)[1]["digest"]
+        elif found is None:
+            why = "not a checkpoint format the suite converts (by its name)"
+        else:
+            why = canonical.conversion_refusal(model) or f"the {backend} backend does not convert {model}"
         return (WeightsRequest("path", path, ignore_missing_vars=ignore),
                 {**info, "digest": digest, "source_backend": backend, "converted_from": None,
-                 "checkpoint": path})
+                 "checkpoint": path, "conversion": why})
     conversion.check_convertible(model, found, backend)
     log.info(f"converting {found} checkpoint {path} to {backend}")
     npz, meta = conversion.canonical_of_path(model, found, path, in_process=False)

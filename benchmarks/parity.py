@@ -13,14 +13,21 @@ and ``parity.md``.
 ``alignment="native"`` runs every framework's own model (torchvision's
 ``count_include_pad=True`` pooling...), which measures what the suite's
 alignment (the default, as for suite-made weights) changes.
+
+Every report names the command that made it and the machine it ran on
+(CPU, cores, the framework versions), so that a measured number can be
+reproduced and compared (``benchmarks/results/parity/``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.metadata
 import itertools
 import logging
 import os
+import platform
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,13 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
-from backends.base import availability, backend_names
+from backends.base import availability, backend_info, backend_names
 from benchmarks import conversion
 from common import canonical, synthetic
 from common.data import load_dataset, load_image
 from common.models import get_model
 from common.preprocess import get_normalisation
-from common.results import write_json_atomic
+from common.results import cpu_name, write_json_atomic
 
 # The golden batch: one image of each quads class, generated deterministically.
 GOLDEN_SPEC = synthetic.SyntheticSpec("quads", images_per_class=1, image_size=96, seed=9)
@@ -77,9 +84,35 @@ def pairwise_max_abs(outputs: dict[str, dict[str, np.ndarray]], blocks: list[str
     return table
 
 
-def run_parity(model: str, image_size: int, out_dir: Path, *, backends: list[str] | None = None,
-               weights: str = "random", alignment: str = "suite", seed: int = 0) -> dict:
-    """Run parity and write ``parity.json`` / ``parity.md`` in ``out_dir``; returns the report."""
+def backend_block_outputs(name: str, model: str, tensors: dict[str, np.ndarray],
+                          images: np.ndarray, alignment: str = "suite") -> dict[str, np.ndarray]:
+    """``backends/<name>/parity.block_outputs`` in this process (which then holds that
+    framework): every canonical block's output and the logits of the model holding
+    ``tensors``."""
+    info = backend_info(name)
+    info.apply_environment()
+    module = importlib.import_module(f"{info.converter.rsplit('.', 1)[0]}.parity")
+    return module.block_outputs(model, tensors, images, aligned=alignment == "suite")
+
+
+def machine() -> dict:
+    """Where a parity report was measured: CPU, cores, OS, Python and framework versions
+    (read from the installed distributions, without importing a framework)."""
+    versions = {"python": platform.python_version()}
+    for dist in ("numpy", "torch", "torchvision", "keras", "tensorflow", "tf-keras", "tf-slim"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "os": platform.platform(),
+            "versions": versions}
+
+
+def check_parity_request(model: str, image_size: int,
+                         backends: list[str] | None = None) -> tuple[list[str], dict]:
+    """The backends parity runs on, and why the others cannot; a ``ConversionError``
+    (one line) when ``model`` does not convert, ``image_size`` is below its minimum or
+    fewer than two backends can run it."""
     reason = canonical.conversion_refusal(model)
     if reason:
         raise canonical.ConversionError(reason)
@@ -92,6 +125,21 @@ def run_parity(model: str, image_size: int, out_dir: Path, *, backends: list[str
         raise canonical.ConversionError(f"parity needs two backends that convert {model}; "
                                         f"available: {', '.join(names) or 'none'} "
                                         f"({'; '.join(f'{k}: {v}' for k, v in skipped.items())})")
+    return names, skipped
+
+
+def run_parity(model: str, image_size: int, out_dir: Path, *, backends: list[str] | None = None,
+               weights: str = "random", alignment: str = "suite", seed: int = 0,
+               command: str | None = None, in_process: bool = False) -> dict:
+    """Run parity and write ``parity.json`` / ``parity.md`` in ``out_dir``; returns the report.
+
+    Each backend runs in a child process of its own (``benchmarks.weights_worker
+    outputs``), the way ``bench parity`` runs; ``in_process=True`` computes every
+    backend here instead, for a caller that already holds every framework (the tests:
+    pytest imports torch before TensorFlow). ``command`` is recorded in the report.
+    """
+    spec = get_model(model)
+    names, skipped = check_parity_request(model, image_size, backends)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -108,11 +156,11 @@ def run_parity(model: str, image_size: int, out_dir: Path, *, backends: list[str
                 raise canonical.ConversionError(f"--weights {weights!r} is not a checkpoint "
                                                 f"(.pt, .weights.h5, a TF prefix or a canonical .npz)")
             conversion.check_convertible(model, found)
-            meta = conversion.to_canonical(found, model, weights, npz)
+            meta = conversion.to_canonical(found, model, weights, npz, in_process=in_process)
         images, files = golden_batch(model, image_size)
         np.savez(tmp / "images.npz", images=images)
 
-        def backend_outputs(name: str) -> dict[str, np.ndarray]:
+        def child_outputs(name: str) -> dict[str, np.ndarray]:
             out = tmp / f"{name}.npz"
             conversion.run_weights_worker(["outputs", "--backend", name, "--model", model,
                                            "--weights", npz, "--images", tmp / "images.npz",
@@ -120,14 +168,23 @@ def run_parity(model: str, image_size: int, out_dir: Path, *, backends: list[str
             with np.load(out) as f:
                 return {k: f[k] for k in f.files}
 
-        log.info(f"parity: {', '.join(names)} ({alignment} alignment), one child process each ...")
-        # the children are independent: run as many at once as there are cores
-        with ThreadPoolExecutor(max_workers=max(1, min(len(names), os.cpu_count() or 1))) as pool:
-            outputs = dict(zip(names, pool.map(backend_outputs, names)))
+        if in_process:
+            log.info(f"parity: {', '.join(names)} ({alignment} alignment), in this process ...")
+            tensors, _ = canonical.load(npz)
+            outputs = {name: backend_block_outputs(name, model, tensors, images, alignment)
+                       for name in names}
+        else:
+            log.info(f"parity: {', '.join(names)} ({alignment} alignment), one child process "
+                     f"each ...")
+            # the children are independent: run as many at once as there are cores
+            with ThreadPoolExecutor(max_workers=max(1, min(len(names), os.cpu_count() or 1))) as pool:
+                outputs = dict(zip(names, pool.map(child_outputs, names)))
     blocks = [*spec.blocks, LOGITS]
     pairs = pairwise_max_abs(outputs, blocks)
     first = outputs[names[0]]
     report = {
+        "command": command, "machine": machine(),
+        "processes": "this process" if in_process else "one child process per backend",
         "model": model, "image_size": image_size, "alignment": alignment, "precision": "fp32",
         "mode": "eval", "backends": names, "skipped": skipped,
         "weights": {"kind": "random" if weights == "random" else "path", "seed": seed,
@@ -157,6 +214,9 @@ def markdown(report: dict) -> str:
              f"fp32, {report['images']['count']} golden images, weights {report['weights']['kind']} "
              f"(digest {report['weights']['digest'][:16]}). Target: logits <= "
              f"{report['target']:g} for every pair.", "",
+             f"Command: `{report.get('command') or 'benchmarks.parity.run_parity'}` "
+             f"({report.get('processes', 'one child process per backend')}). Machine: "
+             f"{_machine_text(report.get('machine'))}.", "",
              "| block | shape | max abs value | " + " | ".join(pairs) + " |",
              "|---|---|---|" + "---|" * len(pairs)]
     for block in report["blocks"]:
@@ -168,3 +228,10 @@ def markdown(report: dict) -> str:
     for name, why in report["skipped"].items():
         lines.append(f"Skipped {name}: {why}.")
     return "\n".join(lines) + "\n"
+
+
+def _machine_text(machine: dict | None) -> str:
+    if not machine:
+        return "not recorded"
+    versions = ", ".join(f"{k} {v}" for k, v in machine.get("versions", {}).items())
+    return f"{machine.get('cpu')}, {machine.get('cores')} cores, {machine.get('os')}; {versions}"

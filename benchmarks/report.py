@@ -174,15 +174,27 @@ def condition_line(cond: dict) -> str:
 def starting_weights(df: pd.DataFrame) -> list[dict]:
     """Per recipe with finished runs: ``random`` (every run started from random weights), ``known`` (a record
     per backend and weights digest: backend, weights_digest, weights_kind, weights_source), ``missing`` (the
-    backends that recorded no digest) and ``differ`` (the backends started from different weights)."""
+    backends that recorded no digest), ``unproven`` (a record per backend without a digest, with
+    weights_conversion: why there is none) and ``differ`` (the backends did not start from the same weights).
+
+    Weights are told apart by their digest; a run without one is told apart by who made its weights (the
+    kind and the source backend): two backends that each pretrained their own source model, or each loaded
+    their framework's own ImageNet file, started from different weights even where no digest says so."""
     out = []
     for recipe, g in df[df.status == "ok"].groupby("recipe", sort=False):
         runs = g.drop_duplicates(["backend", "weights_digest"])
         known = runs[runs.weights_digest.notna()]
+        trained = runs[runs.weights_kind != "none"]
+        identities = {d if isinstance(d, str) else (k, s) for d, k, s in
+                      zip(trained.weights_digest, trained.weights_kind, trained.weights_source)
+                      if isinstance(d, str) or s is not None}
+        unproven = trained[trained.weights_digest.isna()]
         out.append({"recipe": recipe, "random": set(runs.weights_kind) == {"none"},
                     "known": stats.records(known[["backend", "weights_digest", "weights_kind", "weights_source"]]),
                     "missing": _unique(runs.backend[runs.weights_digest.isna()]),
-                    "differ": known.weights_digest.nunique() > 1})
+                    "unproven": stats.records(unproven[["backend", "weights_kind", "weights_source",
+                                                        "weights_conversion"]].drop_duplicates("backend")),
+                    "differ": len(identities) > 1})
     return out
 
 

@@ -119,6 +119,7 @@ def _run_row(r: Result) -> dict:
            "weights_kind": lookup(r, ("weights", "kind")) or lookup(config, ("model", "weights")),
            "weights_digest": lookup(r, ("weights", "digest")),
            "weights_source": lookup(r, ("weights", "source_backend")),
+           "weights_conversion": lookup(r, ("weights", "conversion")),
            "phases": f"{r.recipe}: {_phases_text(lookup(config, ('recipe', 'phases')))}",
            "versions": f"{r.backend}: " + ", ".join(f"{k} {v}" for k, v in sorted((r.versions or {}).items())),
            "device": f"{r.backend}: {device_text(r.device)}", "correct": _correct(r), "result": r}

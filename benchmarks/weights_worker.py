@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backends.base import BackendError, backend_info
+from backends.base import BackendError
 from benchmarks.console import PROGRESS_MARK, configure_console
 from common import canonical
 from common.data import DataError
@@ -56,15 +56,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _module(backend: str, name: str):
-    """``backends.<backend>.<name>`` with the backend's environment set first."""
-    import importlib
-
-    info = backend_info(backend)
-    info.apply_environment()
-    return importlib.import_module(f"{info.converter.rsplit('.', 1)[0]}.{name}")
-
-
 def run(args: argparse.Namespace) -> dict:
     from benchmarks import conversion
 
@@ -77,10 +68,11 @@ def run(args: argparse.Namespace) -> dict:
                                         in_process=True)
         return {"output": str(out)}
     if args.command == "outputs":
+        from benchmarks.parity import backend_block_outputs
+
         images = np.load(args.images)["images"]
         tensors, _ = canonical.load(Path(args.weights))
-        outputs = _module(args.backend, "parity").block_outputs(
-            args.model, tensors, images, aligned=args.alignment == "suite")
+        outputs = backend_block_outputs(args.backend, args.model, tensors, images, args.alignment)
         np.savez(args.output, **{k: np.asarray(v, np.float32) for k, v in outputs.items()})
         return {"blocks": list(outputs)}
     if args.command == "pretrain":

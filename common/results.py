@@ -125,7 +125,7 @@ class WeightsInfo(Record):
     converted_from: str | None = None  # the other backend's checkpoint they were converted from
     checkpoint: str | None = None      # the native checkpoint this run restored
     alignment: dict | None = None      # {mode: suite | native, changes: [...]}: see ModelEntry.alignment
-    conversion: str | None = None      # why there is no digest (a model that does not convert)
+    conversion: str | None = None      # why there is no digest (a model that does not convert...)
 
 
 @dataclass

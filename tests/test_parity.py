@@ -1,7 +1,8 @@
 """Parity: the same weights and images give the same numbers in every backend.
 
 * ``bench parity`` at 75 px: every canonical block and the logits within 1e-4 for every
-  pair of backends, each backend in its own child process;
+  pair of backends (computed in this process, which holds every framework; the command
+  itself, one child process per backend, is the slow test, ``pytest -m slow``);
 * the two places where torchvision's Inception3 differs from Keras' and slim's, and the
   suite's alignment of each (README "Framework differences");
 * pixel parity: every backend's eval-mode input for the same file is the same array,
@@ -31,7 +32,7 @@ SPEC = get_model("inception_v3")
 def test_bench_parity_at_75px_every_block_of_every_pair_within_1e_4(tmp_path):
     for b in ("pytorch", "keras", "slim"):
         require_backend(b)
-    report = run_parity("inception_v3", 75, tmp_path, weights="random")
+    report = run_parity("inception_v3", 75, tmp_path, weights="random", in_process=True)
     assert report["backends"] == ["pytorch", "keras", "slim"] and report["alignment"] == "suite"
     assert list(report["max_abs_diff"]) == ["pytorch-keras", "pytorch-slim", "keras-slim"]
     for pair, blocks in report["max_abs_diff"].items():
@@ -43,6 +44,36 @@ def test_bench_parity_at_75px_every_block_of_every_pair_within_1e_4(tmp_path):
     assert json.loads((tmp_path / "parity.json").read_text())["weights"]["digest"] == \
         report["weights"]["digest"]
     assert "| Mixed_5b |" in (tmp_path / "parity.md").read_text()
+
+
+@pytest.mark.slow
+def test_bench_parity_command_runs_each_backend_in_a_child_and_names_command_and_machine(tmp_path,
+                                                                                         capsys):
+    """``bench parity``: one child process per backend; the report names its command and
+    the machine. Slow (three framework imports): ``pytest -m slow tests/test_parity.py``."""
+    for b in ("pytorch", "keras", "slim"):
+        require_backend(b)
+    from benchmarks import cli
+
+    assert cli.main(["parity", "--model", "inception_v3", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Logits: max" in out and "within the target" in out
+    report = json.loads((tmp_path / "parity.json").read_text())
+    assert report["command"] == f"bench parity --model inception_v3 --out {tmp_path}"
+    assert report["processes"] == "one child process per backend" and report["ok"]
+    assert report["machine"]["cores"] and "torch" in report["machine"]["versions"]
+    assert f"Command: `bench parity --model inception_v3 --out {tmp_path}`" in \
+        (tmp_path / "parity.md").read_text()
+
+
+def test_bench_parity_refuses_resnet50_and_a_size_below_the_minimum_in_one_line(capsys):
+    from benchmarks import cli
+
+    assert cli.main(["parity", "--model", "resnet50"]) == 2
+    assert capsys.readouterr().err.startswith("bench: error: resnet50 is not one architecture")
+    assert cli.main(["parity", "--model", "inception_v3", "--image-size", "64"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "below inception_v3's minimum 75 px" in err
 
 
 # ------------------------------------------------------------ torch alignment

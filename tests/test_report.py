@@ -117,7 +117,9 @@ def test_report_has_every_section_table_and_plot(sweep, tmp_path):
                   "Per-class test accuracy (mean", "Test confusion matrices", "Trainable parameters per phase"):
         assert f"<figcaption><strong>{title}" in page
     assert not re.search(r'(src|href)="(https?:)?//', page) and "<script" not in page and "<link" not in page
-    assert "WARNING" not in md  # one split, one model, no digests that differ
+    # one split, one model; fake and fakeb each pretrained their own source model
+    assert [w.split(":")[1] for w in re.findall(r"^> \*\*WARNING: .*$", md, re.M)] == \
+        [" DIFFERENT STARTING WEIGHTS on `head`", " DIFFERENT STARTING WEIGHTS on `two_phase`"]
     assert "### Environment and versions per backend" in section(md, "Conditions")
     assert "5: kite, parallelogram, rectangle, square, trapezoid" in section(md, "Conditions")
 
@@ -300,15 +302,38 @@ def test_different_digests_are_a_loud_warning_naming_backends_kind_and_source(sw
                "from fake); fakeb: `bbbbbbbbbbbbbbbb` (source, from fakeb))**")
     assert md.startswith("# ") and warning in md.split("## Conditions")[0]
     assert "DIFFERENT STARTING WEIGHTS on `head`" in section(md, "Starting weights")
-    assert (f"- `two_phase`: fake started from the same weights, digest `{'cc' * 32}` (source); no digest recorded "
-            f"for fakeb") in section(md, "Starting weights")
+    # fakeb's two_phase runs keep what the driver wrote: no digest, fakeb's own source model
+    assert ("> **WARNING: DIFFERENT STARTING WEIGHTS on `two_phase`: the backends did not start from the same "
+            "weights, so their accuracies compare starting points as well as frameworks (fake: `cccccccccccccccc` "
+            "(source, from fake); fakeb: no digest (source, from fakeb: the fakeb backend does not convert "
+            "inception_v3))**") in md.split("## Conditions")[0]
     page = (run_dir / "report.html").read_text()
     assert '<div class="warn">WARNING: DIFFERENT STARTING WEIGHTS on <code>head</code>' in page
 
 
-def test_results_without_a_digest_say_so(sweep):
+def test_backends_that_each_pretrained_their_own_source_are_a_loud_warning_saying_why(sweep):
+    """The driver's own result files: fake and fakeb have no conversion table, so each
+    pretrained its own source model and recorded no digest, and why."""
+    weights = json.loads((sweep / "fakeb-head-s0" / "result.json").read_text())["weights"]
+    assert weights["digest"] is None and weights["source_backend"] == "fakeb"
+    assert weights["conversion"] == "the fakeb backend does not convert inception_v3"
+    assert weights["alignment"] == {"mode": "suite", "changes": []} and weights["converted_from"] is None
     md = md_report(copy_run(sweep, sweep.parent / "nodigest"))
-    assert "- `head`: no digest recorded for fake, fakeb" in section(md, "Starting weights")
+    warning = ("> **WARNING: DIFFERENT STARTING WEIGHTS on `head`: the backends did not start from the same "
+               "weights, so their accuracies compare starting points as well as frameworks (fake: no digest "
+               "(source, from fake: the fake backend does not convert inception_v3); fakeb: no digest (source, "
+               "from fakeb: the fakeb backend does not convert inception_v3))**")
+    assert warning in md.split("## Conditions")[0]
+    assert "- `scratch`: random initialisation in every backend" in section(md, "Starting weights")
+
+
+def test_one_backend_without_a_digest_says_so(sweep, tmp_path):
+    run_dir = copy_run(sweep, tmp_path / "one")
+    for p in run_dir.glob("fakeb-*"):
+        shutil.rmtree(p)
+    md = md_report(run_dir)
+    assert "- `head`: no digest recorded for fake" in section(md, "Starting weights")
+    assert "WARNING" not in md
 
 
 # ------------------------------------------------- unreadable and older results
@@ -383,12 +408,12 @@ def test_a_schema_1_result_is_read_and_its_missing_fields_are_named(sweep, tmp_p
 
 def test_schema_keeps_unknown_keys_and_names_a_field_of_the_wrong_type(sweep, tmp_path):
     raw = json.loads((sweep / "fake-head-s0" / "result.json").read_text())
-    raw["weights"].update(digest="ab" * 32, source_backend="fake", converted_from={"backend": "keras"})
+    raw["weights"].update(digest="ab" * 32, source_backend="fake", fetched_by={"tool": "keras"})
     raw["throughput"]["phase"]["variant"] = "jax"
     raw["times"]["attempts"] = [{"total_seconds": 1.5}]
     raw["keras_backend"] = "jax"
     r = Result.parse(raw)
-    assert r.weights.digest == "ab" * 32 and r.weights.extra["converted_from"] == {"backend": "keras"}
+    assert r.weights.digest == "ab" * 32 and r.weights.extra["fetched_by"] == {"tool": "keras"}
     assert r.times.extra == {"attempts": [{"total_seconds": 1.5}]} and r.extra["keras_backend"] == "jax"
     write_result(tmp_path / "result.json", r)
     again = json.loads((tmp_path / "result.json").read_text())
