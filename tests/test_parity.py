@@ -78,22 +78,26 @@ def test_bench_parity_refuses_resnet50_and_a_size_below_the_minimum_in_one_line(
 
 # ------------------------------------------------------------ torch alignment
 
-def _torch_inception(aligned: bool):
+@pytest.fixture(scope="module")
+def torch_inception():
+    """``{aligned: model}``: the suite's aligned torch InceptionV3 and torchvision's own, in
+    eval mode (weights left at PyTorch's layer defaults: these tests look at structure)."""
+    require_backend("pytorch")
     from backends.pytorch.catalog import MODELS
     from backends.pytorch.model import build_model
 
-    return build_model(SPEC, MODELS["inception_v3"], 5, aligned=aligned).eval()
+    return {aligned: build_model(SPEC, MODELS["inception_v3"], 5, aligned=aligned,
+                                 init_weights=False).eval() for aligned in (True, False)}
 
 
-def test_torch_branch_pool_excludes_the_padding_like_tensorflow_same_pooling():
+def test_torch_branch_pool_excludes_the_padding_like_tensorflow_same_pooling(torch_inception):
     """torchvision's F.avg_pool2d counts the zero padding (a corner of a constant map
     averages to 4/9 of it); Keras and slim SAME pooling do not. The aligned model matches TF."""
-    require_backend("pytorch")
     import torch
 
     pooled = {}
     for aligned in (True, False):
-        net = _torch_inception(aligned)
+        net = torch_inception[aligned]
         for block in ("Mixed_5b", "Mixed_6b", "Mixed_7b"):
             module = getattr(net, block)
             handle = module.branch_pool.register_forward_pre_hook(
@@ -107,11 +111,10 @@ def test_torch_branch_pool_excludes_the_padding_like_tensorflow_same_pooling():
         assert float(pooled[False, block][0, 0, 2, 2]) == 1
 
 
-def test_torch_batchnorm_gamma_is_fixed_at_one_so_counts_match_keras_and_slim():
+def test_torch_batchnorm_gamma_is_fixed_at_one_so_counts_match_keras_and_slim(torch_inception):
     """Keras and slim InceptionV3 BatchNorm has no gamma (scale=False); torchvision's has.
     The aligned model's gamma is a constant 1 (not a parameter): its backbone has the
     canonical (Keras, slim) trainable count, and a state with another gamma is refused."""
-    require_backend("pytorch")
     import torch
     from torch import nn
 
@@ -120,7 +123,7 @@ def test_torch_batchnorm_gamma_is_fixed_at_one_so_counts_match_keras_and_slim():
 
     counts = {}
     for aligned in (True, False):
-        net = _torch_inception(aligned)
+        net = torch_inception[aligned]
         bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
         assert len(bns) == 94 and {m.eps for m in bns} == {1e-3}  # as Keras' and slim's
         params = {id(p) for p in net.parameters()}
@@ -128,9 +131,9 @@ def test_torch_batchnorm_gamma_is_fixed_at_one_so_counts_match_keras_and_slim():
         counts[aligned] = sum(p.numel() for n, p in net.named_parameters() if not n.startswith("fc."))
     assert counts[True] == canonical.backbone_parameter_count("inception_v3") == 21_768_352
     assert counts[False] - counts[True] == sum(l.kernel[-1] for l in canonical.INCEPTION_V3)
-    aligned = _torch_inception(True)
+    aligned = torch_inception[True]
     assert all(torch.all(m.weight == 1) for m in aligned.modules() if isinstance(m, nn.BatchNorm2d))
-    state = _torch_inception(False).state_dict()
+    state = {k: v.clone() for k, v in torch_inception[False].state_dict().items()}
     state["Conv2d_4a_3x3.bn.weight"][0] = 0.5
     with pytest.raises(BackendError, match=r"Conv2d_4a_3x3.bn.weight \(a BatchNorm gamma\) is not 1"):
         restore_excluding_head(aligned, MODELS["inception_v3"], state, "a torchvision state")

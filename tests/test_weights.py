@@ -17,7 +17,7 @@ import pytest
 from conftest import require_backend, tiny_config
 
 from backends.base import backend_info
-from benchmarks import cli, conversion, driver
+from benchmarks import cli, conversion, driver, report
 from common import canonical
 from common.config import PretrainConfig
 from common.models import get_model
@@ -89,8 +89,10 @@ def test_resnet50_conversion_is_refused_in_one_line(tmp_path, capsys):
     assert "v1.5" in err and "stride" in err
 
 
+@pytest.mark.slow
 def test_resnet50_is_three_architectures():
-    """Why resnet50 does not convert: where each framework puts the stride of a stage."""
+    """Why resnet50 does not convert: where each framework puts the stride of a stage.
+    Slow (a ResNet-50 in each framework): ``pytest -m slow tests/test_weights.py``."""
     for b in BACKENDS:
         require_backend(b)
     import keras
@@ -116,11 +118,37 @@ def test_resnet50_is_three_architectures():
 
 # ------------------------------------------------------------ round trips
 
+@pytest.fixture(scope="module")
+def keras_model(weights):
+    """The suite's Keras InceptionV3 holding ``weights`` (``convert.model_from_canonical``)."""
+    require_backend("keras")
+    from backends.keras import convert
+
+    return convert.model_from_canonical("inception_v3", weights)
+
+
+@pytest.fixture(scope="module")
+def slim_session(weights):
+    """A session of the slim InceptionV3 graph holding ``weights``."""
+    require_backend("slim")
+    from backends.slim import convert
+
+    session, _, _ = convert.session_from_canonical("inception_v3", weights)
+    yield session
+    session.close()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_round_trip_is_exact(backend, weights, tmp_path):
+def test_round_trip_is_exact(backend, weights, tmp_path, request):
+    """canonical -> the backend's checkpoint file (through its model) -> canonical: bit-identical."""
     require_backend(backend)
     convert = conversion.converter(backend)
-    native = convert.write_canonical("inception_v3", weights, tmp_path / "w")
+    if backend == "keras":
+        native = convert.write_model(request.getfixturevalue("keras_model"), tmp_path / "w")
+    elif backend == "slim":
+        native = convert.write_session(request.getfixturevalue("slim_session"), tmp_path / "w")
+    else:
+        native = convert.write_canonical("inception_v3", weights, tmp_path / "w")
     assert conversion.detect_format(native) == backend
     back, meta = convert.read_canonical("inception_v3", native)
     assert _equal(weights, back) and meta["dropped"] == []
@@ -147,23 +175,42 @@ def test_torch_gamma_other_than_one_is_refused_naming_the_tensor(weights, tmp_pa
         convert.read_canonical("inception_v3", file)
 
 
-def test_keras_and_slim_models_have_the_canonical_backbone(weights, tmp_path):
+def test_slim_checkpoint_that_does_not_map_names_the_first_tensor_in_one_line(tmp_path):
+    require_backend("slim")
+    import tensorflow as tf
+
+    from backends.slim import convert
+
+    def checkpoint(name: str, **variables) -> str:
+        graph = tf.Graph()
+        with graph.as_default():
+            vs = [tf.compat.v1.get_variable(n, shape, initializer=tf.compat.v1.zeros_initializer())
+                  for n, shape in variables.items()]
+            with tf.compat.v1.Session(graph=graph) as session:
+                session.run(tf.compat.v1.variables_initializer(vs))
+                return tf.compat.v1.train.Saver(vs).save(session, str(tmp_path / name),
+                                                         write_meta_graph=False)
+
+    wrong = checkpoint("wrong.ckpt", **{"InceptionV3/Conv2d_1a_3x3/weights": [3, 3, 3, 16]})
+    with pytest.raises(canonical.ConversionError) as err:
+        convert.read_canonical("inception_v3", wrong)
+    assert str(err.value) == (f"slim checkpoint {wrong!r}: InceptionV3/Conv2d_1a_3x3/weights has shape "
+                              f"[3, 3, 3, 16], canonical Conv2d_1a_3x3/kernel needs [3, 3, 3, 32]")
+    other = checkpoint("other.ckpt", **{"resnet_v1_50/conv1/weights": [7, 7, 3, 64]})
+    with pytest.raises(canonical.ConversionError, match=r"has no InceptionV3/Conv2d_1a_3x3/weights "
+                                                        r"\(canonical Conv2d_1a_3x3/kernel\)$"):
+        convert.read_canonical("inception_v3", other)
+
+
+def test_keras_and_slim_models_have_the_canonical_backbone(keras_model, slim_session):
     """Same trainable count as torch's aligned model (test_parity), BN epsilon 1e-3."""
-    require_backend("keras")
     import keras
 
-    from backends.keras.catalog import MODELS
-    from backends.keras.model import build_model
-
-    km = build_model(SPEC, MODELS["inception_v3"], 5, 75)
-    base = km.layers[:km.num_base_layers]
+    base = keras_model.layers[:keras_model.num_base_layers]
     assert sum(int(np.prod(v.shape)) for l in base for v in l.trainable_weights) == \
         canonical.backbone_parameter_count("inception_v3")
     assert {l.epsilon for l in base if isinstance(l, keras.layers.BatchNormalization)} == {1e-3}
-    require_backend("slim")
-    from backends.slim import convert as slim_convert
-
-    graph, _, _ = slim_convert._graph_with_model("inception_v3", 5, 0, 75)
+    graph = slim_session.graph
     variables = [v for v in graph.get_collection("trainable_variables")
                  if not v.op.name.startswith("InceptionV3/Logits")]
     assert sum(int(np.prod(v.shape.as_list())) for v in variables) == \
@@ -194,35 +241,69 @@ def test_bench_weights_convert_reads_in_a_child_and_keeps_the_digest(weights, tm
 
 # ------------------------------------------------------------ one source model
 
-def test_every_backend_starts_from_the_one_source_model(tiny_quads, tmp_path):
-    """The source model is pretrained once in pytorch (the first installed; in a child
-    process for a keras run), converted to keras, and every run records the same digest;
-    the pytorch run finds the cache. (slim's writer: test_round_trip_is_exact.)"""
+def _source_config(backend: str, data, run_dir, recipe: str = "linear_probe"):
+    config = tiny_config(backend, recipe, data, run_dir, weights="source")
+    return dataclasses.replace(config, pretrain=PretrainConfig(epochs=1, images_per_class=3,
+                                                               batch_size=8))
+
+
+def test_every_backend_starts_from_the_one_source_model(tiny_quads, tmp_path, monkeypatch):
+    """A sweep's order: the pytorch run pretrains the source model (pytorch is the first
+    installed) and exports its canonical weights, the keras run converts them; both record
+    the one digest. --weights PATH takes another backend's file (converted, cached) or this
+    backend's own (as it is). (result.json and the report on these records:
+    test_report.py on the driver's own files, and the slow test below.)"""
     for b in ("pytorch", "keras"):
         require_backend(b)
+    monkeypatch.setenv("TRANSFER_BENCH_DATA", str(tmp_path / "cache"))  # nothing cached yet
     infos = {}
-    for b in ("keras", "pytorch"):
-        config = tiny_config(b, "head", tiny_quads, tmp_path / b, weights="source")
-        config = dataclasses.replace(config, pretrain=PretrainConfig(epochs=1, images_per_class=3,
-                                                                     batch_size=8))
-        split = driver.prepare_split(config)
-        request, infos[b] = driver.resolve_weights(config, split, 75)
+    for b in ("pytorch", "keras"):
+        config = _source_config(b, tiny_quads, tmp_path / b, recipe="head")
+        request, infos[b] = driver.resolve_weights(config, driver.prepare_split(config), 75)
         assert conversion.detect_format(request.path) == b
-    digests = {info["digest"] for info in infos.values()}
-    assert len(digests) == 1 and None not in digests
+    digest = infos["pytorch"]["digest"]
+    assert isinstance(digest, str) and len(digest) == 64 and infos["keras"]["digest"] == digest
     assert {info["source_backend"] for info in infos.values()} == {"pytorch"}
     assert infos["pytorch"]["converted_from"] is None
     assert infos["keras"]["converted_from"] == infos["pytorch"]["checkpoint"]
-    assert [infos[b]["cached"] for b in ("keras", "pytorch")] == [False, True]
-    assert infos["pytorch"]["alignment"]["mode"] == "suite"
-    assert len(infos["pytorch"]["alignment"]["changes"]) == 2 and infos["keras"]["alignment"]["changes"] == []
+    assert [infos[b]["cached"] for b in ("pytorch", "keras")] == [False, True]
+    assert infos["pytorch"]["alignment"] == {
+        "mode": "suite", "changes": list(backend_info("pytorch").entry("inception_v3").alignment)}
+    assert len(infos["pytorch"]["alignment"]["changes"]) == 2
+    assert infos["keras"]["alignment"] == {"mode": "suite", "changes": []}
     cache = conversion.Path(infos["pytorch"]["checkpoint"]).parent.parent
     meta = json.loads((cache / "source.json").read_text())
-    digest = digests.pop()
     assert meta["digest"] == digest and not meta["checkpoint"].startswith("/")
     # --weights PATH: another format is converted (cached), this backend's own is used as is
-    for b, path in (("keras", cache / "canonical.npz"), ("pytorch", infos["pytorch"]["checkpoint"])):
-        config = tiny_config(b, "head", tiny_quads, tmp_path / b, weights=str(path))
+    for path, converted in ((cache / "canonical.npz", True), (infos["pytorch"]["checkpoint"], False)):
+        config = tiny_config("pytorch", "head", tiny_quads, tmp_path / "path", weights=str(path))
         request, info = driver.resolve_weights(config, driver.prepare_split(config), 75)
-        assert info["digest"] == digest and conversion.detect_format(request.path) == b
-        assert info["converted_from"] == (str(path) if b == "keras" else None)
+        assert info["digest"] == digest and conversion.detect_format(request.path) == "pytorch"
+        assert info["converted_from"] == (str(path) if converted else None)
+        assert (request.path != str(path)) is converted
+
+
+@pytest.mark.slow
+def test_a_sweep_records_one_digest_and_the_report_says_so(tiny_quads, tmp_path, monkeypatch):
+    """Real runs: a keras run with nothing cached has the source model pretrained in pytorch
+    (the first installed) in a child process and converts it; the pytorch run finds it.
+    Both result.json files hold the one digest and the report prints it once. Slow (two
+    real runs and a pytorch child): ``pytest -m slow tests/test_weights.py``."""
+    for b in ("pytorch", "keras"):
+        require_backend(b)
+    monkeypatch.setenv("TRANSFER_BENCH_DATA", str(tmp_path / "cache"))
+    sweep = tmp_path / "sweep"
+    for b in ("keras", "pytorch"):
+        result = driver.run(_source_config(b, tiny_quads, sweep / f"{b}-linear_probe-s0"))
+        assert result["status"] == "ok", result.get("error")
+    infos = {b: json.loads((sweep / f"{b}-linear_probe-s0" / "result.json").read_text())["weights"]
+             for b in ("pytorch", "keras")}
+    digest = infos["pytorch"]["digest"]
+    assert isinstance(digest, str) and infos["keras"]["digest"] == digest
+    assert infos["keras"]["pretrained_in"] == infos["pytorch"]["source_backend"] == "pytorch"
+    assert [infos[b]["cached"] for b in ("keras", "pytorch")] == [False, True]
+    assert conversion.detect_format(infos["keras"]["checkpoint"]) == "keras"
+    md = report.write_report(sweep, plots=False)["md"].read_text()
+    assert (f"- `linear_probe`: every backend started from the same weights, digest `{digest}` "
+            f"(source, from pytorch)") in md
+    assert "WARNING" not in md

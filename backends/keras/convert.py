@@ -133,7 +133,11 @@ def write_canonical(model: str, tensors: dict[str, np.ndarray], path: Path | str
                     meta: dict | None = None) -> Path:
     """A ``.weights.h5`` of ``tensors`` as the keras backend saves it (loadable with
     ``--weights PATH``); returns the file."""
-    km = model_from_canonical(model, tensors)
+    return write_model(model_from_canonical(model, tensors), path)
+
+
+def write_model(km: KerasModel, path: Path | str) -> Path:
+    """``km``'s weights as the keras backend saves them, at ``path`` (``.weights.h5`` added)."""
     target = Path(path)
     if target.name.endswith(WEIGHTS_SUFFIX):
         target = target.with_name(target.name[:-len(WEIGHTS_SUFFIX)])

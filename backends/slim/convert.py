@@ -147,13 +147,18 @@ def write_canonical(model: str, tensors: dict[str, np.ndarray], path: Path | str
     """A TF checkpoint (prefix ``NAME.ckpt``) of ``tensors`` with the slim net's variable
     names, loadable with ``--weights PATH``; returns the prefix."""
     session, _, _ = session_from_canonical(model, tensors)
-    prefix = checkpoint_prefix(path)
     try:
-        with session.graph.as_default():
-            Path(prefix).parent.mkdir(parents=True, exist_ok=True)
-            tf.compat.v1.train.Saver(var_list=tf.compat.v1.global_variables(),
-                                     save_relative_paths=True).save(
-                session, prefix, write_meta_graph=False, write_state=False)
+        return write_session(session, path)
     finally:
         session.close()
+
+
+def write_session(session, path: Path | str) -> Path:
+    """Every variable of ``session``'s graph as a TF checkpoint, prefix ``NAME.ckpt``."""
+    prefix = checkpoint_prefix(path)
+    with session.graph.as_default():
+        Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+        tf.compat.v1.train.Saver(var_list=tf.compat.v1.global_variables(),
+                                 save_relative_paths=True).save(
+            session, prefix, write_meta_graph=False, write_state=False)
     return Path(prefix)
