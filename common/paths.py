@@ -1,9 +1,10 @@
 """Where the suite keeps what it generates and caches (framework-free).
 
 One root, ``$TRANSFER_BENCH_DATA`` or ``./data``, holds the synthetic domains
-(``synthetic/``), the source-pretrained weights (``weights/<backend>/``),
-slim's ImageNet checkpoints (``weights/imagenet/slim``) and the linear-probe
-feature cache (``features/``). Nothing else is written outside ``--out``.
+(``synthetic/``), the source-pretrained weights (``weights/source/``), users'
+checkpoints converted to another backend (``weights/converted/``), slim's
+ImageNet checkpoints (``weights/imagenet/slim``) and the linear-probe feature
+cache (``features/``). Nothing else is written outside ``--out``.
 """
 
 from __future__ import annotations
