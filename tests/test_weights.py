@@ -239,6 +239,28 @@ def test_bench_weights_convert_reads_in_a_child_and_keeps_the_digest(weights, tm
     assert code == 2 and err.count("\n") == 1 and "is a pytorch checkpoint" in err
 
 
+@pytest.mark.slow
+def test_bench_weights_convert_goes_round_the_three_frameworks_exactly(weights, tmp_path, capsys):
+    """pytorch -> keras -> slim -> pytorch with ``bench weights convert``, each side in its own
+    child process: every step prints the same digest and the last file holds the first
+    file's tensors. Slow (six children): ``pytest -m slow tests/test_weights.py``."""
+    for b in BACKENDS:
+        require_backend(b)
+    from backends.pytorch import convert as torch_convert
+
+    path = str(torch_convert.write_canonical("inception_v3", weights, tmp_path / "start"))
+    digest = canonical.digest("inception_v3", weights)
+    for source, target in (("pytorch", "keras"), ("keras", "slim"), ("slim", "pytorch")):
+        code = cli.main(["weights", "convert", "--from", source, "--to", target, "--input", path,
+                         "--output", str(tmp_path / target)])
+        out = capsys.readouterr().out
+        assert code == 0 and f"(digest {digest})" in out, out
+        path = out.split(": ", 1)[1].split(" (digest")[0]
+        assert conversion.detect_format(path) == target
+    back, _ = torch_convert.read_canonical("inception_v3", path)
+    assert _equal(weights, back)
+
+
 # ------------------------------------------------------------ one source model
 
 def _source_config(backend: str, data, run_dir, recipe: str = "linear_probe"):
