@@ -219,24 +219,29 @@ def test_keras_and_slim_models_have_the_canonical_backbone(keras_model, slim_ses
     assert eps and all(abs(e - 1e-3) < 1e-9 for e in eps)
 
 
-def test_bench_weights_convert_reads_in_a_child_and_keeps_the_digest(weights, tmp_path, capsys):
-    """``bench weights convert`` reads the source framework's file in its own child process
-    (here pytorch -> canonical; the writers are exercised by the round trips and parity)."""
-    require_backend("pytorch")
-    from backends.pytorch import convert as torch_convert
-
-    src = torch_convert.write_canonical("inception_v3", weights, tmp_path / "source")
-    code = cli.main(["weights", "convert", "--model", "inception_v3", "--from", "pytorch", "--to",
-                     "canonical", "--input", str(src), "--output", str(tmp_path / "w.npz")])
+def test_bench_weights_convert_checks_its_input_and_prints_the_digest(weights, tmp_path, capsys):
+    """The command's own checks, before any framework starts: the input's format (by its
+    name) must be the --from backend's, and it must exist; canonical -> canonical needs no
+    framework and prints the digest. (Through the frameworks' child processes:
+    test_bench_weights_convert_goes_round_the_three_frameworks_exactly, -m slow.)"""
+    canonical.save(tmp_path / "w.npz", "inception_v3", weights, {})
+    code = cli.main(["weights", "convert", "--from", "canonical", "--to", "canonical", "--input",
+                     str(tmp_path / "w.npz"), "--output", str(tmp_path / "copy.npz")])
     out = capsys.readouterr().out
-    assert code == 0, out
-    assert f"(digest {canonical.digest('inception_v3', weights)})" in out
-    back, meta = canonical.load(tmp_path / "w.npz")
-    assert _equal(weights, back) and meta["source_backend"] == "pytorch"
-    code = cli.main(["weights", "convert", "--from", "keras", "--to", "slim", "--input", str(src),
-                     "--output", str(tmp_path / "x")])
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "is a pytorch checkpoint" in err
+    assert code == 0 and f"(digest {canonical.digest('inception_v3', weights)})" in out, out
+    assert _equal(weights, canonical.load(tmp_path / "copy.npz")[0])
+    (tmp_path / "a.pt").write_bytes(b"")
+    for argv, message in (
+            (["--from", "keras", "--to", "slim", "--input", str(tmp_path / "a.pt")],
+             "is a pytorch checkpoint (by its name), not keras; pass --from pytorch"),
+            (["--from", "pytorch", "--to", "slim", "--input", str(tmp_path / "none.pt")],
+             "is not a checkpoint"),
+            (["--from", "pytorch", "--to", "tensorflow", "--input", str(tmp_path / "a.pt")],
+             "unknown backend 'tensorflow'")):
+        code = cli.main(["weights", "convert", *argv, "--output", str(tmp_path / "x")])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not list(tmp_path.glob("x*"))
 
 
 @pytest.mark.slow
