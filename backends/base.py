@@ -363,13 +363,19 @@ class Backend(abc.ABC):
             name=self.name, backend_class="", requires=(), install_hint="",
             checkpoint_suffix=self.checkpoint_suffix)
 
+    def starts_from_imagenet(self) -> bool:
+        """Whether this run starts from the framework's own ImageNet weights (``--weights
+        imagenet`` and a recipe that restores weights): it then uses that framework's own
+        model and normalisation, as the weights expect. Decided from the run's config, so a
+        finished run is rebuilt as it ran (``bench eval`` builds with no weights, then restores)."""
+        return self.config.model.weights == "imagenet" and self.config.recipe.init != "random"
+
     def preprocessing_name(self) -> str:
         """The input normalisation of this run (``common.preprocess``): what the ImageNet
         weights of this backend expect with ``--weights imagenet``, otherwise the model's own
         (suite-made weights, random init), the same in every backend."""
         spec = MODELS[self.config.model.name]
-        if (self.config.model.weights == "imagenet" and self.config.recipe.init != "random"
-                and self.info.catalog):
+        if self.starts_from_imagenet() and self.info.catalog:
             imagenet = self.info.entry(spec.name).imagenet
             if imagenet is not None:
                 return imagenet.preprocessing

@@ -143,6 +143,27 @@ def test_torch_batchnorm_gamma_is_fixed_at_one_so_counts_match_keras_and_slim(to
         restore_excluding_head(aligned, MODELS["inception_v3"], state, "a torchvision state")
 
 
+def test_a_finished_runs_torch_model_is_rebuilt_as_it_ran(tiny_quads, tmp_path):
+    """A run from torchvision's ImageNet weights trains torchvision's own Inception3; bench
+    eval / predict / export rebuild a run with no weights and restore its checkpoint, and
+    get that same model back from the run's config (a suite-made run: the aligned one)."""
+    require_backend("pytorch")
+    from backends.base import WeightsRequest, get_backend
+    from benchmarks import driver
+    from conftest import tiny_config
+
+    for weights, aligned in (("imagenet", False), ("source", True)):
+        config = tiny_config("pytorch", "head", tiny_quads, tmp_path / weights, weights=weights)
+        b = get_backend("pytorch")(config, tmp_path / weights)
+        try:
+            b.setup(driver.prepare_split(config), 75)
+            b.build(SPEC, 5, WeightsRequest("none"), 0)
+            gamma = b.model.Mixed_5b.branch_pool.bn.weight
+            assert (gamma in set(b.model.parameters())) is not aligned
+        finally:
+            b.close()
+
+
 # ------------------------------------------------------------ pixel parity
 
 @pytest.fixture(scope="module")

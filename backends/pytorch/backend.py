@@ -79,12 +79,13 @@ class PyTorchBackend(Backend):
                head_hidden_units: int) -> None:
         self.norm = get_normalisation(self.preprocessing_name())
         torch.manual_seed(self.config.train.seed)  # random init depends on the seed only
-        # torchvision's own Inception3 for its ImageNet weights; the aligned one (entry.alignment:
+        # torchvision's own Inception3 for its ImageNet weights (also when a finished run of
+        # them is rebuilt without weights to be restored); the aligned one (entry.alignment:
         # Keras' and slim's computation) for suite-made weights and random init
+        native = self.starts_from_imagenet() or weights.kind == "imagenet"
         net = model_lib.build_model(model, self.entry, num_classes, head_hidden_units,
                                     aux_logits=self.config.model.aux_logits,
-                                    image_size=self.image_size or None,
-                                    aligned=weights.kind != "imagenet")
+                                    image_size=self.image_size or None, aligned=not native)
         if weights.kind == "path":
             file = Path(weights.path or "")
             if not file.is_file() and weights_lib.checkpoint_file(file).is_file():
@@ -203,6 +204,8 @@ class PyTorchBackend(Backend):
         net = self.model
         file = weights_lib.checkpoint_file(path, self.checkpoint_suffix)
         ckpt = weights_lib.load_checkpoint(file)
+        # the aligned model's BatchNorm gamma is a constant 1: a state holding another is refused
+        weights_lib.check_fixed_gammas(net, weights_lib.model_state(ckpt), f"checkpoint {str(file)!r}")
         try:
             net.load_state_dict(weights_lib.model_state(ckpt))
         except RuntimeError as err:
