@@ -101,9 +101,11 @@ def prepare_split(config: RunConfig) -> Split:
 SOURCE_CACHE_VERSION = 2  # 2: one source model per sweep, converted to every backend
 
 
-def source_cache_dir(config: RunConfig, image_size: int, source_backend: str) -> Path:
+def source_cache_dir(config: RunConfig, image_size: int, source_backend: str | None = None) -> Path:
     """The cache folder of the source model pretrained in ``source_backend`` (shared by
-    every backend's runs that start from it)."""
+    every backend's runs that start from it); by default the one ``config``'s run starts
+    from (``conversion.source_backend``)."""
+    source_backend = source_backend or conversion.source_backend(config.model.name, config.backend)
     p = config.pretrain
     key = json.dumps({
         "backend": source_backend, "model": config.model.name, "size": image_size,
