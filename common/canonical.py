@@ -257,6 +257,18 @@ def check(model: str, tensors: Mapping[str, np.ndarray], feature_dim: int) -> No
         raise ConversionError(f"canonical tensor {extra[0]} is not part of {model}")
 
 
+def head_shape(model: str, tensors: Mapping[str, np.ndarray], feature_dim: int,
+               backend: str) -> tuple[int, int]:
+    """``(classes, hidden units)`` of checked canonical weights that must hold a head (a native
+    checkpoint of ``backend`` is a whole model); hidden units are 0 without a hidden layer."""
+    check(model, tensors, feature_dim)
+    if f"{HEAD}/kernel" not in tensors:
+        raise ConversionError(f"canonical {model} weights have no head; a {backend} checkpoint "
+                              f"needs one")
+    hidden = tensors.get(f"{HEAD_HIDDEN}/kernel")
+    return tensors[f"{HEAD}/kernel"].shape[-1], 0 if hidden is None else hidden.shape[-1]
+
+
 def digest(model: str, tensors: Mapping[str, np.ndarray]) -> str:
     """sha256 hex over the tensors in canonical order (see the module docstring)."""
     h = hashlib.sha256()

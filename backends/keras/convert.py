@@ -108,14 +108,9 @@ def model_from_canonical(model: str, tensors: dict[str, np.ndarray],
     """The suite's Keras model (input ``image_size``, default the model's minimum) holding
     ``tensors``, head included."""
     spec, entry = get_model(model), MODELS[model]
-    canonical.check(model, tensors, spec.feature_dim)
-    if f"{canonical.HEAD}/kernel" not in tensors:
-        raise canonical.ConversionError(f"canonical {model} weights have no head; a keras "
-                                        f"checkpoint needs one")
-    classes = tensors[f"{canonical.HEAD}/kernel"].shape[-1]
-    hidden = tensors.get(f"{canonical.HEAD_HIDDEN}/kernel")
+    classes, hidden = canonical.head_shape(model, tensors, spec.feature_dim, "keras")
     km = build_model(spec, entry, classes, image_size or spec.min_size,
-                     0 if hidden is None else hidden.shape[-1])
+                     hidden)
     for name, (conv, bn) in _layer_table(km, model).items():
         conv.kernel.assign(tensors[f"{name}/kernel"])
         bn.beta.assign(tensors[f"{name}/beta"])

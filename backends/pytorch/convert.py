@@ -106,13 +106,8 @@ def model_from_canonical(model: str, tensors: dict[str, np.ndarray],
     ``aligned=False`` builds torchvision's own Inception3 (``bench parity --alignment
     native``); its BatchNorm gamma is a parameter, set to 1."""
     spec, entry = get_model(model), MODELS[model]
-    canonical.check(model, tensors, spec.feature_dim)
-    if f"{canonical.HEAD}/kernel" not in tensors:
-        raise canonical.ConversionError(f"canonical {model} weights have no head; a pytorch "
-                                        f"checkpoint needs one")
-    classes = tensors[f"{canonical.HEAD}/kernel"].shape[-1]
-    hidden = tensors.get(f"{canonical.HEAD_HIDDEN}/kernel")
-    net = build_model(spec, entry, classes, 0 if hidden is None else hidden.shape[-1],
+    classes, hidden = canonical.head_shape(model, tensors, spec.feature_dim, "pytorch")
+    net = build_model(spec, entry, classes, hidden,
                       aligned=aligned, init_weights=False)
     state = net.state_dict()
 

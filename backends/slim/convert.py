@@ -111,13 +111,8 @@ def session_from_canonical(model: str, tensors: dict[str, np.ndarray],
     """``(session, images placeholder, eval tower)``: the slim net (input ``image_size``,
     default the model's minimum) in its own graph, every variable holding ``tensors``."""
     spec, entry = get_model(model), MODELS[model]
-    canonical.check(model, tensors, spec.feature_dim)
-    if f"{canonical.HEAD}/kernel" not in tensors:
-        raise canonical.ConversionError(f"canonical {model} weights have no head; a slim "
-                                        f"checkpoint needs one")
-    classes = tensors[f"{canonical.HEAD}/kernel"].shape[-1]
-    hidden = tensors.get(f"{canonical.HEAD_HIDDEN}/kernel")
-    graph, images, tower = _graph_with_model(model, classes, 0 if hidden is None else hidden.shape[-1],
+    classes, hidden = canonical.head_shape(model, tensors, spec.feature_dim, "slim")
+    graph, images, tower = _graph_with_model(model, classes, hidden,
                                              image_size or spec.min_size)
     values = {}
     for layer in canonical.layers(model):
