@@ -38,6 +38,7 @@ import numpy as np
 from common.config import Phase, RunConfig
 from common.data import SPLIT_NAMES, Split
 from common.models import HEAD, MODELS, ModelSpec
+from common.schedule import learning_rate_at
 
 
 class BackendError(RuntimeError):
@@ -143,6 +144,9 @@ class BackendInfo:
     description: str = ""
     # the deployable formats ``bench export --format`` writes (``backends/<name>/export.py``)
     export_formats: tuple[str, ...] = ()
+    # part of `--backend all` (the default sweep: one entry per framework); keras-jax and
+    # keras-torch run only when named
+    in_all: bool = True
 
     def _catalog(self):
         return importlib.import_module(self.catalog) if self.catalog else None
@@ -221,9 +225,14 @@ class BackendInfo:
 
 REGISTRY: dict[str, str] = {
     "pytorch": "backends.pytorch:INFO",
-    "keras": "backends.keras:INFO",
+    "keras": "backends.keras:INFO",          # Keras 3 on TensorFlow
+    "keras-jax": "backends.keras:INFO_JAX",
+    "keras-torch": "backends.keras:INFO_TORCH",
     "slim": "backends.slim:INFO",
 }
+
+# Other names of a registry entry: one run, one result, never counted twice.
+ALIASES: dict[str, str] = {"keras-tensorflow": "keras"}
 
 # Extra backends (a plug-in, or the tests' numpy backend) as
 # TRANSFER_BENCH_BACKENDS="name=package.module:Attribute,...", where the
@@ -239,15 +248,34 @@ _INFOS: dict[str, BackendInfo] = {}
 
 
 def backend_names() -> list[str]:
+    """Every registry entry (aliases excluded)."""
     return list(REGISTRY)
 
 
+def canonical_name(name: str) -> str:
+    """The registry entry ``name`` stands for (``keras-tensorflow`` -> ``keras``)."""
+    return ALIASES.get(name, name)
+
+
+def default_backends() -> list[str]:
+    """What ``--backend all`` runs: one entry per framework (``in_all``), in registry order."""
+    out = []
+    for name in REGISTRY:
+        try:
+            if backend_info(name).in_all:
+                out.append(name)
+        except BackendError:  # a broken plug-in is still reported (as skipped) by the sweep
+            out.append(name)
+    return out
+
+
 def unknown_backend_message(name: str) -> str:
-    return f"unknown backend {name!r}; choose one of: {', '.join(REGISTRY)}, all"
+    return f"unknown backend {name!r}; choose one of: {', '.join([*REGISTRY, *ALIASES])}, all"
 
 
 def backend_info(name: str) -> BackendInfo:
     """The descriptor of backend ``name`` (imports its light package, never its framework)."""
+    name = canonical_name(name)
     if name in _INFOS:
         return _INFOS[name]
     if name not in REGISTRY:
@@ -272,6 +300,7 @@ def backend_info(name: str) -> BackendInfo:
 
 def availability(name: str) -> str | None:
     """Reason ``name`` cannot run here (without importing its framework), or None."""
+    name = canonical_name(name)
     if name not in REGISTRY:
         return unknown_backend_message(name)
     try:
@@ -327,9 +356,9 @@ class Backend(abc.ABC):
         b.build(model, num_classes, weights, head_hidden_units)
         for phase in recipe.phases:
             report = b.apply_phase(phase, index)
-            for epoch in range(phase.epochs):
-                b.set_learning_rate(lr)       # common.schedule decides the value
-                b.fit_epoch(phase, epoch); logits = b.predict("val"); b.save(...)
+            b.fit_phase(phase, first_epoch, global_epoch, on_epoch_end)
+            # base: per epoch set_learning_rate(common.schedule) + fit_epoch + on_epoch_end,
+            # which validates (predict("val")), saves best/last and writes state.json
         b.predict("test"); b.throughput(...); b.close()
 
     Training, timing and saving need an applied phase; prediction, features,
@@ -444,6 +473,37 @@ class Backend(abc.ABC):
                                f"applied phase is {self.phase.name!r}; call apply_phase() first")
         self.pass_name = f"epoch {global_epoch} train"
         return self._fit_epoch(phase, global_epoch)
+
+    def fit_phase(self, phase: Phase, first_epoch: int, global_epoch: int,
+                  on_epoch_end: Callable[[int, float, dict], None]) -> None:
+        """Train epochs ``first_epoch .. phase.epochs - 1`` of the applied ``phase``.
+
+        ``global_epoch`` epochs of the run are finished before ``first_epoch``
+        (the first epoch trained here is global epoch ``global_epoch + 1``).
+        Each epoch uses the learning rate ``common.schedule.learning_rate_at``
+        gives; after each, ``on_epoch_end(epoch, learning_rate, stats)`` is
+        called with the 0-based epoch of the phase and ``fit_epoch``'s stats
+        (the driver validates, checkpoints and records state there, the same
+        for every backend). The base implementation loops ``set_learning_rate``
+        + ``fit_epoch``; a framework with its own training loop (Keras ``fit``)
+        overrides ``_fit_phase`` and calls ``on_epoch_end`` from it.
+        """
+        self._require("phase", "fit_phase()")
+        if phase != self.phase:
+            raise BackendError(f"{self.name}: fit_phase() for phase {phase.name!r}, but the "
+                               f"applied phase is {self.phase.name!r}; call apply_phase() first")
+        if not 0 <= first_epoch < phase.epochs:
+            raise BackendError(f"{self.name}: fit_phase() first_epoch {first_epoch} outside "
+                               f"0..{phase.epochs - 1}")
+        self._fit_phase(phase, first_epoch, global_epoch, on_epoch_end)
+
+    def _fit_phase(self, phase: Phase, first_epoch: int, global_epoch: int,
+                   on_epoch_end: Callable[[int, float, dict], None]) -> None:
+        for i, epoch in enumerate(range(first_epoch, phase.epochs)):
+            learning_rate = learning_rate_at(phase, epoch)
+            self.set_learning_rate(learning_rate)
+            stats = self.fit_epoch(phase, global_epoch + i + 1)
+            on_epoch_end(epoch, learning_rate, stats)
 
     def predict(self, subset: str) -> np.ndarray:
         """Logits ``[N, num_classes]`` for ``split.<subset>`` in split order (eval mode)."""
@@ -605,7 +665,8 @@ class Backend(abc.ABC):
     def _throughput(self, batch_size: int, precision: str, steps: int, warmup: int) -> dict: ...
 
 
-__all__ = ["Backend", "BackendError", "BackendInfo", "EXPORT_TOLERANCE", "ExportCheckFailed",
-           "ImagenetWeights", "ModelEntry",
+__all__ = ["ALIASES", "Backend", "BackendError", "BackendInfo", "EXPORT_TOLERANCE",
+           "ExportCheckFailed", "ImagenetWeights", "ModelEntry",
            "REGISTRY", "WeightsRequest", "availability", "backend_info", "backend_names",
-           "backends_with_model", "get_backend", "unknown_backend_message", "unsupported_model"]
+           "backends_with_model", "canonical_name", "default_backends", "get_backend",
+           "unknown_backend_message", "unsupported_model"]

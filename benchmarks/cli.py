@@ -17,8 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from backends.base import (BackendError, availability, backend_info, backend_names,
-                           backends_with_model, unknown_backend_message, unsupported_model)
+from backends.base import (ALIASES, BackendError, availability, backend_info, backend_names,
+                           backends_with_model, canonical_name, default_backends,
+                           unknown_backend_message, unsupported_model)
 from benchmarks.console import configure_console
 from benchmarks.runner import PlanError
 from benchmarks.saved_run import BackendProcessFailed, SavedRunError
@@ -132,7 +133,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train and evaluate (backend x recipe x seed), then report")
     run.add_argument("--backend", default="all",
-                     help="pytorch, keras, slim, all, or a comma list (default: all)")
+                     help="pytorch, keras (= keras-tensorflow), keras-jax, keras-torch, slim, all "
+                          "(pytorch, keras, slim), or a comma list (default: all)")
     run.add_argument("--recipe", type=_names, default=list(DEFAULT_RECIPES), metavar="NAME|PATH,...",
                      help=f"comma list of recipes by name or .toml path "
                           f"(default: {','.join(DEFAULT_RECIPES)})")
@@ -267,10 +269,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------- commands
 
 def parse_backends(text: str) -> list[str]:
-    names = backend_names() if text == "all" else [b.strip() for b in text.split(",") if b.strip()]
-    for b in names:
-        if b not in backend_names():
+    """Registry names for ``--backend``: ``all`` is one entry per framework (keras-jax and
+    keras-torch only when named); an alias (keras-tensorflow) is its entry, listed once."""
+    if text == "all":
+        return default_backends()
+    names: list[str] = []
+    for b in filter(None, (b.strip() for b in text.split(","))):
+        if canonical_name(b) not in backend_names():
             raise UsageError(unknown_backend_message(b))
+        if canonical_name(b) not in names:
+            names.append(canonical_name(b))
     return names
 
 
@@ -500,10 +508,12 @@ def _print_summary(run_dir: Path, results: list[dict], write: bool) -> None:
 
 
 def cmd_list(_args: argparse.Namespace) -> int:
-    print("backends:")
+    print("backends (--backend all: " + ", ".join(default_backends()) + "):")
     for name in backend_names():
         reason = availability(name)
-        print(f"  {name:8s} {'available' if reason is None else 'unavailable: ' + reason}")
+        aliases = [a for a, target in ALIASES.items() if target == name]
+        label = name + (f" (also {', '.join(aliases)})" if aliases else "")
+        print(f"  {label:30s} {'available' if reason is None else 'unavailable: ' + reason}")
     print("models:")
     for m in MODELS.values():
         print(f"  {m.name:13s} default {m.default_size}px, min {m.min_size}px, "

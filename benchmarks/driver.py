@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -35,7 +36,6 @@ from common.metrics import classification_metrics
 from common.models import get_model
 from common.paths import cache_root, disk_full_message, is_disk_full
 from common.results import SchemaError, base_result, write_json_atomic, write_result
-from common.schedule import learning_rate_at
 from common.timing import peak_rss_bytes
 
 STATE_FILE = "state.json"
@@ -142,11 +142,12 @@ def pretrain_source(config: RunConfig, image_size: int, cache: Path) -> dict:
         backend.setup(split, image_size)
         backend.build(get_model(config.model.name), split.num_classes, WeightsRequest("none"), 0)
         backend.apply_phase(phase, 0)
-        for epoch in range(phase.epochs):
-            backend.set_learning_rate(learning_rate_at(phase, epoch))
-            stats = backend.fit_epoch(phase, epoch + 1)
+
+        def pretrain_epoch_end(epoch: int, lr: float, stats: dict) -> None:
             log.info(f"  pretrain epoch {epoch + 1}/{phase.epochs}: loss {stats['loss']:.3f} "
                      f"train top1 {stats['top1']:.3f}")
+
+        backend.fit_phase(phase, 0, 0, pretrain_epoch_end)
         val = classification_metrics(backend.predict("val"), _labels(split, "val"), split.classes)
         ckpt = backend.save(cache / config.backend / "source")
     finally:
@@ -340,6 +341,37 @@ def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Pat
     images_seen = state["curves"][-1]["images_seen"] if state["curves"] else 0
     global_epoch = len(state["curves"])
     resuming = bool(done)  # an interrupted run: the last checkpoint holds model + optimizer
+
+    def epoch_end(pi: int, phase: Phase, epoch: int, lr: float, stats: dict) -> None:
+        """Validation, best/last checkpoints and state.json after each epoch (every backend)."""
+        nonlocal global_epoch, images_seen
+        val = _evaluate(backend, split, "val")
+        global_epoch += 1
+        images_seen += stats["images"]
+        point = {"phase": pi, "phase_name": phase.name, "epoch": epoch + 1,
+                 "global_epoch": global_epoch, "images_seen": images_seen, "lr": lr,
+                 "train_loss": stats["loss"], "train_top1": stats["top1"],
+                 "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
+                 "seconds": stats["seconds"],
+                 "images_per_second": stats["images"] / max(stats["seconds"], 1e-9)}
+        state["curves"].append(point)
+        backend.log_scalars(global_epoch, {"val/top1": val["top1"], "val/loss": val["loss"],
+                                           "train/loss": stats["loss"], "train/top1": stats["top1"],
+                                           "lr": lr})
+        best = state["best"]
+        if best is None or (val["top1"], -val["loss"]) > (best["val_top1"], -best["val_loss"]):
+            backend.save(ckpt_best)
+            state["best"] = {"global_epoch": global_epoch, "val_top1": val["top1"],
+                             "val_loss": val["loss"]}
+        backend.save(ckpt_last)
+        done.add((pi, epoch))
+        state["done"] = sorted(done)
+        state["attempt_seconds"] = [*earlier_attempts, time.perf_counter() - started]
+        write_json_atomic(run_dir / STATE_FILE, state)
+        log.info(f"  epoch {global_epoch} ({phase.name} {epoch + 1}/{phase.epochs}) lr {lr:.2e}: "
+            f"loss {stats['loss']:.3f} train {stats['top1']:.3f} val {val['top1']:.3f} "
+            f"({point['images_per_second']:.1f} img/s)")
+
     for pi, phase in enumerate(recipe.phases):
         if all((pi, e) in done for e in range(phase.epochs)):
             continue
@@ -355,38 +387,9 @@ def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Pat
             backend.restore(ckpt_last)
             log.info(f"resumed from {ckpt_last} after {len(done)} epoch(s)")
             resuming = False
-        for epoch in range(phase.epochs):
-            if (pi, epoch) in done:
-                continue
-            lr = learning_rate_at(phase, epoch)
-            backend.set_learning_rate(lr)
-            stats = backend.fit_epoch(phase, global_epoch + 1)
-            val = _evaluate(backend, split, "val")
-            global_epoch += 1
-            images_seen += stats["images"]
-            point = {"phase": pi, "phase_name": phase.name, "epoch": epoch + 1,
-                     "global_epoch": global_epoch, "images_seen": images_seen, "lr": lr,
-                     "train_loss": stats["loss"], "train_top1": stats["top1"],
-                     "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
-                     "seconds": stats["seconds"],
-                     "images_per_second": stats["images"] / max(stats["seconds"], 1e-9)}
-            state["curves"].append(point)
-            backend.log_scalars(global_epoch, {"val/top1": val["top1"], "val/loss": val["loss"],
-                                               "train/loss": stats["loss"], "train/top1": stats["top1"],
-                                               "lr": lr})
-            best = state["best"]
-            if best is None or (val["top1"], -val["loss"]) > (best["val_top1"], -best["val_loss"]):
-                backend.save(ckpt_best)
-                state["best"] = {"global_epoch": global_epoch, "val_top1": val["top1"],
-                                 "val_loss": val["loss"]}
-            backend.save(ckpt_last)
-            done.add((pi, epoch))
-            state["done"] = sorted(done)
-            state["attempt_seconds"] = [*earlier_attempts, time.perf_counter() - started]
-            write_json_atomic(run_dir / STATE_FILE, state)
-            log.info(f"  epoch {global_epoch} ({phase.name} {epoch + 1}/{phase.epochs}) lr {lr:.2e}: "
-                f"loss {stats['loss']:.3f} train {stats['top1']:.3f} val {val['top1']:.3f} "
-                f"({point['images_per_second']:.1f} img/s)")
+        # epochs finish in order, so the missing ones are the end of the phase
+        first_epoch = min(e for e in range(phase.epochs) if (pi, e) not in done)
+        backend.fit_phase(phase, first_epoch, global_epoch, functools.partial(epoch_end, pi, phase))
     backend.restore(ckpt_best)
     return state
 

@@ -55,10 +55,10 @@ def run_per_backend(module: str, backend: str, args: list, describe) -> bool:
     """Run ``python -m module --json --backend NAME *args`` for each backend named by
     ``backend`` ("all" or one name), printing ``describe(result) -> (line, met)``;
     True when every available backend met its target (unavailable ones are skipped)."""
-    from backends.base import availability, backend_names
+    from backends.base import availability, default_backends
 
     ok = True
-    for name in backend_names() if backend == "all" else [backend]:
+    for name in default_backends() if backend == "all" else [backend]:
         reason = availability(name)
         if reason:
             print(f"{name}: skipped ({reason})")

@@ -1,44 +1,64 @@
 """Keras backend specifics: the 249 cut, BN in frozen layers, learning_rate=,
-param groups, resume, backbone-only restore, head rows, ImageNet offline.
+param groups through the public optimizer API, one ``fit`` per phase, resume,
+backbone-only restore with the head JSON, head rows, ImageNet offline, and
+Keras 3 on jax and torch as rows of their own.
 
-CPU, 75 px, batch 4; one InceptionV3 is shared by the tests that only read it
-or that compare before/after snapshots of their own.
+CPU, 75 px, batch 5. One InceptionV3 is shared by the tests that only read it
+or that compare before/after snapshots of their own; one top-2 ``fit`` on it
+is shared by the tests that look at what that epoch did. Keras on jax and on
+torch cannot share this process (``KERAS_BACKEND`` is read once, at import):
+they run as ``bench run`` runs them, one child process each.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 import json
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import require_backend, tiny_config
+from conftest import REPO, require_backend, tiny_config
 
 require_backend("keras")
 
 import keras  # noqa: E402
 
+from backends import base  # noqa: E402
 from backends.base import BackendError, WeightsRequest  # noqa: E402
 from backends.keras.backend import KerasBackend  # noqa: E402
 from backends.keras.catalog import MODELS  # noqa: E402
+from backends.keras.data import KerasData  # noqa: E402
 from backends.keras.model import build_model  # noqa: E402
-from backends.keras.train import with_param_groups  # noqa: E402
-from benchmarks import driver  # noqa: E402
-from common.config import load_recipe  # noqa: E402
+from backends.keras.train import make_optimizer, with_param_groups  # noqa: E402
+from backends.keras.weights import head_file, restore_backbone  # noqa: E402
+from benchmarks import driver, report  # noqa: E402
+from common.config import Phase, load_recipe  # noqa: E402
 from common.data import load_image  # noqa: E402
+from common.metrics import classification_metrics  # noqa: E402
 from common.models import HEAD, get_model  # noqa: E402
 from common.preprocess import get_normalisation  # noqa: E402
-from common.results import validate_result  # noqa: E402
+from common.schedule import learning_rate_at  # noqa: E402
 
 INCEPTION = get_model("inception_v3")
+# 5 divides tiny_quads' 15 train / 5 val / 10 test images: one batch shape, so each Keras
+# function is traced (TensorFlow) or compiled (XLA) once, not once per shape
+BATCH = 5
 TOP2 = load_recipe("two_phase").phases[1]
+# three cosine epochs: each has its own learning rate
+TOP2_COSINE = dataclasses.replace(TOP2, epochs=3, schedule="cosine", learning_rate=1e-2)
 
 
 def _backend(tiny_quads, run_dir, hidden=0, weights=WeightsRequest("none"), num_classes=None,
              recipe="two_phase"):
-    config = tiny_config("keras", recipe, tiny_quads, run_dir)
+    config = tiny_config("keras", recipe, tiny_quads, run_dir, batch_size=BATCH)
     split = driver.prepare_split(config)
     b = KerasBackend(config, run_dir)
     b.setup(split, 75)
@@ -61,6 +81,54 @@ def _values(layers, attr):
     return {l.name: np.array(getattr(l, attr).numpy()) for l in layers}
 
 
+_inside_fit: list[bool] = []
+
+
+def inside_fit() -> bool:
+    """Whether the caller runs inside ``keras.Model.fit`` (while ``recorded_fits`` is on)."""
+    return bool(_inside_fit)
+
+
+@contextlib.contextmanager
+def recorded_fits():
+    """Every ``keras.Model.fit`` call meanwhile: its epochs and callbacks."""
+    fits, real_fit = [], keras.Model.fit
+
+    def fit(model, *args, **kwargs):
+        fits.append({"initial_epoch": kwargs.get("initial_epoch", 0), "epochs": kwargs.get("epochs"),
+                     "callbacks": list(kwargs.get("callbacks") or [])})
+        _inside_fit.append(True)
+        try:
+            return real_fit(model, *args, **kwargs)
+        finally:
+            _inside_fit.pop()
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(keras.Model, "fit", fit)
+        yield fits
+
+
+@pytest.fixture(scope="module")
+def top2_epoch(shared, tmp_path_factory):
+    """The last two epochs of TOP2_COSINE as one resumed ``fit_phase`` (epochs 1 and 2 of
+    the phase, global epochs 6 and 7), with what it changed and the checkpoint written after."""
+    shared.apply_phase(TOP2_COSINE, 1)
+    frozen, trained = _bn_layers(shared, "Mixed_7a"), _bn_layers(shared, "Mixed_7b")
+    before = {a: _values(frozen, a) for a in ("moving_mean", "moving_variance", "beta")}
+    before_top = _values(trained, "moving_mean")
+    ends = []
+    with recorded_fits() as fits:
+        shared.fit_phase(TOP2_COSINE, 1, 5,
+                         lambda epoch, lr, stats: ends.append((epoch, lr, stats, inside_fit())))
+    ckpt = shared.save(tmp_path_factory.mktemp("keras-top2") / "last")
+    return {"before": before, "after": {a: _values(frozen, a) for a in before},
+            "before_top": before_top, "after_top": _values(trained, "moving_mean"),
+            "ends": ends, "fits": fits,
+            "learning_rate": float(shared.optimizer.learning_rate.numpy()),
+            "optimizer": [np.array(v.numpy()) for v in shared.optimizer.variables],
+            "checkpoint": ckpt}
+
+
 # ------------------------------------------------------------- blocks and the cut
 
 def test_blocks_are_the_table_ranges_and_the_stem_ends_at_17(shared):
@@ -70,6 +138,8 @@ def test_blocks_are_the_table_ranges_and_the_stem_ends_at_17(shared):
     assert blocks["Mixed_5b"].stop - 1 == 40 and blocks["Mixed_7a"].stop - 1 == 248
     assert blocks["Mixed_7b"] == range(249, 280) and blocks["Mixed_7c"] == range(280, 311)
     assert shared.km.num_base_layers == 311
+    summary = shared.model_summary()
+    assert "Mixed_7b    249..279" in summary and "head_logits" in summary
 
 
 def test_resnet50_blocks_end_at_the_table_layers():
@@ -79,50 +149,46 @@ def test_resnet50_blocks_end_at_the_table_layers():
 
 
 def test_top2_is_keras_layers_249_to_310_plus_head(shared):
-    report = shared.apply_phase(TOP2, 1)
+    report_ = shared.apply_phase(TOP2, 1)
     km = shared.km
-    assert report["trainable_blocks"] == ["Mixed_7b", "Mixed_7c"]
-    assert report["native"]["layer_range"] == "249..310"
-    assert report["native"]["compile"] == "recompiled"
+    assert report_["trainable_blocks"] == ["Mixed_7b", "Mixed_7c"]
+    assert report_["native"]["layer_range"] == "249..310"
+    assert report_["native"]["compile"] == "recompiled"
     base_trainable = [i for i, l in enumerate(km.layers[:km.num_base_layers]) if l.trainable]
     assert base_trainable == list(range(249, 311))  # the keras.io seed's model.layers[249:]
     expected = [v.path for blk in ("Mixed_7b", "Mixed_7c", HEAD) for l in km.block_layers(blk)
                 for v in l.weights if "moving_" not in v.path]
     assert sorted(shared.trainable_names()) == sorted(expected)
-    assert report["trainable_tensors"] == len(expected)
+    assert report_["trainable_tensors"] == len(expected)
     sizes = {n: a.size for blk in ("Mixed_7b", "Mixed_7c", HEAD) for n, a in shared.snapshot(blk).items()}
-    assert report["trainable_params"] == sum(sizes[n] for n in expected)
+    assert report_["trainable_params"] == sum(sizes[n] for n in expected)
     # parameters as torch counts them: everything but the BN moving statistics
-    assert report["total_params"] == sum(int(np.prod(v.shape)) for v in km.model.weights
-                                         if "moving_" not in v.path)
+    assert report_["total_params"] == sum(int(np.prod(v.shape)) for v in km.model.weights
+                                          if "moving_" not in v.path)
 
 
 # ----------------------------------------------------------------- BN semantics
 
-def test_bn_frozen_keeps_frozen_moving_stats_and_trains_the_top(shared):
-    shared.apply_phase(TOP2, 1)
-    frozen, trained = _bn_layers(shared, "Mixed_7a"), _bn_layers(shared, "Mixed_7b")
-    before = {a: _values(frozen, a) for a in ("moving_mean", "moving_variance", "beta")}
-    before_top = _values(trained, "moving_mean")
-    shared.set_learning_rate(1e-2)
-    shared.fit_epoch(TOP2, 1)
-    for attr, values in before.items():
-        for name, arr in _values(frozen, attr).items():
+def test_bn_frozen_keeps_frozen_moving_stats_and_trains_the_top(top2_epoch):
+    for attr, values in top2_epoch["before"].items():
+        for name, arr in top2_epoch["after"][attr].items():
             np.testing.assert_array_equal(arr, values[name], err_msg=f"{name}.{attr}")
-    after_top = _values(trained, "moving_mean")
+    before_top, after_top = top2_epoch["before_top"], top2_epoch["after_top"]
     assert any(not np.array_equal(after_top[n], before_top[n]) for n in before_top)
 
 
 def test_bn_train_updates_frozen_moving_stats_but_not_weights(shared):
-    phase = dataclasses.replace(TOP2, bn="train")
-    report = shared.apply_phase(phase, 1)
-    assert report["native"]["bn_statistics_only_layers"] > 0
+    # head-only training with bn = "train": every BN layer of the frozen backbone
+    # normalises with batch statistics and updates its moving averages
+    phase = Phase(name="head", train="head", optimizer="sgd", learning_rate=1e-2, epochs=1,
+                  bn="train", augment=False)
+    report_ = shared.apply_phase(phase, 0)
+    assert report_["native"]["bn_statistics_only_layers"] == 94
     frozen = _bn_layers(shared, "Mixed_7a")
     assert all(l.trainable and not l.beta.trainable for l in frozen)
     before_stats, before_beta = _values(frozen, "moving_mean"), _values(frozen, "beta")
     before_conv = shared.snapshot("Mixed_7a")
-    shared.set_learning_rate(1e-2)
-    shared.fit_epoch(phase, 2)
+    shared.fit_phase(phase, 0, 0, lambda *args: None)
     after_stats = _values(frozen, "moving_mean")
     assert all(not np.array_equal(after_stats[n], before_stats[n]) for n in before_stats)
     for name, arr in _values(frozen, "beta").items():
@@ -130,14 +196,41 @@ def test_bn_train_updates_frozen_moving_stats_but_not_weights(shared):
     for name, arr in shared.snapshot("Mixed_7a").items():
         if "moving_" not in name:
             np.testing.assert_array_equal(arr, before_conv[name], err_msg=name)
+    # a later phase that trains a block trains its BN betas again
+    shared.apply_phase(TOP2, 1)
+    assert all(l.beta.trainable for l in _bn_layers(shared, "Mixed_7b"))
+
+
+# ----------------------------------------------------------- one fit per phase
+
+def test_fit_phase_is_one_fit_scheduled_by_common_schedule(shared, top2_epoch):
+    # resumed at epoch 1 of a 3-epoch phase after 5 epochs of the run: ONE model.fit ran
+    # Keras' epochs 5 and 6, its LearningRateScheduler set common.schedule's values, its
+    # callback handed the driver each epoch of the phase, and one TensorBoard callback
+    # wrote under the phase's own folder
+    [fit] = top2_epoch["fits"]
+    assert (fit["initial_epoch"], fit["epochs"]) == (5, 7)
+    assert [type(c).__name__ for c in fit["callbacks"]] == [
+        "LearningRateScheduler", "EpochProgress", "EpochEnd", "TensorBoard"]
+    [tensorboard] = [c for c in fit["callbacks"] if isinstance(c, keras.callbacks.TensorBoard)]
+    assert Path(tensorboard.log_dir) == shared.run_dir / "tensorboard" / TOP2_COSINE.name
+    assert (shared.run_dir / "tensorboard" / TOP2_COSINE.name / "train").is_dir()
+    lrs = [learning_rate_at(TOP2_COSINE, e) for e in (1, 2)]
+    assert len(set(lrs)) == 2
+    assert [(epoch, lr) for epoch, lr, _, _ in top2_epoch["ends"]] == [(1, lrs[0]), (2, lrs[1])]
+    assert all(inside for *_, inside in top2_epoch["ends"])  # the driver's work is a callback
+    assert top2_epoch["learning_rate"] == pytest.approx(lrs[1])
+    for _, _, stats, _ in top2_epoch["ends"]:
+        assert stats["images"] == 15 and stats["seconds"] > 0 and np.isfinite(stats["loss"])
 
 
 # -------------------------------------------------------------- optimizers
 
 def test_optimizers_take_learning_rate_and_reject_lr(shared):
-    report = shared.apply_phase(TOP2, 1)
-    assert report["native"]["optimizer"] == \
+    report_ = shared.apply_phase(TOP2, 1)
+    assert report_["native"]["optimizer"] == \
         "keras.optimizers.SGD(learning_rate=0.0001, momentum=0.9)"
+    assert type(shared.optimizer) is keras.optimizers.SGD  # no param groups needed: Keras' own
     assert shared.optimizer.get_config()["learning_rate"] == pytest.approx(1e-4)
     shared.set_learning_rate(3e-3)
     assert float(shared.optimizer.learning_rate.numpy()) == pytest.approx(3e-3)
@@ -145,16 +238,22 @@ def test_optimizers_take_learning_rate_and_reject_lr(shared):
         keras.optimizers.SGD(lr=0.1)  # Keras 2 / torch spelling
 
 
-@pytest.mark.parametrize("cls", [keras.optimizers.SGD, keras.optimizers.Adam])
+@pytest.mark.parametrize("cls", [keras.optimizers.SGD, keras.optimizers.Adam,
+                                 keras.optimizers.RMSprop])
 def test_head_param_group_steps_with_the_multiplied_learning_rate(cls):
     backbone, head = keras.Variable(np.ones(3, np.float32)), keras.Variable(np.ones(3, np.float32))
     opt = with_param_groups(cls)(learning_rate=0.01, head_variables=[head], head_lr_multiplier=10.0)
+    # the public custom-optimizer methods, and no private hook (_backend_update_step, ...)
+    overridden = {name for name, v in vars(type(opt)).items() if callable(v)}
+    assert overridden == {"__init__", "build", "update_step", "get_config"}
     grad = np.full(3, 0.5, np.float32)
     opt.apply_gradients([(grad, backbone), (grad, head)])
     step_backbone, step_head = 1 - backbone.numpy(), 1 - head.numpy()
     np.testing.assert_allclose(step_head, 10 * step_backbone, rtol=1e-4)
-    np.testing.assert_allclose(step_backbone, 0.01 * (0.5 if cls is keras.optimizers.SGD else 1.0),
-                               rtol=1e-4)
+    if cls is keras.optimizers.SGD:
+        np.testing.assert_allclose(step_backbone, 0.01 * 0.5, rtol=1e-4)
+    elif cls is keras.optimizers.Adam:
+        np.testing.assert_allclose(step_backbone, 0.01, rtol=1e-4)
 
 
 def test_l2_weight_decay_is_added_to_the_gradient():
@@ -164,42 +263,82 @@ def test_l2_weight_decay_is_added_to_the_gradient():
     np.testing.assert_allclose(w.numpy(), 2.0 - 0.1 * 0.5 * 2.0)
 
 
-def test_optimizer_state_round_trips_within_a_phase(shared, tmp_path):
-    shared.apply_phase(TOP2, 1)
-    shared.set_learning_rate(1e-3)
-    shared.fit_epoch(TOP2, 3)
-    state = [np.array(v.numpy()) for v in shared.optimizer.variables]
-    path = shared.save(tmp_path / "last")
-    assert path.name == "last.weights.h5" and (tmp_path / "last.optimizer.npz").is_file()
-    shared.apply_phase(TOP2, 1)  # a fresh optimizer, as after a restart
-    shared.restore(tmp_path / "last")
+def test_adamw_param_groups_decay_each_group_with_its_own_learning_rate():
+    # torch AdamW param groups: w *= 1 - lr_group * wd, then the Adam step
+    phase = Phase(name="full", train="all", optimizer="adamw", learning_rate=0.01,
+                  head_lr_multiplier=10.0, weight_decay=0.5)
+    backbone, head = keras.Variable(np.full(2, 2.0, np.float32)), keras.Variable(np.full(2, 2.0, np.float32))
+    opt, text = make_optimizer(phase, [head])
+    assert "AdamW per param group" in text and "x10" in text
+    opt.apply_gradients([(np.zeros(2, np.float32), backbone), (np.zeros(2, np.float32), head)])
+    np.testing.assert_allclose(backbone.numpy(), 2.0 * (1 - 0.01 * 0.5), rtol=1e-6)
+    np.testing.assert_allclose(head.numpy(), 2.0 * (1 - 0.1 * 0.5), rtol=1e-6)
+    single, text = make_optimizer(dataclasses.replace(phase, head_lr_multiplier=1.0), [head])
+    assert type(single) is keras.optimizers.AdamW and "weight_decay=0.5" in text
+
+
+def test_optimizer_state_round_trips_within_a_phase(shared, top2_epoch):
+    path = top2_epoch["checkpoint"]
+    assert path.name == "last.weights.h5" and (path.parent / "last.optimizer.npz").is_file()
+    shared.apply_phase(TOP2_COSINE, 1)  # a fresh optimizer, as after a restart
+    shared.restore(path.parent / "last")
     restored = [np.array(v.numpy()) for v in shared.optimizer.variables]
-    assert len(restored) == len(state) and int(shared.optimizer.iterations.numpy()) > 0
-    for a, b in zip(restored, state):
+    assert len(restored) == len(top2_epoch["optimizer"]) and int(shared.optimizer.iterations.numpy()) > 0
+    for a, b in zip(restored, top2_epoch["optimizer"]):
         np.testing.assert_array_equal(a, b)
 
 
 # ------------------------------------------------------------------ data
 
 def _batches(pipeline) -> list:
-    """(x, y) numpy batches of a tf.data.Dataset or a keras.utils.PyDataset."""
+    """(x, y) numpy batches of a tf.data.Dataset, or of a keras.utils.PyDataset over each
+    of its epochs (moved on as ``train.SetEpoch`` moves it in a fit)."""
     if hasattr(pipeline, "as_numpy_iterator"):
         return list(pipeline.as_numpy_iterator())
-    return [pipeline[i] for i in range(len(pipeline))]
+    out = []
+    for epoch in pipeline.epochs or [None]:
+        if epoch is not None:
+            pipeline.set_epoch(epoch)
+        out += [pipeline[i] for i in range(len(pipeline))]
+    return out
 
 
 def test_pipelines_match_the_common_preprocessing(shared):
-    split, data = shared.split, shared.data
+    split = shared.split
+    data = KerasData(split, 75, get_normalisation("inception"), 4, 0)  # 15 = 4 + 4 + 4 + 3
     norm = get_normalisation("inception")
     x = np.concatenate([xb for xb, _ in _batches(data.eval("val"))])
     expected = np.stack([norm.apply(load_image(s.path, 75)) for s in split.val])
     np.testing.assert_allclose(x, expected, atol=1e-6)
-    first = [yb for _, yb in _batches(data.train(1, True))]
-    again = [yb for _, yb in _batches(data.train(1, True))]
-    other = [yb for _, yb in _batches(data.train(2, True))]
-    assert all(np.array_equal(a, b) for a, b in zip(first, again))  # resumable order
-    assert not all(np.array_equal(a, b) for a, b in zip(first, other))  # reshuffled per epoch
-    assert sum(len(y) for y in first) == len(split.train)
+    first = _batches(data.train([1], True))
+    again = _batches(data.train([1], True))
+    other = _batches(data.train([2], True))
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(first, again))  # resumable order
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(first, other))  # reshuffled per epoch
+    assert sum(len(y) for _, y in first) == len(split.train)
+    # one fit per phase reads one stream of its epochs, each with its own partial last batch;
+    # a resumed fit (epoch 2 only) reads exactly the batches the uninterrupted one would have
+    stream = _batches(data.train([1, 2], True))
+    assert len(stream) == 2 * data.steps_per_epoch == 2 * len(first)
+    for a, b in zip(stream, first + other):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    # the PyDataset that feeds Keras on jax and torch: the same eval pixels and the same
+    # order and labels in every epoch; its crops and flips are numpy draws, not tf.image's
+    data.use_tf_data = False
+    x = np.concatenate([xb for xb, _ in _batches(data.eval("val"))])
+    np.testing.assert_allclose(x, expected, atol=1e-6)
+    numpy_stream = _batches(data.train([1, 2], True))
+    assert len(numpy_stream) == len(stream)
+    for a, b in zip(numpy_stream, stream):
+        np.testing.assert_array_equal(a[1], b[1])
+    assert not all(np.allclose(a[0], b[0]) for a, b in zip(numpy_stream, stream))
+    # never a training batch of one image, in either pipeline: 15 = 7 + 7 (+ 1 left out)
+    for use_tf_data in (True, False):
+        odd = KerasData(split, 75, norm, 7, 0)
+        odd.use_tf_data = use_tf_data
+        assert [len(y) for _, y in _batches(odd.train([1, 2], False))] == [7, 7, 7, 7]
+        assert odd.steps_per_epoch == 2 and odd.images_per_epoch == 14
 
 
 def test_frameworks_and_device_name_the_keras_backend(shared):
@@ -214,6 +353,9 @@ def test_frameworks_and_device_name_the_keras_backend(shared):
 def test_restore_from_a_source_checkpoint_excludes_the_head(shared, tiny_quads, tmp_path):
     shared.apply_phase(TOP2, 1)
     ckpt = shared.save(tmp_path / "source")
+    # the head's shape is recorded beside the weights, not read back from h5 layer names
+    assert json.loads(head_file(ckpt).read_text()) == {
+        "model": "inception_v3", "num_classes": 5, "head_hidden_units": 0}
     source_base = {blk: shared.snapshot(blk) for blk in ("stem", "Mixed_7c")}
     source_head = shared.snapshot(HEAD)
     rows = {0: 2, 3: 4}
@@ -236,7 +378,7 @@ def test_restore_from_a_source_checkpoint_excludes_the_head(shared, tiny_quads, 
         b.close()
 
 
-def test_reuse_head_rows_needs_a_linear_head(shared, tiny_quads, tmp_path):
+def test_reuse_head_rows_needs_a_linear_head_and_the_head_json(shared, tiny_quads, tmp_path):
     shared.apply_phase(TOP2, 1)
     ckpt = shared.save(tmp_path / "source")
     config = tiny_config("keras", "two_phase", tiny_quads, tmp_path / "run")
@@ -244,6 +386,14 @@ def test_reuse_head_rows_needs_a_linear_head(shared, tiny_quads, tmp_path):
     b.setup(shared.split, 75)
     with pytest.raises(BackendError, match="head_hidden_units = 0"):
         b.build(INCEPTION, 5, WeightsRequest("path", str(ckpt), {0: 0}), 1024)
+    head = json.loads(head_file(ckpt).read_text())
+    head_file(ckpt).write_text(json.dumps({**head, "model": "resnet50"}))
+    with pytest.raises(BackendError, match="holds a keras resnet50 .*builds inception_v3"):
+        restore_backbone(shared.km, str(ckpt), 75, {})
+    head_file(ckpt).unlink()
+    with pytest.raises(BackendError) as err:
+        restore_backbone(shared.km, str(ckpt), 75, {})
+    assert "source.head.json" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_imagenet_offline_names_the_file_and_the_cache(shared, tiny_quads, tmp_path, monkeypatch):
@@ -266,55 +416,272 @@ def test_imagenet_offline_names_the_file_and_the_cache(shared, tiny_quads, tmp_p
 
 # ------------------------------------------------------------- end to end
 
-def test_two_phase_run_reports_249_to_310_and_resumes(tiny_quads, tmp_path, monkeypatch):
-    config = tiny_config("keras", "two_phase", tiny_quads, tmp_path / "run")
-    fit = KerasBackend.fit_epoch
-    calls = []
+def test_resume_runs_only_the_missing_epochs_in_one_fit(tiny_quads, tmp_path, monkeypatch):
+    config = tiny_config("keras", "head", tiny_quads, tmp_path / "run", epochs=2, batch_size=BATCH,
+                         model="resnet50", image_size=32)
+    phase = dataclasses.replace(config.recipe.phases[0], schedule="cosine")
+    config = dataclasses.replace(config, recipe=dataclasses.replace(config.recipe, phases=(phase,)))
+    fit_phase, save, predict = KerasBackend._fit_phase, KerasBackend._save, KerasBackend._predict
+    calls, ends, saves, validations = [], [], [], []
 
-    def interrupted(self, phase, global_epoch):
-        if global_epoch == 2:
+    def interrupted(self, phase, first_epoch, global_epoch, on_epoch_end):
+        def end(epoch, lr, stats):
+            on_epoch_end(epoch, lr, stats)  # the driver checkpoints epoch 1, then the run dies
             raise RuntimeError("simulated interruption")
-        calls.append(global_epoch)
-        return fit(self, phase, global_epoch)
+        calls.append((first_epoch, global_epoch))
+        return fit_phase(self, phase, first_epoch, global_epoch, end)
 
-    monkeypatch.setattr(KerasBackend, "fit_epoch", interrupted)
+    # throughput is not what this test is about (the contract test times every backend)
+    monkeypatch.setattr(KerasBackend, "_throughput", lambda self, *a: {"train": {}, "infer": {}})
+    monkeypatch.setattr(KerasBackend, "_fit_phase", interrupted)
     first = driver.run(config)
-    assert first["status"] == "failed" and calls == [1]
+    assert first["status"] == "failed" and calls == [(0, 0)]
     calls.clear()
-    monkeypatch.setattr(KerasBackend, "fit_epoch",
-                        lambda self, phase, e: calls.append(e) or fit(self, phase, e))
-    result = driver.run(config)
+
+    def counted(self, phase, first_epoch, global_epoch, on_epoch_end):
+        calls.append((first_epoch, global_epoch))
+        return fit_phase(self, phase, first_epoch, global_epoch,
+                         lambda *args: ends.append(args[:2]) or on_epoch_end(*args))
+
+    monkeypatch.setattr(KerasBackend, "_fit_phase", counted)
+    monkeypatch.setattr(KerasBackend, "_save", lambda self, path: saves.append(inside_fit()) or save(self, path))
+    monkeypatch.setattr(KerasBackend, "_predict", lambda self, subset: (
+        validations.append(inside_fit()) if subset == "val" else None) or predict(self, subset))
+    with recorded_fits() as fits:
+        result = driver.run(config)
     assert result["status"] == "ok", result.get("traceback")
-    assert calls == [2]  # only the missing epoch ran
+    assert calls == [(1, 1)]  # one fit: only the missing epoch, numbered on from the first run
+    [fit] = fits
+    assert (fit["initial_epoch"], fit["epochs"]) == (1, 2)
+    assert ends == [(1, learning_rate_at(phase, 1))]
+    # validation and the best/last checkpoints ran as callbacks of that fit (the driver
+    # validates once more after it, on the best checkpoint)
+    assert saves and all(saves) and validations == [True, False]
     on_disk = json.loads((tmp_path / "run" / "result.json").read_text())
-    assert validate_result(on_disk) == []
     assert [c["global_epoch"] for c in on_disk["curves"]] == [1, 2]
-    phases = {p["name"]: p for p in on_disk["phases"]}
-    assert phases["top2"]["native"]["layer_range"] == "249..310"
-    assert phases["head"]["native"]["layer_range"] == "none"
-    assert "layer_range: 249..310" in (tmp_path / "run" / "phases.txt").read_text().split("phase 2 'top2'")[1]
-    assert (tmp_path / "run" / "tensorboard").is_dir()
-    summary = (tmp_path / "run" / "model_summary.txt").read_text()
-    assert "Mixed_7b    249..279" in summary and "head_logits" in summary
+    assert [c["lr"] for c in on_disk["curves"]] == [1e-3, pytest.approx(5e-4)]
+    native = on_disk["phases"][0]["native"]
+    assert native["fit"] == "one model.fit per phase" and native["layer_range"] == "none"
+    assert (tmp_path / "run" / "tensorboard" / "head" / "train").is_dir()
     assert on_disk["versions"]["keras_backend"] == keras.backend.backend()
-    assert on_disk["throughput"]["train"]["images_per_second"] > 0
 
 
-def test_batchnorm_decay_is_the_suite_value_not_keras_default():
+def test_batchnorm_decay_is_the_suite_value_not_keras_default(shared):
     # Keras' BatchNormalization default momentum is 0.99; the suite uses common.models.BN_DECAY
-    from backends.keras.model import build_model
-    from common.models import BN_DECAY, get_model
+    from common.models import BN_DECAY
 
-    km = build_model(get_model("inception_v3"), MODELS["inception_v3"], 5, 75)
-    bns = [l for l in km.model.layers if l.__class__.__name__ == "BatchNormalization"]
+    bns = [l for l in shared.km.model.layers if isinstance(l, keras.layers.BatchNormalization)]
     assert len(bns) == 94 and {l.momentum for l in bns} == {BN_DECAY}
 
 
-def test_inception_batchnorm_has_no_gamma_in_keras():
+def test_inception_batchnorm_has_no_gamma_in_keras(shared):
     # keras.applications.InceptionV3 builds BatchNormalization(scale=False): beta only
-    from backends.keras.model import build_model
-    from common.models import get_model
-
-    km = build_model(get_model("inception_v3"), MODELS["inception_v3"], 5, 75)
-    bns = [l for l in km.model.layers if l.__class__.__name__ == "BatchNormalization"]
+    bns = [l for l in shared.km.model.layers if isinstance(l, keras.layers.BatchNormalization)]
     assert bns and all(not l.scale and l.gamma is None for l in bns)
+
+
+# ------------------------------------------------- Keras 3 on jax and on torch
+
+def test_keras_backends_are_registry_rows_and_all_means_three_frameworks(monkeypatch, capsys):
+    from benchmarks import cli
+
+    assert cli.parse_backends("all") == ["pytorch", "keras", "slim"]
+    assert cli.parse_backends("keras-tensorflow,keras,keras-jax") == ["keras", "keras-jax"]
+    infos = {n: base.backend_info(n) for n in ("keras", "keras-jax", "keras-torch")}
+    assert {n: i.environment["KERAS_BACKEND"] for n, i in infos.items()} == {
+        "keras": "tensorflow", "keras-jax": "jax", "keras-torch": "torch"}
+    assert base.backend_info("keras-tensorflow") is infos["keras"]
+    colors = report.backend_colors(["pytorch", "keras", "keras-jax", "keras-torch", "slim"])
+    assert len(set(colors.values())) == 5 and colors["keras-jax"] == infos["keras-jax"].color
+    assert cli.main(["list"]) == 0
+    listed = capsys.readouterr().out
+    assert "keras (also keras-tensorflow)" in listed and "keras-jax" in listed and "keras-torch" in listed
+    # a missing jax is a reason with the install hint, never a crash
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "jax" else find_spec(name, *a))
+    reason = base.availability("keras-jax")
+    assert reason.startswith("jax not installed") and "transfer-bench[keras-jax]" in reason
+    assert cli.main(["list"]) == 0
+    assert "keras-jax" in (line := next(l for l in capsys.readouterr().out.splitlines()
+                                         if "keras-jax" in l)) and "transfer-bench[keras-jax]" in line
+    with pytest.raises(BackendError, match="KERAS_BACKEND=jax"):  # this process has Keras on TF
+        KerasBackend(tiny_config("keras-jax", "head", ".", "."), ".")
+    # --weights source: the sweep's one source model, converted (InceptionV3), or each its
+    # own pretraining where the model does not convert (ResNet-50)
+    from benchmarks import conversion
+
+    assert all(base.backend_info(n).converts("inception_v3") for n in infos)
+    assert {conversion.source_backend("inception_v3", n) for n in infos} == {
+        conversion.source_backend("inception_v3", "pytorch")}
+    assert [conversion.source_backend("resnet50", n) for n in infos] == list(infos)
+
+
+def test_keras_backend_rows_side_by_side_in_reports(tiny_quads, tmp_path, monkeypatch):
+    # the harness side of the rows (the real runs are test_bench_run_on_keras_jax_and_torch):
+    # results under the three Keras names, written by the real driver on the numpy fake
+    # backend, give one row each, in registry order, each in its backend's colour
+    from benchmarks import cli
+    from common.results import run_name
+
+    monkeypatch.setitem(base.REGISTRY, "fake", "fake_backend:FakeBackend")
+    for name in ("keras-torch", "keras", "keras-jax"):
+        run_dir = tmp_path / "sweep" / run_name(name, "head", 0)
+        assert driver.run(tiny_config("fake", "head", tiny_quads, run_dir))["status"] == "ok"
+        result = json.loads((run_dir / "result.json").read_text())
+        result["backend"] = result["config"]["backend"] = name
+        (run_dir / "result.json").write_text(json.dumps(result))
+    assert cli.main(["report", str(tmp_path / "sweep")]) == 0
+    rows = [line for line in (tmp_path / "sweep" / "report.md").read_text().splitlines()
+            if line.startswith("| keras")]
+    assert [r.split("|")[1].strip() for r in rows][:3] == ["keras", "keras-jax", "keras-torch"]
+
+
+@pytest.fixture(scope="module")
+def other_keras_backends(tiny_quads, tmp_path_factory) -> dict[str, dict]:
+    """``tests/keras_backend_smoke.py`` for keras-jax and keras-torch (ResNet-50 at 32 px:
+    what is tested is the Keras backend, not the model), each in its own process with the
+    environment ``bench run`` gives it; the two processes run side by side."""
+    procs = {}
+    for name in ("keras-jax", "keras-torch"):
+        if base.availability(name):
+            continue
+        run_dir = tmp_path_factory.mktemp(name)
+        config = tiny_config(name, "head", tiny_quads, run_dir, model="resnet50", image_size=32,
+                             batch_size=BATCH)
+        (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
+        # one OpenMP thread each: two processes share the CPU, and torch's spinning threads
+        # slow down many times over when they are more than the free cores
+        env = {**os.environ, **base.backend_info(name).environment, "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        log = open(run_dir / "log.txt", "w")
+        procs[name] = (run_dir, log, subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "keras_backend_smoke.py"),
+             str(run_dir / "config.json"), str(run_dir / "smoke.json")],
+            env=env, stdout=log, stderr=subprocess.STDOUT))
+    if not procs:
+        pytest.skip("neither jax nor torch is installed")
+    out = {}
+    for name, (run_dir, log, proc) in procs.items():
+        code = proc.wait()
+        log.close()
+        assert code == 0, f"{name}: " + (run_dir / "log.txt").read_text()[-3000:]
+        out[name] = {**json.loads((run_dir / "smoke.json").read_text()), "run_dir": run_dir}
+    return out
+
+
+@pytest.fixture(scope="module")
+def resnet_on_tensorflow(tiny_quads, tmp_path_factory):
+    """The smoke runs' model, ResNet-50 at 32 px, in this process's Keras on TensorFlow,
+    built right after ``setup`` seeded it with the same seed."""
+    run_dir = tmp_path_factory.mktemp("keras-resnet")
+    config = tiny_config("keras", "head", tiny_quads, run_dir, model="resnet50", image_size=32,
+                         batch_size=BATCH)
+    b = KerasBackend(config, run_dir)
+    b.setup(driver.prepare_split(config), 32)
+    b.build(get_model("resnet50"), 5, WeightsRequest("none"), 0)
+    initial_head = b.km.model.get_layer("head_logits").get_weights()[0][:4, :]
+    yield b, initial_head
+    b.close()
+
+
+def test_keras_on_jax_and_torch_are_rows_of_their_own(other_keras_backends, resnet_on_tensorflow,
+                                                      shared):
+    """The same Keras code on jax and torch (README, "Keras 3 on TensorFlow, jax and
+    torch"): its own process without TensorFlow, tf.data replaced by a PyDataset, XLA on
+    jax and eager torch, the backend's own variables, one fit per phase, TensorBoard events
+    without TensorFlow's writer, and a .weights.h5 that loads into this process's Keras on
+    TensorFlow and gives the logits the run computed."""
+    expected = {"keras-jax": ("jax", True, "jax"), "keras-torch": ("torch", False, "torch.")}
+    tensorflow, _ = resnet_on_tensorflow
+    for name, smoke in other_keras_backends.items():
+        keras_backend, jit, variables = expected[name]
+        native = smoke["native"]
+        assert smoke["name"] == name and smoke["frameworks"]["keras_backend"] == keras_backend
+        assert native["keras_backend"] == smoke["device"]["keras_backend"] == keras_backend
+        assert not smoke["tensorflow_imported"]  # one framework per process
+        assert native["jit_compile"] is jit
+        assert native["variables"].startswith(variables)  # jax.Array / torch.nn.Parameter
+        assert native["input_pipeline"].startswith("keras.utils.PyDataset")
+        assert native["fit"] == "one model.fit per phase"
+        [fit] = smoke["fits"]
+        assert (fit["initial_epoch"], fit["epochs"]) == (0, 1)
+        assert fit["callbacks"] == ["SetEpoch", "LearningRateScheduler", "EpochProgress",
+                                    "EpochEnd", "EpochScalars"]
+        assert "tensorboard package" in native["tensorboard"]
+        events = sorted(smoke["run_dir"].rglob("events.out.tfevents.*"))
+        assert [e.parent.relative_to(smoke["run_dir"] / "tensorboard").as_posix() for e in events] \
+            == ["epochs", "head/train"]
+        [[epoch, lr, stats]] = smoke["ends"]  # one head epoch through fit_phase
+        assert epoch == 0 and lr == 1e-3 and stats["images"] == 15 and np.isfinite(stats["loss"])
+        trained, restored = np.asarray(smoke["trained"]), np.asarray(smoke["restored"])
+        assert not np.allclose(trained, smoke["before"])  # the head trained
+        np.testing.assert_allclose(restored, trained, rtol=1e-5, atol=1e-5)  # save -> restore
+        # the checkpoint format is the same file on every Keras backend
+        tensorflow.restore(Path(smoke["checkpoint"]).parent / "last")
+        np.testing.assert_allclose(tensorflow.predict("val"), trained, rtol=1e-3, atol=1e-4)
+    # this process: Keras on TensorFlow, tf.data, no XLA on a CPU, tf.Variables, Keras' callback
+    native = shared.apply_phase(TOP2, 1)["native"]
+    assert native["keras_backend"] == "tensorflow" and native["jit_compile"] is False
+    assert native["variables"].startswith("tensorflow")
+    assert native["input_pipeline"].startswith("tf.data.Dataset")
+    assert native["tensorboard"].startswith("keras.callbacks.TensorBoard")
+
+
+def test_the_same_recipe_steps_on_every_keras_backend(other_keras_backends, resnet_on_tensorflow):
+    """What does and does not differ between the Keras backends for one recipe step (README,
+    "Keras 3 on TensorFlow, jax and torch"): frozen BatchNormalization, the head param group
+    and the bf16 dtype policy are the same; the same seed gives other initial weights."""
+    _, tensorflow_head = resnet_on_tensorflow
+    heads = {"keras": tensorflow_head}
+    for name, smoke in other_keras_backends.items():
+        # a frozen block's BN runs in inference mode: no moving statistic moved
+        assert smoke["frozen_bn_layers"] == 53 and smoke["frozen_bn_unchanged"]
+        trunk, top = smoke["param_group_steps"]
+        assert trunk == pytest.approx(0.01 * 0.5, rel=1e-4) and top == pytest.approx(10 * trunk, rel=1e-4)
+        assert smoke["bf16_policy"] == {"compute": "bfloat16", "variables": "float32"}
+        # a phase without param groups gets Keras' own class: on torch a fused torch._foreach step
+        fused = name == "keras-torch"
+        assert smoke["builtin_sgd"].startswith("keras.src.backend.torch.optimizers") is fused
+        heads[name] = np.asarray(smoke["initial_head"])
+    # keras.utils.set_random_seed(0) on each backend: its own random generator, its own draws
+    for a, b in itertools.combinations(heads, 2):
+        assert not np.allclose(heads[a], heads[b]), (a, b)
+        # the same initialiser: glorot_uniform's bound sqrt(6 / (fan_in + fan_out))
+        assert np.abs(heads[b]).max() <= np.sqrt(6 / (2048 + 5))
+    dense = keras.layers.Dense(2, dtype="mixed_bfloat16")
+    assert keras.backend.standardize_dtype(dense(np.ones((1, 3), np.float32)).dtype) == "bfloat16"
+    assert keras.backend.standardize_dtype(dense.kernel.dtype) == "float32"
+    assert type(keras.optimizers.SGD(learning_rate=0.01)).__module__ == "keras.src.optimizers.sgd"
+
+
+@pytest.mark.slow
+def test_bench_run_on_keras_jax_and_torch(tiny_quads, tmp_path):
+    """``bench run --backend keras-jax,keras-torch --recipe head`` on CPU, each run in its own
+    worker with its KERAS_BACKEND: one report row per Keras backend; ``bench throughput`` on
+    both. Minutes on a CPU (``pytest -m slow tests/test_keras.py -k bench_run``)."""
+    from benchmarks import cli
+
+    out = tmp_path / "sweep"
+    assert cli.main(["run", "--backend", "keras-jax,keras-torch", "--recipe", "head",
+                     "--model", "resnet50", "--image-size", "32", "--data", str(tiny_quads),
+                     "--weights", "none", "--epochs", "1", "--batch-size", str(BATCH),
+                     "--out", str(out)]) == 0
+    for name, keras_backend in (("keras-jax", "jax"), ("keras-torch", "torch")):
+        result = json.loads((out / f"{name}-head-s0" / "result.json").read_text())
+        assert result["status"] == "ok" and result["backend"] == name
+        assert result["versions"]["keras_backend"] == keras_backend
+        assert result["phases"][0]["native"]["keras_backend"] == keras_backend
+        assert result["throughput"]["train"]["images_per_second"] > 0
+    rows = [line for line in (out / "report.md").read_text().splitlines()
+            if line.startswith("| keras")]
+    assert [r.split("|")[1].strip() for r in rows][:2] == ["keras-jax", "keras-torch"]
+    # bench throughput: each Keras backend measured in its own process
+    assert cli.main(["throughput", "--backend", "keras-jax,keras-torch", "--model", "resnet50",
+                     "--image-size", "32", "--batch-size", "4", "--steps", "2", "--warmup", "1",
+                     "--out", str(tmp_path / "throughput.json")]) == 0
+    measured = json.loads((tmp_path / "throughput.json").read_text())["results"]
+    assert [(r["backend"], r["versions"]["keras_backend"]) for r in measured] == [
+        ("keras-jax", "jax"), ("keras-torch", "torch")]

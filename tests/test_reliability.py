@@ -587,7 +587,7 @@ def test_keras_and_slim_pipelines_drop_the_same_last_batch_and_predict_in_split_
             for name in ("train", "val", "test"):  # every file decoded, the odd one included
                 assert sum(batches(odd_pipes, name), []) == [s.label for s in odd_split.subset(name)]
     keras_data = KerasData(split, 32, norm, 7, seed=0)
-    assert [int(y.shape[0]) for _, y in keras_data.train(1, augment=False)] == [7, 7]
+    assert [int(y.shape[0]) for _, y in keras_data.train([1], augment=False)] == [7, 7]
     keras_odd = KerasData(odd_split, 32, norm, 7, seed=0)
     for name in ("train", "val", "test"):
         batches = list(keras_odd.eval(name))

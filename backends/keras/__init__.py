@@ -1,25 +1,59 @@
 """The Keras 3 backend: ``keras.applications`` models fine-tuned with ``layer.trainable``,
-``compile`` and ``fit`` (``KERAS_BACKEND`` picks tensorflow, jax or torch; tensorflow
-by default).
+``compile`` and one ``fit`` per phase, on each of Keras' own backends.
 
-This package's import is light (no Keras): ``INFO`` describes the backend for
-the registry; ``backend.KerasBackend`` is reached through
+Keras 3 runs on TensorFlow, jax or torch, chosen by ``KERAS_BACKEND`` before
+Keras is first imported, so each is a registry entry of its own, run in its
+own process: ``keras`` (TensorFlow, Keras' default; ``keras-tensorflow`` is an
+alias of it), ``keras-jax`` and ``keras-torch``. They share this package and
+``backend.KerasBackend``; only the descriptor differs.
+
+This package's import is light (no Keras): the ``INFO`` descriptors describe
+the backends for the registry; ``backend.KerasBackend`` is reached through
 ``backends.base.get_backend``.
 """
 
 from backends.base import BackendInfo
 
-INFO = BackendInfo(
-    name="keras",
+_COMMON = dict(
     backend_class="backends.keras.backend:KerasBackend",
-    requires=("keras", "tensorflow"),
-    install_hint="pip install 'transfer-bench[keras]'",
     checkpoint_suffix=".weights.h5",
     catalog="backends.keras.catalog",
     converter="backends.keras.convert",
     fetcher="backends.keras.weights:fetch_imagenet",
+)
+
+INFO = BackendInfo(
+    name="keras",
+    requires=("keras", "tensorflow"),
+    install_hint="pip install 'transfer-bench[keras]'",
     environment={"KERAS_BACKEND": "tensorflow"},
     color="#2e86ab",
-    description="keras.applications models; layer.trainable + compile; .weights.h5",
+    description="Keras 3 on TensorFlow: keras.applications; layer.trainable + compile; "
+                "tf.data; .weights.h5",
     export_formats=("keras", "savedmodel"),  # export.py
+    **_COMMON,
+)
+
+INFO_JAX = BackendInfo(
+    name="keras-jax",
+    requires=("keras", "jax"),
+    install_hint="pip install 'transfer-bench[keras-jax]' (jax[cpu]; on a GPU add jax[cuda12])",
+    environment={"KERAS_BACKEND": "jax"},
+    color="#7b4fb8",
+    description="Keras 3 on jax: the keras backend's code, XLA-compiled steps, PyDataset input",
+    export_formats=("keras",),  # a SavedModel needs TensorFlow
+    in_all=False,
+    **_COMMON,
+)
+
+INFO_TORCH = BackendInfo(
+    name="keras-torch",
+    requires=("keras", "torch"),
+    install_hint="pip install 'transfer-bench[keras-torch]'",
+    environment={"KERAS_BACKEND": "torch"},
+    color="#f29e4c",
+    description="Keras 3 on torch: the keras backend's code, eager torch steps, PyDataset input",
+    export_formats=("keras",),  # a SavedModel needs TensorFlow
+    in_all=False,
+    **_COMMON,
 )

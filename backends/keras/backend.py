@@ -2,9 +2,15 @@
 
 Thin: it composes ``model`` (keras.applications + new head, canonical blocks
 as layer index ranges), ``train`` (``layer.trainable`` + recompile,
-optimizers with a head param group, ``model.fit`` for one epoch), ``data``
-(tf.data or a PyDataset over the common split), ``weights`` (``.weights.h5``,
-ImageNet, backbone-only restore) and ``throughput``.
+optimizers with a head param group, one ``model.fit`` per phase with the
+schedule, the driver's per-epoch work and TensorBoard as callbacks), ``data``
+(tf.data or a PyDataset over the common split), ``weights`` (``.weights.h5``
++ a head JSON, ImageNet, backbone-only restore) and ``throughput``.
+
+One class serves the three registry entries ``keras`` (on TensorFlow),
+``keras-jax`` and ``keras-torch``: the runner sets ``KERAS_BACKEND`` from the
+entry's ``environment`` before Keras is imported, and the instance takes the
+entry's name.
 
 How Keras differs, and what this backend does about it:
 
@@ -27,25 +33,29 @@ How Keras differs, and what this backend does about it:
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import sys
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from backends.base import Backend, BackendError, WeightsRequest
+from backends.base import Backend, BackendError, WeightsRequest, backend_info
 from common.config import Phase
 from common.data import Split, batch_count
 from common.models import ModelSpec
 from common.preprocess import get_normalisation
 from common.progress import Progress
+from common.schedule import learning_rate_at
 
 from . import export as export_lib, weights as kweights
 from .data import KerasData
 from .model import build_model
 from .throughput import POLICIES, device_info, measure_throughput
-from .train import ProgressCallback, compile_phase, fit_one_epoch, set_trainable, weight_count
+from .train import (EventFile, ProgressCallback, compile_phase, fit_epochs, set_trainable,
+                    tensorboard_available, tensorboard_callback, weight_count)
 
 BN_MODES = {
     "frozen": "frozen blocks: layer.trainable=False, so their BatchNormalization runs in "
@@ -55,12 +65,41 @@ BN_MODES = {
 }
 
 
+def seed_without_tensorflow(seed: int) -> None:
+    """``keras.utils.set_random_seed`` (python, numpy, the backend, Keras' global seed
+    generator). On TensorFlow as is; on jax and torch with TensorFlow hidden from Keras:
+    the function also imports and seeds TensorFlow whenever it is installed, for tf.data,
+    which these runs do not use, and TensorFlow must not share their process (imported
+    before torch it crashes it; the GPU machines have none)."""
+    if keras.backend.backend() == "tensorflow" or "tensorflow" in sys.modules:
+        keras.utils.set_random_seed(seed)
+        return
+    with _tensorflow_unimportable():  # Keras' lazy check then caches "not available"
+        keras.utils.set_random_seed(seed)
+
+
+@contextlib.contextmanager
+def _tensorflow_unimportable():
+    sys.modules["tensorflow"] = None  # `import tensorflow` raises ImportError meanwhile
+    try:
+        yield
+    finally:
+        del sys.modules["tensorflow"]
+
+
 class KerasBackend(Backend):
     name = "keras"
     checkpoint_suffix = kweights.WEIGHTS_SUFFIX
 
     def __init__(self, config, run_dir):
         super().__init__(config, run_dir)
+        info = backend_info(config.backend)
+        wanted = info.environment.get("KERAS_BACKEND", keras.backend.backend())
+        if wanted != keras.backend.backend():
+            raise BackendError(f"{info.name} needs KERAS_BACKEND={wanted} before Keras is imported; "
+                               f"this process has Keras on {keras.backend.backend()} (bench run "
+                               f"starts each backend in its own process)")
+        self.name = info.name  # keras, keras-jax or keras-torch
         self.km = None
         self.data: KerasData | None = None
         self.optimizer = None
@@ -80,7 +119,7 @@ class KerasBackend(Backend):
 
     # -- data and model --------------------------------------------------
     def _setup(self, split: Split, image_size: int) -> None:
-        keras.utils.set_random_seed(self.config.train.seed)  # python, numpy and the backend
+        seed_without_tensorflow(self.config.train.seed)  # python, numpy and the backend
         if self.config.train.precision != "fp32":
             # Keras fixes each layer's compute dtype when it is built: set the policy first.
             self._previous_policy = keras.config.dtype_policy()
@@ -123,7 +162,7 @@ class KerasBackend(Backend):
                   "bn_statistics_only_layers": info["bn_statistics_only_layers"],
                   "head_layers": [layer.name for layer in self.km.head_layers()],
                   "optimizer": optimizer_text, "bn": f"{phase.bn}: {BN_MODES[phase.bn]}",
-                  "compile": "recompiled"}
+                  "compile": "recompiled", **self._execution()}
         if self.config.model.aux_logits:
             native["aux_logits"] = "unavailable: keras.applications has no auxiliary Inception head"
         return {"trainable_blocks": info["trainable_blocks"],
@@ -131,17 +170,51 @@ class KerasBackend(Backend):
                 "total_params": weight_count(self.km.parameters()),
                 "trainable_tensors": len(trainable), "native": native}
 
+    def _execution(self) -> dict:
+        """How this Keras backend runs the phase: the three differ (README, framework differences)."""
+        value = self.km.model.weights[0].value  # the backend's own tensor behind a keras.Variable
+        if keras.backend.backend() == "tensorflow":
+            tensorboard = "keras.callbacks.TensorBoard (tf.summary)"
+        elif tensorboard_available():
+            tensorboard = "epoch scalars via the tensorboard package (Keras' callback needs TensorFlow)"
+        else:
+            tensorboard = "not written: the tensorboard package is not installed"
+        return {"keras_backend": keras.backend.backend(),
+                # compile(jit_compile="auto"): XLA on jax always, on TensorFlow only with a GPU;
+                # never on torch (eager)
+                "jit_compile": bool(self.km.model.jit_compile),
+                "variables": f"{type(value).__module__}.{type(value).__qualname__}",
+                "input_pipeline": self.data.pipeline, "fit": "one model.fit per phase",
+                "tensorboard": tensorboard}
+
     def _set_learning_rate(self, learning_rate: float) -> None:
         self.optimizer.learning_rate = learning_rate  # the head's x multiplier is in the optimizer
 
+    def _fit_phase(self, phase: Phase, first_epoch: int, global_epoch: int, on_epoch_end) -> None:
+        """One ``model.fit`` for the rest of the phase. Keras numbers epochs across the run
+        (0-based): Keras epoch ``k`` is epoch ``k - offset`` of the phase."""
+        epochs = phase.epochs - first_epoch
+        offset = global_epoch - first_epoch
+
+        def phase_epoch_end(k: int, stats: dict) -> None:
+            on_epoch_end(k - offset, learning_rate_at(phase, k - offset), stats)
+
+        schedule = keras.callbacks.LearningRateScheduler(
+            lambda k, lr: learning_rate_at(phase, k - offset))  # common.schedule's value
+        tensorboard = tensorboard_callback(self.run_dir / "tensorboard" / phase.name)
+        fit_epochs(self.km, self.data.train(range(global_epoch + 1, global_epoch + epochs + 1),
+                                            phase.augment),
+                   self.data.steps_per_epoch, global_epoch, global_epoch + epochs,
+                   self.data.images_per_epoch, phase_epoch_end, callbacks=[schedule],
+                   after=[tensorboard] if tensorboard else [])
+
     def _fit_epoch(self, phase: Phase, global_epoch: int) -> dict:
-        tensorboard = keras.callbacks.TensorBoard(log_dir=str(self.run_dir / "tensorboard"),
-                                                  write_graph=False, profile_batch=0)
-        batches = batch_count(len(self.split.train), self.config.train.batch_size, training=True)
-        with Progress(batches, self.pass_name) as bar:
-            return fit_one_epoch(self.km, self.data.train(global_epoch, phase.augment),
-                                 global_epoch, len(self.split.train),
-                                 callbacks=[tensorboard, ProgressCallback(bar)])
+        """One epoch at the learning rate set last (the contract's single step of the loop)."""
+        stats: dict = {}
+        fit_epochs(self.km, self.data.train([global_epoch], phase.augment),
+                   self.data.steps_per_epoch, global_epoch - 1, global_epoch,
+                   self.data.images_per_epoch, lambda k, s: stats.update(s))
+        return stats
 
     def _run_predict(self, model: keras.Model, subset: str, width: int) -> np.ndarray:
         samples = self.split.subset(subset)
@@ -154,7 +227,9 @@ class KerasBackend(Backend):
                                             callbacks=[ProgressCallback(bar)]), np.float32)
 
     def _predict(self, subset: str) -> np.ndarray:
-        return self._run_predict(self.km.model, subset, self.split.num_classes)
+        # the uncompiled view of the same layers: compile() discards a model's traced predict
+        # function, so predicting through the compiled model would trace it again every phase
+        return self._run_predict(self.km.weights_view, subset, self.split.num_classes)
 
     def _extract_features(self, subset: str) -> np.ndarray:
         return self._run_predict(self.km.features, subset, self.km.spec.feature_dim)
@@ -198,16 +273,20 @@ class KerasBackend(Backend):
         return export_lib.export(self.km, fmt, directory, golden)
 
     def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
-        try:
+        log_dir = self.run_dir / "tensorboard" / "epochs"
+        if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
-        except ImportError:
-            return
-        if self._writer is None:
-            self._writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard" / "epochs"))
-        with self._writer.as_default():
-            for key, value in scalars.items():
-                tf.summary.scalar(key, value, step=step)
-        self._writer.flush()
+
+            if self._writer is None:
+                self._writer = tf.summary.create_file_writer(str(log_dir))
+            with self._writer.as_default():
+                for key, value in scalars.items():
+                    tf.summary.scalar(key, value, step=step)
+            self._writer.flush()
+        elif tensorboard_available():  # no TensorFlow in a jax or torch run
+            if self._writer is None:
+                self._writer = EventFile(log_dir)
+            self._writer.scalars(step, scalars)
 
     def model_summary(self) -> str:
         lines = [f"keras {keras.__version__} ({keras.backend.backend()}), "

@@ -68,7 +68,10 @@ def _load(model: str, path: Path | str) -> KerasModel:
     path = weights_file(Path(path))
     if not path.is_file():
         raise BackendError(f"keras checkpoint {str(path)!r} does not exist")
-    num_classes, hidden = checkpoint_head(path)
+    written_for, num_classes, hidden = checkpoint_head(path)
+    if written_for != model:
+        raise canonical.ConversionError(f"keras checkpoint {str(path)!r} holds a {written_for} "
+                                        f"(its .head.json says so), not {model}")
     km = build_model(spec, entry, num_classes, spec.min_size, hidden)
     try:
         km.weights_view.load_weights(str(path))

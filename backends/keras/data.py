@@ -4,20 +4,30 @@ With ``KERAS_BACKEND=tensorflow`` (the default) this is a ``tf.data`` pipeline:
 file paths and labels -> ``tf.numpy_function(common.data.load_image)`` ->
 ``tf.image`` stateless random crop and flip -> normalisation -> one-hot labels
 -> ``batch`` -> ``prefetch``. With the jax or torch Keras backends, where
-``tf.data`` is not the native choice, a ``keras.utils.PyDataset`` does the same
-operations with numpy (same decoder, same crop/flip distribution, same order).
+``tf.data`` is not the native choice (and TensorFlow may not be installed), a
+``keras.utils.PyDataset`` does the same operations with numpy (same decoder,
+same order, the same crop/flip distribution but its own draws).
+
+A phase is one ``model.fit``, and each epoch has its own order and
+augmentation, drawn from ``(seed, epoch)`` so that a resumed run sees the
+batches an uninterrupted one would have. ``train(epochs, augment)`` gives what
+that fit reads: on TensorFlow one ``tf.data`` stream of every epoch of the fit,
+back to back, each epoch batched on its own (``fit`` reads
+``steps_per_epoch`` batches an epoch from one iterator); elsewhere a
+``PyDataset`` of one epoch whose ``set_epoch`` a fit callback calls as each
+epoch begins (``train.SetEpoch``), the way a ``DataLoader``'s sampler is told
+its epoch, so its ``workers`` can prefetch within an epoch.
 
 Both follow ``common.preprocess``: train images are loaded at
 ``crop_source_size(size)`` and randomly cropped to ``size`` and flipped when
-the phase augments; eval images are loaded at ``size``. Each epoch's order and
-every sample's crop/flip come from ``(seed, epoch)``, so a resumed run sees the
-same batches an uninterrupted one would have.
+the phase augments; eval images are loaded at ``size``.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from typing import Sequence
 
 import keras
 import numpy as np
@@ -33,7 +43,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class KerasData:
-    """Pipelines for one split: ``train(epoch, augment)`` and ``eval(subset)``."""
+    """Pipelines for one split: ``train(epochs, augment)`` and ``eval(subset)``."""
 
     def __init__(self, split: Split, image_size: int, normalisation: Normalisation,
                  batch_size: int, seed: int, num_workers: int = 0):
@@ -45,23 +55,54 @@ class KerasData:
         self.seed = seed
         self.use_tf_data = keras.backend.backend() == "tensorflow"
 
-    def train(self, epoch: int, augment: bool):
-        samples = self.split.train
-        order, seeds = epoch_order(len(samples), self.seed, epoch)
-        samples = [samples[i] for i in order]
-        drop = drops_last_batch(len(samples), self.batch_size)  # never a batch of 1
+    @property
+    def drop_last(self) -> bool:
+        """Whether each training epoch drops its last batch (``common.data.drops_last_batch``:
+        never a batch of one image)."""
+        return drops_last_batch(len(self.split.train), self.batch_size)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        n = len(self.split.train)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    @property
+    def images_per_epoch(self) -> int:
+        """Training images one epoch trains on (the dropped batch of one left out)."""
+        return len(self.split.train) - (1 if self.drop_last else 0)
+
+    @property
+    def pipeline(self) -> str:
+        """What feeds ``fit`` (for the phase report)."""
         if self.use_tf_data:
-            return self._tf_dataset(samples, seeds, augment, drop)
-        return NumpyBatches(samples, seeds, self, augment, drop)
+            return ("tf.data.Dataset: tf.numpy_function decode, stateless crop/flip, "
+                    f"map({self.num_workers or 'AUTOTUNE'}), batch, prefetch(AUTOTUNE); "
+                    "one stream of the fit's epochs")
+        return (f"keras.utils.PyDataset: numpy decode, crop/flip and batch in __getitem__, "
+                f"{max(1, self.num_workers)} worker(s); set_epoch as each epoch begins")
+
+    def train(self, epochs: Sequence[int], augment: bool):
+        """What one ``fit`` over the run's (1-based) ``epochs`` reads: a ``tf.data`` stream
+        of those epochs back to back, ``steps_per_epoch`` batches each, or a ``PyDataset``
+        of one epoch that the fit moves from epoch to epoch (``NumpyBatches.set_epoch``)."""
+        samples = self.split.train
+        if not self.use_tf_data:
+            return NumpyBatches(self, samples, augment, epochs, self.drop_last)
+        per_epoch = []
+        for epoch in epochs:
+            order, seeds = epoch_order(len(samples), self.seed, epoch)
+            per_epoch.append(([samples[i] for i in order], seeds))
+        return self._tf_dataset(per_epoch, augment, self.drop_last)
 
     def eval(self, subset: str):
         samples = self.split.subset(subset)
         if self.use_tf_data:
-            return self._tf_dataset(samples, None, False)
-        return NumpyBatches(samples, None, self, False)
+            return self._tf_dataset([(samples, None)], False)
+        return NumpyBatches(self, samples, False)
 
     # ------------------------------------------------------------ tf.data
-    def _tf_dataset(self, samples: list[Sample], seeds, augment: bool, drop_last: bool = False):
+    def _tf_dataset(self, per_epoch: list[tuple[list[Sample], np.ndarray | None]], augment: bool,
+                    drop_last: bool = False):
         import tensorflow as tf
 
         size, load_size = self.size, crop_source_size(self.size) if augment else self.size
@@ -87,14 +128,23 @@ class KerasData:
             x = (x - mean) / std
             return x, tf.one_hot(label, num_classes)
 
-        paths = [os.fsencode(s.path) for s in samples]  # bytes: a name need not be UTF-8
-        labels = np.asarray([s.label for s in samples], np.int32)
-        if seeds is None:
-            seeds = np.zeros((len(samples), 2), np.int64)
-        ds = tf.data.Dataset.from_tensor_slices((paths, labels, seeds))
-        ds = ds.map(preprocess, num_parallel_calls=self.num_workers or tf.data.AUTOTUNE,
-                    deterministic=True)
-        return ds.batch(self.batch_size, drop_remainder=drop_last).prefetch(tf.data.AUTOTUNE)
+        def one_epoch(paths, labels, seeds):
+            ds = tf.data.Dataset.from_tensor_slices((paths, labels, seeds))
+            ds = ds.map(preprocess, num_parallel_calls=self.num_workers or tf.data.AUTOTUNE,
+                        deterministic=True)
+            # batched per epoch: each epoch ends with its own partial batch (or drops a batch of 1)
+            return ds.batch(self.batch_size, drop_remainder=drop_last)
+
+        # bytes: a file name need not be UTF-8
+        paths = [[os.fsencode(s.path) for s in samples] for samples, _ in per_epoch]
+        labels = np.asarray([[s.label for s in samples] for samples, _ in per_epoch], np.int32)
+        seeds = np.stack([np.zeros((len(samples), 2), np.int64) if seeds is None else seeds
+                          for samples, seeds in per_epoch])
+        if len(per_epoch) == 1:
+            ds = one_epoch(paths[0], labels[0], seeds[0])
+        else:  # [epochs, samples] tensors: one epoch after another
+            ds = tf.data.Dataset.from_tensor_slices((paths, labels, seeds)).flat_map(one_epoch)
+        return ds.prefetch(tf.data.AUTOTUNE)
 
     # -------------------------------------------------------------- numpy
     def numpy_example(self, sample: Sample, seed, augment: bool) -> np.ndarray:
@@ -111,13 +161,28 @@ class KerasData:
 
 
 class NumpyBatches(keras.utils.PyDataset):
-    """Batches ``(x [B, H, W, 3] float32, one-hot y)`` for any Keras backend."""
+    """Batches ``(x [B, H, W, 3] float32, one-hot y)`` of one epoch, for any Keras backend.
 
-    def __init__(self, samples: list[Sample], seeds, data: KerasData, augment: bool,
-                 drop_last: bool = False):
+    For training, ``epochs`` are the run's epochs the fit runs and ``set_epoch`` picks
+    the one served (``train.SetEpoch`` calls it as each begins: a ``PyDataset``'s own
+    ``on_epoch_begin``/``on_epoch_end`` hooks also run while ``fit`` prepares, so they
+    cannot count epochs); evaluation serves ``samples`` in split order.
+    """
+
+    def __init__(self, data: KerasData, samples: list[Sample], augment: bool,
+                 epochs: Sequence[int] = (), drop_last: bool = False):
         super().__init__(workers=max(1, data.num_workers), use_multiprocessing=False)
-        self.samples, self.seeds, self.data, self.augment = samples, seeds, data, augment
-        self.drop_last = drop_last
+        self.data, self.samples, self.augment, self.drop_last = data, samples, augment, drop_last
+        self.epochs = list(epochs)  # the epochs of the fit that reads it; none for evaluation
+        self.epoch: int | None = None
+        self.order, self.seeds = samples, None
+        if self.epochs:
+            self.set_epoch(self.epochs[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Serve the run's (1-based) ``epoch``: its order and per-sample augmentation seeds."""
+        order, self.seeds = epoch_order(len(self.samples), self.data.seed, epoch)
+        self.order, self.epoch = [self.samples[i] for i in order], epoch
 
     def __len__(self) -> int:
         n, bs = len(self.samples), self.data.batch_size
@@ -125,7 +190,7 @@ class NumpyBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index: int):
         lo = index * self.data.batch_size
-        batch = self.samples[lo:lo + self.data.batch_size]
+        batch = self.order[lo:lo + self.data.batch_size]
         x = np.stack([self.data.numpy_example(s, None if self.seeds is None else self.seeds[lo + i],
                                               self.augment) for i, s in enumerate(batch)])
         y = np.eye(self.data.split.num_classes, dtype=np.float32)[[s.label for s in batch]]

@@ -44,7 +44,8 @@ class KerasModel:
     # gamma/beta); BN moving statistics are Keras variables but not parameters
     parameter_ids: frozenset
     # the same layers as ``model``, never compiled: its .weights.h5 holds the
-    # weights only (a compiled model's file also holds its optimizer)
+    # weights only (a compiled model's file also holds its optimizer), and its predict
+    # function is traced once (compile() discards a compiled model's)
     weights_view: keras.Model
 
     @property

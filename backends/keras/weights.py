@@ -7,13 +7,15 @@
   phase's optimizer; so the weights go through an uncompiled view of the same
   layers and the optimizer's variables into a sidecar ``.optimizer.npz``,
   restored only when class and shapes match (a resumed run then continues
-  with the same momentum/Adam moments).
+  with the same momentum/Adam moments). The head's shape goes into a third
+  file, ``<path>.head.json`` (model, classes, hidden units).
 * backbone from a checkpoint, head excluded: Keras 3 ``.weights.h5`` files are
   keyed by the model's structure, not by layer name, so a file is loaded into
-  a temporary model shaped like the checkpoint (its head size read from the
-  file) and the backbone layers are copied across with ``set_weights``; the new
-  head keeps its fresh initialisation (``skip_mismatch=True`` would instead
-  *load* a head whose shape happens to match, e.g. same class count).
+  a temporary model shaped like the checkpoint (its head shape read from the
+  ``.head.json`` beside it) and the backbone layers are copied across with
+  ``set_weights``; the new head keeps its fresh initialisation
+  (``skip_mismatch=True`` would instead *load* a head whose shape happens to
+  match, e.g. same class count).
 * ImageNet: ``keras.applications``' own ``weights=`` with the cached
   ``*_notop.h5``; offline, one line names the file and the cache folder.
 """
@@ -21,10 +23,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
-import h5py
 import keras
 import numpy as np
 
@@ -35,6 +37,7 @@ from .model import HEAD_LOGITS, KerasModel, build_model
 
 WEIGHTS_SUFFIX = ".weights.h5"
 OPTIMIZER_SUFFIX = ".optimizer.npz"
+HEAD_SUFFIX = ".head.json"
 
 # ------------------------------------------------------------------ imagenet
 
@@ -73,6 +76,12 @@ def optimizer_file(path: Path) -> Path:
     return Path(str(path) + OPTIMIZER_SUFFIX)
 
 
+def head_file(weights: Path) -> Path:
+    """``NAME.head.json`` beside ``NAME.weights.h5``."""
+    weights = Path(weights)
+    return weights.with_name(weights.name[:-len(WEIGHTS_SUFFIX)] + HEAD_SUFFIX)
+
+
 def optimizer_signature(optimizer) -> str:
     """Which optimizer state fits: class and variable shapes."""
     shapes = [tuple(v.shape) for v in optimizer.variables]
@@ -87,6 +96,11 @@ def save(km: KerasModel, optimizer, path: Path) -> Path:
     tmp = target.with_name(f".{target.name[:-len(WEIGHTS_SUFFIX)]}.tmp{os.getpid()}{WEIGHTS_SUFFIX}")
     km.weights_view.save_weights(str(tmp))
     os.replace(tmp, target)
+    head = {"model": km.spec.name, "num_classes": int(km.model.output_shape[-1]),
+            "head_hidden_units": int(km.head_hidden_units)}
+    head_tmp = head_file(target).with_name(f".{head_file(target).name}.tmp{os.getpid()}")
+    head_tmp.write_text(json.dumps(head, indent=1) + "\n")
+    os.replace(head_tmp, head_file(target))
     if optimizer is not None and optimizer.built:
         opt_target = optimizer_file(target.with_name(target.name[:-len(WEIGHTS_SUFFIX)]))
         opt_tmp = opt_target.with_name(f".{opt_target.name}.tmp{os.getpid()}.npz")
@@ -122,31 +136,27 @@ def restore(km: KerasModel, optimizer, path: Path) -> bool:
 
 # ------------------------------------------------------- backbone from a file
 
-def checkpoint_head(path: Path) -> tuple[int, int]:
-    """``(num_classes, head_hidden_units)`` of a ``.weights.h5`` written by ``save``.
-
-    The backbone of an application without its top has no Dense layer, so the
-    file's Dense kernels are the head: one (logits) or two (hidden, logits).
-    """
-    kernels = []
-    with h5py.File(path, "r") as f:
-        def visit(name, obj):
-            if isinstance(obj, h5py.Dataset) and name.split("/")[-3].startswith("dense") \
-                    and name.endswith("vars/0") and obj.ndim == 2:
-                kernels.append((name, obj.shape))
-        f.visititems(visit)
-    if len(kernels) not in (1, 2):
-        raise BackendError(f"{path} is not a checkpoint written by the keras backend "
-                           f"(found {len(kernels)} Dense kernels, expected 1 or 2)")
-    kernels.sort()  # dense, dense_1: the order the head was built in
-    return kernels[-1][1][1], (kernels[0][1][1] if len(kernels) == 2 else 0)
+def checkpoint_head(path: Path) -> tuple[str, int, int]:
+    """``(model, num_classes, head_hidden_units)`` of a ``.weights.h5`` written by ``save``,
+    from the ``.head.json`` written beside it."""
+    meta = head_file(path)
+    if not meta.is_file():
+        raise BackendError(f"{path} has no {meta.name} beside it (the keras backend writes one "
+                           f"with every checkpoint to record the head's shape): pass a checkpoint "
+                           f"saved by this version, or delete a cached source checkpoint so that "
+                           f"it is pretrained again")
+    head = json.loads(meta.read_text())
+    return str(head["model"]), int(head["num_classes"]), int(head["head_hidden_units"])
 
 
 def restore_backbone(km: KerasModel, path: str, image_size: int,
                      reuse_head_rows: dict[int, int]) -> None:
     """Copy the backbone (never the head) of a ``.weights.h5`` into ``km``."""
     path = Path(path)
-    num_classes, hidden = checkpoint_head(path)
+    model, num_classes, hidden = checkpoint_head(path)
+    if model != km.spec.name:
+        raise BackendError(f"{path} holds a keras {model} (its {head_file(path).name} says so) and "
+                           f"this run builds {km.spec.name}: pass a checkpoint of the run's --model")
     if reuse_head_rows and (km.head_hidden_units or hidden):
         raise BackendError("reuse_head_rows needs a linear head (head_hidden_units = 0) in the "
                            "checkpoint and in this run")
