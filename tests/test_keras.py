@@ -660,8 +660,9 @@ def test_the_same_recipe_steps_on_every_keras_backend(other_keras_backends, resn
 @pytest.mark.slow
 def test_bench_run_on_keras_jax_and_torch(tiny_quads, tmp_path):
     """``bench run --backend keras-jax,keras-torch --recipe head`` on CPU, each run in its own
-    worker with its KERAS_BACKEND: one report row per Keras backend; ``bench throughput`` on
-    both. Minutes on a CPU (``pytest -m slow tests/test_keras.py -k bench_run``)."""
+    worker with its KERAS_BACKEND: one report row per Keras backend; ``bench export`` of the
+    jax run; ``bench throughput`` on both. Minutes on a CPU
+    (``pytest -m slow tests/test_keras.py -k bench_run``)."""
     from benchmarks import cli
 
     out = tmp_path / "sweep"
@@ -678,6 +679,12 @@ def test_bench_run_on_keras_jax_and_torch(tiny_quads, tmp_path):
     rows = [line for line in (out / "report.md").read_text().splitlines()
             if line.startswith("| keras")]
     assert [r.split("|")[1].strip() for r in rows][:2] == ["keras-jax", "keras-torch"]
+    # bench export: the .keras archive from a jax run, checked against its native logits;
+    # a SavedModel needs TensorFlow, which a keras-jax run does not hold: one line, exit 2
+    run = str(out / "keras-jax-head-s0")
+    assert cli.main(["export", run, "--format", "keras"]) == 0
+    assert (out / "keras-jax-head-s0" / "export" / "keras" / "model.keras").is_file()
+    assert cli.main(["export", run, "--format", "savedmodel"]) == 2
     # bench throughput: each Keras backend measured in its own process
     assert cli.main(["throughput", "--backend", "keras-jax,keras-torch", "--model", "resnet50",
                      "--image-size", "32", "--batch-size", "4", "--steps", "2", "--warmup", "1",
