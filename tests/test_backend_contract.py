@@ -18,9 +18,6 @@ from common.results import validate_result
 from conftest import require_backend, tiny_config
 
 BACKENDS = ["pytorch", "keras", "slim"]
-# 5 divides tiny_quads' 15 train / 5 val / 10 test images: one batch shape, so graph
-# frameworks trace (TensorFlow, slim) each function once, not once per shape
-BATCH = 5
 
 
 @pytest.fixture(params=BACKENDS)
@@ -30,7 +27,7 @@ def backend_name(request):
 
 
 def _built(backend_name, tiny_quads, tmp_path, recipe="two_phase", hidden=0):
-    config = tiny_config(backend_name, recipe, tiny_quads, tmp_path / "run", batch_size=BATCH)
+    config = tiny_config(backend_name, recipe, tiny_quads, tmp_path / "run")
     split = driver.prepare_split(config)
     b = get_backend(backend_name)(config, tmp_path / "run")
     b.setup(split, 75)
@@ -144,7 +141,7 @@ def test_features_need_a_model_and_training_needs_a_phase(backend_name, tiny_qua
 
 
 def test_two_phase_run_writes_a_valid_result(backend_name, tiny_quads, tmp_path):
-    config = tiny_config(backend_name, "two_phase", tiny_quads, tmp_path / "run", batch_size=BATCH)
+    config = tiny_config(backend_name, "two_phase", tiny_quads, tmp_path / "run")
     result = driver.run(config)
     assert result["status"] == "ok", result.get("traceback")
     on_disk = json.loads((tmp_path / "run" / "result.json").read_text())
