@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backends.base import availability, backend_info, backend_names
+from backends.base import availability, backend_info, default_backends
 from benchmarks import conversion
 from common import canonical, synthetic
 from common.data import load_dataset, load_image
@@ -61,9 +61,10 @@ def golden_batch(model: str, image_size: int) -> tuple[np.ndarray, list[str]]:
 
 
 def parity_backends(model: str, requested: list[str] | None = None) -> tuple[list[str], dict]:
-    """Backends that can run parity for ``model`` here, and why the others cannot."""
+    """Backends that can run parity for ``model`` here, and why the others cannot (by
+    default one per framework, as ``--backend all``: keras-jax and keras-torch when named)."""
     names, skipped = [], {}
-    for name in requested or backend_names():
+    for name in requested or default_backends():
         reason = availability(name)
         if reason is None and not conversion.can_convert(name, model):
             reason = f"no conversion table for {model}"

@@ -496,6 +496,14 @@ def test_keras_backends_are_registry_rows_and_all_means_three_frameworks(monkeyp
     assert cli.main(["list"]) == 0
     listed = capsys.readouterr().out
     assert "keras (also keras-tensorflow)" in listed and "keras-jax" in listed and "keras-torch" in listed
+    # --weights source: the sweep's one source model, converted (InceptionV3), or each its
+    # own pretraining where the model does not convert (ResNet-50)
+    from benchmarks import conversion
+
+    assert all(base.backend_info(n).converts("inception_v3") for n in infos)
+    assert {conversion.source_backend("inception_v3", n) for n in infos} == {
+        conversion.source_backend("inception_v3", "pytorch")}
+    assert [conversion.source_backend("resnet50", n) for n in infos] == list(infos)
     # a missing jax is a reason with the install hint, never a crash
     import importlib.util
 
@@ -509,14 +517,6 @@ def test_keras_backends_are_registry_rows_and_all_means_three_frameworks(monkeyp
                                          if "keras-jax" in l)) and "transfer-bench[keras-jax]" in line
     with pytest.raises(BackendError, match="KERAS_BACKEND=jax"):  # this process has Keras on TF
         KerasBackend(tiny_config("keras-jax", "head", ".", "."), ".")
-    # --weights source: the sweep's one source model, converted (InceptionV3), or each its
-    # own pretraining where the model does not convert (ResNet-50)
-    from benchmarks import conversion
-
-    assert all(base.backend_info(n).converts("inception_v3") for n in infos)
-    assert {conversion.source_backend("inception_v3", n) for n in infos} == {
-        conversion.source_backend("inception_v3", "pytorch")}
-    assert [conversion.source_backend("resnet50", n) for n in infos] == list(infos)
 
 
 def test_keras_backend_rows_side_by_side_in_reports(tiny_quads, tmp_path, monkeypatch):
