@@ -90,6 +90,12 @@ def test_resume_runs_only_what_is_missing(fake_backends, tiny_quads, tmp_path):
             assert p.stat().st_mtime_ns == mtime, f"{p} was re-run"
 
 
+def _sigint_as_from_a_terminal():
+    """A shell without job control starts `cmd &` with SIGINT ignored, and Python keeps an
+    inherited SIG_IGN; give the child the disposition a terminal's Ctrl-C meets."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_keeps_finished_results_and_resume_completes(fake_backends, tiny_quads, tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, FAKE_BACKEND_CRASH="sleep")
@@ -97,7 +103,7 @@ def test_ctrl_c_keeps_finished_results_and_resume_completes(fake_backends, tiny_
                              "--recipe", "head", "--seeds", "0,1", "--data", str(tiny_quads),
                              "--epochs", "1", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=str(TESTS.parent))
+                            cwd=str(TESTS.parent), preexec_fn=_sigint_as_from_a_terminal)
     first = out / "fake-head-s0" / "result.json"
     deadline = time.time() + 60
     while not first.is_file() and time.time() < deadline:
