@@ -151,5 +151,9 @@ def test_two_phase_run_writes_a_valid_result(backend_name, tiny_quads, tmp_path)
     assert on_disk["data"]["split_digest"] == driver.prepare_split(config).digest()
     assert on_disk["throughput"]["train"]["images_per_second"] > 0
     assert on_disk["throughput"]["infer"]["images_per_second"] > 0
+    # what the timed train step updated is what the last phase trains (README: `throughput.timed`)
+    last = on_disk["phases"][-1]
+    assert {k: on_disk["throughput"]["timed"][k] for k in ("trainable_params", "trainable_tensors")} == \
+        {k: last[k] for k in ("trainable_params", "trainable_tensors")}
     assert len(on_disk["test"]["confusion"]) == 5
     assert on_disk["versions"] and on_disk["device"]["kind"]

@@ -17,7 +17,7 @@ from common.timing import measure_steps
 from common.results import cpu_name
 
 from .model import KerasModel, build_model
-from .train import compile_phase, set_trainable
+from .train import compile_phase, set_trainable, weight_count
 
 POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16"}
 
@@ -116,6 +116,9 @@ def measure_throughput(km: KerasModel, phase: Phase, batch_size: int, precision:
                           batch_size=batch_size, steps=steps, warmup=warmup)
     infer = measure_steps(lambda: model.model.predict_on_batch(x), sync,
                           batch_size=batch_size, steps=steps, warmup=warmup)
-    return {"precision": precision, "dtype_policy": POLICIES[precision], "train": train,
+    stepped = model.model.trainable_weights
+    timed = {"optimizer": type(model.model.optimizer).__name__, "trainable_tensors": len(stepped),
+             "trainable_params": weight_count(stepped)}
+    return {"precision": precision, "dtype_policy": POLICIES[precision], "timed": timed, "train": train,
             "infer": infer, "peak_memory_bytes": peak_memory_bytes(), "device": device_info(),
             "step": "model.train_on_batch / model.predict_on_batch (compiled, current phase)"}
