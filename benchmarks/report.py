@@ -29,7 +29,7 @@ from markupsafe import Markup, escape
 
 from backends.base import BackendError, BackendInfo, backend_info
 from benchmarks import stats
-from common.results import SCHEMA_VERSION, RunResults, load_results, write_json_atomic
+from common.results import SCHEMA_VERSION, RunResults, load_results, write_json_atomic, write_text_atomic
 
 DASH, NOT_AVAILABLE = "—", "not available"
 _PALETTE = ("#8e6bbf", "#c9a227", "#6b7a8f", "#d16ba5", "#17becf", "#8c564b")
@@ -495,12 +495,12 @@ def write_report(run_dir: Path, plots: bool = True) -> dict[str, Path]:
     agg = stats.aggregate(df)
     paths = {k: run_dir / f"{stem}.{k}" for k, stem in (("md", "report"), ("html", "report"),
                                                         ("csv", "summary"), ("json", "summary"))}
-    _write_text(paths["md"], render("report.j2", "markdown", **report_context(run, run_dir, {})))
+    write_text_atomic(paths["md"], render("report.j2", "markdown", **report_context(run, run_dir, {})))
     figures = make_figures(df) if plots else {}
-    _write_text(paths["html"], render("report.j2", "html", **report_context(run, run_dir, figures)))
+    write_text_atomic(paths["html"], render("report.j2", "html", **report_context(run, run_dir, figures)))
     table = agg.reindex(columns=CSV_FIELDS).assign(seeds=[";".join(map(str, s)) for s in agg.seeds],
                                                    errors=[" | ".join(e) for e in agg.errors])
-    _write_text(paths["csv"], table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+    write_text_atomic(paths["csv"], table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
     write_json_atomic(paths["json"], {
         "run_dir": str(run_dir), "results": len(df), "rows": stats.records(agg), "conditions": conditions(df),
         "within_spread": stats.within_spread(agg), "transfer_gain": stats.transfer_gain(agg),
@@ -508,12 +508,6 @@ def write_report(run_dir: Path, plots: bool = True) -> dict[str, Path]:
         "starting_weights": starting_weights(df), "lacking": {r.path: r.lacks for r in run.lacking},
         "unreadable": [{"path": u.path, "reason": u.reason} for u in run.unreadable]})
     return paths
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def summary_table(results: Iterable, reason_width: int = 48) -> str:

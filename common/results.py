@@ -233,14 +233,20 @@ def _clean(obj: Any) -> Any:
 
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON to ``path`` via a temporary file and ``os.replace``."""
+    write_text_atomic(path, json.dumps(_clean(payload), indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file of this process and ``os.replace``:
+    readers see the old file or the new one, never half of one, also when two processes
+    write the same path; the file gets the permissions the umask gives a new file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a result is for every reader
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_clean(payload), f, indent=2, sort_keys=True, allow_nan=False)
-            f.write("\n")
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

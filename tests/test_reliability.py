@@ -28,7 +28,7 @@ from backends import base
 from benchmarks import cli, driver, runner
 from common.config import ConfigError, parse_recipe
 from common.data import DataError, drops_last_batch, load_dataset, load_image, load_meta_file
-from common.locks import claim_directory, holder_pid
+from common.locks import LOCK_FILE, claim_directory, holder_pid
 from common.paths import CACHE_ENV, mount_point
 
 TESTS = Path(__file__).resolve().parent
@@ -596,9 +596,12 @@ def test_keras_and_slim_pipelines_drop_the_same_last_batch_and_predict_in_split_
 
 def test_result_files_are_readable_by_everyone(fake, tiny_quads, tmp_path):
     assert bench(*fake_run(tiny_quads, tmp_path / "out")) == 0
+    assert bench("report", tmp_path / "out") == 0
     for name in ("sweep.json", "fake-head-s0/result.json", "fake-head-s0/state.json",
-                 "fake-head-s0/config.json"):
+                 "fake-head-s0/config.json", "report.md", "report.html", "summary.csv", "summary.json"):
         assert (tmp_path / "out" / name).stat().st_mode & 0o777 == 0o644 & ~_umask(), name
+    left = [p.name for p in (tmp_path / "out").glob(".*") if p.name != LOCK_FILE]
+    assert not left, f"temporary files left behind: {left}"
 
 
 def _umask() -> int:
