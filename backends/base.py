@@ -147,6 +147,13 @@ class BackendInfo:
     # part of `--backend all` (the default sweep: one entry per framework); keras-jax and
     # keras-torch run only when named
     in_all: bool = True
+    # data parallel on the framework's own engine (``backends/<name>/parallel.py``): what
+    # runs it, "" when the backend has none (``parallel_refusal`` says why)
+    data_parallel: str = ""
+    parallel_refusal: str = ""
+    # the module ``bench run`` starts the run under (``python -m LAUNCHER ... -m
+    # benchmarks.run_worker``) when it runs on more than one device: torchrun for PyTorch
+    launcher: str = ""
 
     def _catalog(self):
         return importlib.import_module(self.catalog) if self.catalog else None
@@ -219,6 +226,21 @@ class BackendInfo:
     def apply_environment(self) -> None:
         """Set this backend's environment (call before its framework is imported)."""
         os.environ.update(self.environment)
+
+
+def unsupported_parallel(name: str, devices: int, nnodes: int = 1) -> str | None:
+    """Why backend ``name`` cannot run on ``devices`` devices x ``nnodes`` nodes (one line),
+    or None. Framework-free: the device count itself is checked where the framework runs."""
+    if devices * nnodes == 1:
+        return None
+    info = backend_info(name)
+    if not info.data_parallel:
+        return (info.parallel_refusal or f"the {info.name} backend has no data-parallel path") + \
+            f"; run it with --devices 1"
+    if nnodes > 1 and not info.launcher:
+        return (f"the {info.name} backend runs its devices from one process ({info.data_parallel}); "
+                f"--nnodes > 1 needs a launcher: use --backend pytorch")
+    return None
 
 
 # ------------------------------------------------------------------ registry
@@ -623,6 +645,17 @@ class Backend(abc.ABC):
         """Human-readable model summary saved in the run directory."""
         return ""
 
+    def parallel(self) -> dict:
+        """How this run is spread over its devices, for result.json: the global-batch rule
+        (``common.parallel``), the engine, and what the backend says of it."""
+        from common.parallel import record
+
+        return record(self.config.train, self.info.data_parallel or "none",
+                      **self._parallel_details())
+
+    def _parallel_details(self) -> dict:
+        return {}
+
     def close(self) -> None:
         """Release sessions, writers and memory."""
 
@@ -669,4 +702,4 @@ __all__ = ["ALIASES", "Backend", "BackendError", "BackendInfo", "EXPORT_TOLERANC
            "ExportCheckFailed", "ImagenetWeights", "ModelEntry",
            "REGISTRY", "WeightsRequest", "availability", "backend_info", "backend_names",
            "backends_with_model", "canonical_name", "default_backends", "get_backend",
-           "unknown_backend_message", "unsupported_model"]
+           "unknown_backend_message", "unsupported_model", "unsupported_parallel"]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from backends.base import (ALIASES, BackendError, availability, backend_info, backend_names,
                            backends_with_model, canonical_name, default_backends,
-                           unknown_backend_message, unsupported_model)
+                           unknown_backend_message, unsupported_model, unsupported_parallel)
 from benchmarks.console import configure_console
 from benchmarks.runner import PlanError
 from benchmarks.saved_run import BackendProcessFailed, SavedRunError
@@ -166,6 +166,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=_workers, default=0, metavar="N",
                      help="image-decoding workers: PyTorch DataLoader num_workers (default 0: in "
                           "the training process), tf.data num_parallel_calls (0: AUTOTUNE)")
+    par = run.add_argument_group(
+        "more than one device", "data parallel on each framework's own engine; --batch-size is "
+        "the global batch, split evenly, the learning rate unchanged (README 'More than one device')")
+    par.add_argument("--devices", "--nproc-per-node", dest="devices", type=_positive, default=1,
+                     metavar="N", help="devices per node (PyTorch: processes under torchrun, "
+                                       "NCCL on CUDA, gloo on CPU; slim: --num_clones)")
+    par.add_argument("--nnodes", type=_positive, default=1, metavar="N",
+                     help="nodes (PyTorch only; torchrun's --nnodes)")
+    par.add_argument("--node-rank", type=_nonnegative, default=0, metavar="R",
+                     help="this node's rank (torchrun's --node-rank)")
+    par.add_argument("--rdzv-endpoint", default="", metavar="HOST:PORT",
+                     help="torchrun's rendezvous endpoint, the same on every node")
+    par.add_argument("--rdzv-timeout", type=_positive, default=900, metavar="SECONDS",
+                     help="how long a node waits for the others at the rendezvous (default 900)")
+    par.add_argument("--sync-bn", action="store_true",
+                     help="PyTorch: SyncBatchNorm (batch statistics over every device) in "
+                          "phases with bn = \"train\"")
     run.add_argument("--out", type=Path, help="run directory (default: results/<timestamp>)")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR",
                      help="finish the missing runs of an earlier sweep")
@@ -340,6 +357,10 @@ def build_configs(args: argparse.Namespace, out: Path) -> list[RunConfig]:
         if hidden:
             raise UsageError(f"--reuse-head-rows needs a linear head, but {', '.join(hidden)} "
                              f"has head_hidden_units > 0; use e.g. --recipe head")
+    for backend in backends:
+        refusal = supported[backend] and unsupported_parallel(backend, args.devices, args.nnodes)
+        if refusal:
+            raise UsageError(refusal)
     names = [r.name for r in recipes]
     if len(set(names)) != len(names):
         raise UsageError(f"--recipe names must be unique, got {', '.join(names)}")
@@ -357,7 +378,10 @@ def build_configs(args: argparse.Namespace, out: Path) -> list[RunConfig]:
                     model=ModelConfig(name=args.model, weights=weights, aux_logits=args.aux_logits,
                                       ignore_missing_vars=args.ignore_missing_vars),
                     train=TrainConfig(seed=seed, batch_size=args.batch_size, precision=args.precision,
-                                      reuse_head_rows=args.reuse_head_rows),
+                                      reuse_head_rows=args.reuse_head_rows, devices=args.devices,
+                                      nnodes=args.nnodes, node_rank=args.node_rank,
+                                      rdzv_endpoint=args.rdzv_endpoint,
+                                      rdzv_timeout=args.rdzv_timeout, sync_bn=args.sync_bn),
                     run_dir=str(out / run_name(backend, recipe.name, seed)))
                 if supported[backend]:  # else (resnet18 in Keras) the run is recorded as skipped
                     validate_run(config)

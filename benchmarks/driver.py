@@ -27,13 +27,14 @@ import numpy as np
 
 from backends.base import Backend, BackendError, WeightsRequest, backend_info, get_backend
 from benchmarks import conversion
-from common import canonical, synthetic
+from common import canonical, parallel, synthetic
 from common.config import Phase, RunConfig, validate_run
 from common.data import DataError, Split, drops_last_batch, load_dataset, split_dataset
 from common.linear import fit_linear_probe
 from common.locks import claim_directory
 from common.metrics import classification_metrics
 from common.models import get_model
+from common.parallel import is_main_process
 from common.paths import cache_root, disk_full_message, is_disk_full
 from common.results import SchemaError, base_result, write_json_atomic, write_result
 from common.timing import peak_rss_bytes
@@ -133,7 +134,7 @@ def pretrain_source(config: RunConfig, image_size: int, cache: Path) -> dict:
     # must not start from a bf16-trained source
     pre_config = dataclasses.replace(
         config, train=dataclasses.replace(config.train, batch_size=p.batch_size, seed=0,
-                                          precision="fp32"))
+                                          precision="fp32", devices=1, nnodes=1, node_rank=0))
     log.info(f"pretraining {config.model.name} in {config.backend} on shapes "
              f"({len(split.train)} images, {p.epochs} epochs) -> {cache}")
     t0 = time.perf_counter()
@@ -324,6 +325,8 @@ def _write_phase_text(run_dir: Path, index: int, report: dict) -> None:
              f"{report['total_params']:,} parameters trainable in {report['trainable_tensors']} tensors; "
              f"blocks: {', '.join(report['trainable_blocks']) or 'head only'}"]
     lines += [f"    {key}: {value}" for key, value in report.get("native", {}).items()]
+    if not is_main_process():
+        return
     with open(run_dir / "phases.txt", "a", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -367,7 +370,8 @@ def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Pat
         done.add((pi, epoch))
         state["done"] = sorted(done)
         state["attempt_seconds"] = [*earlier_attempts, time.perf_counter() - started]
-        write_json_atomic(run_dir / STATE_FILE, state)
+        if is_main_process():  # every rank holds the same state; rank 0 writes it
+            write_json_atomic(run_dir / STATE_FILE, state)
         log.info(f"  epoch {global_epoch} ({phase.name} {epoch + 1}/{phase.epochs}) lr {lr:.2e}: "
             f"loss {stats['loss']:.3f} train {stats['top1']:.3f} val {val['top1']:.3f} "
             f"({point['images_per_second']:.1f} img/s)")
@@ -412,9 +416,10 @@ def linear_probe(backend: Backend, config: RunConfig, split: Split, weights_info
         cached = False
         tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
         try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(tmp, **feats)
-            os.replace(tmp, cache)
+            if is_main_process():  # every rank holds the gathered features; rank 0 caches them
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(tmp, **feats)
+                os.replace(tmp, cache)
         except OSError as err:  # a read-only or full cache: the probe goes on without it
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
@@ -458,7 +463,8 @@ def run(config: RunConfig) -> dict:
         validate_run(config)
         image_size = default_image_size(config)
         split = prepare_split(config)
-        split.write(run_dir / "split.json")
+        if is_main_process():
+            split.write(run_dir / "split.json")
         result["data"] = {"source": config.data.source, "root": split.root,
                           "split_digest": split.digest(), "classes": list(split.classes),
                           "num_classes": split.num_classes, "image_size": image_size,
@@ -478,6 +484,8 @@ def run(config: RunConfig) -> dict:
         pretrain_seconds = time.perf_counter() - t_pre
         result["weights"] = weights_info
         backend = get_backend(config.backend)(config, run_dir)
+        if parallel.is_parallel(config.train):  # the global-batch rule and the engine that ran
+            result["parallel"] = backend.parallel()
         result["versions"].update(backend.frameworks())
         result["device"] = backend.device()
         backend.setup(split, image_size)
@@ -487,7 +495,7 @@ def run(config: RunConfig) -> dict:
             result["weights"]["restore"] = backend.restore_report
         result["preprocessing"] = {"normalisation": backend.preprocessing_name()}
         summary = backend.model_summary()
-        if summary:
+        if summary and is_main_process():
             (run_dir / "model_summary.txt").write_text(summary, encoding="utf-8")
         t_train = time.perf_counter()
         if config.recipe.is_linear_probe:
@@ -544,6 +552,8 @@ def run(config: RunConfig) -> dict:
     finally:
         if backend is not None:
             backend.close()
+    if not is_main_process():  # rank 0 writes result.json (and records a failed attempt)
+        return result
     if result["status"] != "ok":
         this_attempt = time.perf_counter() - t_start
         result.setdefault("times", {"total_seconds": this_attempt + sum(earlier),

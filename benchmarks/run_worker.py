@@ -14,6 +14,7 @@ second worker can run in the same directory.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
@@ -24,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.console import PROGRESS_MARK, configure_console
+from benchmarks.console import PROGRESS_MARK, SUITE_LOGGERS, configure_console
 
 log = logging.getLogger("benchmarks.run_worker")  # not __main__ under -m
 
@@ -62,14 +63,29 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m benchmarks.run_worker RUN_DIR/config.json", file=sys.stderr)
         return 2
-    if os.environ.get(runner.PARENT_PID_ENV):
+    # under torchrun (one worker per device): the launcher is the parent and holds the run
+    # directory's claim; rank 0 alone talks to the terminal and writes the run's files
+    launched = "LOCAL_RANK" in os.environ
+    if launched:
+        die_with_parent(os.getppid())
+    elif os.environ.get(runner.PARENT_PID_ENV):
         die_with_parent(int(os.environ[runner.PARENT_PID_ENV]))
     configure_console(prefix=PROGRESS_MARK)  # the parent echoes these lines to the terminal
+    from common.parallel import is_main_process
+    from common.progress import PROGRESS_ENV
+
+    if not is_main_process():
+        for name in SUITE_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        os.environ[PROGRESS_ENV] = "off"
     config_file = Path(argv[0])
     run_dir = config_file.parent
     try:
         inherited = os.environ.get(runner.CLAIM_FD_ENV)
-        claim = adopt_claim(run_dir, int(inherited)) if inherited else claim_directory(run_dir)
+        if launched:
+            claim = contextlib.nullcontext()
+        else:
+            claim = adopt_claim(run_dir, int(inherited)) if inherited else claim_directory(run_dir)
     except DirectoryBusy as busy:
         log.error(f"error: run directory {run_dir} is held by worker PID {busy.pid or '?'}; "
                   f"not starting a second worker in it")
@@ -88,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             log.error(f"error: {disk_full_message(err.filename or run_dir) if is_disk_full(err) else err}")
             return 1
     if result["status"] != "ok":
-        log.info(f"error: {result['error']}")
+        if is_main_process():
+            log.info(f"error: {result['error']}")
         return 1
     return 0
 

@@ -9,6 +9,7 @@ runs only what is missing, and Ctrl-C never loses a finished result.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -144,11 +145,13 @@ def _run_worker(run: PlannedRun, claim: DirectoryClaim) -> dict:
     disk_full = None
     relay = ProgressRelay(prefix=f"  [{run.name}] ")  # the worker's progress, rendered here
     with open(run_dir / "log.txt", "a", encoding="utf-8", errors="backslashreplace") as logfile:
+        launched = worker_command(run.config, config_file)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.run_worker", str(config_file)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace",
-            env=env, pass_fds=(claim.fd,),
+            launched, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8",
+            errors="replace", env=env, pass_fds=(claim.fd,),
             start_new_session=True,  # Ctrl-C reaches the parent, which stops the child
+            # the launcher cannot arm its own death signal as run_worker does
+            preexec_fn=_die_with_this_process if launched[2] != "benchmarks.run_worker" else None,
         )
         claim.set_holder(proc.pid)
         claim.release()  # the worker's inherited handle holds the directory from now on
@@ -184,12 +187,48 @@ def _run_worker(run: PlannedRun, claim: DirectoryClaim) -> dict:
             if disk_full is None and not is_disk_full(err):
                 return _write_unrun(run, "failed", f"result.json of the worker is unreadable ({err})")
     reason = f"signal {-code}" if code < 0 else f"exit code {code}"
+    if any("RendezvousTimeoutError" in t for t in tail):
+        t = run.config.train
+        return _write_unrun(run, "failed", (
+            f"the rendezvous at {t.rdzv_endpoint or 'localhost'} timed out after {t.rdzv_timeout} s "
+            f"waiting for {t.nnodes} node(s); start 'bench run' with the same --rdzv-endpoint on "
+            f"every node, or check that the address is reachable from each"))
     last = next((t for t in reversed(tail) if t.strip()), "no output")
     if last.startswith(PROGRESS_MARK):
         last = last[len(PROGRESS_MARK):]
     if disk_full is not None:
         raise disk_full
     return _write_unrun(run, "failed", f"worker process died ({reason}): {last}"[:500])
+
+
+def worker_command(config: RunConfig, config_file: Path) -> list[str]:
+    """The worker's command line: ``python -m benchmarks.run_worker CONFIG``, started under
+    the backend's launcher when the run spreads over several processes (PyTorch: the
+    elastic launcher, ``python -m torch.distributed.run``, i.e. ``torchrun``)."""
+    worker = ["-m", "benchmarks.run_worker", str(config_file)]
+    t = config.train
+    launcher = backend_info(config.backend).launcher
+    if not launcher or t.devices * t.nnodes == 1:
+        return [sys.executable, *worker]
+    if t.nnodes == 1:
+        # one node: a local c10d rendezvous on a free port (torchrun --standalone)
+        rendezvous = ["--standalone"]
+    else:
+        rendezvous = [f"--nnodes={t.nnodes}", f"--node-rank={t.node_rank}", "--rdzv-backend=c10d",
+                      f"--rdzv-endpoint={t.rdzv_endpoint}", f"--rdzv-id={Path(config.run_dir).name}",
+                      f"--rdzv-conf=join_timeout={t.rdzv_timeout}"]
+    return [sys.executable, "-m", launcher, f"--nproc-per-node={t.devices}", *rendezvous,
+            "--max-restarts=0", *worker]
+
+
+def _die_with_this_process() -> None:
+    """In the launcher's process, before it starts: SIGTERM when ``bench`` exits (Linux);
+    torchrun then stops its workers."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def child_progress_mode() -> str:

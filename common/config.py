@@ -150,6 +150,14 @@ class TrainConfig:
     precision: str = "fp32"
     throughput_steps: int = 5
     reuse_head_rows: bool = False
+    # data parallel (common.parallel): devices per node (PyTorch: processes, --nproc-per-node),
+    # nodes, and torchrun's rendezvous for several nodes; batch_size is the GLOBAL batch
+    devices: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str = ""
+    rdzv_timeout: int = 900
+    sync_bn: bool = False
 
 
 @dataclass(frozen=True)
@@ -370,6 +378,7 @@ def validate_run(config: RunConfig) -> None:
         _fail("run", "image_size", size, f"{spec.name} needs at least {spec.min_size} px")
     if config.train.batch_size < 1:
         _fail("run", "batch_size", config.train.batch_size, "must be >= 1")
+    validate_parallel(config.train)
     for i, phase in enumerate(config.recipe.phases):
         unknown = [b for b in phase.blocks if b not in spec.blocks]
         if unknown:
@@ -383,6 +392,28 @@ def validate_run(config: RunConfig) -> None:
 
 
 MAX_WORKERS = 256
+MAX_DEVICES = 1024
+
+
+def validate_parallel(train: TrainConfig) -> None:
+    """One-line ``ConfigError`` for a device or node count out of range, a multi-node run
+    without a rendezvous endpoint, or a global batch that does not split evenly."""
+    for key in ("devices", "nnodes"):
+        value = getattr(train, key)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DEVICES:
+            _fail("run", key, value, f"must be an integer in [1, {MAX_DEVICES}]")
+    if not 0 <= train.node_rank < train.nnodes:
+        _fail("run", "node_rank", train.node_rank, f"must be in [0, nnodes={train.nnodes})")
+    if train.nnodes > 1 and not re.fullmatch(r"[^:\s]+:\d+", train.rdzv_endpoint or ""):
+        _fail("run", "rdzv_endpoint", train.rdzv_endpoint,
+              "a run on several nodes needs --rdzv-endpoint HOST:PORT (the same on every node)")
+    if train.rdzv_timeout < 1:
+        _fail("run", "rdzv_timeout", train.rdzv_timeout, "must be >= 1 second")
+    workers = train.devices * train.nnodes
+    if train.batch_size % workers:
+        _fail("run", "batch_size", train.batch_size,
+              f"--batch-size is the global batch and must split evenly over the {workers} "
+              f"devices ({train.nnodes} node(s) x {train.devices}); use a multiple of {workers}")
 
 
 def validate_split_options(val_fraction: float | None, test_fraction: float | None,

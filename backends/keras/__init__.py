@@ -55,5 +55,9 @@ INFO_TORCH = BackendInfo(
     description="Keras 3 on torch: the keras backend's code, eager torch steps, PyDataset input",
     export_formats=("keras",),  # a SavedModel needs TensorFlow
     in_all=False,
+    # keras.distribution (DataParallel) is implemented for the jax backend only, and Keras
+    # has no tf.distribute on torch: no data-parallel fit on this backend
+    parallel_refusal="Keras 3 has no data-parallel path on the torch backend (keras.distribution "
+                     "runs on jax only); use --backend keras-jax or pytorch for several devices",
     **_COMMON,
 )

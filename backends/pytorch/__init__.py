@@ -19,4 +19,6 @@ INFO = BackendInfo(
     color="#e4572e",
     description="torchvision models; requires_grad + param groups; state_dict .pt",
     export_formats=("torchscript", "onnx"),  # export.py
+    data_parallel="torch.distributed DistributedDataParallel under torchrun",  # parallel.py
+    launcher="torch.distributed.run",  # torchrun: one process per device
 )

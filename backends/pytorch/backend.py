@@ -24,10 +24,12 @@ from backends.base import Backend, BackendError, WeightsRequest
 from common.config import Phase, RunConfig
 from common.data import Split
 from common.models import ModelSpec
+from common.parallel import is_parallel, per_device_batch
 from common.preprocess import get_normalisation
 from common.results import cpu_name
 
-from . import data, export as export_lib, model as model_lib, train, weights as weights_lib
+from . import data, export as export_lib, model as model_lib, parallel as parallel_lib, train
+from . import weights as weights_lib
 from .throughput import measure_throughput
 
 
@@ -38,6 +40,11 @@ class PyTorchBackend(Backend):
     def __init__(self, config: RunConfig, run_dir: Path):
         super().__init__(config, run_dir)
         self.device_ = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # data parallel (parallel.py): this process is one torchrun worker of `world`
+        self.rank, self.world = 0, 1
+        if is_parallel(config.train):
+            self.rank, self.world, self.device_ = parallel_lib.init_process_group(config.train)
+        self.ddp: nn.Module | None = None  # the phase's DistributedDataParallel wrapper
         self.model: nn.Module | None = None
         self.trainable: dict[str, nn.Module] = {}
         self.optimizer: torch.optim.Optimizer | None = None
@@ -65,15 +72,21 @@ class PyTorchBackend(Backend):
         np.random.seed(seed)
         torch.manual_seed(seed)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        torch.set_num_threads(cores or 1)
-        bs, workers = self.config.train.batch_size, self.config.data.num_workers
+        # under torchrun, the node's cores are shared by its worker processes
+        torch.set_num_threads(max(1, (cores or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+        bs, workers = per_device_batch(self.config.train), self.config.data.num_workers
+        distributed = self.world > 1
         # one DataLoader per split, kept across epochs (torchvision references): the train
-        # loaders reshuffle through data.set_epoch, with and without augmentation
-        self.train_loaders = {augment: data.train_loader(split.train, image_size, bs, augment=augment,
-                                                         seed=seed, num_workers=workers)
-                              for augment in (False, True)}
-        self.eval_loaders = {name: data.eval_loader(split.subset(name), image_size, bs, workers)
-                             for name in ("train", "val", "test")}
+        # loaders reshuffle through data.set_epoch, with and without augmentation; under DDP
+        # each rank reads its DistributedSampler's share, batch_size per device
+        self.train_loaders = {augment: data.train_loader(
+            split.train, image_size, bs, augment=augment, seed=seed, num_workers=workers,
+            sampler=parallel_lib.train_sampler(len(split.train), seed) if distributed else None)
+            for augment in (False, True)}
+        self.eval_loaders = {name: data.eval_loader(
+            split.subset(name), image_size, bs, workers,
+            sampler=parallel_lib.eval_sampler(len(split.subset(name))) if distributed else None)
+            for name in ("train", "val", "test")}
 
     def _build(self, model: ModelSpec, num_classes: int, weights: WeightsRequest,
                head_hidden_units: int) -> None:
@@ -109,8 +122,12 @@ class PyTorchBackend(Backend):
         # channels_last: NCHW shapes with NHWC memory (TensorFlow's layout), which oneDNN's
         # CPU convolutions and cuDNN's tensor cores prefer; compare with a plain NCHW loop
         # with benchmarks/bench_torch_vs_minimal.py.
-        self.model = net.to(self.device_, memory_format=torch.channels_last)
-        self.optimizer, self.trainable = None, {}
+        net = net.to(self.device_, memory_format=torch.channels_last)
+        if self.world > 1 and self.config.train.sync_bn:
+            # bn = "train" phases normalise with the statistics of the global batch
+            net = parallel_lib.sync_batchnorm(net)
+        self.model = net
+        self.optimizer, self.trainable, self.ddp = None, {}, None
 
     def _apply_phase(self, phase: Phase, index: int) -> dict:
         net = self.model
@@ -118,6 +135,9 @@ class PyTorchBackend(Backend):
         train.freeze_all_but(net, self.trainable)
         groups = train.param_groups(net, self.entry, phase)
         self.optimizer, self.optimizer_description = train.make_optimizer(phase, groups)
+        if self.world > 1:
+            # after requires_grad is set: DDP all-reduces exactly this phase's parameters
+            self.ddp = parallel_lib.wrap(net, self.device_)
         params = [p for p in net.parameters() if p.requires_grad]
         return {
             "trainable_blocks": list(phase.trainable_blocks(self.spec)),
@@ -146,12 +166,17 @@ class PyTorchBackend(Backend):
 
         def on_step(loss: float) -> None:
             self._step += 1
-            self.writer.add_scalars(self._step, {"batch/train_loss": loss})
+            self.log_scalars(self._step, {"batch/train_loss": loss})
 
-        stats = train.train_one_epoch(net, loader, self.optimizer, criterion, self.device_,
-                                      self.norm, on_step, precision=self.config.train.precision,
-                                      desc=self.pass_name)
+        stats = train.train_one_epoch(self.ddp or net, loader, self.optimizer, criterion,
+                                      self.device_, self.norm, on_step,
+                                      precision=self.config.train.precision, desc=self.pass_name)
         self._computed["train"].add(stats.pop("compute_dtype"))
+        if self.world > 1:  # the epoch's loss and top-1 over every rank's images
+            loss, correct, seen = parallel_lib.sum_over_ranks(
+                [stats["loss"] * stats["images"], stats["top1"] * stats["images"], stats["images"]],
+                self.device_)
+            stats.update(loss=loss / max(seen, 1), top1=correct / max(seen, 1), images=int(seen))
         return stats
 
     def _run_eval(self, subset: str, fn=None) -> np.ndarray:
@@ -163,6 +188,8 @@ class PyTorchBackend(Backend):
         if out is None:
             width = self.num_classes if fn is None else self.spec.feature_dim
             out = np.zeros((0, width), np.float32)
+        if self.world > 1:  # each rank predicted its share: the whole split, once, on every rank
+            out = parallel_lib.gather_in_order(out, len(self.split.subset(subset)), self.device_)
         return out
 
     def _predict(self, subset: str) -> np.ndarray:
@@ -189,6 +216,14 @@ class PyTorchBackend(Backend):
         return [type(self.optimizer).__name__, self.trainable_names()]
 
     def _save(self, path: Path) -> Path:
+        file = weights_lib.checkpoint_file(path, self.checkpoint_suffix)
+        if self.rank == 0:
+            self._save_checkpoint(file)
+        if self.world > 1:
+            parallel_lib.barrier()  # no rank reads it before rank 0 has written it
+        return file
+
+    def _save_checkpoint(self, file: Path) -> None:
         payload = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
@@ -197,8 +232,7 @@ class PyTorchBackend(Backend):
             "num_classes": self.num_classes,
             "model_name": self.spec.name,
         }
-        return weights_lib.save_checkpoint(weights_lib.checkpoint_file(path, self.checkpoint_suffix),
-                                           payload)
+        weights_lib.save_checkpoint(file, payload)
 
     def _restore(self, path: Path) -> None:
         net = self.model
@@ -229,11 +263,19 @@ class PyTorchBackend(Backend):
     # -- reporting -------------------------------------------------------
     def _throughput(self, batch_size: int, precision: str, steps: int, warmup: int) -> dict:
         net, phase = self.model, self.phase
-        return measure_throughput(
-            net, self.optimizer, lambda: train.set_train_modes(net, self.trainable, phase.bn),
+        if self.world > 1:  # the DDP step (all-reduce included) on this rank's share of the batch
+            batch_size = max(1, batch_size // self.world)
+        result = measure_throughput(
+            self.ddp or net, self.optimizer,
+            lambda: train.set_train_modes(net, self.trainable, phase.bn),
             device=self.device_, num_classes=self.num_classes, image_size=self.image_size,
             batch_size=batch_size, precision=precision, steps=steps, warmup=warmup,
             seed=self.config.train.seed)
+        if self.world > 1:
+            result["devices"] = self.world
+            result["measured"] = (f"rank {self.rank} of {self.world}: img/s of one device's "
+                                  f"batch of {batch_size} in a DDP step")
+        return result
 
     def _bare_train_loop(self, batch_size: int, steps: int):
         """The harness-overhead baseline: the same model, optimizer and batch layout in a
@@ -262,13 +304,25 @@ class PyTorchBackend(Backend):
         return export_lib.export(self.model, fmt, directory, golden)
 
     def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
-        self.writer.add_scalars(step, scalars)
+        if self.rank == 0:  # one TensorBoard log per run
+            self.writer.add_scalars(step, scalars)
+
+    def _parallel_details(self) -> dict:
+        return {"world_size": self.world, "process_group": "nccl" if self.device_.type == "cuda" else "gloo",
+                "launcher": "torchrun (python -m torch.distributed.run)",
+                "sampler": "DistributedSampler + set_epoch (eval: gathered, padding dropped)",
+                "gradients": "averaged by DDP's all-reduce during backward()",
+                "batchnorm": ("SyncBatchNorm: statistics of the global batch"
+                              if self.config.train.sync_bn else
+                              "per device (rank 0's running statistics broadcast each forward)")}
 
     def model_summary(self) -> str:
         return model_lib.summary(self.model) if self.model is not None else ""
 
     def close(self) -> None:
         self.writer.close()
-        self.model = self.optimizer = None
+        self.model = self.optimizer = self.ddp = None
+        if self.world > 1:
+            parallel_lib.destroy()
         if self.device_.type == "cuda":
             torch.cuda.empty_cache()

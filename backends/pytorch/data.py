@@ -78,8 +78,15 @@ class EpochShuffleSampler(Sampler[int]):
         return self.n
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = torch.Generator().manual_seed(shuffle_seed(self.seed) + self.epoch)
         return iter(torch.randperm(self.n, generator=generator).tolist())
+
+
+def shuffle_seed(seed: int) -> int:
+    """The seed the permutation of epoch ``e`` is drawn with, minus ``e``: the same number
+    for ``EpochShuffleSampler`` and a ``DistributedSampler(seed=...)`` (which seeds
+    ``seed + epoch``), so N ranks share out one process's permutation (``parallel.py``)."""
+    return seed * 1_000_003
 
 
 def random_crop_flip(image: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -103,12 +110,14 @@ def normalise(images: torch.Tensor, norm: Normalisation) -> torch.Tensor:
 
 
 def train_loader(samples: list[Sample], size: int, batch_size: int, *, augment: bool, seed: int,
-                 num_workers: int = 0) -> DataLoader:
+                 num_workers: int = 0, sampler: Sampler | None = None) -> DataLoader:
     """The training loader, built once: call ``set_epoch(loader, e)`` before each epoch.
-    Order and augmentation of an epoch depend on ``(seed, epoch)`` only."""
+    Order and augmentation of an epoch depend on ``(seed, epoch)`` only. ``sampler``: this
+    rank's ``DistributedSampler`` under DDP (``batch_size`` is then the per-device batch)."""
+    sampler = EpochShuffleSampler(len(samples), seed) if sampler is None else sampler
     return DataLoader(SplitDataset(samples, size, augment, seed), batch_size=batch_size,
-                      sampler=EpochShuffleSampler(len(samples), seed),
-                      drop_last=drops_last_batch(len(samples), batch_size),  # never a batch of 1
+                      sampler=sampler,
+                      drop_last=drops_last_batch(len(sampler), batch_size),  # never a batch of 1
                       num_workers=num_workers, persistent_workers=False,
                       pin_memory=torch.cuda.is_available())
 
@@ -119,7 +128,9 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
     loader.dataset.set_epoch(epoch)
 
 
-def eval_loader(samples: list[Sample], size: int, batch_size: int, num_workers: int = 0) -> DataLoader:
-    """Batches in split order, no augmentation."""
+def eval_loader(samples: list[Sample], size: int, batch_size: int, num_workers: int = 0,
+                sampler: Sampler | None = None) -> DataLoader:
+    """Batches in split order, no augmentation (``sampler``: this rank's share under DDP)."""
     return DataLoader(SplitDataset(samples, size), batch_size=batch_size, shuffle=False,
-                      num_workers=num_workers, pin_memory=torch.cuda.is_available())
+                      sampler=sampler, num_workers=num_workers,
+                      pin_memory=torch.cuda.is_available())
