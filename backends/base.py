@@ -154,6 +154,9 @@ class BackendInfo:
     # the module ``bench run`` starts the run under (``python -m LAUNCHER ... -m
     # benchmarks.run_worker``) when it runs on more than one device: torchrun for PyTorch
     launcher: str = ""
+    # set in the run's process when it runs on several devices, "{devices}" replaced, a
+    # value appended to what the variable holds (jax's host devices on a CPU: XLA_FLAGS)
+    parallel_environment: Mapping[str, str] = field(default_factory=dict)
 
     def _catalog(self):
         return importlib.import_module(self.catalog) if self.catalog else None

@@ -74,6 +74,16 @@ def _int_at_least(minimum: int):
 _positive, _nonnegative = _int_at_least(1), _int_at_least(0)
 
 
+def _device_counts(text: str) -> list[int]:
+    try:
+        counts = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--devices {text!r}: expected counts like 1,2,4") from None
+    if not counts or min(counts) < 1 or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"--devices {text!r}: give distinct counts >= 1, e.g. 1,2")
+    return counts
+
+
 def _fraction(text: str) -> float:
     try:
         v = float(text)
@@ -217,6 +227,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     tp.add_argument("--precision", choices=PRECISIONS, default="fp32")
     tp.add_argument("--steps", type=_positive, default=10)
     tp.add_argument("--warmup", type=int, default=2)
+    tp.add_argument("--devices", type=_device_counts, default=[1], metavar="N,...",
+                    help="device counts to measure, e.g. 1,2 (--batch-size is the global batch); "
+                         "prints img/s and scaling efficiency per count")
     tp.add_argument("--out", type=Path, help="write the JSON result here")
 
     rep = sub.add_parser("report", help="(re)build report.md/html and summary.csv from a run directory")
@@ -611,28 +624,50 @@ def cmd_throughput(args: argparse.Namespace) -> int:
     lacking = [b for b in backends if availability(b) is None and unsupported_model(b, args.model)]
     if lacking and len(lacking) == len(backends):
         raise UsageError(unsupported_model(lacking[0], args.model))
+    for n in args.devices:
+        if args.batch_size % n:
+            raise UsageError(f"--batch-size {args.batch_size} is the global batch and must split "
+                             f"evenly over --devices {n}; use a multiple of {n}")
+        for b in backends:
+            refusal = availability(b) is None and unsupported_parallel(b, n)
+            if refusal:
+                raise UsageError(refusal)
     rows = []
     for b in backends:
         reason = availability(b) or unsupported_model(b, args.model)
         if reason:
             print(f"{b}: skipped ({reason})")
             continue
-        result = measure_in_child(b, args.model, args.batch_size, args.image_size, args.precision,
-                                  args.steps, args.warmup)
-        rows.append(result)
-        if result.get("status") != "ok":
-            print(f"{b}: failed ({result.get('error')})")
-            continue
-        for kind in ("train", "infer"):
-            t = result[kind]
-            print(f"{b:8s} {args.model} {kind:5s} {result['precision']:4s} batch {args.batch_size}: "
-                  f"{t['images_per_second']:8.1f} img/s (p10 {t['images_per_second_p10']:.1f}, "
-                  f"p90 {t['images_per_second_p90']:.1f}; first step {t['first_step_seconds']:.2f}s) "
-                  f"on {result['device'].get('name', result['device'].get('kind'))}")
+        for n in args.devices:
+            result = measure_in_child(b, args.model, args.batch_size, args.image_size,
+                                      args.precision, args.steps, args.warmup, devices=n)
+            rows.append(result)
+            if result.get("status") != "ok":
+                print(f"{b}: failed on {n} device(s) ({result.get('error')})")
+                continue
+            on = f" x{n} devices" if len(args.devices) > 1 else ""
+            for kind in ("train", "infer"):
+                t = result[kind]
+                print(f"{b:8s} {args.model} {kind:5s} {result['precision']:4s} batch {args.batch_size}{on}: "
+                      f"{t['images_per_second']:8.1f} img/s (p10 {t['images_per_second_p10']:.1f}, "
+                      f"p90 {t['images_per_second_p90']:.1f}; first step {t['first_step_seconds']:.2f}s) "
+                      f"on {result['device'].get('name', result['device'].get('kind'))}")
+    scaling = []
+    if len(args.devices) > 1:
+        from benchmarks.throughput import scaling_rows
+
+        scaling = scaling_rows(rows)
+        for s in scaling:
+            eff = "—" if s["scaling_efficiency"] is None else f"{s['scaling_efficiency']:.2f}"
+            cpu = " (CPU: devices share its cores; says nothing about scaling)" \
+                if s["device"] == "cpu" else ""
+            print(f"{s['backend']:8s} {s['devices']} device(s): {s['train_images_per_second']:8.1f} "
+                  f"train img/s, scaling efficiency {eff}{cpu}")
     if args.out:
         from common.results import write_json_atomic
 
-        write_json_atomic(args.out, {"command": "bench " + " ".join(args.argv), "results": rows})
+        write_json_atomic(args.out, {"command": "bench " + " ".join(args.argv), "results": rows,
+                                     "scaling": scaling})
     return 1 if any(r.get("status") != "ok" for r in rows) else 0
 
 

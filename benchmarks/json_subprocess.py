@@ -22,18 +22,21 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger(__name__)
 
 
-def run_json_child(module: str, args: list[str], progress: bool = False) -> dict:
+def run_json_child(module: str, args: list[str], progress: bool = False,
+                   launcher: list[str] = (), environment: dict | None = None) -> dict:
     """The JSON result of ``python -m module *args``, or a failed record with the last error line.
 
     ``progress``: the child's stdout lines marked ``console.PROGRESS_MARK`` (its log
     messages) are logged here as they come, so a long child such as pretraining shows
-    its progress."""
+    its progress. ``launcher``: the arguments of a launcher module the child runs under
+    (``-m torch.distributed.run --standalone ...``); ``environment``: variables to set."""
     from benchmarks.runner import PARENT_PID_ENV
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
     env[PARENT_PID_ENV] = str(os.getpid())  # a child that honours it dies with this process
-    cmd = [sys.executable, "-m", module, *map(str, args)]
+    env.update(environment or {})
+    cmd = [sys.executable, *launcher, "-m", module, *map(str, args)]
     with tempfile.TemporaryFile(mode="w+") as stderr:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
         lines = []

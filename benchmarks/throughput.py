@@ -12,32 +12,36 @@ prints one JSON line.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import traceback
 from pathlib import Path
 
-from backends.base import WeightsRequest, get_backend
+from backends.base import WeightsRequest, backend_info, get_backend
 from benchmarks.json_subprocess import run_json_child
 from benchmarks.driver import throughput_phase_record
 from common.config import Phase, Recipe, RunConfig, DataConfig, ModelConfig, TrainConfig
 from common.data import Sample, Split
 from common.models import get_model
+from common.parallel import is_main_process
 
 ALL_LAYERS = Phase(name="all", train="all", optimizer="momentum", learning_rate=1e-3, bn="train",
                    augment=False)
 
 
 def measure(backend: str, model: str, batch_size: int, image_size: int | None,
-            precision: str, steps: int, warmup: int) -> dict:
-    """Throughput of ``backend``/``model`` (imports that framework)."""
+            precision: str, steps: int, warmup: int, devices: int = 1) -> dict:
+    """Throughput of ``backend``/``model`` (imports that framework); on ``devices`` devices,
+    ``batch_size`` is the global batch (``common.parallel``) and img/s counts all of them."""
     spec = get_model(model)
     size = image_size or spec.default_size
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
         config = RunConfig(backend=backend, recipe=Recipe(name="throughput", phases=(ALL_LAYERS,)),
                            data=DataConfig(source="synthetic", image_size=size),
                            model=ModelConfig(name=model, weights="none"),
-                           train=TrainConfig(batch_size=batch_size, precision=precision),
+                           train=TrainConfig(batch_size=batch_size, precision=precision,
+                                             devices=devices),
                            run_dir=tmp)
         # the protocol uses in-memory batches; the split only names the classes
         empty = Split(classes=tuple(f"c{i}" for i in range(10)), train=[Sample("-", 0)], val=[], test=[])
@@ -47,7 +51,7 @@ def measure(backend: str, model: str, batch_size: int, image_size: int | None,
             b.build(spec, 10, WeightsRequest("none"), 0)
             b.apply_phase(ALL_LAYERS, 0)
             result = b.throughput(batch_size, precision, steps, warmup)
-            result.update(status="ok", backend=backend, model=model, image_size=size,
+            result.update(status="ok", backend=backend, model=model, image_size=size, devices=devices,
                           versions=b.frameworks(), device=b.device(),
                           phase=throughput_phase_record(ALL_LAYERS, spec))
             return result
@@ -56,25 +60,53 @@ def measure(backend: str, model: str, batch_size: int, image_size: int | None,
 
 
 def measure_in_child(backend: str, model: str, batch_size: int, image_size: int | None,
-                     precision: str, steps: int, warmup: int) -> dict:
-    """``measure`` in a fresh interpreter (frameworks never share a process)."""
+                     precision: str, steps: int, warmup: int, devices: int = 1) -> dict:
+    """``measure`` in a fresh interpreter (frameworks never share a process); on several
+    devices under the backend's launcher (torchrun) and parallel environment, as ``bench run``."""
+    info = backend_info(backend)
+    launcher, environment = [], {}
+    if devices > 1:
+        if info.launcher:
+            launcher = ["-m", info.launcher, "--standalone", f"--nproc-per-node={devices}",
+                        "--max-restarts=0"]
+        environment = {k: " ".join(filter(None, [os.environ.get(k), v.format(devices=devices)]))
+                       for k, v in info.parallel_environment.items()}
     result = run_json_child("benchmarks.throughput", [backend, model, batch_size, image_size or 0,
-                                                      precision, steps, warmup])
+                                                      precision, steps, warmup, devices],
+                            launcher=launcher, environment=environment)
     result.setdefault("backend", backend)
     result.setdefault("model", model)
+    result.setdefault("devices", devices)
     return result
 
 
+def scaling_rows(results: list[dict]) -> list[dict]:
+    """Per backend and device count: train img/s and the scaling efficiency, img/s at N
+    over N x img/s at 1 (None without a 1-device measurement)."""
+    ok = [r for r in results if r.get("status") == "ok"]
+    one = {r["backend"]: r["train"]["images_per_second"] for r in ok if r["devices"] == 1}
+    rows = []
+    for r in ok:
+        ips, n = r["train"]["images_per_second"], r["devices"]
+        base = one.get(r["backend"])
+        rows.append({"backend": r["backend"], "devices": n, "train_images_per_second": ips,
+                     "scaling_efficiency": ips / (n * base) if base else None,
+                     "device": r["device"].get("kind")})
+    return rows
+
+
 def main(argv: list[str]) -> int:
-    backend, model, batch, size, precision, steps, warmup = argv
+    backend, model, batch, size, precision, steps, warmup, devices = argv
     try:
-        result = measure(backend, model, int(batch), int(size) or None, precision, int(steps), int(warmup))
+        result = measure(backend, model, int(batch), int(size) or None, precision, int(steps),
+                         int(warmup), int(devices))
     except Exception as err:  # reported to the parent as a failed measurement
         result = {"status": "failed", "backend": backend, "model": model,
                   "error": f"{type(err).__name__}: {err}".splitlines()[0],
                   "traceback": traceback.format_exc()}
     result.pop("step_seconds", None)
-    print(json.dumps(result, default=float))
+    if is_main_process():  # under torchrun, rank 0 answers
+        print(json.dumps(result, default=float))
     return 0 if result["status"] == "ok" else 1
 
 

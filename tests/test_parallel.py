@@ -9,6 +9,7 @@ torchrun. The error tests: one line each, exit 2 where the flags are wrong.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -189,3 +190,73 @@ def test_sync_bn_without_cuda_is_refused_in_one_line(tiny_quads, tmp_path):
         with pytest.MonkeyPatch.context() as m:
             m.setenv("LOCAL_RANK", "0")
             parallel.init_process_group(train)
+
+
+def _h5_arrays(path: Path) -> dict:
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, np.asarray(obj))
+                     if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+@pytest.mark.slow  # two Keras InceptionV3 runs per backend, about 2 min each on this CPU
+@pytest.mark.parametrize("backend", ["keras-jax", "keras"])
+def test_keras_on_two_devices_ends_the_epoch_with_one_device_weights(backend, even_quads, tmp_path):
+    """keras-jax: keras.distribution.DataParallel over 2 host devices (XLA_FLAGS, set by the
+    runner before jax starts); keras (TensorFlow): MirroredStrategy over 2 logical CPUs."""
+    require_backend(backend)
+    recipe = tmp_path / "ddp_head.toml"
+    recipe.write_text(HEAD_SGD)
+    results = {}
+    for n in (1, 2):
+        config = tiny_config(backend, str(recipe), even_quads, tmp_path / f"d{n}", image_size=75,
+                             batch_size=4, devices=n)
+        config = dataclasses.replace(
+            config, data=dataclasses.replace(config.data, val_fraction=None, test_fraction=None),
+            train=dataclasses.replace(config.train, throughput_steps=1))
+        results[n] = runner.run_child(runner.PlannedRun(f"d{n}", config))
+        assert results[n]["status"] == "ok", results[n].get("error")
+    a, b = (_h5_arrays(tmp_path / f"d{n}" / "checkpoints" / "last.weights.h5") for n in (1, 2))
+    assert a.keys() == b.keys()
+    diff = max(float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) for k in a if a[k].size)
+    print(f"{backend} 2 devices vs 1: max abs diff {diff:.3g}")
+    assert diff <= EQUIVALENCE_TOLERANCE
+    p = results[2]["parallel"]
+    assert (p["global_batch"], p["per_device_batch"], len(p["devices_used"])) == (4, 2, 2)
+    assert p["engine"] == {"keras-jax": "keras.distribution.DataParallel",
+                           "keras": "tf.distribute.MirroredStrategy"}[backend]
+    for subset in ("val", "test"):
+        assert results[2][subset]["count"] == results[1][subset]["count"]
+        assert abs(results[2][subset]["loss"] - results[1][subset]["loss"]) < 1e-4
+
+
+def test_scaling_efficiency_is_img_s_at_n_over_n_times_img_s_at_one():
+    from benchmarks.throughput import scaling_rows
+
+    def row(backend, n, ips):
+        return {"status": "ok", "backend": backend, "devices": n, "device": {"kind": "cpu"},
+                "train": {"images_per_second": ips}}
+    rows = scaling_rows([row("pytorch", 1, 10.0), row("pytorch", 2, 15.0), row("keras-jax", 2, 8.0),
+                         {"status": "failed", "backend": "keras", "devices": 1}])
+    assert [(r["backend"], r["devices"], r["scaling_efficiency"]) for r in rows] == [
+        ("pytorch", 1, 1.0), ("pytorch", 2, 0.75), ("keras-jax", 2, None)]
+
+
+@pytest.mark.slow  # two child processes, one of them torchrun's two workers: about 30-60 s here
+def test_bench_throughput_devices_measures_pytorch_on_one_and_two_processes(tmp_path, capsys):
+    require_backend("pytorch")
+    out = tmp_path / "tp.json"
+    code = _bench("throughput", "--backend", "pytorch", "--model", "resnet18", "--image-size", 32,
+                  "--batch-size", 4, "--steps", 1, "--warmup", 0, "--devices", "1,2", "--out", out)
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    rows = json.loads(out.read_text())["scaling"]
+    assert [(r["backend"], r["devices"]) for r in rows] == [("pytorch", 1), ("pytorch", 2)]
+    assert rows[0]["scaling_efficiency"] == 1.0 and rows[1]["scaling_efficiency"] > 0
+    assert "2 device(s)" in printed and "says nothing about scaling" in printed
+    with pytest.raises(SystemExit):
+        cli.get_args_parser().parse_args(["throughput", "--devices", "1,1"])
+    assert _bench("throughput", "--backend", "pytorch", "--batch-size", 3, "--devices", "2") == 2

@@ -31,6 +31,7 @@ INFO = BackendInfo(
     description="Keras 3 on TensorFlow: keras.applications; layer.trainable + compile; "
                 "tf.data; .weights.h5",
     export_formats=("keras", "savedmodel"),  # export.py
+    data_parallel="tf.distribute.MirroredStrategy",  # parallel.py
     **_COMMON,
 )
 
@@ -43,6 +44,9 @@ INFO_JAX = BackendInfo(
     description="Keras 3 on jax: the keras backend's code, XLA-compiled steps, PyDataset input",
     export_formats=("keras",),  # a SavedModel needs TensorFlow
     in_all=False,
+    data_parallel="keras.distribution.DataParallel",  # parallel.py
+    # on a CPU, jax shows N devices only when told before it starts (harmless on a GPU)
+    parallel_environment={"XLA_FLAGS": "--xla_force_host_platform_device_count={devices}"},
     **_COMMON,
 )
 

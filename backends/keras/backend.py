@@ -46,11 +46,12 @@ from backends.base import Backend, BackendError, WeightsRequest, backend_info
 from common.config import Phase
 from common.data import Split, batch_count
 from common.models import ModelSpec
+from common.parallel import is_parallel
 from common.preprocess import get_normalisation
 from common.progress import Progress
 from common.schedule import learning_rate_at
 
-from . import export as export_lib, weights as kweights
+from . import export as export_lib, parallel as parallel_lib, weights as kweights
 from .data import KerasData
 from .model import build_model
 from .throughput import POLICIES, device_info, measure_throughput
@@ -100,6 +101,11 @@ class KerasBackend(Backend):
                                f"this process has Keras on {keras.backend.backend()} (bench run "
                                f"starts each backend in its own process)")
         self.name = info.name  # keras, keras-jax or keras-torch
+        # data parallel (parallel.py): the model, optimizer and compile live in this scope
+        self._scope, self._parallel = None, {}
+        if is_parallel(config.train):
+            self._scope, self._parallel = parallel_lib.distribute(config.train)
+            self._scope.__enter__()
         self.km = None
         self.data: KerasData | None = None
         self.optimizer = None
@@ -126,8 +132,9 @@ class KerasBackend(Backend):
             keras.config.set_dtype_policy(POLICIES[self.config.train.precision])
         norm = get_normalisation(self.preprocessing_name())
         # tf.data parallelism is AUTOTUNE; TF's op threads default to the machine's cores.
+        multiple = parallel_lib.shard_multiple(self.config.train) if self._scope else 1
         self.data = KerasData(split, image_size, norm, self.config.train.batch_size,
-                              self.config.train.seed, self.config.data.num_workers)
+                              self.config.train.seed, self.config.data.num_workers, multiple)
 
     def _build(self, model: ModelSpec, num_classes: int, weights: WeightsRequest,
                head_hidden_units: int) -> None:
@@ -223,8 +230,8 @@ class KerasBackend(Backend):
         # predict() calls the model with training=False: every BN layer uses moving statistics.
         with Progress(batch_count(len(samples), self.config.train.batch_size),
                       self.pass_name) as bar:
-            return np.asarray(model.predict(self.data.eval(subset), verbose=0,
-                                            callbacks=[ProgressCallback(bar)]), np.float32)
+            out = model.predict(self.data.eval(subset), verbose=0, callbacks=[ProgressCallback(bar)])
+        return np.asarray(out, np.float32)[:len(samples)]  # padding of a sharded last batch
 
     def _predict(self, subset: str) -> np.ndarray:
         # the uncompiled view of the same layers: compile() discards a model's traced predict
@@ -301,7 +308,14 @@ class KerasBackend(Backend):
         self.km.model.summary(line_length=110, print_fn=lambda text, **_: captured.append(text))
         return "\n".join(lines + ["", *captured]) + "\n"
 
+    def _parallel_details(self) -> dict:
+        return self._parallel
+
     def close(self) -> None:
+        if self._scope is not None:
+            self._scope.__exit__(None, None, None)
+            parallel_lib.undistribute()
+            self._scope = None
         if self._writer is not None:
             self._writer.close()
             self._writer = None

@@ -46,8 +46,10 @@ class KerasData:
     """Pipelines for one split: ``train(epochs, augment)`` and ``eval(subset)``."""
 
     def __init__(self, split: Split, image_size: int, normalisation: Normalisation,
-                 batch_size: int, seed: int, num_workers: int = 0):
+                 batch_size: int, seed: int, num_workers: int = 0, multiple: int = 1):
         self.split = split
+        # data parallel on jax: every batch a multiple of the device count (parallel.py)
+        self.multiple = multiple
         self.num_workers = num_workers  # tf.data num_parallel_calls (0: AUTOTUNE), PyDataset workers
         self.size = image_size
         self.norm = normalisation
@@ -59,7 +61,8 @@ class KerasData:
     def drop_last(self) -> bool:
         """Whether each training epoch drops its last batch (``common.data.drops_last_batch``:
         never a batch of one image)."""
-        return drops_last_batch(len(self.split.train), self.batch_size)
+        n, bs = len(self.split.train), self.batch_size
+        return drops_last_batch(n, bs) or (n % bs) % self.multiple != 0
 
     @property
     def steps_per_epoch(self) -> int:
@@ -69,7 +72,8 @@ class KerasData:
     @property
     def images_per_epoch(self) -> int:
         """Training images one epoch trains on (the dropped batch of one left out)."""
-        return len(self.split.train) - (1 if self.drop_last else 0)
+        n = len(self.split.train)
+        return n - (n % self.batch_size if self.drop_last else 0)
 
     @property
     def pipeline(self) -> str:
@@ -95,7 +99,10 @@ class KerasData:
         return self._tf_dataset(per_epoch, augment, self.drop_last)
 
     def eval(self, subset: str):
+        """Batches of ``subset`` in split order; under jax data parallel the last image is
+        repeated up to a multiple of the device count (the caller keeps the first rows)."""
         samples = self.split.subset(subset)
+        samples = samples + samples[-1:] * (-len(samples) % self.multiple)
         if self.use_tf_data:
             return self._tf_dataset([(samples, None)], False)
         return NumpyBatches(self, samples, False)

@@ -271,10 +271,12 @@ class PyTorchBackend(Backend):
             device=self.device_, num_classes=self.num_classes, image_size=self.image_size,
             batch_size=batch_size, precision=precision, steps=steps, warmup=warmup,
             seed=self.config.train.seed)
-        if self.world > 1:
-            result["devices"] = self.world
-            result["measured"] = (f"rank {self.rank} of {self.world}: img/s of one device's "
-                                  f"batch of {batch_size} in a DDP step")
+        if self.world > 1:  # every rank steps in lockstep: img/s of the global batch
+            for kind in ("train", "infer"):
+                for key in ("images_per_second", "images_per_second_p10", "images_per_second_p90"):
+                    result[kind][key] *= self.world
+            result["measured"] = (f"a DDP step of {batch_size} image(s) per device on rank "
+                                  f"{self.rank}, img/s x {self.world} devices")
         return result
 
     def _bare_train_loop(self, batch_size: int, steps: int):
