@@ -484,13 +484,13 @@ def run(config: RunConfig) -> dict:
         pretrain_seconds = time.perf_counter() - t_pre
         result["weights"] = weights_info
         backend = get_backend(config.backend)(config, run_dir)
-        if parallel.is_parallel(config.train):  # the global-batch rule and the engine that ran
-            result["parallel"] = backend.parallel()
         result["versions"].update(backend.frameworks())
         result["device"] = backend.device()
         backend.setup(split, image_size)
         spec = get_model(config.model.name)
         backend.build(spec, split.num_classes, request, config.recipe.head_hidden_units)
+        if parallel.is_parallel(config.train):  # the global-batch rule and the engine that ran
+            result["parallel"] = backend.parallel()
         if backend.restore_report:  # counts, and what ignore_missing_vars left at init
             result["weights"]["restore"] = backend.restore_report
         result["preprocessing"] = {"normalisation": backend.preprocessing_name()}

@@ -115,12 +115,16 @@ def test_a_global_batch_that_does_not_split_evenly_is_one_line():
         validate_parallel(TrainConfig(batch_size=4, devices=2, nnodes=2))
 
 
-def test_a_backend_without_a_data_parallel_path_is_refused_in_one_line(tiny_quads, tmp_path, capsys):
-    code = _bench("run", "--backend", "keras-torch", "--recipe", "head", "--data", tiny_quads,
+@pytest.mark.parametrize("backend,message", [
+    ("keras-torch", "Keras 3 has no data-parallel path on the torch backend"),
+    ("slim", "the slim backend has no data-parallel path; run it with --devices 1")])
+def test_a_backend_without_a_data_parallel_path_is_refused_in_one_line(backend, message, tiny_quads,
+                                                                       tmp_path, capsys):
+    code = _bench("run", "--backend", backend, "--recipe", "head", "--data", tiny_quads,
                   "--devices", 2, "--out", tmp_path / "out")
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0
-    assert err.startswith("bench: error: Keras 3 has no data-parallel path on the torch backend")
+    assert err.startswith(f"bench: error: {message}")
 
 
 def test_the_launcher_command_is_torchrun_for_pytorch_and_plain_otherwise(tiny_quads, tmp_path):
@@ -202,11 +206,20 @@ def _h5_arrays(path: Path) -> dict:
     return out
 
 
-@pytest.mark.slow  # two Keras InceptionV3 runs per backend, about 2 min each on this CPU
-@pytest.mark.parametrize("backend", ["keras-jax", "keras"])
-def test_keras_on_two_devices_ends_the_epoch_with_one_device_weights(backend, even_quads, tmp_path):
+def _ckpt_arrays(prefix: Path) -> dict:
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(prefix))
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+            if not k.startswith("phase")}  # model variables, not the optimizer's slots
+
+
+@pytest.mark.slow  # two InceptionV3 runs per backend, about 2 min each on this CPU
+@pytest.mark.parametrize("backend", ["keras-jax", "keras", "slim"])
+def test_two_devices_end_the_epoch_with_one_device_weights(backend, even_quads, tmp_path):
     """keras-jax: keras.distribution.DataParallel over 2 host devices (XLA_FLAGS, set by the
-    runner before jax starts); keras (TensorFlow): MirroredStrategy over 2 logical CPUs."""
+    runner before jax starts); keras (TensorFlow): MirroredStrategy over 2 logical CPUs;
+    slim: 2 clones (--num_clones) on 2 logical CPUs."""
     require_backend(backend)
     recipe = tmp_path / "ddp_head.toml"
     recipe.write_text(HEAD_SGD)
@@ -219,15 +232,21 @@ def test_keras_on_two_devices_ends_the_epoch_with_one_device_weights(backend, ev
             train=dataclasses.replace(config.train, throughput_steps=1))
         results[n] = runner.run_child(runner.PlannedRun(f"d{n}", config))
         assert results[n]["status"] == "ok", results[n].get("error")
-    a, b = (_h5_arrays(tmp_path / f"d{n}" / "checkpoints" / "last.weights.h5") for n in (1, 2))
+    if backend == "slim":
+        a, b = (_ckpt_arrays(tmp_path / f"d{n}" / "checkpoints" / "last.ckpt") for n in (1, 2))
+    else:
+        a, b = (_h5_arrays(tmp_path / f"d{n}" / "checkpoints" / "last.weights.h5") for n in (1, 2))
     assert a.keys() == b.keys()
     diff = max(float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) for k in a if a[k].size)
     print(f"{backend} 2 devices vs 1: max abs diff {diff:.3g}")
     assert diff <= EQUIVALENCE_TOLERANCE
     p = results[2]["parallel"]
     assert (p["global_batch"], p["per_device_batch"], len(p["devices_used"])) == (4, 2, 2)
-    assert p["engine"] == {"keras-jax": "keras.distribution.DataParallel",
-                           "keras": "tf.distribute.MirroredStrategy"}[backend]
+    assert p["engine"].startswith({"keras-jax": "keras.distribution.DataParallel",
+                                   "keras": "tf.distribute.MirroredStrategy",
+                                   "slim": "slim clones"}[backend])
+    if backend == "slim":  # recorded with the slim flag name
+        assert "--num_clones=2" in results[2]["phases"][0]["native"]["train_image_classifier_flags"]
     for subset in ("val", "test"):
         assert results[2][subset]["count"] == results[1][subset]["count"]
         assert abs(results[2][subset]["loss"] - results[1][subset]["loss"]) < 1e-4

@@ -22,4 +22,5 @@ INFO = BackendInfo(
     export_formats=("savedmodel", "frozen_graph"),  # export.py
     color="#3a9e5f",
     description="tf_slim.nets in a TF1 graph; trainable_scopes + variables_to_train; .ckpt",
+    data_parallel="slim clones (model_deploy, train_image_classifier.py --num_clones)",  # parallel.py
 )

@@ -44,12 +44,14 @@ from backends.base import Backend, BackendError, WeightsRequest
 from backends.slim import data as slim_data
 from backends.slim import export as slim_export
 from backends.slim import model as slim_model
+from backends.slim import parallel as slim_parallel
 from backends.slim import throughput as slim_throughput
 from backends.slim import train as slim_train
 from backends.slim import weights as slim_weights
 from backends.slim.compat import identity_hashing
 from common.config import Phase
 from common.models import HEAD, ModelSpec
+from common.parallel import is_parallel
 from common.data import batch_count
 from common.preprocess import get_normalisation
 from common.progress import Progress
@@ -66,6 +68,9 @@ class SlimBackend(Backend):
         self.step: slim_train.TrainOp | None = None
         self.variables_to_train: list = []
         self._train_towers: dict[tuple, slim_model.Tower] = {}
+        # one device per clone (--num_clones, parallel.py), split off before TensorFlow starts
+        self.clone_devices: list[str] = (slim_parallel.clone_devices(config.train.devices)
+                                         if is_parallel(config.train) else [])
         self._in_memory: dict[int, tf.Operation] = {}
         self._saver = slim_weights.CheckpointSaver()
         self._writer = None
@@ -129,6 +134,30 @@ class SlimBackend(Backend):
             self._train_towers[self._bn_key(())] = self.eval_tower
             self.restore_report = self._load_weights(weights, ckpt)
 
+    def _clones(self, training_blocks, key) -> list[tuple]:
+        """One tower per clone device on its slice of the batch, sharing the variables
+        (model_deploy's ``create_clones``), built once per BN configuration."""
+        if ("clones", key) not in self._train_towers:
+            clones = []
+            slices = slim_parallel.split_batch(self.pipes.images, self.pipes.labels,
+                                               len(self.clone_devices))
+            for i, (device, (images, labels)) in enumerate(zip(self.clone_devices, slices)):
+                with tf.device(device), tf.compat.v1.name_scope(f"clone_{i}"):
+                    tower = slim_model.build_tower(
+                        self.spec, self.entry, images, self.num_classes, hidden_units=self.hidden,
+                        aux_logits=self.aux, weight_decay=self.weight_decay,
+                        training_blocks=training_blocks, reuse=True)
+                clones.append((tower, labels))
+            self._train_towers[("clones", key)] = clones
+        return self._train_towers[("clones", key)]
+
+    def _parallel_details(self) -> dict:
+        return {"num_clones": len(self.clone_devices), "devices_used": self.clone_devices,
+                "gradients": "model_deploy: each clone's loss / num_clones, summed; gradients "
+                             "colocated with each clone's ops, applied once",
+                "batch_split": "each batch split into num_clones consecutive slices",
+                "batchnorm": "each clone's own slice; update ops of the first clone only"}
+
     def _tower(self, training_blocks, reuse: bool) -> slim_model.Tower:
         return slim_model.build_tower(
             self.spec, self.entry, self.pipes.images, self.num_classes, hidden_units=self.hidden,
@@ -187,13 +216,14 @@ class SlimBackend(Backend):
             if key not in self._train_towers:
                 self._train_towers[key] = self._tower(training_blocks, reuse=True)
             tower = self._train_towers[key]
+            clones = self._clones(training_blocks, key) if self.clone_devices else None
             # a fresh variable scope per phase: its optimizer slots get their own names
             with tf.compat.v1.variable_scope(f"phase{index}"):
                 step = slim_train.build_train_op(
                     tower, self.pipes.labels, self.num_classes, phase,
                     variables_to_train=trainable, trainable_scopes=scopes, head_variables=head_vars,
                     learning_rate=self.learning_rate, global_step=self.global_step,
-                    name=f"phase{index}")
+                    name=f"phase{index}", clones=clones)
             # initialise only what this phase created (slots); model values are kept
             self.session.run(tf.compat.v1.variables_initializer(step.variables))
             self.weight_decay.load(0.0 if phase.optimizer == "adamw" else phase.weight_decay,
@@ -204,6 +234,8 @@ class SlimBackend(Backend):
         flags, not_expressed = slim_train.train_image_classifier_flags(
             phase, scopes, exclude, frozen_bn_scopes=any(b not in training_blocks for b in spec.blocks),
             ignore_missing_vars=bool(self.restore_report.get("ignore_missing_vars")))
+        if self.clone_devices:  # train_image_classifier.py's flag for model_deploy's clones
+            flags += f" --num_clones={len(self.clone_devices)}"
         return {
             "trainable_blocks": list(phase.trainable_blocks(spec)),
             "trainable_params": slim_model.param_count(trainable),

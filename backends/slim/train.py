@@ -185,17 +185,28 @@ def regularization_losses(trainable_scopes) -> list[tf.Tensor]:
 def build_train_op(tower: Tower, labels: tf.Tensor, num_classes: int, phase: Phase, *,
                    variables_to_train: list, trainable_scopes: tuple[str, ...],
                    head_variables: list, learning_rate: tf.Variable,
-                   global_step: tf.Variable, name: str) -> TrainOp:
+                   global_step: tf.Variable, name: str, clones: list | None = None) -> TrainOp:
     """The train op of ``phase``: loss (+ the L2 terms of ``trainable_scopes``) ->
     gradients of ``variables_to_train`` -> update.
 
     ``head_lr_multiplier != 1``: two optimizers (backbone at lr, head at lr * mult)
-    grouped in one op, the slim counterpart of PyTorch param groups.
+    grouped in one op, the slim counterpart of PyTorch param groups. ``clones``: the
+    ``(tower, labels)`` of each clone (``parallel.py``): model_deploy's loss, each
+    clone's divided by their number and summed, gradients colocated with each clone's
+    ops, BN update ops of the first clone only.
     """
     if not variables_to_train:
         raise BackendError(f"phase {phase.name!r} trains no variables")
     before = set(tf.compat.v1.global_variables())
-    loss, per_image = classification_loss(tower, labels, num_classes, phase.label_smoothing)
+    if clones:
+        parts = [classification_loss(t, lab, num_classes, phase.label_smoothing) for t, lab in clones]
+        loss = tf.add_n([clone_loss / len(clones) for clone_loss, _ in parts], name="clone_loss")
+        per_image = tf.concat([p for _, p in parts], 0)
+        tower = Tower(tf.concat([t.logits for t, _ in clones], 0), clones[0][0].features, None,
+                      clones[0][0].update_ops)  # model_deploy: the first clone's update ops
+        labels = tf.concat([lab for _, lab in clones], 0)
+    else:
+        loss, per_image = classification_loss(tower, labels, num_classes, phase.label_smoothing)
     total_loss = loss
     if phase.weight_decay > 0 and phase.optimizer != "adamw":
         reg = regularization_losses(trainable_scopes)
@@ -218,10 +229,10 @@ def build_train_op(tower: Tower, labels: tf.Tensor, num_classes: int, phase: Pha
         # the slim idiom: update_ops run before the gradient step, loss returned
         train_op = slim.learning.create_train_op(
             total_loss, optimizers[0], global_step=global_step, update_ops=tower.update_ops,
-            variables_to_train=groups[0][0])
+            variables_to_train=groups[0][0], colocate_gradients_with_ops=bool(clones))
     else:
         train_op = _grouped_train_op(total_loss, groups, optimizers, tower.update_ops, phase,
-                                     global_step)
+                                     global_step, colocate=bool(clones))
     predictions = tf.argmax(tower.logits, axis=1)
     description = descriptions[0] if len(groups) == 1 else \
         f"{descriptions[0]} on backbone; x{mult} learning rate on head"
@@ -243,12 +254,13 @@ def type_name(phase: Phase) -> str:
             "adamw": "AdamW"}.get(phase.optimizer, phase.optimizer)
 
 
-def _grouped_train_op(total_loss, groups, optimizers, update_ops, phase, global_step):
+def _grouped_train_op(total_loss, groups, optimizers, update_ops, phase, global_step,
+                      colocate: bool = False):
     """create_train_op for several LR groups, with AdamW's decoupled decay before the step."""
     with tf.control_dependencies(update_ops):
         total_loss = tf.identity(total_loss)
     variables = [v for vs, _ in groups for v in vs]
-    grads = tf.gradients(total_loss, variables)
+    grads = tf.gradients(total_loss, variables, colocate_gradients_with_ops=colocate)
     deps = [g for g in grads if g is not None]
     if phase.optimizer == "adamw" and phase.weight_decay > 0:
         # PyTorch AdamW order: p *= 1 - lr * wd, then the Adam step (on the same gradients)
