@@ -116,8 +116,7 @@ def test_a_global_batch_that_does_not_split_evenly_is_one_line():
 
 
 @pytest.mark.parametrize("backend,message", [
-    ("keras-torch", "Keras 3 has no data-parallel path on the torch backend"),
-    ("slim", "the slim backend has no data-parallel path; run it with --devices 1")])
+    ("keras-torch", "Keras 3 has no data-parallel path on the torch backend")])
 def test_a_backend_without_a_data_parallel_path_is_refused_in_one_line(backend, message, tiny_quads,
                                                                        tmp_path, capsys):
     code = _bench("run", "--backend", backend, "--recipe", "head", "--data", tiny_quads,
