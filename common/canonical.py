@@ -5,14 +5,16 @@ tensor name (docs/design.md, "Weights and parity"). Each backend reads its
 native checkpoint into this layout and writes it back out with one table per
 model (``ModelEntry.canonical`` in ``backends/<name>/catalog.py``: canonical
 layer -> native layer) and its own ``convert.py``; this module holds only the
-framework-free part: the canonical layers of each model, the layout, the
-digest, and the ``.npz`` file itself.
+framework-free part: the layout, the digest, and the ``.npz`` file itself. The
+canonical layers of each model, in forward order, are part of its entry in
+``common.models`` (``ModelSpec.layers``), so adding a model is one entry there.
 
-Names. A canonical layer is named after torchvision's module path with
-``/`` (``Mixed_5b/branch5x5_2``): the paper's block names (which slim and
-torchvision share) and torchvision's systematic branch names, rather than a
-fourth vocabulary. A tensor is ``<layer>/<name>`` with TensorFlow's tensor
-names, because the layout is TensorFlow's:
+Names. A canonical layer is named after the framework whose names are
+systematic, with ``/``, rather than a fourth vocabulary: InceptionV3's after
+torchvision's module paths (``Mixed_5b/branch5x5_2``: the paper's block names,
+which slim and torchvision share, and torchvision's branch names). A tensor is
+``<layer>/<name>`` with TensorFlow's tensor names, because the layout is
+TensorFlow's:
 
 =====================  =====================  ===========================================
 tensor                 shape                  torch / Keras / slim
@@ -22,6 +24,7 @@ tensor                 shape                  torch / Keras / slim
 ``L/beta``             ``[out]``              ``bn.bias`` / ``beta`` / ``BatchNorm/beta``
 ``L/moving_mean``      ``[out]``              ``bn.running_mean`` / ``moving_mean`` / same
 ``L/moving_variance``  ``[out]``              ``bn.running_var`` / ``moving_variance`` / same
+``L/bias``             ``[out]``              conv ``bias`` / ``Conv2D.bias`` / ``L/biases``
 ``head/kernel``        ``[in, classes]``      ``fc.weight`` ``[classes, in]`` transposed /
                                               Dense ``kernel`` / 1x1 conv ``[1, 1, in, classes]``
 ``head/bias``          ``[classes]``          ``fc.bias`` / Dense ``bias`` / ``biases``
@@ -30,8 +33,11 @@ tensor                 shape                  torch / Keras / slim
 A head with a hidden layer stores ``head_hidden/kernel`` ``[in, hidden]`` and
 ``head_hidden/bias`` first, then ``head/kernel`` ``[hidden, classes]``.
 
-An InceptionV3 layer is a convolution without bias followed by BatchNorm
-*without scale* (gamma), as Keras and slim build it (``scale=False``).
+A layer is of one of two kinds (``common.models.LAYER_TENSORS``): ``conv_bn``,
+a convolution without bias followed by BatchNorm *without scale* (gamma), as
+Keras and slim build InceptionV3 (``scale=False``): ``kernel``, ``beta``,
+``moving_mean``, ``moving_variance``; or ``conv``, a convolution with a bias
+and no normalisation: ``kernel``, ``bias``.
 torchvision's BatchNorm has a gamma; the suite's torch InceptionV3 keeps it
 fixed at 1, so nothing is lost (a torch checkpoint whose gamma is not 1 has no
 exact equivalent and is refused by ``backends/pytorch/convert.py``).
@@ -48,16 +54,18 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
+from common.models import LAYER_TENSORS, MODELS, Layer, get_model
+
 FORMAT = "transfer-bench canonical weights v1"
 META_KEY = "__meta__"
 HEAD, HEAD_HIDDEN = "head", "head_hidden"
-CONV_BN_TENSORS = ("kernel", "beta", "moving_mean", "moving_variance")
+CONV_BN_TENSORS = LAYER_TENSORS["conv_bn"]
+CONV_TENSORS = LAYER_TENSORS["conv"]
 DENSE_TENSORS = ("kernel", "bias")
 
 
@@ -65,160 +73,28 @@ class ConversionError(ValueError):
     """Weights that cannot be converted exactly; ``str(err)`` is one line for the user."""
 
 
-@dataclass(frozen=True)
-class Layer:
-    """One canonical layer: a convolution + BatchNorm without scale (``conv_bn``)."""
-
-    name: str                    # "Mixed_5b/branch5x5_2"
-    kernel: tuple[int, ...]      # HWIO
-    kind: str = "conv_bn"
-
-    @property
-    def block(self) -> str:
-        """The canonical block (``common.models``): the name's first part, or ``stem``."""
-        first = self.name.split("/", 1)[0]
-        return first if first.startswith("Mixed_") else "stem"
-
-    def tensors(self) -> list[tuple[str, tuple[int, ...]]]:
-        out = self.kernel[-1]
-        return [(f"{self.name}/kernel", self.kernel)] + [
-            (f"{self.name}/{t}", (out,)) for t in CONV_BN_TENSORS[1:]]
-
-
-def _layers(rows) -> tuple[Layer, ...]:
-    return tuple(Layer(name, tuple(kernel)) for name, kernel in rows)
-
-
-# InceptionV3's 94 convolutions in forward order (= torchvision's module order
-# = slim's variable order = the order keras.applications calls conv2d_bn).
-INCEPTION_V3 = _layers([
-    ("Conv2d_1a_3x3", (3, 3, 3, 32)),
-    ("Conv2d_2a_3x3", (3, 3, 32, 32)),
-    ("Conv2d_2b_3x3", (3, 3, 32, 64)),
-    ("Conv2d_3b_1x1", (1, 1, 64, 80)),
-    ("Conv2d_4a_3x3", (3, 3, 80, 192)),
-    ("Mixed_5b/branch1x1", (1, 1, 192, 64)),
-    ("Mixed_5b/branch5x5_1", (1, 1, 192, 48)),
-    ("Mixed_5b/branch5x5_2", (5, 5, 48, 64)),
-    ("Mixed_5b/branch3x3dbl_1", (1, 1, 192, 64)),
-    ("Mixed_5b/branch3x3dbl_2", (3, 3, 64, 96)),
-    ("Mixed_5b/branch3x3dbl_3", (3, 3, 96, 96)),
-    ("Mixed_5b/branch_pool", (1, 1, 192, 32)),
-    ("Mixed_5c/branch1x1", (1, 1, 256, 64)),
-    ("Mixed_5c/branch5x5_1", (1, 1, 256, 48)),
-    ("Mixed_5c/branch5x5_2", (5, 5, 48, 64)),
-    ("Mixed_5c/branch3x3dbl_1", (1, 1, 256, 64)),
-    ("Mixed_5c/branch3x3dbl_2", (3, 3, 64, 96)),
-    ("Mixed_5c/branch3x3dbl_3", (3, 3, 96, 96)),
-    ("Mixed_5c/branch_pool", (1, 1, 256, 64)),
-    ("Mixed_5d/branch1x1", (1, 1, 288, 64)),
-    ("Mixed_5d/branch5x5_1", (1, 1, 288, 48)),
-    ("Mixed_5d/branch5x5_2", (5, 5, 48, 64)),
-    ("Mixed_5d/branch3x3dbl_1", (1, 1, 288, 64)),
-    ("Mixed_5d/branch3x3dbl_2", (3, 3, 64, 96)),
-    ("Mixed_5d/branch3x3dbl_3", (3, 3, 96, 96)),
-    ("Mixed_5d/branch_pool", (1, 1, 288, 64)),
-    ("Mixed_6a/branch3x3", (3, 3, 288, 384)),
-    ("Mixed_6a/branch3x3dbl_1", (1, 1, 288, 64)),
-    ("Mixed_6a/branch3x3dbl_2", (3, 3, 64, 96)),
-    ("Mixed_6a/branch3x3dbl_3", (3, 3, 96, 96)),
-    ("Mixed_6b/branch1x1", (1, 1, 768, 192)),
-    ("Mixed_6b/branch7x7_1", (1, 1, 768, 128)),
-    ("Mixed_6b/branch7x7_2", (1, 7, 128, 128)),
-    ("Mixed_6b/branch7x7_3", (7, 1, 128, 192)),
-    ("Mixed_6b/branch7x7dbl_1", (1, 1, 768, 128)),
-    ("Mixed_6b/branch7x7dbl_2", (7, 1, 128, 128)),
-    ("Mixed_6b/branch7x7dbl_3", (1, 7, 128, 128)),
-    ("Mixed_6b/branch7x7dbl_4", (7, 1, 128, 128)),
-    ("Mixed_6b/branch7x7dbl_5", (1, 7, 128, 192)),
-    ("Mixed_6b/branch_pool", (1, 1, 768, 192)),
-    ("Mixed_6c/branch1x1", (1, 1, 768, 192)),
-    ("Mixed_6c/branch7x7_1", (1, 1, 768, 160)),
-    ("Mixed_6c/branch7x7_2", (1, 7, 160, 160)),
-    ("Mixed_6c/branch7x7_3", (7, 1, 160, 192)),
-    ("Mixed_6c/branch7x7dbl_1", (1, 1, 768, 160)),
-    ("Mixed_6c/branch7x7dbl_2", (7, 1, 160, 160)),
-    ("Mixed_6c/branch7x7dbl_3", (1, 7, 160, 160)),
-    ("Mixed_6c/branch7x7dbl_4", (7, 1, 160, 160)),
-    ("Mixed_6c/branch7x7dbl_5", (1, 7, 160, 192)),
-    ("Mixed_6c/branch_pool", (1, 1, 768, 192)),
-    ("Mixed_6d/branch1x1", (1, 1, 768, 192)),
-    ("Mixed_6d/branch7x7_1", (1, 1, 768, 160)),
-    ("Mixed_6d/branch7x7_2", (1, 7, 160, 160)),
-    ("Mixed_6d/branch7x7_3", (7, 1, 160, 192)),
-    ("Mixed_6d/branch7x7dbl_1", (1, 1, 768, 160)),
-    ("Mixed_6d/branch7x7dbl_2", (7, 1, 160, 160)),
-    ("Mixed_6d/branch7x7dbl_3", (1, 7, 160, 160)),
-    ("Mixed_6d/branch7x7dbl_4", (7, 1, 160, 160)),
-    ("Mixed_6d/branch7x7dbl_5", (1, 7, 160, 192)),
-    ("Mixed_6d/branch_pool", (1, 1, 768, 192)),
-    ("Mixed_6e/branch1x1", (1, 1, 768, 192)),
-    ("Mixed_6e/branch7x7_1", (1, 1, 768, 192)),
-    ("Mixed_6e/branch7x7_2", (1, 7, 192, 192)),
-    ("Mixed_6e/branch7x7_3", (7, 1, 192, 192)),
-    ("Mixed_6e/branch7x7dbl_1", (1, 1, 768, 192)),
-    ("Mixed_6e/branch7x7dbl_2", (7, 1, 192, 192)),
-    ("Mixed_6e/branch7x7dbl_3", (1, 7, 192, 192)),
-    ("Mixed_6e/branch7x7dbl_4", (7, 1, 192, 192)),
-    ("Mixed_6e/branch7x7dbl_5", (1, 7, 192, 192)),
-    ("Mixed_6e/branch_pool", (1, 1, 768, 192)),
-    ("Mixed_7a/branch3x3_1", (1, 1, 768, 192)),
-    ("Mixed_7a/branch3x3_2", (3, 3, 192, 320)),
-    ("Mixed_7a/branch7x7x3_1", (1, 1, 768, 192)),
-    ("Mixed_7a/branch7x7x3_2", (1, 7, 192, 192)),
-    ("Mixed_7a/branch7x7x3_3", (7, 1, 192, 192)),
-    ("Mixed_7a/branch7x7x3_4", (3, 3, 192, 192)),
-    ("Mixed_7b/branch1x1", (1, 1, 1280, 320)),
-    ("Mixed_7b/branch3x3_1", (1, 1, 1280, 384)),
-    ("Mixed_7b/branch3x3_2a", (1, 3, 384, 384)),
-    ("Mixed_7b/branch3x3_2b", (3, 1, 384, 384)),
-    ("Mixed_7b/branch3x3dbl_1", (1, 1, 1280, 448)),
-    ("Mixed_7b/branch3x3dbl_2", (3, 3, 448, 384)),
-    ("Mixed_7b/branch3x3dbl_3a", (1, 3, 384, 384)),
-    ("Mixed_7b/branch3x3dbl_3b", (3, 1, 384, 384)),
-    ("Mixed_7b/branch_pool", (1, 1, 1280, 192)),
-    ("Mixed_7c/branch1x1", (1, 1, 2048, 320)),
-    ("Mixed_7c/branch3x3_1", (1, 1, 2048, 384)),
-    ("Mixed_7c/branch3x3_2a", (1, 3, 384, 384)),
-    ("Mixed_7c/branch3x3_2b", (3, 1, 384, 384)),
-    ("Mixed_7c/branch3x3dbl_1", (1, 1, 2048, 448)),
-    ("Mixed_7c/branch3x3dbl_2", (3, 3, 448, 384)),
-    ("Mixed_7c/branch3x3dbl_3a", (1, 3, 384, 384)),
-    ("Mixed_7c/branch3x3dbl_3b", (3, 1, 384, 384)),
-    ("Mixed_7c/branch_pool", (1, 1, 2048, 192)),
-])
-
-LAYERS: dict[str, tuple[Layer, ...]] = {"inception_v3": INCEPTION_V3}
-
-# Models the frameworks build differently: conversion is refused with this reason.
-NOT_ONE_ARCHITECTURE = {
-    "resnet50": (
-        "resnet50 is not one architecture across the frameworks: torchvision's is ResNet v1.5 "
-        "(stride 2 in the 3x3 convolution of a block's first bottleneck), Keras' is v1 (stride "
-        "in the first 1x1 convolution, convolutions with biases), slim's resnet_v1_50 strides "
-        "in the last unit of each block; its weights cannot be converted exactly"),
-}
-
-
 def conversion_refusal(model: str) -> str | None:
     """Why ``model``'s weights cannot be converted between frameworks, or None."""
-    if model in LAYERS:
+    spec = MODELS.get(model)
+    if spec is not None and spec.layers:
         return None
-    if model in NOT_ONE_ARCHITECTURE:
-        return NOT_ONE_ARCHITECTURE[model]
+    if spec is not None and spec.not_one_architecture:
+        return spec.not_one_architecture
     return (f"{model} has no canonical weights table (conversion is defined for: "
-            f"{', '.join(LAYERS)})")
+            f"{', '.join(name for name, m in MODELS.items() if m.layers)})")
 
 
 def layers(model: str) -> tuple[Layer, ...]:
+    """The canonical layers of ``model`` (its ``ModelSpec.layers``), or a ``ConversionError``
+    saying why it does not convert."""
     reason = conversion_refusal(model)
     if reason:
         raise ConversionError(reason)
-    return LAYERS[model]
+    return get_model(model).layers
 
 
 def backbone_parameter_count(model: str) -> int:
-    """Trainable backbone parameters of the canonical model (kernels and betas):
+    """Trainable backbone parameters of the canonical model (kernels, and betas or biases):
     what every backend's backbone must have."""
     return sum(int(np.prod(l.kernel)) + l.kernel[-1] for l in layers(model))
 
@@ -321,6 +197,9 @@ def random_weights(model: str, feature_dim: int, num_classes: int, seed: int = 0
         kh, kw, cin, cout = layer.kernel
         tensors[f"{layer.name}/kernel"] = rng.normal(0, np.sqrt(2.0 / (kh * kw * cin)),
                                                      layer.kernel).astype(np.float32)
+        if layer.kind == "conv":
+            tensors[f"{layer.name}/bias"] = rng.normal(0, 0.1, cout).astype(np.float32)
+            continue
         tensors[f"{layer.name}/beta"] = rng.normal(0, 0.1, cout).astype(np.float32)
         tensors[f"{layer.name}/moving_mean"] = rng.normal(0, 0.1, cout).astype(np.float32)
         tensors[f"{layer.name}/moving_variance"] = rng.uniform(0.5, 1.5, cout).astype(np.float32)

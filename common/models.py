@@ -2,8 +2,9 @@
 
 What every backend must agree on — input sizes, the canonical blocks in
 forward order, the width of the pooled features, the input normalisation of
-suite-made weights, whether the architecture has an auxiliary classifier —
-and nothing about how a framework names things. Each backend keeps its own
+suite-made weights, whether the architecture has an auxiliary classifier, the
+canonical layers its weights convert through (``common.canonical``) — and
+nothing about how a framework names things. Each backend keeps its own
 table of native names, constructors and ImageNet files in
 ``backends/<name>/catalog.py`` (slim's ``nets_factory`` / timm's
 ``pretrained_cfg`` idea): adding a model is one entry here plus one entry per
@@ -28,6 +29,31 @@ HEAD = "head"
 BN_DECAY = 0.9
 
 
+# The tensors of each kind of canonical layer, in canonical order (common.canonical):
+# ``conv_bn``, a convolution without bias + BatchNorm without scale (InceptionV3);
+# ``conv``, a convolution with a bias (and no normalisation).
+LAYER_TENSORS: dict[str, tuple[str, ...]] = {
+    "conv_bn": ("kernel", "beta", "moving_mean", "moving_variance"),
+    "conv": ("kernel", "bias"),
+}
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One canonical layer of a model's weights (``common.canonical``): its name, its kernel
+    shape (HWIO) and its kind (``LAYER_TENSORS``)."""
+
+    name: str                    # "Mixed_5b/branch5x5_2"
+    kernel: tuple[int, ...]      # HWIO
+    kind: str = "conv_bn"
+
+    def tensors(self) -> list[tuple[str, tuple[int, ...]]]:
+        """``(canonical tensor name, shape)`` of this layer, in canonical order."""
+        out = self.kernel[-1]
+        return [(f"{self.name}/kernel", self.kernel)] + [
+            (f"{self.name}/{t}", (out,)) for t in LAYER_TENSORS[self.kind][1:]]
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One model as every backend sees it (native names live in each backend's catalog)."""
@@ -45,6 +71,11 @@ class ModelSpec:
     # the architecture defines an auxiliary classifier (InceptionV3's AuxLogits)
     aux_head: bool = False
     paper: str = ""
+    # the canonical layers of the backbone in forward order (common.canonical); each
+    # backend catalog's ``canonical`` table maps them to native layers. Empty: the
+    # model's weights do not convert, for the reason ``not_one_architecture`` gives
+    layers: tuple[Layer, ...] = ()
+    not_one_architecture: str = ""
 
     def top_blocks(self, n: int) -> tuple[str, ...]:
         """The last ``n`` canonical backbone blocks (``partial(top=n)``)."""
@@ -70,6 +101,105 @@ INCEPTION_V3 = ModelSpec(
     preprocessing="inception",
     aux_head=True,
     paper="Szegedy et al. 2015, Rethinking the Inception Architecture",
+    # its 94 convolutions in forward order (= torchvision's module order = slim's variable
+    # order = the order keras.applications calls conv2d_bn); named after torchvision's
+    # module paths with "/" (docs/design.md, "Canonical weights")
+    layers=tuple(Layer(name, kernel) for name, kernel in [
+        ("Conv2d_1a_3x3", (3, 3, 3, 32)),
+        ("Conv2d_2a_3x3", (3, 3, 32, 32)),
+        ("Conv2d_2b_3x3", (3, 3, 32, 64)),
+        ("Conv2d_3b_1x1", (1, 1, 64, 80)),
+        ("Conv2d_4a_3x3", (3, 3, 80, 192)),
+        ("Mixed_5b/branch1x1", (1, 1, 192, 64)),
+        ("Mixed_5b/branch5x5_1", (1, 1, 192, 48)),
+        ("Mixed_5b/branch5x5_2", (5, 5, 48, 64)),
+        ("Mixed_5b/branch3x3dbl_1", (1, 1, 192, 64)),
+        ("Mixed_5b/branch3x3dbl_2", (3, 3, 64, 96)),
+        ("Mixed_5b/branch3x3dbl_3", (3, 3, 96, 96)),
+        ("Mixed_5b/branch_pool", (1, 1, 192, 32)),
+        ("Mixed_5c/branch1x1", (1, 1, 256, 64)),
+        ("Mixed_5c/branch5x5_1", (1, 1, 256, 48)),
+        ("Mixed_5c/branch5x5_2", (5, 5, 48, 64)),
+        ("Mixed_5c/branch3x3dbl_1", (1, 1, 256, 64)),
+        ("Mixed_5c/branch3x3dbl_2", (3, 3, 64, 96)),
+        ("Mixed_5c/branch3x3dbl_3", (3, 3, 96, 96)),
+        ("Mixed_5c/branch_pool", (1, 1, 256, 64)),
+        ("Mixed_5d/branch1x1", (1, 1, 288, 64)),
+        ("Mixed_5d/branch5x5_1", (1, 1, 288, 48)),
+        ("Mixed_5d/branch5x5_2", (5, 5, 48, 64)),
+        ("Mixed_5d/branch3x3dbl_1", (1, 1, 288, 64)),
+        ("Mixed_5d/branch3x3dbl_2", (3, 3, 64, 96)),
+        ("Mixed_5d/branch3x3dbl_3", (3, 3, 96, 96)),
+        ("Mixed_5d/branch_pool", (1, 1, 288, 64)),
+        ("Mixed_6a/branch3x3", (3, 3, 288, 384)),
+        ("Mixed_6a/branch3x3dbl_1", (1, 1, 288, 64)),
+        ("Mixed_6a/branch3x3dbl_2", (3, 3, 64, 96)),
+        ("Mixed_6a/branch3x3dbl_3", (3, 3, 96, 96)),
+        ("Mixed_6b/branch1x1", (1, 1, 768, 192)),
+        ("Mixed_6b/branch7x7_1", (1, 1, 768, 128)),
+        ("Mixed_6b/branch7x7_2", (1, 7, 128, 128)),
+        ("Mixed_6b/branch7x7_3", (7, 1, 128, 192)),
+        ("Mixed_6b/branch7x7dbl_1", (1, 1, 768, 128)),
+        ("Mixed_6b/branch7x7dbl_2", (7, 1, 128, 128)),
+        ("Mixed_6b/branch7x7dbl_3", (1, 7, 128, 128)),
+        ("Mixed_6b/branch7x7dbl_4", (7, 1, 128, 128)),
+        ("Mixed_6b/branch7x7dbl_5", (1, 7, 128, 192)),
+        ("Mixed_6b/branch_pool", (1, 1, 768, 192)),
+        ("Mixed_6c/branch1x1", (1, 1, 768, 192)),
+        ("Mixed_6c/branch7x7_1", (1, 1, 768, 160)),
+        ("Mixed_6c/branch7x7_2", (1, 7, 160, 160)),
+        ("Mixed_6c/branch7x7_3", (7, 1, 160, 192)),
+        ("Mixed_6c/branch7x7dbl_1", (1, 1, 768, 160)),
+        ("Mixed_6c/branch7x7dbl_2", (7, 1, 160, 160)),
+        ("Mixed_6c/branch7x7dbl_3", (1, 7, 160, 160)),
+        ("Mixed_6c/branch7x7dbl_4", (7, 1, 160, 160)),
+        ("Mixed_6c/branch7x7dbl_5", (1, 7, 160, 192)),
+        ("Mixed_6c/branch_pool", (1, 1, 768, 192)),
+        ("Mixed_6d/branch1x1", (1, 1, 768, 192)),
+        ("Mixed_6d/branch7x7_1", (1, 1, 768, 160)),
+        ("Mixed_6d/branch7x7_2", (1, 7, 160, 160)),
+        ("Mixed_6d/branch7x7_3", (7, 1, 160, 192)),
+        ("Mixed_6d/branch7x7dbl_1", (1, 1, 768, 160)),
+        ("Mixed_6d/branch7x7dbl_2", (7, 1, 160, 160)),
+        ("Mixed_6d/branch7x7dbl_3", (1, 7, 160, 160)),
+        ("Mixed_6d/branch7x7dbl_4", (7, 1, 160, 160)),
+        ("Mixed_6d/branch7x7dbl_5", (1, 7, 160, 192)),
+        ("Mixed_6d/branch_pool", (1, 1, 768, 192)),
+        ("Mixed_6e/branch1x1", (1, 1, 768, 192)),
+        ("Mixed_6e/branch7x7_1", (1, 1, 768, 192)),
+        ("Mixed_6e/branch7x7_2", (1, 7, 192, 192)),
+        ("Mixed_6e/branch7x7_3", (7, 1, 192, 192)),
+        ("Mixed_6e/branch7x7dbl_1", (1, 1, 768, 192)),
+        ("Mixed_6e/branch7x7dbl_2", (7, 1, 192, 192)),
+        ("Mixed_6e/branch7x7dbl_3", (1, 7, 192, 192)),
+        ("Mixed_6e/branch7x7dbl_4", (7, 1, 192, 192)),
+        ("Mixed_6e/branch7x7dbl_5", (1, 7, 192, 192)),
+        ("Mixed_6e/branch_pool", (1, 1, 768, 192)),
+        ("Mixed_7a/branch3x3_1", (1, 1, 768, 192)),
+        ("Mixed_7a/branch3x3_2", (3, 3, 192, 320)),
+        ("Mixed_7a/branch7x7x3_1", (1, 1, 768, 192)),
+        ("Mixed_7a/branch7x7x3_2", (1, 7, 192, 192)),
+        ("Mixed_7a/branch7x7x3_3", (7, 1, 192, 192)),
+        ("Mixed_7a/branch7x7x3_4", (3, 3, 192, 192)),
+        ("Mixed_7b/branch1x1", (1, 1, 1280, 320)),
+        ("Mixed_7b/branch3x3_1", (1, 1, 1280, 384)),
+        ("Mixed_7b/branch3x3_2a", (1, 3, 384, 384)),
+        ("Mixed_7b/branch3x3_2b", (3, 1, 384, 384)),
+        ("Mixed_7b/branch3x3dbl_1", (1, 1, 1280, 448)),
+        ("Mixed_7b/branch3x3dbl_2", (3, 3, 448, 384)),
+        ("Mixed_7b/branch3x3dbl_3a", (1, 3, 384, 384)),
+        ("Mixed_7b/branch3x3dbl_3b", (3, 1, 384, 384)),
+        ("Mixed_7b/branch_pool", (1, 1, 1280, 192)),
+        ("Mixed_7c/branch1x1", (1, 1, 2048, 320)),
+        ("Mixed_7c/branch3x3_1", (1, 1, 2048, 384)),
+        ("Mixed_7c/branch3x3_2a", (1, 3, 384, 384)),
+        ("Mixed_7c/branch3x3_2b", (3, 1, 384, 384)),
+        ("Mixed_7c/branch3x3dbl_1", (1, 1, 2048, 448)),
+        ("Mixed_7c/branch3x3dbl_2", (3, 3, 448, 384)),
+        ("Mixed_7c/branch3x3dbl_3a", (1, 3, 384, 384)),
+        ("Mixed_7c/branch3x3dbl_3b", (3, 1, 384, 384)),
+        ("Mixed_7c/branch_pool", (1, 1, 2048, 192)),
+    ]),
 )
 
 RESNET50 = ModelSpec(
@@ -80,6 +210,11 @@ RESNET50 = ModelSpec(
     feature_dim=2048,
     preprocessing="torch",
     paper="He et al. 2015, Deep Residual Learning",
+    not_one_architecture=(
+        "resnet50 is not one architecture across the frameworks: torchvision's is ResNet v1.5 "
+        "(stride 2 in the 3x3 convolution of a block's first bottleneck), Keras' is v1 (stride "
+        "in the first 1x1 convolution, convolutions with biases), slim's resnet_v1_50 strides "
+        "in the last unit of each block; its weights cannot be converted exactly"),
 )
 
 RESNET18 = ModelSpec(

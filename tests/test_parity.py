@@ -134,7 +134,7 @@ def test_torch_batchnorm_gamma_is_fixed_at_one_so_counts_match_keras_and_slim(to
         assert all((id(m.weight) in params) is not aligned for m in bns)
         counts[aligned] = sum(p.numel() for n, p in net.named_parameters() if not n.startswith("fc."))
     assert counts[True] == canonical.backbone_parameter_count("inception_v3") == 21_768_352
-    assert counts[False] - counts[True] == sum(l.kernel[-1] for l in canonical.INCEPTION_V3)
+    assert counts[False] - counts[True] == sum(l.kernel[-1] for l in SPEC.layers)
     aligned = torch_inception[True]
     assert all(torch.all(m.weight == 1) for m in aligned.modules() if isinstance(m, nn.BatchNorm2d))
     state = {k: v.clone() for k, v in torch_inception[False].state_dict().items()}

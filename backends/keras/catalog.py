@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from backends.base import ImagenetWeights, ModelEntry
-from common import canonical
+from common.models import INCEPTION_V3
 
 # Weights conversion (common.canonical): canonical layer -> the index of its conv2d_bn()
 # call in keras.applications.inception_v3 (a Conv2D, then a BatchNormalization with
@@ -25,7 +25,7 @@ from common import canonical
 # model.layers is in graph order, not call order; the calls follow the paper's branch
 # order, which is also torchvision's module order and slim's variable order, so the
 # table is the canonical order (convert.py checks every kernel shape against it).
-_INCEPTION_CANONICAL = {layer.name: index for index, layer in enumerate(canonical.INCEPTION_V3)}
+_INCEPTION_CANONICAL = {layer.name: index for index, layer in enumerate(INCEPTION_V3.layers)}
 
 # the suite's new head: Dense(hidden, relu) (optional) then Dense(num_classes)
 HEAD_LAYERS = ("head_hidden", "head_logits")

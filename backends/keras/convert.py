@@ -8,9 +8,11 @@ file is read by building the model it was saved from and calling
 transposed here; InceptionV3's ``BatchNormalization(scale=False)`` has
 ``beta``, ``moving_mean`` and ``moving_variance`` and no gamma.
 
-The catalog's table gives, per canonical layer, the index of its ``conv2d_bn``
-call in ``keras.applications.inception_v3``; ``conv2d_bn_layers`` finds the
-``Conv2D`` and ``BatchNormalization`` layers of each call in a built model.
+The catalog's table gives, per canonical layer, the native layer: for a
+``conv_bn`` layer the index of its ``conv2d_bn`` call in
+``keras.applications.inception_v3`` (``conv2d_bn_layers`` finds the ``Conv2D``
+and ``BatchNormalization`` layers of each call in a built model, whose names are
+generated), for a ``conv`` layer (a ``Conv2D`` with a bias) the layer's name.
 """
 
 from __future__ import annotations
@@ -53,13 +55,19 @@ def conv2d_bn_layers(km: KerasModel) -> list[tuple]:
 
 
 def _layer_table(km: KerasModel, model: str) -> dict[str, tuple]:
-    """Canonical layer -> (Conv2D, BatchNormalization) by the catalog's table."""
-    pairs = conv2d_bn_layers(km)
+    """Canonical layer -> ``(Conv2D, BatchNormalization)`` by the catalog's table; a ``conv``
+    layer (a Conv2D with a bias) has no BatchNormalization: ``(Conv2D, None)``."""
     table = MODELS[model].canonical
-    if len(pairs) != len(table):
-        raise canonical.ConversionError(f"keras {model} has {len(pairs)} conv2d_bn layers, the "
-                                        f"canonical table {len(table)}")
-    return {name: pairs[index] for name, index in table.items()}
+    kinds = {layer.name: layer.kind for layer in canonical.layers(model)}
+    out = {name: (km.model.get_layer(table[name]), None) for name, kind in kinds.items()
+           if kind == "conv"}
+    if len(out) < len(kinds):
+        pairs = conv2d_bn_layers(km)
+        if len(pairs) != len(kinds) - len(out):
+            raise canonical.ConversionError(f"keras {model} has {len(pairs)} conv2d_bn layers, "
+                                            f"the canonical table {len(kinds) - len(out)}")
+        out.update({name: pairs[table[name]] for name, kind in kinds.items() if kind == "conv_bn"})
+    return out
 
 
 def _load(model: str, path: Path | str) -> KerasModel:
@@ -90,10 +98,13 @@ def read_canonical(model: str, path: Path | str) -> tuple[dict[str, np.ndarray],
     km = _load(model, path)
     tensors = {}
     for name, (conv, bn) in _layer_table(km, model).items():
+        tensors[f"{name}/kernel"] = _value(conv.kernel)  # HWIO already
+        if bn is None:  # a conv layer: Conv2D with a bias
+            tensors[f"{name}/bias"] = _value(conv.bias)
+            continue
         if bn.gamma is not None or conv.use_bias:
             raise canonical.ConversionError(f"keras {conv.name}/{bn.name}: a bias or a BatchNorm "
                                             f"scale does not map to canonical {name}")
-        tensors[f"{name}/kernel"] = _value(conv.kernel)  # HWIO already
         tensors[f"{name}/beta"] = _value(bn.beta)
         tensors[f"{name}/moving_mean"] = _value(bn.moving_mean)
         tensors[f"{name}/moving_variance"] = _value(bn.moving_variance)
@@ -116,6 +127,9 @@ def model_from_canonical(model: str, tensors: dict[str, np.ndarray],
                      hidden)
     for name, (conv, bn) in _layer_table(km, model).items():
         conv.kernel.assign(tensors[f"{name}/kernel"])
+        if bn is None:
+            conv.bias.assign(tensors[f"{name}/bias"])
+            continue
         bn.beta.assign(tensors[f"{name}/beta"])
         bn.moving_mean.assign(tensors[f"{name}/moving_mean"])
         bn.moving_variance.assign(tensors[f"{name}/moving_variance"])

@@ -1,7 +1,7 @@
 """The PyTorch backend: torchvision models, requires_grad + param groups, state_dict ``.pt``.
 
 A thin class over plain functions: ``model.py`` builds the model and maps
-canonical blocks to top-level modules, ``train.py`` expresses a phase
+canonical blocks to modules, ``train.py`` expresses a phase
 (``requires_grad``, BatchNorm ``eval()``, ``torch.optim`` param groups) and
 runs the epoch loop, ``data.py`` is the ``DataLoader`` over the common split,
 ``weights.py`` saves and restores ``state_dict`` checkpoints (head excluded),
@@ -256,9 +256,9 @@ class PyTorchBackend(Backend):
 
     def _snapshot(self, block: str) -> dict[str, np.ndarray]:
         net = self.model
-        modules = set(model_lib.block_modules(net, self.entry, block))
+        modules = model_lib.block_modules(net, self.entry, block)
         return {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()
-                if k.split(".", 1)[0] in modules}
+                if model_lib.in_modules(k, modules)}
 
     # -- reporting -------------------------------------------------------
     def _throughput(self, batch_size: int, precision: str, steps: int, warmup: int) -> dict:

@@ -1,8 +1,10 @@
 """The PyTorch backend's models: torchvision constructors and their module names.
 
 One entry per model (timm's ``pretrained_cfg`` idea): the torchvision
-constructor, each canonical block of ``common.models`` as the *top-level
-child modules* of the torchvision model (``model.layer4``, ``model.Mixed_7c``),
+constructor (or the small function of ``model.py`` that composes torchvision's
+modules where its constructor does not give backbone + pooled features + head),
+each canonical block of ``common.models`` as module paths of the torchvision
+model (top-level children, ``layer4``, ``Mixed_7c``; or deeper, ``features.17``),
 the head attribute (``model.fc``) and the ImageNet file that torchvision's
 weight enum downloads into the ``torch.hub`` cache. Framework-free: ``bench
 list`` and ``bench weights where`` read it without importing torch.
@@ -14,12 +16,12 @@ import os
 from pathlib import Path
 
 from backends.base import ImagenetWeights, ModelEntry
-from common import canonical
+from common.models import INCEPTION_V3
 
 # Weights conversion (common.canonical): canonical layer -> torchvision module path. The
 # canonical names *are* torchvision's module paths with "/" ("Mixed_5b/branch5x5_2" is
 # model.Mixed_5b.branch5x5_2, a BasicConv2d holding .conv and .bn).
-_INCEPTION_CANONICAL = {layer.name: layer.name.replace("/", ".") for layer in canonical.INCEPTION_V3}
+_INCEPTION_CANONICAL = {layer.name: layer.name.replace("/", ".") for layer in INCEPTION_V3.layers}
 
 # What the suite changes in torchvision's Inception3 for suite-made weights (model.py),
 # so that it computes what Keras and slim compute; README "Framework differences".

@@ -3,12 +3,15 @@
 PyTorch idiom: a checkpoint is a flat dict of tensors keyed by module path, so
 reading is looking keys up and writing is ``load_state_dict`` into the built
 model (strict: every key must be there). For each canonical layer ``L`` the
-catalog (``MODELS[model].canonical``) names the ``BasicConv2d`` module ``m``:
+catalog (``MODELS[model].canonical``) names the module ``m``; a ``conv_bn`` layer
+is a ``BasicConv2d`` (``m.conv``, ``m.bn``), a ``conv`` layer an ``nn.Conv2d``:
 
-* ``L/kernel`` = ``m.conv.weight`` OIHW, transposed to HWIO (``permute(2, 3, 1, 0)``);
-* ``L/beta``, ``L/moving_mean``, ``L/moving_variance`` = ``m.bn.bias``,
+* ``L/kernel`` = ``m.conv.weight`` (``conv``: ``m.weight``) OIHW, transposed to HWIO
+  (``permute(2, 3, 1, 0)``);
+* ``conv_bn``: ``L/beta``, ``L/moving_mean``, ``L/moving_variance`` = ``m.bn.bias``,
   ``m.bn.running_mean``, ``m.bn.running_var``; ``m.bn.weight`` (gamma) must be 1
   (canonical InceptionV3 has no BatchNorm scale; ``model.remove_batchnorm_scale``);
+* ``conv``: ``L/bias`` = ``m.bias``;
 * the head ``fc`` (``nn.Linear``: ``weight [classes, in]``, a class is a row) is
   ``head/kernel [in, classes]`` transposed; a hidden head is ``fc.0`` / ``fc.2``
   (``model.make_head``'s ``Linear -> ReLU -> Linear``).
@@ -40,7 +43,7 @@ HIDDEN_HEAD_LAYERS = ("0", "2")
 def _head_modules(state: dict, fc: str) -> dict[str, str]:
     """Canonical head layer -> module path in ``state`` (linear or hidden head)."""
     hidden, logits = (f"{fc}.{i}" for i in HIDDEN_HEAD_LAYERS)
-    if f"{hidden}.weight" in state:
+    if f"{hidden}.weight" in state and f"{logits}.weight" in state:
         return {canonical.HEAD_HIDDEN: hidden, canonical.HEAD: logits}
     if f"{fc}.weight" in state:
         return {canonical.HEAD: fc}
@@ -70,9 +73,13 @@ def read_canonical(model: str, path: Path | str) -> tuple[dict[str, np.ndarray],
     for layer in layers:
         m = entry.canonical[layer.name]
         kh, kw, cin, cout = layer.kernel
+        conv = m if layer.kind == "conv" else f"{m}.conv"
         # OIHW (PyTorch) -> HWIO (TensorFlow, canonical)
-        tensors[f"{layer.name}/kernel"] = take(f"{m}.conv.weight", f"{layer.name}/kernel",
+        tensors[f"{layer.name}/kernel"] = take(f"{conv}.weight", f"{layer.name}/kernel",
                                                (cout, cin, kh, kw)).permute(2, 3, 1, 0)
+        if layer.kind == "conv":
+            tensors[f"{layer.name}/bias"] = take(f"{m}.bias", f"{layer.name}/bias", (cout,))
+            continue
         gamma = take(f"{m}.bn.weight", f"{layer.name} (no BatchNorm scale)", (cout,))
         if not bool(torch.all(gamma == 1)):
             raise canonical.ConversionError(gamma_refusal(source, f"{m}.bn.weight"))
@@ -119,6 +126,10 @@ def model_from_canonical(model: str, tensors: dict[str, np.ndarray],
 
     for layer in canonical.layers(model):
         m = entry.canonical[layer.name]
+        if layer.kind == "conv":
+            put(f"{m}.weight", tensors[f"{layer.name}/kernel"].transpose(3, 2, 0, 1))  # HWIO -> OIHW
+            put(f"{m}.bias", tensors[f"{layer.name}/bias"])
+            continue
         put(f"{m}.conv.weight", tensors[f"{layer.name}/kernel"].transpose(3, 2, 0, 1))  # HWIO -> OIHW
         put(f"{m}.bn.weight", np.ones(layer.kernel[-1], np.float32))  # no scale: gamma 1
         put(f"{m}.bn.bias", tensors[f"{layer.name}/beta"])

@@ -2,7 +2,9 @@
 
 PyTorch idiom: a model is a tree of ``nn.Module`` objects and the canonical
 blocks of ``common.models`` are *top-level child modules* of the torchvision
-model (``model.layer4``, ``model.Mixed_7c``). Replacing the head is plain
+model (``model.layer4``, ``model.Mixed_7c``), or module paths deeper in the
+tree where torchvision keeps the layers of several blocks in one
+``Sequential`` (``features.17``). Replacing the head is plain
 attribute assignment (``model.fc = nn.Linear(...)``), as in the torchvision
 fine-tuning tutorial.
 """
@@ -188,12 +190,24 @@ def make_head(in_features: int, num_classes: int, hidden_units: int = 0) -> nn.M
 
 
 def block_modules(model: nn.Module, entry: ModelEntry, block: str) -> dict[str, nn.Module]:
-    """Top-level modules of canonical ``block`` (``"head"`` included) that exist in ``model``.
+    """Modules of canonical ``block`` (``"head"`` included) that exist in ``model``, keyed
+    by module path: top-level children (``layer4``, ``Mixed_7c``) or modules deeper in the
+    tree (``features.17``, where torchvision keeps a block's layers in one ``Sequential``).
 
     ``AuxLogits`` is ``None`` when the aux head is off, so it is left out.
     """
-    names = entry.native(block)
-    return {n: getattr(model, n) for n in names if getattr(model, n, None) is not None}
+    modules = {}
+    for name in entry.native(block):
+        try:
+            modules[name] = model.get_submodule(name)
+        except AttributeError:  # None (AuxLogits without the aux head) is not a module
+            continue
+    return modules
+
+
+def in_modules(name: str, paths) -> bool:
+    """``name`` (a module path or state_dict key) is one of the module ``paths`` or below one."""
+    return any(name == p or name.startswith(p + ".") for p in paths)
 
 
 def module_block(spec: ModelSpec, entry: ModelEntry) -> dict[str, str]:
@@ -228,7 +242,7 @@ def summary(model: nn.Module) -> str:
 def forward_features(model: nn.Module, entry: ModelEntry, images: torch.Tensor) -> torch.Tensor:
     """Pooled pre-head features: the input of the head, captured by a forward pre-hook."""
     captured = []
-    handle = getattr(model, head_name(entry)).register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    handle = model.get_submodule(head_name(entry)).register_forward_pre_hook(lambda module, args: captured.append(args[0]))
     try:
         model(images)
     finally:

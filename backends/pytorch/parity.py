@@ -1,6 +1,6 @@
 """``bench parity`` in PyTorch: every canonical block's output for a batch, eval mode, fp32.
 
-PyTorch idiom: ``register_forward_hook`` on the last top-level module of each
+PyTorch idiom: ``register_forward_hook`` on the last module of each
 canonical block captures its output during one forward pass of the model that
 ``convert.model_from_canonical`` builds (the same mapping ``write_canonical``
 saves; head included), in ``eval()`` under ``torch.inference_mode()``. Outputs are NCHW; they are returned NHWC (the
@@ -25,7 +25,7 @@ def block_outputs(model: str, tensors: dict[str, np.ndarray], images: np.ndarray
     spec, entry = get_model(model), MODELS[model]
     net = model_from_canonical(model, tensors, aligned=aligned)
     captured: dict[str, torch.Tensor] = {}
-    handles = [getattr(net, entry.blocks[block][-1]).register_forward_hook(
+    handles = [net.get_submodule(entry.blocks[block][-1]).register_forward_hook(
         lambda module, args, output, block=block: captured.__setitem__(block, output))
         for block in spec.blocks]
     try:

@@ -27,7 +27,7 @@ from common.preprocess import Normalisation
 from common.progress import progress
 
 from .data import normalise
-from .model import block_modules
+from .model import block_modules, in_modules
 
 # slim's inception_v3 train_image_classifier weights the aux loss by 0.4
 AUX_LOSS_WEIGHT = 0.4
@@ -35,7 +35,7 @@ AUX_LOSS_WEIGHT = 0.4
 
 def trainable_modules(model: nn.Module, spec: ModelSpec, entry: ModelEntry,
                       phase: Phase) -> dict[str, nn.Module]:
-    """Top-level modules ``phase`` trains: its canonical blocks, then the head (and AuxLogits)."""
+    """Modules ``phase`` trains, by path: its canonical blocks, then the head (and AuxLogits)."""
     modules = {}
     for block in (*phase.trainable_blocks(spec), HEAD):
         modules.update(block_modules(model, entry, block))
@@ -60,11 +60,9 @@ def set_train_modes(model: nn.Module, trainable: dict[str, nn.Module], bn: str) 
         # from normalising with batch statistics and updating running_mean/var. Keras
         # (trainable=False) and the suite's default instead keep frozen BN in inference.
         return
-    for name, child in model.named_children():
-        if name not in trainable:
-            for module in child.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()  # frozen layers: running statistics used, never updated
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not in_modules(name, trainable):
+            module.eval()  # frozen layers: running statistics used, never updated
 
 
 def param_groups(model: nn.Module, entry: ModelEntry, phase: Phase) -> list[dict]:

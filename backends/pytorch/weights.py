@@ -130,11 +130,13 @@ def copy_head_rows(model: nn.Module, entry: ModelEntry, state: dict[str, torch.T
 
 
 def imagenet_weights_enum(model: str, entry: ModelEntry):
-    """The torchvision weights enum member whose URL is the catalog's ImageNet file."""
-    enum = torchvision.models.get_model_weights(entry.resolve_constructor())
-    for member in enum:
-        if member.url == entry.imagenet.url:
-            return member
+    """The torchvision weights enum member whose URL is the catalog's ImageNet file, among
+    the enums of torchvision's classification builders (a catalog constructor may be the
+    backend's own function around torchvision's modules, which has no enum of its own)."""
+    for name in torchvision.models.list_models(module=torchvision.models):
+        for member in torchvision.models.get_model_weights(name):
+            if member.url == entry.imagenet.url:
+                return member
     raise BackendError(f"torchvision {torchvision.__version__} has no {model} weights at "
                        f"{entry.imagenet.url}")
 

@@ -7,8 +7,9 @@ prefix ``NAME.ckpt`` with ``.index`` and ``.data-*`` files. For each canonical
 layer the catalog (``MODELS[model].canonical``) names the scope ``S``:
 
 * ``L/kernel`` = ``S/weights`` (``[kh, kw, in, out]``: TF's layout is canonical);
-* ``L/beta``, ``L/moving_mean``, ``L/moving_variance`` = ``S/BatchNorm/...``
-  (``inception_v3_arg_scope``: ``batch_norm`` without ``scale``, so no gamma);
+* a ``conv_bn`` layer's ``L/beta``, ``L/moving_mean``, ``L/moving_variance`` =
+  ``S/BatchNorm/...`` (``inception_v3_arg_scope``: ``batch_norm`` without ``scale``,
+  so no gamma); a ``conv`` layer's ``L/bias`` = ``S/biases``;
 * the head is a 1x1 convolution: ``<logits_layer>/weights [1, 1, in, classes]``
   (a class is the last axis) reshaped to ``head/kernel [in, classes]``, and
   ``biases``; a hidden head is ``InceptionV3/Logits/Conv2d_1b_1x1`` (``model.new_head``).
@@ -48,6 +49,14 @@ def _head_scopes(model: str) -> dict[str, str]:
             canonical.HEAD: entry.logits_layer}
 
 
+def _native_tensors(layer, scope: str) -> list[tuple[str, str]]:
+    """``(canonical tensor, slim variable)`` of ``layer`` besides its kernel: BatchNorm's
+    beta and moving statistics (``conv_bn``), or the convolution's biases (``conv``)."""
+    if layer.kind == "conv":
+        return [("bias", f"{scope}/biases")]
+    return [(t, f"{scope}/BatchNorm/{t}") for t in canonical.CONV_BN_TENSORS[1:]]
+
+
 def read_canonical(model: str, path: Path | str) -> tuple[dict[str, np.ndarray], dict]:
     """The canonical tensors of the TF checkpoint at ``path`` (a prefix, one of its files
     or a directory, as ``--weights PATH``)."""
@@ -74,8 +83,8 @@ def read_canonical(model: str, path: Path | str) -> tuple[dict[str, np.ndarray],
         scope = entry.canonical[layer.name]
         cout = layer.kernel[-1]
         tensors[f"{layer.name}/kernel"] = take(f"{scope}/weights", f"{layer.name}/kernel", layer.kernel)
-        for t in canonical.CONV_BN_TENSORS[1:]:
-            tensors[f"{layer.name}/{t}"] = take(f"{scope}/BatchNorm/{t}", f"{layer.name}/{t}", (cout,))
+        for t, name in _native_tensors(layer, scope):
+            tensors[f"{layer.name}/{t}"] = take(name, f"{layer.name}/{t}", (cout,))
     for layer, scope in _head_scopes(model).items():
         if f"{scope}/weights" in shapes:
             kernel = take(f"{scope}/weights", f"{layer}/kernel", shapes[f"{scope}/weights"])
@@ -118,8 +127,8 @@ def session_from_canonical(model: str, tensors: dict[str, np.ndarray],
     for layer in canonical.layers(model):
         scope = entry.canonical[layer.name]
         values[f"{scope}/weights"] = tensors[f"{layer.name}/kernel"]
-        for t in canonical.CONV_BN_TENSORS[1:]:
-            values[f"{scope}/BatchNorm/{t}"] = tensors[f"{layer.name}/{t}"]
+        for t, name in _native_tensors(layer, scope):
+            values[name] = tensors[f"{layer.name}/{t}"]
     for layer, scope in _head_scopes(model).items():
         if f"{layer}/kernel" in tensors:
             values[f"{scope}/weights"] = tensors[f"{layer}/kernel"][None, None]  # -> [1, 1, in, out]

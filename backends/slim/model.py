@@ -18,6 +18,7 @@ backend builds a new train tower when a phase changes the BN mode of a block.
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -203,10 +204,18 @@ def resnet_v1_50(images, num_classes, hidden_units, aux_logits, reuse):
 
 
 def arg_scope(entry: ModelEntry, weight_decay) -> dict:
-    """The model's own arg_scope (slim's ``arg_scopes_map``) with the suite's BN decay."""
+    """The model's own arg_scope (slim's ``arg_scopes_map``) with the suite's BN decay
+    (a net without BatchNorm has an arg_scope factory without ``batch_norm_decay``)."""
     module, _, function = entry.arg_scope.partition(":")
     factory = getattr(importlib.import_module(module), function)
-    return factory(weight_decay=weight_decay, batch_norm_decay=BATCH_NORM_DECAY)
+    if "batch_norm_decay" in inspect.signature(factory).parameters:
+        return factory(weight_decay=weight_decay, batch_norm_decay=BATCH_NORM_DECAY)
+    return factory(weight_decay=weight_decay)
+
+
+def normalizes_convolutions(scope: dict) -> bool:
+    """Whether an arg_scope gives ``slim.conv2d`` a ``normalizer_fn`` (batch_norm)."""
+    return bool(scope.get(slim.arg_scope_func_key(slim.conv2d), {}).get("normalizer_fn"))
 
 
 def build_tower(spec: ModelSpec, entry: ModelEntry, images: tf.Tensor, num_classes: int, *,
@@ -223,8 +232,12 @@ def build_tower(spec: ModelSpec, entry: ModelEntry, images: tf.Tensor, num_class
     training = set(training_blocks)
     before = set(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS))
     regularizers = set(tf.compat.v1.losses.get_regularization_losses())
-    with slim.arg_scope(arg_scope(entry, weight_decay)):
-        with slim.arg_scope([slim.conv2d], normalizer_fn=scoped_batch_norm(spec, entry, training)):
+    scope = arg_scope(entry, weight_decay)
+    # the net's batch_norm, if it has one, chooses is_training per scope
+    normalizer = ({"normalizer_fn": scoped_batch_norm(spec, entry, training)}
+                  if normalizes_convolutions(scope) else {})
+    with slim.arg_scope(scope):
+        with slim.arg_scope([slim.conv2d], **normalizer):
             logits, features, aux, end_points = net_fn(images, num_classes, hidden_units,
                                                        aux_logits, reuse)
     update_ops = [op for op in tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
