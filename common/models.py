@@ -227,7 +227,31 @@ RESNET18 = ModelSpec(
     paper="He et al. 2015, Deep Residual Learning",
 )
 
-MODELS: dict[str, ModelSpec] = {m.name: m for m in (INCEPTION_V3, RESNET50, RESNET18)}
+# The feature-extractor model of the flowers seed. The suite's VGG16 is its five
+# convolution blocks; the features are the global average pool of block5 (512-d, as
+# keras.applications.VGG16(include_top=False, pooling="avg")), and the original
+# classifier (fc6, fc7, fc8) is not part of the model: the suite's head replaces it.
+VGG16 = ModelSpec(
+    name="vgg16",
+    default_size=224,
+    min_size=32,
+    blocks=("block1", "block2", "block3", "block4", "block5"),
+    feature_dim=512,
+    preprocessing="torch",
+    paper="Simonyan and Zisserman 2014, Very Deep Convolutional Networks for Large-Scale "
+          "Image Recognition",
+    # its 13 convolutions (3x3, with biases, no BatchNorm) in forward order, named after
+    # Keras' layers with "/" (block1_conv1: torchvision's are indices into one Sequential)
+    layers=tuple(Layer(name, (3, 3, cin, cout), "conv") for name, cin, cout in [
+        ("block1/conv1", 3, 64), ("block1/conv2", 64, 64),
+        ("block2/conv1", 64, 128), ("block2/conv2", 128, 128),
+        ("block3/conv1", 128, 256), ("block3/conv2", 256, 256), ("block3/conv3", 256, 256),
+        ("block4/conv1", 256, 512), ("block4/conv2", 512, 512), ("block4/conv3", 512, 512),
+        ("block5/conv1", 512, 512), ("block5/conv2", 512, 512), ("block5/conv3", 512, 512),
+    ]),
+)
+
+MODELS: dict[str, ModelSpec] = {m.name: m for m in (INCEPTION_V3, RESNET50, RESNET18, VGG16)}
 
 
 def get_model(name: str) -> ModelSpec:

@@ -1,6 +1,6 @@
-"""The contract every backend honours, run once per backend (skipped with the
-reason when its framework is missing). Backend-specific behaviour lives in
-test_<backend>.py."""
+"""The contract every backend honours, run once per backend and model (skipped with
+the reason when its framework is missing): InceptionV3 at its minimum, 75 px, and
+VGG16 at its minimum, 32 px. Backend-specific behaviour lives in test_<backend>.py."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from common.results import validate_result
 from conftest import require_backend, tiny_config
 
 BACKENDS = ["pytorch", "keras", "slim"]
+# (model, image size): each model at its minimum size
+MODELS = [("inception_v3", 75), ("vgg16", 32)]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -26,23 +28,32 @@ def backend_name(request):
     return request.param
 
 
-def _built(backend_name, tiny_quads, tmp_path, recipe="two_phase", hidden=0):
-    config = tiny_config(backend_name, recipe, tiny_quads, tmp_path / "run")
+@pytest.fixture(params=MODELS, ids=[m for m, _ in MODELS])
+def model(request):
+    return request.param
+
+
+def _built(backend_name, tiny_quads, tmp_path, model, recipe="two_phase", hidden=0):
+    name, size = model
+    config = tiny_config(backend_name, recipe, tiny_quads, tmp_path / "run", model=name,
+                         image_size=size)
     split = driver.prepare_split(config)
     b = get_backend(backend_name)(config, tmp_path / "run")
-    b.setup(split, 75)
-    b.build(get_model("inception_v3"), split.num_classes, WeightsRequest("none"), hidden)
+    b.setup(split, size)
+    b.build(get_model(name), split.num_classes, WeightsRequest("none"), hidden)
     return b, split
 
 
-def test_top2_phase_trains_exactly_mixed_7b_7c_and_head(backend_name, tiny_quads, tmp_path):
-    b, _ = _built(backend_name, tiny_quads, tmp_path)
+def test_top2_phase_trains_exactly_mixed_7b_7c_and_head(backend_name, model, tiny_quads, tmp_path):
+    """The top two canonical blocks and the head train, nothing else (VGG16: block4, block5)."""
+    b, _ = _built(backend_name, tiny_quads, tmp_path, model)
     try:
         phase = load_recipe("two_phase").phases[1]
         report = b.apply_phase(phase, 1)
-        assert tuple(report["trainable_blocks"]) == ("Mixed_7b", "Mixed_7c")
+        top2 = {"inception_v3": ("Mixed_7b", "Mixed_7c"), "vgg16": ("block4", "block5")}[model[0]]
+        assert tuple(report["trainable_blocks"]) == top2
         trainable = set(b.trainable_names())
-        in_blocks = {name: a.size for blk in ("Mixed_7b", "Mixed_7c", HEAD)
+        in_blocks = {name: a.size for blk in (*top2, HEAD)
                      for name, a in b.snapshot(blk).items()}
         assert trainable <= set(in_blocks), sorted(trainable - set(in_blocks))[:5]
         assert report["trainable_params"] == sum(in_blocks[n] for n in trainable)
@@ -64,13 +75,13 @@ def progress_events(monkeypatch):
     monkeypatch.setenv(progress.SECONDS_ENV, "0")
 
 
-def test_head_phase_leaves_backbone_bit_identical(backend_name, tiny_quads, tmp_path,
+def test_head_phase_leaves_backbone_bit_identical(backend_name, model, tiny_quads, tmp_path,
                                                   progress_events, capsys):
-    b, _ = _built(backend_name, tiny_quads, tmp_path)
+    b, _ = _built(backend_name, tiny_quads, tmp_path, model)
     try:
         phase = Phase(name="head", train="head", optimizer="adam", learning_rate=1e-2, epochs=1)
         b.apply_phase(phase, 0)
-        spec = get_model("inception_v3")
+        spec = get_model(model[0])
         before = {blk: b.snapshot(blk) for blk in (*spec.blocks, HEAD)}
         b.set_learning_rate(1e-2)
         capsys.readouterr()
@@ -91,8 +102,8 @@ def test_head_phase_leaves_backbone_bit_identical(backend_name, tiny_quads, tmp_
         b.close()
 
 
-def test_save_restore_round_trip_gives_same_logits(backend_name, tiny_quads, tmp_path):
-    b, split = _built(backend_name, tiny_quads, tmp_path)
+def test_save_restore_round_trip_gives_same_logits(backend_name, model, tiny_quads, tmp_path):
+    b, split = _built(backend_name, tiny_quads, tmp_path, model)
     try:
         b.apply_phase(load_recipe("two_phase").phases[0], 0)
         logits = b.predict("test")
@@ -108,18 +119,18 @@ def test_save_restore_round_trip_gives_same_logits(backend_name, tiny_quads, tmp
         b.close()
 
 
-def test_features_need_a_model_and_training_needs_a_phase(backend_name, tiny_quads, tmp_path,
-                                                          progress_events, capsys):
+def test_features_need_a_model_and_training_needs_a_phase(backend_name, model, tiny_quads,
+                                                          tmp_path, progress_events, capsys):
     # the lifecycle is checked once, in backends.base: every backend refuses the same way
     config = tiny_config(backend_name, "two_phase", tiny_quads, tmp_path / "bare")
     bare = get_backend(backend_name)(config, tmp_path / "bare")
     with pytest.raises(BackendError, match=r"^\w+: predict\(\) needs setup\(split, image_size\) first$"):
         bare.predict("val")
-    b, split = _built(backend_name, tiny_quads, tmp_path)
+    b, split = _built(backend_name, tiny_quads, tmp_path, model)
     try:
         capsys.readouterr()
         feats = b.extract_features("val")
-        assert feats.shape == (len(split.val), get_model("inception_v3").feature_dim)
+        assert feats.shape == (len(split.val), get_model(model[0]).feature_dim)
         events = _progress_events(capsys)
         # features and predict share each backend's evaluation loop
         assert [(e["desc"], e["n"], e["total"]) for e in events] == [
@@ -140,8 +151,13 @@ def test_features_need_a_model_and_training_needs_a_phase(backend_name, tiny_qua
         b.close()
 
 
-def test_two_phase_run_writes_a_valid_result(backend_name, tiny_quads, tmp_path):
-    config = tiny_config(backend_name, "two_phase", tiny_quads, tmp_path / "run")
+@pytest.mark.parametrize("model", [MODELS[0], pytest.param(MODELS[1], marks=pytest.mark.slow)],
+                         ids=[m for m, _ in MODELS])
+def test_two_phase_run_writes_a_valid_result(backend_name, model, tiny_quads, tmp_path):
+    """A whole run through the driver. VGG16's is ``-m slow`` (the other contract tests run it;
+    ``pytest -m slow tests/test_backend_contract.py``)."""
+    config = tiny_config(backend_name, "two_phase", tiny_quads, tmp_path / "run", model=model[0],
+                         image_size=model[1])
     result = driver.run(config)
     assert result["status"] == "ok", result.get("traceback")
     on_disk = json.loads((tmp_path / "run" / "result.json").read_text())

@@ -60,6 +60,19 @@ MODELS: dict[str, ModelEntry] = {
             # keras.applications.resnet50.preprocess_input: "caffe" (BGR, mean-subtracted)
             preprocessing="caffe", file_hash="4d473c1dd8becc155b73f8504c6f6626"),
     ),
+    "vgg16": ModelEntry(
+        constructor="keras.applications:VGG16",
+        blocks={f"block{b}": (f"block{b}_pool",) for b in range(1, 6)},
+        head=HEAD_LAYERS,
+        imagenet=ImagenetWeights(
+            file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            url=_KERAS_APPLICATIONS + "vgg16/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            # keras.applications.vgg16.preprocess_input: "caffe" (BGR, mean-subtracted)
+            preprocessing="caffe", file_hash="6d6bbae143d832006294945121d1f1fc"),
+        # the canonical names are Keras' layer names with "/" (block1/conv1: block1_conv1)
+        canonical={f"block{b}/conv{k}": f"block{b}_conv{k}"
+                   for b, convs in enumerate((2, 2, 3, 3, 3), 1) for k in range(1, convs + 1)},
+    ),
 }
 
 def imagenet_dir() -> Path:

@@ -71,6 +71,27 @@ MODELS: dict[str, ModelEntry] = {
                                  url="https://download.pytorch.org/models/resnet18-f37072fd.pth",
                                  preprocessing="torch"),
     ),
+    "vgg16": ModelEntry(
+        # torchvision's VGG16 convolutions + a global average pool (model.vgg16): torchvision's
+        # VGG class also builds fc6 and fc7, which the suite's model does not have
+        constructor="backends.pytorch.model:vgg16",
+        # torchvision keeps the 13 convolutions, their ReLUs and the 5 max pools in one
+        # Sequential, `features`: a block is its modules from its first convolution to its pool
+        blocks={f"block{b}": tuple(f"features.{i}" for i in range(first, pool + 1))
+                for b, (first, pool) in enumerate(((0, 4), (5, 9), (10, 16), (17, 23), (24, 30)), 1)},
+        head=("classifier",),
+        imagenet=ImagenetWeights(file="vgg16-397923af.pth",
+                                 url="https://download.pytorch.org/models/vgg16-397923af.pth",
+                                 preprocessing="torch"),
+        canonical={"block1/conv1": "features.0", "block1/conv2": "features.2",
+                   "block2/conv1": "features.5", "block2/conv2": "features.7",
+                   "block3/conv1": "features.10", "block3/conv2": "features.12",
+                   "block3/conv3": "features.14",
+                   "block4/conv1": "features.17", "block4/conv2": "features.19",
+                   "block4/conv3": "features.21",
+                   "block5/conv1": "features.24", "block5/conv2": "features.26",
+                   "block5/conv3": "features.28"},
+    ),
 }
 
 

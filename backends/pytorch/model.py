@@ -12,11 +12,12 @@ fine-tuning tutorial.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import inception
+from torchvision.models import inception, vgg
 
 from backends.base import BackendError, ModelEntry
 from common.models import BN_DECAY, HEAD, ModelSpec
@@ -140,6 +141,28 @@ def build_model(spec: ModelSpec, entry: ModelEntry, num_classes: int, head_hidde
             # momentum=0.1 is Keras' momentum=0.9 / slim's decay=0.9 (common.models.BN_DECAY).
             m.momentum = 1.0 - BN_DECAY
     return model
+
+
+def vgg16(weights: None = None) -> nn.Module:
+    """torchvision's VGG16 as the suite's model: ``features``, the five convolution blocks
+    (``torchvision.models.vgg.make_layers(cfgs["D"])``, initialised as torchvision's ``VGG``
+    does), then the global average pool of block5 (512-d, as Keras ``VGG16(include_top=False,
+    pooling="avg")``) and a ``classifier`` that ``build_model`` replaces with the suite's head.
+
+    torchvision's ``VGG`` module would also build fc6 and fc7 (``classifier.0``, ``.3``:
+    25088x4096 and 4096x4096 behind a 7x7 adaptive pool, 120M parameters) that the suite's
+    model does not have. The module names are torchvision's (``features.0.weight``), so its
+    ImageNet ``state_dict`` loads as it is, its classifier left out with the head.
+    """
+    if weights is not None:
+        raise BackendError("vgg16() builds random weights; the backend restores weights itself")
+    features = vgg.make_layers(vgg.cfgs["D"])
+    for m in features.modules():
+        if isinstance(m, nn.Conv2d):  # torchvision's VGG.__init__
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.constant_(m.bias, 0)
+    return nn.Sequential(OrderedDict(features=features, avgpool=nn.AdaptiveAvgPool2d(1),
+                                     flatten=nn.Flatten(1), classifier=nn.Linear(512, 1000)))
 
 
 def _truncated_normal_(weight: torch.Tensor, stddev: float) -> None:

@@ -164,6 +164,23 @@ MODELS: dict[str, ModelEntry] = {
                                  # slim's vgg_preprocessing: RGB, ImageNet mean subtracted
                                  preprocessing="vgg"),
     ),
+    "vgg16": SlimModel(
+        constructor="backends.slim.model:vgg_16",
+        arg_scope="tf_slim.nets.vgg:vgg_arg_scope",
+        # conv<b> holds block b's variables; pool<b> (no variables) ends it: its output is the
+        # block's end point
+        blocks={f"block{b}": (f"vgg_16/conv{b}", f"vgg_16/pool{b}") for b in range(1, 6)},
+        head=("vgg_16/Logits",),
+        logits_layer="vgg_16/Logits/Conv2d_1c_1x1",
+        # slim.repeat names the convolutions of conv<b> conv<b>_1, conv<b>_2, ...
+        canonical={f"block{b}/conv{k}": f"vgg_16/conv{b}/conv{b}_{k}"
+                   for b, convs in enumerate((2, 2, 3, 3, 3), 1) for k in range(1, convs + 1)},
+        imagenet=ImagenetWeights(file="vgg_16.ckpt",
+                                 url=_MODELS_URL + "vgg_16_2016_08_28.tar.gz",
+                                 archive="vgg_16_2016_08_28.tar.gz",
+                                 # slim's vgg_preprocessing: RGB, ImageNet mean subtracted
+                                 preprocessing="vgg"),
+    ),
 }
 
 

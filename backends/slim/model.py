@@ -203,6 +203,30 @@ def resnet_v1_50(images, num_classes, hidden_units, aux_logits, reuse):
     return tf.squeeze(logits, [1, 2]), tf.squeeze(net, [1, 2]), None, end_points
 
 
+def vgg_16(images, num_classes, hidden_units, aux_logits, reuse):
+    """slim's ``vgg_16`` convolutions (``conv1`` .. ``conv5``, each ``slim.repeat``-ed, and
+    ``pool1`` .. ``pool5``, as ``tf_slim.nets.vgg`` builds them), the global average pool of
+    ``pool5`` (512-d) and the new head under ``vgg_16/Logits``.
+
+    tf_slim's ``vgg_16()`` always builds the original classifier, fc6 .. fc8, as
+    convolutions (fc6 a 7x7 VALID convolution of pool5, so it needs 224 px); the suite's
+    model has no fc6 .. fc8, so the blocks are rebuilt here with slim's scopes, which keeps
+    an official ``vgg_16.ckpt`` loadable (its fc6 .. fc8 are left unread). VGG has no
+    auxiliary head: ``aux_logits`` is accepted for the net-function signature.
+    """
+    end_points = {}
+    with tf.compat.v1.variable_scope("vgg_16", [images], reuse=reuse):
+        net = images
+        for block, (depth, convs) in enumerate(((64, 2), (128, 2), (256, 3), (512, 3),
+                                                (512, 3)), 1):
+            net = slim.repeat(net, convs, slim.conv2d, depth, [3, 3], scope=f"conv{block}")
+            net = end_points[f"pool{block}"] = slim.max_pool2d(net, [2, 2], scope=f"pool{block}")
+        with tf.compat.v1.variable_scope("Logits"):
+            pooled = tf.reduce_mean(net, [1, 2], keepdims=True, name="GlobalPool")
+            logits = new_head(pooled, num_classes, hidden_units, "Conv2d_1c_1x1")
+    return logits, tf.squeeze(pooled, [1, 2]), None, end_points
+
+
 def arg_scope(entry: ModelEntry, weight_decay) -> dict:
     """The model's own arg_scope (slim's ``arg_scopes_map``) with the suite's BN decay
     (a net without BatchNorm has an arg_scope factory without ``batch_norm_decay``)."""
