@@ -36,6 +36,7 @@ from common.metrics import classification_metrics
 from common.models import get_model
 from common.parallel import is_main_process
 from common.paths import cache_root, disk_full_message, is_disk_full
+from common.preprocess import get_preset
 from common.results import SchemaError, base_result, write_json_atomic, write_result
 from common.timing import peak_rss_bytes
 
@@ -130,11 +131,14 @@ def pretrain_source(config: RunConfig, image_size: int, cache: Path) -> dict:
     split = split_dataset(load_dataset(root), seed=0, val_fraction=0.1, test_fraction=0.1)
     phase = Phase(name="pretrain", train="all", optimizer=p.optimizer, learning_rate=p.learning_rate,
                   epochs=p.epochs, schedule="cosine", augment=True, bn="train")
-    # always fp32: the cache key does not hold the precision, and a run labelled fp32
-    # must not start from a bf16-trained source
+    # the cache key holds neither the recipe nor the precision: pretraining uses the simple
+    # preset, no dropout and fp32 whatever the run's recipe says (a run labelled fp32 must
+    # not start from a bf16-trained source)
     pre_config = dataclasses.replace(
         config, train=dataclasses.replace(config.train, batch_size=p.batch_size, seed=0,
-                                          precision="fp32", devices=1, nnodes=1, node_rank=0))
+                                          precision="fp32", devices=1, nnodes=1, node_rank=0),
+        recipe=dataclasses.replace(config.recipe, preprocessing="simple", dropout=0.0,
+                                   checkpoint_exclude_scopes=()))
     log.info(f"pretraining {config.model.name} in {config.backend} on shapes "
              f"({len(split.train)} images, {p.epochs} epochs) -> {cache}")
     t0 = time.perf_counter()
@@ -232,13 +236,13 @@ def resolve_weights(config: RunConfig, split: Split, image_size: int) -> tuple[W
     (``digest``, ``source_backend``, ``converted_from`` and ``alignment``)."""
     request, info = _resolve_weights(config, split, image_size)
     info["alignment"] = conversion.alignment_record(config.backend, config.model.name, info["kind"])
-    info["ignore_missing_vars"] = config.model.ignore_missing_vars
+    info["ignore_missing_vars"] = config.ignore_missing_vars
     return request, info
 
 
 def _resolve_weights(config: RunConfig, split: Split, image_size: int) -> tuple[WeightsRequest, dict]:
     weights = config.model.weights
-    ignore = config.model.ignore_missing_vars
+    ignore = config.ignore_missing_vars
     if config.recipe.init == "random" or weights == "none":
         return WeightsRequest("none"), {"kind": "none", "digest": None}
     if weights == "imagenet":
@@ -265,7 +269,7 @@ def path_weights(config: RunConfig, path: str) -> tuple[WeightsRequest, dict]:
     """``--weights PATH``: a native checkpoint of any backend (by ``conversion.detect_format``)
     or a canonical ``.npz``; another framework's is converted to this run's (cached)."""
     backend, model = config.backend, config.model.name
-    ignore = config.model.ignore_missing_vars
+    ignore = config.ignore_missing_vars
     found = conversion.detect_format(path)
     info = {"kind": "path", "path": str(Path(path).resolve()), "format": found}
     if found == backend or found is None:  # this framework's own file: restored as it is
@@ -493,7 +497,8 @@ def run(config: RunConfig) -> dict:
             result["parallel"] = backend.parallel()
         if backend.restore_report:  # counts, and what ignore_missing_vars left at init
             result["weights"]["restore"] = backend.restore_report
-        result["preprocessing"] = {"normalisation": backend.preprocessing_name()}
+        result["preprocessing"] = {"normalisation": backend.preprocessing_name(),
+                                   **get_preset(config.recipe.preprocessing).describe()}
         summary = backend.model_summary()
         if summary and is_main_process():
             (run_dir / "model_summary.txt").write_text(summary, encoding="utf-8")

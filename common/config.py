@@ -7,12 +7,24 @@ A recipe is a TOML file (``benchmarks/recipes/*.toml``)::
     init = "pretrained"          # or "random" (the scratch control)
     head_hidden_units = 1024     # 0: a single linear layer as the new head
 
+    preprocessing = "simple"     # simple | inception | torchvision (common.preprocess)
+    dropout = 0.0                # before the classifier, in training only (0: none)
+
     [[phase]]
     name = "head"
-    train = "head"               # head | top | blocks | all | linear
+    train = "head"               # head | top | blocks | all | linear | native
     optimizer = "rmsprop"
     learning_rate = 1e-3
     epochs = 3
+    bn = "frozen"                # frozen | train | inference
+    augment = true               # the preset's training augmentation (false: eval images)
+
+What trains can also be said in one framework's own names (``train = "native"``,
+implied by the key): slim ``trainable_scopes = ["InceptionV3/Mixed_7c", ...]``, Keras
+``unfreeze_from = 249`` (a layer index: ``model.layers[249:]`` train), PyTorch
+``modules = ["Mixed_7c", "fc"]``; the recipe may add slim's
+``checkpoint_exclude_scopes`` and ``ignore_missing_vars``. ``backends.native``
+checks the names against the model and maps them to canonical blocks.
 
 Every value is validated; a bad one raises ``ConfigError`` whose message is one
 line naming the key, the value and what is allowed.
@@ -40,11 +52,16 @@ from typing import Any
 
 from common.data import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
 from common.models import MODELS
+from common.preprocess import PRESETS
 
-TRAIN_MODES = ("head", "top", "blocks", "all", "linear")
+TRAIN_MODES = ("head", "top", "blocks", "all", "linear", "native")
+# what trains in one framework's own names (backends.native): phase key -> its framework
+NATIVE_KEYS = {"trainable_scopes": "slim", "unfreeze_from": "keras", "modules": "pytorch"}
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam", "adamw")
 SCHEDULES = ("fixed", "exponential", "cosine")
-BN_MODES = ("frozen", "train")
+# frozen: BN of frozen blocks in inference mode; train: every BN in training mode;
+# inference: every BN in inference mode (Keras' base_model(x, training=False)), betas still train
+BN_MODES = ("frozen", "train", "inference")
 INITS = ("pretrained", "random")
 PRECISIONS = ("fp32", "bf16")
 MAX_EPOCHS = 10_000
@@ -85,6 +102,10 @@ class Phase:
     bn: str = "frozen"
     augment: bool = True
     label_smoothing: float = 0.0
+    # train = "native": what trains in one framework's names (NATIVE_KEYS; one per phase)
+    trainable_scopes: tuple[str, ...] = ()
+    unfreeze_from: int | None = None
+    modules: tuple[str, ...] = ()
 
     @property
     def effective_momentum(self) -> float:
@@ -93,8 +114,17 @@ class Phase:
             return self.momentum
         return 0.9 if self.optimizer == "momentum" else 0.0
 
+    @property
+    def native_key(self) -> str | None:
+        """The native selection key this phase uses (``NATIVE_KEYS``), or None."""
+        for key in NATIVE_KEYS:
+            if getattr(self, key) not in ((), None):
+                return key
+        return None
+
     def trainable_blocks(self, model) -> tuple[str, ...]:
-        """Canonical backbone blocks this phase trains (the head always trains)."""
+        """Canonical backbone blocks this phase trains (the head always trains); a native
+        selection is mapped by ``backends.native``, not here: ``()``."""
         if self.train == "all":
             return model.blocks
         if self.train == "top":
@@ -112,6 +142,11 @@ class Recipe:
     init: str = "pretrained"
     head_hidden_units: int = 0
     source: str = ""
+    preprocessing: str = "simple"     # common.preprocess.PRESETS
+    dropout: float = 0.0              # before the classifier, training only
+    # slim's flags, applied by slim (backends.native says what other backends do with them)
+    checkpoint_exclude_scopes: tuple[str, ...] = ()
+    ignore_missing_vars: bool = False
 
     @property
     def is_linear_probe(self) -> bool:
@@ -181,6 +216,11 @@ class RunConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     run_dir: str = "results/run"
 
+    @property
+    def ignore_missing_vars(self) -> bool:
+        """``--ignore-missing-vars`` or the recipe's ``ignore_missing_vars``."""
+        return self.model.ignore_missing_vars or self.recipe.ignore_missing_vars
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -226,12 +266,23 @@ def _choice(where: str, key: str, value: Any, allowed: tuple[str, ...]) -> None:
         _fail(where, key, value, f"allowed: {', '.join(allowed)}")
 
 
+def _names(where: str, key: str, value: Any) -> tuple[str, ...]:
+    """A list of names, or slim's comma-separated flag value (``"A/B,A/C"``)."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    names = _check_type(where, key, value, tuple)
+    if any(not n.strip() for n in names):
+        _fail(where, key, list(names), "names must not be empty")
+    return names
+
+
 def parse_phase(raw: dict, where: str) -> Phase:
     types = {"name": str, "train": str, "top_blocks": int, "blocks": tuple, "optimizer": str,
              "learning_rate": float, "head_lr_multiplier": float, "momentum": float,
              "rmsprop_rho": float, "epsilon": float,
              "weight_decay": float, "schedule": str, "warmup_epochs": int, "decay_rate": float,
-             "epochs": int, "bn": str, "augment": bool, "label_smoothing": float}
+             "epochs": int, "bn": str, "augment": bool, "label_smoothing": float,
+             "trainable_scopes": tuple, "unfreeze_from": int, "modules": tuple}
     assert set(types) == set(_PHASE_TYPES), "keep parse_phase in step with Phase"
     values = {}
     for key, value in raw.items():
@@ -239,7 +290,25 @@ def parse_phase(raw: dict, where: str) -> Phase:
             raise ConfigError(
                 f"{where}: unknown key {key!r}; allowed keys: {', '.join(sorted(types))}"
             )
-        values[key] = _check_type(where, key, value, types[key])
+        if key in ("trainable_scopes", "modules"):
+            values[key] = _names(where, key, value)
+        else:
+            values[key] = _check_type(where, key, value, types[key])
+    native = [k for k in NATIVE_KEYS if values.get(k) not in ((), None)]
+    if len(native) > 1:
+        raise ConfigError(f"{where}: {' and '.join(native)} both say what trains; give one "
+                          f"(each belongs to one framework: "
+                          f"{', '.join(f'{k}: {NATIVE_KEYS[k]}' for k in native)})")
+    if native:
+        if values.get("train", "native") != "native":
+            _fail(where, "train", values["train"], f'{native[0]} says what trains: leave train '
+                                                   f'out (or write train = "native")')
+        for key in ("top_blocks", "blocks"):
+            if values.get(key):
+                _fail(where, key, values[key], f"{native[0]} says what trains; drop {key}")
+        values["train"] = "native"
+    elif values.get("train") == "native":
+        _fail(where, "train", "native", f"name what trains with one of: {', '.join(NATIVE_KEYS)}")
     phase = Phase(**values)
     _choice(where, "train", phase.train, TRAIN_MODES)
     _choice(where, "optimizer", phase.optimizer, OPTIMIZERS)
@@ -271,11 +340,14 @@ def parse_phase(raw: dict, where: str) -> Phase:
         _fail(where, "top_blocks", phase.top_blocks, 'must be >= 1 when train = "top"')
     if phase.train == "blocks" and not phase.blocks:
         _fail(where, "blocks", phase.blocks, 'name at least one block when train = "blocks"')
+    if phase.unfreeze_from is not None and not 0 <= phase.unfreeze_from <= 100_000:
+        _fail(where, "unfreeze_from", phase.unfreeze_from, "must be a layer index >= 0")
     return phase
 
 
 def parse_recipe(raw: dict, source: str = "<recipe>") -> Recipe:
-    allowed = {"name", "description", "init", "head_hidden_units", "phase"}
+    allowed = {"name", "description", "init", "head_hidden_units", "phase", "preprocessing",
+               "dropout", "checkpoint_exclude_scopes", "ignore_missing_vars"}
     for key in raw:
         if key not in allowed:
             raise ConfigError(
@@ -305,6 +377,14 @@ def parse_recipe(raw: dict, source: str = "<recipe>") -> Recipe:
         _fail(source, "head_hidden_units", hidden, f"must be in [0, {MAX_HIDDEN_UNITS}]")
     if any(p.train == "linear" for p in phases) and len(phases) != 1:
         raise ConfigError(f"{source}: a train = \"linear\" phase must be the only phase")
+    preprocessing = _check_type(source, "preprocessing", raw.get("preprocessing", "simple"), str)
+    _choice(source, "preprocessing", preprocessing, tuple(PRESETS))
+    dropout = _check_type(source, "dropout", raw.get("dropout", 0.0), float)
+    if not 0 <= dropout < 1:
+        _fail(source, "dropout", dropout, "must be in [0, 1): the share of features dropped "
+                                          "before the classifier in training")
+    exclude = _names(source, "checkpoint_exclude_scopes", raw.get("checkpoint_exclude_scopes", ()))
+    ignore = _check_type(source, "ignore_missing_vars", raw.get("ignore_missing_vars", False), bool)
     return Recipe(
         name=name,
         description=raw.get("description", ""),
@@ -312,6 +392,10 @@ def parse_recipe(raw: dict, source: str = "<recipe>") -> Recipe:
         init=init,
         head_hidden_units=hidden,
         source=source,
+        preprocessing=preprocessing,
+        dropout=dropout,
+        checkpoint_exclude_scopes=exclude,
+        ignore_missing_vars=ignore,
     )
 
 
@@ -321,8 +405,11 @@ def recipe_from_dict(d: dict) -> Recipe:
         raise ConfigError(f"recipe {d!r:.60}: expected an object with a list of phases")
     raw = {"name": d.get("name"), "description": d.get("description", ""),
            "init": d.get("init", "pretrained"), "head_hidden_units": d.get("head_hidden_units", 0),
-           "phase": [{k: v for k, v in p.items() if v is not None} if isinstance(p, dict) else p
-                     for p in d["phases"]]}
+           "phase": [{k: v for k, v in p.items() if v is not None and v != [] and v != ()}
+                     if isinstance(p, dict) else p for p in d["phases"]]}
+    for key in ("preprocessing", "dropout", "checkpoint_exclude_scopes", "ignore_missing_vars"):
+        if key in d:
+            raw[key] = d[key]
     source = d.get("source") or str(d.get("name"))
     return dataclasses.replace(parse_recipe(raw, source=source), source=source)
 

@@ -373,6 +373,21 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
         return np.asarray(rgb, dtype=np.uint8)
 
 
+def load_image_fitting(path: str | Path, short_side: int) -> np.ndarray:
+    """The image at ``path`` as uint8 RGB with its aspect ratio kept, downscaled (bilinear)
+    so that its short side is at most ``short_side``; a smaller image keeps its size."""
+    with Image.open(path) as img:
+        img.draft("RGB", (short_side, short_side))  # JPEG: the smallest scale >= the request
+        rgb = to_rgb(img)
+        w, h = rgb.size
+        if min(w, h) > short_side:
+            scale = short_side / min(w, h)
+            size = (short_side, max(1, round(h * scale))) if w <= h else \
+                (max(1, round(w * scale)), short_side)
+            rgb = rgb.resize(size, Image.Resampling.BILINEAR)
+        return np.asarray(rgb, dtype=np.uint8)
+
+
 def load_batch(samples: list[Sample], size: int) -> tuple[np.ndarray, np.ndarray]:
     """Images ``[N, size, size, 3]`` uint8 and labels ``[N]`` int64."""
     images = np.stack([load_image(s.path, size) for s in samples]) if samples else \
