@@ -47,7 +47,7 @@ from common.config import Phase
 from common.data import Split, batch_count
 from common.models import ModelSpec
 from common.parallel import is_parallel
-from common.preprocess import get_normalisation
+from common.preprocess import get_normalisation, get_preset
 from common.progress import Progress
 from common.schedule import learning_rate_at
 
@@ -134,7 +134,8 @@ class KerasBackend(Backend):
         # tf.data parallelism is AUTOTUNE; TF's op threads default to the machine's cores.
         multiple = parallel_lib.shard_multiple(self.config.train) if self._scope else 1
         self.data = KerasData(split, image_size, norm, self.config.train.batch_size,
-                              self.config.train.seed, self.config.data.num_workers, multiple)
+                              self.config.train.seed, self.config.data.num_workers, multiple,
+                              preset=get_preset(self.config.recipe.preprocessing))
 
     def _build(self, model: ModelSpec, num_classes: int, weights: WeightsRequest,
                head_hidden_units: int) -> None:

@@ -18,9 +18,19 @@ back to back, each epoch batched on its own (``fit`` reads
 epoch begins (``train.SetEpoch``), the way a ``DataLoader``'s sampler is told
 its epoch, so its ``workers`` can prefetch within an epoch.
 
-Both follow ``common.preprocess``: train images are loaded at
-``crop_source_size(size)`` and randomly cropped to ``size`` and flipped when
-the phase augments; eval images are loaded at ``size``.
+Both follow ``common.preprocess``: an evaluation image is ``Preset.eval_image``
+(decoded and cropped in ``common``, the same array in every backend); a
+training image is the preset's ``train_source``, augmented when the phase
+augments. On ``tf.data`` with ``tf.image``'s stateless ops: ``simple`` is a
+random crop and flip; ``inception`` and ``torchvision`` draw the crop with
+``tf.image.stateless_sample_distorted_bounding_box`` (the preset's area and
+aspect bounds, ``min_object_covered``, attempts; the whole image when every
+attempt fails), resize it bilinearly and flip; ``inception`` then distorts the
+colours with ``stateless_random_brightness/saturation/hue/contrast`` in one of
+slim's orderings and clips to [0, 1]. The ``PyDataset`` does the same with
+numpy: TensorFlow's sampling algorithm and ``tf.image``'s colour formulas
+(HSV saturation and hue, contrast around each channel's mean), PIL's bilinear
+resize; its own draws.
 """
 
 from __future__ import annotations
@@ -32,8 +42,10 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from common.data import Sample, Split, drops_last_batch, load_image
-from common.preprocess import Normalisation, crop_source_size
+from PIL import Image
+
+from common.data import Sample, Split, drops_last_batch
+from common.preprocess import ColorDistortion, Normalisation, Preset, get_preset
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -46,10 +58,12 @@ class KerasData:
     """Pipelines for one split: ``train(epochs, augment)`` and ``eval(subset)``."""
 
     def __init__(self, split: Split, image_size: int, normalisation: Normalisation,
-                 batch_size: int, seed: int, num_workers: int = 0, multiple: int = 1):
+                 batch_size: int, seed: int, num_workers: int = 0, multiple: int = 1,
+                 preset: Preset | None = None):
         self.split = split
         # data parallel on jax: every batch a multiple of the device count (parallel.py)
         self.multiple = multiple
+        self.preset = preset or get_preset("simple")
         self.num_workers = num_workers  # tf.data num_parallel_calls (0: AUTOTUNE), PyDataset workers
         self.size = image_size
         self.norm = normalisation
@@ -112,7 +126,7 @@ class KerasData:
                     drop_last: bool = False):
         import tensorflow as tf
 
-        size, load_size = self.size, crop_source_size(self.size) if augment else self.size
+        size, preset = self.size, self.preset
         num_classes = self.split.num_classes
         scale = tf.constant(self.norm.scale, tf.float32)
         mean = tf.constant(self.norm.mean, tf.float32)
@@ -120,15 +134,17 @@ class KerasData:
         bgr = self.norm.channel_order == "bgr"
 
         def load(path):
-            image = tf.numpy_function(lambda p: load_image(os.fsdecode(p), load_size), [path], tf.uint8)
-            image.set_shape((load_size, load_size, 3))  # NHWC, as Keras image models expect
+            decode = preset.train_source if augment else preset.eval_image
+            image = tf.numpy_function(lambda p: decode(os.fsdecode(p), size), [path], tf.uint8)
+            image.set_shape((None, None, 3))  # NHWC, as Keras image models expect
             return image
 
         def preprocess(path, label, seed):
             image = load(path)
             if augment:
-                image = tf.image.stateless_random_crop(image, (size, size, 3), seed=seed)
-                image = tf.image.stateless_random_flip_left_right(image, seed=seed[::-1])
+                image = tf_augment(image, size, preset, seed)
+            else:
+                image.set_shape((size, size, 3))
             x = tf.cast(image, tf.float32) * scale
             if bgr:
                 x = x[..., ::-1]
@@ -157,14 +173,158 @@ class KerasData:
     def numpy_example(self, sample: Sample, seed, augment: bool) -> np.ndarray:
         """One preprocessed image with numpy (the jax/torch Keras backends)."""
         if not augment:
-            return self.norm.apply(load_image(sample.path, self.size))
-        image = load_image(sample.path, crop_source_size(self.size))
-        rng = np.random.default_rng(seed)
-        top, left = rng.integers(0, image.shape[0] - self.size + 1, size=2)
-        image = image[top:top + self.size, left:left + self.size]
-        if rng.random() < 0.5:
-            image = image[:, ::-1]
-        return self.norm.apply(image)
+            return self.norm.apply(self.preset.eval_image(sample.path, self.size))
+        image = self.preset.train_source(sample.path, self.size)
+        return self.norm.apply(numpy_augment(image, self.size, self.preset,
+                                             np.random.default_rng(seed)))
+
+
+# ------------------------------------------------------------ tf.image
+
+def tf_augment(image, size: int, preset: Preset, seed):
+    """``preset``'s training augmentation with ``tf.image`` stateless ops; uint8 HWC in,
+    ``[size, size, 3]`` out (uint8, or float32 in [0, 255] after a colour distortion)."""
+    import tensorflow as tf
+
+    if preset.crop == "random_crop":
+        image = tf.image.stateless_random_crop(image, (size, size, 3), seed=seed)
+        return tf.image.stateless_random_flip_left_right(image, seed=seed[::-1])
+    crop_seed, flip_seed, color_seed = tf.unstack(
+        tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3))
+    whole_image = tf.constant([[[0.0, 0.0, 1.0, 1.0]]])
+    begin, box, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), whole_image, seed=crop_seed, min_object_covered=preset.min_object_covered,
+        aspect_ratio_range=preset.aspect, area_range=preset.area,
+        max_attempts=preset.max_attempts, use_image_if_no_bounding_boxes=True)
+    image = tf.image.convert_image_dtype(tf.slice(image, begin, box), tf.float32)  # [0, 1]
+    image = tf.image.resize(image, (size, size), method="bilinear")
+    image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)  # p = 0.5
+    if preset.color is not None:
+        image = tf_distort_color(image, preset.color, color_seed)
+    return tf.clip_by_value(image, 0.0, 1.0) * 255.0
+
+
+def tf_distort_color(image, color: ColorDistortion, seed):
+    """slim's ``distort_color`` (``fast_mode=False``) with stateless ops: one of
+    ``color.orderings`` chosen per image, then clipped to [0, 1]."""
+    import tensorflow as tf
+
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 5))
+    ops = {
+        "brightness": lambda x: tf.image.stateless_random_brightness(x, color.brightness, seeds[1]),
+        "saturation": lambda x: tf.image.stateless_random_saturation(x, *color.saturation, seeds[2]),
+        "hue": lambda x: tf.image.stateless_random_hue(x, color.hue, seeds[3]),
+        "contrast": lambda x: tf.image.stateless_random_contrast(x, *color.contrast, seeds[4]),
+    }
+
+    def branch(ordering):
+        def apply():
+            x = image
+            for op in ordering:
+                x = ops[op](x)
+            return x
+        return apply
+
+    which = tf.random.stateless_uniform([], seeds[0], maxval=len(color.orderings), dtype=tf.int32)
+    image = tf.switch_case(which, [branch(o) for o in color.orderings])
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+# ---------------------------------------------------------------- numpy
+
+def sample_distorted_bounding_box(height: int, width: int, preset: Preset,
+                                  rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """``(top, left, h, w)``: TensorFlow's ``sample_distorted_bounding_box`` algorithm
+    (``GenerateRandomCrop``) for a whole-image box, with numpy draws: per attempt an aspect
+    ratio uniform in the bounds, then a height uniform between those of the smallest and
+    largest allowed areas; the whole image when every attempt fails."""
+    lo, hi = preset.area[0] * height * width, preset.area[1] * height * width
+    covered = preset.min_object_covered * height * width
+    for _ in range(preset.max_attempts):
+        aspect = rng.uniform(*preset.aspect)
+        h = int(np.rint(np.sqrt(lo / aspect)))
+        max_h = int(np.rint(np.sqrt(hi / aspect)))
+        if np.rint(max_h * aspect) > width:
+            max_h = int((width + 0.5 - 1e-7) / aspect)
+            if np.rint(max_h * aspect) > width:
+                max_h -= 1
+        max_h = min(max_h, height)
+        h = min(h, max_h)
+        if h < max_h:
+            h += int(rng.integers(0, max_h - h + 1))
+        w = int(np.rint(h * aspect))
+        area = w * h
+        if area < lo:
+            h += 1
+            w = int(np.rint(h * aspect))
+            area = w * h
+        if area > hi:
+            h -= 1
+            w = int(np.rint(h * aspect))
+            area = w * h
+        if not (lo <= area <= hi and 0 < w <= width and 0 < h <= height) or area < covered:
+            continue
+        top = int(rng.integers(0, height - h)) if h < height else 0
+        left = int(rng.integers(0, width - w)) if w < width else 0
+        return top, left, h, w
+    return 0, 0, height, width
+
+
+def numpy_augment(image: np.ndarray, size: int, preset: Preset,
+                  rng: np.random.Generator) -> np.ndarray:
+    """``tf_augment`` with numpy draws, PIL's bilinear resize and ``tf.image``'s formulas."""
+    if preset.crop == "random_crop":
+        top, left = rng.integers(0, image.shape[0] - size + 1, size=2)
+        image = image[top:top + size, left:left + size]
+        return image[:, ::-1] if rng.random() < 0.5 else image
+    top, left, h, w = sample_distorted_bounding_box(*image.shape[:2], preset, rng)
+    crop = Image.fromarray(np.ascontiguousarray(image[top:top + h, left:left + w]))
+    x = np.asarray(crop.resize((size, size), Image.Resampling.BILINEAR), np.float32) / 255.0
+    if rng.random() < preset.flip:
+        x = x[:, ::-1]
+    if preset.color is not None:
+        x = numpy_distort_color(x, preset.color, rng)
+    return np.clip(x, 0.0, 1.0) * 255.0
+
+
+def numpy_distort_color(x: np.ndarray, color: ColorDistortion, rng: np.random.Generator) -> np.ndarray:
+    """``tf_distort_color`` in numpy: ``tf.image``'s adjust_brightness (add), adjust_saturation
+    and adjust_hue (in HSV), adjust_contrast (around each channel's mean)."""
+    ordering = color.orderings[int(rng.integers(len(color.orderings)))]
+    for op in ordering:
+        if op == "brightness":
+            x = x + rng.uniform(-color.brightness, color.brightness)
+        elif op == "contrast":
+            mean = x.mean(axis=(0, 1), keepdims=True)
+            x = (x - mean) * rng.uniform(*color.contrast) + mean
+        else:
+            hsv = rgb_to_hsv(np.clip(x, 0.0, 1.0))
+            if op == "saturation":
+                hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(*color.saturation), 0.0, 1.0)
+            else:
+                hsv[..., 0] = np.mod(hsv[..., 0] + rng.uniform(-color.hue, color.hue), 1.0)
+            x = hsv_to_rgb(hsv)
+    return np.clip(x, 0.0, 1.0)
+
+
+def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
+    """``tf.image.rgb_to_hsv`` in numpy (all in [0, 1])."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    v = rgb.max(-1)
+    c = v - rgb.min(-1)
+    s = np.where(v > 0, c / np.where(v > 0, v, 1), 0.0)
+    safe = np.where(c > 0, c, 1)
+    h = np.where(v == r, (g - b) / safe, np.where(v == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
+    h = np.where(c > 0, np.mod(h / 6.0, 1.0), 0.0)
+    return np.stack([h, s, v], -1).astype(np.float32)
+
+
+def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+    """``tf.image.hsv_to_rgb`` in numpy."""
+    h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    k = np.mod(np.stack([5.0 + h * 6, 3.0 + h * 6, 1.0 + h * 6], -1), 6.0)
+    return (v[..., None] - v[..., None] * s[..., None] *
+            np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)).astype(np.float32)
 
 
 class NumpyBatches(keras.utils.PyDataset):

@@ -25,7 +25,7 @@ from common.config import Phase, RunConfig
 from common.data import Split
 from common.models import ModelSpec
 from common.parallel import is_parallel, per_device_batch
-from common.preprocess import get_normalisation
+from common.preprocess import get_normalisation, get_preset
 from common.results import cpu_name
 
 from . import data, export as export_lib, model as model_lib, parallel as parallel_lib, train
@@ -79,13 +79,16 @@ class PyTorchBackend(Backend):
         # one DataLoader per split, kept across epochs (torchvision references): the train
         # loaders reshuffle through data.set_epoch, with and without augmentation; under DDP
         # each rank reads its DistributedSampler's share, batch_size per device
+        preset = get_preset(self.config.recipe.preprocessing)
         self.train_loaders = {augment: data.train_loader(
             split.train, image_size, bs, augment=augment, seed=seed, num_workers=workers,
-            sampler=parallel_lib.train_sampler(len(split.train), seed) if distributed else None)
+            sampler=parallel_lib.train_sampler(len(split.train), seed) if distributed else None,
+            preset=preset)
             for augment in (False, True)}
         self.eval_loaders = {name: data.eval_loader(
             split.subset(name), image_size, bs, workers,
-            sampler=parallel_lib.eval_sampler(len(split.subset(name))) if distributed else None)
+            sampler=parallel_lib.eval_sampler(len(split.subset(name))) if distributed else None,
+            preset=preset)
             for name in ("train", "val", "test")}
 
     def _build(self, model: ModelSpec, num_classes: int, weights: WeightsRequest,

@@ -6,50 +6,63 @@ built once and kept across epochs, and the train loader reshuffles every
 epoch through its sampler's ``set_epoch`` (``DistributedSampler``'s
 convention); the augmentation is written with
 ``torchvision.transforms.v2.functional`` ops on tensors.
-Decoding is ``common.data.load_image`` (the one decoder every backend uses);
-what happens after it is exactly ``common.preprocess``: random crop from
-``crop_source_size(size)`` + random horizontal flip for training, the image
-at ``size`` for evaluation, then the model family's normalisation.
+Decoding is ``common.data`` (the one decoder every backend uses) and an
+evaluation image is finished there too (``Preset.eval_image``: the same array
+in every backend); a training image is augmented here with
+``torchvision.transforms.v2`` as the recipe's preset says
+(``common.preprocess``): ``simple`` crops ``size`` from
+``crop_source_size(size)`` and flips; ``inception`` and ``torchvision`` draw
+the crop with ``RandomResizedCrop``'s own parameter sampler (the preset's area
+and aspect bounds; torchvision has no distorted-bounding-box sampler, so
+``inception`` uses this one too), resize it bilinearly with antialiasing and
+flip; ``inception`` then distorts the colours in one of slim's orderings.
+The model family's normalisation follows in the training loop.
 """
 
 from __future__ import annotations
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from common.data import Sample, drops_last_batch, load_image
-from common.preprocess import Normalisation, crop_source_size
+from common.data import Sample, drops_last_batch
+from common.preprocess import ColorDistortion, Normalisation, Preset, get_preset
+
+
+def chw(image) -> torch.Tensor:
+    """HWC uint8 (numpy, like every framework) -> CHW: PyTorch convolutions are NCHW,
+    TensorFlow's NHWC."""
+    return torch.from_numpy(image.copy()).permute(2, 0, 1).contiguous()
 
 
 class SplitDataset(Dataset):
-    """uint8 CHW image tensors and labels of one subset, in split order.
+    """CHW image tensors and labels of one subset, in split order: uint8, or float32 in
+    [0, 255] after a colour distortion.
 
-    With ``augment``, every sample draws its crop and flip from its own
+    With ``augment``, every sample draws its crop, flip and colours from its own
     generator seeded by ``(seed, epoch, index)``: the same epoch gives the
     same augmentation whatever ``num_workers`` is.
     """
 
     def __init__(self, samples: list[Sample], size: int, augment: bool = False,
-                 seed: int = 0, epoch: int = 0):
+                 seed: int = 0, epoch: int = 0, preset: Preset | None = None):
         self.samples = samples
         self.size = size
         self.augment = augment
         self.seed = seed
         self.epoch = epoch
+        self.preset = preset or get_preset("simple")
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         sample = self.samples[index]
-        load_size = crop_source_size(self.size) if self.augment else self.size
-        # HWC uint8 (numpy, like every framework) -> CHW: PyTorch convolutions are NCHW,
-        # TensorFlow's NHWC.
-        image = torch.from_numpy(load_image(sample.path, load_size).copy()).permute(2, 0, 1).contiguous()
-        if self.augment:
-            image = random_crop_flip(image, self.size, self._generator(index))
-        return image, sample.label
+        if not self.augment:
+            return chw(self.preset.eval_image(sample.path, self.size)), sample.label
+        image = chw(self.preset.train_source(sample.path, self.size))
+        return augment(image, self.size, self.preset, self._generator(index)), sample.label
 
     def set_epoch(self, epoch: int) -> None:
         """Draw the next samples' augmentation for ``epoch``. Workers copy the dataset when
@@ -100,6 +113,55 @@ def random_crop_flip(image: torch.Tensor, size: int, generator: torch.Generator)
     return image
 
 
+def augment(image: torch.Tensor, size: int, preset: Preset, generator: torch.Generator) -> torch.Tensor:
+    """``preset``'s training augmentation of one CHW uint8 image (its ``train_source``)."""
+    if preset.crop == "random_crop":
+        return random_crop_flip(image, size, generator)
+    # torchvision's RandomResizedCrop sampler (area uniform in the bounds, log-aspect uniform,
+    # 10 attempts, else a centre crop) draws from torch's global generator: forked and seeded
+    # per sample, so that an epoch's crops depend on (seed, epoch, index) only. TensorFlow's
+    # sample_distorted_bounding_box draws the height instead (README, framework differences).
+    sampler = v2.RandomResizedCrop(size, scale=preset.effective_area, ratio=preset.aspect)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        box = sampler.make_params([image])
+    image = F.resized_crop(image, **box, size=[size, size],
+                           interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
+    if torch.rand((), generator=generator) < preset.flip:
+        image = F.horizontal_flip(image)
+    if preset.color is not None:
+        image = distort_color(image, preset.color, generator)
+    return image
+
+
+def distort_color(image: torch.Tensor, color: ColorDistortion,
+                  generator: torch.Generator) -> torch.Tensor:
+    """slim's ``distort_color`` with torchvision ops: one of ``color.orderings`` (uniform), each
+    op's amount uniform in its range; uint8 in, float32 in [0, 255] out.
+
+    torchvision's ops differ from ``tf.image``'s: saturation and contrast blend with the
+    grayscale image (``tf.image`` scales HSV saturation, and contrast around each channel's
+    own mean), ``adjust_brightness`` multiplies (``tf.image`` adds: done here with ``+``, as
+    the spec says), and every op clamps to [0, 1] (``tf.image`` clips once, at the end).
+    """
+    x = image.float() / 255.0
+    ordering = color.orderings[int(torch.randint(len(color.orderings), (1,), generator=generator))]
+    for op in ordering:
+        u = float(torch.rand((), generator=generator))
+        if op == "brightness":
+            x = (x + (2 * u - 1) * color.brightness).clamp(0, 1)
+        elif op == "saturation":
+            x = F.adjust_saturation(x, color.saturation[0] + u * (color.saturation[1] - color.saturation[0]))
+        elif op == "hue":
+            x = F.adjust_hue(x, (2 * u - 1) * color.hue)
+        elif op == "contrast":
+            x = F.adjust_contrast(x, color.contrast[0] + u * (color.contrast[1] - color.contrast[0]))
+        else:
+            raise ValueError(f"unknown colour op {op!r}")
+    return x.clamp(0, 1) * 255.0
+
+
 def normalise(images: torch.Tensor, norm: Normalisation) -> torch.Tensor:
     """uint8 ``[N, 3, H, W]`` -> float32 ``(x * scale - mean) / std`` per channel,
     in channels_last memory like the model (see ``backend.build``)."""
@@ -110,13 +172,14 @@ def normalise(images: torch.Tensor, norm: Normalisation) -> torch.Tensor:
 
 
 def train_loader(samples: list[Sample], size: int, batch_size: int, *, augment: bool, seed: int,
-                 num_workers: int = 0, sampler: Sampler | None = None) -> DataLoader:
+                 num_workers: int = 0, sampler: Sampler | None = None,
+                 preset: Preset | None = None) -> DataLoader:
     """The training loader, built once: call ``set_epoch(loader, e)`` before each epoch.
     Order and augmentation of an epoch depend on ``(seed, epoch)`` only. ``sampler``: this
     rank's ``DistributedSampler`` under DDP (``batch_size`` is then the per-device batch)."""
     sampler = EpochShuffleSampler(len(samples), seed) if sampler is None else sampler
-    return DataLoader(SplitDataset(samples, size, augment, seed), batch_size=batch_size,
-                      sampler=sampler,
+    return DataLoader(SplitDataset(samples, size, augment, seed, preset=preset),
+                      batch_size=batch_size, sampler=sampler,
                       drop_last=drops_last_batch(len(sampler), batch_size),  # never a batch of 1
                       num_workers=num_workers, persistent_workers=False,
                       pin_memory=torch.cuda.is_available())
@@ -129,8 +192,9 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
 
 
 def eval_loader(samples: list[Sample], size: int, batch_size: int, num_workers: int = 0,
-                sampler: Sampler | None = None) -> DataLoader:
-    """Batches in split order, no augmentation (``sampler``: this rank's share under DDP)."""
-    return DataLoader(SplitDataset(samples, size), batch_size=batch_size, shuffle=False,
-                      sampler=sampler, num_workers=num_workers,
+                sampler: Sampler | None = None, preset: Preset | None = None) -> DataLoader:
+    """Batches in split order: the preset's evaluation images (``Preset.eval_image``);
+    ``sampler``: this rank's share under DDP."""
+    return DataLoader(SplitDataset(samples, size, preset=preset), batch_size=batch_size,
+                      shuffle=False, sampler=sampler, num_workers=num_workers,
                       pin_memory=torch.cuda.is_available())

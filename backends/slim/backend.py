@@ -53,7 +53,7 @@ from common.config import Phase
 from common.models import HEAD, ModelSpec
 from common.parallel import is_parallel
 from common.data import batch_count
-from common.preprocess import get_normalisation
+from common.preprocess import get_normalisation, get_preset
 from common.progress import Progress
 from common.results import cpu_name
 
@@ -108,7 +108,8 @@ class SlimBackend(Backend):
             tf.compat.v1.set_random_seed(seed)  # graph-level seed: op seeds follow build order
             self.pipes = slim_data.build_pipelines(split, image_size, norm,
                                                    self.config.train.batch_size,
-                                                   self.config.data.num_workers)
+                                                   self.config.data.num_workers,
+                                                   get_preset(self.config.recipe.preprocessing))
         config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
         config.gpu_options.allow_growth = True
         self.session = tf.compat.v1.Session(graph=self.graph, config=config)

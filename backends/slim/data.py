@@ -7,10 +7,24 @@ in-memory batch for throughput); training reads the shuffled ``fit`` datasets,
 prediction the ``train``/``val``/``test`` ones in split order. Switching subset or starting an epoch is one
 ``session.run(initializer)``; the hot path has no ``feed_dict``.
 
-Per element: ``(path, label)`` -> ``tf.numpy_function(common.data.load_image)``
-(the suite's only decoder) -> stateless random crop + flip seeded by
-(epoch seed, element index) when augmenting -> ``common.preprocess``
-normalisation -> batch -> prefetch. Images are NHWC float32.
+Per element: ``(path, label)`` -> ``tf.numpy_function`` of the recipe preset's
+decoder (``common.preprocess.Preset``: ``eval_image`` finishes an evaluation
+image in ``common``, the same array in every backend; ``train_source`` is what a
+training crop is taken from) -> when augmenting, the preset's training
+augmentation as ``tf.image`` stateless ops seeded by (epoch seed, element
+index) -> ``common.preprocess`` normalisation -> batch -> prefetch. Images are
+NHWC float32.
+
+``inception`` is slim's ``inception_preprocessing.preprocess_for_train`` (tf_slim
+1.1 ships the nets but not ``preprocessing/``, which lives in tensorflow/models
+research/slim), written with stateless ops so that an epoch's augmentation
+depends on (seed, epoch) only: ``distorted_bounding_box_crop``
+(``sample_distorted_bounding_box`` with the whole image as the box,
+``min_object_covered`` 0.1, area [0.05, 1], aspect [3/4, 4/3], 100 attempts), a
+bilinear resize (its ``fast_mode``), a left-right flip and ``distort_color``
+with its four orderings (``fast_mode=False``), clipped to [0, 1].
+``torchvision`` uses the same sampler with torchvision's bounds and 10 attempts
+(TensorFlow has no RandomResizedCrop sampler).
 """
 
 from __future__ import annotations
@@ -21,18 +35,69 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from common.data import Sample, drops_last_batch, load_image
-from common.preprocess import Normalisation, crop_source_size
+from common.data import Sample, drops_last_batch
+from common.preprocess import ColorDistortion, Normalisation, Preset, get_preset
 
 SUBSETS = ("train", "val", "test")
 
 
-def _decode(path: tf.Tensor, size: int) -> tf.Tensor:
-    """``common.data.load_image`` as a graph op: uint8 ``[size, size, 3]`` RGB."""
-    image = tf.numpy_function(lambda p: load_image(os.fsdecode(p), size), [path], tf.uint8,
+def _decode(path: tf.Tensor, size: int, decode, shape) -> tf.Tensor:
+    """``decode(path, size)`` (the preset's, in ``common``) as a graph op: uint8 RGB."""
+    image = tf.numpy_function(lambda p: decode(os.fsdecode(p), size), [path], tf.uint8,
                               stateful=False)
-    image.set_shape([size, size, 3])
+    image.set_shape(shape)
     return image
+
+
+def distorted_bounding_box_crop(image: tf.Tensor, preset: Preset, seed: tf.Tensor) -> tf.Tensor:
+    """slim's ``distorted_bounding_box_crop`` for a whole-image box, stateless."""
+    whole_image = tf.constant([[[0.0, 0.0, 1.0, 1.0]]])
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), whole_image, seed=seed, min_object_covered=preset.min_object_covered,
+        aspect_ratio_range=preset.aspect, area_range=preset.area,
+        max_attempts=preset.max_attempts, use_image_if_no_bounding_boxes=True)
+    return tf.slice(image, begin, size)
+
+
+def distort_color(image: tf.Tensor, color: ColorDistortion, seed: tf.Tensor) -> tf.Tensor:
+    """slim's ``distort_color(fast_mode=False)``: one of its orderings chosen per image
+    (its ``apply_with_random_selector``, here ``tf.switch_case``), clipped to [0, 1]."""
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 5))
+    ops = {
+        "brightness": lambda x: tf.image.stateless_random_brightness(x, color.brightness, seeds[1]),
+        "saturation": lambda x: tf.image.stateless_random_saturation(x, *color.saturation, seeds[2]),
+        "hue": lambda x: tf.image.stateless_random_hue(x, color.hue, seeds[3]),
+        "contrast": lambda x: tf.image.stateless_random_contrast(x, *color.contrast, seeds[4]),
+    }
+
+    def branch(ordering):
+        def apply():
+            x = image
+            for op in ordering:
+                x = ops[op](x)
+            return x
+        return apply
+
+    which = tf.random.stateless_uniform([], seeds[0], maxval=len(color.orderings), dtype=tf.int32)
+    return tf.clip_by_value(tf.switch_case(which, [branch(o) for o in color.orderings]), 0.0, 1.0)
+
+
+def preprocess_for_train(image: tf.Tensor, size: int, preset: Preset, seed: tf.Tensor) -> tf.Tensor:
+    """``preset``'s training augmentation of a uint8 image: ``[size, size, 3]``, uint8 or
+    float32 in [0, 255] (the normalisation follows)."""
+    if preset.crop == "random_crop":
+        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        image = tf.image.stateless_random_crop(image, [size, size, 3], seed=crop_seed)
+        return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+    crop_seed, flip_seed, color_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 3))
+    image = tf.image.convert_image_dtype(distorted_bounding_box_crop(image, preset, crop_seed),
+                                         tf.float32)  # [0, 1], as slim's
+    image = tf.image.resize(image, [size, size], method="bilinear")
+    image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)  # p = 0.5
+    if preset.color is not None:
+        image = distort_color(image, preset.color, color_seed)
+    return tf.clip_by_value(image, 0.0, 1.0) * 255.0
 
 
 def normalise(image: tf.Tensor, norm: Normalisation) -> tf.Tensor:
@@ -45,7 +110,8 @@ def normalise(image: tf.Tensor, norm: Normalisation) -> tf.Tensor:
 
 def make_dataset(samples: list[Sample], image_size: int, norm: Normalisation, batch_size: int, *,
                  augment: bool = False, shuffle: bool = False,
-                 epoch_seed: tf.Tensor | None = None, num_workers: int = 0) -> tf.data.Dataset:
+                 epoch_seed: tf.Tensor | None = None, num_workers: int = 0,
+                 preset: Preset | None = None) -> tf.data.Dataset:
     """Batches of (normalised images ``[B, S, S, 3]``, int64 labels) over ``samples``; a
     shuffled (training) dataset never ends with a batch of one (``drops_last_batch``)."""
     # file names as bytes: a name need not be UTF-8
@@ -57,15 +123,15 @@ def make_dataset(samples: list[Sample], image_size: int, norm: Normalisation, ba
         ds = ds.shuffle(max(len(samples), 1), seed=epoch_seed, reshuffle_each_iteration=False)
     ds = ds.enumerate()
 
+    preset = preset or get_preset("simple")
+
     def load(index, item):
         path, label = item
         if not augment:
-            return normalise(_decode(path, image_size), norm), label
-        image = _decode(path, crop_source_size(image_size))
-        crop_seed, flip_seed = tf.unstack(
-            tf.random.experimental.stateless_split(tf.stack([epoch_seed, index]), 2))
-        image = tf.image.stateless_random_crop(image, [image_size, image_size, 3], seed=crop_seed)
-        image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+            image = _decode(path, image_size, preset.eval_image, [image_size, image_size, 3])
+            return normalise(image, norm), label
+        image = _decode(path, image_size, preset.train_source, [None, None, 3])
+        image = preprocess_for_train(image, image_size, preset, tf.stack([epoch_seed, index]))
         return normalise(image, norm), label
 
     # --workers: num_parallel_calls (0: AUTOTUNE)
@@ -86,19 +152,19 @@ class Pipelines:
 
 
 def build_pipelines(split, image_size: int, norm: Normalisation, batch_size: int,
-                    num_workers: int = 0) -> Pipelines:
+                    num_workers: int = 0, preset: Preset | None = None) -> Pipelines:
     """Datasets for every subset (split order) plus the shuffled ``fit`` and
     ``fit_augmented`` that training reads, in the current default graph."""
     epoch_seed = tf.compat.v1.placeholder_with_default(tf.constant(0, tf.int64), [], "epoch_seed")
-    w = num_workers
+    kw = {"num_workers": num_workers, "preset": preset}
     datasets = {
         "fit_augmented": make_dataset(split.train, image_size, norm, batch_size, augment=True,
-                                      shuffle=True, epoch_seed=epoch_seed, num_workers=w),
+                                      shuffle=True, epoch_seed=epoch_seed, **kw),
         "fit": make_dataset(split.train, image_size, norm, batch_size, shuffle=True,
-                            epoch_seed=epoch_seed, num_workers=w),
-        "train": make_dataset(split.train, image_size, norm, batch_size, num_workers=w),
-        "val": make_dataset(split.val, image_size, norm, batch_size, num_workers=w),
-        "test": make_dataset(split.test, image_size, norm, batch_size, num_workers=w),
+                            epoch_seed=epoch_seed, **kw),
+        "train": make_dataset(split.train, image_size, norm, batch_size, **kw),
+        "val": make_dataset(split.val, image_size, norm, batch_size, **kw),
+        "test": make_dataset(split.test, image_size, norm, batch_size, **kw),
     }
     spec = datasets["val"].element_spec
     iterator = tf.compat.v1.data.Iterator.from_structure(  # NHWC (PyTorch batches are NCHW)
