@@ -14,7 +14,9 @@ the ``*_notop.h5`` ImageNet file that ``keras.utils.get_file`` caches in
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 from backends.base import ImagenetWeights, ModelEntry
 from common.models import INCEPTION_V3
@@ -32,8 +34,18 @@ HEAD_LAYERS = ("head_hidden", "head_logits")
 
 _KERAS_APPLICATIONS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
+
+@dataclass(frozen=True)
+class KerasModelEntry(ModelEntry):
+    # model.layers index of each canonical block's first layer, and the backbone's layer
+    # count (the head's layers follow): what a recipe's unfreeze_from = N is checked and
+    # mapped against without building the model (model.block_ranges asserts the same)
+    first_layers: Mapping[str, int] = field(default_factory=dict)
+    base_layers: int = 0
+
+
 MODELS: dict[str, ModelEntry] = {
-    "inception_v3": ModelEntry(
+    "inception_v3": KerasModelEntry(
         constructor="keras.applications:InceptionV3",
         # mixed0..mixed10 are the concatenations: Mixed_6a..6e = mixed3..mixed7,
         # Mixed_7a..7c = mixed8..mixed10 (layer 248 is mixed8, so Mixed_7b starts at 249)
@@ -47,8 +59,12 @@ MODELS: dict[str, ModelEntry] = {
                 "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
             preprocessing="inception", file_hash="bcbd6486424b2319ff4ef7d526e38f63"),
         canonical=_INCEPTION_CANONICAL,
+        first_layers={"stem": 0, "Mixed_5b": 18, "Mixed_5c": 41, "Mixed_5d": 64, "Mixed_6a": 87,
+                      "Mixed_6b": 101, "Mixed_6c": 133, "Mixed_6d": 165, "Mixed_6e": 197,
+                      "Mixed_7a": 229, "Mixed_7b": 249, "Mixed_7c": 280},
+        base_layers=311,
     ),
-    "resnet50": ModelEntry(
+    "resnet50": KerasModelEntry(
         constructor="keras.applications:ResNet50",
         blocks={"stem": ("pool1_pool",), "layer1": ("conv2_block3_out",),
                 "layer2": ("conv3_block4_out",), "layer3": ("conv4_block6_out",),
@@ -59,6 +75,8 @@ MODELS: dict[str, ModelEntry] = {
             url=_KERAS_APPLICATIONS + "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
             # keras.applications.resnet50.preprocess_input: "caffe" (BGR, mean-subtracted)
             preprocessing="caffe", file_hash="4d473c1dd8becc155b73f8504c6f6626"),
+        first_layers={"stem": 0, "layer1": 7, "layer2": 39, "layer3": 81, "layer4": 143},
+        base_layers=175,
     ),
     "vgg16": ModelEntry(
         constructor="keras.applications:VGG16",

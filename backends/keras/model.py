@@ -138,10 +138,13 @@ def build_model(spec: ModelSpec, entry: ModelEntry, num_classes: int, image_size
     features = keras.Model(base.input, pooled, name=f"{spec.name}_features")
     num_base = len(base.layers)
     blocks = block_ranges(model.layers[:num_base], spec, entry)
-    if spec.name == "inception_v3":
-        # The keras.io seed's cut: layers[249:] are mixed9 + mixed10 = Mixed_7b + Mixed_7c.
-        top2 = spec.top_blocks(2)
-        assert blocks[top2[0]].start == 249 and blocks[top2[-1]].stop == num_base == 311, blocks
+    # the catalog's table (what a recipe's unfreeze_from is checked against before a run):
+    # for InceptionV3 the keras.io seed's cut, layers[249:] = mixed9 + mixed10 = Mixed_7b + 7c
+    first = {block: r.start for block, r in blocks.items()}
+    if getattr(entry, "first_layers", None) and (first != dict(entry.first_layers)
+                                                 or num_base != entry.base_layers):
+        raise ValueError(f"{spec.name}: the blocks start at {first} of {num_base} layers, the "
+                         f"catalog says {dict(entry.first_layers)} of {entry.base_layers}")
     # every weight is trainable right after construction, except BN moving statistics
     params = frozenset(id(v) for v in model.trainable_weights)
     weights_view = keras.Model(base.input, logits, name=f"{spec.name}_weights")
