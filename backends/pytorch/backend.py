@@ -20,6 +20,7 @@ import torch
 import torchvision
 from torch import nn
 
+from backends import native
 from backends.base import Backend, BackendError, WeightsRequest
 from common.config import Phase, RunConfig
 from common.data import Split
@@ -31,6 +32,14 @@ from common.results import cpu_name
 from . import data, export as export_lib, model as model_lib, parallel as parallel_lib, train
 from . import weights as weights_lib
 from .throughput import measure_throughput
+
+
+BN_MODES = {
+    "frozen": "BatchNorm of frozen modules in eval()",
+    "train": "every BatchNorm in train() (frozen modules update running stats too)",
+    "inference": "every BatchNorm in eval() (running statistics used, never updated); "
+                 "the affine parameters of trained modules keep requires_grad",
+}
 
 
 class PyTorchBackend(Backend):
@@ -142,8 +151,18 @@ class PyTorchBackend(Backend):
             # after requires_grad is set: DDP all-reduces exactly this phase's parameters
             self.ddp = parallel_lib.wrap(net, self.device_)
         params = [p for p in net.parameters() if p.requires_grad]
+        blocks, partial = list(phase.trainable_blocks(self.spec)), {}
+        if phase.modules:  # a native selection: what its modules cover, block by block
+            counts = {}
+            for block in self.spec.blocks:
+                block_params = [p for m in model_lib.block_modules(net, self.entry, block).values()
+                                for p in m.parameters()]
+                counts[block] = (sum(p.numel() for p in block_params if p.requires_grad),
+                                 sum(p.numel() for p in block_params))
+            blocks, partial = native.coverage(counts)
         return {
-            "trainable_blocks": list(phase.trainable_blocks(self.spec)),
+            "trainable_blocks": blocks,
+            **({"partially_trained_blocks": partial} if partial else {}),
             "trainable_params": sum(p.numel() for p in params),
             "total_params": sum(p.numel() for p in net.parameters()),
             "trainable_tensors": len(params),
@@ -152,8 +171,7 @@ class PyTorchBackend(Backend):
                 "param_groups": [{"name": g["name"], "lr_multiplier": g["lr_multiplier"],
                                   "params": sum(p.numel() for p in g["params"])} for g in groups],
                 "optimizer": self.optimizer_description,
-                "bn": ("BatchNorm of frozen modules in eval()" if phase.bn == "frozen" else
-                       "every BatchNorm in train() (frozen modules update running stats too)"),
+                "bn": BN_MODES[phase.bn],
             },
         }
 

@@ -35,11 +35,33 @@ AUX_LOSS_WEIGHT = 0.4
 
 def trainable_modules(model: nn.Module, spec: ModelSpec, entry: ModelEntry,
                       phase: Phase) -> dict[str, nn.Module]:
-    """Modules ``phase`` trains, by path: its canonical blocks, then the head (and AuxLogits)."""
+    """Modules ``phase`` trains, by path: its canonical blocks, then the head (and AuxLogits);
+    or, for a phase that names ``modules`` (PyTorch's own names, dotted for a submodule), those."""
+    if phase.modules:
+        return {name: submodule(model, name) for name in phase.modules}
     modules = {}
     for block in (*phase.trainable_blocks(spec), HEAD):
         modules.update(block_modules(model, entry, block))
     return modules
+
+
+def submodule(model: nn.Module, name: str) -> nn.Module:
+    """``model.get_submodule(name)``, or a one-line error naming what the parent holds."""
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        module = None
+    if module is None:  # AuxLogits is None without the aux head
+        parent_name, _, _ = name.rpartition(".")
+        try:
+            parent = model.get_submodule(parent_name) if parent_name else model
+            children = [n for n, m in parent.named_children() if m is not None]
+        except AttributeError:
+            children = [n for n, _ in model.named_children()]
+            parent_name = ""
+        raise BackendError(f"modules names {name!r}, which this {type(model).__name__} does not "
+                           f"have; {parent_name or 'the model'} has: {', '.join(children)}")
+    return module
 
 
 def freeze_all_but(model: nn.Module, trainable: dict[str, nn.Module]) -> None:
@@ -50,7 +72,8 @@ def freeze_all_but(model: nn.Module, trainable: dict[str, nn.Module]) -> None:
 
 
 def set_train_modes(model: nn.Module, trainable: dict[str, nn.Module], bn: str) -> None:
-    """``model.train()``, then BatchNorm of frozen modules back in ``eval()`` when ``bn="frozen"``.
+    """``model.train()``, then BatchNorm back in ``eval()``: outside the ``trainable`` modules
+    when ``bn="frozen"``, everywhere when ``bn="inference"``.
 
     ``model.train()`` resets every submodule, so this runs at the start of each epoch.
     """
@@ -61,8 +84,12 @@ def set_train_modes(model: nn.Module, trainable: dict[str, nn.Module], bn: str) 
         # (trainable=False) and the suite's default instead keep frozen BN in inference.
         return
     for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not in_modules(name, trainable):
-            module.eval()  # frozen layers: running statistics used, never updated
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (
+                bn == "inference" or not in_modules(name, trainable)):
+            # running statistics used, never updated; with bn = "inference" the BN of trained
+            # modules too (Keras' base_model(x, training=False)), while their beta (bias) and
+            # any gamma (weight) keep requires_grad and train
+            module.eval()
 
 
 def param_groups(model: nn.Module, entry: ModelEntry, phase: Phase) -> list[dict]:

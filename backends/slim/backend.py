@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from backends import native
 from backends.base import Backend, BackendError, WeightsRequest
 from backends.slim import data as slim_data
 from backends.slim import export as slim_export
@@ -127,15 +128,15 @@ class SlimBackend(Backend):
             self.learning_rate = _local_scalar("learning_rate", 0.0)
             self.weight_decay = _local_scalar("weight_decay", 0.0)
             # the eval tower creates every model variable: is_training=False everywhere
-            self.eval_tower = self._tower(training_blocks=(), reuse=False)
+            self.eval_tower = self._tower((), dropout_training=False, reuse=False)
             self.model_variables = tf.compat.v1.global_variables()
             self.global_step = tf.compat.v1.train.get_or_create_global_step()
             self.session.run([tf.compat.v1.global_variables_initializer(),
                               tf.compat.v1.local_variables_initializer()])
-            self._train_towers[self._bn_key(())] = self.eval_tower
+            self._train_towers[self._tower_key((), False)] = self.eval_tower
             self.restore_report = self._load_weights(weights, ckpt)
 
-    def _clones(self, training_blocks, key) -> list[tuple]:
+    def _clones(self, training_scopes, key) -> list[tuple]:
         """One tower per clone device on its slice of the batch, sharing the variables
         (model_deploy's ``create_clones``), built once per BN configuration."""
         if ("clones", key) not in self._train_towers:
@@ -147,7 +148,8 @@ class SlimBackend(Backend):
                     tower = slim_model.build_tower(
                         self.spec, self.entry, images, self.num_classes, hidden_units=self.hidden,
                         aux_logits=self.aux, weight_decay=self.weight_decay,
-                        training_blocks=training_blocks, reuse=True)
+                        training_scopes=training_scopes, dropout=self.config.recipe.dropout,
+                        dropout_training=True, reuse=True)
                 clones.append((tower, labels))
             self._train_towers[("clones", key)] = clones
         return self._train_towers[("clones", key)]
@@ -159,17 +161,19 @@ class SlimBackend(Backend):
                 "batch_split": "each batch split into num_clones consecutive slices",
                 "batchnorm": "each clone's own slice; update ops of the first clone only"}
 
-    def _tower(self, training_blocks, reuse: bool) -> slim_model.Tower:
+    def _tower(self, training_scopes, dropout_training: bool, reuse: bool) -> slim_model.Tower:
         return slim_model.build_tower(
             self.spec, self.entry, self.pipes.images, self.num_classes, hidden_units=self.hidden,
-            aux_logits=self.aux, weight_decay=self.weight_decay, training_blocks=training_blocks,
-            reuse=reuse)
+            aux_logits=self.aux, weight_decay=self.weight_decay, training_scopes=training_scopes,
+            dropout=self.config.recipe.dropout, dropout_training=dropout_training, reuse=reuse)
 
-    def _bn_key(self, training_blocks) -> tuple:
-        """Blocks that have a batch_norm in training mode (towers are shared per key)."""
-        with_bn = {slim_model.block_of(v.op.name, self.spec, self.entry) for v in self.model_variables
-                   if slim_model.is_moving_statistic(v)}
-        return tuple(b for b in training_blocks if b in with_bn)
+    def _tower_key(self, training_scopes, dropout_training: bool) -> tuple:
+        """What makes two towers differ (towers are shared per key): the scopes that hold a
+        batch_norm in training mode, and whether dropout is active."""
+        with_bn = [s for s in training_scopes
+                   if slim_model.variables_in_scopes([v for v in self.model_variables
+                                                      if slim_model.is_moving_statistic(v)], [s])]
+        return tuple(sorted(with_bn)), dropout_training and self.config.recipe.dropout > 0
 
     def _checkpoint_for(self, weights: WeightsRequest) -> str | None:
         """The checkpoint to restore from (checked before the graph is built)."""
@@ -184,7 +188,7 @@ class SlimBackend(Backend):
     def _load_weights(self, weights: WeightsRequest, ckpt: str | None) -> dict:
         if ckpt is None:
             return {}
-        exclude = slim_model.checkpoint_exclude_scopes(self.entry)
+        exclude = self._exclude_scopes()
         report = slim_weights.restore_excluding(self.session, ckpt, self.model_variables, exclude,
                                                 weights.ignore_missing_vars)
         if report["restored"] == 0:
@@ -197,6 +201,11 @@ class SlimBackend(Backend):
                 self.session, ckpt, w, b, weights.reuse_head_rows)
         return {"kind": weights.kind, **report}
 
+    def _exclude_scopes(self) -> tuple[str, ...]:
+        """``--checkpoint_exclude_scopes``: the head's, and the recipe's own."""
+        head = slim_model.checkpoint_exclude_scopes(self.entry)
+        return (*head, *(s for s in self.config.recipe.checkpoint_exclude_scopes if s not in head))
+
     def _variable(self, name: str):
         for v in self.model_variables:
             if v.op.name == name:
@@ -207,17 +216,22 @@ class SlimBackend(Backend):
     def _apply_phase(self, phase: Phase, index: int) -> dict:
         spec, entry = self.spec, self.entry
         scopes = slim_model.trainable_scopes(spec, entry, phase, self.aux)
-        exclude = slim_model.checkpoint_exclude_scopes(entry)
+        exclude = self._exclude_scopes()
         trainable = [v for v in self.model_variables
                      if v.trainable and slim_model.in_scopes(v.op.name, scopes)]
+        empty = [s for s in scopes if not slim_model.variables_in_scopes(trainable, [s])]
+        if phase.trainable_scopes and empty:  # slim's script would silently train nothing there
+            raise BackendError(f"trainable_scopes names {empty[0]!r}, which holds no trainable "
+                               f"variable of slim {spec.name}; {slim_model.nearest_scopes(empty[0], self.model_variables)}")
         head_vars = slim_model.variables_in_scopes(trainable, slim_model.native_scopes(entry, HEAD, True))
-        training_blocks = slim_model.bn_training_blocks(spec, phase)
+        training_scopes = slim_model.bn_training_scopes(spec, entry, phase, scopes, self.aux)
         with self.graph.as_default(), identity_hashing():
-            key = self._bn_key(training_blocks)
+            key = self._tower_key(training_scopes, True)
             if key not in self._train_towers:
-                self._train_towers[key] = self._tower(training_blocks, reuse=True)
+                self._train_towers[key] = self._tower(training_scopes, dropout_training=True,
+                                                      reuse=True)
             tower = self._train_towers[key]
-            clones = self._clones(training_blocks, key) if self.clone_devices else None
+            clones = self._clones(training_scopes, key) if self.clone_devices else None
             # a fresh variable scope per phase: its optimizer slots get their own names
             with tf.compat.v1.variable_scope(f"phase{index}"):
                 step = slim_train.build_train_op(
@@ -231,14 +245,25 @@ class SlimBackend(Backend):
                                    self.session)
         self.step, self.variables_to_train = step, trainable
         params = [v for v in self.model_variables if not slim_model.is_moving_statistic(v)]
-        bn_training = ", ".join(key) or "none"
+        bn_training = ", ".join(key[0]) or "none"
+        frozen_bn = any(not slim_model.in_scopes(s, training_scopes)
+                        for b in spec.blocks for s in slim_model.native_scopes(entry, b))
         flags, not_expressed = slim_train.train_image_classifier_flags(
-            phase, scopes, exclude, frozen_bn_scopes=any(b not in training_blocks for b in spec.blocks),
+            phase, scopes, exclude, frozen_bn_scopes=frozen_bn,
             ignore_missing_vars=bool(self.restore_report.get("ignore_missing_vars")))
         if self.clone_devices:  # train_image_classifier.py's flag for model_deploy's clones
             flags += f" --num_clones={len(self.clone_devices)}"
+        blocks, partial = list(phase.trainable_blocks(spec)), {}
+        if phase.trainable_scopes:  # a native selection: what its scopes cover, block by block
+            counts, trained = {}, {id(v) for v in trainable}
+            for block in spec.blocks:
+                vs = slim_model.variables_in_scopes(params, slim_model.native_scopes(entry, block))
+                counts[block] = (slim_model.param_count([v for v in vs if id(v) in trained]),
+                                 slim_model.param_count(vs))
+            blocks, partial = native.coverage(counts)
         return {
-            "trainable_blocks": list(phase.trainable_blocks(spec)),
+            "trainable_blocks": blocks,
+            **({"partially_trained_blocks": partial} if partial else {}),
             "trainable_params": slim_model.param_count(trainable),
             "total_params": slim_model.param_count(params),
             "trainable_tensors": len(trainable),

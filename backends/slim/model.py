@@ -48,7 +48,7 @@ class Tower:
     # UPDATE_OPS (BN moving averages) this tower created: one pair per batch_norm
     # built with is_training=True, none for batch_norm with is_training=False.
     update_ops: list = field(default_factory=list)
-    training_blocks: tuple[str, ...] = ()
+    training_scopes: tuple[str, ...] = ()   # where batch_norm runs with is_training=True
     # the net's end_points (slim's name -> tensor: "Mixed_5b", "MaxPool_5a_3x3"), for bench parity
     end_points: dict = field(default_factory=dict)
 
@@ -62,7 +62,10 @@ def native_scopes(entry: ModelEntry, block: str, aux_logits: bool = False) -> tu
 
 def trainable_scopes(spec: ModelSpec, entry: ModelEntry, phase: Phase,
                      aux_logits: bool = False) -> tuple[str, ...]:
-    """slim's ``--trainable_scopes`` for ``phase``: its blocks' scopes, then the head's."""
+    """slim's ``--trainable_scopes`` for ``phase``: its blocks' scopes, then the head's; a
+    phase that names ``trainable_scopes`` itself gets them as written."""
+    if phase.trainable_scopes:
+        return tuple(phase.trainable_scopes)
     scopes = [s for block in phase.trainable_blocks(spec) for s in native_scopes(entry, block)]
     return (*scopes, *native_scopes(entry, HEAD, aux_logits))
 
@@ -89,6 +92,17 @@ def variables_in_scopes(variables, scopes) -> list:
     return [v for v in variables if in_scopes(v.op.name, scopes)]
 
 
+def nearest_scopes(scope: str, variables) -> str:
+    """What exists next to ``scope``: the child scopes of its deepest existing parent."""
+    parent = scope
+    while parent and not variables_in_scopes(variables, [parent]):
+        parent = parent.rpartition("/")[0]
+    depth = parent.count("/") + 1 if parent else 0
+    children = sorted({"/".join(v.op.name.split("/")[:depth + 1]) for v in variables
+                       if not parent or in_scopes(v.op.name, [parent])})
+    return f"{parent or 'the model'} holds: {', '.join(children)}"
+
+
 def is_moving_statistic(var) -> bool:
     """BN moving_mean / moving_variance: state, not parameters (torch buffers)."""
     return var.op.name.endswith(("/moving_mean", "/moving_variance"))
@@ -100,18 +114,18 @@ def param_count(variables) -> int:
 
 # ------------------------------------------------------------- batch norm
 
-def scoped_batch_norm(spec: ModelSpec, entry: ModelEntry, training_blocks: set[str]) -> Callable:
+def scoped_batch_norm(training_scopes) -> Callable:
     """A conv2d ``normalizer_fn``: slim.batch_norm with ``is_training`` chosen per scope.
 
     slim.conv2d calls its ``normalizer_fn`` inside the layer's own variable
-    scope, so the scope name tells which canonical block the BN belongs to.
+    scope, so the scope name tells whether the BN is in one of ``training_scopes``.
     """
 
     def batch_norm(inputs, **params):
         scope = tf.compat.v1.get_variable_scope().name
         # slim: is_training=False means moving statistics and *no* update op;
         # PyTorch decides this per module with .eval(), Keras with training=False.
-        params["is_training"] = block_of(scope, spec, entry) in training_blocks
+        params["is_training"] = in_scopes(scope, training_scopes)
         return slim.batch_norm(inputs, **params)
 
     return batch_norm
@@ -151,7 +165,8 @@ def _inception_aux_head(mixed_6e: tf.Tensor, num_classes: int) -> tf.Tensor:
 
 # ---------------------------------------------------------------- networks
 
-def inception_v3(images, num_classes, hidden_units, aux_logits, reuse):
+def inception_v3(images, num_classes, hidden_units, aux_logits, reuse, dropout=0.0,
+                 dropout_training=False):
     """``inception_v3_base`` + AuxLogits + the new head under InceptionV3/Logits.
 
     tf_slim 1.1's ``inception_v3()`` has no ``num_classes=0`` (features-only) or
@@ -181,20 +196,26 @@ def inception_v3(images, num_classes, hidden_units, aux_logits, reuse):
             # global average pool (TF-models slim's global_pool=True); tf_slim 1.1 pools
             # with a fixed 8x8 kernel, which is global only at 299 px and below.
             pooled = tf.reduce_mean(net, [1, 2], keepdims=True, name="GlobalPool")
-            logits = new_head(pooled, num_classes, hidden_units, "Conv2d_1c_1x1")
+            # slim's inception_v3 drops out here (Dropout_1b, keep_prob 0.8 by default): the
+            # suite only when the recipe asks (dropout > 0), and only in train towers
+            head_input = slim.dropout(pooled, keep_prob=1.0 - dropout, is_training=dropout_training,
+                                      scope="Dropout_1b") if dropout else pooled
+            logits = new_head(head_input, num_classes, hidden_units, "Conv2d_1c_1x1")
     return logits, tf.squeeze(pooled, [1, 2]), aux, end_points
 
 
-def resnet_v1_50(images, num_classes, hidden_units, aux_logits, reuse):
+def resnet_v1_50(images, num_classes, hidden_units, aux_logits, reuse, dropout=0.0,
+                 dropout_training=False):
     """``resnet_v1_50(num_classes=None)`` (pooled features) + the head as resnet_v1_50/logits."""
     net, end_points = resnet_v1.resnet_v1_50(images, num_classes=None, is_training=None,
                                              global_pool=True, reuse=reuse, scope="resnet_v1_50")
     name_scope = net.op.name.rsplit("/", 1)[0] + "/"  # the net's own: "resnet_v1_50/"
     with tf.compat.v1.variable_scope("resnet_v1_50", reuse=reuse, auxiliary_name_scope=False), \
             tf.name_scope(name_scope), tf.compat.v1.variable_scope("logits") as logits_scope:
-        net_h = net
+        net_h = slim.dropout(net, keep_prob=1.0 - dropout, is_training=dropout_training,
+                             scope="dropout") if dropout else net
         if hidden_units > 0:
-            net_h = slim.conv2d(net, hidden_units, [1, 1], activation_fn=tf.nn.relu,
+            net_h = slim.conv2d(net_h, hidden_units, [1, 1], activation_fn=tf.nn.relu,
                                 normalizer_fn=None, scope="hidden")
         # slim's own name for the ResNet classifier: resnet_v1_50/logits/{weights,biases}
         # (the scope object: variables in it, ops in a name scope below it)
@@ -242,28 +263,39 @@ def normalizes_convolutions(scope: dict) -> bool:
     return bool(scope.get(slim.arg_scope_func_key(slim.conv2d), {}).get("normalizer_fn"))
 
 
+def block_scopes(entry: ModelEntry, blocks, aux_logits: bool = True) -> tuple[str, ...]:
+    """The variable scopes of canonical ``blocks`` (``"head"`` included)."""
+    return tuple(s for block in blocks for s in native_scopes(entry, block, aux_logits))
+
+
 def build_tower(spec: ModelSpec, entry: ModelEntry, images: tf.Tensor, num_classes: int, *,
                 hidden_units: int,
                 aux_logits: bool, weight_decay: tf.Variable, training_blocks=(),
+                training_scopes=None, dropout: float = 0.0, dropout_training: bool = False,
                 reuse: bool = False) -> Tower:
-    """One call of ``spec``'s slim net in its arg_scope; BN trains in ``training_blocks``.
+    """One call of ``spec``'s slim net in its arg_scope; BN trains in ``training_scopes``
+    (default: the scopes of ``training_blocks``); ``dropout`` before the classifier, active
+    when ``dropout_training``.
 
     ``weight_decay`` (a variable, so phases can change it) is the scale of slim's
     ``l2_regularizer`` in the arg_scope; the regularization losses land in
     ``REGULARIZATION_LOSSES`` when the first tower creates the variables.
     """
     net_fn = entry.resolve_constructor()
-    training = set(training_blocks)
+    scopes = tuple(training_scopes) if training_scopes is not None else \
+        block_scopes(entry, training_blocks)
     before = set(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS))
     regularizers = set(tf.compat.v1.losses.get_regularization_losses())
+    # only a recipe with dropout passes it: a net function without the argument still builds
+    extra = {"dropout": dropout, "dropout_training": dropout_training} if dropout else {}
     scope = arg_scope(entry, weight_decay)
     # the net's batch_norm, if it has one, chooses is_training per scope
-    normalizer = ({"normalizer_fn": scoped_batch_norm(spec, entry, training)}
+    normalizer = ({"normalizer_fn": scoped_batch_norm(scopes)}
                   if normalizes_convolutions(scope) else {})
     with slim.arg_scope(scope):
         with slim.arg_scope([slim.conv2d], **normalizer):
             logits, features, aux, end_points = net_fn(images, num_classes, hidden_units,
-                                                       aux_logits, reuse)
+                                                       aux_logits, reuse, **extra)
     update_ops = [op for op in tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
                   if op not in before]
     stray = [t.op.name for t in tf.compat.v1.losses.get_regularization_losses()
@@ -272,18 +304,30 @@ def build_tower(spec: ModelSpec, entry: ModelEntry, images: tf.Tensor, num_class
         raise BackendError(f"{entry.constructor}: the L2 regularizer {stray[0]} is outside the "
                            f"model's variable scopes; build the net so that its op names follow "
                            f"its variable scopes")
-    return Tower(logits, features, aux, update_ops, tuple(b for b in (*spec.blocks, HEAD)
-                                                         if b in training), end_points)
+    return Tower(logits, features, aux, update_ops, scopes, end_points)
 
 
 def bn_training_blocks(spec: ModelSpec, phase: Phase) -> tuple[str, ...]:
     """Blocks whose batch_norm runs with ``is_training=True`` in ``phase``'s train tower.
 
-    ``bn = "frozen"``: only the blocks that train (and the head); ``"train"``: all.
+    ``bn = "frozen"``: only the blocks that train (and the head); ``"train"``: all;
+    ``"inference"``: none (moving statistics everywhere, while the betas train).
     """
     if phase.bn == "train":
         return (*spec.blocks, HEAD)
+    if phase.bn == "inference":
+        return ()
     return (*phase.trainable_blocks(spec), HEAD)
+
+
+def bn_training_scopes(spec: ModelSpec, entry: ModelEntry, phase: Phase,
+                       trainable: tuple[str, ...], aux_logits: bool) -> tuple[str, ...]:
+    """Scopes whose batch_norm runs with ``is_training=True`` in ``phase``'s train tower:
+    ``bn_training_blocks``' scopes, or for ``bn = "frozen"`` the trainable scopes themselves
+    (so a native ``trainable_scopes`` below a block trains only its own batch_norms)."""
+    if phase.bn == "frozen":
+        return tuple(trainable)
+    return block_scopes(entry, bn_training_blocks(spec, phase), aux_logits)
 
 
 def summary(spec: ModelSpec, entry: ModelEntry, variables, trainable_names=()) -> str:

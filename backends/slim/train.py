@@ -123,7 +123,11 @@ def train_image_classifier_flags(phase: Phase, trainable: tuple[str, ...],
     if phase.head_lr_multiplier != 1:
         not_expressed.append(f"head_lr_multiplier {phase.head_lr_multiplier}: a second optimizer "
                              f"steps the head at that multiple of --learning_rate")
-    if frozen_bn_scopes:
+    if frozen_bn_scopes and phase.bn == "inference":
+        not_expressed.append("batch_norm is_training=False everywhere (bn = \"inference\": moving "
+                             "statistics, no update ops; the betas in --trainable_scopes still "
+                             "train); the script builds is_training=True everywhere")
+    elif frozen_bn_scopes:
         not_expressed.append("batch_norm is_training=False outside --trainable_scopes (moving "
                              "statistics, no update ops); the script builds is_training=True "
                              "everywhere")
