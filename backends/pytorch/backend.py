@@ -20,7 +20,7 @@ import torch
 import torchvision
 from torch import nn
 
-from backends import native
+from backends.native import coverage
 from backends.base import Backend, BackendError, WeightsRequest
 from common.config import Phase, RunConfig
 from common.data import Split
@@ -110,7 +110,8 @@ class PyTorchBackend(Backend):
         native = self.starts_from_imagenet() or weights.kind == "imagenet"
         net = model_lib.build_model(model, self.entry, num_classes, head_hidden_units,
                                     aux_logits=self.config.model.aux_logits,
-                                    image_size=self.image_size or None, aligned=not native)
+                                    image_size=self.image_size or None, aligned=not native,
+                                    dropout=self.config.recipe.dropout)
         if weights.kind == "path":
             file = Path(weights.path or "")
             if not file.is_file() and weights_lib.checkpoint_file(file).is_file():
@@ -159,7 +160,7 @@ class PyTorchBackend(Backend):
                                 for p in m.parameters()]
                 counts[block] = (sum(p.numel() for p in block_params if p.requires_grad),
                                  sum(p.numel() for p in block_params))
-            blocks, partial = native.coverage(counts)
+            blocks, partial = coverage(counts)
         return {
             "trainable_blocks": blocks,
             **({"partially_trained_blocks": partial} if partial else {}),

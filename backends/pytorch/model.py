@@ -101,13 +101,16 @@ def fixed_gamma_keys(model: nn.Module) -> list[str]:
 
 def build_model(spec: ModelSpec, entry: ModelEntry, num_classes: int, head_hidden_units: int = 0,
                 aux_logits: bool = False, image_size: int | None = None,
-                aligned: bool = True, init_weights: bool = True) -> nn.Module:
+                aligned: bool = True, init_weights: bool = True,
+                dropout: float = 0.0) -> nn.Module:
     """The torchvision model of ``entry`` with randomly initialised weights and a new head.
 
     ``aligned`` (suite-made weights): the changes of ``entry.alignment`` that make the
     model compute what Keras and slim compute; ``False`` is torchvision's own model
     (``--weights imagenet``, and ``bench parity --alignment native``). ``init_weights=False``
     skips torchvision's truncated-normal initialisation (weights about to be overwritten).
+    ``dropout`` > 0: ``nn.Dropout(dropout)`` on the pooled features before the head (active
+    in ``train()`` only): Inception3's own ``dropout`` attribute, else the head's first module.
     """
     constructor = entry.resolve_constructor()
     if entry.aux_head:
@@ -123,18 +126,20 @@ def build_model(spec: ModelSpec, entry: ModelEntry, num_classes: int, head_hidde
                             init_weights=init_weights, inception_blocks=blocks)
         if aligned and entry.alignment:
             remove_batchnorm_scale(model)
-        # No dropout in the head path, in any backend: torchvision puts Dropout(0.5)
-        # before fc, Keras' recipe head and slim's Logits would need their own; the suite
-        # keeps the head identical everywhere (Linear or Linear-ReLU-Linear).
-        model.dropout = nn.Identity()
+        # torchvision puts Dropout(0.5) before fc; the suite's head is the same in every
+        # backend: no dropout unless the recipe asks for it (Keras: a Dropout layer, slim:
+        # slim.dropout(keep_prob = 1 - rate)), at the recipe's rate
+        model.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         if aux_logits:
             model.AuxLogits.fc = nn.Linear(model.AuxLogits.fc.in_features, num_classes)
             init_aux_head_like_slim(model.AuxLogits)
     else:
         model = constructor(weights=None)
     head = head_name(entry)
-    setattr(model, head, make_head(head_in_features(getattr(model, head)), num_classes,
-                                   head_hidden_units))
+    new_head = make_head(head_in_features(getattr(model, head)), num_classes, head_hidden_units)
+    if dropout and not hasattr(model, "dropout"):  # torchvision's ResNet has no dropout slot
+        new_head = nn.Sequential(nn.Dropout(dropout), new_head)
+    setattr(model, head, new_head)
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             # PyTorch's momentum is the weight of the *new* batch statistic:

@@ -110,6 +110,8 @@ def copy_head_rows(model: nn.Module, entry: ModelEntry, state: dict[str, torch.T
     """Copy source classifier rows into the new linear head: ``fc[target] = source_fc[source]``."""
     name = head_name(entry)
     head = getattr(model, name)
+    if isinstance(head, nn.Sequential) and isinstance(head[0], nn.Dropout) and len(head) == 2:
+        head = head[1]  # a recipe's dropout before a linear head
     if not isinstance(head, nn.Linear):
         raise BackendError("reuse_head_rows needs a linear head (head_hidden_units = 0); this "
                            "recipe's head has a hidden layer")

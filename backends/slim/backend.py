@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from backends import native
+from backends.native import coverage
 from backends.base import Backend, BackendError, WeightsRequest
 from backends.slim import data as slim_data
 from backends.slim import export as slim_export
@@ -260,7 +260,7 @@ class SlimBackend(Backend):
                 vs = slim_model.variables_in_scopes(params, slim_model.native_scopes(entry, block))
                 counts[block] = (slim_model.param_count([v for v in vs if id(v) in trained]),
                                  slim_model.param_count(vs))
-            blocks, partial = native.coverage(counts)
+            blocks, partial = coverage(counts)
         return {
             "trainable_blocks": blocks,
             **({"partially_trained_blocks": partial} if partial else {}),
