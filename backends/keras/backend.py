@@ -63,6 +63,9 @@ BN_MODES = {
               "inference mode (Keras 3); trained blocks: batch statistics",
     "train": "every BatchNormalization layer trainable (batch statistics, moving averages "
              "updated); gamma/beta variables of frozen blocks set trainable=False",
+    "inference": "the backbone called as base(x, training=False) from a layer (fit's "
+                 "training=True would reach every node of a functional graph): every "
+                 "BatchNormalization on its moving statistics; trainable layers' betas train",
 }
 
 
@@ -109,6 +112,7 @@ class KerasBackend(Backend):
         self.km = None
         self.data: KerasData | None = None
         self.optimizer = None
+        self._applied = None  # the phase apply_phase expressed (a native one mapped by backends.native)
         self._writer = None
         self._previous_policy = None
 
@@ -156,7 +160,7 @@ class KerasBackend(Backend):
             raise BackendError("reuse_head_rows needs a .weights.h5 checkpoint with a head")
         try:
             self.km = build_model(model, self.entry, num_classes, self.image_size, head_hidden_units,
-                                  base_weights)
+                                  base_weights, dropout=self.config.recipe.dropout)
         except ValueError as err:
             raise BackendError(f"keras {model.name}: {str(err).splitlines()[0]}") from None
         if path is not None:
@@ -165,8 +169,12 @@ class KerasBackend(Backend):
     def _apply_phase(self, phase: Phase, index: int) -> dict:
         info = set_trainable(self.km, phase)
         self.optimizer, optimizer_text = compile_phase(self.km, phase)
+        self._applied = phase
         trainable = self.km.model.trainable_weights
         native = {"layer_range": info["layer_range"], "trainable_layers": info["trainable_layers"],
+                  **({"unfreeze_from": phase.unfreeze_from}
+                     if phase.unfreeze_from is not None else {}),
+                  "fit_model": self.km.train_model.name,
                   "bn_statistics_only_layers": info["bn_statistics_only_layers"],
                   "head_layers": [layer.name for layer in self.km.head_layers()],
                   "optimizer": optimizer_text, "bn": f"{phase.bn}: {BN_MODES[phase.bn]}",
@@ -174,6 +182,8 @@ class KerasBackend(Backend):
         if self.config.model.aux_logits:
             native["aux_logits"] = "unavailable: keras.applications has no auxiliary Inception head"
         return {"trainable_blocks": info["trainable_blocks"],
+                **({"partially_trained_blocks": info["partially_trained_blocks"]}
+                   if info["partially_trained_blocks"] else {}),
                 "trainable_params": weight_count(trainable),
                 "total_params": weight_count(self.km.parameters()),
                 "trainable_tensors": len(trainable), "native": native}
@@ -190,7 +200,7 @@ class KerasBackend(Backend):
         return {"keras_backend": keras.backend.backend(),
                 # compile(jit_compile="auto"): XLA on jax always, on TensorFlow only with a GPU;
                 # never on torch (eager)
-                "jit_compile": bool(self.km.model.jit_compile),
+                "jit_compile": bool(self.km.train_model.jit_compile),
                 "variables": f"{type(value).__module__}.{type(value).__qualname__}",
                 "input_pipeline": self.data.pipeline, "fit": "one model.fit per phase",
                 "tensorboard": tensorboard}
@@ -258,12 +268,12 @@ class KerasBackend(Backend):
 
     # -- reporting -------------------------------------------------------
     def _throughput(self, batch_size: int, precision: str, steps: int, warmup: int) -> dict:
-        return measure_throughput(self.km, self.phase, batch_size, precision, steps, warmup,
+        return measure_throughput(self.km, self._applied, batch_size, precision, steps, warmup,
                                   seed=self.config.train.seed)
 
     def _bare_train_loop(self, batch_size: int, steps: int):
         """The harness-overhead baseline: ``train_on_batch`` in a plain loop, timed once."""
-        model = self.km.model
+        model = self.km.train_model
         n = model.output_shape[-1]
         rng = np.random.default_rng(0)
         size = self.image_size

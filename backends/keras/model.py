@@ -26,6 +26,7 @@ from common.models import BN_DECAY, HEAD, ModelSpec
 from .catalog import HEAD_LAYERS
 
 FEATURES_LAYER = "avg_pool"
+DROPOUT_LAYER = "head_dropout"
 HEAD_HIDDEN, HEAD_LOGITS = HEAD_LAYERS
 
 
@@ -47,6 +48,12 @@ class KerasModel:
     # weights only (a compiled model's file also holds its optimizer), and its predict
     # function is traced once (compile() discards a compiled model's)
     weights_view: keras.Model
+    base: keras.Model | None = None          # the keras.applications backbone
+    dropout: float = 0.0                     # rate of the Dropout layer before the head
+    # the model the current phase compiled and fits: ``model``, or for bn = "inference"
+    # ``inference_bn_model()`` (the same layers)
+    train_model: keras.Model | None = None
+    _inference_bn: keras.Model | None = None
 
     @property
     def layers(self) -> list:
@@ -63,6 +70,35 @@ class KerasModel:
 
     def parameters(self) -> list:
         return [v for v in self.model.weights if id(v) in self.parameter_ids]
+
+    def inference_bn_model(self) -> keras.Model:
+        """The same layers with the backbone called as ``base(x, training=False)`` (the Keras
+        transfer-learning guide), from a layer: in a functional graph Keras 3 passes ``fit``'s
+        ``training=True`` to every node, the base's too (keras-team/keras#20285), so a layer
+        whose ``call`` fixes ``training=False`` keeps every BatchNormalization on its moving
+        statistics while trainable layers still train (their betas); the head's dropout still
+        sees ``fit``'s ``training``."""
+        if self._inference_bn is None:
+            inputs = keras.Input(self.model.input_shape[1:])
+            x = BackboneInInferenceMode(self.base)(inputs)
+            for layer in self.model.layers[self.num_base_layers:]:
+                x = layer(x)
+            self._inference_bn = keras.Model(inputs, x, name=f"{self.spec.name}_bn_inference")
+        return self._inference_bn
+
+
+class BackboneInInferenceMode(keras.layers.Layer):
+    """``base(x, training=False)`` whatever ``training`` the model is called with."""
+
+    def __init__(self, base: keras.Model, **kwargs):
+        super().__init__(**kwargs)
+        self.base = base
+
+    def call(self, inputs):
+        return self.base(inputs, training=False)
+
+    def compute_output_shape(self, input_shape):
+        return self.base.compute_output_shape(input_shape)
 
 
 def _parent_layers(layer) -> list:
@@ -114,11 +150,14 @@ def block_ranges(layers: list, spec: ModelSpec, entry: ModelEntry) -> dict[str, 
 
 
 def build_model(spec: ModelSpec, entry: ModelEntry, num_classes: int, image_size: int,
-                head_hidden_units: int = 0, base_weights: str | None = None) -> KerasModel:
+                head_hidden_units: int = 0, base_weights: str | None = None,
+                dropout: float = 0.0) -> KerasModel:
     """``spec``'s application without its top, pooled, with a new head.
 
     ``base_weights`` is passed to the application as ``weights=``: None, or the
-    path of a Keras ImageNet ``*_notop.h5`` file (see ``weights.py``).
+    path of a Keras ImageNet ``*_notop.h5`` file (see ``weights.py``). ``dropout`` > 0:
+    a ``Dropout`` layer on the pooled features (the guide's ``Dropout(0.2)``), active in
+    ``fit`` only.
     """
     # NHWC: Keras image models take channels last; torchvision takes NCHW.
     base = entry.resolve_constructor()(include_top=False, weights=base_weights,
@@ -129,7 +168,7 @@ def build_model(spec: ModelSpec, entry: ModelEntry, num_classes: int, image_size
             # (common.models.BN_DECAY; torch expresses the same as momentum=0.1).
             layer.momentum = BN_DECAY
     pooled = keras.layers.GlobalAveragePooling2D(name=FEATURES_LAYER)(base.output)
-    x = pooled
+    x = keras.layers.Dropout(dropout, name=DROPOUT_LAYER)(pooled) if dropout else pooled
     if head_hidden_units:
         x = keras.layers.Dense(head_hidden_units, activation="relu", name=HEAD_HIDDEN)(x)
     # Logits, no softmax (losses use from_logits=True); kept float32 under mixed precision.
@@ -149,7 +188,7 @@ def build_model(spec: ModelSpec, entry: ModelEntry, num_classes: int, image_size
     params = frozenset(id(v) for v in model.trainable_weights)
     weights_view = keras.Model(base.input, logits, name=f"{spec.name}_weights")
     return KerasModel(spec, entry, model, features, num_base, blocks, head_hidden_units, params,
-                      weights_view)
+                      weights_view, base=base, dropout=dropout, train_model=model)
 
 
 def layer_range_text(indices) -> str:

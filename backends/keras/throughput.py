@@ -89,7 +89,7 @@ def model_for_precision(km: KerasModel, phase: Phase, precision: str) -> KerasMo
     keras.config.set_dtype_policy(policy)
     try:
         copy = build_model(km.spec, km.entry, km.model.output_shape[-1], km.model.input_shape[1],
-                           km.head_hidden_units)
+                           km.head_hidden_units, dropout=km.dropout)
     finally:
         keras.config.set_dtype_policy(previous)
     copy.model.set_weights(km.model.get_weights())
@@ -112,7 +112,7 @@ def measure_throughput(km: KerasModel, phase: Phase, batch_size: int, precision:
     def sync():
         """train_on_batch / predict_on_batch already returned host numpy arrays."""
 
-    train = measure_steps(lambda: model.model.train_on_batch(x, y), sync,
+    train = measure_steps(lambda: model.train_model.train_on_batch(x, y), sync,
                           batch_size=batch_size, steps=steps, warmup=warmup)
     infer = measure_steps(lambda: model.model.predict_on_batch(x), sync,
                           batch_size=batch_size, steps=steps, warmup=warmup)

@@ -14,6 +14,11 @@ Keras idioms shown here:
   does) keeps those BN *layers* trainable, so they normalise with batch
   statistics and update their moving averages, and freezes their gamma/beta
   *variables* (``variable.trainable = False``) so no weight moves;
+  ``bn = "inference"`` fits a model whose backbone is called with
+  ``training=False`` (``KerasModel.inference_bn_model``): every BN on its moving
+  statistics while the trainable layers' betas train;
+* ``unfreeze_from = N`` is the keras.io guide's cut as written:
+  ``model.layers[:N]`` frozen, ``model.layers[N:]`` trainable;
 * optimizers take ``learning_rate=`` (Keras 3 rejects ``lr=``) and have no
   param groups: ``with_param_groups`` subclasses the chosen optimizer through
   the public custom-optimizer API (``build`` + ``update_step``) and steps the
@@ -153,13 +158,20 @@ def make_optimizer(phase: Phase, head_variables) -> tuple[keras.optimizers.Optim
 
 def set_trainable(km: KerasModel, phase: Phase) -> dict:
     """Set ``layer.trainable`` for ``phase``; the layer bookkeeping for the report."""
-    trainable_blocks = phase.trainable_blocks(km.spec)
+    if phase.unfreeze_from is not None:  # the guide's cut: model.layers[N:] train
+        trained = set(range(phase.unfreeze_from, km.num_base_layers))
+        trainable_blocks = [b for b, r in km.blocks.items() if r.start >= phase.unfreeze_from]
+        partial = {b: round(len(trained & set(r)) / len(r), 4) for b, r in km.blocks.items()
+                   if 0 < len(trained & set(r)) < len(r)}
+    else:
+        trainable_blocks = list(phase.trainable_blocks(km.spec))
+        trained = {i for b in trainable_blocks for i in km.blocks[b]}
+        partial = {}
     bn_statistics = 0
     for block, indices in km.blocks.items():
-        trains = block in trainable_blocks
         for i in indices:
             layer = km.layers[i]
-            if trains:
+            if i in trained:
                 layer.trainable = True  # BN here trains: batch statistics, moving averages, beta
                 if isinstance(layer, keras.layers.BatchNormalization):
                     # an earlier bn = "train" phase may have frozen these variables one by one
@@ -179,8 +191,9 @@ def set_trainable(km: KerasModel, phase: Phase) -> dict:
                 layer.trainable = False
     for layer in km.layers[km.num_base_layers:]:
         layer.trainable = True
-    indices = [i for b in trainable_blocks for i in km.blocks[b]]
-    return {"trainable_blocks": list(trainable_blocks), "layer_indices": indices,
+    indices = sorted(trained)
+    return {"trainable_blocks": list(trainable_blocks), "partially_trained_blocks": partial,
+            "layer_indices": indices,
             "layer_range": layer_range_text(indices),
             "trainable_layers": len(indices) + len(km.head_layers()),
             "bn_statistics_only_layers": bn_statistics}
@@ -194,7 +207,8 @@ def loss_and_metrics(phase: Phase):
 
 
 def compile_phase(km: KerasModel, phase: Phase) -> tuple[keras.optimizers.Optimizer, str]:
-    """A fresh optimizer for ``phase`` and a recompiled model.
+    """A fresh optimizer for ``phase`` and a recompiled model (``km.train_model``: ``km.model``,
+    or for ``bn = "inference"`` the model whose backbone is called with ``training=False``).
 
     Keras reads ``trainable`` when it builds the train function, so changing
     it needs ``compile`` again (torch: requires_grad is read at every step).
@@ -202,7 +216,8 @@ def compile_phase(km: KerasModel, phase: Phase) -> tuple[keras.optimizers.Optimi
     head_variables = [v for layer in km.head_layers() for v in layer.trainable_weights]
     optimizer, text = make_optimizer(phase, head_variables)
     loss, metrics = loss_and_metrics(phase)
-    km.model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    km.train_model = km.inference_bn_model() if phase.bn == "inference" else km.model
+    km.train_model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     return optimizer, text
 
 
@@ -350,7 +365,7 @@ def fit_epochs(km: KerasModel, dataset, steps_per_epoch: int, initial_epoch: int
     that call in every hook, ``after`` after it."""
     if isinstance(dataset, keras.utils.PyDataset):  # one epoch, moved on by SetEpoch
         callbacks, steps_per_epoch = [SetEpoch(dataset), *callbacks], None
-    km.model.fit(dataset, epochs=epochs, initial_epoch=initial_epoch,
+    km.train_model.fit(dataset, epochs=epochs, initial_epoch=initial_epoch,
                  steps_per_epoch=steps_per_epoch, verbose=0, shuffle=False,
                  callbacks=[*callbacks, EpochProgress(steps_per_epoch or len(dataset)),
                             EpochEnd(images, on_epoch_end), *after])
