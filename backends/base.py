@@ -481,7 +481,23 @@ class Backend(abc.ABC):
         groups / layer index range and optimizer / scopes and flags).
         """
         self._require("built", "apply_phase()")
-        report = self._apply_phase(phase, index)
+        # a phase in one framework's own names (backends.native): applied as written by that
+        # framework's backend, as its canonical blocks by another when they align exactly
+        from backends import native
+
+        where = f"{self.config.recipe.source or self.config.recipe.name} phase {index + 1}"
+        try:
+            chosen = native.selection(phase, self.spec.name, where) if self.info.catalog else None
+            applied = native.phase_for(phase, self.name, self.spec.name, where) \
+                if self.info.catalog else phase
+        except ValueError as err:  # ConfigError: one line
+            raise BackendError(str(err)) from None
+        report = self._apply_phase(applied, index)
+        if chosen is not None:
+            report["native_selection"] = {
+                **chosen.describe(),
+                "applied": "as written" if applied is phase else
+                           f"as the canonical blocks {', '.join(applied.blocks) or 'head'}"}
         self.phase = phase
         return report
 

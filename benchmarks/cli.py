@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from backends import native
 from backends.base import (ALIASES, BackendError, availability, backend_info, backend_names,
                            backends_with_model, canonical_name, default_backends,
                            unknown_backend_message, unsupported_model, unsupported_parallel)
@@ -25,11 +26,12 @@ from benchmarks.runner import PlanError
 from benchmarks.saved_run import BackendProcessFailed, SavedRunError
 from common import synthetic
 from common.canonical import ConversionError
-from common.config import (ConfigError, DataConfig, ModelConfig, PRECISIONS, RunConfig,
+from common.config import (ConfigError, DataConfig, ModelConfig, PRECISIONS, Recipe, RunConfig,
                            TrainConfig, available_recipes, load_recipe, override_epochs,
                            validate_run, validate_split_options)
 from common.data import DataError
 from common.models import MODELS
+from common.preprocess import PRESETS
 from common.results import run_name
 
 DEFAULT_RECIPES = ("two_phase", "scratch")
@@ -145,9 +147,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", default="all",
                      help="pytorch, keras (= keras-tensorflow), keras-jax, keras-torch, slim, all "
                           "(pytorch, keras, slim), or a comma list (default: all)")
-    run.add_argument("--recipe", type=_names, default=list(DEFAULT_RECIPES), metavar="NAME|PATH,...",
+    run.add_argument("--recipe", type=_names, metavar="NAME|PATH,...",
                      help=f"comma list of recipes by name or .toml path "
                           f"(default: {','.join(DEFAULT_RECIPES)})")
+    run.add_argument("--slim-flags", metavar="FLAGS",
+                     help="the flags of a slim train_image_classifier.py command line, run as "
+                          "that script would (instead of --recipe; see 'bench recipe "
+                          "from-slim-flags')")
+    run.add_argument("--preprocessing", choices=tuple(PRESETS),
+                     help="the preprocessing preset of every recipe (default: each recipe's, "
+                          "simple unless it says otherwise)")
     run.add_argument("--model", default="inception_v3", help=f"one of: {', '.join(MODELS)}")
     run.add_argument("--data", default="synthetic",
                      help="'synthetic' (embedded default) or an image folder / label|path meta file")
@@ -200,6 +209,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.run_parser = run  # for resume_conflicts(): which run options a command line gives
 
     sub.add_parser("list", help="backends (with availability), models, recipes")
+
+    rec = sub.add_parser("recipe", help="recipe tools")
+    rsub = rec.add_subparsers(dest="recipe_command", required=True, metavar="RECIPE_COMMAND")
+    fsf = rsub.add_parser("from-slim-flags", help="a recipe TOML from the flags of a slim "
+                                                  "train_image_classifier.py command line")
+    fsf.add_argument("flags", help="the flags, quoted as one argument")
+    fsf.add_argument("--name", default="slim_flags", help="the recipe's name (default slim_flags)")
+    fsf.add_argument("--epochs", type=_positive, default=1,
+                     help="epochs of its phase (the script counts steps; default 1)")
+    fsf.add_argument("--out", type=Path, help="write the TOML here (default: print it)")
 
     data = sub.add_parser("data", help="dataset tools")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
@@ -336,6 +355,12 @@ def missing_imagenet_weights(configs: list[RunConfig]) -> str | None:
 
 def build_configs(args: argparse.Namespace, out: Path) -> list[RunConfig]:
     """One validated RunConfig per (backend, recipe, seed) from ``bench run`` flags."""
+    slim_recipe = None
+    if getattr(args, "slim_flags", None) is not None:  # sets its run options on args first
+        if args.recipe:
+            raise UsageError("--slim-flags is the recipe: drop --recipe, or write the flags as a "
+                             "recipe with 'bench recipe from-slim-flags' and pass it to --recipe")
+        slim_recipe = slim_flags_recipe(args)
     backends = parse_backends(args.backend)
     if args.data != "synthetic" and not Path(args.data).exists():
         raise UsageError(f"--data {args.data!r} does not exist; pass 'synthetic' or an image folder "
@@ -353,9 +378,14 @@ def build_configs(args: argparse.Namespace, out: Path) -> list[RunConfig]:
             raise UsageError(f"--weights {weights!r} is neither source, none, imagenet nor an "
                              f"existing path")
         weights = str(Path(weights).resolve())  # absolute: --resume works from anywhere
-    recipes = [load_recipe(r) for r in args.recipe]
+    if slim_recipe is not None:
+        recipes = [slim_recipe]
+    else:
+        recipes = [load_recipe(r) for r in (args.recipe or DEFAULT_RECIPES)]
     if args.epochs:
         recipes = [override_epochs(r, args.epochs) for r in recipes]
+    if args.preprocessing:
+        recipes = [dataclasses.replace(r, preprocessing=args.preprocessing) for r in recipes]
     if args.model not in MODELS:
         raise UsageError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
     supported = {b: unsupported_model(b, args.model) is None for b in backends}
@@ -398,8 +428,28 @@ def build_configs(args: argparse.Namespace, out: Path) -> list[RunConfig]:
                     run_dir=str(out / run_name(backend, recipe.name, seed)))
                 if supported[backend]:  # else (resnet18 in Keras) the run is recorded as skipped
                     validate_run(config)
+                    native.check_recipe(recipe, backend, args.model)
                 configs.append(config)
     return configs
+
+
+def slim_flags_recipe(args: argparse.Namespace) -> Recipe:
+    """``--slim-flags``: the recipe of the command line; its run options (model, batch size,
+    image size, weights, workers, aux head) set on ``args``, where a different value given on
+    the ``bench`` command line is one line naming both."""
+    from benchmarks.slim_flags import from_slim_flags
+
+    command = from_slim_flags(args.slim_flags)
+    given = {a.partition("=")[0] for a in getattr(args, "argv", [])}
+    for flag, value in command.run_options.items():
+        dest = flag.lstrip("-").replace("-", "_")
+        if flag in given and getattr(args, dest) != value:
+            raise UsageError(f"{flag} {getattr(args, dest)} and --slim-flags (which means {flag} "
+                             f"{value}) disagree; give it in one place")
+        setattr(args, dest, value)
+    for flag in command.ignored:
+        log.info(f"--slim-flags: {flag} ignored (no effect on what is computed)")
+    return command.recipe
 
 
 def _writable_dir(path: Path) -> Path:
@@ -542,6 +592,21 @@ def _print_summary(run_dir: Path, results: list[dict], write: bool) -> None:
                   f"rebuild it with: bench report {run_dir}", file=sys.stderr)
             return
         print("\nreport: " + ", ".join(str(p) for p in paths.values()))
+
+
+def cmd_recipe(args: argparse.Namespace) -> int:
+    from benchmarks.slim_flags import from_slim_flags, recipe_toml
+
+    command = from_slim_flags(args.flags, name=args.name, epochs=args.epochs)
+    text = recipe_toml(command)
+    if args.out is None:
+        print(text, end="")
+        return 0
+    _writable_dir(args.out.parent if str(args.out.parent) else Path("."))
+    args.out.write_text(text, encoding="utf-8")
+    print(f"written: {args.out}; run it with: bench run --recipe {args.out} "
+          f"{command.run_options_text()}".rstrip())
+    return 0
 
 
 def cmd_list(_args: argparse.Namespace) -> int:
@@ -773,7 +838,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "data": cmd_data, "throughput": cmd_throughput,
+COMMANDS = {"run": cmd_run, "list": cmd_list, "recipe": cmd_recipe, "data": cmd_data, "throughput": cmd_throughput,
             "report": cmd_report, "compare": cmd_compare, "eval": cmd_eval,
             "predict": cmd_predict, "export": cmd_export, "weights": cmd_weights,
             "parity": cmd_parity}

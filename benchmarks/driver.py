@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from backends import native
 from backends.base import Backend, BackendError, WeightsRequest, backend_info, get_backend
 from benchmarks import conversion
 from common import canonical, parallel, synthetic
@@ -52,9 +53,14 @@ LINEAR_PROBE_THROUGHPUT_PHASE = Phase(name="head (throughput)", train="head", op
 
 def throughput_phase_record(phase: Phase, spec) -> dict:
     """What a train img/s figure measured: which blocks trained, with which optimizer."""
-    return {"name": phase.name, "train": phase.train,
-            "trainable_blocks": list(phase.trainable_blocks(spec)) + ["head"],
-            "optimizer": phase.optimizer, "bn": phase.bn}
+    record = {"name": phase.name, "train": phase.train,
+              "trainable_blocks": list(phase.trainable_blocks(spec)) + ["head"],
+              "optimizer": phase.optimizer, "bn": phase.bn}
+    chosen = native.selection(phase, spec.name)
+    if chosen is not None:  # named in one framework's terms: its canonical reading
+        record["trainable_blocks"] = chosen.describe()["canonical_blocks"]
+        record["native_selection"] = chosen.describe()
+    return record
 
 
 def default_image_size(config: RunConfig) -> int:

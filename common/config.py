@@ -98,6 +98,7 @@ class Phase:
     schedule: str = "fixed"
     warmup_epochs: int = 0
     decay_rate: float = 0.94
+    decay_epochs: int = 1          # exponential: the rate applies every decay_epochs (staircase)
     epochs: int = 1
     bn: str = "frozen"
     augment: bool = True
@@ -281,6 +282,7 @@ def parse_phase(raw: dict, where: str) -> Phase:
              "learning_rate": float, "head_lr_multiplier": float, "momentum": float,
              "rmsprop_rho": float, "epsilon": float,
              "weight_decay": float, "schedule": str, "warmup_epochs": int, "decay_rate": float,
+             "decay_epochs": int,
              "epochs": int, "bn": str, "augment": bool, "label_smoothing": float,
              "trainable_scopes": tuple, "unfreeze_from": int, "modules": tuple}
     assert set(types) == set(_PHASE_TYPES), "keep parse_phase in step with Phase"
@@ -334,6 +336,8 @@ def parse_phase(raw: dict, where: str) -> Phase:
         _fail(where, "label_smoothing", phase.label_smoothing, "must be in [0, 1)")
     if not 0 < phase.decay_rate <= 1:
         _fail(where, "decay_rate", phase.decay_rate, "must be in (0, 1]")
+    if not 1 <= phase.decay_epochs <= MAX_EPOCHS:
+        _fail(where, "decay_epochs", phase.decay_epochs, f"must be in [1, {MAX_EPOCHS}]")
     if not 0 <= phase.warmup_epochs < phase.epochs:
         _fail(where, "warmup_epochs", phase.warmup_epochs, f"must be in [0, epochs={phase.epochs})")
     if phase.train == "top" and phase.top_blocks < 1:

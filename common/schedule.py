@@ -24,7 +24,8 @@ def learning_rate_at(phase: Phase, epoch: int) -> float:
     if phase.schedule == "fixed":
         return lr
     if phase.schedule == "exponential":
-        return lr * phase.decay_rate ** e
+        # staircase, as slim's exponential_decay(staircase=True) with num_epochs_per_decay
+        return lr * phase.decay_rate ** (e // phase.decay_epochs)
     if phase.schedule == "cosine":
         return lr * 0.5 * (1 + math.cos(math.pi * e / n))
     raise ValueError(f"unknown schedule {phase.schedule!r}")

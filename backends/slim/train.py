@@ -106,7 +106,8 @@ def train_image_classifier_flags(phase: Phase, trainable: tuple[str, ...],
                              f"{', '.join(SCRIPT_DECAY_TYPES)}; the learning rate is set per epoch "
                              f"from common.schedule")
     if phase.schedule == "exponential":
-        flags.update(learning_rate_decay_factor=phase.decay_rate, num_epochs_per_decay=1.0)
+        flags.update(learning_rate_decay_factor=phase.decay_rate,
+                     num_epochs_per_decay=float(phase.decay_epochs))
     if phase.warmup_epochs:
         not_expressed.append(f"warmup_epochs {phase.warmup_epochs}: the script has no warm-up")
     if optimizer == "momentum":
