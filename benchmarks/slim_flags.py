@@ -50,7 +50,7 @@ RUN_FLAGS = {"model_name": "--model", "batch_size": "--batch-size",
              "train_image_size": "--image-size", "checkpoint_path": "--weights",
              "num_preprocessing_threads": "--workers", "num_clones": None}
 IGNORED_FLAGS = ("train_dir", "log_every_n_steps", "save_summaries_secs", "save_interval_secs",
-                 "num_readers", "dataset_name", "dataset_split_name", "max_ckpts_to_keep")
+                 "num_readers", "dataset_name", "dataset_split_name")
 BOOLEAN_FLAGS = ("ignore_missing_vars",)
 # why the flags the suite does not take are refused (the rest: "not a flag of the script")
 REFUSED = {
@@ -68,6 +68,9 @@ REFUSED = {
     "labels_offset": "the suite's classes start at 0",
     "use_grayscale": "the suite's preprocessing presets are RGB",
     "clone_on_cpu": "the device is the backend's choice",
+    **{name: "the suite's optimizers are sgd, momentum, rmsprop and adam" for name in (
+        "adadelta_rho", "adagrad_initial_accumulator_value", "ftrl_learning_rate_power",
+        "ftrl_initial_accumulator_value", "ftrl_l1", "ftrl_l2")},
 }
 # slim's preprocessing_factory: the preprocessing of a model, and the suite's preset of it
 PRESET_OF_SLIM_PREPROCESSING = {"inception": "inception", "inception_v3": "inception"}
@@ -92,7 +95,9 @@ class SlimCommand:
     ignored: list = field(default_factory=list)      # flags with no effect here
 
     def run_options_text(self) -> str:
-        return " ".join(f"{flag} {value}" for flag, value in self.run_options.items())
+        """The run options as ``bench run`` flags (a switch such as ``--aux-logits`` bare)."""
+        return " ".join(flag if value is True else f"{flag} {shlex.quote(str(value))}"
+                        for flag, value in self.run_options.items())
 
 
 def parse_flags(text: str) -> dict[str, str | bool]:

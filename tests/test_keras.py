@@ -692,3 +692,74 @@ def test_bench_run_on_keras_jax_and_torch(tiny_quads, tmp_path):
     measured = json.loads((tmp_path / "throughput.json").read_text())["results"]
     assert [(r["backend"], r["versions"]["keras_backend"]) for r in measured] == [
         ("keras-jax", "jax"), ("keras-torch", "torch")]
+
+
+# ------------------------------------------- fine-tuning modes of the guides (issue 12)
+
+def test_bn_inference_calls_the_backbone_with_training_false(resnet_on_tensorflow):
+    """bn = "inference": fit runs a model whose backbone is called as base(x, training=False)
+    from a layer (a functional node would get fit's training=True, keras-team/keras#20285):
+    the moving statistics of the trained block are bit-identical after an epoch, its gamma
+    and beta trained."""
+    b, _ = resnet_on_tensorflow
+    phase = Phase(name="top", train="blocks", blocks=("layer4",), optimizer="sgd",
+                  learning_rate=0.1, bn="inference")
+    report = b.apply_phase(phase, 0)
+    assert report["native"]["fit_model"] == "resnet50_bn_inference"
+    assert report["native"]["bn"].startswith("inference: the backbone called as base(x, training=False)")
+    bn = _bn_layers(b, "layer4")
+    assert bn and all(layer.trainable for layer in bn)
+    before = {a: _values(bn, a) for a in ("moving_mean", "moving_variance", "gamma", "beta")}
+    b.set_learning_rate(0.1)
+    with recorded_fits() as fits:
+        b.fit_epoch(phase, 1)
+    assert len(fits) == 1
+    after = {a: _values(bn, a) for a in before}
+    for attr in ("moving_mean", "moving_variance"):
+        assert all(np.array_equal(after[attr][n], before[attr][n]) for n in before[attr]), attr
+    for attr in ("gamma", "beta"):
+        assert all(not np.array_equal(after[attr][n], before[attr][n]) for n in before[attr]), attr
+    # the same variables train as with bn = "frozen"
+    assert sorted(b.trainable_names()) == sorted(
+        v.path for blk in ("layer4", HEAD) for l in b.km.block_layers(blk) for v in l.trainable_weights)
+
+
+def test_dropout_layer_draws_masks_in_training_only():
+    km = build_model(get_model("resnet50"), MODELS["resnet50"], 3, 32, dropout=0.5)
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
+    kernel, bias = km.model.get_layer("head_logits").get_weights()
+    features = np.asarray(km.features.predict_on_batch(x))
+    np.testing.assert_allclose(km.model.predict_on_batch(x), features @ kernel + bias,
+                               rtol=1e-4, atol=1e-5)  # inference: no dropout
+    dropout = km.model.get_layer("head_dropout")
+    assert dropout.rate == 0.5 and km.layers[km.num_base_layers + 1] is dropout
+    probe = keras.Model(km.model.input, [km.model.get_layer("avg_pool").output, dropout.output])
+    (pooled, first), (_, second) = (tuple(np.asarray(t) for t in probe(x, training=True))
+                                    for _ in range(2))
+    assert not np.array_equal(first, second)
+    kept = first != 0
+    np.testing.assert_allclose(first[kept], 2 * pooled[kept], rtol=1e-5)  # kept x 1 / (1 - rate)
+    assert 0.35 < float((~kept & (pooled != 0)).sum() / (pooled != 0).sum()) < 0.65
+
+
+def test_unfreeze_from_is_model_layers_n_and_maps_to_blocks(shared):
+    """unfreeze_from = 249 is the keras.io guide's model.layers[249:]: the same variables as
+    the top-2 phase, Mixed_7b and Mixed_7c exactly; 260 trains part of Mixed_7b; an index
+    outside the model is one line naming its blocks' first layers."""
+    from common.config import parse_phase
+
+    shared.apply_phase(TOP2, 1)
+    top2 = sorted(shared.trainable_names())
+    report = shared.apply_phase(parse_phase({"unfreeze_from": 249}, "r"), 1)
+    assert sorted(shared.trainable_names()) == top2
+    assert report["trainable_blocks"] == ["Mixed_7b", "Mixed_7c"]
+    assert report["native"]["layer_range"] == "249..310" and report["native_selection"]["exact"]
+    part = shared.apply_phase(parse_phase({"unfreeze_from": 260}, "r"), 1)
+    assert part["trainable_blocks"] == ["Mixed_7c"]
+    assert part["partially_trained_blocks"] == {"Mixed_7b": round(20 / 31, 4)}
+    assert not part["native_selection"]["exact"]
+    with pytest.raises(BackendError, match=r"unfreeze_from = 400 is not a layer index of Keras "
+                                           r"inception_v3: its backbone has layers 0\.\.310"):
+        shared.apply_phase(parse_phase({"unfreeze_from": 400}, "r"), 1)
+    # the catalog's table, which bench run checks recipes against, is the model's
+    assert {b: r.start for b, r in shared.km.blocks.items()} == dict(MODELS["inception_v3"].first_layers)

@@ -579,3 +579,106 @@ def test_inception_batchnorm_has_gamma_in_torchvision():
     # and they count: gammas are parameters next to the betas (slim/Keras have betas only)
     gammas = sum(m.weight.numel() for m in bns)
     assert sum(p.numel() for n, p in native.named_parameters() if n.endswith("bn.weight")) == gammas
+
+
+# ------------------------------------------- fine-tuning modes of the guides (issue 12)
+
+def _built_recipe(tiny_quads, tmp_path, *, model="resnet18", size=32, **recipe_keys):
+    """A built backend whose recipe has ``recipe_keys`` (dropout, preprocessing...)."""
+    config = tiny_config("pytorch", "head", tiny_quads, tmp_path / "run", model=model,
+                         image_size=size)
+    config = dataclasses.replace(config, recipe=dataclasses.replace(config.recipe, **recipe_keys))
+    split = driver.prepare_split(config)
+    b = get_backend("pytorch")(config, tmp_path / "run")
+    b.setup(split, size)
+    b.build(get_model(model), split.num_classes, WeightsRequest("none"), 0)
+    return b, split
+
+
+def test_bn_inference_keeps_every_running_statistic_and_trains_beta_and_gamma(tiny_quads, tmp_path):
+    """bn = "inference" (Keras' base_model(x, training=False)): every BatchNorm module in
+    eval(), its running statistics bit-identical after an epoch, its affine weight (gamma)
+    and bias (beta) trained where the block trains."""
+    b, _ = _built(tiny_quads, tmp_path)
+    try:
+        phase = Phase(name="top", train="blocks", blocks=("layer4",), optimizer="sgd",
+                      learning_rate=0.1, bn="inference")
+        report = b.apply_phase(phase, 0)
+        assert report["native"]["bn"].startswith("every BatchNorm in eval()")
+        before = b.snapshot("layer4")
+        b.set_learning_rate(0.1)
+        b.fit_epoch(phase, 1)
+        after = b.snapshot("layer4")
+        bn = [n for n, m in b.model.layer4.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        stats = [f"layer4.{n}.{s}" for n in bn for s in ("running_mean", "running_var",
+                                                         "num_batches_tracked")]
+        assert len(stats) == 3 * 5 and all(np.array_equal(before[k], after[k]) for k in stats)
+        for affine in ("weight", "bias"):
+            assert all(not np.array_equal(before[f"layer4.{n}.{affine}"], after[f"layer4.{n}.{affine}"])
+                       for n in bn)
+        assert not any(m.training for m in b.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        assert b.model.layer4.training  # the rest of the model in train()
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("model, size", [("resnet18", 32), ("inception_v3", 75)])
+def test_dropout_draws_masks_in_training_and_leaves_eval_logits_alone(tiny_quads, tmp_path,
+                                                                      model, size):
+    b, _ = _built_recipe(tiny_quads, tmp_path / "d", model=model, size=size, dropout=0.5)
+    plain, _ = _built_recipe(tiny_quads, tmp_path / "p", model=model, size=size)
+    try:
+        dropout = [m for m in b.model.modules() if isinstance(m, torch.nn.Dropout)]
+        assert len(dropout) == 1 and dropout[0].p == 0.5
+        assert not [m for m in plain.model.modules() if isinstance(m, torch.nn.Dropout)]
+        # the same seed, the same weights: eval logits are the model without dropout's
+        assert np.array_equal(b.predict("test"), plain.predict("test"))
+        x = torch.randn(4, 3, size, size)
+        seen = []
+        dropout[0].register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
+        b.model.train()
+        for m in b.model.modules():  # BatchNorm out of the way: only dropout is random
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
+        with torch.no_grad():
+            first, second = b.model(x), b.model(x)
+        assert not torch.equal(first, second)
+        (inp, out), _ = seen
+        kept = out != 0
+        assert torch.allclose(out[kept], 2 * inp[kept])  # inverted dropout: kept x 1 / (1 - p)
+        share = float((~kept & (inp != 0)).sum() / (inp != 0).sum())
+        assert 0.4 < share < 0.6
+    finally:
+        b.close()
+        plain.close()
+
+
+def test_native_modules_train_what_they_name_and_map_to_blocks(tiny_quads, tmp_path):
+    """modules = [...] (PyTorch's own names) trains exactly those modules; whole blocks and
+    the head map to canonical blocks, a submodule is part of one; a missing name is one line."""
+    from common.config import parse_phase
+
+    b, _ = _built(tiny_quads, tmp_path)
+    try:
+        b.apply_phase(load_recipe("partial").phases[0], 0)
+        canonical = b.trainable_names()
+        report = b.apply_phase(parse_phase({"modules": ["layer4", "fc"]}, "r"), 1)
+        assert b.trainable_names() == canonical and report["trainable_blocks"] == ["layer4"]
+        assert report["native_selection"]["exact"] and report["native_selection"]["applied"] == "as written"
+        part = b.apply_phase(parse_phase({"modules": ["layer4.1", "fc"]}, "r"), 2)
+        names = b.trainable_names()
+        assert names and all(n.startswith(("layer4.1.", "fc.")) for n in names)
+        assert part["trainable_blocks"] == [] and 0.4 < part["partially_trained_blocks"]["layer4"] < 0.6
+        assert part["native_selection"]["partially_trained_blocks"] == {"layer4": ["layer4.1"]}
+        from backends.pytorch.train import set_train_modes
+
+        set_train_modes(b.model, b.trainable, "frozen")  # BN trains inside the named modules only
+        assert b.model.layer4[1].bn1.training and not b.model.layer4[0].bn1.training
+        with pytest.raises(BackendError, match=r"^modules names 'layer4\.7', which this ResNet does "
+                                               r"not have; layer4 has: 0, 1$"):
+            b.apply_phase(parse_phase({"modules": ["layer4.7"]}, "r"), 3)
+        with pytest.raises(BackendError, match="'layer5', which is not a module of torchvision "
+                                               "resnet18; its top-level modules are: conv1, bn1"):
+            b.apply_phase(parse_phase({"modules": ["layer5"]}, "r"), 4)
+    finally:
+        b.close()

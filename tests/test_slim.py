@@ -572,3 +572,154 @@ def test_batch_norm_decay_is_the_suite_value_not_slims_default():
             without_batch_norm.append(name)
         assert decays == ({BN_DECAY} if normalizes_convolutions(scope) else set()), (name, decays)
     assert without_batch_norm == ["vgg16"]  # vgg_arg_scope: no batch_norm, no decay to set
+
+
+# ------------------------------------------- fine-tuning modes of the guides (issue 12)
+
+def test_bn_inference_trains_betas_on_moving_statistics(built):
+    """bn = "inference": every batch_norm with is_training=False (the eval tower's graph, no
+    update op), the betas of the trained scopes still in variables_to_train: after an epoch
+    the moving statistics are bit-identical and the betas moved."""
+    phase = dataclasses.replace(load_recipe("two_phase").phases[1], bn="inference",
+                                learning_rate=0.1)
+    report = built.apply_phase(phase, 1)
+    assert report["native"]["update_ops"] == 0
+    assert report["native"]["bn"].startswith("batch_norm is_training=True in: none")
+    assert built.step.update_ops == [] and built._train_towers[((), False)] is built.eval_tower
+    assert any(n.endswith("/BatchNorm/beta") for n in built.trainable_names())
+    assert report["native"]["not_expressed_by_flags"][-1].startswith(
+        "batch_norm is_training=False everywhere")
+    before = built.snapshot("Mixed_7b")
+    built.set_learning_rate(0.1)
+    built.fit_epoch(phase, 1)
+    after = built.snapshot("Mixed_7b")
+    moving = [k for k in before if "/moving_" in k]
+    betas = [k for k in before if k.endswith("/beta")]
+    assert len(moving) == 2 * len(betas) == 2 * 9
+    assert all(np.array_equal(before[k], after[k]) for k in moving)
+    assert all(not np.array_equal(before[k], after[k]) for k in betas)
+
+
+def test_trainable_scopes_as_written_map_to_blocks_or_fail_in_one_line(built):
+    from common.config import parse_phase
+
+    built.apply_phase(load_recipe("two_phase").phases[1], 1)
+    top2 = sorted(built.trainable_names())
+    report = built.apply_phase(parse_phase({"trainable_scopes": list(TOP2)}, "r"), 1)
+    assert sorted(built.trainable_names()) == top2
+    assert report["trainable_blocks"] == ["Mixed_7b", "Mixed_7c"]
+    assert report["native_selection"]["exact"] and report["native"]["update_ops"] == 36
+    branch = "InceptionV3/Mixed_7c/Branch_3"
+    part = built.apply_phase(parse_phase({"trainable_scopes": [branch, "InceptionV3/Logits"]},
+                                         "r"), 1)
+    assert sorted(built.trainable_names()) == [f"{branch}/Conv2d_0b_1x1/BatchNorm/beta",
+                                               f"{branch}/Conv2d_0b_1x1/weights",
+                                               "InceptionV3/Logits/Conv2d_1c_1x1/biases",
+                                               "InceptionV3/Logits/Conv2d_1c_1x1/weights"]
+    assert part["trainable_blocks"] == [] and 0 < part["partially_trained_blocks"]["Mixed_7c"] < 0.2
+    assert part["native"]["update_ops"] == 2  # the one batch_norm of the branch trains
+    assert part["native_selection"]["partially_trained_blocks"] == {"Mixed_7c": [branch]}
+    with pytest.raises(BackendError, match=r"trainable_scopes names 'InceptionV3/Mixed_7c/Branch_9', "
+                                           r"which holds no trainable variable of slim inception_v3; "
+                                           r"InceptionV3/Mixed_7c holds: InceptionV3/Mixed_7c/Branch_0, "):
+        built.apply_phase(parse_phase({"trainable_scopes": ["InceptionV3/Mixed_7c/Branch_9"]}, "r"), 1)
+    with pytest.raises(BackendError, match=r"'InceptionV3/Mixed_8a', which is not a variable scope "
+                                           r"of slim inception_v3; its scopes are: InceptionV3/"):
+        built.apply_phase(parse_phase({"trainable_scopes": ["InceptionV3/Mixed_8a"]}, "r"), 1)
+
+
+@pytest.mark.parametrize("flags", [
+    "--trainable_scopes=InceptionV3/Mixed_7b,InceptionV3/Mixed_7c,InceptionV3/Logits "
+    "--checkpoint_exclude_scopes=InceptionV3/Logits,InceptionV3/AuxLogits --learning_rate=0.001 "
+    "--train_dir=/tmp/train --dataset_name=flowers",
+    "--optimizer=momentum --momentum=0.8 --learning_rate=0.05 --learning_rate_decay_type=fixed "
+    "--weight_decay=0 --label_smoothing=0.1",
+    "--optimizer sgd --learning_rate_decay_factor=0.5 --num_epochs_per_decay=3 "
+    "--trainable_scopes=InceptionV3/Logits",
+    "--optimizer=adam --opt_epsilon=0.1 --ignore_missing_vars",
+])
+def test_pasted_slim_flags_are_the_phase_the_script_runs(flags):
+    """A train_image_classifier.py command line as a recipe (bench run --slim-flags): the slim
+    backend writes the phase back as exactly those flags, with the script's defaults for the
+    ones not given, and nothing the flags cannot say (the script's batch_norm is_training=True
+    everywhere: bn = "train")."""
+    from backends.slim import train as slim_train
+    from backends.slim.catalog import MODELS
+    from backends.slim.model import trainable_scopes
+    from benchmarks.slim_flags import DEFAULTS, from_slim_flags, parse_flags
+
+    command = from_slim_flags(flags, epochs=3)
+    [phase] = command.recipe.phases
+    entry = MODELS["inception_v3"]
+    scopes = trainable_scopes(SPEC, entry, phase)
+    given = parse_flags(flags)
+    exclude = tuple(command.recipe.checkpoint_exclude_scopes) or entry.native("head")
+    line, missing = slim_train.train_image_classifier_flags(
+        phase, scopes, exclude, frozen_bn_scopes=False,
+        ignore_missing_vars=command.recipe.ignore_missing_vars)
+    assert missing == []
+    written = _parse_script_flags(line)
+    script = {name: SCRIPT_FLAGS[name] for name in written}
+    for name, kind in script.items():
+        value = given.get(name, DEFAULTS.get(name))
+        if name == "trainable_scopes" and "trainable_scopes" not in given:
+            value = ",".join(scopes)  # every scope: the script trains every variable
+        if value is None or isinstance(kind, tuple) or kind is str:
+            assert written[name] == value or name == "checkpoint_exclude_scopes", name
+        elif kind is bool:
+            assert written[name] is True
+        else:
+            assert written[name] == kind(value), name
+    assert written["learning_rate_decay_type"] == given.get("learning_rate_decay_type", "exponential")
+    assert set(written) >= {"optimizer", "learning_rate", "weight_decay"}
+    assert command.run_options["--image-size"] == 299 and command.run_options["--aux-logits"]
+    assert (command.recipe.preprocessing, command.recipe.dropout, phase.bn) == ("inception", 0.2, "train")
+
+
+def test_every_script_flag_is_taken_ignored_or_refused_with_a_reason():
+    from benchmarks.slim_flags import (IGNORED_FLAGS, RECIPE_FLAGS, REFUSED, RUN_FLAGS,
+                                       SlimFlagsError, from_slim_flags)
+
+    handled = set(RECIPE_FLAGS) | set(RUN_FLAGS) | set(IGNORED_FLAGS) | set(REFUSED)
+    assert handled == set(SCRIPT_FLAGS)  # the script's own flags, no invented ones
+    for bad, fragment in (("--max_number_of_steps=1000", "pass --epochs"),
+                          ("--optimizer=ftrl", "--optimizer=ftrl is not supported"),
+                          ("--learning_rate_decay_type=polynomial", "the suite takes fixed, exponential"),
+                          ("--trainable_scope=x", "--trainable_scope is not a "
+                                                  "train_image_classifier.py flag"),
+                          ("--model_name=mobilenet_v1", "--model_name=mobilenet_v1 is not a model"),
+                          ("--num_epochs_per_decay=2.5", "every whole number of epochs"),
+                          ("--learning_rate", "--learning_rate has no value")):
+        with pytest.raises(SlimFlagsError) as err:
+            from_slim_flags(bad)
+        assert fragment in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_dropout_is_slims_dropout_1b_in_train_towers_only(tiny_quads, tmp_path):
+    """dropout = 0.5: slim.dropout(keep_prob=0.5) as InceptionV3/Logits/Dropout_1b, active in
+    the train tower (masks drawn per run) and absent from the eval tower's logits."""
+    from common.preprocess import get_normalisation
+
+    config = tiny_config("slim", "head", tiny_quads, tmp_path, image_size=75)
+    config = dataclasses.replace(config, recipe=dataclasses.replace(config.recipe, dropout=0.5))
+    split = driver.prepare_split(config)
+    b = get_backend("slim")(config, tmp_path)
+    try:
+        b.setup(split, 75)
+        b.build(SPEC, split.num_classes, WeightsRequest("none"), 0)
+        b.apply_phase(config.recipe.phases[0], 0)
+        [tower] = [t for key, t in b._train_towers.items() if key[1]]  # dropout active
+        ops = [op.name for op in b.graph.get_operations() if "Dropout_1b" in op.name]
+        assert ops and all(n.startswith("InceptionV3/Logits/Dropout_1b") for n in ops)
+        norm = get_normalisation("inception")
+        images = np.stack([norm.apply(load_image(s.path, 75)) for s in split.test[:4]])
+        feed = {b.pipes.images: images}
+        first, second = (b.session.run(tower.logits, feed) for _ in range(2))
+        assert not np.array_equal(first, second)
+        features, logits = b.session.run([b.eval_tower.features, b.eval_tower.logits], feed)
+        w, bias = b.session.run([b._variable("InceptionV3/Logits/Conv2d_1c_1x1/weights"),
+                                 b._variable("InceptionV3/Logits/Conv2d_1c_1x1/biases")])
+        np.testing.assert_allclose(logits, features @ w[0, 0] + bias, rtol=1e-4, atol=1e-5)
+        assert np.array_equal(b.session.run(b.eval_tower.logits, feed), logits)
+    finally:
+        b.close()
