@@ -264,3 +264,34 @@ def test_colour_distortion_ops_per_framework(images):
              for k, (t, ref) in torch_ops.items()}
     assert diffs["hue"] < 1e-4, diffs  # both rotate the HSV hue
     assert diffs["saturation"] > 0.05 and diffs["contrast"] > 0.05, diffs
+
+
+def test_result_records_the_preset_and_the_source_model_is_made_with_simple(
+        tiny_quads, tmp_path, monkeypatch):
+    """The driver with the numpy backend: ``result.json`` says which preset ran; the cached
+    shapes-pretrained source model (its cache key holds no recipe) is made with ``simple``."""
+    import fake_backend
+    from backends import base
+    from benchmarks import driver
+    from common.paths import CACHE_ENV
+    from conftest import tiny_config
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(base.EXTRA_BACKENDS_ENV, "fake=fake_backend:FakeBackend")
+    monkeypatch.setitem(base.REGISTRY, "fake", "fake_backend:FakeBackend")
+    seen, setup = [], fake_backend.FakeBackend._setup
+
+    def recorded(self, split, size):
+        seen.append((self.run_dir.name, self.config.recipe.preprocessing))
+        return setup(self, split, size)
+
+    monkeypatch.setattr(fake_backend.FakeBackend, "_setup", recorded)
+    config = tiny_config("fake", "head", tiny_quads, tmp_path / "run", weights="source")
+    config = dataclasses.replace(config, recipe=dataclasses.replace(config.recipe,
+                                                                    preprocessing="inception"))
+    result = driver.run(config)
+    assert result["status"] == "ok", result.get("error")
+    assert result["preprocessing"]["preset"] == "inception"
+    assert (result["preprocessing"]["eval_crop"], result["preprocessing"]["eval_fraction"]) == \
+        ("central_fraction", 0.875)
+    assert seen == [("train", "simple"), ("run", "inception")]
