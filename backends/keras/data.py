@@ -183,7 +183,7 @@ class KerasData:
 
 def tf_augment(image, size: int, preset: Preset, seed):
     """``preset``'s training augmentation with ``tf.image`` stateless ops; uint8 HWC in,
-    ``[size, size, 3]`` out (uint8, or float32 in [0, 255] after a colour distortion)."""
+    ``[size, size, 3]`` out (``simple``: uint8; the resized crops: float32 in [0, 255])."""
     import tensorflow as tf
 
     if preset.crop == "random_crop":

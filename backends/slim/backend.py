@@ -221,8 +221,9 @@ class SlimBackend(Backend):
                      if v.trainable and slim_model.in_scopes(v.op.name, scopes)]
         empty = [s for s in scopes if not slim_model.variables_in_scopes(trainable, [s])]
         if phase.trainable_scopes and empty:  # slim's script would silently train nothing there
+            nearby = slim_model.nearest_scopes(empty[0], self.model_variables)
             raise BackendError(f"trainable_scopes names {empty[0]!r}, which holds no trainable "
-                               f"variable of slim {spec.name}; {slim_model.nearest_scopes(empty[0], self.model_variables)}")
+                               f"variable of slim {spec.name}; {nearby}")
         head_vars = slim_model.variables_in_scopes(trainable, slim_model.native_scopes(entry, HEAD, True))
         training_scopes = slim_model.bn_training_scopes(spec, entry, phase, scopes, self.aux)
         with self.graph.as_default(), identity_hashing():

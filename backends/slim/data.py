@@ -83,8 +83,8 @@ def distort_color(image: tf.Tensor, color: ColorDistortion, seed: tf.Tensor) -> 
 
 
 def preprocess_for_train(image: tf.Tensor, size: int, preset: Preset, seed: tf.Tensor) -> tf.Tensor:
-    """``preset``'s training augmentation of a uint8 image: ``[size, size, 3]``, uint8 or
-    float32 in [0, 255] (the normalisation follows)."""
+    """``preset``'s training augmentation of a uint8 image: ``[size, size, 3]``, uint8
+    (``simple``) or float32 in [0, 255] (the resized crops); the normalisation follows."""
     if preset.crop == "random_crop":
         crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         image = tf.image.stateless_random_crop(image, [size, size, 3], seed=crop_seed)
