@@ -622,25 +622,25 @@ def test_bn_inference_keeps_every_running_statistic_and_trains_beta_and_gamma(ti
         b.close()
 
 
-@pytest.mark.parametrize("model, size", [("resnet18", 32), ("inception_v3", 75)])
-def test_dropout_draws_masks_in_training_and_leaves_eval_logits_alone(tiny_quads, tmp_path,
-                                                                      model, size):
-    b, _ = _built_recipe(tiny_quads, tmp_path / "d", model=model, size=size, dropout=0.5)
-    plain, _ = _built_recipe(tiny_quads, tmp_path / "p", model=model, size=size)
+def test_dropout_draws_masks_in_training_and_leaves_eval_logits_alone(tiny_quads, tmp_path):
+    """dropout = 0.5: nn.Dropout before the classifier (ResNet: the head's first module), an
+    inverted-dropout mask per forward in train(), nothing in eval(); Inception3 uses its own
+    ``dropout`` slot, which its forward calls on the pooled features."""
+    b, _ = _built_recipe(tiny_quads, tmp_path / "r", dropout=0.5)
+    inception, _ = _built_recipe(tiny_quads, tmp_path / "i", model="inception_v3", size=75,
+                                 dropout=0.5)
     try:
-        dropout = [m for m in b.model.modules() if isinstance(m, torch.nn.Dropout)]
-        assert len(dropout) == 1 and dropout[0].p == 0.5
-        assert not [m for m in plain.model.modules() if isinstance(m, torch.nn.Dropout)]
-        # the same seed, the same weights: eval logits are the model without dropout's
-        assert np.array_equal(b.predict("test"), plain.predict("test"))
-        x = torch.randn(4, 3, size, size)
+        [dropout] = [m for m in b.model.modules() if isinstance(m, torch.nn.Dropout)]
+        assert dropout.p == 0.5 and b.model.fc[0] is dropout
+        logits = b.predict("test")
         seen = []
-        dropout[0].register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
+        dropout.register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
         b.model.train()
         for m in b.model.modules():  # BatchNorm out of the way: only dropout is random
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.eval()
         with torch.no_grad():
+            x = torch.randn(8, 3, 32, 32)
             first, second = b.model(x), b.model(x)
         assert not torch.equal(first, second)
         (inp, out), _ = seen
@@ -648,9 +648,19 @@ def test_dropout_draws_masks_in_training_and_leaves_eval_logits_alone(tiny_quads
         assert torch.allclose(out[kept], 2 * inp[kept])  # inverted dropout: kept x 1 / (1 - p)
         share = float((~kept & (inp != 0)).sum() / (inp != 0).sum())
         assert 0.4 < share < 0.6
+        b.model.fc = b.model.fc[1]  # evaluation: the same weights without the dropout module
+        assert np.array_equal(b.predict("test"), logits)
+        [slot] = [m for m in inception.model.modules() if isinstance(m, torch.nn.Dropout)]
+        assert inception.model.dropout is slot and slot.p == 0.5
+        pooled = []
+        slot.register_forward_hook(lambda m, args, out: pooled.append(args[0].shape))
+        inception.model.train()
+        with torch.no_grad():
+            inception.model(torch.randn(2, 3, 75, 75))
+        assert pooled == [torch.Size([2, 2048, 1, 1])]
     finally:
         b.close()
-        plain.close()
+        inception.close()
 
 
 def test_native_modules_train_what_they_name_and_map_to_blocks(tiny_quads, tmp_path):
