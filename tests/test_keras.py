@@ -728,14 +728,15 @@ def test_dropout_layer_draws_masks_in_training_only():
     km = build_model(get_model("resnet50"), MODELS["resnet50"], 3, 32, dropout=0.5)
     x = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
     kernel, bias = km.model.get_layer("head_logits").get_weights()
-    features = np.asarray(km.features.predict_on_batch(x))
-    np.testing.assert_allclose(km.model.predict_on_batch(x), features @ kernel + bias,
-                               rtol=1e-4, atol=1e-5)  # inference: no dropout
     dropout = km.model.get_layer("head_dropout")
     assert dropout.rate == 0.5 and km.layers[km.num_base_layers + 1] is dropout
-    probe = keras.Model(km.model.input, [km.model.get_layer("avg_pool").output, dropout.output])
-    (pooled, first), (_, second) = (tuple(np.asarray(t) for t in probe(x, training=True))
-                                    for _ in range(2))
+    probe = keras.Model(km.model.input, [km.model.get_layer("avg_pool").output, dropout.output,
+                                         km.model.output])
+    features, dropped, logits = (np.asarray(t) for t in probe(x, training=False))
+    assert np.array_equal(dropped, features)  # inference: the identity
+    np.testing.assert_allclose(logits, features @ kernel + bias, rtol=1e-4, atol=1e-5)
+    (pooled, first, _), (_, second, _) = (tuple(np.asarray(t) for t in probe(x, training=True))
+                                          for _ in range(2))
     assert not np.array_equal(first, second)
     kept = first != 0
     np.testing.assert_allclose(first[kept], 2 * pooled[kept], rtol=1e-5)  # kept x 1 / (1 - rate)
