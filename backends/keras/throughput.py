@@ -117,7 +117,7 @@ def measure_throughput(km: KerasModel, phase: Phase, batch_size: int, precision:
     infer = measure_steps(lambda: model.model.predict_on_batch(x), sync,
                           batch_size=batch_size, steps=steps, warmup=warmup)
     stepped = model.model.trainable_weights
-    timed = {"optimizer": type(model.model.optimizer).__name__, "trainable_tensors": len(stepped),
+    timed = {"optimizer": type(model.train_model.optimizer).__name__, "trainable_tensors": len(stepped),
              "trainable_params": weight_count(stepped)}
     return {"precision": precision, "dtype_policy": POLICIES[precision], "timed": timed, "train": train,
             "infer": infer, "peak_memory_bytes": peak_memory_bytes(), "device": device_info(),
