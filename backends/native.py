@@ -6,7 +6,8 @@ A phase may say what trains as one framework says it (``common.config.NATIVE_KEY
   when its name is one of them or below one);
 * Keras ``unfreeze_from`` (a layer index: ``model.layers[i:]`` train and the layers
   before stay frozen, the keras.io InceptionV3 guide's 249);
-* PyTorch ``modules`` (module names, dotted for a submodule: ``Mixed_7c.branch_pool``).
+* PyTorch ``modules`` (module paths, dotted for a submodule: ``Mixed_7c.branch_pool``,
+  ``features.17``).
 
 Framework-free (the catalogs only), so ``bench run`` checks a recipe in its own
 process before any run starts. ``selection`` validates the names against the
@@ -117,23 +118,28 @@ def _slim_selection(scopes, spec, entry, where) -> Selection:
     return Selection("trainable_scopes", "slim", tuple(scopes), tuple(full), partial, head)
 
 
+def _below(name: str, path: str) -> bool:
+    """Module path ``name`` is ``path`` or one of its submodules."""
+    return name == path or name.startswith(path + ".")
+
+
 def _torch_selection(modules, spec, entry, where) -> Selection:
-    top = {name: block for block in (*spec.blocks, HEAD) for name in entry.native(block)}
+    known = [name for block in (*spec.blocks, HEAD) for name in entry.native(block)]
     for name in modules:
-        if name.split(".")[0] not in top:
+        if not any(_below(name, k) or _below(k, name) for k in known):
             raise ConfigError(f"{where}: modules names {name!r}, which is not a module of "
-                              f"torchvision {spec.name}; its top-level modules are: "
-                              f"{', '.join(top)}")
+                              f"torchvision {spec.name}; the modules of its blocks are: "
+                              f"{', '.join(known)}")
     full, partial = [], {}
     for block in spec.blocks:
-        names = entry.native(block)
-        if all(n in modules for n in names):
+        paths = entry.native(block)
+        if all(any(_below(p, m) for m in modules) for p in paths):
             full.append(block)
         else:
-            inside = [m for m in modules if m.split(".")[0] in names]
+            inside = [m for m in modules if any(_below(m, p) for p in paths)]
             if inside:
                 partial[block] = tuple(inside)
-    head = all(n in modules for n in entry.head)
+    head = all(any(_below(h, m) for m in modules) for h in entry.head)
     return Selection("modules", "pytorch", tuple(modules), tuple(full), partial, head)
 
 

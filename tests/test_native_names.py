@@ -71,8 +71,8 @@ def test_partial_selections_run_only_in_their_framework(keys, owner, what):
      "trainable_scopes names 'Mixed_7c', which is not a variable scope of slim inception_v3; "
      "its scopes are: InceptionV3/Conv2d_1a_3x3"),
     ({"modules": ["Mixed_7d"]}, "inception_v3",
-     "modules names 'Mixed_7d', which is not a module of torchvision inception_v3; its "
-     "top-level modules are: Conv2d_1a_3x3"),
+     "modules names 'Mixed_7d', which is not a module of torchvision inception_v3; the "
+     "modules of its blocks are: Conv2d_1a_3x3"),
     ({"unfreeze_from": 312}, "inception_v3",
      "unfreeze_from = 312 is not a layer index of Keras inception_v3: its backbone has layers "
      "0..310 (the head follows); its blocks start at stem 0, Mixed_5b 18"),

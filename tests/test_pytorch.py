@@ -688,7 +688,7 @@ def test_native_modules_train_what_they_name_and_map_to_blocks(tiny_quads, tmp_p
                                                r"not have; layer4 has: 0, 1$"):
             b.apply_phase(parse_phase({"modules": ["layer4.7"]}, "r"), 3)
         with pytest.raises(BackendError, match="'layer5', which is not a module of torchvision "
-                                               "resnet18; its top-level modules are: conv1, bn1"):
+                                               "resnet18; the modules of its blocks are: conv1, bn1"):
             b.apply_phase(parse_phase({"modules": ["layer5"]}, "r"), 4)
     finally:
         b.close()

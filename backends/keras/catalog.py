@@ -78,7 +78,7 @@ MODELS: dict[str, ModelEntry] = {
         first_layers={"stem": 0, "layer1": 7, "layer2": 39, "layer3": 81, "layer4": 143},
         base_layers=175,
     ),
-    "vgg16": ModelEntry(
+    "vgg16": KerasModelEntry(
         constructor="keras.applications:VGG16",
         blocks={f"block{b}": (f"block{b}_pool",) for b in range(1, 6)},
         head=HEAD_LAYERS,
@@ -90,6 +90,8 @@ MODELS: dict[str, ModelEntry] = {
         # the canonical names are Keras' layer names with "/" (block1/conv1: block1_conv1)
         canonical={f"block{b}/conv{k}": f"block{b}_conv{k}"
                    for b, convs in enumerate((2, 2, 3, 3, 3), 1) for k in range(1, convs + 1)},
+        first_layers={"block1": 0, "block2": 4, "block3": 7, "block4": 11, "block5": 15},
+        base_layers=19,
     ),
 }
 

@@ -224,7 +224,8 @@ def resnet_v1_50(images, num_classes, hidden_units, aux_logits, reuse, dropout=0
     return tf.squeeze(logits, [1, 2]), tf.squeeze(net, [1, 2]), None, end_points
 
 
-def vgg_16(images, num_classes, hidden_units, aux_logits, reuse):
+def vgg_16(images, num_classes, hidden_units, aux_logits, reuse, dropout=0.0,
+           dropout_training=False):
     """slim's ``vgg_16`` convolutions (``conv1`` .. ``conv5``, each ``slim.repeat``-ed, and
     ``pool1`` .. ``pool5``, as ``tf_slim.nets.vgg`` builds them), the global average pool of
     ``pool5`` (512-d) and the new head under ``vgg_16/Logits``.
@@ -244,7 +245,9 @@ def vgg_16(images, num_classes, hidden_units, aux_logits, reuse):
             net = end_points[f"pool{block}"] = slim.max_pool2d(net, [2, 2], scope=f"pool{block}")
         with tf.compat.v1.variable_scope("Logits"):
             pooled = tf.reduce_mean(net, [1, 2], keepdims=True, name="GlobalPool")
-            logits = new_head(pooled, num_classes, hidden_units, "Conv2d_1c_1x1")
+            head_input = slim.dropout(pooled, keep_prob=1.0 - dropout, is_training=dropout_training,
+                                      scope="Dropout") if dropout else pooled
+            logits = new_head(head_input, num_classes, hidden_units, "Conv2d_1c_1x1")
     return logits, tf.squeeze(pooled, [1, 2]), None, end_points
 
 
