@@ -162,3 +162,16 @@ def test_recipe_from_slim_flags_writes_a_toml_that_reads_back(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == ("bench: error: --slim-flags: --optimizer=ftrl is not supported; the suite "
                    "takes sgd, momentum, rmsprop, adam")
+
+
+def test_vgg16_native_names_are_module_paths_and_layer_indices():
+    """torchvision keeps VGG16's blocks as slices of one Sequential: ``features`` covers every
+    block, ``features.24`` .. ``.30`` (with the head, ``classifier``) is block5; Keras'
+    ``model.layers[15:]`` is block5 too."""
+    everything = native.selection(_phase(modules=["features", "classifier"]), "vgg16")
+    assert everything.exact and everything.blocks == MODELS["vgg16"].blocks
+    block5 = [f"features.{i}" for i in range(24, 31)] + ["classifier"]
+    assert native.selection(_phase(modules=block5), "vgg16").blocks == ("block5",)
+    part = native.selection(_phase(modules=["features.28", "classifier"]), "vgg16")
+    assert not part.exact and part.partial == {"block5": ("features.28",)}
+    assert native.phase_for(_phase(unfreeze_from=15), "slim", "vgg16").blocks == ("block5",)
