@@ -262,9 +262,12 @@ def _e2e_jobs(settings: Settings, skipped: list[dict]) -> list[Job]:
     out = []
     seen = set()
     for backend, mode in MODES:
-        if backend not in settings.backends or backend in seen or unsupported_model(backend, model):
+        if backend in seen:  # one row per backend, in its own first mode
             continue
         seen.add(backend)
+        if backend not in settings.backends or mode not in settings.modes \
+                or unsupported_model(backend, model):
+            continue
         precision = "bf16" if "bf16" in settings.precisions and backend != "slim" else "fp32"
         t = 2 if backend == "pytorch" else 4
         reason = not_run_reason(backend, precision)
@@ -658,7 +661,40 @@ def markdown(record: dict, plot_name: str = "throughput.png") -> str:
     from benchmarks.report import render
 
     return render("sweep.j2", "markdown", r=record, plot=plot_name, model_rows=_table_rows(record),
-                  not_run=_not_run_groups(record), fmt=_formatters())
+                  not_run=_not_run_groups(record), fmt=_formatters(), conditions=_conditions(record))
+
+
+def _conditions(record: dict) -> list[tuple[str, str]]:
+    """The table of conditions at the top of the markdown: what ran, where, how."""
+    d, s, tflops = record["device"], record["settings"], _formatters()["tflops"]
+    peaks = d["peaks"]
+    return [
+        ("command", f"`{record['command']}`"),
+        ("device", (d["name"] or "no GPU") + (" (injected by --smoke for the MFU arithmetic; "
+                                               "the steps ran on the CPU)" if d["injected_for_mfu"] else "")),
+        ("device per backend", "; ".join(f"{b}: {v.get('name', v.get('kind', '?'))}"
+                                         for b, v in d["by_backend"].items()) or "—"),
+        ("host", f"{record['machine']['cpu']}, {record['machine']['cores']} cores, "
+                 f"Python {record['machine']['python']}"),
+        ("versions", "; ".join(f"{b}: " + ", ".join(f"{k} {v}" for k, v in versions.items())
+                               for b, versions in record["versions"].items()) or "—"),
+        ("protocol", f"{s['steps']} timed steps after the first (compiling) step and {s['warmup']} "
+                     f"warm-up steps; median img/s with p10–p90; every layer trains (momentum SGD, "
+                     f"BatchNorm in train mode); batch sizes {', '.join(map(str, s['batch_sizes']))}; "
+                     f"a batch that runs out of memory falls back to the next smaller one"
+                     + (f" (out-of-memory error injected at batch "
+                        f"{', '.join(map(str, s['inject_oom']))})" if s["inject_oom"] else "")),
+        ("FLOPs", "counted once per model and size by `torch.utils.flop_counter.FlopCounterMode` "
+                  "on the PyTorch backend's torchvision model (eval-mode forward of one image; a "
+                  f"multiply-add = 2); a training step counts {TRAIN_FLOPS_FACTOR} x forward. Keras' "
+                  "ResNet-50 is ResNet v1 (stride in the first 1x1 convolution), not torchvision's "
+                  "v1.5: its MFU uses the torchvision count"),
+        ("MFU peak", f"{peaks['device']}: bf16 {tflops(peaks['bf16'])}, TF32 {tflops(peaks['tf32'])}, "
+                     f"fp32 {tflops(peaks['fp32'])} TFLOP/s dense ({peaks['source']}); an fp32 row is "
+                     f"held to the TF32 peak when its framework lets convolutions run as TF32"
+                     if peaks else "no peak for this device in common/gpu_peaks.py: MFU left blank"),
+        ("budget", f"{s['budget_seconds']:.0f} s planned, {record['elapsed_seconds']:.0f} s taken"),
+    ]
 
 
 def _formatters() -> dict:
