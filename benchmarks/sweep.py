@@ -201,10 +201,9 @@ def not_run_reason(backend: str, precision: str) -> str | None:
     """Why ``backend`` has no rows here: not installed (TensorFlow named as such), or no bf16."""
     reason = availability(backend)
     if reason:
-        required = backend_info(backend).requires if reason else ()
-        if "tensorflow" in required and "tensorflow" in reason.split(";")[0]:
-            return NO_TENSORFLOW
-        return reason
+        # BackendInfo.availability: "tensorflow, tf_slim, tf_keras not installed; <hint>"
+        missing = reason.split(" not installed")[0].split(", ") if " not installed" in reason else []
+        return NO_TENSORFLOW if "tensorflow" in missing else reason
     if precision == "bf16" and backend == "slim":
         return "slim has no bf16 (tf_slim layers have no mixed-precision policy)"
     return None

@@ -181,7 +181,7 @@ def _jpeg_split(folder: str) -> Split:
     """Every image of the folder in training (timing needs no held-out images)."""
     ds = load_image_folder(folder)
     samples = sorted(ds.samples, key=lambda s: s.path)
-    return Split(classes=ds.classes, train=samples, val=samples[:ds.num_classes], test=[],
+    return Split(classes=ds.classes, train=samples, val=samples[:len(ds.classes)], test=[],
                  root=ds.root)
 
 

@@ -100,7 +100,18 @@ def model_for_precision(km: KerasModel, phase: Phase, precision: str) -> KerasMo
 
 def is_out_of_memory(error: BaseException) -> bool:
     """The backend's out-of-memory error: TensorFlow's ``ResourceExhaustedError``, XLA's
-    ``RESOURCE_EXHAUSTED`` status on jax (a ``JaxRuntimeError``), torch's ``OutOfMemoryError``."""
+    ``RESOURCE_EXHAUSTED`` status on jax (a ``JaxRuntimeError``), torch's ``OutOfMemoryError``;
+    also as the cause or context of another error (Keras re-raises some)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if _is_out_of_memory(error):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
     if isinstance(error, MemoryError):
         return True
     backend = keras.backend.backend()
@@ -165,7 +176,7 @@ def fp32_execution() -> str | None:
                 f"cuda.matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}")
     import jax
 
-    precision = jax.config.jax_default_matmul_precision
+    precision = getattr(jax.config, "jax_default_matmul_precision", None)
     return (f"jax_default_matmul_precision={precision}" if precision else
             "jax_default_matmul_precision unset: XLA may use TF32 for fp32 dots and convolutions")
 
@@ -185,7 +196,8 @@ def uses_tf32() -> bool:
     import jax
 
     # unset: JAX's documented default, TF32 on recent GPUs ("Matmul precision")
-    return jax.config.jax_default_matmul_precision in (None, "default", "fastest", "tensorfloat32")
+    return getattr(jax.config, "jax_default_matmul_precision", None) in (
+        None, "default", "fastest", "tensorfloat32")
 
 
 def measure_throughput(km: KerasModel, phase: Phase, batch_size: int, precision: str,

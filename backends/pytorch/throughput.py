@@ -30,8 +30,15 @@ OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemo
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    """The CUDA caching allocator's error (or a host allocation that failed)."""
-    return isinstance(error, (OUT_OF_MEMORY, MemoryError))
+    """The CUDA caching allocator's error (or a host allocation that failed), also when
+    torch.compile wraps it in a compiler error (its cause or context)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (OUT_OF_MEMORY, MemoryError)) or "CUDA out of memory" in str(error):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def release_memory() -> None:
