@@ -110,10 +110,10 @@ class Settings:
     @classmethod
     def for_smoke(cls, **kw) -> "Settings":
         """The same sweep on a CPU in seconds: tiny images (each model's minimum), batches
-        of 4 and 2, 2 timed steps, 20 JPEG files; an out-of-memory error injected at batch
-        4 and a device name injected for the MFU arithmetic."""
-        base = dict(batch_sizes=(4, 2), steps=2, warmup=1, smoke=True, e2e_batch=4,
-                    e2e_images_per_class=2, workers=2, inject_oom=(4,),
+        of 4 and 2, 2 timed steps, 10 JPEG files in batches of 2; an out-of-memory error
+        injected at batch 4 and a device name injected for the MFU arithmetic."""
+        base = dict(batch_sizes=(4, 2), steps=2, warmup=1, smoke=True, e2e_batch=2,
+                    e2e_images_per_class=1, workers=2, inject_oom=(4,),
                     device_name=SMOKE_DEVICE, budget_seconds=1800.0)
         return cls(**{**base, **kw})
 
@@ -139,6 +139,7 @@ class Job:
     image_size: int
     tier: int
     items: list[Item] = field(default_factory=list)
+    count_flops: bool = False  # a PyTorch job also counts its model's FLOPs (no extra process)
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -245,12 +246,17 @@ def plan(settings: Settings) -> tuple[list[Job], list[dict]]:
         for e2e in _e2e_jobs(settings, skipped):
             jobs.append(e2e)
     jobs.sort(key=lambda j: (j.tier, j.estimate()))  # stable: then MODES' and the models' order
-    needs_flops = sorted({(j.model, j.image_size) for j in jobs if j.job == "model_step"})
-    if needs_flops:
-        flops_backend = "pytorch" if availability("pytorch") is None else None
-        if flops_backend:
-            jobs.insert(0, Job("flops", "pytorch", "eager", ",".join(m for m, _ in needs_flops),
-                               "fp32", 0, -1))
+    # FLOPs: counted by the first PyTorch job of each model (it has the torchvision model
+    # built); a model no PyTorch job measures gets a counting job of its own, first
+    counted = set()
+    for j in jobs:
+        if j.job == "model_step" and j.backend == "pytorch" and (j.model, j.image_size) not in counted:
+            j.count_flops = True
+            counted.add((j.model, j.image_size))
+    needs_flops = sorted({(j.model, j.image_size) for j in jobs if j.job == "model_step"} - counted)
+    if needs_flops and availability("pytorch") is None:
+        jobs.insert(0, Job("flops", "pytorch", "eager", ",".join(m for m, _ in needs_flops),
+                           "fp32", 0, -1))
     return jobs, skipped
 
 
@@ -368,7 +374,7 @@ def run_sweep(settings: Settings, out_dir: Path, runner=run_child,
         for record in got:
             event = record.get("event")
             if event == "flops":
-                flops[record["model"]] = record
+                flops.setdefault(record["model"], record)
             elif event == "job":
                 devices[job.backend] = record.get("device") or {}
                 versions[job.backend] = record.get("versions") or {}
@@ -467,6 +473,7 @@ def _payload(job: Job, settings: Settings, deadline: float, data: Path | None) -
         payload["items"] = [{"kind": i.kind, "batch": i.batch, "tier": i.tier,
                              "estimate_seconds": job.item_seconds(i)} for i in job.items]
         payload["inject_oom"] = list(settings.inject_oom)
+        payload["count_flops"] = job.count_flops
     else:
         payload.update(data=str(data), batch=settings.e2e_batch, epochs=settings.e2e_epochs,
                        workers=_workers(settings),
@@ -660,7 +667,7 @@ def markdown(record: dict, plot_name: str = "throughput.png") -> str:
     from benchmarks.report import render
 
     return render("sweep.j2", "markdown", r=record, plot=plot_name, model_rows=_table_rows(record),
-                  not_run=_not_run_groups(record), fmt=_formatters(), conditions=_conditions(record))
+                  not_run=_not_run_groups(record), fm=_formatters(), conditions=_conditions(record))
 
 
 def _conditions(record: dict) -> list[tuple[str, str]]:
@@ -712,10 +719,13 @@ def _formatters() -> dict:
     def secs(v):
         return "—" if v is None else f"{v:.1f} s"
 
+    def mfu(v):  # below 1 %, two decimals
+        return "—" if v is None else f"{100 * v:.2f} %" if v < 0.01 else f"{100 * v:.1f} %"
+
     def tflops(v):
         return "—" if not v else f"{v / 1e12:,.1f}"
 
-    return {"rate": rate, "gb": gb, "gflops": gflops, "pct": pct, "secs": secs, "tflops": tflops}
+    return {"rate": rate, "gb": gb, "gflops": gflops, "pct": pct, "secs": secs, "tflops": tflops, "mfu": mfu}
 
 
 def _table_rows(record: dict) -> list[dict]:

@@ -128,6 +128,10 @@ def model_step(job: dict) -> None:
             b.apply_phase(ALL_LAYERS, 0)
             emit({"event": "job", "versions": b.frameworks(), "device": b.device(),
                   "execution_mode": b.execution_mode()})
+            if job.get("count_flops"):
+                emit({"event": "flops", "model": spec.name, "image_size": job["image_size"],
+                      "forward_flops": b.forward_flops(), "backend": job["backend"],
+                      "versions": b.frameworks()})
             done: dict[tuple[str, int], dict] = {}  # (kind, batch measured) -> its row
             for i, item in enumerate(items):
                 if not _fits(job, item["estimate_seconds"]):

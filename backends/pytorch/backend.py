@@ -73,8 +73,11 @@ class PyTorchBackend(Backend):
         np.random.seed(seed)
         torch.manual_seed(seed)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        # under torchrun, the node's cores are shared by its worker processes
-        torch.set_num_threads(max(1, (cores or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+        if "LOCAL_WORLD_SIZE" in os.environ:
+            # under torchrun, the node's cores are shared by its worker processes
+            torch.set_num_threads(max(1, (cores or 1) // int(os.environ["LOCAL_WORLD_SIZE"])))
+        elif not os.environ.get("OMP_NUM_THREADS"):  # set: torch has read it, the user's choice
+            torch.set_num_threads(cores or 1)
         bs, workers = per_device_batch(self.config.train), self.config.data.num_workers
         distributed = self.world > 1
         # one DataLoader per split, kept across epochs (torchvision references): the train
