@@ -140,6 +140,7 @@ class Job:
     tier: int
     items: list[Item] = field(default_factory=list)
     count_flops: bool = False  # a PyTorch job also counts its model's FLOPs (no extra process)
+    e2e: bool = False          # an eager model-step job also runs its key's end-to-end rows
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -151,9 +152,13 @@ class Job:
     def estimate(self) -> float:
         if self.job == "flops":
             return FLOPS_SECONDS
-        if self.job == "end_to_end":
-            return START_SECONDS[self.backend] + E2E_PHASE_SECONDS[self.backend] * len(E2E_PHASES)
-        return START_SECONDS[self.backend] + sum(self.item_seconds(i) for i in self.items)
+        e2e = E2E_PHASE_SECONDS[self.backend] * len(E2E_PHASES) \
+            if self.job == "end_to_end" or self.e2e else 0.0
+        return START_SECONDS[self.backend] + sum(self.item_seconds(i) for i in self.items) + e2e
+
+    @property
+    def runs_e2e(self) -> bool:
+        return self.job == "end_to_end" or self.e2e
 
     def first_estimate(self) -> float:
         """What must fit in the budget to start this job at all."""
@@ -244,8 +249,16 @@ def plan(settings: Settings) -> tuple[list[Job], list[dict]]:
                                     image_size(model, settings), chunk[0].tier, chunk))
     if settings.e2e:
         for e2e in _e2e_jobs(settings, skipped):
-            jobs.append(e2e)
-    jobs.sort(key=lambda j: (j.tier, j.estimate()))  # stable: then MODES' and the models' order
+            # an eager backend's end-to-end rows run in its model-step job of the same (backend,
+            # model, precision, mode): one interpreter start instead of two
+            host = next((j for j in jobs if j.key == e2e.key and e2e.mode not in COMPILED), None)
+            if host is not None:
+                host.e2e = True
+            else:
+                jobs.append(e2e)
+    # within a priority the cheaper mode first (its model steps; stable: then MODES' and the
+    # models' order)
+    jobs.sort(key=lambda j: (j.tier, START_SECONDS[j.backend] + sum(j.item_seconds(i) for i in j.items)))
     # FLOPs: counted by the first PyTorch job of each model (it has the torchvision model
     # built); a model no PyTorch job measures gets a counting job of its own, first
     counted = set()
@@ -365,7 +378,7 @@ def run_sweep(settings: Settings, out_dir: Path, runner=run_child,
             rows += _not_run_rows(job, settings, f"time budget: ~{job.first_estimate():.0f} s "
                                                 f"needed to start, {max(0.0, left):.0f} s left")
             continue
-        if job.job == "end_to_end" and data_folder is None:
+        if job.runs_e2e and data_folder is None:
             data_folder = _jpeg_folder(settings)
         payload = _payload(job, settings, deadline, data_folder)
         got: list[dict] = []
@@ -469,13 +482,13 @@ def _payload(job: Job, settings: Settings, deadline: float, data: Path | None) -
     if job.job == "flops":
         payload["models"] = [{"model": m, "image_size": image_size(m, settings)}
                              for m in job.model.split(",")]
-    elif job.job == "model_step":
+    if job.job == "model_step":
         payload["items"] = [{"kind": i.kind, "batch": i.batch, "tier": i.tier,
                              "estimate_seconds": job.item_seconds(i)} for i in job.items]
         payload["inject_oom"] = list(settings.inject_oom)
         payload["count_flops"] = job.count_flops
-    else:
-        payload.update(data=str(data), batch=settings.e2e_batch, epochs=settings.e2e_epochs,
+    if job.runs_e2e:
+        payload.update(e2e=True, data=str(data), batch=settings.e2e_batch, epochs=settings.e2e_epochs,
                        workers=_workers(settings),
                        phases=[{"recipe": r, "phase": p,
                                 "estimate_seconds": E2E_PHASE_SECONDS[job.backend]}
@@ -525,14 +538,13 @@ def console_line(record: dict) -> str:
 
 
 def _not_run_rows(job: Job, settings: Settings, reason: str) -> list[dict]:
-    if job.job == "model_step":
-        return [_row_base(job.backend, job.mode, job.model, job.precision, job.image_size, item)
-                | {"status": "not run", "reason": reason} for item in job.items]
-    if job.job == "end_to_end":
-        return [{"table": "end_to_end", "backend": job.backend, "mode": job.mode, "model": job.model,
-                 "precision": job.precision, "batch": settings.e2e_batch, "recipe": r, "phase": p,
-                 "status": "not run", "reason": reason} for r, p in E2E_PHASES]
-    return []
+    rows = [_row_base(job.backend, job.mode, job.model, job.precision, job.image_size, item)
+            | {"status": "not run", "reason": reason} for item in job.items]
+    if job.runs_e2e:
+        rows += [{"table": "end_to_end", "backend": job.backend, "mode": job.mode, "model": job.model,
+                  "precision": job.precision, "batch": settings.e2e_batch, "recipe": r, "phase": p,
+                  "status": "not run", "reason": reason} for r, p in E2E_PHASES]
+    return rows
 
 
 def _unreported(job: Job, got: list[dict], settings: Settings, info: dict) -> list[dict]:
@@ -548,19 +560,16 @@ def _unreported(job: Job, got: list[dict], settings: Settings, info: dict) -> li
         status = "failed"
     else:
         reason, status = "not reported by the job", "failed"
-    if job.job == "model_step":
-        seen = {(r.get("kind"), r.get("batch_requested")) for r in got if r.get("event") == "row"}
-        missing = [i for i in job.items if (i.kind, i.batch) not in seen]
-        return [_row_base(job.backend, job.mode, job.model, job.precision, job.image_size, i)
-                | {"status": status, ("reason" if status == "not run" else "error"): reason}
-                for i in missing]
-    if job.job == "end_to_end":
+    key = "reason" if status == "not run" else "error"
+    seen = {(r.get("kind"), r.get("batch_requested")) for r in got if r.get("event") == "row"}
+    rows = [_row_base(job.backend, job.mode, job.model, job.precision, job.image_size, i)
+            | {"status": status, key: reason} for i in job.items if (i.kind, i.batch) not in seen]
+    if job.runs_e2e:
         seen = {(r.get("recipe"), r.get("phase")) for r in got if r.get("event") == "e2e"}
-        return [{"table": "end_to_end", "backend": job.backend, "mode": job.mode, "model": job.model,
-                 "precision": job.precision, "batch": settings.e2e_batch, "recipe": r, "phase": p,
-                 "status": status, ("reason" if status == "not run" else "error"): reason}
-                for r, p in E2E_PHASES if (r, p) not in seen]
-    return []
+        rows += [{"table": "end_to_end", "backend": job.backend, "mode": job.mode, "model": job.model,
+                  "precision": job.precision, "batch": settings.e2e_batch, "recipe": r, "phase": p,
+                  "status": status, key: reason} for r, p in E2E_PHASES if (r, p) not in seen]
+    return rows
 
 
 def _device_name(devices: dict[str, dict], settings: Settings) -> str | None:

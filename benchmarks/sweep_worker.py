@@ -16,7 +16,8 @@ through the registry (``backends.base.get_backend``). Jobs:
 * ``end_to_end``: real fine-tuning epochs over a folder of JPEG files through
   the backend's own input pipeline (``Backend.fit_phase``), beside the model
   step of the same phase on an in-memory batch and the pipeline alone
-  (``Backend.time_input_pipeline``).
+  (``Backend.time_input_pipeline``); an eager ``model_step`` job with ``e2e``
+  runs these after its own rows, in the same process.
 
 Each item checks the job's ``deadline`` (seconds since the epoch) against its
 estimated cost first and is reported as not run when it would not finish in time.
@@ -262,6 +263,8 @@ def main(argv: list[str]) -> int:
     job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     try:
         JOBS[job["job"]](job)
+        if job["job"] == "model_step" and job.get("e2e"):  # an eager job's end-to-end rows
+            end_to_end(job)
     except Exception as err:  # reported to the parent; the rows already printed stand
         emit({"event": "failed", "error": f"{type(err).__name__}: {err}".splitlines()[0],
               "traceback": traceback.format_exc()})
