@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import shlex
@@ -675,7 +676,11 @@ def markdown(record: dict, plot_name: str = "throughput.png") -> str:
     """The sweep as GitHub markdown (``templates/sweep.j2`` with the report's macros)."""
     from benchmarks.report import render
 
+    order = {b: i for i, (b, _) in reversed(list(enumerate(MODES)))}
+    e2e_rows = sorted((r for r in record["end_to_end"] if r.get("status") != "not run"),
+                      key=lambda r: (order.get(r["backend"], 99), r.get("recipe") != "two_phase"))
     return render("sweep.j2", "markdown", r=record, plot=plot_name, model_rows=_table_rows(record),
+                  e2e_rows=e2e_rows,
                   not_run=_not_run_groups(record), fm=_formatters(), conditions=_conditions(record))
 
 
@@ -766,39 +771,68 @@ def _not_run_groups(record: dict) -> list[dict]:
 
 
 def plot(record: dict, path: Path) -> None:
-    """Train and inference img/s at the largest batch, a panel per (kind, precision), a bar
-    per backend and mode (the fallback's batch on the bar when memory ran out)."""
+    """One figure: train and inference img/s at the largest batch, a panel per (kind,
+    precision) measured, a bar per backend and mode (the batch it fell back to on the bar
+    when memory ran out); and the end-to-end rows beside their model step and their
+    pipeline alone."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     biggest = max(record["settings"]["batch_sizes"])
     rows = [r for r in record["rows"] if r.get("status") == "ok" and r["batch_requested"] == biggest]
-    panels = [(k, p) for k in KINDS for p in PRECISIONS]
-    series = [m for m in MODES if any((r["backend"], r["mode"]) == m for r in rows)] or list(MODES[:1])
-    models = sorted({r["model"] for r in rows}, key=models_order) or list(HEADLINE_MODELS)
-    fig = Figure(figsize=(12, 7), dpi=110, layout="constrained")
+    panels = [(k, p) for k in KINDS for p in PRECISIONS
+              if any((r["kind"], r["precision"]) == (k, p) for r in rows)]
+    e2e = [r for r in record["end_to_end"] if r.get("status") == "ok"]
+    count = max(1, len(panels) + bool(e2e))
+    cols = min(count, 2)
+    fig = Figure(figsize=(6.2 * cols, 3.6 * math.ceil(count / cols) + 0.8), dpi=110,
+                 layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 2, squeeze=False).flat
-    width = 0.8 / len(series)
+    axes = list(fig.subplots(math.ceil(count / cols), cols, squeeze=False).flat)
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    series = [m for m in MODES if any((r["backend"], r["mode"]) == m for r in rows)]
+    models = sorted({r["model"] for r in rows}, key=models_order)
+    width = 0.8 / max(1, len(series))
     for ax, (kind, precision) in zip(axes, panels):
         for i, (backend, mode) in enumerate(series):
-            values, labels = [], []
-            for model in models:
-                row = next((r for r in rows if (r["backend"], r["mode"], r["model"], r["kind"],
-                                                r["precision"]) == (backend, mode, model, kind, precision)), None)
-                values.append(row["images_per_second"] if row else 0.0)
-                labels.append("" if row is None else
-                              f"{row['images_per_second']:.0f}" + (f"\n(b{row['batch']})" if row.get("fell_back") else ""))
-            color = _mode_color(backend, mode)
-            bars = ax.bar([j - 0.4 + width * (i + 0.5) for j in range(len(models))], values,
-                          width * 0.92, color=color, label=f"{backend} {mode}",
-                          hatch="//" if mode in ("torch.compile",) else None)
-            ax.bar_label(bars, labels=labels, fontsize=6, padding=2)
+            found = [next((r for r in rows if (r["backend"], r["mode"], r["model"], r["kind"],
+                                                r["precision"]) == (backend, mode, model, kind,
+                                                                    precision)), None)
+                     for model in models]
+            bars = ax.bar([j - 0.4 + width * (i + 0.5) for j in range(len(models))],
+                          [r["images_per_second"] if r else 0.0 for r in found], width * 0.92,
+                          color=_mode_color(backend, mode), label=f"{backend} {mode}",
+                          hatch="//" if mode == "torch.compile" else None)
+            ax.bar_label(bars, fontsize=6, padding=2, labels=[
+                "" if r is None else f"{r['images_per_second']:.0f}"
+                + (f"\n(b{r['batch']})" if r.get("fell_back") else "") for r in found])
         ax.set_xticks(range(len(models)), models)
-        ax.set(title=f"{kind}, {precision}, batch {biggest}", ylabel="images / s")
+        ax.set(title=f"model step: {kind}, {precision}, batch {biggest}", ylabel="images / s")
         ax.margins(y=0.2)
-    handles, names = next(iter(fig.axes)).get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside upper center", ncols=min(len(series), 6))
+    if e2e:
+        ax = axes[len(panels)]
+        labels = [f"{r['backend']}\n{r['phase']}" for r in e2e]
+        for i, (what, key) in enumerate((("end to end", "end_to_end_images_per_second"),
+                                         ("model step", "model_step_images_per_second"),
+                                         ("pipeline alone", None))):
+            values = [(r.get("decode") or {}).get("images_per_second") if key is None else r[key]
+                      for r in e2e]
+            bars = ax.bar([j - 0.3 + 0.2 * i for j in range(len(e2e))],
+                          [v or 0.0 for v in values], 0.18, label=what,
+                          color=("#333333", "#999999", "#cccccc")[i])
+            ax.bar_label(bars, labels=["" if not v else f"{v:.0f}" for v in values], fontsize=6,
+                         padding=2)
+        ax.set_xticks(range(len(e2e)), labels, fontsize=7)
+        ax.set(title=f"end to end, {e2e[0]['model']}, batch {e2e[0]['batch']}",
+               ylabel="images / s")
+        ax.legend(fontsize=7)
+        ax.margins(y=0.2)
+    if not panels and not e2e:
+        axes[0].text(0.5, 0.5, "no row was measured", ha="center", va="center")
+    if series:
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center",
+                   ncols=min(len(series), 6))
     title = record["device"]["name"] or "no GPU"
     if record["smoke"]:
         title = f"CPU SMOKE TEST, NOT A RESULT ({record['machine']['cpu']})"

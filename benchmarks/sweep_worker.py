@@ -191,37 +191,39 @@ def _jpeg_split(folder: str) -> Split:
 
 
 def end_to_end(job: dict) -> None:
-    """``decode`` (the pipeline alone) and one ``e2e`` event per phase of ``job["phases"]``."""
+    """``decode`` (the pipeline alone) and one ``e2e`` event per phase of ``job["phases"]``,
+    each phase in a backend of its own (its own model, pipeline and workers: a TF1 graph
+    cannot hold a second model of the same scopes)."""
     spec = get_model(job["model"])
     split = _jpeg_split(job["data"])
-    batch = job["batch"]
-    with tempfile.TemporaryDirectory(prefix="sweep-e2e-") as tmp:
-        first = load_recipe(job["phases"][0]["recipe"])
-        b = get_backend(job["backend"])(_config(job, first, tmp, batch, job["workers"]), Path(tmp))
-        try:
-            b.setup(split, job["image_size"])
-            emit({"event": "job", "versions": b.frameworks(), "device": b.device(),
-                  "execution_mode": b.execution_mode()})
+    for index, item in enumerate(job["phases"]):
+        if not _fits(job, item["estimate_seconds"]):
+            emit({"event": "e2e", **item, "batch": job["batch"], "status": "not run",
+                  "reason": f"time budget: ~{item['estimate_seconds']:.0f} s needed, "
+                            f"{max(0.0, job['deadline'] - time.time()):.0f} s left"})
+            continue
+        recipe = load_recipe(item["recipe"])
+        with tempfile.TemporaryDirectory(prefix="sweep-e2e-") as tmp:
+            b = get_backend(job["backend"])(_config(job, recipe, tmp, job["batch"], job["workers"]),
+                                            Path(tmp))
             try:
-                decode = b.time_input_pipeline(augment=True)
-                emit({"event": "decode", "status": "ok", **decode})
-            except BackendError as err:
-                emit({"event": "decode", "status": "not run", "reason": str(err)})
-            for item in job["phases"]:
-                if not _fits(job, item["estimate_seconds"]):
-                    emit({"event": "e2e", **item, "status": "not run",
-                          "reason": f"time budget: ~{item['estimate_seconds']:.0f} s needed, "
-                                    f"{max(0.0, job['deadline'] - time.time()):.0f} s left"})
-                    continue
-                emit(_phase_epochs(b, job, spec, split, item))
-        finally:
-            b.close()
+                b.setup(split, job["image_size"])
+                if index == 0:
+                    emit({"event": "job", "versions": b.frameworks(), "device": b.device(),
+                          "execution_mode": b.execution_mode()})
+                    try:
+                        emit({"event": "decode", "status": "ok",
+                              **b.time_input_pipeline(augment=True)})
+                    except BackendError as err:
+                        emit({"event": "decode", "status": "not run", "reason": str(err)})
+                emit(_phase_epochs(b, job, spec, split, item, recipe))
+            finally:
+                b.close()
 
 
-def _phase_epochs(b, job: dict, spec, split: Split, item: dict) -> dict:
+def _phase_epochs(b, job: dict, spec, split: Split, item: dict, recipe: Recipe) -> dict:
     """``job["epochs"]`` epochs of one recipe phase: per-epoch seconds, and the model step
     of the same phase on an in-memory batch."""
-    recipe = load_recipe(item["recipe"])
     phase = next(p for p in recipe.phases if p.name == item["phase"])
     phase = dataclasses.replace(phase, epochs=job["epochs"])
     t0 = time.time()
@@ -238,7 +240,7 @@ def _phase_epochs(b, job: dict, spec, split: Split, item: dict) -> dict:
                   f"{type(err).__name__}: {err}".splitlines()[0])
         if b.is_out_of_memory(err):
             b.release_memory()
-        return {"event": "e2e", **item, "status": "failed", "error": reason,
+        return {"event": "e2e", **item, "batch": job["batch"], "status": "failed", "error": reason,
                 "traceback": traceback.format_exc(), "seconds": time.time() - t0}
     last = epochs[-1]
     e2e = last["images"] / last["seconds"] if last["seconds"] > 0 else None
