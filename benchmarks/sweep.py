@@ -403,6 +403,10 @@ def run_sweep(settings: Settings, out_dir: Path, runner=run_child,
                         "estimate_seconds": round(job.estimate(), 1),
                         "seconds": round(info["seconds"], 1), "killed": info["killed"],
                         "returncode": info["returncode"], "stderr_tail": info["stderr_tail"]})
+        # what is measured so far, in case the whole command is stopped before the report
+        write_json_atomic(Path(out_dir) / "throughput.json", {
+            "complete": False, "command": settings.command, "smoke": settings.smoke,
+            "rows": rows, "flops": flops, "decode": decode, "devices": devices, "jobs": job_log})
     for backend, record in decode.items():
         for row in rows:
             if row.get("table") == "end_to_end" and row.get("backend") == backend:
@@ -413,7 +417,7 @@ def run_sweep(settings: Settings, out_dir: Path, runner=run_child,
     for row in rows:
         _complete_row(row, flops, peaks)
     record = {
-        "command": settings.command, "smoke": settings.smoke,
+        "complete": True, "command": settings.command, "smoke": settings.smoke,
         "not_a_result": ("CPU smoke test: tiny sizes, an injected out-of-memory error and an "
                          "injected device name; no figure here is a GPU measurement")
         if settings.smoke else None,

@@ -182,7 +182,8 @@ def test_smoke_sweep_runs_the_real_children_and_writes_json_markdown_and_plot(mo
     assert code == 0, printed
     assert "CPU SMOKE TEST: not a result" in printed
     record = json.loads((out / "throughput.json").read_text())
-    assert record["smoke"] and record["device"]["injected_for_mfu"] == sweep.SMOKE_DEVICE
+    assert record["complete"] and record["smoke"]
+    assert record["device"]["injected_for_mfu"] == sweep.SMOKE_DEVICE
     flops = record["flops"]["resnet50"]
     assert flops["image_size"] == 32 and flops["forward_flops_per_image"] > 0
     assert flops["train_flops_per_image"] == 3 * flops["forward_flops_per_image"]
