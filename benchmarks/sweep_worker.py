@@ -57,8 +57,9 @@ def _config(job: dict, recipe: Recipe, run_dir: str, batch_size: int, workers: i
                      run_dir=run_dir)
 
 
-def _placeholder_split() -> Split:
-    """The protocol uses in-memory batches; the split only names the classes."""
+def _ten_class_split() -> Split:
+    """Ten classes and one nameless sample: the throughput protocol times in-memory batches, so the
+    split only gives the head its width."""
     return Split(classes=tuple(f"c{i}" for i in range(10)), train=[Sample("-", 0)], val=[], test=[])
 
 
@@ -77,7 +78,7 @@ def flops(job: dict) -> None:
             b = get_backend(job["backend"])(
                 _config(sub, Recipe(name="flops", phases=(ALL_LAYERS,)), tmp, 1), Path(tmp))
             try:
-                b.setup(_placeholder_split(), item["image_size"])
+                b.setup(_ten_class_split(), item["image_size"])
                 b.build(spec, 10, WeightsRequest("none"), 0)
                 emit({"event": "flops", "model": spec.name, "image_size": item["image_size"],
                       "forward_flops": b.forward_flops(), "backend": job["backend"],
@@ -124,7 +125,7 @@ def model_step(job: dict) -> None:
         b = get_backend(job["backend"])(
             _config(job, Recipe(name="throughput", phases=(ALL_LAYERS,)), tmp, biggest), Path(tmp))
         try:
-            b.setup(_placeholder_split(), job["image_size"])
+            b.setup(_ten_class_split(), job["image_size"])
             b.build(spec, 10, WeightsRequest("none"), 0)
             b.apply_phase(ALL_LAYERS, 0)
             emit({"event": "job", "versions": b.frameworks(), "device": b.device(),
