@@ -49,6 +49,9 @@ class ExportCheckFailed(BackendError):
     """An exported model whose logits differ from the native model's beyond the tolerance."""
 
 
+# what ``Backend.throughput`` times: a training step and an inference step
+THROUGHPUT_KINDS = ("train", "infer")
+
 # ``bench export``: the exported model's logits on the golden batch must equal the native
 # model's within this (max absolute difference)
 EXPORT_TOLERANCE = 1e-4
@@ -590,11 +593,65 @@ class Backend(abc.ABC):
         return self._snapshot(block)
 
     # -- reporting -------------------------------------------------------
-    def throughput(self, batch_size: int, precision: str, steps: int, warmup: int) -> dict:
+    def throughput(self, batch_size: int, precision: str, steps: int, warmup: int, *,
+                   kinds: tuple[str, ...] = THROUGHPUT_KINDS, compile: bool = False) -> dict:
         """Model-step train/infer timing of the applied phase on in-memory batches
-        (``common.timing``); the model and optimizer are left as they were."""
+        (``common.timing``); the model and optimizer are left as they were.
+
+        ``kinds``: which of ``train`` and ``infer`` to time (the result has a key for each);
+        ``compile``: time the framework's compiled model (``torch.compile``) instead of the
+        eager one, for backends whose ``compile_modes`` name one. A framework's out-of-memory
+        error propagates: ``is_out_of_memory`` recognises it and ``release_memory`` frees
+        what the failed step held, so a caller can retry with a smaller batch."""
         self._require("phase", "throughput()")
-        return self._throughput(batch_size, precision, steps, warmup)
+        kinds = tuple(kinds)
+        unknown = [k for k in kinds if k not in THROUGHPUT_KINDS]
+        if unknown or not kinds:
+            raise BackendError(f"throughput kinds {kinds!r}: choose from {', '.join(THROUGHPUT_KINDS)}")
+        if compile and not self.compile_modes:
+            raise BackendError(f"the {self.name} backend has no compiled mode to time "
+                               f"(it runs {self.execution_mode()})")
+        return self._throughput(batch_size, precision, steps, warmup, kinds, compile)
+
+    #: the compiled mode ``throughput(compile=True)`` times, if any (PyTorch: torch.compile)
+    compile_modes: ClassVar[tuple[str, ...]] = ()
+
+    def execution_mode(self) -> str:
+        """How this backend runs a step when nothing is compiled on request (``eager``,
+        ``XLA``, ``graph``), for throughput reports."""
+        return "eager"
+
+    def is_out_of_memory(self, error: BaseException) -> bool:
+        """Whether ``error`` is this framework's out-of-memory error (device or host)."""
+        return isinstance(error, MemoryError)
+
+    def release_memory(self) -> None:
+        """Free what a failed step left allocated (caches, the failed step's buffers)."""
+        import gc
+
+        gc.collect()
+
+    def out_of_memory_error(self, message: str) -> BaseException:
+        """An instance of the error this framework raises when the device runs out of memory
+        (``bench throughput --sweep --smoke`` injects it to exercise the fallback)."""
+        return MemoryError(message)
+
+    def forward_flops(self) -> int | None:
+        """Floating-point operations of one forward pass of one image through the built model
+        in eval mode (a multiply-add counts 2), or None where this backend cannot count them."""
+        self._require("built", "forward_flops()")
+        return None
+
+    def time_input_pipeline(self, augment: bool) -> dict:
+        """Decode-only speed of this backend's own training input pipeline: one epoch of the
+        training split read as ``fit`` reads it (same workers, same augmentation), with no
+        model step, after one epoch that starts the workers. ``{"images", "seconds",
+        "images_per_second", "pipeline"}`` of the timed epoch."""
+        self._require("setup", "time_input_pipeline()")
+        return self._time_input_pipeline(augment)
+
+    def _time_input_pipeline(self, augment: bool) -> dict:
+        raise BackendError(f"the {self.name} backend does not time its input pipeline alone")
 
     def precision_used(self) -> dict:
         """What precision really ran, for ``result.json``: ``{"requested", "train", "eval"}``.
@@ -714,11 +771,12 @@ class Backend(abc.ABC):
     def _snapshot(self, block: str) -> dict[str, np.ndarray]: ...
 
     @abc.abstractmethod
-    def _throughput(self, batch_size: int, precision: str, steps: int, warmup: int) -> dict: ...
+    def _throughput(self, batch_size: int, precision: str, steps: int, warmup: int,
+                    kinds: tuple[str, ...], compile: bool) -> dict: ...
 
 
 __all__ = ["ALIASES", "Backend", "BackendError", "BackendInfo", "EXPORT_TOLERANCE",
-           "ExportCheckFailed", "ImagenetWeights", "ModelEntry",
+           "ExportCheckFailed", "ImagenetWeights", "ModelEntry", "THROUGHPUT_KINDS",
            "REGISTRY", "WeightsRequest", "availability", "backend_info", "backend_names",
            "backends_with_model", "canonical_name", "default_backends", "get_backend",
            "unknown_backend_message", "unsupported_model", "unsupported_parallel"]

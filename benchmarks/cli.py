@@ -238,18 +238,35 @@ def get_args_parser() -> argparse.ArgumentParser:
     tfr.add_argument("--out", type=Path, required=True)
     tfr.add_argument("--image-size", type=_positive)
 
-    tp = sub.add_parser("throughput", help="model-step train/infer img/s (throughput protocol)")
-    tp.add_argument("--backend", default="pytorch")
-    tp.add_argument("--model", default="inception_v3")
-    tp.add_argument("--batch-size", type=_positive, default=32)
+    tp = sub.add_parser("throughput", help="model-step train/infer img/s (throughput protocol); "
+                                           "--sweep: every backend, model, precision and batch")
+    tp.add_argument("--backend", help="one backend (default pytorch); with --sweep a comma list "
+                                      "(default: every backend the sweep runs)")
+    tp.add_argument("--model", help="one model (default inception_v3); with --sweep a comma list "
+                                    "(default: every model of the suite's table)")
+    tp.add_argument("--batch-size", type=_positive, help="default 32")
     tp.add_argument("--image-size", type=_positive)
-    tp.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    tp.add_argument("--steps", type=_positive, default=10)
-    tp.add_argument("--warmup", type=int, default=2)
+    tp.add_argument("--precision", help=f"one of {', '.join(PRECISIONS)} (default fp32); with "
+                                        f"--sweep a comma list (default: both)")
+    tp.add_argument("--steps", type=_positive)
+    tp.add_argument("--warmup", type=_nonnegative)
     tp.add_argument("--devices", type=_device_counts, default=[1], metavar="N,...",
                     help="device counts to measure, e.g. 1,2 (--batch-size is the global batch); "
                          "prints img/s and scaling efficiency per count")
-    tp.add_argument("--out", type=Path, help="write the JSON result here")
+    tp.add_argument("--out", type=Path, help="write the JSON result here; with --sweep the folder "
+                                             "of throughput.json, .md and .png")
+    tp.add_argument("--sweep", action="store_true",
+                    help="every backend x model x precision x mode x batch size (256/128/64) "
+                         "and real epochs over JPEG files, within --budget-seconds")
+    tp.add_argument("--smoke", action="store_true",
+                    help="with --sweep: the same code on a CPU with tiny sizes, an injected "
+                         "out-of-memory error and device name (never a result)")
+    tp.add_argument("--budget-seconds", type=_positive, help="with --sweep: finish within this "
+                                                             "(default 420; --smoke 1800)")
+    tp.add_argument("--mode", help="with --sweep: a comma list of eager, torch.compile, XLA, "
+                                   "tf.function, graph (default: all)")
+    tp.add_argument("--no-end-to-end", action="store_true",
+                    help="with --sweep: model steps only, no epochs over JPEG files")
 
     rep = sub.add_parser("report", help="(re)build report.md/html and summary.csv from a run directory")
     rep.add_argument("run_dir", type=Path)
@@ -676,9 +693,65 @@ def cmd_data(args: argparse.Namespace) -> int:
     raise UsageError(f"unknown data command {args.data_command!r}")
 
 
+def _comma_list(option: str, text: str | None, allowed, what: str) -> list[str]:
+    """``--option a,b`` checked against ``allowed`` (one line naming them when not)."""
+    if text is None:
+        return []
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    for item in items:
+        if item not in allowed:
+            raise UsageError(f"{option} {item!r}: unknown {what}; choose from {', '.join(allowed)}")
+    return list(dict.fromkeys(items))
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``bench throughput --sweep``: ``benchmarks.sweep`` (one JSON, markdown and plot)."""
+    from benchmarks import sweep
+
+    for flag, given in (("--batch-size", args.batch_size), ("--image-size", args.image_size),
+                        ("--devices", args.devices != [1])):
+        if given:
+            raise UsageError(f"{flag} is for one measurement; --sweep measures batch sizes "
+                             f"{', '.join(map(str, sweep.BATCH_SIZES))} at each model's own size "
+                             f"on one device")
+    sweep_backends = list(dict.fromkeys(b for b, _ in sweep.MODES))
+    args.backend = [canonical_name(b) for b in _comma_list("--backend", args.backend, [
+        *sweep_backends, *ALIASES], "backend for --sweep")] if args.backend else None
+    args.model = _comma_list("--model", args.model, list(MODELS), "model")
+    args.precision_list = _comma_list("--precision", args.precision, PRECISIONS, "precision")
+    args.mode = _comma_list("--mode", args.mode, list(dict.fromkeys(m for _, m in sweep.MODES)),
+                            "mode")
+    args.steps_given, args.warmup_given = args.steps is not None, args.warmup is not None
+    settings = sweep.settings_from_args(args, args.argv)
+    out = _writable_dir(args.out or sweep.default_out(settings))
+    record = sweep.run_sweep(settings, out)
+    measured = [r for r in record["rows"] + record["end_to_end"] if r.get("status") == "ok"]
+    failed = [r for r in record["rows"] + record["end_to_end"] if r.get("status") == "failed"]
+    print(f"{len(measured)} rows measured, {len(failed)} failed, "
+          f"{sum(r.get('status') == 'not run' for r in record['rows'] + record['end_to_end'])} not run "
+          f"in {record['elapsed_seconds']:.0f} s"
+          + (" (CPU SMOKE TEST: not a result)" if settings.smoke else ""))
+    print(f"written: {out / 'throughput.json'}, {out / 'throughput.md'}, {out / 'throughput.png'}")
+    return 1 if failed else 0
+
+
 def cmd_throughput(args: argparse.Namespace) -> int:
     from benchmarks.throughput import measure_in_child
 
+    if args.sweep:
+        return cmd_sweep(args)
+    for flag, given in (("--smoke", args.smoke), ("--budget-seconds", args.budget_seconds),
+                        ("--mode", args.mode), ("--no-end-to-end", args.no_end_to_end)):
+        if given:
+            raise UsageError(f"{flag} belongs to --sweep; add --sweep or leave it out")
+    args.backend = args.backend or "pytorch"
+    args.model = args.model or "inception_v3"
+    args.precision = args.precision or "fp32"
+    if args.precision not in PRECISIONS:
+        raise UsageError(f"--precision {args.precision!r}: choose one of {', '.join(PRECISIONS)}")
+    args.batch_size = args.batch_size or 32
+    args.steps = 10 if args.steps is None else args.steps
+    args.warmup = 2 if args.warmup is None else args.warmup
     backends = parse_backends(args.backend)
     if args.model not in MODELS:
         raise UsageError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
@@ -733,6 +806,10 @@ def cmd_throughput(args: argparse.Namespace) -> int:
 
         write_json_atomic(args.out, {"command": "bench " + " ".join(args.argv), "results": rows,
                                      "scaling": scaling})
+        if scaling:
+            from benchmarks.report import write_scaling_plot
+
+            print(f"scaling plot: {write_scaling_plot(scaling, args.out.with_suffix('.png'))}")
     return 1 if any(r.get("status") != "ok" for r in rows) else 0
 
 

@@ -350,6 +350,32 @@ def plot_throughput(agg: pd.DataFrame) -> str | None:
                       width=min(6.3, max(3.6, 0.45 * len(done)))) if len(done) else None
 
 
+def write_scaling_plot(rows: list[dict], path: Path) -> Path:
+    """``bench throughput --devices``: train img/s and scaling efficiency against the device
+    count, a line per backend (``throughput.scaling_rows``), as a PNG at ``path``. Measured on
+    a CPU, the title says the numbers say nothing about scaling (the devices share its cores)."""
+    import matplotlib
+
+    colors = backend_colors(dict.fromkeys(r["backend"] for r in rows))
+    with matplotlib.rc_context(STYLE):
+        fig, (ips, eff) = _figure(2, 2, 3.8, 3.0)
+        for backend, color in colors.items():
+            mine = sorted((r for r in rows if r["backend"] == backend), key=lambda r: r["devices"])
+            n = [r["devices"] for r in mine]
+            ips.plot(n, [r["train_images_per_second"] for r in mine], "o-", color=color)
+            eff.plot(n, [np.nan if r["scaling_efficiency"] is None else r["scaling_efficiency"]
+                         for r in mine], "o-", color=color)
+        counts = sorted({r["devices"] for r in rows})
+        ips.set(title="train images/s", xlabel="devices", xticks=counts)
+        eff.set(title="scaling efficiency: img/s at N / (N x img/s at 1)", xlabel="devices",
+                xticks=counts, ylim=(0, 1.15))
+        if any(r["device"] == "cpu" for r in rows):
+            fig.supxlabel("measured on a CPU: its devices share its cores, so this says nothing "
+                          "about scaling", fontsize=8.5, color="#b03a2e")
+        path.write_bytes(base64.b64decode(_uri(fig, colors).split(",", 1)[1]))
+    return path
+
+
 def plot_per_class(df: pd.DataFrame) -> str | None:
     """Per-class test accuracy (mean over seeds, std as error bars): a panel per recipe, bars per backend."""
     table = per_class_frame(df)

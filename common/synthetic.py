@@ -163,9 +163,10 @@ def _fill_colour(domain: str, rng: np.random.Generator, dark_background: bool) -
     return tuple(int(v) for v in base)  # saturated pastel on dark blue
 
 
-def draw_image(domain: str, label: str, size: int, rng: np.random.Generator) -> Image.Image:
-    """One image of class ``label`` in ``domain``, drawn at 2x and downsampled."""
-    big = size * 2
+def draw_image(domain: str, label: str, size: int, rng: np.random.Generator,
+               supersample: int = 2) -> Image.Image:
+    """One image of class ``label`` in ``domain``, drawn at ``supersample`` x and downsampled."""
+    big = size * supersample
     dark = bool(rng.random() < 0.5)
     img = _background(domain, big, rng, dark)
     draw = ImageDraw.Draw(img)
@@ -202,7 +203,7 @@ def draw_image(domain: str, label: str, size: int, rng: np.random.Generator) -> 
         angle = rng.uniform(-0.3, 0.3) if label in ("square", "diamond") else rng.uniform(0, 2 * math.pi)
         draw.polygon(_rotate(pts, angle, cx, cy), fill=colour)
     img = img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 1.2))))
-    return img.resize((size, size), Image.Resampling.LANCZOS)
+    return img if big == size else img.resize((size, size), Image.Resampling.LANCZOS)
 
 
 def _subset_of(spec: SyntheticSpec, index: int) -> str:
@@ -240,6 +241,59 @@ def generate(spec: SyntheticSpec, root: Path | None = None, progress: bool = Tru
         bar.close()
     (tmp / "params.json").write_text(json.dumps({**asdict(spec), "version": GENERATOR_VERSION},
                                                 indent=2, sort_keys=True))
+    (tmp / _COMPLETE).write_text("")
+    if out.exists():  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    return out
+
+
+# ------------------------------------------------------------------ JPEG files
+
+JPEG_VERSION = 1
+
+
+def _write_jpeg(task: tuple[str, int, str, int, int, int, int]) -> None:
+    folder, seed, label, class_index, index, size, quality = task
+    rng = np.random.default_rng([seed, class_index, index, JPEG_VERSION])
+    # drawn at the final size (no supersampling): fast, and JPEG's own artefacts follow
+    draw_image("shapes", label, size, rng, supersample=1).save(
+        Path(folder) / label / f"{label}_{index:05d}.jpg", quality=quality)
+
+
+def generate_jpeg_folder(images_per_class: int, size: int = 299, seed: int = 0,
+                         workers: int | None = None, root: Path | None = None,
+                         quality: int = 90) -> Path:
+    """An ImageFolder of ``images_per_class`` JPEG files for each ``shapes`` class, for
+    timing input pipelines on real files (decoding included); written by ``workers``
+    processes (default: every core) and cached under ``<cache root>/synthetic/`` by its
+    parameters, like the domains. Deterministic in ``seed``."""
+    base = (root or cache_root()) / "synthetic"
+    out = base / f"jpeg-shapes-{images_per_class}x{len(SHAPES_CLASSES)}-{size}px-q{quality}-s{seed}-v{JPEG_VERSION}"
+    if (out / _COMPLETE).is_file():
+        return out
+    tmp = base / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for label in SHAPES_CLASSES:
+        (tmp / label).mkdir(parents=True)
+    tasks = [(str(tmp), seed, label, ci, i, size, quality)
+             for ci, label in enumerate(SHAPES_CLASSES) for i in range(images_per_class)]
+    if not workers:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if workers > 1 and len(tasks) > 64:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: the caller may hold a framework's threads, which a fork would copy half-way
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(_write_jpeg, tasks, chunksize=max(1, len(tasks) // (workers * 4))))
+    else:
+        for task in tasks:
+            _write_jpeg(task)
+    (tmp / "params.json").write_text(json.dumps(
+        {"images_per_class": images_per_class, "size": size, "seed": seed, "quality": quality,
+         "classes": list(SHAPES_CLASSES), "version": JPEG_VERSION}, indent=2, sort_keys=True))
     (tmp / _COMPLETE).write_text("")
     if out.exists():  # another process finished first
         shutil.rmtree(tmp, ignore_errors=True)

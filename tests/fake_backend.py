@@ -146,11 +146,11 @@ class FakeBackend(Backend):
         exported += float(os.environ.get("FAKE_EXPORT_OFFSET", 0))
         return path, exported, self._forward(x)[1], {"layout": "NHWC", "shape": [None, THUMB, THUMB, 3]}
 
-    def _throughput(self, batch_size, precision, steps, warmup):
+    def _throughput(self, batch_size, precision, steps, warmup, kinds, compile):
         x = np.random.default_rng(0).random((batch_size, THUMB * THUMB * 3))
         t = measure_steps(lambda: self._forward(x), lambda: None, batch_size=batch_size, steps=steps,
                           warmup=warmup)
-        return {"precision": precision, "train": t, "infer": t, "peak_memory_bytes": None}
+        return {"precision": precision, **{kind: t for kind in kinds}, "peak_memory_bytes": None}
 
 
 class CrashingBackend(FakeBackend):

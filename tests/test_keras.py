@@ -42,7 +42,6 @@ from backends.keras.weights import head_file, restore_backbone  # noqa: E402
 from benchmarks import driver, report  # noqa: E402
 from common.config import Phase, load_recipe  # noqa: E402
 from common.data import load_image  # noqa: E402
-from common.metrics import classification_metrics  # noqa: E402
 from common.models import HEAD, get_model  # noqa: E402
 from common.preprocess import get_normalisation  # noqa: E402
 from common.schedule import learning_rate_at  # noqa: E402

@@ -251,7 +251,7 @@ def test_two_devices_end_the_epoch_with_one_device_weights(backend, even_quads, 
         assert abs(results[2][subset]["loss"] - results[1][subset]["loss"]) < 1e-4
 
 
-def test_scaling_efficiency_is_img_s_at_n_over_n_times_img_s_at_one():
+def test_scaling_efficiency_is_img_s_at_n_over_n_times_img_s_at_one(tmp_path):
     from benchmarks.throughput import scaling_rows
 
     def row(backend, n, ips):
@@ -261,6 +261,10 @@ def test_scaling_efficiency_is_img_s_at_n_over_n_times_img_s_at_one():
                          {"status": "failed", "backend": "keras", "devices": 1}])
     assert [(r["backend"], r["devices"], r["scaling_efficiency"]) for r in rows] == [
         ("pytorch", 1, 1.0), ("pytorch", 2, 0.75), ("keras-jax", 2, None)]
+    from benchmarks.report import write_scaling_plot
+
+    png = write_scaling_plot(rows, tmp_path / "scaling.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow  # two child processes, one of them torchrun's two workers: about 30-60 s here
@@ -275,6 +279,7 @@ def test_bench_throughput_devices_measures_pytorch_on_one_and_two_processes(tmp_
     assert [(r["backend"], r["devices"]) for r in rows] == [("pytorch", 1), ("pytorch", 2)]
     assert rows[0]["scaling_efficiency"] == 1.0 and rows[1]["scaling_efficiency"] > 0
     assert "2 device(s)" in printed and "says nothing about scaling" in printed
+    assert out.with_suffix(".png").is_file()
     with pytest.raises(SystemExit):
         cli.get_args_parser().parse_args(["throughput", "--devices", "1,1"])
     assert _bench("throughput", "--backend", "pytorch", "--batch-size", 3, "--devices", "2") == 2

@@ -8,7 +8,6 @@ import logging
 import os
 from pathlib import Path
 
-import pytest
 
 from backends import base
 from benchmarks import cli

@@ -20,7 +20,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from conftest import require_backend
 

@@ -54,7 +54,8 @@ from common.schedule import learning_rate_at
 from . import export as export_lib, parallel as parallel_lib, weights as kweights
 from .data import KerasData
 from .model import build_model
-from .throughput import POLICIES, device_info, measure_throughput
+from . import throughput as throughput_lib
+from .throughput import POLICIES, device_info
 from .train import (EventFile, ProgressCallback, compile_phase, fit_epochs, set_trainable,
                     tensorboard_available, tensorboard_callback, weight_count)
 
@@ -267,9 +268,28 @@ class KerasBackend(Backend):
                 for layer in self.km.block_layers(block) for v in layer.weights}
 
     # -- reporting -------------------------------------------------------
-    def _throughput(self, batch_size: int, precision: str, steps: int, warmup: int) -> dict:
-        return measure_throughput(self.km, self._applied, batch_size, precision, steps, warmup,
-                                  seed=self.config.train.seed)
+    def _throughput(self, batch_size: int, precision: str, steps: int, warmup: int,
+                    kinds: tuple[str, ...], compile: bool) -> dict:
+        return throughput_lib.measure_throughput(self.km, self._applied, batch_size, precision, steps,
+                                                 warmup, seed=self.config.train.seed, kinds=kinds)
+
+    def execution_mode(self) -> str:
+        return throughput_lib.execution_mode()
+
+    def is_out_of_memory(self, error: BaseException) -> bool:
+        return throughput_lib.is_out_of_memory(error)
+
+    def release_memory(self) -> None:
+        throughput_lib.release_memory()
+
+    def out_of_memory_error(self, message: str) -> BaseException:
+        return throughput_lib.out_of_memory_error(message)
+
+    def _time_input_pipeline(self, augment: bool) -> dict:
+        """What ``fit`` reads, without the model: the ``tf.data`` stream of one epoch, or the
+        ``PyDataset``'s batches made by as many threads as ``fit`` gives it (``workers``), in
+        order; epoch 1 warms up, epoch 2 is timed."""
+        return self.data.time_epoch(augment)
 
     def _bare_train_loop(self, batch_size: int, steps: int):
         """The harness-overhead baseline: ``train_on_batch`` in a plain loop, timed once."""

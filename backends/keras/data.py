@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Sequence
 
 import keras
@@ -120,6 +121,29 @@ class KerasData:
         if self.use_tf_data:
             return self._tf_dataset([(samples, None)], False)
         return NumpyBatches(self, samples, False)
+
+    def time_epoch(self, augment: bool) -> dict:
+        """Decode-only speed of the training pipeline: epoch 2 of ``train`` read without a
+        model after epoch 1 (``Backend.time_input_pipeline``). A ``PyDataset`` is read as
+        ``fit`` reads it with ``use_multiprocessing=False``: ``workers`` threads calling
+        ``__getitem__``, batches taken in order."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        samples = self.split.train
+        images = seconds = 0
+        for epoch in (1, 2):
+            t0 = time.perf_counter()
+            if self.use_tf_data:
+                images = sum(int(x.shape[0]) for x, _ in self.train([epoch], augment))
+            else:
+                batches = NumpyBatches(self, samples, augment, [epoch], self.drop_last)
+                with ThreadPoolExecutor(max(1, self.num_workers)) as pool:
+                    images = sum(len(x) for x, _ in pool.map(batches.__getitem__,
+                                                             range(len(batches))))
+            seconds = time.perf_counter() - t0
+        return {"images": images, "seconds": seconds,
+                "images_per_second": images / seconds if seconds > 0 else None,
+                "pipeline": self.pipeline}
 
     # ------------------------------------------------------------ tf.data
     def _tf_dataset(self, per_epoch: list[tuple[list[Sample], np.ndarray | None]], augment: bool,

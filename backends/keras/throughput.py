@@ -98,9 +98,113 @@ def model_for_precision(km: KerasModel, phase: Phase, precision: str) -> KerasMo
     return copy
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """The backend's out-of-memory error: TensorFlow's ``ResourceExhaustedError``, XLA's
+    ``RESOURCE_EXHAUSTED`` status on jax (a ``JaxRuntimeError``), torch's ``OutOfMemoryError``;
+    also as the cause or context of another error (Keras re-raises some)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if _is_out_of_memory(error):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, MemoryError):
+        return True
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return isinstance(error, tf.errors.ResourceExhaustedError)
+    if backend == "torch":
+        import torch
+
+        return isinstance(error, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
+    if backend == "jax":
+        import jax
+
+        return isinstance(error, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(error)
+    return False
+
+
+def out_of_memory_error(message: str) -> BaseException:
+    """An instance of the error ``is_out_of_memory`` recognises, for the backend in use."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.errors.ResourceExhaustedError(None, None, message)
+    if backend == "torch":
+        import torch
+
+        return getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)(message)
+    import jax
+
+    return jax.errors.JaxRuntimeError(f"RESOURCE_EXHAUSTED: {message}")
+
+
+def release_memory() -> None:
+    """Drop Keras' traced functions and Python references; torch also empties its cache
+    (jax and TensorFlow free buffers as their arrays are collected)."""
+    import gc
+
+    gc.collect()
+    if keras.backend.backend() == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def fp32_execution() -> str | None:
+    """Whether fp32 convolutions may run as TF32 on this accelerator (None on a CPU)."""
+    if device_info()["kind"] != "gpu":
+        return None
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        on = tf.config.experimental.tensor_float_32_execution_enabled()
+        return f"tf.config tensor_float_32_execution {'on' if on else 'off'}"
+    if backend == "torch":
+        import torch
+
+        return (f"torch cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, "
+                f"cuda.matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}")
+    import jax
+
+    precision = getattr(jax.config, "jax_default_matmul_precision", None)
+    return (f"jax_default_matmul_precision={precision}" if precision else
+            "jax_default_matmul_precision unset: XLA may use TF32 for fp32 dots and convolutions")
+
+
+def uses_tf32() -> bool:
+    """Whether fp32 convolutions may run as TF32 here (the peak an fp32 row is held to)."""
+    text = fp32_execution()
+    if text is None:
+        return False
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return text.endswith("on")
+    if backend == "torch":
+        import torch
+
+        return bool(torch.backends.cudnn.allow_tf32)
+    import jax
+
+    # unset: JAX's documented default, TF32 on recent GPUs ("Matmul precision")
+    return getattr(jax.config, "jax_default_matmul_precision", None) in (
+        None, "default", "fastest", "tensorfloat32")
+
+
 def measure_throughput(km: KerasModel, phase: Phase, batch_size: int, precision: str,
-                       steps: int, warmup: int, seed: int = 0) -> dict:
-    """The common protocol (``common.timing.measure_steps``) for one train and one infer step."""
+                       steps: int, warmup: int, seed: int = 0,
+                       kinds: tuple[str, ...] = ("train", "infer")) -> dict:
+    """The common protocol (``common.timing.measure_steps``) for one train and one infer step
+    (``kinds``)."""
     model = model_for_precision(km, phase, precision)
     size = km.model.input_shape[1]
     n = km.model.output_shape[-1]
@@ -112,13 +216,28 @@ def measure_throughput(km: KerasModel, phase: Phase, batch_size: int, precision:
     def sync():
         """train_on_batch / predict_on_batch already returned host numpy arrays."""
 
-    train = measure_steps(lambda: model.train_model.train_on_batch(x, y), sync,
-                          batch_size=batch_size, steps=steps, warmup=warmup)
-    infer = measure_steps(lambda: model.model.predict_on_batch(x), sync,
-                          batch_size=batch_size, steps=steps, warmup=warmup)
-    stepped = model.model.trainable_weights
-    timed = {"optimizer": type(model.train_model.optimizer).__name__, "trainable_tensors": len(stepped),
-             "trainable_params": weight_count(stepped)}
-    return {"precision": precision, "dtype_policy": POLICIES[precision], "timed": timed, "train": train,
-            "infer": infer, "peak_memory_bytes": peak_memory_bytes(), "device": device_info(),
+    out = {}
+    if "train" in kinds:
+        out["train"] = measure_steps(lambda: model.train_model.train_on_batch(x, y), sync,
+                                     batch_size=batch_size, steps=steps, warmup=warmup)
+        stepped = model.model.trainable_weights
+        out["timed"] = {"optimizer": type(model.train_model.optimizer).__name__,
+                        "trainable_tensors": len(stepped), "trainable_params": weight_count(stepped)}
+    if "infer" in kinds:
+        out["infer"] = measure_steps(lambda: model.model.predict_on_batch(x), sync,
+                                     batch_size=batch_size, steps=steps, warmup=warmup)
+    return {**out, "precision": precision, "dtype_policy": POLICIES[precision],
+            "peak_memory_bytes": peak_memory_bytes(), "device": device_info(),
+            "mode": execution_mode(), "fp32_execution": fp32_execution(), "tf32": uses_tf32(),
             "step": "model.train_on_batch / model.predict_on_batch (compiled, current phase)"}
+
+
+def execution_mode() -> str:
+    """How Keras runs a step on this backend: ``compile(jit_compile="auto")`` is XLA on jax,
+    a ``tf.function`` on TensorFlow (XLA only with a GPU), eager on torch."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return "XLA"
+    if backend == "tensorflow":
+        return "tf.function + XLA" if device_info()["kind"] == "gpu" else "tf.function"
+    return "eager"

@@ -30,8 +30,7 @@ from common.preprocess import get_normalisation, get_preset
 from common.results import cpu_name
 
 from . import data, export as export_lib, model as model_lib, parallel as parallel_lib, train
-from . import weights as weights_lib
-from .throughput import measure_throughput
+from . import throughput as throughput_lib, weights as weights_lib
 
 
 BN_MODES = {
@@ -45,6 +44,7 @@ BN_MODES = {
 class PyTorchBackend(Backend):
     name = "pytorch"
     checkpoint_suffix = ".pt"
+    compile_modes = ("torch.compile",)
 
     def __init__(self, config: RunConfig, run_dir: Path):
         super().__init__(config, run_dir)
@@ -58,6 +58,7 @@ class PyTorchBackend(Backend):
         self.trainable: dict[str, nn.Module] = {}
         self.optimizer: torch.optim.Optimizer | None = None
         self.optimizer_description = ""
+        self._compiled: nn.Module | None = None  # torch.compile(self.model), made when first timed
         self.writer = train.ScalarWriter(self.run_dir / "tensorboard")
         self._step = 0
         # dtypes the logits were computed in, per path (precision_used reports them)
@@ -81,8 +82,11 @@ class PyTorchBackend(Backend):
         np.random.seed(seed)
         torch.manual_seed(seed)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        # under torchrun, the node's cores are shared by its worker processes
-        torch.set_num_threads(max(1, (cores or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+        if "LOCAL_WORLD_SIZE" in os.environ:
+            # under torchrun, the node's cores are shared by its worker processes
+            torch.set_num_threads(max(1, (cores or 1) // int(os.environ["LOCAL_WORLD_SIZE"])))
+        elif not os.environ.get("OMP_NUM_THREADS"):  # set: torch has read it, the user's choice
+            torch.set_num_threads(cores or 1)
         bs, workers = per_device_batch(self.config.train), self.config.data.num_workers
         distributed = self.world > 1
         # one DataLoader per split, kept across epochs (torchvision references): the train
@@ -140,7 +144,7 @@ class PyTorchBackend(Backend):
             # bn = "train" phases normalise with the statistics of the global batch
             net = parallel_lib.sync_batchnorm(net)
         self.model = net
-        self.optimizer, self.trainable, self.ddp = None, {}, None
+        self.optimizer, self.trainable, self.ddp, self._compiled = None, {}, None, None
 
     def _apply_phase(self, phase: Phase, index: int) -> dict:
         net = self.model
@@ -283,23 +287,59 @@ class PyTorchBackend(Backend):
                 if model_lib.in_modules(k, modules)}
 
     # -- reporting -------------------------------------------------------
-    def _throughput(self, batch_size: int, precision: str, steps: int, warmup: int) -> dict:
+    def _throughput(self, batch_size: int, precision: str, steps: int, warmup: int,
+                    kinds: tuple[str, ...], compile: bool) -> dict:
         net, phase = self.model, self.phase
         if self.world > 1:  # the DDP step (all-reduce included) on this rank's share of the batch
             batch_size = max(1, batch_size // self.world)
-        result = measure_throughput(
+        if compile and self._compiled is None:
+            # compiled lazily: the first timed step of each kind pays the compilation
+            self._compiled = torch.compile(self.ddp or net)
+        result = throughput_lib.measure_throughput(
             self.ddp or net, self.optimizer,
             lambda: train.set_train_modes(net, self.trainable, phase.bn),
             device=self.device_, num_classes=self.num_classes, image_size=self.image_size,
             batch_size=batch_size, precision=precision, steps=steps, warmup=warmup,
-            seed=self.config.train.seed)
+            seed=self.config.train.seed, kinds=kinds, compiled=self._compiled if compile else None)
         if self.world > 1:  # every rank steps in lockstep: img/s of the global batch
-            for kind in ("train", "infer"):
+            for kind in kinds:
                 for key in ("images_per_second", "images_per_second_p10", "images_per_second_p90"):
                     result[kind][key] *= self.world
             result["measured"] = (f"a DDP step of {batch_size} image(s) per device on rank "
                                   f"{self.rank}, img/s x {self.world} devices")
         return result
+
+    def is_out_of_memory(self, error: BaseException) -> bool:
+        return throughput_lib.is_out_of_memory(error)
+
+    def release_memory(self) -> None:
+        throughput_lib.release_memory()
+
+    def out_of_memory_error(self, message: str) -> BaseException:
+        return throughput_lib.OUT_OF_MEMORY(message)
+
+    def forward_flops(self) -> int | None:
+        self._require("built", "forward_flops()")
+        return throughput_lib.forward_flops(self.model, self.image_size, self.device_)
+
+    def _time_input_pipeline(self, augment: bool) -> dict:
+        """The training DataLoader (its persistent workers, pinned memory) up to the normalised
+        batch on the device, as ``train_one_epoch`` reads it, without the model: epoch 1
+        starts the workers, epoch 2 is timed."""
+        loader = self.train_loaders[augment]
+        norm = get_normalisation(self.preprocessing_name())
+        for epoch in (1, 2):
+            data.set_epoch(loader, epoch)
+            images_seen, t0 = 0, time.perf_counter()
+            for images, labels in loader:
+                data.normalise(images.to(self.device_, non_blocking=True), norm)
+                labels.to(self.device_, non_blocking=True)
+                images_seen += len(labels)
+            throughput_lib.synchronize(self.device_)
+            seconds = time.perf_counter() - t0
+        return {"images": images_seen, "seconds": seconds,
+                "images_per_second": images_seen / seconds if seconds > 0 else None,
+                "pipeline": data.describe_loader(loader)}
 
     def _bare_train_loop(self, batch_size: int, steps: int):
         """The harness-overhead baseline: the same model, optimizer and batch layout in a
@@ -345,7 +385,7 @@ class PyTorchBackend(Backend):
 
     def close(self) -> None:
         self.writer.close()
-        self.model = self.optimizer = self.ddp = None
+        self.model = self.optimizer = self.ddp = self._compiled = None
         if self.world > 1:
             parallel_lib.destroy()
         if self.device_.type == "cuda":

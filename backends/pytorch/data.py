@@ -5,7 +5,11 @@ map-style ``Dataset`` returns one sample, one ``DataLoader`` per split is
 built once and kept across epochs, and the train loader reshuffles every
 epoch through its sampler's ``set_epoch`` (``DistributedSampler``'s
 convention); the augmentation is written with
-``torchvision.transforms.v2.functional`` ops on tensors.
+``torchvision.transforms.v2.functional`` ops on tensors. With workers, the
+loaders keep them between epochs (``persistent_workers``) and, on CUDA, hand
+over pinned (page-locked) batches that the training loop copies with
+``non_blocking=True``; the sampler sends each index with its epoch, so a
+worker process started in epoch 1 still draws epoch 5's augmentation.
 Decoding is ``common.data`` (the one decoder every backend uses) and an
 evaluation image is finished there too (``Preset.eval_image``: the same array
 in every backend); a training image is augmented here with
@@ -57,28 +61,33 @@ class SplitDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        # EpochShuffleSampler sends (epoch, index): persistent workers hold a copy of this
+        # dataset made when they started, so set_epoch in the main process cannot reach them
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         sample = self.samples[index]
         if not self.augment:
             return chw(self.preset.eval_image(sample.path, self.size)), sample.label
         image = chw(self.preset.train_source(sample.path, self.size))
-        return augment(image, self.size, self.preset, self._generator(index)), sample.label
+        return augment(image, self.size, self.preset, self._generator(epoch, index)), sample.label
 
     def set_epoch(self, epoch: int) -> None:
-        """Draw the next samples' augmentation for ``epoch``. Workers copy the dataset when
-        an epoch's iterator starts, so call this before iterating (no persistent workers)."""
+        """The epoch of samples asked for by a bare index (the sampler names its own)."""
         self.epoch = epoch
 
-    def _generator(self, index: int) -> torch.Generator:
-        return torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_033 + index)
+    def _generator(self, epoch: int, index: int) -> torch.Generator:
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 1_000_033 + index)
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """A permutation of ``range(n)`` that depends on ``(seed, epoch)`` only.
+class EpochShuffleSampler(Sampler[tuple[int, int]]):
+    """A permutation of ``range(n)`` that depends on ``(seed, epoch)`` only, each index sent
+    as ``(epoch, index)``.
 
     ``set_epoch(e)`` before each epoch, as with ``DistributedSampler``: the order of
     epoch ``e`` is the same whether the epochs before it ran in this process or in an
     interrupted one, so a resumed run sees the batches an uninterrupted run would.
+    The epoch travels with the index to the (persistent) workers, which draw the
+    augmentation of that epoch.
     """
 
     def __init__(self, n: int, seed: int):
@@ -92,7 +101,30 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(shuffle_seed(self.seed) + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        return iter([(self.epoch, i) for i in torch.randperm(self.n, generator=generator).tolist()])
+
+
+class WithEpoch(Sampler[tuple[int, int]]):
+    """Another sampler's indices sent as ``(epoch, index)`` (a ``DistributedSampler`` under
+    DDP), so that persistent workers draw the augmentation of the epoch, as with
+    ``EpochShuffleSampler``; ``set_epoch`` and ``len`` are the wrapped sampler's."""
+
+    def __init__(self, sampler: Sampler):
+        self.sampler = sampler
+
+    @property
+    def epoch(self) -> int:
+        return getattr(self.sampler, "epoch", 0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        epoch = self.epoch
+        return iter([(epoch, i) for i in self.sampler])
 
 
 def shuffle_seed(seed: int) -> int:
@@ -171,18 +203,23 @@ def normalise(images: torch.Tensor, norm: Normalisation) -> torch.Tensor:
     return F.normalize(x, list(norm.mean), list(norm.std)).contiguous(memory_format=torch.channels_last)
 
 
+def _loader_options(num_workers: int) -> dict:
+    """Workers kept between epochs and pinned batches on CUDA (torchvision references)."""
+    return {"num_workers": num_workers, "persistent_workers": num_workers > 0,
+            "pin_memory": torch.cuda.is_available()}
+
+
 def train_loader(samples: list[Sample], size: int, batch_size: int, *, augment: bool, seed: int,
                  num_workers: int = 0, sampler: Sampler | None = None,
                  preset: Preset | None = None) -> DataLoader:
     """The training loader, built once: call ``set_epoch(loader, e)`` before each epoch.
     Order and augmentation of an epoch depend on ``(seed, epoch)`` only. ``sampler``: this
     rank's ``DistributedSampler`` under DDP (``batch_size`` is then the per-device batch)."""
-    sampler = EpochShuffleSampler(len(samples), seed) if sampler is None else sampler
+    sampler = EpochShuffleSampler(len(samples), seed) if sampler is None else WithEpoch(sampler)
     return DataLoader(SplitDataset(samples, size, augment, seed, preset=preset),
                       batch_size=batch_size, sampler=sampler,
                       drop_last=drops_last_batch(len(sampler), batch_size),  # never a batch of 1
-                      num_workers=num_workers, persistent_workers=False,
-                      pin_memory=torch.cuda.is_available())
+                      **_loader_options(num_workers))
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:
@@ -196,5 +233,15 @@ def eval_loader(samples: list[Sample], size: int, batch_size: int, num_workers: 
     """Batches in split order: the preset's evaluation images (``Preset.eval_image``);
     ``sampler``: this rank's share under DDP."""
     return DataLoader(SplitDataset(samples, size, preset=preset), batch_size=batch_size,
-                      shuffle=False, sampler=sampler, num_workers=num_workers,
-                      pin_memory=torch.cuda.is_available())
+                      shuffle=False, sampler=sampler, **_loader_options(num_workers))
+
+
+def describe_loader(loader: DataLoader) -> str:
+    """What feeds the training loop, for throughput reports."""
+    workers = loader.num_workers
+    how = (f"{workers} persistent worker process(es)" if workers and loader.persistent_workers
+           else f"{workers} worker process(es)" if workers else "decoded in the training process")
+    preset = loader.dataset.preset.name
+    return (f"torch DataLoader: PIL decode + torchvision.transforms.v2 ({preset} preset), {how}, "
+            f"batch {loader.batch_size}, pin_memory={loader.pin_memory}, "
+            f"non_blocking copies to the device, normalised on the device")

@@ -172,8 +172,12 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                     precision: str = "fp32", desc: str = "") -> dict:
     """One pass over ``loader`` (modes already set): mean loss, top-1, images, seconds, and
     ``compute_dtype``, the dtype the logits were computed in (``bfloat16`` under autocast).
-    ``desc`` names the pass in its progress bar (``common.progress``)."""
-    total_loss, correct, seen = 0.0, 0, 0
+    ``desc`` names the pass in its progress bar (``common.progress``).
+
+    Losses and hits stay on the device until the epoch ends (``on_step`` then gets each
+    step's loss, in order): reading a value back every step (``loss.item()``) would make
+    the host wait for the device at each step, and the next batch's copy with it."""
+    step_losses, hits, sizes = [], [], []
     compute_dtype = None
     t0 = time.perf_counter()
     for images, labels in progress(loader, len(loader), desc):
@@ -195,14 +199,19 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         compute_dtype = dtype_name(logits)
         loss.backward()  # outside autocast, as torch.autocast's documentation prescribes
         optimizer.step()
-        n = len(labels)
-        total_loss += loss.item() * n
-        correct += int((logits.argmax(1) == labels).sum())
-        seen += n
-        if on_step is not None:
-            on_step(loss.item())
+        step_losses.append(loss.detach())
+        hits.append((logits.argmax(1) == labels).sum())
+        sizes.append(len(labels))
+    # one read back per epoch (it waits for the last step, so the clock stops after it)
+    losses = torch.stack(step_losses).float().cpu().tolist() if step_losses else []
+    correct = int(torch.stack(hits).sum()) if hits else 0
+    seconds, seen = time.perf_counter() - t0, sum(sizes)
+    if on_step is not None:
+        for value in losses:
+            on_step(value)
+    total_loss = sum(value * n for value, n in zip(losses, sizes))
     return {"loss": total_loss / max(seen, 1), "top1": correct / max(seen, 1), "images": seen,
-            "seconds": time.perf_counter() - t0, "compute_dtype": compute_dtype}
+            "seconds": seconds, "compute_dtype": compute_dtype}
 
 
 @torch.inference_mode()

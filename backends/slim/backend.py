@@ -353,7 +353,17 @@ class SlimBackend(Backend):
                                      slim_model.variables_in_scopes(self.model_variables, scopes))
 
     # -- reporting ---------------------------------------------------------
-    def _throughput(self, batch_size: int, precision: str, steps: int, warmup: int) -> dict:
+    def execution_mode(self) -> str:
+        return "graph"  # a TF1 session.run of the train op
+
+    def is_out_of_memory(self, error: BaseException) -> bool:
+        return isinstance(error, (tf.errors.ResourceExhaustedError, MemoryError))
+
+    def out_of_memory_error(self, message: str) -> BaseException:
+        return tf.errors.ResourceExhaustedError(None, None, message)
+
+    def _throughput(self, batch_size: int, precision: str, steps: int, warmup: int,
+                    kinds: tuple[str, ...], compile: bool) -> dict:
         if precision != "fp32":
             raise BackendError(f"the slim backend measures fp32 only (got {precision!r})")
         with self.graph.as_default():
@@ -367,13 +377,14 @@ class SlimBackend(Backend):
                 result = slim_throughput.model_step_throughput(
                     self.session, initializer=self._in_memory[batch_size],
                     train_step=self.step.train_op, infer_step=self.eval_tower.logits,
-                    batch_size=batch_size, steps=steps, warmup=warmup)
+                    batch_size=batch_size, steps=steps, warmup=warmup, kinds=kinds)
             finally:
                 self.restore(kept)
         timed = {"optimizer": self.step.optimizer, "trainable_tensors": len(self.step.trained),
                  "trainable_params": slim_model.param_count(self.step.trained)}
         return {"precision": _precision_label(self.step.compute_dtype), "timed": timed, **result,
-                "peak_memory_bytes": self._peak_memory(), "device": self.device()}
+                "peak_memory_bytes": self._peak_memory(), "device": self.device(),
+                "mode": self.execution_mode()}
 
     def _precision_used(self) -> dict:
         used = {path: "+".join(sorted(_precision_label(d) for d in dtypes)) or None

@@ -14,15 +14,14 @@ from common.timing import measure_steps
 
 
 def model_step_throughput(session, *, initializer, train_step, infer_step, batch_size: int,
-                          steps: int, warmup: int) -> dict:
-    """``common.timing.measure_steps`` for the train op and the inference logits."""
+                          steps: int, warmup: int, kinds=("train", "infer")) -> dict:
+    """``common.timing.measure_steps`` for the train op and the inference logits (``kinds``)."""
     session.run(initializer)
 
     def synchronised():  # session.run has already waited for the device
         return None
 
-    train = measure_steps(lambda: session.run(train_step), synchronised, batch_size=batch_size,
-                          steps=steps, warmup=warmup)
-    infer = measure_steps(lambda: session.run(infer_step), synchronised, batch_size=batch_size,
-                          steps=steps, warmup=warmup)
-    return {"train": train, "infer": infer}
+    fetches = {"train": train_step, "infer": infer_step}
+    return {kind: measure_steps(lambda fetch=fetches[kind]: session.run(fetch), synchronised,
+                                batch_size=batch_size, steps=steps, warmup=warmup)
+            for kind in kinds}

@@ -265,7 +265,7 @@ def _grouped_train_op(total_loss, groups, optimizers, update_ops, phase, global_
     with tf.control_dependencies(update_ops):
         total_loss = tf.identity(total_loss)
     variables = [v for vs, _ in groups for v in vs]
-    grads = tf.gradients(total_loss, variables, colocate_gradients_with_ops=colocate)
+    grads = tf.compat.v1.gradients(total_loss, variables, colocate_gradients_with_ops=colocate)
     deps = [g for g in grads if g is not None]
     if phase.optimizer == "adamw" and phase.weight_decay > 0:
         # PyTorch AdamW order: p *= 1 - lr * wd, then the Adam step (on the same gradients)
