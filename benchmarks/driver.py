@@ -29,7 +29,7 @@ from backends import native
 from backends.base import Backend, BackendError, WeightsRequest, backend_info, get_backend
 from benchmarks import conversion
 from common import canonical, parallel, synthetic
-from common.config import Phase, RunConfig, validate_run
+from common.config import Phase, PretrainConfig, RunConfig, validate_run
 from common.data import DataError, Split, drops_last_batch, load_dataset, split_dataset
 from common.linear import fit_linear_probe
 from common.locks import claim_directory
@@ -109,12 +109,23 @@ def prepare_split(config: RunConfig) -> Split:
 SOURCE_CACHE_VERSION = 2  # 2: one source model per sweep, converted to every backend
 
 
+def pretrain_settings(config: RunConfig) -> PretrainConfig:
+    """How this run's source model is pretrained: ``config.pretrain`` with the model's own
+    learning rate (``ModelSpec.pretrain_learning_rate``) unless the config sets one. The
+    cache key holds these resolved values, so a model whose rate is the old global 1e-3
+    (InceptionV3) keeps its cache entry and digest."""
+    p = config.pretrain
+    if p.learning_rate is None:
+        p = dataclasses.replace(p, learning_rate=get_model(config.model.name).pretrain_learning_rate)
+    return p
+
+
 def source_cache_dir(config: RunConfig, image_size: int, source_backend: str | None = None) -> Path:
     """The cache folder of the source model pretrained in ``source_backend`` (shared by
     every backend's runs that start from it); by default the one ``config``'s run starts
     from (``conversion.source_backend``)."""
     source_backend = source_backend or conversion.source_backend(config.model.name, config.backend)
-    p = config.pretrain
+    p = pretrain_settings(config)
     key = json.dumps({
         "backend": source_backend, "model": config.model.name, "size": image_size,
         "pretrain": dataclasses.asdict(p), "aux": config.model.aux_logits,
@@ -130,8 +141,9 @@ def source_cache_dir(config: RunConfig, image_size: int, source_backend: str | N
 
 def pretrain_source(config: RunConfig, image_size: int, cache: Path) -> dict:
     """Pretrain ``config.backend``'s model on ``shapes`` in this process (fp32, seed 0) and
-    save it as ``cache/<backend>/source``; returns its record (checkpoint relative to ``cache``)."""
-    p = config.pretrain
+    save it as ``cache/<backend>/source``; returns its record (checkpoint relative to ``cache``,
+    the settings and the mean training loss of each epoch)."""
+    p = pretrain_settings(config)
     spec = dataclasses.replace(synthetic.DEFAULT_SOURCE, images_per_class=p.images_per_class)
     root = synthetic.generate(spec, progress=False)
     split = split_dataset(load_dataset(root), seed=0, val_fraction=0.1, test_fraction=0.1)
@@ -146,7 +158,9 @@ def pretrain_source(config: RunConfig, image_size: int, cache: Path) -> dict:
         recipe=dataclasses.replace(config.recipe, preprocessing="simple", dropout=0.0,
                                    checkpoint_exclude_scopes=()))
     log.info(f"pretraining {config.model.name} in {config.backend} on shapes "
-             f"({len(split.train)} images, {p.epochs} epochs) -> {cache}")
+             f"({len(split.train)} images, {p.epochs} epochs, {p.optimizer} {p.learning_rate:g}) "
+             f"-> {cache}")
+    losses: list[float] = []
     t0 = time.perf_counter()
     backend = get_backend(config.backend)(pre_config, cache / "train")
     try:
@@ -155,6 +169,7 @@ def pretrain_source(config: RunConfig, image_size: int, cache: Path) -> dict:
         backend.apply_phase(phase, 0)
 
         def pretrain_epoch_end(epoch: int, lr: float, stats: dict) -> None:
+            losses.append(float(stats["loss"]))
             log.info(f"  pretrain epoch {epoch + 1}/{phase.epochs}: loss {stats['loss']:.3f} "
                      f"train top1 {stats['top1']:.3f}")
 
@@ -166,7 +181,8 @@ def pretrain_source(config: RunConfig, image_size: int, cache: Path) -> dict:
     meta = {"checkpoint": Path(ckpt).relative_to(cache).as_posix(), "classes": list(split.classes),
             "val_top1": val["top1"], "seconds": time.perf_counter() - t0, "epochs": p.epochs,
             "split_digest": split.digest(), "images": len(split.train),
-            "pretrained_in": config.backend}
+            "pretrained_in": config.backend, "optimizer": p.optimizer,
+            "learning_rate": p.learning_rate, "losses": losses}
     log.info(f"  source model: val top1 {val['top1']:.3f} in {meta['seconds']:.0f}s")
     return meta
 

@@ -202,7 +202,8 @@ class PretrainConfig:
 
     epochs: int = 12
     optimizer: str = "adam"
-    learning_rate: float = 1e-3
+    # None: the model's own (``ModelSpec.pretrain_learning_rate``); a number overrides it
+    learning_rate: float | None = None
     batch_size: int = 16
     images_per_class: int = 120
 

@@ -11,11 +11,15 @@
   flatten order before fc6) concerns only the original classifier, which the suite's
   model does not have (README "Framework differences").
 
+* its source pretraining on ``shapes`` learns, at the learning rate its ``ModelSpec``
+  gives (``pretrain_learning_rate``), which the driver hands every backend.
+
 The contract tests run for VGG16 too (``tests/test_backend_contract.py``, at 32 px).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -23,10 +27,12 @@ import numpy as np
 
 from conftest import require_backend
 
+from backends import base
 from backends.base import backend_info
-from benchmarks import conversion
+from benchmarks import conversion, driver
 from benchmarks.parity import run_parity
 from common import canonical
+from common.config import ModelConfig, PretrainConfig, RunConfig, load_recipe
 from common.models import get_model
 
 SPEC = get_model("vgg16")
@@ -208,3 +214,48 @@ def test_vgg16_parity_at_32px_and_the_classifier_the_suite_replaces(tmp_path):
         assert max(blocks.values()) <= 1e-4, (pair, blocks)
     assert report["ok"] and report["shapes"]["block5"] == [5, 1, 1, 512]
     assert report["shapes"]["logits"] == [5, 5] and min(report["magnitude"].values()) > 0.1
+
+
+def _pretrain_config(backend: str, model: str, **pretrain) -> RunConfig:
+    return RunConfig(backend=backend, recipe=load_recipe("head"), model=ModelConfig(name=model),
+                     pretrain=PretrainConfig(**pretrain))
+
+
+def test_the_pretraining_learning_rate_is_the_models_and_every_backend_gets_it(tmp_path, monkeypatch):
+    """``--weights source`` pretrains at ``ModelSpec.pretrain_learning_rate`` (VGG16 1e-4,
+    InceptionV3 the old global 1e-3): the driver's one pretraining path gives the backend a
+    phase with that rate (here the numpy backend; the three real ones read
+    ``phase.learning_rate`` the same way) and records it. The cache key holds the resolved
+    value, so InceptionV3's cached source model (its digest in README) keeps its key."""
+    assert (SPEC.pretrain_learning_rate, get_model("inception_v3").pretrain_learning_rate) == (1e-4, 1e-3)
+    monkeypatch.setitem(base.REGISTRY, "fake", "fake_backend:FakeBackend")
+    from fake_backend import FakeBackend
+    seen = []
+    original = FakeBackend._apply_phase
+    monkeypatch.setattr(FakeBackend, "_apply_phase",
+                        lambda self, phase, index: seen.append(phase.learning_rate) or
+                        original(self, phase, index))
+    for model, override in (("vgg16", None), ("inception_v3", None), ("vgg16", 3e-4)):
+        config = _pretrain_config("fake", model, epochs=1, images_per_class=3, batch_size=8,
+                                  learning_rate=override)
+        meta = driver.pretrain_source(config, 32, tmp_path / f"{model}-{override}")
+        expected = override or get_model(model).pretrain_learning_rate
+        assert seen.pop() == meta["learning_rate"] == expected and len(meta["losses"]) == 1
+    key = {m: {lr: driver.source_cache_dir(_pretrain_config("pytorch", m, learning_rate=lr),
+                                           75, "pytorch").name for lr in (None, 1e-3, 1e-4)}
+           for m in ("inception_v3", "vgg16")}
+    assert key["inception_v3"][None] == key["inception_v3"][1e-3] != key["inception_v3"][1e-4]
+    assert key["vgg16"][None] == key["vgg16"][1e-4] != key["vgg16"][1e-3]
+
+
+def test_vgg16_source_pretraining_learns(tmp_path):
+    """VGG16 (no BatchNorm) pretrained in PyTorch on ``shapes`` at its own rate takes the
+    training loss below chance (ln 10 = 2.303 for 10 classes) and keeps lowering it; with
+    the old global Adam 1e-3 it stayed at 2.303 (the README's first VGG16 run). 32 px,
+    3 images per class (24 train), 6 epochs of batch 4."""
+    require_backend("pytorch")
+    config = _pretrain_config("pytorch", "vgg16", epochs=6, images_per_class=3, batch_size=4)
+    losses = driver.pretrain_source(config, 32, tmp_path)["losses"]
+    assert len(losses) == 6
+    assert losses[-1] < math.log(10) - 0.025, losses
+    assert all(b < a for a, b in zip(losses[1:], losses[2:])), losses
