@@ -233,6 +233,18 @@ class BackendInfo:
         """Set this backend's environment (call before its framework is imported)."""
         os.environ.update(self.environment)
 
+    def process_environment(self, devices: int = 1, current: Mapping[str, str] | None = None
+                            ) -> dict[str, str]:
+        """The variables a run of this backend on ``devices`` devices sets in its process
+        before anything is imported: ``environment`` and, on more than one device,
+        ``parallel_environment`` appended to what ``current`` (``os.environ``) holds."""
+        current = os.environ if current is None else current
+        env = dict(self.environment)
+        if devices > 1:
+            for key, value in self.parallel_environment.items():
+                env[key] = " ".join(filter(None, [current.get(key), value.format(devices=devices)]))
+        return env
+
 
 def unsupported_parallel(name: str, devices: int, nnodes: int = 1) -> str | None:
     """Why backend ``name`` cannot run on ``devices`` devices x ``nnodes`` nodes (one line),

@@ -136,11 +136,8 @@ def _run_worker(run: PlannedRun, claim: DirectoryClaim) -> dict:
     result_file = run_dir / "result.json"
     before = result_file.stat().st_mtime_ns if result_file.exists() else None
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8:backslashreplace")
-    info = backend_info(run.config.backend)
-    env.update(info.environment)  # e.g. KERAS_BACKEND, before import
-    if run.config.train.devices > 1:  # e.g. jax's host devices, before jax starts
-        for key, value in info.parallel_environment.items():
-            env[key] = " ".join(filter(None, [env.get(key), value.format(devices=run.config.train.devices)]))
+    # e.g. KERAS_BACKEND before import; on several devices jax's host devices before jax starts
+    env.update(backend_info(run.config.backend).process_environment(run.config.train.devices, env))
     env.update({PARENT_PID_ENV: str(os.getpid()), CLAIM_FD_ENV: str(claim.fd)})
     env[PROGRESS_ENV] = child_progress_mode()
     repo_root = str(Path(__file__).resolve().parent.parent)

@@ -12,7 +12,6 @@ prints one JSON line.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import traceback
@@ -69,8 +68,7 @@ def measure_in_child(backend: str, model: str, batch_size: int, image_size: int 
         if info.launcher:
             launcher = ["-m", info.launcher, "--standalone", f"--nproc-per-node={devices}",
                         "--max-restarts=0"]
-        environment = {k: " ".join(filter(None, [os.environ.get(k), v.format(devices=devices)]))
-                       for k, v in info.parallel_environment.items()}
+        environment = info.process_environment(devices)
     result = run_json_child("benchmarks.throughput", [backend, model, batch_size, image_size or 0,
                                                       precision, steps, warmup, devices],
                             launcher=launcher, environment=environment)
