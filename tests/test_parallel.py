@@ -2,8 +2,11 @@
 
 The equivalence tests: with BN frozen and the same global batch, a 2-worker run and a
 1-worker run start from the same weights and end one epoch with the same weights
-(max abs diff <= 1e-5). On this CPU machine: PyTorch with 2 gloo processes under
-torchrun. The error tests: one line each, exit 2 where the flags are wrong.
+(max abs diff <= 1e-5), in the default selection (CI): PyTorch with 2 gloo processes
+under torchrun (ResNet-18 at 32 px); keras-jax on 2 XLA host devices, Keras on TensorFlow
+with MirroredStrategy and slim with 2 clones, both on 2 logical CPUs (VGG16 at 32 px, one
+child process per framework: ``tests/parallel_equivalence.py``). The error tests: one
+line each, exit 2 where the flags are wrong.
 """
 
 from __future__ import annotations
@@ -11,15 +14,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from backends.base import availability, backend_info
 from benchmarks import cli, runner
 from common import synthetic
 from common.config import ConfigError, TrainConfig, validate_parallel
-from conftest import require_backend, tiny_config
+from conftest import REPO, require_backend, tiny_config
 
 EQUIVALENCE_TOLERANCE = 1e-5
 
@@ -195,60 +201,90 @@ def test_sync_bn_without_cuda_is_refused_in_one_line(tiny_quads, tmp_path):
             parallel.init_process_group(train)
 
 
-def _h5_arrays(path: Path) -> dict:
-    import h5py
-
-    out = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: out.__setitem__(name, np.asarray(obj))
-                     if isinstance(obj, h5py.Dataset) else None)
-    return out
+# one child process per framework (tests/parallel_equivalence.py), the two side by side
+FRAMEWORK_PROCESSES = (("keras-jax",), ("keras", "slim"))
+EQUIVALENCE_TEST = "test_two_devices_end_the_epoch_with_one_device_weights"
 
 
-def _ckpt_arrays(prefix: Path) -> dict:
-    import tensorflow as tf
+@pytest.fixture(scope="module")
+def equivalence_runs(request, even_quads, tmp_path_factory) -> dict:
+    """For each selected, available backend of ``FRAMEWORK_PROCESSES``: VGG16 at 32 px,
+    the head trained one epoch (5 global batches of 4) on 2 devices, then on 1, from the
+    same seed, in its framework's process with the environment ``bench run`` gives a run
+    on 2 devices. Returns backend -> (process, its log, output folder); the processes run on."""
+    selected = {item.callspec.params["backend"] for item in request.session.items
+                if getattr(item, "originalname", "") == EQUIVALENCE_TEST}
+    runs = {}
+    for backends in FRAMEWORK_PROCESSES:
+        backends = [b for b in backends if b in selected and not availability(b)]
+        if not backends:
+            continue
+        out = tmp_path_factory.mktemp("equivalence-" + "-".join(backends))
+        (out / "ddp_head.toml").write_text(HEAD_SGD)
+        env = {**os.environ, "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        files = []
+        for backend in backends:
+            config = tiny_config(backend, str(out / "ddp_head.toml"), even_quads, out / backend,
+                                 model="vgg16", image_size=32, batch_size=4, devices=2)
+            config = dataclasses.replace(
+                config, data=dataclasses.replace(config.data, val_fraction=None, test_fraction=None))
+            files.append(out / f"{backend}.config.json")
+            files[-1].write_text(json.dumps(config.to_dict()))
+            env.update(backend_info(backend).process_environment(2, env))
+        log = open(out / "log.txt", "w")
+        proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "parallel_equivalence.py"),
+                                 str(out), *map(str, files)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+        runs.update({b: (proc, log, out) for b in backends})
+    yield runs
+    for proc, log, _ in runs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
 
-    reader = tf.train.load_checkpoint(str(prefix))
-    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
-            if not k.startswith("phase")}  # model variables, not the optimizer's slots
 
-
-@pytest.mark.slow  # two InceptionV3 runs per backend, about 2 min each on this CPU
 @pytest.mark.parametrize("backend", ["keras-jax", "keras", "slim"])
-def test_two_devices_end_the_epoch_with_one_device_weights(backend, even_quads, tmp_path):
-    """keras-jax: keras.distribution.DataParallel over 2 host devices (XLA_FLAGS, set by the
-    runner before jax starts); keras (TensorFlow): MirroredStrategy over 2 logical CPUs;
-    slim: 2 clones (--num_clones) on 2 logical CPUs."""
+def test_two_devices_end_the_epoch_with_one_device_weights(backend, equivalence_runs):
+    """keras-jax: keras.distribution.DataParallel over 2 host devices (XLA_FLAGS, in the
+    environment bench run gives the process); keras (TensorFlow): MirroredStrategy over 2
+    logical CPUs; slim: 2 clones (--num_clones) on 2 logical CPUs. BN frozen (VGG16 has
+    none), the same global batch of 4, one epoch of the head with momentum SGD."""
     require_backend(backend)
-    recipe = tmp_path / "ddp_head.toml"
-    recipe.write_text(HEAD_SGD)
-    results = {}
-    for n in (1, 2):
-        config = tiny_config(backend, str(recipe), even_quads, tmp_path / f"d{n}", image_size=75,
-                             batch_size=4, devices=n)
-        config = dataclasses.replace(
-            config, data=dataclasses.replace(config.data, val_fraction=None, test_fraction=None),
-            train=dataclasses.replace(config.train, throughput_steps=1))
-        results[n] = runner.run_child(runner.PlannedRun(f"d{n}", config))
-        assert results[n]["status"] == "ok", results[n].get("error")
-    if backend == "slim":
-        a, b = (_ckpt_arrays(tmp_path / f"d{n}" / "checkpoints" / "last.ckpt") for n in (1, 2))
-    else:
-        a, b = (_h5_arrays(tmp_path / f"d{n}" / "checkpoints" / "last.weights.h5") for n in (1, 2))
-    assert a.keys() == b.keys()
-    diff = max(float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) for k in a if a[k].size)
-    print(f"{backend} 2 devices vs 1: max abs diff {diff:.3g}")
+    proc, log, out = equivalence_runs[backend]
+    code = proc.wait()
+    text = (out / "log.txt").read_text(errors="replace")
+    assert code == 0, text[-3000:]
+    print("".join(line for line in text.splitlines(True) if line.startswith(f"{backend} on ")))
+    arrays = dict(np.load(out / f"{backend}.npz"))
+    two, one = json.loads((out / f"{backend}.json").read_text())
+    names = sorted(k[len("d1/after/"):] for k in arrays if k.startswith("d1/after/"))
+    assert names and names == sorted(k[len("d2/after/"):] for k in arrays if k.startswith("d2/after/"))
+
+    def largest(a: str, b: str) -> float:
+        return max(float(np.max(np.abs(arrays[f"{a}/{k}"].astype(np.float64) - arrays[f"{b}/{k}"])))
+                   for k in names)
+    assert largest("d1/before", "d2/before") == 0.0  # the same weights at the start
+    diff, moved = largest("d1/after", "d2/after"), largest("d1/after", "d1/before")
+    print(f"{backend} 2 devices vs 1: max abs diff {diff:.3g} (the epoch moved the head by {moved:.3g})")
     assert diff <= EQUIVALENCE_TOLERANCE
-    p = results[2]["parallel"]
+    # a wrong average (a sum, one device's half of the batch lost) moves the head by a
+    # fraction of what the epoch moved it: far more than the tolerance
+    assert moved >= 1000 * EQUIVALENCE_TOLERANCE
+    # predictions on every validation image once (5 in batches of 4: jax pads the last)
+    assert arrays["d2/val_logits"].shape == arrays["d1/val_logits"].shape == (5, 5)
+    assert np.max(np.abs(arrays["d2/val_logits"] - arrays["d1/val_logits"])) <= 1e-4
+    assert two["images"] == one["images"] == [20]  # the training split once, global batches of 4
+    p = two["parallel"]
     assert (p["global_batch"], p["per_device_batch"], len(p["devices_used"])) == (4, 2, 2)
     assert p["engine"].startswith({"keras-jax": "keras.distribution.DataParallel",
                                    "keras": "tf.distribute.MirroredStrategy",
                                    "slim": "slim clones"}[backend])
-    if backend == "slim":  # recorded with the slim flag name
-        assert "--num_clones=2" in results[2]["phases"][0]["native"]["train_image_classifier_flags"]
-    for subset in ("val", "test"):
-        assert results[2][subset]["count"] == results[1][subset]["count"]
-        assert abs(results[2][subset]["loss"] - results[1][subset]["loss"]) < 1e-4
+    assert "global batch" in p["rule"]
+    if backend == "slim":  # model_deploy's clones, recorded with the slim flag name
+        assert p["num_clones"] == 2
+        assert "--num_clones=2" in two["native"]["train_image_classifier_flags"]
 
 
 def test_scaling_efficiency_is_img_s_at_n_over_n_times_img_s_at_one(tmp_path):
