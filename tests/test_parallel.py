@@ -287,6 +287,64 @@ def test_two_devices_end_the_epoch_with_one_device_weights(backend, equivalence_
         assert "--num_clones=2" in two["native"]["train_image_classifier_flags"]
 
 
+def _h5_arrays(path: Path) -> dict:
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, np.asarray(obj))
+                     if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+def _ckpt_arrays(prefix: Path) -> dict:
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(prefix))
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+            if not k.startswith("phase")}  # model variables, not the optimizer's slots
+
+
+@pytest.mark.slow  # two InceptionV3 runs per backend: 2 to 6 min each on this CPU
+@pytest.mark.parametrize("backend", ["keras-jax", "keras", "slim"])
+def test_inception_v3_with_frozen_bn_on_two_devices_ends_the_epoch_with_one_device_weights(
+        backend, even_quads, tmp_path):
+    """What the fast test above does not cover: a model with BatchNorm layers (InceptionV3
+    at 75 px; VGG16 has none), frozen in every replica, and the whole ``bench run`` path
+    (the runner's environment, a worker per run, checkpoints, result.json with the
+    ``parallel`` record, validation and test metrics) on 2 devices vs 1."""
+    require_backend(backend)
+    recipe = tmp_path / "ddp_head.toml"
+    recipe.write_text(HEAD_SGD)
+    results = {}
+    for n in (1, 2):
+        config = tiny_config(backend, str(recipe), even_quads, tmp_path / f"d{n}", image_size=75,
+                             batch_size=4, devices=n)
+        config = dataclasses.replace(
+            config, data=dataclasses.replace(config.data, val_fraction=None, test_fraction=None),
+            train=dataclasses.replace(config.train, throughput_steps=1))
+        results[n] = runner.run_child(runner.PlannedRun(f"d{n}", config))
+        assert results[n]["status"] == "ok", results[n].get("error")
+    if backend == "slim":
+        a, b = (_ckpt_arrays(tmp_path / f"d{n}" / "checkpoints" / "last.ckpt") for n in (1, 2))
+    else:
+        a, b = (_h5_arrays(tmp_path / f"d{n}" / "checkpoints" / "last.weights.h5") for n in (1, 2))
+    assert a.keys() == b.keys()
+    diff = max(float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) for k in a if a[k].size)
+    print(f"{backend} 2 devices vs 1: max abs diff {diff:.3g}")
+    assert diff <= EQUIVALENCE_TOLERANCE
+    p = results[2]["parallel"]
+    assert (p["global_batch"], p["per_device_batch"], len(p["devices_used"])) == (4, 2, 2)
+    assert p["engine"].startswith({"keras-jax": "keras.distribution.DataParallel",
+                                   "keras": "tf.distribute.MirroredStrategy",
+                                   "slim": "slim clones"}[backend])
+    if backend == "slim":  # recorded with the slim flag name
+        assert "--num_clones=2" in results[2]["phases"][0]["native"]["train_image_classifier_flags"]
+    for subset in ("val", "test"):
+        assert results[2][subset]["count"] == results[1][subset]["count"]
+        assert abs(results[2][subset]["loss"] - results[1][subset]["loss"]) < 1e-4
+
+
 def test_scaling_efficiency_is_img_s_at_n_over_n_times_img_s_at_one(tmp_path):
     from benchmarks.throughput import scaling_rows
 
