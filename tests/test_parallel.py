@@ -146,6 +146,17 @@ def test_the_launcher_command_is_torchrun_for_pytorch_and_plain_otherwise(tiny_q
                           "--rdzv-endpoint=10.0.0.1:29400", "--rdzv-id=r"]
 
 
+def test_a_run_on_n_devices_sets_its_backend_environment_and_the_parallel_one():
+    """What ``bench run`` (the runner), ``bench throughput --devices`` and the equivalence
+    tests set before the framework starts: jax's host devices appended to XLA_FLAGS."""
+    jax = backend_info("keras-jax")
+    assert jax.process_environment(1, {"XLA_FLAGS": "--a"}) == {"KERAS_BACKEND": "jax"}
+    assert jax.process_environment(2, {"XLA_FLAGS": "--a"}) == {
+        "KERAS_BACKEND": "jax", "XLA_FLAGS": "--a --xla_force_host_platform_device_count=2"}
+    assert backend_info("keras").process_environment(2, {}) == {"KERAS_BACKEND": "tensorflow"}
+    assert backend_info("pytorch").process_environment(4, {}) == {}
+
+
 def test_more_processes_than_cores_fail_in_one_line(tiny_quads, tmp_path):
     require_backend("pytorch")
     config = tiny_config("pytorch", "head", tiny_quads, tmp_path / "r", model="resnet18",
