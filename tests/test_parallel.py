@@ -263,7 +263,7 @@ def test_two_devices_end_the_epoch_with_one_device_weights(backend, equivalence_
     logical CPUs; slim: 2 clones (--num_clones) on 2 logical CPUs. BN frozen (VGG16 has
     none), the same global batch of 4, one epoch of the head with momentum SGD."""
     require_backend(backend)
-    proc, log, out = equivalence_runs[backend]
+    proc, _, out = equivalence_runs[backend]
     code = proc.wait()
     text = (out / "log.txt").read_text(errors="replace")
     assert code == 0, text[-3000:]
