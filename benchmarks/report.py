@@ -64,10 +64,6 @@ def fmt_seconds(seconds: Any, std: Any = None) -> str:
     return text + (f" ± {s:.0f} s" if s is not None else "")
 
 
-def fmt_int(n: Any) -> str:
-    return DASH if _num(n) is None else f"{int(n):,}"
-
-
 def fmt_bytes(n: Any) -> str:
     v = _num(n)
     if not v:
@@ -84,15 +80,6 @@ def fmt_value(value: Any) -> str:
     return DASH if value is None else str(value)
 
 
-def fmt_p(p: Any) -> str:
-    return NOT_AVAILABLE if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def truncate(text: Any, width: int) -> str:
-    line = " ".join(str(text or "").split())
-    return line if len(line) <= width else line[: max(width - 1, 0)] + "…"
-
-
 def _join(items: Iterable[Any], limit: int = 6) -> str:
     items = [fmt_value(i) for i in items]
     return ", ".join(items[:limit]) + (f", … (+{len(items) - limit} more)" if len(items) > limit else "")
@@ -106,8 +93,8 @@ def _status(row: dict, width: int) -> str:
     """A row's status with its first error (without the seed when no seed finished)."""
     if not row["errors"]:
         return row["status"]
-    first = row["errors"][0].split(": ", 1)[-1] if row["n_ok"] == 0 else row["errors"][0]
-    return f"{row['status']}: {truncate(first, width)}"
+    first = " ".join((row["errors"][0].split(": ", 1)[-1] if row["n_ok"] == 0 else row["errors"][0]).split())
+    return f"{row['status']}: {first if len(first) <= width else first[:width - 1] + '…'}"
 
 
 def _rate_band(row: dict, kind: str) -> str:
@@ -248,12 +235,13 @@ def count_note(per_backend: dict[str, dict]) -> str:
            else "**The backends trained different canonical blocks**: check the phase."))
 
 
-def report_context(run: RunResults, run_dir: Path, figures: dict[str, tuple[str, str]]) -> dict:
-    """Everything ``templates/report.j2`` shows; ``figures``: key -> (title, PNG data URI)."""
+def report_context(run: RunResults, run_dir: Path, figures: dict[str, str]) -> dict:
+    """Everything ``templates/report.j2`` shows; ``figures``: key -> PNG data URI."""
     df = stats.runs_frame(run.results)
     agg, cond, per_class = stats.aggregate(df), conditions(df), per_class_frame(df)
     classes = list(per_class.get("mean", pd.DataFrame()).columns)
     return {
+        "df": df, "agg": agg,
         "title": f"transfer-bench report: {Path(run_dir).name}", "run_dir": str(run_dir), "figures": figures,
         "generated": time.strftime("%Y-%m-%d %H:%M"), "caption": condition_line(cond), "cond": cond,
         "n": {"total": len(df), **{s: int((df.status == s).sum()) for s in ("ok", "failed", "skipped")}},
@@ -261,7 +249,7 @@ def report_context(run: RunResults, run_dir: Path, figures: dict[str, tuple[str,
         "versions": _unique(k for _, versions in cond["environment"].values() for k in versions),
         "rows": stats.records(agg), "top5": bool(agg.test_top5_mean.notna().any()),  # NaN for <= 5 classes
         "intervals": stats.records(stats.accuracy_intervals(df)), "spread": stats.within_spread(agg),
-        "pairs": [{**t, "delta": t["top1_a"] - t["top1_b"]} for t in stats.paired_tests(df)],
+        "pairs": stats.paired_tests(df),
         "gains": stats.transfer_gain(agg), "throughput": stats.records(agg[agg.n_ok > 0]),
         "per_class": {"head": ["class"] + [f"{b} `{r}`" for b, r in classes],
                       "rows": [[c] + [fmt_pct(per_class["mean"].loc[c, k], per_class["std"].loc[c, k])
@@ -454,25 +442,18 @@ def plot_confusion(df: pd.DataFrame) -> str | None:
     return _uri(fig)
 
 
-def make_figures(df: pd.DataFrame) -> dict[str, tuple[str, str]]:
-    """Every plot that has data: key -> (title, PNG data URI)."""
+def make_figures(df: pd.DataFrame) -> dict[str, str]:
+    """Every plot that has data: key -> PNG data URI (``report.j2`` titles them)."""
     import matplotlib
 
     agg = stats.aggregate(df)
     if not agg.n_ok.sum():
         return {}
     with matplotlib.rc_context(STYLE):
-        made = {"top1": ("Test top-1 per backend and recipe (error bars: seed std)", plot_top1(agg)),
-                "curves_epoch": ("Validation top-1 per epoch (band: seed min–max; dashed: phase boundary)",
-                                 plot_curves(df, "global_epoch")),
-                "curves_images": ("Validation top-1 per training images seen", plot_curves(df, "images_seen")),
-                "throughput": ("Throughput of the model step (median images/s; error bars p10–p90)",
-                               plot_throughput(agg)),
-                "per_class": ("Per-class test accuracy (mean over seeds)", plot_per_class(df)),
-                "confusion": ("Test confusion matrices (rows: true class, columns: predicted; summed over seeds)",
-                              plot_confusion(df)),
-                "params": ("Trainable parameters per phase", plot_params(df))}
-    return {k: (title, uri) for k, (title, uri) in made.items() if uri}
+        made = {"top1": plot_top1(agg), "curves_epoch": plot_curves(df, "global_epoch"),
+                "curves_images": plot_curves(df, "images_seen"), "throughput": plot_throughput(agg),
+                "per_class": plot_per_class(df), "confusion": plot_confusion(df), "params": plot_params(df)}
+    return {k: uri for k, uri in made.items() if uri}
 
 
 # ------------------------------------------------------------------- outputs
@@ -484,8 +465,9 @@ def _inline_html(text: Any) -> Markup:
 
 
 FILTERS = {
-    "pct": fmt_pct, "pp": fmt_pp, "rate": fmt_rate, "seconds": fmt_seconds, "count": fmt_int, "bytes": fmt_bytes,
-    "value": fmt_value, "pvalue": fmt_p, "status": _status, "rate_band": _rate_band, "native": describe_native,
+    "pct": fmt_pct, "pp": fmt_pp, "rate": fmt_rate, "seconds": fmt_seconds, "bytes": fmt_bytes, "value": fmt_value,
+    "count": lambda n: DASH if _num(n) is None else f"{int(n):,}", "status": _status,
+    "pvalue": lambda p: NOT_AVAILABLE if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}", "rate_band": _rate_band, "native": describe_native,
     "count_note": count_note, "inline": _inline_html, "code": lambda v: f"`{v}`",
     "joined": lambda values, suffix="": _join([f"{v}{suffix}" for v in values]) or DASH,
     "oneline": lambda v: " ".join(str(v or DASH).split()), "extract": lambda key, d: d.get(key),
@@ -507,6 +489,9 @@ def render(template: str, fmt: str, **context: Any) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
 
 
+#: summary.json key -> the report context's entry
+SUMMARY_JSON = {"rows": "rows", "conditions": "cond", "within_spread": "spread", "transfer_gain": "gains",
+                "paired_tests": "pairs", "accuracy_intervals": "intervals", "starting_weights": "weights"}
 CSV_FIELDS = (["backend", "recipe", "status", "n", "n_ok", "n_failed", "n_skipped", "seeds"]
               + [f"{m}_{s}" for m in stats.METRICS for s in ("mean", "std", "n")] + ["vs_scratch_top1", "errors"])
 
@@ -517,22 +502,20 @@ def write_report(run_dir: Path, plots: bool = True) -> dict[str, Path]:
     are listed). Returns ``{md, html, csv, json}`` -> path."""
     run_dir = Path(run_dir)
     run = load_results(run_dir)
-    df = stats.runs_frame(run.results)
-    agg = stats.aggregate(df)
     paths = {k: run_dir / f"{stem}.{k}" for k, stem in (("md", "report"), ("html", "report"),
                                                         ("csv", "summary"), ("json", "summary"))}
-    write_text_atomic(paths["md"], render("report.j2", "markdown", **report_context(run, run_dir, {})))
-    figures = make_figures(df) if plots else {}
-    write_text_atomic(paths["html"], render("report.j2", "html", **report_context(run, run_dir, figures)))
+    ctx = report_context(run, run_dir, {})
+    write_text_atomic(paths["md"], render("report.j2", "markdown", **ctx))
+    figures = make_figures(ctx["df"]) if plots else {}
+    write_text_atomic(paths["html"], render("report.j2", "html", **{**ctx, "figures": figures}))
+    agg = ctx["agg"]
     table = agg.reindex(columns=CSV_FIELDS).assign(seeds=[";".join(map(str, s)) for s in agg.seeds],
                                                    errors=[" | ".join(e) for e in agg.errors])
     write_text_atomic(paths["csv"], table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
-    write_json_atomic(paths["json"], {
-        "run_dir": str(run_dir), "results": len(df), "rows": stats.records(agg), "conditions": conditions(df),
-        "within_spread": stats.within_spread(agg), "transfer_gain": stats.transfer_gain(agg),
-        "paired_tests": stats.paired_tests(df), "accuracy_intervals": stats.records(stats.accuracy_intervals(df)),
-        "starting_weights": starting_weights(df), "lacking": {r.path: r.lacks for r in run.lacking},
-        "unreadable": [{"path": u.path, "reason": u.reason} for u in run.unreadable]})
+    write_json_atomic(paths["json"], {"run_dir": str(run_dir), "results": len(ctx["df"]),
+                                      **{key: ctx[name] for key, name in SUMMARY_JSON.items()},
+                                      "lacking": {r.path: r.lacks for r in run.lacking},
+                                      "unreadable": [{"path": u.path, "reason": u.reason} for u in run.unreadable]})
     return paths
 
 

@@ -266,8 +266,8 @@ def paired_tests(df: pd.DataFrame) -> list[dict]:
     ok = df[df.status == "ok"]
     for (recipe, seed), g in ok.groupby(["recipe", "seed"], sort=False):
         for ra, rb in combinations(g.itertuples(), 2):
-            row = {"recipe": recipe, "seed": seed, "a": ra.backend, "b": rb.backend,
-                   "top1_a": ra.test_top1, "top1_b": rb.test_top1, "only_a": None, "only_b": None,
+            row = {"recipe": recipe, "seed": seed, "a": ra.backend, "b": rb.backend, "top1_a": ra.test_top1,
+                   "top1_b": rb.test_top1, "delta": ra.test_top1 - rb.test_top1, "only_a": None, "only_b": None,
                    "p": None, "why": None}
             la, lb = lookup(ra.result, ("test", "labels")), lookup(rb.result, ("test", "labels"))
             if ra.correct is None or rb.correct is None:
