@@ -84,6 +84,7 @@ REPORT_RESERVE_SECONDS = 10.0  # the JSON, markdown and plot are written after t
 
 NO_TENSORFLOW = "no TensorFlow on this machine"
 SMOKE_DEVICE = "NVIDIA H100 80GB HBM3"  # injected by --smoke for the MFU arithmetic only
+SMOKE_BUDGET_SECONDS = 600.0  # --smoke: a stuck child cannot hold the CPU for longer
 
 
 @dataclass(frozen=True)
@@ -106,16 +107,26 @@ class Settings:
     workers: int = 0                      # input-pipeline workers; 0: the cores less one
     inject_oom: tuple[int, ...] = ()      # batch sizes whose first step raises the framework's OOM
     device_name: str | None = None        # the device name the MFU peak is looked up by (--smoke)
+    # one process per (backend, mode, model, precision), its end-to-end rows included: no
+    # compiled mode's batch size or end-to-end rows in a process (and a compilation) of its own
+    one_job_per_key: bool = False
     command: str = ""
 
     @classmethod
     def for_smoke(cls, **kw) -> "Settings":
-        """The same sweep on a CPU in seconds: tiny images (each model's minimum), batches
-        of 4 and 2, 2 timed steps, 10 JPEG files in batches of 2; an out-of-memory error
-        injected at batch 4 and a device name injected for the MFU arithmetic."""
-        base = dict(batch_sizes=(4, 2), steps=2, warmup=1, smoke=True, e2e_batch=2,
-                    e2e_images_per_class=1, workers=2, inject_oom=(4,),
-                    device_name=SMOKE_DEVICE, budget_seconds=1800.0)
+        """The same code paths on a CPU, as small as they go: every backend and mode, one
+        model (VGG16 at 32 px, the model every backend has with the fewest layers to
+        compile: 13 convolutions, no BatchNorm), fp32 (bf16 on a CPU without bf16 units is
+        emulated, ~10x slower a step), batches of 4 and 2, 2 timed steps, 10 JPEG files in
+        batches of 2 through one pipeline worker; an out-of-memory error injected at batch 4
+        and a device name injected for the MFU arithmetic. Every (backend, mode) is one
+        process (``one_job_per_key``): on a GPU a compiled mode's batch sizes and end-to-end
+        rows are jobs of their own so that the budget reaches every mode's headline row
+        first; here that would only start and compile the same model again."""
+        base = dict(models=("vgg16",), precisions=("fp32",), batch_sizes=(4, 2), steps=2,
+                    warmup=1, smoke=True, e2e_batch=2, e2e_images_per_class=1, workers=1,
+                    inject_oom=(4,), device_name=SMOKE_DEVICE, budget_seconds=SMOKE_BUDGET_SECONDS,
+                    one_job_per_key=True)
         return cls(**{**base, **kw})
 
 
@@ -242,8 +253,9 @@ def plan(settings: Settings) -> tuple[list[Job], list[dict]]:
                                 for item in items]
                     continue
                 chunks: dict[int, list[Item]] = {}
+                split = mode in COMPILED and not settings.one_job_per_key
                 for item in items:  # batch sizes from the largest, train before infer
-                    chunks.setdefault(item.batch if mode in COMPILED else 0, []).append(item)
+                    chunks.setdefault(item.batch if split else 0, []).append(item)
                 for chunk in chunks.values():
                     chunk.sort(key=lambda i: i.tier)
                     jobs.append(Job("model_step", backend, mode, model, precision,
@@ -251,8 +263,10 @@ def plan(settings: Settings) -> tuple[list[Job], list[dict]]:
     if settings.e2e:
         for e2e in _e2e_jobs(settings, skipped):
             # an eager backend's end-to-end rows run in its model-step job of the same (backend,
-            # model, precision, mode): one interpreter start instead of two
-            host = next((j for j in jobs if j.key == e2e.key and e2e.mode not in COMPILED), None)
+            # model, precision, mode): one interpreter start instead of two (a compiled one's
+            # too with one_job_per_key)
+            host = next((j for j in jobs if j.key == e2e.key
+                         and (e2e.mode not in COMPILED or settings.one_job_per_key)), None)
             if host is not None:
                 host.e2e = True
             else:
