@@ -259,7 +259,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                     help="every backend x model x precision x mode x batch size (256/128/64) "
                          "and real epochs over JPEG files, within --budget-seconds")
     tp.add_argument("--smoke", action="store_true",
-                    help="with --sweep: the same code on a CPU with tiny sizes, an injected "
+                    help="with --sweep: the same code on a CPU with tiny sizes (VGG16 at 32 px, "
+                         "fp32, unless --model/--precision say otherwise), an injected "
                          "out-of-memory error and device name (never a result)")
     tp.add_argument("--budget-seconds", type=_positive, help="with --sweep: finish within this "
                                                              "(default 420; --smoke 1800)")

@@ -257,6 +257,17 @@ def _phase_epochs(b, job: dict, spec, split: Split, item: dict, recipe: Recipe) 
 JOBS = {"flops": flops, "model_step": model_step, "end_to_end": end_to_end}
 
 
+def use_smoke_compilation_caches() -> None:
+    """A CPU smoke keeps XLA's compilations on disk, as torch.compile (inductor) keeps its own
+    by default (``/tmp/torchinductor_<user>``): jax's persistent compilation cache, set before
+    jax is imported, under the same temporary folder. The first smoke on a machine pays every
+    compilation; a later one still traces every step (the code paths run) and loads the
+    compiled program. A GPU sweep never sets it: its first steps are what it reports."""
+    user = os.environ.get("USER") or str(os.getuid())
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                          str(Path(tempfile.gettempdir()) / f"bench-smoke-jax-cache-{user}"))
+
+
 def main(argv: list[str]) -> int:
     from benchmarks.run_worker import die_with_parent
     from benchmarks.runner import PARENT_PID_ENV
@@ -264,6 +275,8 @@ def main(argv: list[str]) -> int:
     if os.environ.get(PARENT_PID_ENV):
         die_with_parent(int(os.environ[PARENT_PID_ENV]))
     job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    if job.get("smoke"):
+        use_smoke_compilation_caches()
     try:
         JOBS[job["job"]](job)
         if job["job"] == "model_step" and job.get("e2e"):  # an eager job's end-to-end rows
