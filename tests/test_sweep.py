@@ -2,8 +2,9 @@
 
 The smoke sweep runs the real children (FLOP count, model steps with an injected
 out-of-memory error, end-to-end epochs over generated JPEG files) at tiny sizes; the
-planner, the budget and the MFU arithmetic are checked without children. The whole
-smoke sweep over every backend and mode is ``-m slow``.
+planner, the budget and the MFU arithmetic are checked without children. The smoke
+sweep's model steps over every backend and mode run in the default selection; its
+end-to-end rows over every backend are ``-m slow``.
 """
 
 from __future__ import annotations
@@ -234,20 +235,54 @@ def test_persistent_workers_draw_each_epochs_augmentation(tiny_quads):
             assert np.array_equal(a.numpy(), b.numpy()) and np.array_equal(la.numpy(), lb.numpy())
 
 
-@pytest.mark.slow
 def test_smoke_sweep_over_every_backend_and_mode(tmp_path):
-    """``bench throughput --sweep --smoke`` as the GPU campaign runs it, every backend and mode
-    (torch.compile, Keras on jax, torch and TensorFlow, slim) and the end-to-end rows at tiny
-    sizes on the CPU, fp32 (bf16 on a CPU without bf16 units is emulated, minutes a step):
-    many minutes. ``pytest -m slow tests/test_sweep.py``."""
+    """``bench throughput --sweep --smoke --no-end-to-end``: every backend and mode the sweep
+    runs (PyTorch eager and torch.compile, Keras on jax (XLA), on torch and on TensorFlow, slim's
+    TF1 graph), each in a process of its own, VGG16 at 32 px, with the FLOP count, the MFU
+    arithmetic and the out-of-memory error injected at batch 4; every row is a measurement
+    (img/s > 0) or says why it did not run, and the JSON, markdown and plot are written. The
+    end-to-end rows: the test above (PyTorch) and ``-m slow`` below (every backend)."""
     out = tmp_path / "smoke"
-    assert cli.main(["throughput", "--sweep", "--smoke", "--model", "resnet50", "--precision", "fp32",
-                     "--out", str(out)]) == 0
+    assert cli.main(["throughput", "--sweep", "--smoke", "--no-end-to-end", "--out", str(out)]) == 0
     record = json.loads((out / "throughput.json").read_text())
+    assert record["complete"] and record["smoke"] and not record["end_to_end"]
+    runnable = [m for m in sweep.MODES if sweep.availability(m[0]) is None]
+    for row in record["rows"]:
+        if row["status"] == "ok":
+            assert row["images_per_second"] > 0 and row["first_step_seconds"] > 0, row
+        else:
+            assert row["status"] == "not run" and row["reason"], row
+            assert (row["backend"], row["mode"]) not in runnable, row
     ran = {(r["backend"], r["mode"]) for r in record["rows"] if r["status"] == "ok"}
-    fell_back = {(r["backend"], r["mode"]) for r in record["rows"] if r.get("fell_back")}
-    for mode in sweep.MODES:
-        if sweep.availability(mode[0]) is None:
-            assert mode in ran and mode in fell_back, mode
-    e2e = {r["backend"] for r in record["end_to_end"] if r["status"] == "ok"}
-    assert {b for b, _ in sweep.MODES if sweep.availability(b) is None} == e2e
+    fell_back = {(r["backend"], r["mode"]) for r in record["rows"]
+                 if r.get("fell_back") == "fell back from 4: out of memory"}
+    assert set(runnable) == ran == fell_back
+    # one process per (backend, mode): the smoke compiles each model once
+    assert sorted((j["backend"], j["mode"]) for j in record["jobs"] if j["job"] == "model_step") \
+        == sorted(runnable)
+    if sweep.availability("pytorch") is None:
+        flops = record["flops"]["vgg16"]
+        assert flops["image_size"] == 32 and flops["forward_flops_per_image"] > 0
+        assert all(r["mfu"] > 0 for r in record["rows"] if r["status"] == "ok")
+    md = (out / "throughput.md").read_text()
+    assert "CPU SMOKE TEST — NOT A RESULT" in md
+    assert all(f"| {b} | {m} |" in md or f"{b} {m}" in md for b, m in runnable)
+    assert (out / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_smoke_sweep_end_to_end_over_every_backend(tmp_path):
+    """``bench throughput --sweep --smoke`` as it is, end-to-end rows included: both phases of
+    every installed backend through its own pipeline over the generated JPEG files (minutes on
+    a CPU). ``pytest -m slow tests/test_sweep.py``."""
+    out = tmp_path / "smoke"
+    assert cli.main(["throughput", "--sweep", "--smoke", "--out", str(out)]) == 0
+    record = json.loads((out / "throughput.json").read_text())
+    installed = {b for b, _ in sweep.MODES if sweep.availability(b) is None}
+    e2e = [r for r in record["end_to_end"] if r["status"] == "ok"]
+    assert sorted((r["backend"], r["phase"]) for r in e2e) == sorted(
+        (b, p) for b in installed for _, p in sweep.E2E_PHASES)
+    assert all(r["end_to_end_images_per_second"] > 0 and r["decode"]["images_per_second"] > 0
+               for r in e2e)
+    assert {(r["backend"], r["mode"]) for r in record["rows"] if r["status"] == "ok"} == {
+        m for m in sweep.MODES if m[0] in installed}
