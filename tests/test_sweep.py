@@ -282,7 +282,9 @@ def test_smoke_sweep_end_to_end_over_every_backend(tmp_path):
     e2e = [r for r in record["end_to_end"] if r["status"] == "ok"]
     assert sorted((r["backend"], r["phase"]) for r in e2e) == sorted(
         (b, p) for b in installed for _, p in sweep.E2E_PHASES)
-    assert all(r["end_to_end_images_per_second"] > 0 and r["decode"]["images_per_second"] > 0
-               for r in e2e)
+    for r in e2e:  # the pipeline alone: timed, or why not (slim does not time it alone)
+        assert r["end_to_end_images_per_second"] > 0 and r["model_step_images_per_second"] > 0
+        assert r["decode"]["images_per_second"] > 0 if r["decode"]["status"] == "ok" \
+            else r["decode"]["status"] == "not run" and r["decode"]["reason"]
     assert {(r["backend"], r["mode"]) for r in record["rows"] if r["status"] == "ok"} == {
         m for m in sweep.MODES if m[0] in installed}
