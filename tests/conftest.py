@@ -11,6 +11,16 @@ import importlib.util
 import os
 from pathlib import Path
 
+# Under pytest-xdist (``-n N``) the N worker processes share the cores: each worker and the
+# children it starts get cores // N threads for torch, TensorFlow and XLA (two workers with
+# two threads each on a 2-core machine spin-wait, 3-4x slower than one thread each). Set
+# before any framework is imported.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for _name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+        os.environ.setdefault(_name, _threads)
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+
 # Import order matters when one interpreter holds both frameworks (pytest does;
 # `bench run` never does): `import tensorflow` before `torchvision.models`
 # segfaults (in triton's import, even with torch already imported); importing
