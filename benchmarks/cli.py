@@ -30,7 +30,7 @@ from common.config import (ConfigError, DataConfig, ModelConfig, PRECISIONS, Rec
                            TrainConfig, available_recipes, load_recipe, override_epochs,
                            validate_run, validate_split_options)
 from common.data import DataError
-from common.models import MODELS
+from common.models import MODELS, SMOKE_MODEL
 from common.preprocess import PRESETS
 from common.results import run_name
 
@@ -259,7 +259,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                     help="every backend x model x precision x mode x batch size (256/128/64) "
                          "and real epochs over JPEG files, within --budget-seconds")
     tp.add_argument("--smoke", action="store_true",
-                    help="with --sweep: the same code on a CPU with tiny sizes (VGG16 at 32 px, "
+                    help="with --sweep: the same code on a CPU with tiny sizes (the smallest "
+                         f"model, {SMOKE_MODEL}, at its minimum size, "
                          "fp32, unless --model/--precision say otherwise), an injected "
                          "out-of-memory error and device name (never a result)")
     tp.add_argument("--budget-seconds", type=_positive, help="with --sweep: finish within this "

@@ -45,7 +45,7 @@ from typing import Callable, Iterable
 
 from backends.base import availability, backend_info, unsupported_model
 from common import gpu_peaks
-from common.models import MODELS
+from common.models import MODELS, SMOKE_MODEL
 from common.results import cpu_name, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -115,15 +115,15 @@ class Settings:
     @classmethod
     def for_smoke(cls, **kw) -> "Settings":
         """The same code paths on a CPU, as small as they go: every backend and mode, one
-        model (VGG16 at 32 px, the model every backend has with the fewest layers to
-        compile: 13 convolutions, no BatchNorm), fp32 (bf16 on a CPU without bf16 units is
+        model (``common.models.SMOKE_MODEL`` at its minimum size: every backend has it, and
+        it has the fewest layers to compile), fp32 (bf16 on a CPU without bf16 units is
         emulated, ~10x slower a step), batches of 4 and 2, 2 timed steps, 10 JPEG files in
         batches of 2 through one pipeline worker; an out-of-memory error injected at batch 4
         and a device name injected for the MFU arithmetic. Every (backend, mode) is one
         process (``one_job_per_key``): on a GPU a compiled mode's batch sizes and end-to-end
         rows are jobs of their own so that the budget reaches every mode's headline row
         first; here that would only start and compile the same model again."""
-        base = dict(models=("vgg16",), precisions=("fp32",), batch_sizes=(4, 2), steps=2,
+        base = dict(models=(SMOKE_MODEL,), precisions=("fp32",), batch_sizes=(4, 2), steps=2,
                     warmup=1, smoke=True, e2e_batch=2, e2e_images_per_class=1, workers=1,
                     inject_oom=(4,), device_name=SMOKE_DEVICE, budget_seconds=SMOKE_BUDGET_SECONDS,
                     one_job_per_key=True)

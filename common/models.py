@@ -259,6 +259,9 @@ VGG16 = ModelSpec(
 )
 
 MODELS: dict[str, ModelSpec] = {m.name: m for m in (INCEPTION_V3, RESNET50, RESNET18, VGG16)}
+#: the model of ``bench throughput --sweep --smoke``: every backend has it and it has the fewest
+#: layers to compile (13 convolutions, no BatchNorm)
+SMOKE_MODEL = VGG16.name
 
 
 def get_model(name: str) -> ModelSpec:
