@@ -207,54 +207,17 @@ class KerasData:
 
 def tf_augment(image, size: int, preset: Preset, seed):
     """``preset``'s training augmentation with ``tf.image`` stateless ops; uint8 HWC in,
-    ``[size, size, 3]`` out (``simple``: uint8; the resized crops: float32 in [0, 255])."""
+    ``[size, size, 3]`` out (``simple``: uint8; the resized crops: float32 in [0, 255],
+    ``backends.tf_image``, the ops slim's graph runs too)."""
     import tensorflow as tf
+
+    from backends import tf_image
 
     if preset.crop == "random_crop":
         image = tf.image.stateless_random_crop(image, (size, size, 3), seed=seed)
         return tf.image.stateless_random_flip_left_right(image, seed=seed[::-1])
-    crop_seed, flip_seed, color_seed = tf.unstack(
-        tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3))
-    whole_image = tf.constant([[[0.0, 0.0, 1.0, 1.0]]])
-    begin, box, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image), whole_image, seed=crop_seed, min_object_covered=preset.min_object_covered,
-        aspect_ratio_range=preset.aspect, area_range=preset.area,
-        max_attempts=preset.max_attempts, use_image_if_no_bounding_boxes=True)
-    image = tf.image.convert_image_dtype(tf.slice(image, begin, box), tf.float32)  # [0, 1]
-    image = tf.image.resize(image, (size, size), method="bilinear")
-    image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)  # p = 0.5
-    if preset.color is not None:
-        image = tf_distort_color(image, preset.color, color_seed)
-    return tf.clip_by_value(image, 0.0, 1.0) * 255.0
+    return tf_image.resized_crop_augment(image, size, preset, seed)
 
-
-def tf_distort_color(image, color: ColorDistortion, seed):
-    """slim's ``distort_color`` (``fast_mode=False``) with stateless ops: one of
-    ``color.orderings`` chosen per image, then clipped to [0, 1]."""
-    import tensorflow as tf
-
-    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 5))
-    ops = {
-        "brightness": lambda x: tf.image.stateless_random_brightness(x, color.brightness, seeds[1]),
-        "saturation": lambda x: tf.image.stateless_random_saturation(x, *color.saturation, seeds[2]),
-        "hue": lambda x: tf.image.stateless_random_hue(x, color.hue, seeds[3]),
-        "contrast": lambda x: tf.image.stateless_random_contrast(x, *color.contrast, seeds[4]),
-    }
-
-    def branch(ordering):
-        def apply():
-            x = image
-            for op in ordering:
-                x = ops[op](x)
-            return x
-        return apply
-
-    which = tf.random.stateless_uniform([], seeds[0], maxval=len(color.orderings), dtype=tf.int32)
-    image = tf.switch_case(which, [branch(o) for o in color.orderings])
-    return tf.clip_by_value(image, 0.0, 1.0)
-
-
-# ---------------------------------------------------------------- numpy
 
 def sample_distorted_bounding_box(height: int, width: int, preset: Preset,
                                   rng: np.random.Generator) -> tuple[int, int, int, int]:
@@ -312,7 +275,7 @@ def numpy_augment(image: np.ndarray, size: int, preset: Preset,
 
 
 def numpy_distort_color(x: np.ndarray, color: ColorDistortion, rng: np.random.Generator) -> np.ndarray:
-    """``tf_distort_color`` in numpy: ``tf.image``'s adjust_brightness (add), adjust_saturation
+    """``backends.tf_image.distort_color`` in numpy: ``tf.image``'s adjust_brightness (add), adjust_saturation
     and adjust_hue (in HSV), adjust_contrast (around each channel's mean)."""
     ordering = color.orderings[int(rng.integers(len(color.orderings)))]
     for op in ordering:

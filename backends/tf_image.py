@@ -1,0 +1,66 @@
+"""The resized-crop presets (``inception``, ``torchvision``) as ``tf.image`` stateless ops:
+one implementation for the two pipelines that run on TensorFlow, Keras' ``tf.data``
+(``backends.keras.data``, Keras on TensorFlow) and slim's graph (``backends.slim.data``).
+
+slim's ``inception_preprocessing.preprocess_for_train``: ``distorted_bounding_box_crop``
+(``sample_distorted_bounding_box`` with the whole image as the box), the crop as float32
+in [0, 1], a bilinear resize (its ``fast_mode``), a left-right flip and, where the preset
+has one, ``distort_color`` (``fast_mode=False``: one of its four orderings per image),
+clipped to [0, 1] and returned in [0, 255] for the backend's normalisation. Stateless ops
+seeded by the caller: an epoch's augmentation depends on (seed, epoch, index) only.
+TensorFlow has no ``RandomResizedCrop`` sampler, so ``torchvision`` uses the same one with
+its own bounds (docs/design.md, "Semantics that are equal across backends").
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from common.preprocess import ColorDistortion, Preset
+
+
+def distorted_bounding_box_crop(image: tf.Tensor, preset: Preset, seed: tf.Tensor) -> tf.Tensor:
+    """slim's ``distorted_bounding_box_crop`` for a whole-image box, stateless."""
+    whole_image = tf.constant([[[0.0, 0.0, 1.0, 1.0]]])
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), whole_image, seed=seed, min_object_covered=preset.min_object_covered,
+        aspect_ratio_range=preset.aspect, area_range=preset.area,
+        max_attempts=preset.max_attempts, use_image_if_no_bounding_boxes=True)
+    return tf.slice(image, begin, size)
+
+
+def distort_color(image: tf.Tensor, color: ColorDistortion, seed: tf.Tensor) -> tf.Tensor:
+    """slim's ``distort_color(fast_mode=False)``: one of its orderings chosen per image
+    (its ``apply_with_random_selector``, here ``tf.switch_case``), clipped to [0, 1]."""
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 5))
+    ops = {
+        "brightness": lambda x: tf.image.stateless_random_brightness(x, color.brightness, seeds[1]),
+        "saturation": lambda x: tf.image.stateless_random_saturation(x, *color.saturation, seeds[2]),
+        "hue": lambda x: tf.image.stateless_random_hue(x, color.hue, seeds[3]),
+        "contrast": lambda x: tf.image.stateless_random_contrast(x, *color.contrast, seeds[4]),
+    }
+
+    def branch(ordering):
+        def apply():
+            x = image
+            for op in ordering:
+                x = ops[op](x)
+            return x
+        return apply
+
+    which = tf.random.stateless_uniform([], seeds[0], maxval=len(color.orderings), dtype=tf.int32)
+    return tf.clip_by_value(tf.switch_case(which, [branch(o) for o in color.orderings]), 0.0, 1.0)
+
+
+def resized_crop_augment(image: tf.Tensor, size: int, preset: Preset, seed: tf.Tensor) -> tf.Tensor:
+    """``preset``'s training augmentation of a uint8 HWC image (a resized-crop preset):
+    ``[size, size, 3]`` float32 in [0, 255]."""
+    crop_seed, flip_seed, color_seed = tf.unstack(
+        tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3))
+    image = tf.image.convert_image_dtype(distorted_bounding_box_crop(image, preset, crop_seed),
+                                         tf.float32)  # [0, 1], as slim's
+    image = tf.image.resize(image, (size, size), method="bilinear")
+    image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)  # p = 0.5
+    if preset.color is not None:
+        image = distort_color(image, preset.color, color_seed)
+    return tf.clip_by_value(image, 0.0, 1.0) * 255.0
