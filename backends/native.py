@@ -92,30 +92,9 @@ def selection(phase: Phase, model: str, where: str = "recipe") -> Selection | No
     framework = NATIVE_KEYS[key]
     spec = MODELS[model]
     entry = _entry(framework, model, where, key)
-    if key == "trainable_scopes":
-        return _slim_selection(phase.trainable_scopes, spec, entry, where)
-    if key == "modules":
-        return _torch_selection(phase.modules, spec, entry, where)
+    if key in _NAMED:
+        return _named_selection(key, getattr(phase, key), spec, entry, where)
     return _keras_selection(phase.unfreeze_from, spec, entry, where)
-
-
-def _slim_selection(scopes, spec, entry, where) -> Selection:
-    known = {s: block for block in (*spec.blocks, HEAD) for s in entry.native(block)}
-    for scope in scopes:
-        if not any(_in(scope, s) or _in(s, scope) for s in known):
-            raise ConfigError(f"{where}: trainable_scopes names {scope!r}, which is not a variable "
-                              f"scope of slim {spec.name}; its scopes are: {', '.join(known)}")
-    full, partial = [], {}
-    for block in spec.blocks:
-        block_scopes = entry.native(block)
-        if all(any(_in(s, scope) for scope in scopes) for s in block_scopes):
-            full.append(block)
-        else:
-            inside = [scope for scope in scopes for s in block_scopes if _in(scope, s)]
-            if inside:
-                partial[block] = tuple(inside)
-    head = all(any(_in(s, scope) for scope in scopes) for s in entry.head)
-    return Selection("trainable_scopes", "slim", tuple(scopes), tuple(full), partial, head)
 
 
 def _below(name: str, path: str) -> bool:
@@ -123,24 +102,33 @@ def _below(name: str, path: str) -> bool:
     return name == path or name.startswith(path + ".")
 
 
-def _torch_selection(modules, spec, entry, where) -> Selection:
-    known = [name for block in (*spec.blocks, HEAD) for name in entry.native(block)]
-    for name in modules:
-        if not any(_below(name, k) or _below(k, name) for k in known):
-            raise ConfigError(f"{where}: modules names {name!r}, which is not a module of "
-                              f"torchvision {spec.name}; the modules of its blocks are: "
-                              f"{', '.join(known)}")
+#: native key -> (its framework, "name lies within native name", what a name must be, what exists)
+_NAMED = {
+    "trainable_scopes": ("slim", _in, "a variable scope of slim {model}", "its scopes are"),
+    "modules": ("pytorch", _below, "a module of torchvision {model}", "the modules of its blocks are"),
+}
+
+
+def _named_selection(key: str, names, spec, entry, where) -> Selection:
+    """Slim scopes or torch module paths: a block is trained whole when every native name
+    of it lies within a named one, in part when a named one lies within it."""
+    framework, within, what, exists = _NAMED[key]
+    known = list(dict.fromkeys(n for block in (*spec.blocks, HEAD) for n in entry.native(block)))
+    for name in names:
+        if not any(within(name, k) or within(k, name) for k in known):
+            raise ConfigError(f"{where}: {key} names {name!r}, which is not "
+                              f"{what.format(model=spec.name)}; {exists}: {', '.join(known)}")
     full, partial = [], {}
     for block in spec.blocks:
-        paths = entry.native(block)
-        if all(any(_below(p, m) for m in modules) for p in paths):
+        native = entry.native(block)
+        if all(any(within(n, name) for name in names) for n in native):
             full.append(block)
         else:
-            inside = [m for m in modules if any(_below(m, p) for p in paths)]
+            inside = [name for name in names if any(within(name, n) for n in native)]
             if inside:
                 partial[block] = tuple(inside)
-    head = all(any(_below(h, m) for m in modules) for h in entry.head)
-    return Selection("modules", "pytorch", tuple(modules), tuple(full), partial, head)
+    head = all(any(within(h, name) for name in names) for h in entry.head)
+    return Selection(key, framework, tuple(names), tuple(full), partial, head)
 
 
 def _keras_selection(index: int, spec, entry, where) -> Selection:
