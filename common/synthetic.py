@@ -216,12 +216,29 @@ def _subset_of(spec: SyntheticSpec, index: int) -> str:
 
 def generate(spec: SyntheticSpec, root: Path | None = None, progress: bool = True) -> Path:
     """Write ``spec`` as an ImageFolder (cached by parameter hash); return its path."""
-    base = (root or cache_root()) / "synthetic"
-    out = base / f"{spec.domain}-{spec.digest()}"
+    out = (root or cache_root()) / "synthetic" / f"{spec.domain}-{spec.digest()}"
+    return _cached_folder(out, lambda tmp: _write_domain(spec, tmp, progress))
+
+
+def _cached_folder(out: Path, fill) -> Path:
+    """``out``, written once: ``fill(tmp)`` writes a private partial folder beside it, which
+    is then marked complete and renamed to ``out`` (when another process finished first,
+    its folder stays and this one is removed). A complete ``out`` is returned as it is."""
     if (out / _COMPLETE).is_file():
         return out
-    tmp = base / f".{out.name}.partial-{os.getpid()}"
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    fill(tmp)
+    (tmp / _COMPLETE).write_text("")
+    if out.exists():  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    return out
+
+
+def _write_domain(spec: SyntheticSpec, tmp: Path, progress: bool) -> None:
     total = len(spec.classes) * spec.images_per_class
     bar = None
     if progress:
@@ -241,12 +258,6 @@ def generate(spec: SyntheticSpec, root: Path | None = None, progress: bool = Tru
         bar.close()
     (tmp / "params.json").write_text(json.dumps({**asdict(spec), "version": GENERATOR_VERSION},
                                                 indent=2, sort_keys=True))
-    (tmp / _COMPLETE).write_text("")
-    if out.exists():  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-    return out
 
 
 # ------------------------------------------------------------------ JPEG files
@@ -269,12 +280,14 @@ def generate_jpeg_folder(images_per_class: int, size: int = 299, seed: int = 0,
     timing input pipelines on real files (decoding included); written by ``workers``
     processes (default: every core) and cached under ``<cache root>/synthetic/`` by its
     parameters, like the domains. Deterministic in ``seed``."""
-    base = (root or cache_root()) / "synthetic"
-    out = base / f"jpeg-shapes-{images_per_class}x{len(SHAPES_CLASSES)}-{size}px-q{quality}-s{seed}-v{JPEG_VERSION}"
-    if (out / _COMPLETE).is_file():
-        return out
-    tmp = base / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    out = ((root or cache_root()) / "synthetic" /
+           f"jpeg-shapes-{images_per_class}x{len(SHAPES_CLASSES)}-{size}px-q{quality}-s{seed}-v{JPEG_VERSION}")
+    return _cached_folder(out, lambda tmp: _write_jpeg_folder(tmp, images_per_class, size, seed,
+                                                              workers, quality))
+
+
+def _write_jpeg_folder(tmp: Path, images_per_class: int, size: int, seed: int, workers: int | None,
+                       quality: int) -> None:
     for label in SHAPES_CLASSES:
         (tmp / label).mkdir(parents=True)
     tasks = [(str(tmp), seed, label, ci, i, size, quality)
@@ -294,12 +307,6 @@ def generate_jpeg_folder(images_per_class: int, size: int = 299, seed: int = 0,
     (tmp / "params.json").write_text(json.dumps(
         {"images_per_class": images_per_class, "size": size, "seed": seed, "quality": quality,
          "classes": list(SHAPES_CLASSES), "version": JPEG_VERSION}, indent=2, sort_keys=True))
-    (tmp / _COMPLETE).write_text("")
-    if out.exists():  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-    return out
 
 
 def domain_stats(path: Path) -> dict:
