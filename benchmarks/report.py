@@ -1,14 +1,12 @@
 """Reports built only from the ``result.json`` files of a run directory.
 
-``write_report(run_dir)`` writes ``report.md``, ``report.html`` (one
-self-contained page, plots as PNG data URIs drawn with matplotlib's Agg
-canvas), ``summary.csv`` and ``summary.json``; ``summary_table`` is the table
-the terminal shows after a sweep (rich); ``compare(run_a, run_b)`` puts two run
-directories side by side. Every number comes from ``benchmarks.stats`` (one
-pandas table of runs); this module turns it into the data the jinja2 templates
-in ``benchmarks/templates/`` lay out (``report.j2``, ``compare.j2``), written
-as markdown or HTML by the macros of ``markdown.j2`` and ``html.j2``. Nothing
-here imports a framework.
+``write_report(run_dir)`` writes ``report.md``, ``report.html`` (one self-contained page, plots as PNG data
+URIs drawn with matplotlib's Agg canvas), ``summary.csv`` and ``summary.json``; ``summary_table`` is the
+terminal table after a sweep (rich); ``compare(run_a, run_b)`` puts two run directories side by side. Every
+number comes from ``benchmarks.stats`` (one pandas table of runs); this module shapes it for the jinja2
+templates in ``benchmarks/templates/``, which hold the layout and the words (``report.j2``, ``compare.j2``,
+``conditions.j2``, written as markdown or HTML by the macros of ``markdown.j2`` or ``html.j2``). Nothing here
+imports a framework.
 """
 
 from __future__ import annotations
@@ -97,12 +95,6 @@ def _status(row: dict, width: int) -> str:
     return f"{row['status']}: {first if len(first) <= width else first[:width - 1] + '…'}"
 
 
-def _rate_band(row: dict, kind: str) -> str:
-    """Median images/s with the p10–p90 band, ``1,234.5 (1,100.0–1,300.0)``."""
-    m, lo, hi = (row[f"{kind}_images_per_second{q}_mean"] for q in ("", "_p10", "_p90"))
-    return fmt_rate(m) + (f" ({lo:,.1f}–{hi:,.1f})" if None not in (m, lo, hi) else "")
-
-
 def backend_colors(backends: Iterable[str]) -> dict[str, str]:
     """Each backend's ``BackendInfo.color``; a palette colour for plug-ins that set none."""
     out, spare = {}, iter(_PALETTE * 4)
@@ -115,7 +107,7 @@ def backend_colors(backends: Iterable[str]) -> dict[str, str]:
     return out
 
 
-# ---------------------------------------------------------------- conditions
+# ------------------------------------------------------------- the report's data
 
 #: condition -> its ``stats.runs_frame`` column: the Conditions table, the warnings, `bench compare`
 CONDITIONS = {"model": "model", "image size": "image_size", "batch size": "batch_size",
@@ -128,7 +120,7 @@ CONDITIONS = {"model": "model", "image size": "image_size", "batch size": "batch
 def conditions(df: pd.DataFrame) -> dict:
     """What the runs were measured under: the distinct values of every ``CONDITIONS`` entry (over the ok
     runs), ``classes``, ``counts`` (images per split), ``digests`` (split digest -> runs), ``environment``
-    (backend -> (device, versions)) and ``warnings`` (one line each; different splits first)."""
+    (backend -> (device, versions)); ``conditions.j2`` words their warnings and the caption of every figure."""
     pool = df[df.status == "ok"] if (df.status == "ok").any() else df
     results = list(pool.result)
     out = {label: _unique((df if col == "seed" else pool)[col]) for label, col in CONDITIONS.items()}
@@ -139,23 +131,7 @@ def conditions(df: pd.DataFrame) -> dict:
                digests={d: list(g.name) for d, g in df.groupby("split_digest", sort=False)},
                environment={b: next((stats.device_text(r.device), r.versions or {})
                                     for r in results if r.backend == b) for b in _unique(pool.backend)})
-    out["warnings"] = [
-        f"DIFFERENT DATA SPLITS: the runs used {len(out['digests'])} different split digests, so their accuracies "
-        f"are not comparable (" + "; ".join(f"{d}: {', '.join(names)}" for d, names in out["digests"].items()) + ")"
-    ] if len(out["digests"]) > 1 else []
-    out["warnings"] += [f"the {label} differs between runs: {_join(out[label], 99)}" for label in
-                        ("model", "image size", "batch size", "precision", "data source") if len(out[label]) > 1]
     return out
-
-
-def condition_line(cond: dict) -> str:
-    """One line under every figure: model, size, batch, precision, device, seeds, split."""
-    parts = [_join(cond["model"]), ", ".join(f"{s} px" for s in cond["image size"]),
-             ", ".join(f"batch {b}" for b in cond["batch size"]), _join(cond["precision"]),
-             "; ".join(_unique(device for device, _ in cond["environment"].values())),
-             f"{len(cond['seeds'])} seed{'s' * (len(cond['seeds']) != 1)}",
-             "split " + ", ".join(d[:8] for d in cond["digests"]) if cond["digests"] else ""]
-    return " · ".join(p for p in parts if p)
 
 
 def starting_weights(df: pd.DataFrame) -> list[dict]:
@@ -184,8 +160,6 @@ def starting_weights(df: pd.DataFrame) -> list[dict]:
                     "differ": len(identities) > 1})
     return out
 
-
-# ------------------------------------------------------------------ document
 
 def per_class_frame(df: pd.DataFrame) -> pd.DataFrame:
     """Test accuracy per class (rows) and (backend, recipe) (columns), ``mean`` and ``std`` over seeds."""
@@ -223,18 +197,6 @@ def describe_native(native: Any) -> list[str]:
     return lines
 
 
-def count_note(per_backend: dict[str, dict]) -> str:
-    """One phase: how far the backends' trainable parameter counts differ, and why ("" when they agree)."""
-    counts = {b: c for b, p in per_backend.items() if (c := _num(p.get("trainable_params"))) is not None}
-    hi, lo = max(counts.values(), default=0), min(counts.values(), default=0)
-    same = len({tuple(p.get("trainable_blocks") or ()) for p in per_backend.values()}) == 1
-    return "" if hi == lo else (
-        f"Trainable parameter counts differ between backends by {int(hi - lo):,} ({100 * (hi - lo) / hi:.2f}% of "
-        f"the largest): " + ", ".join(f"{b} {int(c):,}" for b, c in counts.items()) + ". "
-        + ("The canonical blocks are the same; the frameworks build them with different layers." if same
-           else "**The backends trained different canonical blocks**: check the phase."))
-
-
 def report_context(run: RunResults, run_dir: Path, figures: dict[str, str]) -> dict:
     """Everything ``templates/report.j2`` shows; ``figures``: key -> PNG data URI."""
     df = stats.runs_frame(run.results)
@@ -243,9 +205,8 @@ def report_context(run: RunResults, run_dir: Path, figures: dict[str, str]) -> d
     return {
         "df": df, "agg": agg,
         "title": f"transfer-bench report: {Path(run_dir).name}", "run_dir": str(run_dir), "figures": figures,
-        "generated": time.strftime("%Y-%m-%d %H:%M"), "caption": condition_line(cond), "cond": cond,
+        "generated": time.strftime("%Y-%m-%d %H:%M"), "cond": cond, "weights": starting_weights(df),
         "n": {"total": len(df), **{s: int((df.status == s).sum()) for s in ("ok", "failed", "skipped")}},
-        "warnings": cond["warnings"], "weights": starting_weights(df),
         "versions": _unique(k for _, versions in cond["environment"].values() for k in versions),
         "rows": stats.records(agg), "top5": bool(agg.test_top5_mean.notna().any()),  # NaN for <= 5 classes
         "intervals": stats.records(stats.accuracy_intervals(df)), "spread": stats.within_spread(agg),
@@ -466,10 +427,10 @@ def _inline_html(text: Any) -> Markup:
 
 FILTERS = {
     "pct": fmt_pct, "pp": fmt_pp, "rate": fmt_rate, "seconds": fmt_seconds, "bytes": fmt_bytes, "value": fmt_value,
-    "count": lambda n: DASH if _num(n) is None else f"{int(n):,}", "status": _status,
-    "pvalue": lambda p: NOT_AVAILABLE if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}", "rate_band": _rate_band, "native": describe_native,
-    "count_note": count_note, "inline": _inline_html, "code": lambda v: f"`{v}`",
-    "joined": lambda values, suffix="": _join([f"{v}{suffix}" for v in values]) or DASH,
+    "count": lambda n: DASH if _num(n) is None else f"{int(n):,}", "status": _status, "native": describe_native,
+    "pvalue": lambda p: NOT_AVAILABLE if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}",
+    "inline": _inline_html, "code": lambda v: f"`{v}`",
+    "joined": lambda values, suffix="", limit=6: _join([f"{v}{suffix}" for v in values], limit) or DASH,
     "oneline": lambda v: " ".join(str(v or DASH).split()), "extract": lambda key, d: d.get(key),
     "slug": lambda v: re.sub(r"[^a-z0-9]+", "-", str(v).lower()).strip("-"),
     "minus": lambda b, a: b - a if None not in (_num(a), _num(b)) else None,
@@ -481,6 +442,7 @@ TEMPLATES = {fmt: Environment(loader=FileSystemLoader(Path(__file__).with_name("
                               lstrip_blocks=True, autoescape=fmt == "html") for fmt in ("markdown", "html")}
 for _env in TEMPLATES.values():
     _env.filters.update(FILTERS)
+    _env.tests["finite"] = lambda v: _num(v) is not None
 
 
 def render(template: str, fmt: str, **context: Any) -> str:
@@ -551,17 +513,16 @@ def unreadable_lines(run: RunResults) -> list[str]:
 
 # ------------------------------------------------------------------- compare
 
-def compared_conditions(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
-    """Every condition that differs between two runs and changes the meaning of a delta, compared over the
-    backends and recipes both runs have (over all runs when they share none)."""
+def compared_conditions(a: pd.DataFrame, b: pd.DataFrame) -> list[tuple[str, list, list]]:
+    """(condition, A's values, B's values) for every condition that differs between two runs and changes the
+    meaning of a delta, compared over the backends and recipes both runs have (over all when they share none)."""
     def shared(df: pd.DataFrame) -> pd.DataFrame:
         both = df[df.backend.isin(set(a.backend) & set(b.backend)) & df.recipe.isin(set(a.recipe) & set(b.recipe))]
         return both if len(both) else df
 
     ca, cb = conditions(shared(a)), conditions(shared(b))
-    return [f"**{key}**: A {'; '.join(map(str, ca[key])) or 'none recorded'} | "
-            f"B {'; '.join(map(str, cb[key])) or 'none recorded'}"
-            for key in CONDITIONS if key != "data source" and sorted(map(str, ca[key])) != sorted(map(str, cb[key]))]
+    return [(key, ca[key], cb[key]) for key in CONDITIONS
+            if key != "data source" and sorted(map(str, ca[key])) != sorted(map(str, cb[key]))]
 
 
 def compare(run_a: Path, run_b: Path) -> str:
@@ -575,10 +536,6 @@ def compare(run_a: Path, run_b: Path) -> str:
     keys = sorted(set(rows["A"]) | set(rows["B"]),
                   key=lambda k: (stats.recipe_sort_key(k[1]), stats.backend_sort_key(k[0])))
     absent = {"status": "absent", "errors": [], "n_ok": 0}
-    differences, conds = compared_conditions(dfs["A"], dfs["B"]), {s: conditions(df) for s, df in dfs.items()}
-    warnings = [f"the runs differ in {key}" for key in ("split digest", "model")
-                if any(d.startswith(f"**{key}**") for d in differences)]
     return render("compare.j2", "markdown", name_a=Path(run_a).name, name_b=Path(run_b).name, runs=runs,
-                  differences=differences, rows=[(k, rows["A"].get(k, absent), rows["B"].get(k, absent)) for k in keys],
-                  warnings=warnings + [f"(within {side}) {w}" for side in "AB" for w in conds[side]["warnings"]],
-                  line_a=condition_line(conds["A"]), line_b=condition_line(conds["B"]), schema=SCHEMA_VERSION)
+                  rows=[(k, rows["A"].get(k, absent), rows["B"].get(k, absent)) for k in keys], schema=SCHEMA_VERSION,
+                  differences=compared_conditions(dfs["A"], dfs["B"]), conds={s: conditions(d) for s, d in dfs.items()})

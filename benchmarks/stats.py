@@ -140,12 +140,6 @@ def runs_frame(results: Iterable[dict | Result]) -> pd.DataFrame:
     return df.iloc[order].reset_index(drop=True)
 
 
-def _status(n_ok: int, n_failed: int, n: int) -> str:
-    if n_ok == n:
-        return "ok"
-    return ("failed" if n_failed else "skipped") if n_ok == 0 else f"ok {n_ok}/{n}"
-
-
 def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (recipe, backend) in report order: ``n``, ``n_ok``, ``n_failed``,
     ``n_skipped``, ``seeds`` (of ok runs), ``status`` (ok, failed, skipped or ``ok k/n``),
@@ -154,9 +148,10 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (recipe, backend), g in df.groupby(["recipe", "backend"], sort=False):
         ok, n_failed = g[g.status == "ok"], int((g.status == "failed").sum())
+        status = ("ok" if len(ok) == len(g) else f"ok {len(ok)}/{len(g)}" if len(ok)
+                  else "failed" if n_failed else "skipped")
         row = {"backend": backend, "recipe": recipe, "n": len(g), "n_ok": len(ok), "n_failed": n_failed,
-               "n_skipped": len(g) - len(ok) - n_failed, "seeds": ok.seed.tolist(),
-               "status": _status(len(ok), n_failed, len(g)),
+               "n_skipped": len(g) - len(ok) - n_failed, "seeds": ok.seed.tolist(), "status": status,
                "precision": ", ".join(dict.fromkeys(ok.precision.dropna())),
                "errors": list(dict.fromkeys(f"seed {s.seed}: {s.error or s.status}"
                                             for s in g[g.status != "ok"].itertuples()))}
@@ -178,23 +173,15 @@ def records(df: pd.DataFrame) -> list[dict]:
 
 
 def within_spread(agg: pd.DataFrame, metric: str = "test_top1") -> list[dict]:
-    """Every pair of backends with a mean on a recipe: ``diff = |mean_a - mean_b|`` against
-    ``spread = std_a + std_b``; ``within`` None when either side has one seed; ``statement``."""
+    """Every pair of backends with a mean on a recipe: ``diff = |mean_a - mean_b|`` against ``spread = std_a +
+    std_b`` (None when either side has one seed); ``within``: ``diff < spread`` or no difference at all."""
     out = []
     for recipe, g in agg[agg[f"{metric}_mean"].notna()].groupby("recipe", sort=False):
         for ra, rb in combinations(g.to_dict("records"), 2):
-            a, b, diff = ra["backend"], rb["backend"], abs(ra[f"{metric}_mean"] - rb[f"{metric}_mean"])
-            spread = ra[f"{metric}_std"] + rb[f"{metric}_std"]
-            if not np.isfinite(spread):
-                spread, within = None, None
-                text = f"{a} and {b} on {recipe}: single seed: no spread estimate (|Δ| {diff:.3f})"
-            elif (within := bool(diff < spread or diff == 0)):
-                text = f"{a} and {b} are within their seed spread on {recipe} (|Δ| {diff:.3f} < {spread:.3f})"
-            else:
-                text = (f"{a} and {b} differ by more than their seed spread on {recipe} "
-                        f"(|Δ| {diff:.3f} ≥ {spread:.3f})")
-            out.append({"recipe": recipe, "a": a, "b": b, "diff": diff, "spread": spread,
-                        "within": within, "statement": text})
+            diff = abs(ra[f"{metric}_mean"] - rb[f"{metric}_mean"])
+            spread = finite(ra[f"{metric}_std"] + rb[f"{metric}_std"])
+            out.append({"recipe": recipe, "a": ra["backend"], "b": rb["backend"], "diff": diff, "spread": spread,
+                        "within": None if spread is None else bool(diff < spread or diff == 0)})
     return out
 
 

@@ -141,6 +141,20 @@ def test_results_table_numbers_are_the_seed_mean_and_sample_std_of_the_files(swe
     assert head[4] == f"{100 * (mean - scratch['fake']):+.1f} pp"
 
 
+def test_seed_spread_says_within_beyond_or_single_seed(sweep, tmp_path):
+    run_dir = copy_run(sweep, tmp_path / "spread")
+    shutil.rmtree(run_dir / "fakeb-scratch-s1")
+    top1 = {"fake-head": (0.9, 0.8), "fakeb-head": (0.2, 0.2), "fake-two_phase": (0.5, 0.7),
+            "fakeb-two_phase": (0.6, 0.6), "fake-scratch": (0.3, 0.5), "fakeb-scratch": (0.4,)}
+    for run, values in top1.items():
+        for seed, value in enumerate(values):
+            edit(run_dir, f"{run}-s{seed}", lambda r: r["test"].update(top1=value))
+    assert section(md_report(run_dir), "Seed spread").splitlines()[2:] == [
+        "- fake and fakeb differ by more than their seed spread on head (|Δ| 0.650 ≥ 0.071)",
+        "- fake and fakeb are within their seed spread on two_phase (|Δ| 0.000 < 0.141)",
+        "- fake and fakeb on scratch: single seed: no spread estimate (|Δ| 0.000)"]
+
+
 def test_top5_is_hidden_for_five_classes_and_shown_for_ten(sweep):
     md = md_report(copy_run(sweep, sweep.parent / "five"))
     assert "top-5" not in section(md, "Results")
