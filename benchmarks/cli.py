@@ -809,7 +809,7 @@ def cmd_throughput(args: argparse.Namespace) -> int:
         write_json_atomic(args.out, {"command": "bench " + " ".join(args.argv), "results": rows,
                                      "scaling": scaling})
         if scaling:
-            from benchmarks.report import write_scaling_plot
+            from benchmarks.throughput import write_scaling_plot
 
             print(f"scaling plot: {write_scaling_plot(scaling, args.out.with_suffix('.png'))}")
     return 1 if any(r.get("status") != "ok" for r in rows) else 0

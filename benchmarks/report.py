@@ -227,7 +227,7 @@ STYLE = {"font.family": "DejaVu Sans", "font.size": 9, "axes.titlesize": 10, "ax
          "axes.grid": True, "axes.grid.axis": "y", "grid.color": "#e6e9ef", "xtick.labelsize": 8.5}
 
 
-def _figure(n: int, cols: int, width: float, height: float, **kw):
+def figure_grid(n: int, cols: int, width: float, height: float, **kw):
     """A figure of ``n`` panels, ``cols`` a row, each ``width`` x ``height`` inches; unused panels hidden."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -242,7 +242,7 @@ def _figure(n: int, cols: int, width: float, height: float, **kw):
     return fig, axes
 
 
-def _uri(fig, colors: dict[str, str] | None = None) -> str:
+def png_uri(fig, colors: dict[str, str] | None = None) -> str:
     """The figure as a PNG data URI (with a legend of the backends' colours)."""
     if colors:
         from matplotlib.patches import Patch
@@ -259,7 +259,7 @@ def bar_panels(panels: dict[str, tuple], ylabel: str, label=None, cols: int = 3,
     """Grouped bars, a panel per ``title: (values, err)``: a group per row of ``values``, a bar per column (a
     backend, in its colour); ``err``: a frame like ``values`` (symmetric), a (below, above) pair or None."""
     colors = backend_colors(stats.ordered_backends(c for values, _ in panels.values() for c in values.columns))
-    fig, axes = _figure(len(panels), cols, width, 3.0, sharey=ylim is not None)
+    fig, axes = figure_grid(len(panels), cols, width, 3.0, sharey=ylim is not None)
     for ax, (title, (values, err)) in zip(axes, panels.items()):
         values, step, x = values.reindex(columns=list(colors)), 0.8 / len(colors), np.arange(len(values.index))
         for i, col in enumerate(values.columns):
@@ -272,7 +272,7 @@ def bar_panels(panels: dict[str, tuple], ylabel: str, label=None, cols: int = 3,
                       ha="right" if len(x) > 4 else "center")
         ax.set(title=title, ylabel=ylabel, xlim=(-0.6, len(x) - 0.4), **({"ylim": ylim} if ylim else {}))
         ax.margins(y=0.15)
-    return _uri(fig, colors)
+    return png_uri(fig, colors)
 
 
 def _pivot(agg: pd.DataFrame, column: str, scale: float = 1.0) -> pd.DataFrame:
@@ -297,32 +297,6 @@ def plot_throughput(agg: pd.DataFrame) -> str | None:
                                                        (hi - m).clip(lower=0).fillna(0)))
     return bar_panels(panels, "images / s (median; bars p10–p90)", lambda v: f"{v:,.0f}", cols=2,
                       width=min(6.3, max(3.6, 0.45 * len(done)))) if len(done) else None
-
-
-def write_scaling_plot(rows: list[dict], path: Path) -> Path:
-    """``bench throughput --devices``: train img/s and scaling efficiency against the device
-    count, a line per backend (``throughput.scaling_rows``), as a PNG at ``path``. Measured on
-    a CPU, the title says the numbers say nothing about scaling (the devices share its cores)."""
-    import matplotlib
-
-    colors = backend_colors(dict.fromkeys(r["backend"] for r in rows))
-    with matplotlib.rc_context(STYLE):
-        fig, (ips, eff) = _figure(2, 2, 3.8, 3.0)
-        for backend, color in colors.items():
-            mine = sorted((r for r in rows if r["backend"] == backend), key=lambda r: r["devices"])
-            n = [r["devices"] for r in mine]
-            ips.plot(n, [r["train_images_per_second"] for r in mine], "o-", color=color)
-            eff.plot(n, [np.nan if r["scaling_efficiency"] is None else r["scaling_efficiency"]
-                         for r in mine], "o-", color=color)
-        counts = sorted({r["devices"] for r in rows})
-        ips.set(title="train images/s", xlabel="devices", xticks=counts)
-        eff.set(title="scaling efficiency: img/s at N / (N x img/s at 1)", xlabel="devices",
-                xticks=counts, ylim=(0, 1.15))
-        if any(r["device"] == "cpu" for r in rows):
-            fig.supxlabel("measured on a CPU: its devices share its cores, so this says nothing "
-                          "about scaling", fontsize=8.5, color="#b03a2e")
-        path.write_bytes(base64.b64decode(_uri(fig, colors).split(",", 1)[1]))
-    return path
 
 
 def plot_per_class(df: pd.DataFrame) -> str | None:
@@ -354,7 +328,7 @@ def plot_curves(df: pd.DataFrame, x: str) -> str | None:
     if mean.empty:
         return None
     colors, recipes = backend_colors(stats.ordered_backends(mean.backend)), _unique(mean.recipe)
-    fig, axes = _figure(len(recipes), 3, 4.3, 3.1, sharey=True)
+    fig, axes = figure_grid(len(recipes), 3, 4.3, 3.1, sharey=True)
     for ax, recipe in zip(axes, recipes):
         for b, c in mean[mean.recipe == recipe].groupby("backend", sort=False):
             ax.plot(c.x, 100 * c["mean"], color=colors[b], marker="o", markersize=3.5, linewidth=1.8)
@@ -368,7 +342,7 @@ def plot_curves(df: pd.DataFrame, x: str) -> str | None:
                             xytext=(3, -10), textcoords="offset points", fontsize=7.5, color="#5b6475")
         ax.set(title=recipe, ylim=(0, 105), ylabel="validation top-1 (%)",
                xlabel="epoch" if x == "global_epoch" else "training images seen")
-    return _uri(fig, colors)
+    return png_uri(fig, colors)
 
 
 def plot_confusion(df: pd.DataFrame) -> str | None:
@@ -383,7 +357,7 @@ def plot_confusion(df: pd.DataFrame) -> str | None:
         return None
     recipes, backends = _unique(k[0] for k in mats), stats.ordered_backends(k[1] for k in mats)
     cell = 2.7 if max(len(m) for m, _, _ in mats.values()) <= 8 else 3.4
-    fig, axes = _figure(len(recipes) * len(backends), len(backends), cell, cell)
+    fig, axes = figure_grid(len(recipes) * len(backends), len(backends), cell, cell)
     for ax, key in zip(axes, [(r, b) for r in recipes for b in backends]):
         if key not in mats:
             ax.set_visible(False)
@@ -400,7 +374,7 @@ def plot_confusion(df: pd.DataFrame) -> str | None:
             if v:
                 ax.text(j, i, f"{int(v)}", ha="center", va="center", fontsize=6.5,
                         color="white" if norm[i, j] > 0.55 else "#1d2330")
-    return _uri(fig)
+    return png_uri(fig)
 
 
 def make_figures(df: pd.DataFrame) -> dict[str, str]:
@@ -408,8 +382,6 @@ def make_figures(df: pd.DataFrame) -> dict[str, str]:
     import matplotlib
 
     agg = stats.aggregate(df)
-    if not agg.n_ok.sum():
-        return {}
     with matplotlib.rc_context(STYLE):
         made = {"top1": plot_top1(agg), "curves_epoch": plot_curves(df, "global_epoch"),
                 "curves_images": plot_curves(df, "images_seen"), "throughput": plot_throughput(agg),

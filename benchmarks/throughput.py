@@ -11,6 +11,7 @@ prints one JSON line.
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 import tempfile
@@ -91,6 +92,32 @@ def scaling_rows(results: list[dict]) -> list[dict]:
                      "scaling_efficiency": ips / (n * base) if base else None,
                      "device": r["device"].get("kind")})
     return rows
+
+
+def write_scaling_plot(rows: list[dict], path: Path) -> Path:
+    """``bench throughput --devices``: the ``scaling_rows`` as a PNG at ``path``, train img/s and
+    scaling efficiency against the device count, a line per backend, drawn like the report's
+    plots. Measured on a CPU, the figure says so: its devices share its cores."""
+    import matplotlib
+
+    from benchmarks.report import STYLE, backend_colors, figure_grid, png_uri
+
+    colors = backend_colors(dict.fromkeys(r["backend"] for r in rows))
+    with matplotlib.rc_context(STYLE):
+        fig, axes = figure_grid(2, 2, 3.8, 3.0)
+        for ax, key in zip(axes, ("train_images_per_second", "scaling_efficiency")):
+            for backend, color in colors.items():
+                mine = sorted((r for r in rows if r["backend"] == backend), key=lambda r: r["devices"])
+                ax.plot([r["devices"] for r in mine], [float("nan") if r[key] is None else r[key]
+                                                       for r in mine], "o-", color=color)
+            ax.set(xlabel="devices", xticks=sorted({r["devices"] for r in rows}))
+        axes[0].set(title="train images/s")
+        axes[1].set(title="scaling efficiency: img/s at N / (N x img/s at 1)", ylim=(0, 1.15))
+        if any(r["device"] == "cpu" for r in rows):
+            fig.supxlabel("measured on a CPU: its devices share its cores, so this says nothing "
+                          "about scaling", fontsize=8.5, color="#b03a2e")
+        path.write_bytes(base64.b64decode(png_uri(fig, colors).split(",", 1)[1]))
+    return path
 
 
 def main(argv: list[str]) -> int:

@@ -366,7 +366,7 @@ def test_scaling_efficiency_is_img_s_at_n_over_n_times_img_s_at_one(tmp_path):
                          {"status": "failed", "backend": "keras", "devices": 1}])
     assert [(r["backend"], r["devices"], r["scaling_efficiency"]) for r in rows] == [
         ("pytorch", 1, 1.0), ("pytorch", 2, 0.75), ("keras-jax", 2, None)]
-    from benchmarks.report import write_scaling_plot
+    from benchmarks.throughput import write_scaling_plot
 
     png = write_scaling_plot(rows, tmp_path / "scaling.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
