@@ -135,14 +135,11 @@ def conditions(df: pd.DataFrame) -> dict:
 
 
 def starting_weights(df: pd.DataFrame) -> list[dict]:
-    """Per recipe with finished runs: ``random`` (every run started from random weights), ``known`` (a record
-    per backend and weights digest: backend, weights_digest, weights_kind, weights_source), ``missing`` (the
-    backends that recorded no digest), ``unproven`` (a record per backend without a digest, with
-    weights_conversion: why there is none) and ``differ`` (the backends did not start from the same weights).
-
-    Weights are told apart by their digest; a run without one is told apart by who made its weights (the
-    kind and the source backend): two backends that each pretrained their own source model, or each loaded
-    their framework's own ImageNet file, started from different weights even where no digest says so."""
+    """Per recipe with finished runs: ``random`` (every run started from random weights), ``known`` (a record per
+    backend and weights digest), ``missing`` (the backends that recorded no digest), ``unproven`` (a record per
+    backend without a digest, with weights_conversion: why) and ``differ`` (not all started from the same weights).
+    Weights are told apart by their digest, else by who made them (kind and source backend): two backends that
+    each pretrained their own source model, or each loaded their own ImageNet file, started from different ones."""
     out = []
     for recipe, g in df[df.status == "ok"].groupby("recipe", sort=False):
         runs = g.drop_duplicates(["backend", "weights_digest"])
@@ -389,7 +386,7 @@ def make_figures(df: pd.DataFrame) -> dict[str, str]:
     return {k: uri for k, uri in made.items() if uri}
 
 
-# ------------------------------------------------------------------- outputs
+# ---------------------------------------------------------- outputs and bench compare
 
 def _inline_html(text: Any) -> Markup:
     """``text`` escaped (unless it is markup already), then `code` and **bold** marked up."""
@@ -482,8 +479,6 @@ def unreadable_lines(run: RunResults) -> list[str]:
             + [f"older result (schema {r.schema_version}), shown without {', '.join(r.lacks)}: {r.path}"
                for r in run.lacking])
 
-
-# ------------------------------------------------------------------- compare
 
 def compared_conditions(a: pd.DataFrame, b: pd.DataFrame) -> list[tuple[str, list, list]]:
     """(condition, A's values, B's values) for every condition that differs between two runs and changes the

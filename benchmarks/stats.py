@@ -1,12 +1,10 @@
 """Statistics over result files (framework-free): one tidy table, seed aggregates, paired tests.
 
-``runs_frame(results)``, a pandas DataFrame with one row per result file, is
-the one table every report number comes from. ``aggregate`` gives one row per
-(recipe, backend): mean, sample std (ddof = 1) and count over the seeds that
-finished. ``paired_tests`` compares backends image by image on the same test
-files (exact McNemar test); ``accuracy_intervals`` bootstraps each accuracy.
-Order: recipes as in docs/design.md, others by name, the ``scratch`` control
-last; backends in registry order (``backend_names()``), unknown ones after.
+``runs_frame(results)``, a pandas DataFrame with one row per result file, is the one table every report
+number comes from. ``aggregate`` gives one row per (recipe, backend): mean, sample std (ddof = 1) and count
+over the seeds that finished. ``paired_tests`` compares backends image by image on the same test files (exact
+McNemar test); ``accuracy_intervals`` bootstraps each accuracy. Order: recipes as in docs/design.md, others
+by name, the ``scratch`` control last; backends in registry order (``backend_names()``), unknown ones after.
 """
 
 from __future__ import annotations
@@ -132,19 +130,17 @@ def _run_row(r: Result) -> dict:
 def runs_frame(results: Iterable[dict | Result]) -> pd.DataFrame:
     """One row per result, in report order: identity, conditions, metrics (NaN unless ok; top-5
     NaN for runs with 5 classes or fewer), ``correct`` (per test image, or None), ``result``."""
-    rows = [_run_row(r) for r in as_results(results)]
+    rows = sorted((_run_row(r) for r in as_results(results)),
+                  key=lambda row: (recipe_sort_key(row["recipe"]), backend_sort_key(row["backend"]), row["seed"]))
     df = pd.DataFrame(rows, columns=list(_run_row(Result())), dtype=object)  # None stays None in text
     df[list(METRICS)] = df[list(METRICS)].astype(float)
-    order = sorted(range(len(df)), key=lambda i: (recipe_sort_key(df.recipe[i]), backend_sort_key(df.backend[i]),
-                                                   df.seed[i]))
-    return df.iloc[order].reset_index(drop=True)
+    return df
 
 
 def aggregate(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (recipe, backend) in report order: ``n``, ``n_ok``, ``n_failed``,
-    ``n_skipped``, ``seeds`` (of ok runs), ``status`` (ok, failed, skipped or ``ok k/n``),
-    ``errors`` (distinct ``seed N: ...`` lines), ``<metric>_mean/_std/_n`` for every metric and
-    ``vs_scratch_top1`` (mean test top-1 minus the same backend's ``scratch`` mean)."""
+    """One row per (recipe, backend) in report order: ``n``, ``n_ok``, ``n_failed``, ``n_skipped``, ``seeds``
+    (of ok runs), ``status`` (ok, failed, skipped or ``ok k/n``), ``errors`` (distinct ``seed N: ...`` lines),
+    ``<metric>_mean/_std/_n`` for every metric and ``vs_scratch_top1`` (minus the same backend's ``scratch``)."""
     rows = []
     for (recipe, backend), g in df.groupby(["recipe", "backend"], sort=False):
         ok, n_failed = g[g.status == "ok"], int((g.status == "failed").sum())
@@ -246,12 +242,11 @@ def accuracy_intervals(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def paired_tests(df: pd.DataFrame) -> list[dict]:
-    """Every pair of backends on the same recipe and seed (per seed, not pooled: seeds are
-    separate trainings of the same images). ``p`` is None when either run stored no
-    predictions or the two used different test files (split digest or labels differ)."""
+    """Every pair of backends on the same recipe and seed (per seed, not pooled: seeds are separate trainings
+    of the same images). ``p`` is None when either run stored no predictions or the two used different test
+    files (split digest or labels differ)."""
     out = []
-    ok = df[df.status == "ok"]
-    for (recipe, seed), g in ok.groupby(["recipe", "seed"], sort=False):
+    for (recipe, seed), g in df[df.status == "ok"].groupby(["recipe", "seed"], sort=False):
         for ra, rb in combinations(g.itertuples(), 2):
             row = {"recipe": recipe, "seed": seed, "a": ra.backend, "b": rb.backend, "top1_a": ra.test_top1,
                    "top1_b": rb.test_top1, "delta": ra.test_top1 - rb.test_top1, "only_a": None, "only_b": None,
