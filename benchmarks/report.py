@@ -16,7 +16,6 @@ import io
 import math
 import re
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -31,7 +30,7 @@ from common.results import SCHEMA_VERSION, RunResults, load_results, write_json_
 
 DASH, NOT_AVAILABLE = "—", "not available"
 _PALETTE = ("#8e6bbf", "#c9a227", "#6b7a8f", "#d16ba5", "#17becf", "#8c564b")
-_NO_COLOR = next(f.default for f in fields(BackendInfo) if f.name == "color")
+_NO_COLOR = BackendInfo.color  # the default: the backend set none
 _num = stats.finite
 
 
@@ -206,9 +205,8 @@ def report_context(run: RunResults, run_dir: Path, figures: dict[str, str]) -> d
         "n": {"total": len(df), **{s: int((df.status == s).sum()) for s in ("ok", "failed", "skipped")}},
         "versions": _unique(k for _, versions in cond["environment"].values() for k in versions),
         "rows": stats.records(agg), "top5": bool(agg.test_top5_mean.notna().any()),  # NaN for <= 5 classes
-        "intervals": stats.records(stats.accuracy_intervals(df)), "spread": stats.within_spread(agg),
-        "pairs": stats.paired_tests(df),
-        "gains": stats.transfer_gain(agg), "throughput": stats.records(agg[agg.n_ok > 0]),
+        "intervals": stats.records(stats.accuracy_intervals(df)), "pairs": stats.paired_tests(df),
+        "spread": stats.within_spread(agg), "gains": stats.transfer_gain(agg),
         "per_class": {"head": ["class"] + [f"{b} `{r}`" for b, r in classes],
                       "rows": [[c] + [fmt_pct(per_class["mean"].loc[c, k], per_class["std"].loc[c, k])
                                       for k in classes] for c in per_class.index]},
@@ -226,13 +224,11 @@ STYLE = {"font.family": "DejaVu Sans", "font.size": 9, "axes.titlesize": 10, "ax
 
 def figure_grid(n: int, cols: int, width: float, height: float, **kw):
     """A figure of ``n`` panels, ``cols`` a row, each ``width`` x ``height`` inches; unused panels hidden."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     cols = max(1, min(n, cols))
     rows = math.ceil(n / cols)
     fig = Figure(figsize=(width * cols + 0.4, height * rows + 0.5), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
     axes = list(fig.subplots(rows, cols, squeeze=False, **kw).flat)
     for ax in axes[n:]:
         ax.set_visible(False)
@@ -367,10 +363,9 @@ def plot_confusion(df: pd.DataFrame) -> str | None:
         ax.set_yticks(ticks, names, fontsize=7)
         ax.set(title=f"{key[1]} · {key[0]}" + f" ({n} seeds)" * (n > 1), xlabel="predicted", ylabel="true")
         ax.grid(False)
-        for (i, j), v in np.ndenumerate(m) if len(m) <= 12 else []:
-            if v:
-                ax.text(j, i, f"{int(v)}", ha="center", va="center", fontsize=6.5,
-                        color="white" if norm[i, j] > 0.55 else "#1d2330")
+        for i, j in zip(*np.nonzero(m)) if len(m) <= 12 else []:
+            ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=6.5,
+                    color="white" if norm[i, j] > 0.55 else "#1d2330")
     return png_uri(fig)
 
 

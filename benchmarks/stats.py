@@ -43,8 +43,6 @@ def lookup(obj: Any, path: Iterable[str]) -> Any:
     """The value at ``path`` through records (attributes) and dicts (keys); None where missing."""
     for key in path:
         obj = obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
-        if obj is None:
-            return None
     return obj
 
 
@@ -55,16 +53,13 @@ def finite(value: Any) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
-def as_results(results: Iterable[dict | Result]) -> list[Result]:
-    """Results as ``Result``s; a dict that does not fit the schema becomes a failed result saying why."""
-    out = []
-    for r in results:
-        try:
-            out.append(r if isinstance(r, Result) else Result.parse(r))
-        except SchemaError as err:
-            out.append(Result(status="failed", error=f"result does not fit the schema: {err}",
-                              **{k: r.get(k) for k in ("backend", "recipe", "seed")}))
-    return out
+def as_result(r: dict | Result) -> Result:
+    """``r`` as a ``Result``; a dict that does not fit the schema becomes a failed result saying why."""
+    try:
+        return r if isinstance(r, Result) else Result.parse(r)
+    except SchemaError as err:
+        return Result(status="failed", error=f"result does not fit the schema: {err}",
+                      **{k: r.get(k) for k in ("backend", "recipe", "seed")})
 
 
 def backend_sort_key(backend: str) -> tuple[int, str]:
@@ -98,27 +93,23 @@ def device_text(device: Any) -> str:
     return " ".join(str(device[k]) for k in ("kind", "name") if device.get(k)) + (f" ({extra})" if extra else "")
 
 
-def _phases_text(phases: Any) -> str:
-    return " + ".join(f"{p.get('name')} ({p.get('train')}, {p.get('optimizer')}, lr {p.get('learning_rate')}, "
-                      f"{p.get('epochs')} ep)" for p in phases or [])
-
-
 def _run_row(r: Result) -> dict:
     classes = lookup(r, ("data", "num_classes")) or len(lookup(r, ("data", "classes")) or []) or None
-    config = r.config or {}
     row = {"backend": r.backend, "recipe": r.recipe, "seed": r.seed, "status": r.status, "error": r.error,
            "name": r.name, "model": r.model, "num_classes": classes,
-           "image_size": lookup(r, ("data", "image_size")) or lookup(config, ("data", "image_size")),
-           "batch_size": lookup(config, ("train", "batch_size")),
-           "precision": lookup(r, ("throughput", "precision")) or lookup(config, ("train", "precision")),
-           "throughput_steps": lookup(config, ("train", "throughput_steps")),
-           "data_source": lookup(r, ("data", "source")) or lookup(config, ("data", "source")),
+           "image_size": lookup(r, ("data", "image_size")) or lookup(r.config, ("data", "image_size")),
+           "batch_size": lookup(r.config, ("train", "batch_size")),
+           "precision": lookup(r, ("throughput", "precision")) or lookup(r.config, ("train", "precision")),
+           "throughput_steps": lookup(r.config, ("train", "throughput_steps")),
+           "data_source": lookup(r, ("data", "source")) or lookup(r.config, ("data", "source")),
            "split_digest": lookup(r, ("data", "split_digest")),
-           "weights_kind": lookup(r, ("weights", "kind")) or lookup(config, ("model", "weights")),
+           "weights_kind": lookup(r, ("weights", "kind")) or lookup(r.config, ("model", "weights")),
            "weights_digest": lookup(r, ("weights", "digest")),
            "weights_source": lookup(r, ("weights", "source_backend")),
            "weights_conversion": lookup(r, ("weights", "conversion")),
-           "phases": f"{r.recipe}: {_phases_text(lookup(config, ('recipe', 'phases')))}",
+           "phases": f"{r.recipe}: " + " + ".join(f"{p.get('name')} ({p.get('train')}, {p.get('optimizer')}, lr "
+                                                  f"{p.get('learning_rate')}, {p.get('epochs')} ep)"
+                                                  for p in lookup(r.config, ("recipe", "phases")) or []),
            "versions": f"{r.backend}: " + ", ".join(f"{k} {v}" for k, v in sorted((r.versions or {}).items())),
            "device": f"{r.backend}: {device_text(r.device)}", "correct": _correct(r), "result": r}
     row.update({name: finite(lookup(r, path)) if r.ok else None for name, path in METRICS.items()})
@@ -130,7 +121,7 @@ def _run_row(r: Result) -> dict:
 def runs_frame(results: Iterable[dict | Result]) -> pd.DataFrame:
     """One row per result, in report order: identity, conditions, metrics (NaN unless ok; top-5
     NaN for runs with 5 classes or fewer), ``correct`` (per test image, or None), ``result``."""
-    rows = sorted((_run_row(r) for r in as_results(results)),
+    rows = sorted((_run_row(as_result(r)) for r in results),
                   key=lambda row: (recipe_sort_key(row["recipe"]), backend_sort_key(row["backend"]), row["seed"]))
     df = pd.DataFrame(rows, columns=list(_run_row(Result())), dtype=object)  # None stays None in text
     df[list(METRICS)] = df[list(METRICS)].astype(float)
