@@ -1,12 +1,10 @@
 """Reports built only from the ``result.json`` files of a run directory.
 
-``write_report(run_dir)`` writes ``report.md``, ``report.html`` (one self-contained page, plots as PNG data
-URIs drawn with matplotlib's Agg canvas), ``summary.csv`` and ``summary.json``; ``summary_table`` is the
-terminal table after a sweep (rich); ``compare(run_a, run_b)`` puts two run directories side by side. Every
-number comes from ``benchmarks.stats`` (one pandas table of runs); this module shapes it for the jinja2
-templates in ``benchmarks/templates/``, which hold the layout and the words (``report.j2``, ``compare.j2``,
-``conditions.j2``, written as markdown or HTML by the macros of ``markdown.j2`` or ``html.j2``). Nothing here
-imports a framework.
+``write_report(run_dir)`` writes report.md, report.html (one self-contained page, matplotlib plots as PNG data
+URIs), summary.csv and summary.json; ``summary_table`` is the terminal table after a sweep (rich); ``compare``
+puts two run directories side by side. Every number comes from ``benchmarks.stats`` (one pandas table of runs);
+this module shapes it for the jinja2 templates in ``benchmarks/templates/``, which hold the layout and the words
+(report.j2, compare.j2, conditions.j2; the macros of markdown.j2 or html.j2 write them). No framework imported.
 """
 
 from __future__ import annotations
@@ -33,8 +31,6 @@ _PALETTE = ("#8e6bbf", "#c9a227", "#6b7a8f", "#d16ba5", "#17becf", "#8c564b")
 _NO_COLOR = BackendInfo.color  # the default: the backend set none
 _num = stats.finite
 
-
-# ---------------------------------------------------------------- formatting
 
 def fmt_pct(mean: Any, std: Any = None) -> str:
     """A fraction as a percentage, ``84.2 ± 1.2``; ``—`` when missing."""
@@ -423,9 +419,8 @@ CSV_FIELDS = (["backend", "recipe", "status", "n", "n_ok", "n_failed", "n_skippe
 
 
 def write_report(run_dir: Path, plots: bool = True) -> dict[str, Path]:
-    """Write report.md, report.html (with its plots unless ``plots`` is False), summary.csv and summary.json
-    into ``run_dir`` from its result files (any status, one backend or seed, missing values; unreadable files
-    are listed). Returns ``{md, html, csv, json}`` -> path."""
+    """Write report.md, report.html (with plots unless ``plots`` is False), summary.csv and summary.json into
+    ``run_dir`` from its result files, whatever they hold (unreadable ones listed); returns {md, html, csv, json}."""
     run_dir = Path(run_dir)
     run = load_results(run_dir)
     paths = {k: run_dir / f"{stem}.{k}" for k, stem in (("md", "report"), ("html", "report"),
@@ -488,9 +483,8 @@ def compared_conditions(a: pd.DataFrame, b: pd.DataFrame) -> list[tuple[str, lis
 
 
 def compare(run_a: Path, run_b: Path) -> str:
-    """Markdown: two run directories side by side per backend x recipe (top-1, wall, train and infer img/s,
-    B − A, statuses; ``absent`` where a side lacks the row), led by every difference in conditions and
-    followed by any unreadable or older result files."""
+    """Markdown: two run directories side by side per backend x recipe (top-1, wall, img/s, B − A, statuses;
+    ``absent`` where a side lacks the row) after the conditions that differ, before unreadable or older files."""
     runs = {"A": load_results(run_a), "B": load_results(run_b)}
     dfs = {side: stats.runs_frame(run.results) for side, run in runs.items()}
     rows = {side: {(r["backend"], r["recipe"]): r for r in stats.records(stats.aggregate(df))}
