@@ -117,6 +117,8 @@ def test_report_has_every_section_table_and_plot(sweep, tmp_path):
                   "Per-class test accuracy (mean", "Test confusion matrices", "Trainable parameters per phase"):
         assert f"<figcaption><strong>{title}" in page
     assert not re.search(r'(src|href)="(https?:)?//', page) and "<script" not in page and "<link" not in page
+    assert re.search(r"</strong> · inception_v3 · 75 px · batch \d+ · \w+ · cpu numpy · 2 seeds · split [0-9a-f]{8}"
+                     r"</figcaption>", page)  # the conditions under every figure
     # one split, one model; fake and fakeb each pretrained their own source model
     assert [w.split(":")[1] for w in re.findall(r"^> \*\*WARNING: .*$", md, re.M)] == \
         [" DIFFERENT STARTING WEIGHTS on `head`", " DIFFERENT STARTING WEIGHTS on `two_phase`"]
@@ -153,6 +155,22 @@ def test_seed_spread_says_within_beyond_or_single_seed(sweep, tmp_path):
         "- fake and fakeb differ by more than their seed spread on head (|Δ| 0.650 ≥ 0.071)",
         "- fake and fakeb are within their seed spread on two_phase (|Δ| 0.000 < 0.141)",
         "- fake and fakeb on scratch: single seed: no spread estimate (|Δ| 0.000)"]
+
+
+def test_different_splits_sizes_and_parameter_counts_are_said(sweep, tmp_path):
+    run_dir = copy_run(sweep, tmp_path / "splits")
+    for name in (run_name("fakeb", rec, s) for rec in RECIPES for s in SEEDS):
+        edit(run_dir, name, lambda r: r["data"].update(split_digest="0123456789abcdef", image_size=96))
+        edit(run_dir, name, lambda r: r["phases"][-1].update(trainable_params=r["phases"][-1]["trainable_params"] + 100))
+    edit(run_dir, "fakeb-head-s0", lambda r: r["phases"][0].update(trainable_blocks=["stem"]))
+    md = md_report(run_dir)
+    assert "> **WARNING: DIFFERENT DATA SPLITS: the runs used 2 different split digests, so their accuracies are " \
+           "not comparable (" in md
+    assert "> **WARNING: the image size differs between runs: 75, 96**" in md
+    text = section(md, "Framework differences")
+    assert re.search(r"Trainable parameter counts differ between backends by 100 \(\d+\.\d\d% of the largest\): "
+                     r"fake [\d,]+, fakeb [\d,]+\. The canonical blocks are the same", text)
+    assert "**The backends trained different canonical blocks**: check the phase." in text
 
 
 def test_top5_is_hidden_for_five_classes_and_shown_for_ten(sweep):
