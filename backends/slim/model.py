@@ -133,19 +133,28 @@ def scoped_batch_norm(training_scopes) -> Callable:
 
 # ------------------------------------------------------------------- heads
 
-def new_head(net: tf.Tensor, num_classes: int, hidden_units: int, logits_scope: str) -> tf.Tensor:
-    """The suite's head on a pooled ``[B, 1, 1, C]`` map, as slim's 1x1 convolutions.
+def new_head(features: tf.Tensor, num_classes: int, hidden_units: int, dropout: float,
+             dropout_training: bool, dropout_scope: str) -> tuple[tf.Tensor, tf.Tensor]:
+    """The suite's head on a feature map ``[B, H, W, C]``: global average pool, the
+    recipe's dropout (only when it asks, ``dropout > 0``, and only in train towers), then
+    slim's 1x1 convolutions, in the caller's ``Logits`` variable scope.
 
     ``hidden_units > 0``: a ReLU layer first (the Keras recipe's Dense(1024, relu)).
     Slim's classifier is a 1x1 conv (weights ``[1, 1, C, classes]``) where
     PyTorch and Keras use a dense layer (``[classes, C]`` / ``[C, classes]``).
+    Returns the logits ``[B, classes]`` and the pooled features ``[B, C]``.
     """
+    # global average pool (TF-models slim's global_pool=True); tf_slim 1.1's inception_v3
+    # pools with a fixed 8x8 kernel, which is global only at 299 px and below.
+    pooled = tf.reduce_mean(features, [1, 2], keepdims=True, name="GlobalPool")
+    net = slim.dropout(pooled, keep_prob=1.0 - dropout, is_training=dropout_training,
+                       scope=dropout_scope) if dropout else pooled
     if hidden_units > 0:
         net = slim.conv2d(net, hidden_units, [1, 1], activation_fn=tf.nn.relu,
                           normalizer_fn=None, scope="Conv2d_1b_1x1")
     logits = slim.conv2d(net, num_classes, [1, 1], activation_fn=None, normalizer_fn=None,
-                         scope=logits_scope)
-    return tf.squeeze(logits, [1, 2], name="SpatialSqueeze")
+                         scope="Conv2d_1c_1x1")
+    return tf.squeeze(logits, [1, 2], name="SpatialSqueeze"), tf.squeeze(pooled, [1, 2])
 
 
 def _inception_aux_head(mixed_6e: tf.Tensor, num_classes: int) -> tf.Tensor:
@@ -193,15 +202,10 @@ def inception_v3(images, num_classes, hidden_units, aux_logits, reuse, dropout=0
             with tf.compat.v1.variable_scope("AuxLogits"):
                 aux = _inception_aux_head(end_points["Mixed_6e"], num_classes)
         with tf.compat.v1.variable_scope("Logits"):
-            # global average pool (TF-models slim's global_pool=True); tf_slim 1.1 pools
-            # with a fixed 8x8 kernel, which is global only at 299 px and below.
-            pooled = tf.reduce_mean(net, [1, 2], keepdims=True, name="GlobalPool")
-            # slim's inception_v3 drops out here (Dropout_1b, keep_prob 0.8 by default): the
-            # suite only when the recipe asks (dropout > 0), and only in train towers
-            head_input = slim.dropout(pooled, keep_prob=1.0 - dropout, is_training=dropout_training,
-                                      scope="Dropout_1b") if dropout else pooled
-            logits = new_head(head_input, num_classes, hidden_units, "Conv2d_1c_1x1")
-    return logits, tf.squeeze(pooled, [1, 2]), aux, end_points
+            # slim's inception_v3 drops out as Dropout_1b (keep_prob 0.8 by default)
+            logits, pooled = new_head(net, num_classes, hidden_units, dropout, dropout_training,
+                                      "Dropout_1b")
+    return logits, pooled, aux, end_points
 
 
 def resnet_v1_50(images, num_classes, hidden_units, aux_logits, reuse, dropout=0.0,
@@ -244,11 +248,9 @@ def vgg_16(images, num_classes, hidden_units, aux_logits, reuse, dropout=0.0,
             net = slim.repeat(net, convs, slim.conv2d, depth, [3, 3], scope=f"conv{block}")
             net = end_points[f"pool{block}"] = slim.max_pool2d(net, [2, 2], scope=f"pool{block}")
         with tf.compat.v1.variable_scope("Logits"):
-            pooled = tf.reduce_mean(net, [1, 2], keepdims=True, name="GlobalPool")
-            head_input = slim.dropout(pooled, keep_prob=1.0 - dropout, is_training=dropout_training,
-                                      scope="Dropout") if dropout else pooled
-            logits = new_head(head_input, num_classes, hidden_units, "Conv2d_1c_1x1")
-    return logits, tf.squeeze(pooled, [1, 2]), None, end_points
+            logits, pooled = new_head(net, num_classes, hidden_units, dropout, dropout_training,
+                                      "Dropout")
+    return logits, pooled, None, end_points
 
 
 def arg_scope(entry: ModelEntry, weight_decay) -> dict:
