@@ -110,6 +110,9 @@ class Settings:
     # one process per (backend, mode, model, precision), its end-to-end rows included: no
     # compiled mode's batch size or end-to-end rows in a process (and a compilation) of its own
     one_job_per_key: bool = False
+    # jobs run side by side: 1 on a GPU (each row is timed with the machine to itself); the
+    # CPU smoke one per core, the cores' threads divided among them (``run_sweep``)
+    processes: int = 1
     command: str = ""
 
     @classmethod
@@ -122,11 +125,13 @@ class Settings:
         and a device name injected for the MFU arithmetic. Every (backend, mode) is one
         process (``one_job_per_key``): on a GPU a compiled mode's batch sizes and end-to-end
         rows are jobs of their own so that the budget reaches every mode's headline row
-        first; here that would only start and compile the same model again."""
+        first; here that would only start and compile the same model again. The processes run
+        side by side, one per core (``processes``): a smoke's numbers are not results, its
+        wall time is the frameworks' start, model builds and compilations."""
         base = dict(models=(SMOKE_MODEL,), precisions=("fp32",), batch_sizes=(4, 2), steps=2,
                     warmup=1, smoke=True, e2e_batch=2, e2e_images_per_class=1, workers=1,
                     inject_oom=(4,), device_name=SMOKE_DEVICE, budget_seconds=SMOKE_BUDGET_SECONDS,
-                    one_job_per_key=True)
+                    one_job_per_key=True, processes=_cores())
         return cls(**{**base, **kw})
 
 
@@ -322,7 +327,17 @@ def _row_base(backend: str, mode: str, model: str, precision: str, size: int, it
 
 # ------------------------------------------------------------------ children
 
-def child_env() -> dict[str, str]:
+# what each framework reads for its CPU threads: torch (and numpy's BLAS) OpenMP's, TensorFlow
+# its intra-op pool's, inductor the processes it compiles with; jax has a switch for one thread
+# (``child_env``)
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                    "TF_NUM_INTRAOP_THREADS", "TORCHINDUCTOR_COMPILE_THREADS")
+XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false"
+
+
+def child_env(threads: int | None = None) -> dict[str, str]:
+    """The worker's environment; with ``threads`` (jobs side by side on a CPU) each framework's
+    threads capped at that many, where the user has not set the variable already."""
     from benchmarks.runner import PARENT_PID_ENV
     from common.progress import PROGRESS_ENV
 
@@ -330,21 +345,30 @@ def child_env() -> dict[str, str]:
         filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
     env[PARENT_PID_ENV] = str(os.getpid())   # the child dies with this process
     env[PROGRESS_ENV] = "off"                # its stdout carries result lines only
+    if threads:
+        for name in THREAD_VARIABLES:
+            env.setdefault(name, str(threads))
+        if threads == 1 and XLA_ONE_THREAD not in env.get("XLA_FLAGS", ""):
+            env["XLA_FLAGS"] = " ".join(filter(None, [env.get("XLA_FLAGS"), XLA_ONE_THREAD]))
     return env
 
 
 def run_child(payload: dict, deadline: float, on_record: Callable[[dict], None]) -> dict:
     """Run one job in ``python -m benchmarks.sweep_worker``, handing each result line to
     ``on_record`` as it comes; killed at ``deadline`` (what it printed stays). Returns
-    ``{"seconds", "returncode", "killed", "stderr_tail"}``."""
+    ``{"seconds", "returncode", "killed", "stderr_tail", "ready_seconds"}`` (``ready_seconds``:
+    from the start to the job's ``job`` line, i.e. the interpreter, the framework's import,
+    the model's build; None when it never came)."""
     with tempfile.TemporaryDirectory(prefix="sweep-job-") as tmp:
         job_file = Path(tmp) / "job.json"
         job_file.write_text(json.dumps(payload), encoding="utf-8")
         stderr = open(Path(tmp) / "stderr.txt", "w+", encoding="utf-8", errors="replace")
         t0 = time.time()
+        ready: list[float] = []
         proc = subprocess.Popen([sys.executable, "-m", "benchmarks.sweep_worker", str(job_file)],
-                                stdout=subprocess.PIPE, stderr=stderr, text=True, env=child_env(),
-                                cwd=os.getcwd(), start_new_session=True)
+                                stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                env=child_env(payload.get("threads")), cwd=os.getcwd(),
+                                start_new_session=True)
 
         def read() -> None:
             for line in proc.stdout:
@@ -353,6 +377,8 @@ def run_child(payload: dict, deadline: float, on_record: Callable[[dict], None])
                         record = json.loads(line)
                     except json.JSONDecodeError:
                         continue
+                    if record.get("event") == "job" and not ready:
+                        ready.append(time.time() - t0)
                     on_record(record)
 
         reader = threading.Thread(target=read, daemon=True)
@@ -369,7 +395,52 @@ def run_child(payload: dict, deadline: float, on_record: Callable[[dict], None])
         tail = stderr.read().strip().splitlines()[-3:]
         stderr.close()
     return {"seconds": time.time() - t0, "returncode": proc.returncode, "killed": killed,
-            "stderr_tail": tail}
+            "stderr_tail": tail, "ready_seconds": ready[0] if ready else None}
+
+
+def side_by_side(jobs: list[Job], start: Callable[[Job], object], processes: int
+                 ) -> Iterable[tuple[Job, object]]:
+    """``(job, start(job))`` for each job in ``jobs``' order. One process: each job starts when
+    the one before it has finished (a GPU's timing). More: ``processes`` threads each run
+    one job's child at a time, the longest estimate first (the shortest run last, to end
+    together); the results still come in ``jobs``' order, so the JSON, markdown and plot do
+    not depend on which finished first. A pool thread lives until no job is left, so each
+    child's ``PR_SET_PDEATHSIG`` (tied to the thread that started it) fires only when this
+    process dies."""
+    if processes <= 1:
+        for job in jobs:
+            yield job, start(job)
+        return
+    waiting = sorted(range(len(jobs)), key=lambda i: -jobs[i].estimate())
+    outcomes: dict[int, tuple[bool, object]] = {}
+    finished = [threading.Event() for _ in jobs]
+    lock, stop = threading.Lock(), threading.Event()
+
+    def work() -> None:
+        while not stop.is_set():
+            with lock:
+                if not waiting:
+                    return
+                i = waiting.pop(0)
+            try:
+                outcomes[i] = (True, start(jobs[i]))
+            except BaseException as err:  # noqa: BLE001 - raised again in the caller's thread
+                outcomes[i] = (False, err)
+            finally:
+                finished[i].set()
+
+    for n in range(processes):
+        threading.Thread(target=work, name=f"sweep-jobs-{n}", daemon=True).start()
+    try:
+        for i, job in enumerate(jobs):
+            while not finished[i].wait(1.0):  # a timed wait: Ctrl-C reaches this thread
+                pass
+            ok, value = outcomes[i]
+            if not ok:
+                raise value
+            yield job, value
+    finally:
+        stop.set()  # no further job starts once the caller stops (an error, Ctrl-C)
 
 
 # ------------------------------------------------------------------ the sweep
@@ -386,19 +457,35 @@ def run_sweep(settings: Settings, out_dir: Path, runner=run_child,
     versions: dict[str, dict] = {}
     decode: dict[str, dict] = {}
     job_log: list[dict] = []
-    data_folder = None
-    for job in jobs:
+    processes = max(1, min(settings.processes, len(jobs)))
+    threads = max(1, _cores() // processes) if processes > 1 else None
+    folder: list[Path] = []
+    folder_lock = threading.Lock()
+
+    def data_folder() -> Path:
+        with folder_lock:  # made once, by the first job that needs it
+            if not folder:
+                folder.append(_jpeg_folder(settings))
+            return folder[0]
+
+    def start(job: Job):
+        """The job's child, or why it does not start (the budget)."""
         left = deadline - clock()
         if job.first_estimate() > left:
-            rows += _not_run_rows(job, settings, f"time budget: ~{job.first_estimate():.0f} s "
-                                                f"needed to start, {max(0.0, left):.0f} s left")
-            continue
-        if job.runs_e2e and data_folder is None:
-            data_folder = _jpeg_folder(settings)
-        payload = _payload(job, settings, deadline, data_folder)
+            return None, (f"time budget: ~{job.first_estimate():.0f} s needed to start, "
+                          f"{max(0.0, left):.0f} s left")
+        payload = _payload(job, settings, deadline, data_folder() if job.runs_e2e else None)
+        if threads:
+            payload["threads"] = threads
         got: list[dict] = []
-        info = runner(payload, deadline, lambda record, job=job: got.append(
-            _on_record(record, job, settings)))
+        info = runner(payload, deadline, lambda record: got.append(_on_record(record, job, settings)))
+        return (got, info), None
+
+    for job, (outcome, reason) in side_by_side(jobs, start, processes):
+        if outcome is None:
+            rows += _not_run_rows(job, settings, reason)
+            continue
+        got, info = outcome
         for record in got:
             event = record.get("event")
             if event == "flops":
@@ -415,7 +502,9 @@ def run_sweep(settings: Settings, out_dir: Path, runner=run_child,
                         "precision": job.precision, "tier": job.tier,
                         "items": [f"{i.kind}@{i.batch}" for i in job.items],
                         "estimate_seconds": round(job.estimate(), 1),
-                        "seconds": round(info["seconds"], 1), "killed": info["killed"],
+                        "seconds": round(info["seconds"], 1),
+                        "ready_seconds": None if info.get("ready_seconds") is None
+                        else round(info["ready_seconds"], 1), "killed": info["killed"],
                         "returncode": info["returncode"], "stderr_tail": info["stderr_tail"]})
         # what is measured so far, in case the whole command is stopped before the report
         write_json_atomic(Path(out_dir) / "throughput.json", {
@@ -447,7 +536,8 @@ def run_sweep(settings: Settings, out_dir: Path, runner=run_child,
                      "warmup": settings.warmup, "batch_sizes": list(settings.batch_sizes),
                      "e2e_batch": settings.e2e_batch, "e2e_epochs": settings.e2e_epochs,
                      "e2e_images": settings.e2e_images_per_class * 10,
-                     "workers": _workers(settings), "inject_oom": list(settings.inject_oom)},
+                     "workers": _workers(settings), "inject_oom": list(settings.inject_oom),
+                     "processes": processes, "threads_per_process": threads},
         "flops": {m: {"image_size": f["image_size"], "forward_flops_per_image": f["forward_flops"],
                       "train_flops_per_image": _train_flops(f["forward_flops"]),
                       "counted_by": "torch.utils.flop_counter.FlopCounterMode on the PyTorch "
@@ -458,7 +548,7 @@ def run_sweep(settings: Settings, out_dir: Path, runner=run_child,
         "end_to_end": [r for r in rows if r.get("table") == "end_to_end"],
         "jobs": job_log,
         "elapsed_seconds": round(clock() - start, 1),
-        "data": str(data_folder) if data_folder else None,
+        "data": str(folder[0]) if folder else None,
     }
     record["targets"] = targets(record)
     write_outputs(record, out_dir)
@@ -714,6 +804,9 @@ def _conditions(record: dict) -> list[tuple[str, str]]:
                                          for b, v in d["by_backend"].items()) or "—"),
         ("host", f"{record['machine']['cpu']}, {record['machine']['cores']} cores, "
                  f"Python {record['machine']['python']}"),
+        *([("processes", f"{s['processes']} jobs side by side, {s['threads_per_process']} CPU "
+                         f"thread(s) each (a CPU smoke; a GPU sweep runs one job at a time)")]
+          if (s.get("processes") or 1) > 1 else []),
         ("versions", "; ".join(f"{b}: " + ", ".join(f"{k} {v}" for k, v in versions.items())
                                for b, versions in record["versions"].items()) or "—"),
         ("protocol", f"{s['steps']} timed steps after the first (compiling) step and {s['warmup']} "

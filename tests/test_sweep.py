@@ -9,8 +9,10 @@ end-to-end rows over every backend are ``-m slow``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -145,6 +147,60 @@ def test_budget_runs_jobs_in_order_and_the_rest_say_not_run(monkeypatch, tmp_pat
     assert json.loads((tmp_path / "throughput.json").read_text())["rows"]
 
 
+def test_smoke_jobs_run_side_by_side_and_report_in_plan_order(monkeypatch, tmp_path):
+    """``Settings.processes`` > 1 (the CPU smoke: one per core): the first two jobs are in
+    flight at once (a barrier both must reach), each child's threads are the cores divided
+    among the processes, and the JSON is the one-at-a-time sweep's, row for row and job for
+    job in plan order."""
+    monkeypatch.setattr(sweep, "availability", without_tensorflow(sweep.availability))
+    monkeypatch.setattr(sweep, "_cores", lambda: 4)
+    settings = sweep.Settings(models=("inception_v3",), precisions=("bf16",), e2e=False,
+                              budget_seconds=1e6)
+    clock = [1000.0]
+    alone = sweep.run_sweep(settings, tmp_path / "alone", runner=_fake_runner(clock, 1.0),
+                            clock=lambda: clock[0])
+    fake, both_started = _fake_runner(clock, 1.0), threading.Barrier(2, timeout=120)
+    lock, threads = threading.Lock(), []
+
+    def runner(payload, deadline, on_record):
+        with lock:
+            threads.append(payload.get("threads"))
+            first_two = len(threads) <= 2
+        if first_two:
+            both_started.wait()  # raises BrokenBarrierError when the jobs run one at a time
+        return fake(payload, deadline, on_record)
+
+    record = sweep.run_sweep(dataclasses.replace(settings, processes=2), tmp_path / "side",
+                             runner=runner, clock=lambda: clock[0])
+    assert len(threads) == len(record["jobs"]) > 2 and set(threads) == {2}
+    assert (record["settings"]["processes"], record["settings"]["threads_per_process"]) == (2, 2)
+    assert record["rows"] == alone["rows"]
+    assert [(j["backend"], j["mode"], j["items"]) for j in record["jobs"]] == \
+        [(j["backend"], j["mode"], j["items"]) for j in alone["jobs"]]
+    assert "2 jobs side by side, 2 CPU thread(s) each" in (tmp_path / "side" / "throughput.md").read_text()
+    assert (alone["settings"]["processes"], alone["settings"]["threads_per_process"]) == (1, None)
+    assert sweep.Settings().processes == 1 and sweep.Settings.for_smoke().processes == 4
+
+
+def test_a_smoke_child_gets_its_share_of_the_threads(monkeypatch):
+    """Side by side, each child's frameworks are capped at its share of the cores (torch and
+    BLAS through OpenMP's variable, TensorFlow's intra-op pool, inductor's compile workers,
+    jax's one-thread switch), a variable the user set is kept, and alone it gets no cap."""
+    for name in (*sweep.THREAD_VARIABLES, "XLA_FLAGS"):
+        monkeypatch.delenv(name, raising=False)
+    assert not set(sweep.THREAD_VARIABLES) & set(sweep.child_env())
+    env = sweep.child_env(1)
+    assert {env[name] for name in sweep.THREAD_VARIABLES} == {"1"}
+    assert env["XLA_FLAGS"] == "--xla_cpu_multi_thread_eigen=false"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    env = sweep.child_env(2)
+    assert env["OMP_NUM_THREADS"] == "3" and env["TF_NUM_INTRAOP_THREADS"] == "2"
+    assert env["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"  # jax's switch is for one
+    assert sweep.child_env(1)["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=2 "
+                                               "--xla_cpu_multi_thread_eigen=false")
+
+
 def test_limiting_stage_is_read_from_the_numbers():
     row = {"status": "ok", "model_step_images_per_second": 1000.0}
     assert "model step" in sweep.limiting_stage({**row, "ratio": 0.95, "decode": None})
@@ -257,9 +313,11 @@ def test_smoke_sweep_over_every_backend_and_mode(tmp_path):
     fell_back = {(r["backend"], r["mode"]) for r in record["rows"]
                  if r.get("fell_back") == "fell back from 4: out of memory"}
     assert set(runnable) == ran == fell_back
-    # one process per (backend, mode): the smoke compiles each model once
+    # one process per (backend, mode): the smoke compiles each model once; one per core side by side
     assert sorted((j["backend"], j["mode"]) for j in record["jobs"] if j["job"] == "model_step") \
         == sorted(runnable)
+    assert record["settings"]["processes"] == min(sweep._cores(), len(record["jobs"]))
+    assert all(j["ready_seconds"] > 0 for j in record["jobs"])
     if sweep.availability("pytorch") is None:
         flops = record["flops"]["vgg16"]
         assert flops["image_size"] == 32 and flops["forward_flops_per_image"] > 0
