@@ -468,7 +468,7 @@ def run_sweep(settings: Settings, out_dir: Path, runner=run_child,
                 folder.append(_jpeg_folder(settings))
             return folder[0]
 
-    def start(job: Job):
+    def start_job(job: Job):
         """The job's child, or why it does not start (the budget)."""
         left = deadline - clock()
         if job.first_estimate() > left:
@@ -481,7 +481,7 @@ def run_sweep(settings: Settings, out_dir: Path, runner=run_child,
         info = runner(payload, deadline, lambda record: got.append(_on_record(record, job, settings)))
         return (got, info), None
 
-    for job, (outcome, reason) in side_by_side(jobs, start, processes):
+    for job, (outcome, reason) in side_by_side(jobs, start_job, processes):
         if outcome is None:
             rows += _not_run_rows(job, settings, reason)
             continue
