@@ -231,8 +231,8 @@ def figure_grid(n: int, cols: int, width: float, height: float, **kw):
     return fig, axes
 
 
-def png_uri(fig, colors: dict[str, str] | None = None) -> str:
-    """The figure as a PNG data URI (with a legend of the backends' colours)."""
+def png_bytes(fig, colors: dict[str, str] | None = None) -> bytes:
+    """The figure as PNG bytes (with a legend of the backends' colours)."""
     if colors:
         from matplotlib.patches import Patch
 
@@ -240,7 +240,12 @@ def png_uri(fig, colors: dict[str, str] | None = None) -> str:
                    ncols=len(colors))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", facecolor="white")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()
+
+
+def png_uri(fig, colors: dict[str, str] | None = None) -> str:
+    """The figure as a PNG data URI, for the self-contained HTML report."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(fig, colors)).decode("ascii")
 
 
 def bar_panels(panels: dict[str, tuple], ylabel: str, label=None, cols: int = 3, width: float = 3.6,

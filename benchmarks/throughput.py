@@ -11,7 +11,6 @@ prints one JSON line.
 
 from __future__ import annotations
 
-import base64
 import json
 import sys
 import tempfile
@@ -100,7 +99,7 @@ def write_scaling_plot(rows: list[dict], path: Path) -> Path:
     plots. Measured on a CPU, the figure says so: its devices share its cores."""
     import matplotlib
 
-    from benchmarks.report import STYLE, backend_colors, figure_grid, png_uri
+    from benchmarks.report import STYLE, backend_colors, figure_grid, png_bytes
 
     colors = backend_colors(dict.fromkeys(r["backend"] for r in rows))
     with matplotlib.rc_context(STYLE):
@@ -116,7 +115,7 @@ def write_scaling_plot(rows: list[dict], path: Path) -> Path:
         if any(r["device"] == "cpu" for r in rows):
             fig.supxlabel("measured on a CPU: its devices share its cores, so this says nothing "
                           "about scaling", fontsize=8.5, color="#b03a2e")
-        path.write_bytes(base64.b64decode(png_uri(fig, colors).split(",", 1)[1]))
+        path.write_bytes(png_bytes(fig, colors))
     return path
 
 
