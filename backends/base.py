@@ -130,6 +130,28 @@ class ModelEntry:
 
 
 @dataclass(frozen=True)
+class EnvironmentOverride:
+    """A variable a run's process is given whatever the user's environment holds, and why
+    (recorded in result.json under ``parallel.environment``)."""
+
+    name: str
+    value: str
+    reason: str
+
+
+# TensorFlow's oneDNN Conv2D (on by default on x86 CPUs with AVX-512: Intel Xeons and AMD
+# Zen 4) returns its *input* for an empty batch instead of a [0, H, W, filters] tensor, so
+# the next convolution fails ("input depth must be evenly divisible by filter depth: 3 vs
+# 64"). A replica of MirroredStrategy, or a slim clone, gets an empty batch whenever a batch
+# holds fewer images than there are replicas (the last batch of a split). tensorflow#30968
+# fixed the same defect for oneDNN's Conv3D; the stock (Eigen) kernels are correct.
+TENSORFLOW_REPLICAS = (EnvironmentOverride(
+    "TF_ENABLE_ONEDNN_OPTS", "0",
+    "oneDNN's Conv2D returns its input for an empty batch (a replica's share of a batch "
+    "smaller than the replica count); TensorFlow's own kernels run instead"),)
+
+
+@dataclass(frozen=True)
 class BackendInfo:
     """What the suite knows about a backend without importing its framework."""
 
@@ -160,6 +182,9 @@ class BackendInfo:
     # set in the run's process when it runs on several devices, "{devices}" replaced, a
     # value appended to what the variable holds (jax's host devices on a CPU: XLA_FLAGS)
     parallel_environment: Mapping[str, str] = field(default_factory=dict)
+    # set in the run's process when it runs on several devices, replacing what the variable
+    # holds (TensorFlow's oneDNN kernels off: TENSORFLOW_REPLICAS)
+    parallel_overrides: tuple[EnvironmentOverride, ...] = ()
 
     def _catalog(self):
         return importlib.import_module(self.catalog) if self.catalog else None
@@ -237,12 +262,15 @@ class BackendInfo:
                             ) -> dict[str, str]:
         """The variables a run of this backend on ``devices`` devices sets in its process
         before anything is imported: ``environment`` and, on more than one device,
-        ``parallel_environment`` appended to what ``current`` (``os.environ``) holds."""
+        ``parallel_environment`` appended to what ``current`` (``os.environ``) holds and
+        ``parallel_overrides`` in place of it. Every command that starts a run's framework
+        process builds its environment here."""
         current = os.environ if current is None else current
         env = dict(self.environment)
         if devices > 1:
             for key, value in self.parallel_environment.items():
                 env[key] = " ".join(filter(None, [current.get(key), value.format(devices=devices)]))
+            env.update({o.name: o.value for o in self.parallel_overrides})
         return env
 
 
@@ -738,8 +766,11 @@ class Backend(abc.ABC):
         (``common.parallel``), the engine, and what the backend says of it."""
         from common.parallel import record
 
-        return record(self.config.train, self.info.data_parallel or "none",
-                      **self._parallel_details())
+        details = self._parallel_details()
+        if self.info.parallel_overrides:  # what this process ran with, not what was asked
+            details["environment"] = {o.name: {"value": os.environ.get(o.name), "reason": o.reason}
+                                      for o in self.info.parallel_overrides}
+        return record(self.config.train, self.info.data_parallel or "none", **details)
 
     def _parallel_details(self) -> dict:
         return {}

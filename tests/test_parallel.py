@@ -148,13 +148,51 @@ def test_the_launcher_command_is_torchrun_for_pytorch_and_plain_otherwise(tiny_q
 
 def test_a_run_on_n_devices_sets_its_backend_environment_and_the_parallel_one():
     """What ``bench run`` (the runner), ``bench throughput --devices`` and the equivalence
-    tests set before the framework starts: jax's host devices appended to XLA_FLAGS."""
+    tests set before the framework starts: jax's host devices appended to XLA_FLAGS;
+    TensorFlow's oneDNN kernels off on several replicas, whatever the user's environment says."""
     jax = backend_info("keras-jax")
     assert jax.process_environment(1, {"XLA_FLAGS": "--a"}) == {"KERAS_BACKEND": "jax"}
     assert jax.process_environment(2, {"XLA_FLAGS": "--a"}) == {
         "KERAS_BACKEND": "jax", "XLA_FLAGS": "--a --xla_force_host_platform_device_count=2"}
-    assert backend_info("keras").process_environment(2, {}) == {"KERAS_BACKEND": "tensorflow"}
-    assert backend_info("pytorch").process_environment(4, {}) == {}
+    intel = {"TF_ENABLE_ONEDNN_OPTS": "1"}
+    assert backend_info("keras").process_environment(1, intel) == {"KERAS_BACKEND": "tensorflow"}
+    assert backend_info("keras").process_environment(2, intel) == {
+        "KERAS_BACKEND": "tensorflow", "TF_ENABLE_ONEDNN_OPTS": "0"}
+    assert backend_info("slim").process_environment(1, intel) == {}
+    assert backend_info("slim").process_environment(2, intel) == {"TF_ENABLE_ONEDNN_OPTS": "0"}
+    assert backend_info("pytorch").process_environment(4, intel) == {}
+
+
+ONEDNN_EMPTY_BATCH = """
+import tensorflow as tf
+from tensorflow.python.util import _pywrap_util_port
+conv = tf.function(lambda x: tf.nn.conv2d(tf.nn.conv2d(x, tf.ones([3, 3, 3, 8]), 1, "SAME"),
+                                          tf.ones([3, 3, 8, 8]), 1, "SAME"))
+try:
+    print(_pywrap_util_port.IsMklEnabled(), tuple(conv(tf.zeros([0, 8, 8, 3])).shape))
+except tf.errors.InvalidArgumentError as e:
+    print(_pywrap_util_port.IsMklEnabled(), e.message.splitlines()[0])
+"""
+
+
+@pytest.mark.parametrize("onednn", ["1", "0"])
+def test_onednn_conv2d_on_an_empty_batch_is_why_replicated_tensorflow_runs_turn_it_off(onednn):
+    """The defect ``backends.base.TENSORFLOW_REPLICAS`` works around, in TensorFlow alone: a
+    replica's empty share of a short batch through two convolutions. With oneDNN (on by
+    default on AVX-512 CPUs) the first convolution returns its input, so the second sees 3
+    channels; TensorFlow's own kernels give the empty [0, 8, 8, 8]. When this test fails
+    with oneDNN on, TensorFlow fixed it: the override (and its README row) can go."""
+    require_backend("slim")
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, "-c", ONEDNN_EMPTY_BATCH], env=env, text=True,
+                         capture_output=True, check=True).stdout.strip().splitlines()[-1]
+    mkl, _, what = out.partition(" ")
+    if onednn == "1" and mkl != "True":
+        pytest.skip("this TensorFlow build has no oneDNN kernels")
+    if onednn == "1":
+        assert what.endswith("input depth must be evenly divisible by filter depth: 3 vs 8")
+    else:
+        assert what == "(0, 8, 8, 8)"
 
 
 def test_more_processes_than_cores_fail_in_one_line(tiny_quads, tmp_path):
@@ -212,9 +250,13 @@ def test_sync_bn_without_cuda_is_refused_in_one_line(tiny_quads, tmp_path):
             parallel.init_process_group(train)
 
 
-# one child process per framework (tests/parallel_equivalence.py), the two side by side
-FRAMEWORK_PROCESSES = (("keras-jax",), ("keras", "slim"))
+# one child process per framework (tests/parallel_equivalence.py), side by side; TensorFlow's
+# twice, with the user's TF_ENABLE_ONEDNN_OPTS on (Intel's and AMD Zen 4's default) and off:
+# (backends, TF_ENABLE_ONEDNN_OPTS in the parent's environment or None to leave it as it is)
+FRAMEWORK_PROCESSES = ((("keras-jax",), None), (("keras", "slim"), "1"), (("keras", "slim"), "0"))
 EQUIVALENCE_TEST = "test_two_devices_end_the_epoch_with_one_device_weights"
+EQUIVALENCE_CASES = [("keras-jax", None), ("keras", "1"), ("keras", "0"), ("slim", "1"),
+                     ("slim", "0")]
 
 
 @pytest.fixture(scope="module")
@@ -222,18 +264,22 @@ def equivalence_runs(request, even_quads, tmp_path_factory) -> dict:
     """For each selected, available backend of ``FRAMEWORK_PROCESSES``: VGG16 at 32 px,
     the head trained one epoch (5 global batches of 4) on 2 devices, then on 1, from the
     same seed, in its framework's process with the environment ``bench run`` gives a run
-    on 2 devices. Returns backend -> (process, its log, output folder); the processes run on."""
-    selected = {item.callspec.params["backend"] for item in request.session.items
+    on 2 devices. Returns (backend, oneDNN setting) -> (process, its log, output folder); the
+    processes run on."""
+    selected = {(item.callspec.params["backend"], item.callspec.params["onednn"])
+                for item in request.session.items
                 if getattr(item, "originalname", "") == EQUIVALENCE_TEST}
     runs = {}
-    for backends in FRAMEWORK_PROCESSES:
-        backends = [b for b in backends if b in selected and not availability(b)]
+    for backends, onednn in FRAMEWORK_PROCESSES:
+        backends = [b for b in backends if (b, onednn) in selected and not availability(b)]
         if not backends:
             continue
-        out = tmp_path_factory.mktemp("equivalence-" + "-".join(backends))
+        out = tmp_path_factory.mktemp("equivalence-" + "-".join(backends) + f"-onednn{onednn}")
         (out / "ddp_head.toml").write_text(HEAD_SGD)
         env = {**os.environ, "OMP_NUM_THREADS": "1",
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        if onednn is not None:  # the user's setting, before bench's environment recipe
+            env["TF_ENABLE_ONEDNN_OPTS"] = onednn
         files = []
         for backend in backends:
             config = tiny_config(backend, str(out / "ddp_head.toml"), even_quads, out / backend,
@@ -247,7 +293,7 @@ def equivalence_runs(request, even_quads, tmp_path_factory) -> dict:
         proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "parallel_equivalence.py"),
                                  str(out), *map(str, files)],
                                 env=env, stdout=log, stderr=subprocess.STDOUT)
-        runs.update({b: (proc, log, out) for b in backends})
+        runs.update({(b, onednn): (proc, log, out) for b in backends})
     yield runs
     for proc, log, _ in runs.values():
         if proc.poll() is None:
@@ -256,14 +302,16 @@ def equivalence_runs(request, even_quads, tmp_path_factory) -> dict:
         log.close()
 
 
-@pytest.mark.parametrize("backend", ["keras-jax", "keras", "slim"])
-def test_two_devices_end_the_epoch_with_one_device_weights(backend, equivalence_runs):
+@pytest.mark.parametrize(("backend", "onednn"), EQUIVALENCE_CASES)
+def test_two_devices_end_the_epoch_with_one_device_weights(backend, onednn, equivalence_runs):
     """keras-jax: keras.distribution.DataParallel over 2 host devices (XLA_FLAGS, in the
     environment bench run gives the process); keras (TensorFlow): MirroredStrategy over 2
     logical CPUs; slim: 2 clones (--num_clones) on 2 logical CPUs. BN frozen (VGG16 has
-    none), the same global batch of 4, one epoch of the head with momentum SGD."""
+    none), the same global batch of 4, one epoch of the head with momentum SGD. The 5
+    validation images end in a batch of 1: one replica's share is empty. TensorFlow's runs
+    start from a user environment with oneDNN forced on and off (``onednn``)."""
     require_backend(backend)
-    proc, _, out = equivalence_runs[backend]
+    proc, _, out = equivalence_runs[(backend, onednn)]
     code = proc.wait()
     text = (out / "log.txt").read_text(errors="replace")
     assert code == 0, text[-3000:]
@@ -293,6 +341,9 @@ def test_two_devices_end_the_epoch_with_one_device_weights(backend, equivalence_
                                    "keras": "tf.distribute.MirroredStrategy",
                                    "slim": "slim clones"}[backend])
     assert "global batch" in p["rule"]
+    if onednn is not None:  # oneDNN off on several replicas, whatever the user said, and recorded
+        assert p["environment"]["TF_ENABLE_ONEDNN_OPTS"]["value"] == "0"
+        assert "empty batch" in p["environment"]["TF_ENABLE_ONEDNN_OPTS"]["reason"]
     if backend == "slim":  # model_deploy's clones, recorded with the slim flag name
         assert p["num_clones"] == 2
         assert "--num_clones=2" in two["native"]["train_image_classifier_flags"]

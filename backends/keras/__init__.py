@@ -12,7 +12,7 @@ the backends for the registry; ``backend.KerasBackend`` is reached through
 ``backends.base.get_backend``.
 """
 
-from backends.base import BackendInfo
+from backends.base import TENSORFLOW_REPLICAS, BackendInfo
 
 _COMMON = dict(
     backend_class="backends.keras.backend:KerasBackend",
@@ -32,6 +32,7 @@ INFO = BackendInfo(
                 "tf.data; .weights.h5",
     export_formats=("keras", "savedmodel"),  # export.py
     data_parallel="tf.distribute.MirroredStrategy",  # parallel.py
+    parallel_overrides=TENSORFLOW_REPLICAS,  # oneDNN off: backends/base.py
     **_COMMON,
 )
 

@@ -8,7 +8,7 @@ for the registry; ``backend.SlimBackend`` is reached through
 import alias that tf_slim 1.1 needs on TF 2.21.
 """
 
-from backends.base import BackendInfo
+from backends.base import TENSORFLOW_REPLICAS, BackendInfo
 
 INFO = BackendInfo(
     name="slim",
@@ -23,4 +23,5 @@ INFO = BackendInfo(
     color="#3a9e5f",
     description="tf_slim.nets in a TF1 graph; trainable_scopes + variables_to_train; .ckpt",
     data_parallel="slim clones (model_deploy, train_image_classifier.py --num_clones)",  # parallel.py
+    parallel_overrides=TENSORFLOW_REPLICAS,  # oneDNN off: backends/base.py
 )
