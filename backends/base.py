@@ -107,7 +107,7 @@ class ModelEntry:
     read by the backend's ``convert.py``; empty when the model does not convert.
     ``alignment`` says what the suite changes in this framework's model so that
     it computes what the other frameworks compute (suite-made weights only;
-    README "Framework differences"); it is recorded in every result.
+    docs/differences.md); it is recorded in every result.
     """
 
     constructor: str

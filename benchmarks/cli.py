@@ -187,7 +187,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                           "the training process), tf.data num_parallel_calls (0: AUTOTUNE)")
     par = run.add_argument_group(
         "more than one device", "data parallel on each framework's own engine; --batch-size is "
-        "the global batch, split evenly, the learning rate unchanged (README 'More than one device')")
+        "the global batch, split evenly, the learning rate unchanged (docs/devices.md)")
     par.add_argument("--devices", "--nproc-per-node", dest="devices", type=_positive, default=1,
                      metavar="N", help="devices per node (PyTorch: processes under torchrun, "
                                        "NCCL on CUDA, gloo on CPU; slim: --num_clones)")

@@ -36,7 +36,7 @@ from common.paths import cache_root
 log = logging.getLogger(__name__)
 
 # The fixed, documented choice of the backend that pretrains the source model of a sweep:
-# the first of these that is installed (README "What bench run does").
+# the first of these that is installed (docs/running.md).
 SOURCE_BACKEND_ORDER = ("pytorch", "keras", "slim")
 CANONICAL = "canonical"  # the framework-free format, as a --from / --to value
 WORKER = "benchmarks.weights_worker"

@@ -16,7 +16,7 @@ bit), so every backend starts from the same uint8 pixels. **Evaluation** is
 then finished here too (``Preset.eval_image``: PIL bilinear resizes and integer
 crops), so the eval arrays of every backend are the same array.
 **Training** augmentation is written natively in each backend from the
-preset's parameters (README "Framework differences" says where the native ops
+preset's parameters (docs/differences.md says where the native ops
 differ):
 
 =============  ==========================================  =====================================

@@ -588,7 +588,7 @@ def resnet_on_tensorflow(tiny_quads, tmp_path_factory):
 
 def test_keras_on_jax_and_torch_are_rows_of_their_own(other_keras_backends, resnet_on_tensorflow,
                                                       shared):
-    """The same Keras code on jax and torch (README, "Keras 3 on TensorFlow, jax and
+    """The same Keras code on jax and torch (docs/differences.md, "Keras 3 on TensorFlow, jax and
     torch"): its own process without TensorFlow, tf.data replaced by a PyDataset, XLA on
     jax and eager torch, the backend's own variables, one fit per phase, TensorBoard events
     without TensorFlow's writer, and a .weights.h5 that loads into this process's Keras on
@@ -630,7 +630,7 @@ def test_keras_on_jax_and_torch_are_rows_of_their_own(other_keras_backends, resn
 
 
 def test_the_same_recipe_steps_on_every_keras_backend(other_keras_backends, resnet_on_tensorflow):
-    """What does and does not differ between the Keras backends for one recipe step (README,
+    """What does and does not differ between the Keras backends for one recipe step (docs/differences.md,
     "Keras 3 on TensorFlow, jax and torch"): frozen BatchNormalization, the head param group
     and the bf16 dtype policy are the same; the same seed gives other initial weights."""
     _, tensorflow_head = resnet_on_tensorflow

@@ -181,7 +181,7 @@ def test_onednn_conv2d_on_an_empty_batch_is_why_replicated_tensorflow_runs_turn_
     replica's empty share of a short batch through two convolutions. With oneDNN (on by
     default on AVX-512 CPUs) the first convolution returns its input, so the second sees 3
     channels; TensorFlow's own kernels give the empty [0, 8, 8, 8]. When this test fails
-    with oneDNN on, TensorFlow fixed it: the override (and its README row) can go."""
+    with oneDNN on, TensorFlow fixed it: the override (and its row in docs/differences.md) can go."""
     require_backend("slim")
     env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn, "TF_CPP_MIN_LOG_LEVEL": "3"}
     out = subprocess.run([sys.executable, "-c", ONEDNN_EMPTY_BATCH], env=env, text=True,

@@ -4,7 +4,7 @@
   pair of backends (computed in this process, which holds every framework; the command
   itself, one child process per backend, is the slow test, ``pytest -m slow``);
 * the two places where torchvision's Inception3 differs from Keras' and slim's, and the
-  suite's alignment of each (README "Framework differences");
+  suite's alignment of each (docs/differences.md);
 * pixel parity: every backend's eval-mode input for the same file is the same array,
   over golden images that exercise the decoder (alpha, CMYK, EXIF, 16 bit, too small).
 """

@@ -1,6 +1,8 @@
-"""README names the test behind every claim: each name it cites must be a test that exists.
+"""docs/ names the test behind every claim: each name it cites must be a test that exists.
+README is a product page for users: no test names, no commit hashes, about 200 lines, and
+the two commands CI runs.
 
-A renamed or deleted test would otherwise leave a claim in README backed by nothing.
+A renamed or deleted test would otherwise leave a claim in docs backed by nothing.
 """
 
 from __future__ import annotations
@@ -32,14 +34,38 @@ def _cited_files(text: str) -> set[str]:
     return set(re.findall(r"tests/(test_[A-Za-z0-9_]+\.py)", text))
 
 
-def test_every_test_readme_cites_exists():
+def _docs() -> dict[str, str]:
+    return {p.name: p.read_text(encoding="utf-8") for p in sorted((ROOT / "docs").glob("*.md"))}
+
+
+def test_every_test_the_docs_cite_exists():
+    defined = _defined_tests()
+    everything = set()
+    for name, text in _docs().items():
+        cited = _cited(text)
+        everything |= cited
+        missing = sorted(cited - defined)
+        assert not missing, f"docs/{name} cites tests that do not exist: {missing}"
+        files = sorted(f for f in _cited_files(text) if not (ROOT / "tests" / f).is_file())
+        assert not files, f"docs/{name} cites test files that do not exist: {files}"
+    assert len(everything) > 100, "docs should cite the tests behind their claims"
+
+
+def test_readme_is_a_product_page_with_the_two_commands_ci_runs():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    cited = _cited(text)
-    assert len(cited) > 20, "README should cite the tests behind its claims"
-    missing = sorted(cited - _defined_tests())
-    assert not missing, f"README cites tests that do not exist: {missing}"
-    files = sorted(f for f in _cited_files(text) if not (ROOT / "tests" / f).is_file())
-    assert not files, f"README cites test files that do not exist: {files}"
+    assert not _cited(text) and not _cited_files(text), "README names tests: they belong in docs/"
+    hashes = re.findall(r"(?<![\w/.-])[0-9a-f]{7,40}(?![\w-])", text)
+    assert not hashes, f"README names commits: {hashes}"
+    assert len(text.splitlines()) <= 220
+    assert max(map(len, text.splitlines())) <= 120
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    test_command = re.search(r"^python3 -m venv .*pytest -q$", ci, re.M).group(0)
+    assert f"```bash\n{test_command}\n```" in text
+    run_command = test_command.split(" && .venv/bin/python -m pytest")[0].replace(
+        "-q -e '.[test]'", "-e '.[all]'") + " && .venv/bin/bench run"
+    assert f"```bash\n{run_command}\n```" in text
+    for link in re.findall(r"\]\((docs/[^)]+)\)", text):
+        assert (ROOT / link).is_file(), f"README links to a missing {link}"
 
 
 def test_the_check_finds_a_missing_name():

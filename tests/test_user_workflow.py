@@ -1,4 +1,4 @@
-"""A user's own folder, end to end, as README's "Your data" section runs it: inspect,
+"""A user's own folder, end to end, as docs/your-data.md runs it: inspect,
 run with ImageNet weights (and the offline line), eval, predict, export.
 
 The ImageNet file is a fake cached in an isolated ``TORCH_HOME`` (a torchvision

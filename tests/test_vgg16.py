@@ -9,7 +9,7 @@
   (``bench parity`` at 32 px, in this process);
 * what differs between the frameworks' VGG16 (slim's fc layers are convolutions, the
   flatten order before fc6) concerns only the original classifier, which the suite's
-  model does not have (README "Framework differences").
+  model does not have (docs/differences.md).
 
 * its source pretraining on ``shapes`` learns, at the learning rate its ``ModelSpec``
   gives (``pretrain_learning_rate``), which the driver hands every backend.
@@ -45,7 +45,7 @@ BACKBONE_PARAMETERS = 14_714_688
 
 def test_vgg16_is_one_common_entry_and_one_entry_per_backend():
     """Nothing in the code names VGG16 but its ``ModelSpec``, its entry in each backend's
-    catalog and the net function that the pytorch and slim catalogs name (README "How to
+    catalog and the net function that the pytorch and slim catalogs name (docs/adding-a-model.md "How to
     add a model"): no if-chain, no side table."""
     allowed = {"common/models.py", "backends/pytorch/catalog.py", "backends/pytorch/model.py",
                "backends/keras/catalog.py", "backends/slim/catalog.py", "backends/slim/model.py"}
@@ -226,7 +226,7 @@ def test_the_pretraining_learning_rate_is_the_models_and_every_backend_gets_it(t
     InceptionV3 the old global 1e-3): the driver's one pretraining path gives the backend a
     phase with that rate (here the numpy backend; the three real ones read
     ``phase.learning_rate`` the same way) and records it. The cache key holds the resolved
-    value, so InceptionV3's cached source model (its digest in README) keeps its key."""
+    value, so InceptionV3's cached source model (its digest in docs/weights-and-parity.md) keeps its key."""
     assert (SPEC.pretrain_learning_rate, get_model("inception_v3").pretrain_learning_rate) == (1e-4, 1e-3)
     monkeypatch.setitem(base.REGISTRY, "fake", "fake_backend:FakeBackend")
     from fake_backend import FakeBackend
@@ -251,7 +251,7 @@ def test_the_pretraining_learning_rate_is_the_models_and_every_backend_gets_it(t
 def test_vgg16_source_pretraining_learns(tmp_path):
     """VGG16 (no BatchNorm) pretrained in PyTorch on ``shapes`` at its own rate takes the
     training loss below chance (ln 10 = 2.303 for 10 classes) and keeps lowering it; with
-    the old global Adam 1e-3 it stayed at 2.303 (the README's first VGG16 run). 32 px,
+    the old global Adam 1e-3 it stayed at 2.303 (the first VGG16 run in docs/measurements.md). 32 px,
     3 images per class (24 train), 6 epochs of batch 4."""
     require_backend("pytorch")
     config = _pretrain_config("pytorch", "vgg16", epochs=6, images_per_class=3, batch_size=4)

@@ -190,7 +190,7 @@ class KerasBackend(Backend):
                 "trainable_tensors": len(trainable), "native": native}
 
     def _execution(self) -> dict:
-        """How this Keras backend runs the phase: the three differ (README, framework differences)."""
+        """How this Keras backend runs the phase: the three differ (docs/differences.md)."""
         value = self.km.model.weights[0].value  # the backend's own tensor behind a keras.Variable
         if keras.backend.backend() == "tensorflow":
             tensorboard = "keras.callbacks.TensorBoard (tf.summary)"

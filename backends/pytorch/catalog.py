@@ -24,7 +24,7 @@ from common.models import INCEPTION_V3
 _INCEPTION_CANONICAL = {layer.name: layer.name.replace("/", ".") for layer in INCEPTION_V3.layers}
 
 # What the suite changes in torchvision's Inception3 for suite-made weights (model.py),
-# so that it computes what Keras and slim compute; README "Framework differences".
+# so that it computes what Keras and slim compute; docs/differences.md.
 INCEPTION_ALIGNMENT = (
     "BatchNorm gamma fixed at 1 (a buffer, not a parameter), as Keras and slim build "
     "InceptionV3 BatchNorm with scale=False",

@@ -152,7 +152,7 @@ def augment(image: torch.Tensor, size: int, preset: Preset, generator: torch.Gen
     # torchvision's RandomResizedCrop sampler (area uniform in the bounds, log-aspect uniform,
     # 10 attempts, else a centre crop) draws from torch's global generator: forked and seeded
     # per sample, so that an epoch's crops depend on (seed, epoch, index) only. TensorFlow's
-    # sample_distorted_bounding_box draws the height instead (README, framework differences).
+    # sample_distorted_bounding_box draws the height instead (docs/differences.md).
     sampler = v2.RandomResizedCrop(size, scale=preset.effective_area, ratio=preset.aspect)
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     with torch.random.fork_rng(devices=[]):

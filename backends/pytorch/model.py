@@ -30,8 +30,8 @@ AUX_MIN_SIZE = 299
 
 # ---------------------------------------------------------------- alignment
 # torchvision's Inception3 differs from Keras' and slim's InceptionV3 in two places
-# (catalog.INCEPTION_ALIGNMENT; measured by `bench parity`, README "Framework
-# differences"). For suite-made weights the suite aligns torch, the odd one out, in
+# (catalog.INCEPTION_ALIGNMENT; measured by `bench parity`, docs/differences.md). For
+# suite-made weights the suite aligns torch, the odd one out, in
 # torchvision's own extension point: Inception3(inception_blocks=[...]) subclasses.
 
 class InceptionA(inception.InceptionA):
