@@ -318,6 +318,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     conv.add_argument("--output", required=True,
                       help="where to write (suffix added: .pt, .weights.h5, .ckpt prefix)")
 
+    exp = sub.add_parser("explain", help="a recipe's steps in the three frameworks' own code, side "
+                                         "by side (markdown and HTML)")
+    exp.add_argument("recipe", nargs="?", default="two_phase",
+                     help="a built-in recipe name or a recipe TOML file (default: two_phase)")
+    exp.add_argument("--out", type=Path, default=Path("results") / "explain",
+                     help="folder for explain-<recipe>.md and .html (default: results/explain)")
+
     par = sub.add_parser("parity", help="same weights and images through every backend: max abs "
                                         "difference per canonical block")
     par.add_argument("--model", default="inception_v3")
@@ -899,6 +906,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from benchmarks.explain import ExplainError, render
+
+    recipe = load_recipe(args.recipe)
+    try:
+        markdown, html = render(recipe)  # every region read before anything is written
+    except ExplainError as err:
+        raise UsageError(f"bench explain: {err}") from None
+    _writable_dir(args.out)
+    md_path, html_path = args.out / f"explain-{recipe.name}.md", args.out / f"explain-{recipe.name}.html"
+    md_path.write_text(markdown, encoding="utf-8")
+    html_path.write_text(html, encoding="utf-8")
+    print(f"written: {md_path}, {html_path}")
+    return 0
+
+
 def cmd_parity(args: argparse.Namespace) -> int:
     from benchmarks.parity import check_parity_request, markdown, run_parity
 
@@ -920,7 +943,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
 COMMANDS = {"run": cmd_run, "list": cmd_list, "recipe": cmd_recipe, "data": cmd_data, "throughput": cmd_throughput,
             "report": cmd_report, "compare": cmd_compare, "eval": cmd_eval,
             "predict": cmd_predict, "export": cmd_export, "weights": cmd_weights,
-            "parity": cmd_parity}
+            "parity": cmd_parity, "explain": cmd_explain}
 
 
 def main(argv: list[str] | None = None) -> int:

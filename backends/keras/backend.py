@@ -239,10 +239,12 @@ class KerasBackend(Backend):
         samples = self.split.subset(subset)
         if not samples:
             return np.zeros((0, width), np.float32)
+        # --8<-- [start:predict]
         # predict() calls the model with training=False: every BN layer uses moving statistics.
         with Progress(batch_count(len(samples), self.config.train.batch_size),
                       self.pass_name) as bar:
             out = model.predict(self.data.eval(subset), verbose=0, callbacks=[ProgressCallback(bar)])
+        # --8<-- [end:predict]
         return np.asarray(out, np.float32)[:len(samples)]  # padding of a sharded last batch
 
     def _predict(self, subset: str) -> np.ndarray:

@@ -167,6 +167,7 @@ def build_model(spec: ModelSpec, entry: ModelEntry, num_classes: int, image_size
             # Keras' default momentum is 0.99; the suite uses one decay everywhere
             # (common.models.BN_DECAY; torch expresses the same as momentum=0.1).
             layer.momentum = BN_DECAY
+    # --8<-- [start:new-head]
     pooled = keras.layers.GlobalAveragePooling2D(name=FEATURES_LAYER)(base.output)
     x = keras.layers.Dropout(dropout, name=DROPOUT_LAYER)(pooled) if dropout else pooled
     if head_hidden_units:
@@ -174,6 +175,7 @@ def build_model(spec: ModelSpec, entry: ModelEntry, num_classes: int, image_size
     # Logits, no softmax (losses use from_logits=True); kept float32 under mixed precision.
     logits = keras.layers.Dense(num_classes, name=HEAD_LOGITS, dtype="float32")(x)
     model = keras.Model(base.input, logits, name=f"{spec.name}_transfer")
+    # --8<-- [end:new-head]
     features = keras.Model(base.input, pooled, name=f"{spec.name}_features")
     num_base = len(base.layers)
     blocks = block_ranges(model.layers[:num_base], spec, entry)

@@ -98,10 +98,12 @@ def with_param_groups(cls: type) -> type:
             self.learning_rate_multipliers = [
                 self.head_lr_multiplier if id(v) in self.head_ids else 1.0 for v in variables]
 
+        # --8<-- [start:optimizer]
         def update_step(self, gradient, variable, learning_rate):
             multiplier = self.learning_rate_multipliers[self._get_variable_index(variable)]
             if multiplier != 1.0:  # read when the step is traced: no cost per step
                 learning_rate = ops.multiply(learning_rate, multiplier)
+        # --8<-- [end:optimizer]
             if self.l2:
                 gradient = ops.add(gradient, ops.multiply(ops.cast(self.l2, gradient.dtype),
                                                           ops.cast(variable, gradient.dtype)))
@@ -168,6 +170,7 @@ def set_trainable(km: KerasModel, phase: Phase) -> dict:
         trained = {i for b in trainable_blocks for i in km.blocks[b]}
         partial = {}
     bn_statistics = 0
+    # --8<-- [start:freeze]
     for block, indices in km.blocks.items():
         for i in indices:
             layer = km.layers[i]
@@ -178,6 +181,7 @@ def set_trainable(km: KerasModel, phase: Phase) -> dict:
                     for v in (layer.gamma, layer.beta):
                         if v is not None:
                             v.trainable = True
+            # --8<-- [start:batchnorm]
             elif phase.bn == "train" and isinstance(layer, keras.layers.BatchNormalization):
                 # Keras 3: only a trainable BN layer uses batch statistics and updates its
                 # moving averages; its weights are frozen one by one instead.
@@ -189,8 +193,10 @@ def set_trainable(km: KerasModel, phase: Phase) -> dict:
             else:
                 # Keras 3: trainable=False also puts BN in inference mode (torch: eval() is separate).
                 layer.trainable = False
+            # --8<-- [end:batchnorm]
     for layer in km.layers[km.num_base_layers:]:
         layer.trainable = True
+    # --8<-- [end:freeze]
     indices = sorted(trained)
     return {"trainable_blocks": list(trainable_blocks), "partially_trained_blocks": partial,
             "layer_indices": indices,
@@ -213,11 +219,13 @@ def compile_phase(km: KerasModel, phase: Phase) -> tuple[keras.optimizers.Optimi
     Keras reads ``trainable`` when it builds the train function, so changing
     it needs ``compile`` again (torch: requires_grad is read at every step).
     """
+    # --8<-- [start:optimizer]
     head_variables = [v for layer in km.head_layers() for v in layer.trainable_weights]
     optimizer, text = make_optimizer(phase, head_variables)
     loss, metrics = loss_and_metrics(phase)
     km.train_model = km.inference_bn_model() if phase.bn == "inference" else km.model
     km.train_model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    # --8<-- [end:optimizer]
     return optimizer, text
 
 
@@ -365,7 +373,9 @@ def fit_epochs(km: KerasModel, dataset, steps_per_epoch: int, initial_epoch: int
     that call in every hook, ``after`` after it."""
     if isinstance(dataset, keras.utils.PyDataset):  # one epoch, moved on by SetEpoch
         callbacks, steps_per_epoch = [SetEpoch(dataset), *callbacks], None
+    # --8<-- [start:fit]
     km.train_model.fit(dataset, epochs=epochs, initial_epoch=initial_epoch,
                  steps_per_epoch=steps_per_epoch, verbose=0, shuffle=False,
                  callbacks=[*callbacks, EpochProgress(steps_per_epoch or len(dataset)),
                             EpochEnd(images, on_epoch_end), *after])
+    # --8<-- [end:fit]

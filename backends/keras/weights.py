@@ -160,14 +160,18 @@ def restore_backbone(km: KerasModel, path: str, image_size: int,
     if reuse_head_rows and (km.head_hidden_units or hidden):
         raise BackendError("reuse_head_rows needs a linear head (head_hidden_units = 0) in the "
                            "checkpoint and in this run")
+    # --8<-- [start:restore-without-head]
     source = build_model(km.spec, km.entry, num_classes, image_size, hidden)
     try:
         source.weights_view.load_weights(str(path))
+    # --8<-- [end:restore-without-head]
     except (ValueError, KeyError) as err:
         raise BackendError(f"{path} does not fit keras {km.spec.name}: "
                            f"{str(err).splitlines()[0]}") from None
+    # --8<-- [start:restore-without-head]
     for src, dst in zip(source.layers[:source.num_base_layers], km.layers[:km.num_base_layers]):
         dst.set_weights(src.get_weights())
+    # --8<-- [end:restore-without-head]
     if reuse_head_rows:
         copy_head_rows(source.model.get_layer(HEAD_LOGITS), km.model.get_layer(HEAD_LOGITS),
                        reuse_head_rows)

@@ -135,11 +135,13 @@ def build_model(spec: ModelSpec, entry: ModelEntry, num_classes: int, head_hidde
             init_aux_head_like_slim(model.AuxLogits)
     else:
         model = constructor(weights=None)
+    # --8<-- [start:new-head]
     head = head_name(entry)
     new_head = make_head(head_in_features(getattr(model, head)), num_classes, head_hidden_units)
     if dropout and not hasattr(model, "dropout"):  # torchvision's ResNet has no dropout slot
         new_head = nn.Sequential(nn.Dropout(dropout), new_head)
     setattr(model, head, new_head)
+    # --8<-- [end:new-head]
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             # PyTorch's momentum is the weight of the *new* batch statistic:

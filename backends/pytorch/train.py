@@ -64,11 +64,13 @@ def submodule(model: nn.Module, name: str) -> nn.Module:
     return module
 
 
+# --8<-- [start:freeze]
 def freeze_all_but(model: nn.Module, trainable: dict[str, nn.Module]) -> None:
     """``requires_grad`` True exactly for the parameters of ``trainable`` modules."""
     model.requires_grad_(False)
     for module in trainable.values():
         module.requires_grad_(True)
+# --8<-- [end:freeze]
 
 
 def set_train_modes(model: nn.Module, trainable: dict[str, nn.Module], bn: str) -> None:
@@ -77,6 +79,7 @@ def set_train_modes(model: nn.Module, trainable: dict[str, nn.Module], bn: str) 
 
     ``model.train()`` resets every submodule, so this runs at the start of each epoch.
     """
+    # --8<-- [start:batchnorm]
     model.train()
     if bn == "train":
         # PyTorch's default: requires_grad=False does not stop a BN layer in train() mode
@@ -90,10 +93,12 @@ def set_train_modes(model: nn.Module, trainable: dict[str, nn.Module], bn: str) 
             # modules too (Keras' base_model(x, training=False)), while their beta (bias) and
             # any gamma (weight) keep requires_grad and train
             module.eval()
+    # --8<-- [end:batchnorm]
 
 
 def param_groups(model: nn.Module, entry: ModelEntry, phase: Phase) -> list[dict]:
     """Trainable parameters as two groups: ``backbone`` (x1) and ``head`` (x head_lr_multiplier)."""
+    # --8<-- [start:optimizer]
     head_ids = {id(p) for m in block_modules(model, entry, HEAD).values() for p in m.parameters()}
     backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
     head = [p for p in model.parameters() if p.requires_grad and id(p) in head_ids]
@@ -105,6 +110,7 @@ def param_groups(model: nn.Module, entry: ModelEntry, phase: Phase) -> list[dict
         {"params": head, "name": "head", "lr_multiplier": phase.head_lr_multiplier,
          "lr": phase.learning_rate * phase.head_lr_multiplier},
     ]
+    # --8<-- [end:optimizer]
 
 
 def make_optimizer(phase: Phase, groups: list[dict]) -> tuple[torch.optim.Optimizer, str]:
@@ -115,7 +121,9 @@ def make_optimizer(phase: Phase, groups: list[dict]) -> tuple[torch.optim.Optimi
     if phase.optimizer in ("sgd", "momentum"):
         # PyTorch: v = m*v + g; p -= lr*v. Keras/TF: v = m*v - lr*g; p += v (equal at fixed lr).
         # weight_decay here is an L2 term added to the gradient (coupled).
+        # --8<-- [start:optimizer]
         opt = torch.optim.SGD(groups, lr=lr, momentum=m, weight_decay=wd)
+        # --8<-- [end:optimizer]
         desc = f"torch.optim.SGD(momentum={m}, weight_decay={wd})"
     elif phase.optimizer == "rmsprop":
         # PyTorch adds eps outside the square root: g / (sqrt(avg) + eps); Keras and
@@ -180,14 +188,18 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     step_losses, hits, sizes = [], [], []
     compute_dtype = None
     t0 = time.perf_counter()
+    # --8<-- [start:fit]
     for images, labels in progress(loader, len(loader), desc):
         images = normalise(images.to(device, non_blocking=True), norm)
         labels = labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)  # before the forward pass: lower peak memory
+    # --8<-- [end:fit]
         try:
+            # --8<-- [start:fit]
             with autocast(device, precision):
                 outputs = model(images)
                 loss, logits = compute_loss(outputs, labels, criterion)
+            # --8<-- [end:fit]
         except ValueError as err:
             if "Expected more than 1 value per channel" in str(err):
                 raise BackendError(
@@ -197,8 +209,10 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                 ) from None
             raise
         compute_dtype = dtype_name(logits)
+        # --8<-- [start:fit]
         loss.backward()  # outside autocast, as torch.autocast's documentation prescribes
         optimizer.step()
+        # --8<-- [end:fit]
         step_losses.append(loss.detach())
         hits.append((logits.argmax(1) == labels).sum())
         sizes.append(len(labels))
@@ -214,17 +228,23 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             "seconds": seconds, "compute_dtype": compute_dtype}
 
 
+# --8<-- [start:predict]
 @torch.inference_mode()
 def predict_batches(model: nn.Module, loader, device: torch.device, norm: Normalisation, fn=None,
+# --8<-- [end:predict]
                     precision: str = "fp32", desc: str = "") -> tuple:
     """``fn(model, images)`` (default: the model) over ``loader`` in eval mode, concatenated
     as float32 numpy, and the dtype the outputs were computed in (None: empty loader)."""
+    # --8<-- [start:predict]
     model.eval()
+    # --8<-- [end:predict]
     outs, compute_dtype = [], None
     for images, _ in progress(loader, len(loader), desc):
         images = normalise(images.to(device, non_blocking=True), norm)
         with autocast(device, precision):
+            # --8<-- [start:predict]
             out = fn(model, images) if fn else model(images)
+            # --8<-- [end:predict]
         compute_dtype = dtype_name(out)
         outs.append(out.float().cpu())
     return (torch.cat(outs).numpy() if outs else None), compute_dtype

@@ -69,9 +69,11 @@ def restore_excluding_head(model: nn.Module, entry: ModelEntry, state: dict[str,
     ``ignore_missing_vars`` (slim's flag of that name), which keeps those tensors at their
     initial values and lists them. Returns the counts and those lists.
     """
+    # --8<-- [start:restore-without-head]
     excluded = head_prefixes(entry)
     own = model.state_dict()
     backbone = {k: v for k, v in state.items() if not k.startswith(excluded) and k in own}
+    # --8<-- [end:restore-without-head]
     bad_shapes = [k for k, v in backbone.items() if tuple(v.shape) != tuple(own[k].shape)]
     missing = [k for k in own if not k.startswith(excluded) and k not in backbone]
     if (bad_shapes or missing) and not ignore_missing_vars:
@@ -83,7 +85,9 @@ def restore_excluding_head(model: nn.Module, entry: ModelEntry, state: dict[str,
     for k in bad_shapes:
         del backbone[k]
     check_fixed_gammas(model, backbone, source)
+    # --8<-- [start:restore-without-head]
     model.load_state_dict(backbone, strict=False)
+    # --8<-- [end:restore-without-head]
     return {"restored": len(backbone), "excluded": sum(k.startswith(excluded) for k in state),
             "missing": missing, "shape_mismatch": bad_shapes,
             "ignore_missing_vars": ignore_missing_vars}

@@ -127,8 +127,10 @@ class SlimBackend(Backend):
             # phase-dependent scalars; local variables: not in checkpoints
             self.learning_rate = _local_scalar("learning_rate", 0.0)
             self.weight_decay = _local_scalar("weight_decay", 0.0)
+            # --8<-- [start:predict]
             # the eval tower creates every model variable: is_training=False everywhere
             self.eval_tower = self._tower((), dropout_training=False, reuse=False)
+            # --8<-- [end:predict]
             self.model_variables = tf.compat.v1.global_variables()
             self.global_step = tf.compat.v1.train.get_or_create_global_step()
             self.session.run([tf.compat.v1.global_variables_initializer(),
@@ -215,10 +217,12 @@ class SlimBackend(Backend):
     # -- phases ------------------------------------------------------------
     def _apply_phase(self, phase: Phase, index: int) -> dict:
         spec, entry = self.spec, self.entry
+        # --8<-- [start:freeze]
         scopes = slim_model.trainable_scopes(spec, entry, phase, self.aux)
         exclude = self._exclude_scopes()
         trainable = [v for v in self.model_variables
                      if v.trainable and slim_model.in_scopes(v.op.name, scopes)]
+        # --8<-- [end:freeze]
         empty = [s for s in scopes if not slim_model.variables_in_scopes(trainable, [s])]
         if phase.trainable_scopes and empty:  # slim's script would silently train nothing there
             nearby = slim_model.nearest_scopes(empty[0], self.model_variables)
@@ -319,7 +323,9 @@ class SlimBackend(Backend):
         with Progress(batches, self.pass_name) as bar:
             while True:
                 try:
+                    # --8<-- [start:predict]
                     out.append(self.session.run(tensor))
+                    # --8<-- [end:predict]
                 except tf.errors.OutOfRangeError:
                     break
                 bar.update(1)

@@ -121,12 +121,14 @@ def scoped_batch_norm(training_scopes) -> Callable:
     scope, so the scope name tells whether the BN is in one of ``training_scopes``.
     """
 
+    # --8<-- [start:batchnorm]
     def batch_norm(inputs, **params):
         scope = tf.compat.v1.get_variable_scope().name
         # slim: is_training=False means moving statistics and *no* update op;
         # PyTorch decides this per module with .eval(), Keras with training=False.
         params["is_training"] = in_scopes(scope, training_scopes)
         return slim.batch_norm(inputs, **params)
+    # --8<-- [end:batchnorm]
 
     return batch_norm
 
@@ -146,6 +148,7 @@ def new_head(features: tf.Tensor, num_classes: int, hidden_units: int, dropout: 
     """
     # global average pool (TF-models slim's global_pool=True); tf_slim 1.1's inception_v3
     # pools with a fixed 8x8 kernel, which is global only at 299 px and below.
+    # --8<-- [start:new-head]
     pooled = tf.reduce_mean(features, [1, 2], keepdims=True, name="GlobalPool")
     net = slim.dropout(pooled, keep_prob=1.0 - dropout, is_training=dropout_training,
                        scope=dropout_scope) if dropout else pooled
@@ -155,6 +158,7 @@ def new_head(features: tf.Tensor, num_classes: int, hidden_units: int, dropout: 
     logits = slim.conv2d(net, num_classes, [1, 1], activation_fn=None, normalizer_fn=None,
                          scope="Conv2d_1c_1x1")
     return tf.squeeze(logits, [1, 2], name="SpatialSqueeze"), tf.squeeze(pooled, [1, 2])
+    # --8<-- [end:new-head]
 
 
 def _inception_aux_head(mixed_6e: tf.Tensor, num_classes: int) -> tf.Tensor:

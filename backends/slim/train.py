@@ -217,6 +217,7 @@ def build_train_op(tower: Tower, labels: tf.Tensor, num_classes: int, phase: Pha
         reg = regularization_losses(trainable_scopes)
         if reg:
             total_loss = total_loss + tf.add_n(reg, name="regularization_loss")
+    # --8<-- [start:optimizer]
     head_ids = {id(v) for v in head_variables}
     backbone = [v for v in variables_to_train if id(v) not in head_ids]
     head = [v for v in variables_to_train if id(v) in head_ids]
@@ -235,6 +236,7 @@ def build_train_op(tower: Tower, labels: tf.Tensor, num_classes: int, phase: Pha
         train_op = slim.learning.create_train_op(
             total_loss, optimizers[0], global_step=global_step, update_ops=tower.update_ops,
             variables_to_train=groups[0][0], colocate_gradients_with_ops=bool(clones))
+    # --8<-- [end:optimizer]
     else:
         train_op = _grouped_train_op(total_loss, groups, optimizers, tower.update_ops, phase,
                                      global_step, colocate=bool(clones))
@@ -290,14 +292,18 @@ def train_one_epoch(session: tf.compat.v1.Session, step: TrainOp, initializer, f
                     on_step=None) -> dict:
     """Run ``step`` until the train iterator is exhausted; ``{loss, top1, images, seconds}``."""
     t0 = time.perf_counter()
+    # --8<-- [start:fit]
     session.run(initializer, feed_dict=feed)  # feed only the epoch seed, once per epoch
     loss_sum, correct, images = 0.0, 0, 0
     while True:
         try:
             _, batch_loss, batch_correct, n = session.run(
                 [step.train_op, step.loss_sum, step.correct, step.count])
+    # --8<-- [end:fit]
+        # --8<-- [start:fit]
         except tf.errors.OutOfRangeError:
             break
+        # --8<-- [end:fit]
         except tf.errors.InvalidArgumentError as err:  # create_train_op's check_numerics
             if "nan" not in str(err).lower():
                 raise

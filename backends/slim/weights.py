@@ -85,6 +85,7 @@ def restore_excluding(session, ckpt: str, variables, exclude_scopes,
     """
     shapes = checkpoint_shapes(ckpt)
     to_restore, missing, mismatched, excluded = [], [], [], []
+    # --8<-- [start:restore-without-head]
     for v in variables:
         name = v.op.name
         if in_scopes(name, exclude_scopes):
@@ -95,6 +96,7 @@ def restore_excluding(session, ckpt: str, variables, exclude_scopes,
             mismatched.append(name)
         else:
             to_restore.append(v)
+    # --8<-- [end:restore-without-head]
     if (missing or mismatched) and not ignore_missing_vars:
         if mismatched:
             name = mismatched[0]
@@ -106,9 +108,11 @@ def restore_excluding(session, ckpt: str, variables, exclude_scopes,
                            f"--ignore-missing-vars (slim's --ignore_missing_vars) to keep their "
                            f"initial values")
     if to_restore:
+        # --8<-- [start:restore-without-head]
         init_fn = slim.assign_from_checkpoint_fn(ckpt, to_restore,
                                                  ignore_missing_vars=ignore_missing_vars)
         init_fn(session)
+        # --8<-- [end:restore-without-head]
     return {"checkpoint": ckpt, "restored": len(to_restore), "excluded": len(excluded),
             "missing": missing, "shape_mismatch": mismatched,
             "ignore_missing_vars": ignore_missing_vars}
