@@ -467,6 +467,13 @@ class Backend(abc.ABC):
         finished run is rebuilt as it ran (``bench eval`` builds with no weights, then restores)."""
         return self.config.model.weights == "imagenet" and self.config.recipe.init != "random"
 
+    def starts_from_native_imagenet(self) -> bool:
+        """``starts_from_imagenet`` with this framework's *own* ImageNet file, which its own
+        model expects; a model whose ImageNet weights are one file converted for every backend
+        (``ModelSpec.shared_imagenet``: EfficientNet-Lite0) starts from the suite's model."""
+        return (self.starts_from_imagenet()
+                and MODELS[self.config.model.name].shared_imagenet is None)
+
     def preprocessing_name(self) -> str:
         """The input normalisation of this run (``common.preprocess``): what the ImageNet
         weights of this backend expect with ``--weights imagenet``, otherwise the model's own

@@ -324,7 +324,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     par.add_argument("--image-size", type=_positive, help="default: the model's minimum (75 px)")
     par.add_argument("--backend", default="all", help="all, or a comma list of at least two")
     par.add_argument("--weights", default="random",
-                     help="random (seeded canonical weights) or a checkpoint of any backend")
+                     help="random (seeded canonical weights), imagenet (a model's ImageNet weights "
+                          "shared by every backend: efficientnet_lite0) or a checkpoint of any "
+                          "backend")
     par.add_argument("--alignment", choices=("suite", "native"), default="suite",
                      help="suite: the aligned models of suite-made weights (default); native: each "
                           "framework's own model, to measure what the alignment changes")
@@ -906,7 +908,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
     size = args.image_size or MODELS[args.model].min_size
     backends = None if args.backend == "all" else parse_backends(args.backend)
-    check_parity_request(args.model, size, backends)  # before anything is written
+    check_parity_request(args.model, size, backends, args.weights)  # before anything is written
     out = args.out or Path("results") / f"parity-{args.model}-{size}px-{args.alignment}"
     _writable_dir(out)
     report = run_parity(args.model, size, out, backends=backends, weights=args.weights,
