@@ -332,3 +332,52 @@ def test_predict_imagenet_bad_input_is_one_line(argv, fragment, capsys):
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("bench: error: "), err
     assert fragment in lines[0], lines[0]
+
+
+def test_lite0_every_backend_uses_batchnorm_epsilon_1e_3_relu6_and_tensorflow_same_padding():
+    """What parity on real weights depends on, in each framework's own terms: torch's
+    ``nn.BatchNorm2d(eps=1e-3)`` (torch's default is 1e-5), ``nn.ReLU6`` and a ``TFSamePad``
+    before every strided convolution; Keras' ``BatchNormalization(epsilon=1e-3)``,
+    ``ReLU(max_value=6)`` and ``padding="same"``; slim's ``FusedBatchNorm`` with epsilon
+    0.001, ``Relu6`` and SAME convolutions, the depthwise ones ``separable_conv2d``'s
+    ``depthwise_weights``."""
+    for b in BACKENDS:
+        require_backend(b)
+    import keras
+    import tensorflow as tf
+    from torch import nn
+
+    from backends.keras.model import build_model as keras_model
+    from backends.pytorch.model import TFSamePad
+    from backends.pytorch.model import build_model as torch_model
+    from backends.slim.convert import _graph_with_model
+
+    entries = {b: backend_info(b).entry(MODEL) for b in BACKENDS}
+    net = torch_model(SPEC, entries["pytorch"], 5)
+    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 49 and {m.eps for m in bns} == {1e-3}
+    assert sum(isinstance(m, nn.ReLU6) for m in net.modules()) == 49 - 16  # no ReLU after project
+    strided = [m for m in net.modules() if isinstance(m, nn.Conv2d) and m.stride == (2, 2)]
+    pads = [m for m in net.modules() if isinstance(m, TFSamePad)]
+    assert len(strided) == len(pads) == 5 and all(m.padding == (0, 0) for m in strided)
+    native = torch_model(SPEC, entries["pytorch"], 5, aligned=False)
+    assert {m.eps for m in native.modules() if isinstance(m, nn.BatchNorm2d)} == {1e-5}
+    assert not any(isinstance(m, TFSamePad) for m in native.modules())
+
+    km = keras_model(SPEC, entries["keras"], 5, 32)
+    layers = km.layers[:km.num_base_layers]
+    assert {l.epsilon for l in layers if isinstance(l, keras.layers.BatchNormalization)} == {1e-3}
+    assert {float(l.max_value) for l in layers if isinstance(l, keras.layers.ReLU)} == {6.0}
+    assert sum(isinstance(l, keras.layers.DepthwiseConv2D) for l in layers) == 16
+    assert {l.padding for l in layers if isinstance(l, keras.layers.Conv2D)} == {"same"}
+
+    graph, _, _ = _graph_with_model(MODEL, 5, 0, 32)
+    ops = graph.get_operations()
+    norms = [op for op in ops if op.type.startswith("FusedBatchNorm")]
+    assert len(norms) == 49 and {round(op.get_attr("epsilon"), 6) for op in norms} == {0.001}
+    assert sum(op.type == "Relu6" for op in ops) == 49 - 16
+    convs = [op for op in ops if op.type in ("Conv2D", "DepthwiseConv2dNative")]
+    assert {op.get_attr("padding") for op in convs} == {b"SAME"}
+    with graph.as_default():
+        names = [v.op.name for v in tf.compat.v1.global_variables()]
+    assert sum(n.endswith("/depthwise_weights") for n in names) == 16
