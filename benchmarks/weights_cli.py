@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 
 from backends.base import BackendError, backend_info, backend_names
+from common.models import MODELS
 
 
 def where_rows() -> list[dict]:
@@ -30,6 +31,17 @@ def where_rows() -> list[dict]:
             rows.append({"backend": name, "model": model, "file": entry.imagenet.file,
                          "path": str(path), "present": info.imagenet_present(model),
                          "source": entry.imagenet.url})
+    # ImageNet weights shared by every backend: one file in an installed package
+    for model, spec in MODELS.items():
+        shared = spec.shared_imagenet
+        if shared is None:
+            continue
+        found = shared.location()
+        rows.append({"backend": "all", "model": model, "file": shared.file,
+                     "path": str(found) if found else f"(pip install -e '.[{shared.extra}]': "
+                                                      f"{shared.distribution})",
+                     "present": found is not None and found.is_file(),
+                     "source": shared.distribution})
     return rows
 
 

@@ -21,6 +21,8 @@ tensor                 shape                  torch / Keras / slim
 =====================  =====================  ===========================================
 ``L/kernel``           ``[kh, kw, in, out]``  conv ``weight`` OIHW, transposed (2, 3, 1, 0) /
                        (HWIO)                 ``Conv2D.kernel`` / ``L/weights``
+``L/gamma``            ``[out]``              ``bn.weight`` / ``gamma`` / ``BatchNorm/gamma``
+                                              (``*_bn_scale`` layers only)
 ``L/beta``             ``[out]``              ``bn.bias`` / ``beta`` / ``BatchNorm/beta``
 ``L/moving_mean``      ``[out]``              ``bn.running_mean`` / ``moving_mean`` / same
 ``L/moving_variance``  ``[out]``              ``bn.running_var`` / ``moving_variance`` / same
@@ -33,11 +35,15 @@ tensor                 shape                  torch / Keras / slim
 A head with a hidden layer stores ``head_hidden/kernel`` ``[in, hidden]`` and
 ``head_hidden/bias`` first, then ``head/kernel`` ``[hidden, classes]``.
 
-A layer is of one of two kinds (``common.models.LAYER_TENSORS``): ``conv_bn``,
+A layer is of one of four kinds (``common.models.LAYER_TENSORS``): ``conv_bn``,
 a convolution without bias followed by BatchNorm *without scale* (gamma), as
 Keras and slim build InceptionV3 (``scale=False``): ``kernel``, ``beta``,
 ``moving_mean``, ``moving_variance``; or ``conv``, a convolution with a bias
-and no normalisation: ``kernel``, ``bias``.
+and no normalisation: ``kernel``, ``bias``; ``conv_bn_scale`` and ``dwconv_bn_scale``
+(EfficientNet-Lite0), a convolution or a depthwise convolution followed by BatchNorm with
+its scale: ``kernel``, ``gamma``, ``beta``, ``moving_mean``, ``moving_variance``. A
+depthwise kernel is TensorFlow's ``[kh, kw, channels, 1]`` (torch ``[channels, 1, kh, kw]``
+permuted (2, 3, 0, 1); Keras ``DepthwiseConv2D.kernel``; slim ``S/depthwise_weights``).
 torchvision's BatchNorm has a gamma; the suite's torch InceptionV3 keeps it
 fixed at 1, so nothing is lost (a torch checkpoint whose gamma is not 1 has no
 exact equivalent and is refused by ``backends/pytorch/convert.py``).
@@ -59,7 +65,7 @@ from typing import Mapping
 
 import numpy as np
 
-from common.models import LAYER_TENSORS, MODELS, Layer, get_model
+from common.models import LAYER_TENSORS, MODELS, SCALED_KINDS, Layer, get_model
 
 FORMAT = "transfer-bench canonical weights v1"
 META_KEY = "__meta__"
@@ -96,7 +102,8 @@ def layers(model: str) -> tuple[Layer, ...]:
 def backbone_parameter_count(model: str) -> int:
     """Trainable backbone parameters of the canonical model (kernels, and betas or biases):
     what every backend's backbone must have."""
-    return sum(int(np.prod(l.kernel)) + l.kernel[-1] for l in layers(model))
+    return sum(int(np.prod(l.kernel)) + l.out_channels * (2 if l.kind in SCALED_KINDS else 1)
+               for l in layers(model))
 
 
 def head_tensors(tensors: Mapping[str, np.ndarray]) -> list[str]:
@@ -195,11 +202,15 @@ def random_weights(model: str, feature_dim: int, num_classes: int, seed: int = 0
     tensors = {}
     for layer in layers(model):
         kh, kw, cin, cout = layer.kernel
-        tensors[f"{layer.name}/kernel"] = rng.normal(0, np.sqrt(2.0 / (kh * kw * cin)),
+        fan_in = kh * kw * (1 if layer.depthwise else cin)
+        cout = layer.out_channels
+        tensors[f"{layer.name}/kernel"] = rng.normal(0, np.sqrt(2.0 / fan_in),
                                                      layer.kernel).astype(np.float32)
         if layer.kind == "conv":
             tensors[f"{layer.name}/bias"] = rng.normal(0, 0.1, cout).astype(np.float32)
             continue
+        if layer.kind in SCALED_KINDS:
+            tensors[f"{layer.name}/gamma"] = rng.uniform(0.5, 1.5, cout).astype(np.float32)
         tensors[f"{layer.name}/beta"] = rng.normal(0, 0.1, cout).astype(np.float32)
         tensors[f"{layer.name}/moving_mean"] = rng.normal(0, 0.1, cout).astype(np.float32)
         tensors[f"{layer.name}/moving_variance"] = rng.uniform(0.5, 1.5, cout).astype(np.float32)

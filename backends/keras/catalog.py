@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Mapping
 
 from backends.base import ImagenetWeights, ModelEntry
-from common.models import INCEPTION_V3
+from common.models import EFFICIENTNET_LITE0, INCEPTION_V3
 
 # Weights conversion (common.canonical): canonical layer -> the index of its conv2d_bn()
 # call in keras.applications.inception_v3 (a Conv2D, then a BatchNormalization with
@@ -28,6 +28,30 @@ from common.models import INCEPTION_V3
 # order, which is also torchvision's module order and slim's variable order, so the
 # table is the canonical order (convert.py checks every kernel shape against it).
 _INCEPTION_CANONICAL = {layer.name: index for index, layer in enumerate(INCEPTION_V3.layers)}
+
+def _lite0_layers(layer: str) -> tuple[str, str]:
+    """Canonical EfficientNet-Lite0 layer -> its (convolution, BatchNormalization) layer
+    names in ``model.efficientnet_lite0`` (keras.applications' EfficientNet names)."""
+    if "/" not in layer:
+        return f"{layer}_conv", f"{layer}_bn"
+    block, part = layer.split("/")
+    return {"expand": (f"{block}_expand_conv", f"{block}_expand_bn"),
+            "dwconv": (f"{block}_dwconv", f"{block}_bn"),
+            "project": (f"{block}_project_conv", f"{block}_project_bn")}[part]
+
+
+def _lite0_block_end(block: str) -> str:
+    """The last layer of a canonical EfficientNet-Lite0 block: its last MBConv's ``_add``
+    (the residual) or ``_project_bn``; ``stem_activation``, ``top_activation``."""
+    if block in ("stem", "top"):
+        return f"{block}_activation"
+    s = int(block[len("block"):])
+    stage = EFFICIENTNET_LITE0.stages[s - 1]
+    last = f"block{s}{chr(ord('a') + stage.repeats - 1)}"
+    # a stage's later blocks have stride 1 and its own width in and out: residual
+    residual = stage.repeats > 1
+    return f"{last}_add" if residual else f"{last}_project_bn"
+
 
 # the suite's new head: Dense(hidden, relu) (optional) then Dense(num_classes)
 HEAD_LAYERS = ("head_hidden", "head_logits")
@@ -92,6 +116,17 @@ MODELS: dict[str, ModelEntry] = {
                    for b, convs in enumerate((2, 2, 3, 3, 3), 1) for k in range(1, convs + 1)},
         first_layers={"block1": 0, "block2": 4, "block3": 7, "block4": 11, "block5": 15},
         base_layers=19,
+    ),
+    "efficientnet_lite0": KerasModelEntry(
+        # Keras has no Lite variant: model.efficientnet_lite0 builds it from Keras layers; its
+        # ImageNet weights are common.models' shared_imagenet, converted (no *_notop.h5)
+        constructor="backends.keras.model:efficientnet_lite0",
+        blocks={block: (_lite0_block_end(block),) for block in EFFICIENTNET_LITE0.blocks},
+        head=HEAD_LAYERS,
+        canonical={layer.name: _lite0_layers(layer.name) for layer in EFFICIENTNET_LITE0.layers},
+        first_layers={"stem": 0, "block1": 4, "block2": 9, "block3": 26, "block4": 43,
+                      "block5": 69, "block6": 95, "block7": 130, "top": 138},
+        base_layers=141,
     ),
 }
 

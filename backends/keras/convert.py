@@ -25,7 +25,7 @@ import numpy as np
 
 from backends.base import BackendError
 from common import canonical
-from common.models import get_model
+from common.models import SCALED_KINDS, get_model
 
 from .catalog import MODELS
 from .model import HEAD_HIDDEN, HEAD_LOGITS, KerasModel, _parent_layers, build_model
@@ -61,13 +61,16 @@ def _layer_table(km: KerasModel, model: str) -> dict[str, tuple]:
     kinds = {layer.name: layer.kind for layer in canonical.layers(model)}
     out = {name: (km.model.get_layer(table[name]), None) for name, kind in kinds.items()
            if kind == "conv"}
+    # a BatchNorm with scale (EfficientNet-Lite0): the table names both layers
+    out.update({name: tuple(km.model.get_layer(n) for n in table[name])
+                for name, kind in kinds.items() if kind in SCALED_KINDS})
     if len(out) < len(kinds):
         pairs = conv2d_bn_layers(km)
         if len(pairs) != len(kinds) - len(out):
             raise canonical.ConversionError(f"keras {model} has {len(pairs)} conv2d_bn layers, "
                                             f"the canonical table {len(kinds) - len(out)}")
         out.update({name: pairs[table[name]] for name, kind in kinds.items() if kind == "conv_bn"})
-    return out
+    return {name: out[name] for name in kinds}  # canonical order
 
 
 def _load(model: str, path: Path | str) -> KerasModel:
@@ -96,15 +99,19 @@ def _value(variable) -> np.ndarray:
 def read_canonical(model: str, path: Path | str) -> tuple[dict[str, np.ndarray], dict]:
     """The canonical tensors of the ``.weights.h5`` checkpoint at ``path``."""
     km = _load(model, path)
+    kinds = {layer.name: layer.kind for layer in canonical.layers(model)}
     tensors = {}
     for name, (conv, bn) in _layer_table(km, model).items():
         tensors[f"{name}/kernel"] = _value(conv.kernel)  # HWIO already
         if bn is None:  # a conv layer: Conv2D with a bias
             tensors[f"{name}/bias"] = _value(conv.bias)
             continue
-        if bn.gamma is not None or conv.use_bias:
+        scaled = kinds[name] in SCALED_KINDS
+        if (bn.gamma is not None) != scaled or conv.use_bias:
             raise canonical.ConversionError(f"keras {conv.name}/{bn.name}: a bias or a BatchNorm "
                                             f"scale does not map to canonical {name}")
+        if scaled:
+            tensors[f"{name}/gamma"] = _value(bn.gamma)
         tensors[f"{name}/beta"] = _value(bn.beta)
         tensors[f"{name}/moving_mean"] = _value(bn.moving_mean)
         tensors[f"{name}/moving_variance"] = _value(bn.moving_variance)
@@ -130,6 +137,8 @@ def model_from_canonical(model: str, tensors: dict[str, np.ndarray],
         if bn is None:
             conv.bias.assign(tensors[f"{name}/bias"])
             continue
+        if bn.gamma is not None:
+            bn.gamma.assign(tensors[f"{name}/gamma"])
         bn.beta.assign(tensors[f"{name}/beta"])
         bn.moving_mean.assign(tensors[f"{name}/moving_mean"])
         bn.moving_variance.assign(tensors[f"{name}/moving_variance"])

@@ -193,6 +193,52 @@ def build_model(spec: ModelSpec, entry: ModelEntry, num_classes: int, image_size
                       weights_view, base=base, dropout=dropout, train_model=model)
 
 
+def efficientnet_lite0(include_top: bool = False, weights: str | None = None,
+                       input_shape: tuple | None = None) -> keras.Model:
+    """EfficientNet-Lite0 as a ``keras.applications``-style constructor (Keras has no Lite
+    variant): the functional API over ``Conv2D``, ``DepthwiseConv2D``,
+    ``BatchNormalization(epsilon=1e-3)`` and ``ReLU(6)``, from the stage table of
+    ``common.models.EFFICIENTNET_LITE0``, with keras.applications' EfficientNet layer names
+    (``stem_conv``, ``block2a_expand_conv``, ``block2a_dwconv``, ``block2b_add``, ``top_bn``).
+    ``padding="same"`` is TensorFlow's SAME (at stride 2 the larger half of the padding
+    after). No rescaling layer: the suite normalises its input (mean 0.5, std 0.5). Only the
+    backbone (``include_top=False``); weights come from the suite (``weights=None``)."""
+    from common.models import EFFICIENTNET_LITE0 as spec
+
+    if include_top or weights is not None:
+        raise ValueError("efficientnet_lite0 builds the backbone only (include_top=False, "
+                         "weights=None): its ImageNet weights are converted by the suite")
+    layers = keras.layers
+    eps = spec.bn_epsilon
+
+    def conv_bn(x, filters, kernel, stride, name, act=True):
+        x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
+                          name=f"{name}_conv")(x)
+        x = layers.BatchNormalization(epsilon=eps, name=f"{name}_bn")(x)
+        return layers.ReLU(6.0, name=f"{name}_activation")(x) if act else x
+
+    inputs = keras.Input(input_shape or (None, None, 3))
+    x = conv_bn(inputs, spec.stem_channels, 3, 2, "stem")
+    cin = spec.stem_channels
+    for s, stage in enumerate(spec.stages, 1):
+        for r in range(stage.repeats):
+            name, stride = f"block{s}{chr(ord('a') + r)}", stage.stride if r == 0 else 1
+            y = x
+            if stage.expand != 1:
+                y = conv_bn(y, cin * stage.expand, 1, 1, f"{name}_expand")
+            y = layers.DepthwiseConv2D(stage.kernel, strides=stride, padding="same",
+                                       use_bias=False, name=f"{name}_dwconv")(y)
+            y = layers.BatchNormalization(epsilon=eps, name=f"{name}_bn")(y)
+            y = layers.ReLU(6.0, name=f"{name}_activation")(y)
+            y = layers.Conv2D(stage.channels, 1, padding="same", use_bias=False,
+                              name=f"{name}_project_conv")(y)
+            y = layers.BatchNormalization(epsilon=eps, name=f"{name}_project_bn")(y)
+            x = layers.Add(name=f"{name}_add")([x, y]) if stride == 1 and cin == stage.channels else y
+            cin = stage.channels
+    x = conv_bn(x, spec.top_channels, 1, 1, "top")
+    return keras.Model(inputs, x, name="efficientnet_lite0")
+
+
 def layer_range_text(indices) -> str:
     """``[249, ..., 310]`` -> ``"249..310"``; gaps give ``"a..b, c..d"``; empty -> ``"none"``."""
     indices = sorted(indices)

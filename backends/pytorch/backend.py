@@ -111,7 +111,7 @@ class PyTorchBackend(Backend):
         # torchvision's own Inception3 for its ImageNet weights (also when a finished run of
         # them is rebuilt without weights to be restored); the aligned one (entry.alignment:
         # Keras' and slim's computation) for suite-made weights and random init
-        native = self.starts_from_imagenet() or weights.kind == "imagenet"
+        native = self.starts_from_native_imagenet() or weights.kind == "imagenet"
         net = model_lib.build_model(model, self.entry, num_classes, head_hidden_units,
                                     aux_logits=self.config.model.aux_logits,
                                     image_size=self.image_size or None, aligned=not native,

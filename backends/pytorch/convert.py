@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from common import canonical
-from common.models import get_model
+from common.models import SCALED_KINDS, get_model
 
-from .catalog import MODELS
+from .catalog import FOREIGN_STATE_DICTS, MODELS
 from .model import build_model, head_name
 from .weights import checkpoint_file, gamma_refusal, load_checkpoint, model_state, save_checkpoint
 
@@ -50,13 +50,44 @@ def _head_modules(state: dict, fc: str) -> dict[str, str]:
     return {}
 
 
+def _kernel_layout(layer) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """``(torch weight shape, permutation to the canonical kernel, and back)`` of ``layer``:
+    OIHW -> HWIO (2, 3, 1, 0), back (3, 2, 0, 1); a depthwise ``[channels, 1, kh, kw]`` ->
+    ``[kh, kw, channels, 1]`` (2, 3, 0, 1), its own inverse."""
+    kh, kw, cin, cout = layer.kernel
+    if layer.depthwise:
+        return (cin, cout, kh, kw), (2, 3, 0, 1), (2, 3, 0, 1)
+    return (cout, cin, kh, kw), (2, 3, 1, 0), (3, 2, 0, 1)
+
+
+def rename_foreign_state(model: str, state: dict) -> dict:
+    """A state dict in another project's names (``catalog.FOREIGN_STATE_DICTS``: the
+    EfficientNet-Lite0 wheel's ``_blocks.1._expand_conv.weight``) renamed to the suite's module
+    paths (``block2.0.expand.conv.weight``); any other state dict as it is."""
+    foreign = FOREIGN_STATE_DICTS.get(model)
+    if foreign is None:
+        return state
+    table, head = foreign
+    first_conv = next(iter(table.values()))[0]
+    if f"{first_conv}.weight" not in state:
+        return state
+    entry, renamed = MODELS[model], {}
+    prefixes = {f"{conv}.": f"{entry.canonical[layer]}.conv." for layer, (conv, _) in table.items()}
+    prefixes.update({f"{bn}.": f"{entry.canonical[layer]}.bn." for layer, (_, bn) in table.items()})
+    prefixes[f"{head}."] = f"{entry.head[0]}."
+    for key, value in state.items():
+        prefix, _, name = key.rpartition(".")
+        renamed[prefixes.get(prefix + ".", prefix + ".") + name] = value
+    return renamed
+
+
 def read_canonical(model: str, path: Path | str) -> tuple[dict[str, np.ndarray], dict]:
     """The canonical tensors of the ``.pt`` checkpoint at ``path`` and what was left out."""
     entry = MODELS[model]
     layers = canonical.layers(model)
     source = f"pytorch checkpoint {str(path)!r}"
     ckpt = load_checkpoint(path)
-    state = {k: v.detach().cpu() for k, v in model_state(ckpt).items()}
+    state = rename_foreign_state(model, {k: v.detach().cpu() for k, v in model_state(ckpt).items()})
     tensors, used = {}, set()
 
     def take(key: str, canonical_name: str, shape) -> torch.Tensor:
@@ -72,17 +103,21 @@ def read_canonical(model: str, path: Path | str) -> tuple[dict[str, np.ndarray],
 
     for layer in layers:
         m = entry.canonical[layer.name]
-        kh, kw, cin, cout = layer.kernel
+        cout = layer.out_channels
         conv = m if layer.kind == "conv" else f"{m}.conv"
         # OIHW (PyTorch) -> HWIO (TensorFlow, canonical)
+        shape, order, _ = _kernel_layout(layer)
         tensors[f"{layer.name}/kernel"] = take(f"{conv}.weight", f"{layer.name}/kernel",
-                                               (cout, cin, kh, kw)).permute(2, 3, 1, 0)
+                                               shape).permute(*order)
         if layer.kind == "conv":
             tensors[f"{layer.name}/bias"] = take(f"{m}.bias", f"{layer.name}/bias", (cout,))
             continue
-        gamma = take(f"{m}.bn.weight", f"{layer.name} (no BatchNorm scale)", (cout,))
-        if not bool(torch.all(gamma == 1)):
-            raise canonical.ConversionError(gamma_refusal(source, f"{m}.bn.weight"))
+        if layer.kind in SCALED_KINDS:
+            tensors[f"{layer.name}/gamma"] = take(f"{m}.bn.weight", f"{layer.name}/gamma", (cout,))
+        else:
+            gamma = take(f"{m}.bn.weight", f"{layer.name} (no BatchNorm scale)", (cout,))
+            if not bool(torch.all(gamma == 1)):
+                raise canonical.ConversionError(gamma_refusal(source, f"{m}.bn.weight"))
         for name, key in (("beta", "bias"), ("moving_mean", "running_mean"),
                           ("moving_variance", "running_var")):
             tensors[f"{layer.name}/{name}"] = take(f"{m}.bn.{key}", f"{layer.name}/{name}", (cout,))
@@ -130,8 +165,10 @@ def model_from_canonical(model: str, tensors: dict[str, np.ndarray],
             put(f"{m}.weight", tensors[f"{layer.name}/kernel"].transpose(3, 2, 0, 1))  # HWIO -> OIHW
             put(f"{m}.bias", tensors[f"{layer.name}/bias"])
             continue
-        put(f"{m}.conv.weight", tensors[f"{layer.name}/kernel"].transpose(3, 2, 0, 1))  # HWIO -> OIHW
-        put(f"{m}.bn.weight", np.ones(layer.kernel[-1], np.float32))  # no scale: gamma 1
+        # HWIO -> OIHW (a depthwise [kh, kw, C, 1] -> [C, 1, kh, kw])
+        put(f"{m}.conv.weight", tensors[f"{layer.name}/kernel"].transpose(_kernel_layout(layer)[2]))
+        put(f"{m}.bn.weight", tensors[f"{layer.name}/gamma"] if layer.kind in SCALED_KINDS
+            else np.ones(layer.out_channels, np.float32))  # no scale: gamma 1
         put(f"{m}.bn.bias", tensors[f"{layer.name}/beta"])
         put(f"{m}.bn.running_mean", tensors[f"{layer.name}/moving_mean"])
         put(f"{m}.bn.running_var", tensors[f"{layer.name}/moving_variance"])

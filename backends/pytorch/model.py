@@ -20,7 +20,7 @@ from torch import nn
 from torchvision.models import inception, vgg
 
 from backends.base import BackendError, ModelEntry
-from common.models import BN_DECAY, HEAD, ModelSpec
+from common.models import BN_DECAY, EFFICIENTNET_LITE0, HEAD, ModelSpec
 
 # torchvision's Inception3 aux head (avg_pool 5/3, then a 5x5 VALID conv) needs Mixed_6e
 # at 17x17, i.e. the full 299 px input; slim's aux head shrinks its kernel for small inputs
@@ -133,6 +133,8 @@ def build_model(spec: ModelSpec, entry: ModelEntry, num_classes: int, head_hidde
         if aux_logits:
             model.AuxLogits.fc = nn.Linear(model.AuxLogits.fc.in_features, num_classes)
             init_aux_head_like_slim(model.AuxLogits)
+    elif entry.alignment:  # the suite's own module: built aligned or in torchvision's idiom
+        model = constructor(weights=None, aligned=aligned)
     else:
         model = constructor(weights=None)
     # --8<-- [start:new-head]
@@ -170,6 +172,122 @@ def vgg16(weights: None = None) -> nn.Module:
             nn.init.constant_(m.bias, 0)
     return nn.Sequential(OrderedDict(features=features, avgpool=nn.AdaptiveAvgPool2d(1),
                                      flatten=nn.Flatten(1), classifier=nn.Linear(512, 1000)))
+
+
+# ------------------------------------------------------------ EfficientNet-Lite0
+
+class TFSamePad(nn.Module):
+    """TensorFlow's ``padding="SAME"`` as an explicit zero pad before a VALID convolution.
+
+    TF pads ``max((ceil(n / s) - 1) * s + k - n, 0)`` pixels along an axis of length ``n``,
+    the smaller half *before* and the larger half *after*: at stride 2 with an even input
+    and k = 3, no pixel before and one after (``nn.ZeroPad2d((0, 1, 0, 1))``), where
+    ``nn.Conv2d(padding=1)`` pads one on each side and samples other pixels. Computed from
+    the input's size, so the model runs at any image size; at stride 1 it is ``k // 2``
+    on each side, as ``padding=k // 2``.
+    """
+
+    def __init__(self, kernel: int, stride: int):
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+
+    @staticmethod
+    def amounts(size: int, kernel: int, stride: int) -> tuple[int, int]:
+        total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+        return total // 2, total - total // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top, bottom = self.amounts(x.shape[-2], self.kernel, self.stride)
+        left, right = self.amounts(x.shape[-1], self.kernel, self.stride)
+        return F.pad(x, (left, right, top, bottom))
+
+    def extra_repr(self) -> str:
+        return f"kernel={self.kernel}, stride={self.stride}"
+
+
+def conv_bn_act(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
+                act: bool = True, aligned: bool = True, eps: float = 1e-3) -> nn.Sequential:
+    """``pad -> conv -> bn -> ReLU6`` as one ``Sequential`` (torchvision's
+    ``Conv2dNormActivation`` idea, with named children: ``m.conv``, ``m.bn``).
+
+    ``aligned`` (the suite's model, what Keras and slim compute): TensorFlow's SAME padding
+    (``TFSamePad``) and the BatchNorm epsilon ``eps``; ``False`` is the torchvision idiom,
+    ``padding=kernel // 2`` on both sides and torch's default epsilon 1e-5 (``bench parity
+    --alignment native`` measures the difference, docs/differences.md)."""
+    layers = OrderedDict()
+    if aligned and stride > 1:
+        layers["pad"] = TFSamePad(kernel, stride)
+    padding = 0 if aligned and stride > 1 else kernel // 2
+    layers["conv"] = nn.Conv2d(cin, cout, kernel, stride, padding, groups=groups, bias=False)
+    layers["bn"] = nn.BatchNorm2d(cout, eps=eps if aligned else 1e-5)
+    if act:
+        layers["act"] = nn.ReLU6(inplace=True)
+    return nn.Sequential(layers)
+
+
+class MBConv(nn.Module):
+    """EfficientNet-Lite's inverted residual block: 1x1 ``expand`` (when the ratio is not
+    1), ``dwconv`` (depthwise k x k, the stage's stride), 1x1 ``project`` without an
+    activation, and the input added when the shapes allow (stride 1, same width). No
+    squeeze-excitation (the Lite variants drop it); drop-connect is a training
+    regulariser the suite does not use (an identity in eval)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int,
+                 aligned: bool = True, eps: float = 1e-3):
+        super().__init__()
+        mid = cin * expand
+        self.expand = (conv_bn_act(cin, mid, 1, aligned=aligned, eps=eps) if expand != 1
+                       else nn.Identity())
+        self.dwconv = conv_bn_act(mid, mid, kernel, stride, groups=mid, aligned=aligned, eps=eps)
+        self.project = conv_bn_act(mid, cout, 1, act=False, aligned=aligned, eps=eps)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.project(self.dwconv(self.expand(x)))
+        return x + y if self.residual else y
+
+
+def efficientnet_lite0(weights: None = None, aligned: bool = True) -> nn.Module:
+    """EfficientNet-Lite0 in torchvision style, from ``common.models.EFFICIENTNET_LITE0``'s
+    stage table: one ``Sequential`` whose children are the canonical blocks (``stem``,
+    ``block1`` .. ``block7`` of ``MBConv`` modules, ``top``), then the global average pool
+    and a ``classifier`` that ``build_model`` replaces with the suite's head.
+
+    The suite's own module rather than timm's ``tf_efficientnet_lite0``: timm builds the
+    same network (its ``Conv2dSame`` is ``TFSamePad``) but would be a dependency of every
+    torch install for one model, and its module names (``blocks.1.0.conv_pw``) are not the
+    canonical blocks. Initialised as torchvision's EfficientNet (kaiming-normal fan-out
+    convolutions, BatchNorm 1 / 0).
+    """
+    if weights is not None:
+        raise BackendError("efficientnet_lite0() builds random weights; the backend restores "
+                           "weights itself")
+    spec = EFFICIENTNET_LITE0
+    eps = spec.bn_epsilon
+    children = OrderedDict(stem=conv_bn_act(3, spec.stem_channels, 3, 2, aligned=aligned, eps=eps))
+    cin = spec.stem_channels
+    for s, stage in enumerate(spec.stages, 1):
+        blocks = []
+        for r in range(stage.repeats):
+            blocks.append(MBConv(cin, stage.channels, stage.kernel, stage.stride if r == 0 else 1,
+                                 stage.expand, aligned=aligned, eps=eps))
+            cin = stage.channels
+        children[f"block{s}"] = nn.Sequential(*blocks)
+    children["top"] = conv_bn_act(cin, spec.top_channels, 1, aligned=aligned, eps=eps)
+    children.update(avgpool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(1),
+                    classifier=nn.Linear(spec.top_channels, 1000))
+    model = nn.Sequential(children)
+    for m in model.modules():  # torchvision's EfficientNet.__init__
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            init_range = 1.0 / math.sqrt(m.out_features)
+            nn.init.uniform_(m.weight, -init_range, init_range)
+            nn.init.zeros_(m.bias)
+    return model
 
 
 def _truncated_normal_(weight: torch.Tensor, stddev: float) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backends.base import ImagenetWeights, ModelEntry
+from common.models import EFFICIENTNET_LITE0
 
 _MODELS_URL = "http://download.tensorflow.org/models/"
 
@@ -180,6 +181,23 @@ MODELS: dict[str, ModelEntry] = {
                                  archive="vgg_16_2016_08_28.tar.gz",
                                  # slim's vgg_preprocessing: RGB, ImageNet mean subtracted
                                  preprocessing="vgg"),
+    ),
+    "efficientnet_lite0": SlimModel(
+        constructor="backends.slim.model:efficientnet_lite0",
+        arg_scope="backends.slim.model:efficientnet_lite0_arg_scope",
+        # a stage is the scopes of its MBConv blocks (EfficientNetLite0/block2a, block2b); its
+        # output is the end point of the last one
+        blocks={block: tuple(f"EfficientNetLite0/{layer.name.split('/')[0]}"
+                             for layer in EFFICIENTNET_LITE0.layers
+                             if layer.name.split("/")[0][:-1] == block
+                             and layer.name.endswith("/project"))
+                if block.startswith("block") else (f"EfficientNetLite0/{block}",)
+                for block in EFFICIENTNET_LITE0.blocks},
+        head=("EfficientNetLite0/Logits",),
+        logits_layer="EfficientNetLite0/Logits/Conv2d_1c_1x1",
+        # the scopes are the canonical names (EfficientNetLite0/block2a/expand)
+        canonical={layer.name: f"EfficientNetLite0/{layer.name}"
+                   for layer in EFFICIENTNET_LITE0.layers},
     ),
 }
 

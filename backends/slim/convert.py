@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from backends.base import BackendError
 from common import canonical
-from common.models import get_model
+from common.models import LAYER_TENSORS, get_model
 
 from .catalog import MODELS
 from .model import build_tower
@@ -54,7 +54,13 @@ def _native_tensors(layer, scope: str) -> list[tuple[str, str]]:
     beta and moving statistics (``conv_bn``), or the convolution's biases (``conv``)."""
     if layer.kind == "conv":
         return [("bias", f"{scope}/biases")]
-    return [(t, f"{scope}/BatchNorm/{t}") for t in canonical.CONV_BN_TENSORS[1:]]
+    return [(t, f"{scope}/BatchNorm/{t}") for t in LAYER_TENSORS[layer.kind][1:]]
+
+
+def _kernel_variable(layer, scope: str) -> str:
+    """``S/weights``; a depthwise layer's ``S/depthwise_weights`` (``slim.separable_conv2d``
+    with ``num_outputs=None``: ``[kh, kw, channels, 1]``, the canonical layout)."""
+    return f"{scope}/depthwise_weights" if layer.depthwise else f"{scope}/weights"
 
 
 def read_canonical(model: str, path: Path | str) -> tuple[dict[str, np.ndarray], dict]:
@@ -81,8 +87,9 @@ def read_canonical(model: str, path: Path | str) -> tuple[dict[str, np.ndarray],
 
     for layer in canonical.layers(model):
         scope = entry.canonical[layer.name]
-        cout = layer.kernel[-1]
-        tensors[f"{layer.name}/kernel"] = take(f"{scope}/weights", f"{layer.name}/kernel", layer.kernel)
+        cout = layer.out_channels
+        tensors[f"{layer.name}/kernel"] = take(_kernel_variable(layer, scope), f"{layer.name}/kernel",
+                                               layer.kernel)
         for t, name in _native_tensors(layer, scope):
             tensors[f"{layer.name}/{t}"] = take(name, f"{layer.name}/{t}", (cout,))
     for layer, scope in _head_scopes(model).items():
@@ -126,7 +133,7 @@ def session_from_canonical(model: str, tensors: dict[str, np.ndarray],
     values = {}
     for layer in canonical.layers(model):
         scope = entry.canonical[layer.name]
-        values[f"{scope}/weights"] = tensors[f"{layer.name}/kernel"]
+        values[_kernel_variable(layer, scope)] = tensors[f"{layer.name}/kernel"]
         for t, name in _native_tensors(layer, scope):
             values[name] = tensors[f"{layer.name}/{t}"]
     for layer, scope in _head_scopes(model).items():

@@ -30,7 +30,7 @@ from tf_slim.nets import resnet_v1
 from backends.base import BackendError, ModelEntry
 from backends.slim.compat import slim
 from common.config import Phase
-from common.models import BN_DECAY, HEAD, ModelSpec
+from common.models import BN_DECAY, EFFICIENTNET_LITE0, HEAD, ModelSpec
 
 # BatchNorm moving-average decay for every net: the suite's one value
 # (common.models.BN_DECAY). slim's arg_scopes default to 0.9997 (inception)
@@ -257,6 +257,62 @@ def vgg_16(images, num_classes, hidden_units, aux_logits, reuse, dropout=0.0,
     return logits, pooled, None, end_points
 
 
+def efficientnet_lite0_arg_scope(weight_decay=0.00004, batch_norm_decay=0.99,
+                                batch_norm_epsilon=1e-3):
+    """EfficientNet-Lite0's arg_scope, in the style of slim's ``mobilenet_v1_arg_scope``:
+    ``slim.conv2d`` and ``slim.separable_conv2d`` followed by ``slim.batch_norm`` *with*
+    scale (gamma; epsilon 1e-3, TensorFlow's EfficientNet) and ReLU6, TensorFlow SAME
+    padding; L2 weight decay on the convolutions, not on the depthwise ones (mobilenet's
+    ``regularize_depthwise=False``)."""
+    batch_norm_params = {"decay": batch_norm_decay, "epsilon": batch_norm_epsilon,
+                         "scale": True, "center": True,
+                         "updates_collections": tf.compat.v1.GraphKeys.UPDATE_OPS}
+    with slim.arg_scope([slim.conv2d, slim.separable_conv2d], padding="SAME",
+                        weights_initializer=slim.variance_scaling_initializer(),
+                        activation_fn=tf.nn.relu6, normalizer_fn=slim.batch_norm,
+                        normalizer_params=batch_norm_params):
+        with slim.arg_scope([slim.conv2d],
+                            weights_regularizer=slim.l2_regularizer(weight_decay)):
+            with slim.arg_scope([slim.separable_conv2d], weights_regularizer=None) as sc:
+                return sc
+
+
+def efficientnet_lite0(images, num_classes, hidden_units, aux_logits, reuse, dropout=0.0,
+                       dropout_training=False):
+    """EfficientNet-Lite0 from the stage table of ``common.models.EFFICIENTNET_LITE0``, in
+    slim's idiom (slim has no EfficientNet): ``slim.conv2d`` for the stem, the 1x1
+    ``expand`` and ``project`` convolutions (``project`` without activation) and the ``top``
+    convolution; ``slim.separable_conv2d(num_outputs=None)``, a depthwise convolution, for
+    ``dwconv``; each MBConv block under its own scope (``EfficientNetLite0/block2a``), its
+    output an end point of that name; then the new head under ``EfficientNetLite0/Logits``.
+    No auxiliary head: ``aux_logits`` is accepted for the net-function signature."""
+    spec = EFFICIENTNET_LITE0
+    end_points = {}
+    with tf.compat.v1.variable_scope("EfficientNetLite0", [images], reuse=reuse):
+        net = end_points["stem"] = slim.conv2d(images, spec.stem_channels, [3, 3], stride=2,
+                                               scope="stem")
+        cin = spec.stem_channels
+        for s, stage in enumerate(spec.stages, 1):
+            for r in range(stage.repeats):
+                name, stride = f"block{s}{chr(ord('a') + r)}", stage.stride if r == 0 else 1
+                with tf.compat.v1.variable_scope(name):
+                    y = net
+                    if stage.expand != 1:
+                        y = slim.conv2d(y, cin * stage.expand, [1, 1], scope="expand")
+                    y = slim.separable_conv2d(y, None, [stage.kernel, stage.kernel],
+                                              depth_multiplier=1, stride=stride, scope="dwconv")
+                    y = slim.conv2d(y, stage.channels, [1, 1], activation_fn=None,
+                                    scope="project")
+                    net = net + y if stride == 1 and cin == stage.channels else y
+                end_points[name] = net
+                cin = stage.channels
+        net = end_points["top"] = slim.conv2d(net, spec.top_channels, [1, 1], scope="top")
+        with tf.compat.v1.variable_scope("Logits"):
+            logits, pooled = new_head(net, num_classes, hidden_units, dropout, dropout_training,
+                                      "Dropout")
+    return logits, pooled, None, end_points
+
+
 def arg_scope(entry: ModelEntry, weight_decay) -> dict:
     """The model's own arg_scope (slim's ``arg_scopes_map``) with the suite's BN decay
     (a net without BatchNorm has an arg_scope factory without ``batch_norm_decay``)."""
@@ -302,7 +358,8 @@ def build_tower(spec: ModelSpec, entry: ModelEntry, images: tf.Tensor, num_class
     normalizer = ({"normalizer_fn": scoped_batch_norm(scopes)}
                   if normalizes_convolutions(scope) else {})
     with slim.arg_scope(scope):
-        with slim.arg_scope([slim.conv2d], **normalizer):
+        # separable_conv2d too: EfficientNet-Lite0's depthwise convolutions are normalised
+        with slim.arg_scope([slim.conv2d, slim.separable_conv2d], **normalizer):
             logits, features, aux, end_points = net_fn(images, num_classes, hidden_units,
                                                        aux_logits, reuse, **extra)
     update_ops = [op for op in tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
