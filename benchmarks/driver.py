@@ -39,7 +39,7 @@ from common.parallel import is_main_process
 from common.paths import cache_root, disk_full_message, is_disk_full
 from common.preprocess import get_preset
 from common.results import SchemaError, base_result, write_json_atomic, write_result
-from common.timing import peak_rss_bytes
+from common.timing import Timeline, peak_rss_bytes
 
 STATE_FILE = "state.json"
 log = logging.getLogger(__name__)
@@ -370,10 +370,14 @@ def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Pat
     images_seen = state["curves"][-1]["images_seen"] if state["curves"] else 0
     global_epoch = len(state["curves"])
     resuming = bool(done)  # an interrupted run: the last checkpoint holds model + optimizer
+    timeline = backend.timeline
+    mark = timeline.now()  # where the epoch in hand began (its training pass alone)
 
     def epoch_end(pi: int, phase: Phase, epoch: int, lr: float, stats: dict) -> None:
         """Validation, best/last checkpoints and state.json after each epoch (every backend)."""
-        nonlocal global_epoch, images_seen
+        nonlocal global_epoch, images_seen, mark
+        timeline.add("epoch", mark, timeline.now(), phase=pi, epoch=epoch + 1,
+                     images=int(stats["images"]))
         val = _evaluate(backend, split, "val")
         global_epoch += 1
         images_seen += stats["images"]
@@ -401,10 +405,12 @@ def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Pat
         log.info(f"  epoch {global_epoch} ({phase.name} {epoch + 1}/{phase.epochs}) lr {lr:.2e}: "
             f"loss {stats['loss']:.3f} train {stats['top1']:.3f} val {val['top1']:.3f} "
             f"({point['images_per_second']:.1f} img/s)")
+        mark = timeline.now()
 
     for pi, phase in enumerate(recipe.phases):
         if all((pi, e) in done for e in range(phase.epochs)):
             continue
+        phase_start = timeline.now()
         report = backend.apply_phase(phase, pi)
         report.update(name=phase.name, train=phase.train, optimizer=phase.optimizer,
                       learning_rate=phase.learning_rate, head_lr_multiplier=phase.head_lr_multiplier,
@@ -419,7 +425,10 @@ def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Pat
             resuming = False
         # epochs finish in order, so the missing ones are the end of the phase
         first_epoch = min(e for e in range(phase.epochs) if (pi, e) not in done)
+        mark = timeline.now()
         backend.fit_phase(phase, first_epoch, global_epoch, functools.partial(epoch_end, pi, phase))
+        timeline.window("phase", phase_start, timeline.now(), index=pi, phase_name=phase.name,
+                        epochs=phase.epochs - first_epoch)
     backend.restore(ckpt_best)
     return state
 
@@ -453,8 +462,9 @@ def linear_probe(backend: Backend, config: RunConfig, split: Split, weights_info
                         f"the probe goes on")
     feature_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
-    probe = fit_linear_probe(feats["train"], _labels(split, "train"), feats["val"],
-                             _labels(split, "val"), split.num_classes, seed=config.train.seed)
+    with backend.timeline.span("linear_probe_fit"):
+        probe = fit_linear_probe(feats["train"], _labels(split, "train"), feats["val"],
+                                 _labels(split, "val"), split.num_classes, seed=config.train.seed)
     fit_seconds = time.perf_counter() - t1
     log.info(f"linear probe: C = {probe.C:g} (L2 {1 / probe.C:g}) chosen on {len(split.val)} "
              f"validation images over {len(probe.search)} values")
@@ -476,8 +486,13 @@ def linear_probe(backend: Backend, config: RunConfig, split: Split, weights_info
                                            f"solver='lbfgs') on standardised features"}}]}
 
 
-def run(config: RunConfig) -> dict:
-    """Run ``config`` end to end and return its result (also written to result.json)."""
+def run(config: RunConfig, timeline: Timeline | None = None) -> dict:
+    """Run ``config`` end to end and return its result (also written to result.json).
+
+    ``timeline``: where the run records where its time goes (``result["times"]["spans"]``);
+    ``benchmarks.run_worker`` passes one that starts with the process, with its start-up
+    span; by default one that starts now."""
+    timeline = Timeline(origin=time.time()) if timeline is None else timeline
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     result = base_result(config.backend, config.recipe.name, config.train.seed,
@@ -488,7 +503,8 @@ def run(config: RunConfig) -> dict:
     try:
         validate_run(config)
         image_size = default_image_size(config)
-        split = prepare_split(config)
+        with timeline.span("data"):
+            split = prepare_split(config)
         if is_main_process():
             split.write(run_dir / "split.json")
         result["data"] = {"source": config.data.source, "root": split.root,
@@ -506,10 +522,15 @@ def run(config: RunConfig) -> dict:
             log.info(f"each training epoch drops its last batch, of 1 image ({len(split.train)} "
                      f"training images, batch {bs}): BatchNorm cannot normalise a single image")
         t_pre = time.perf_counter()
-        request, weights_info = resolve_weights(config, split, image_size)
+        with timeline.span("source_weights", kind=config.model.weights) as extra:
+            request, weights_info = resolve_weights(config, split, image_size)
+            extra["cached"] = weights_info.get("cached")
         pretrain_seconds = time.perf_counter() - t_pre
         result["weights"] = weights_info
-        backend = get_backend(config.backend)(config, run_dir)
+        with timeline.span("framework_import"):
+            backend_class = get_backend(config.backend)
+        backend = backend_class(config, run_dir)
+        backend.timeline = timeline
         result["versions"].update(backend.frameworks())
         result["device"] = backend.device()
         backend.setup(split, image_size)
@@ -560,7 +581,8 @@ def run(config: RunConfig) -> dict:
         result["times"] = {"total_seconds": this_attempt + sum(earlier),
                            "attempt_seconds": [*earlier, this_attempt],
                            "pretrain_seconds": pretrain_seconds, "train_seconds": train_seconds,
-                           "throughput_seconds": time.perf_counter() - t_tp}
+                           "throughput_seconds": time.perf_counter() - t_tp,
+                           **timeline.record(), "ended": timeline.now()}
         if earlier:
             log.info(f"wall time {this_attempt + sum(earlier):.1f}s: this attempt {this_attempt:.1f}s "
                      f"+ {sum(earlier):.1f}s in {len(earlier)} earlier attempt(s)")
@@ -584,7 +606,8 @@ def run(config: RunConfig) -> dict:
     if result["status"] != "ok":
         this_attempt = time.perf_counter() - t_start
         result.setdefault("times", {"total_seconds": this_attempt + sum(earlier),
-                                    "attempt_seconds": [*earlier, this_attempt]})
+                                    "attempt_seconds": [*earlier, this_attempt],
+                                    **timeline.record(), "ended": timeline.now()})
         _record_attempt(run_dir, [*earlier, this_attempt])
     try:
         write_result(run_dir / "result.json", result)

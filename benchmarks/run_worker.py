@@ -93,11 +93,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.driver import run
     from common.config import RunConfig
+    from common.timing import Timeline
 
+    timeline = Timeline()  # from this process's start: interpreter start-up and imports count
+    timeline.add("startup", 0.0, timeline.now())
     with claim:
         config = RunConfig.from_dict(json.loads(config_file.read_text(encoding="utf-8")))
         try:
-            result = run(config)
+            result = run(config, timeline)
         except OSError as err:  # result.json itself could not be written (a full disk)
             from common.paths import disk_full_message, is_disk_full
 

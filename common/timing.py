@@ -11,8 +11,10 @@ synchronised before the clock stops. images/s = batch / median step time.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -72,3 +74,78 @@ def peak_rss_bytes() -> int:
         return int(peak if sys.platform == "darwin" else peak * 1024)
     except (ImportError, OSError):
         return 0
+
+
+# ------------------------------------------------------------------ where a run's time goes
+
+def process_start_time() -> float:
+    """When this process started (Unix seconds; Linux: ``/proc``, to the clock tick), so
+    that interpreter start-up and imports count; elsewhere when this module was imported."""
+    try:
+        ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in open("/proc/stat")
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED_AT
+
+
+_IMPORTED_AT = time.time()
+
+
+# the span names the driver and the Backend base record (docs/design.md, "Where a run's time
+# goes"); a span that starts while another is open is recorded with ``"in": <outer name>``
+# and is part of the outer one's time, so the outermost spans add up without overlap
+SPAN_NAMES = ("startup", "data", "source_weights", "framework_import", "setup", "build",
+              "apply_phase", "restore", "epoch", "predict", "features", "checkpoint",
+              "linear_probe_fit", "throughput")
+
+
+class Timeline:
+    """Wall-clock spans of one run, in seconds since ``origin`` (by default the start of
+    this process): ``{"name", "start", "end", ...detail}``, appended as each span ends.
+
+    The driver and ``backends.base.Backend`` record the same names (``SPAN_NAMES``) for
+    every backend. A span opened inside another carries ``"in": <outer name>``; the
+    outermost spans never overlap, so their durations add up to the time they account
+    for, and the rest of the run's wall time is what no span covers."""
+
+    def __init__(self, origin: float | None = None):
+        self.origin = process_start_time() if origin is None else origin
+        self.spans: list[dict] = []
+        # stretches that hold spans (a training phase: its apply_phase, epochs, validation
+        # and checkpoints), kept apart from the spans so that those still add up
+        self.windows: list[dict] = []
+        self._stack: list[str] = []
+
+    def now(self) -> float:
+        return time.time() - self.origin
+
+    def add(self, name: str, start: float, end: float, **detail) -> dict:
+        if self._stack:
+            detail.setdefault("in", self._stack[-1])
+        span = {"name": name, "start": round(start, 6), "end": round(end, 6), **detail}
+        self.spans.append(span)
+        return span
+
+    @contextlib.contextmanager
+    def span(self, name: str, **detail) -> Iterator[dict]:
+        """Record the ``with`` body as span ``name``; items put in the yielded dict are
+        added to the span's detail."""
+        extra: dict = {}
+        start = self.now()
+        self._stack.append(name)
+        try:
+            yield extra
+        finally:
+            self._stack.pop()
+            self.add(name, start, self.now(), **detail, **extra)
+
+    def window(self, name: str, start: float, end: float, **detail) -> None:
+        self.windows.append({"name": name, "start": round(start, 6), "end": round(end, 6),
+                             **detail})
+
+    def record(self) -> dict:
+        """For result.json ``times``: the origin (Unix seconds), the spans and the windows."""
+        return {"started_at": self.origin, "spans": list(self.spans),
+                "windows": list(self.windows)}
