@@ -19,6 +19,8 @@ import hashlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -357,25 +359,82 @@ def _write_phase_text(run_dir: Path, index: int, report: dict) -> None:
         f.write("\n".join(lines) + "\n")
 
 
+class RunInterrupted(BaseException):
+    """SIGINT or SIGTERM stopped a run at an epoch's end, after its resume point was saved
+    (``signum``: the signal). A BaseException, as KeyboardInterrupt: no failed result."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by signal {signum}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _deferred_interruption(enabled: bool):
+    """While training: SIGINT / SIGTERM set ``flag["signum"]`` so that the epoch in hand
+    finishes and its end saves the resume point before the run stops; a second signal
+    stops it at once (``RunInterrupted``). Only in one process's main thread (a run over
+    several processes stops as its launcher stops it); elsewhere a no-op."""
+    flag: dict = {"signum": None}
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["signum"] is not None:
+            raise RunInterrupted(signum)
+        flag["signum"] = signum
+        log.info(f"signal {signum}: stopping after this epoch, once its checkpoint is written "
+                 f"(again to stop at once)")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Path,
                  earlier_attempts: list[float] = (), started: float | None = None) -> dict:
     """Run every phase with per-epoch validation, checkpoints and resume. ``state.json``
     also keeps the wall seconds of each attempt (``earlier_attempts`` + this one, which
-    began at ``started``), so that a resumed run reports its whole wall time."""
+    began at ``started``), so that a resumed run reports its whole wall time.
+
+    Checkpoints are written when needed (docs/design.md, "Checkpoints and resume"):
+    ``best`` when validation improves, ``last`` at the end of each phase and when a
+    signal stops the run. ``state.json`` is written with each and describes what is on
+    disk: ``best`` the best checkpoint; ``done`` and ``curves`` the epochs held by the
+    resume point, the checkpoint named by ``resume_from`` (the newest of the two), so a
+    run killed between checkpoints resumes from the last one and re-runs the epochs
+    after it."""
     started = time.perf_counter() if started is None else started
     recipe = config.recipe
     state = _load_state(run_dir) or {"done": [], "curves": [], "best": None, "phases": []}
+    state.setdefault("resume_from", "last" if state["done"] else None)  # older state: last
     done = {tuple(x) for x in state["done"]}
-    ckpt_last, ckpt_best = run_dir / "checkpoints" / "last", run_dir / "checkpoints" / "best"
+    ckpt = {"last": run_dir / "checkpoints" / "last", "best": run_dir / "checkpoints" / "best"}
     images_seen = state["curves"][-1]["images_seen"] if state["curves"] else 0
     global_epoch = len(state["curves"])
-    resuming = bool(done)  # an interrupted run: the last checkpoint holds model + optimizer
+    resume_from = state["resume_from"] if done else None  # model + optimizer after `done`
     timeline = backend.timeline
     mark = timeline.now()  # where the epoch in hand began (its training pass alone)
+    # what the `last` checkpoint holds (done, curves), for when `best` is overwritten
+    on_disk = {"resume_from": state["resume_from"], "done": sorted(done),
+               "curves": list(state["curves"])}
+    at_last = dict(on_disk) if on_disk["resume_from"] == "last" else \
+        {"resume_from": None, "done": [], "curves": []}
+
+    def persist(point: dict) -> None:
+        """Write state.json with the resume point ``point`` (rank 0; every rank holds it)."""
+        on_disk.update(point)
+        state["attempt_seconds"] = [*earlier_attempts, time.perf_counter() - started]
+        if is_main_process():
+            write_json_atomic(run_dir / STATE_FILE, {**state, **on_disk})
 
     def epoch_end(pi: int, phase: Phase, epoch: int, lr: float, stats: dict) -> None:
-        """Validation, best/last checkpoints and state.json after each epoch (every backend)."""
-        nonlocal global_epoch, images_seen, mark
+        """Validation after each epoch; best / last checkpoints and state.json when needed
+        (every backend)."""
+        nonlocal global_epoch, images_seen, mark, at_last
         timeline.add("epoch", mark, timeline.now(), phase=pi, epoch=epoch + 1,
                      images=int(stats["images"]))
         val = _evaluate(backend, split, "val")
@@ -388,48 +447,62 @@ def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Pat
                  "seconds": stats["seconds"],
                  "images_per_second": stats["images"] / max(stats["seconds"], 1e-9)}
         state["curves"].append(point)
+        done.add((pi, epoch))
+        state["done"] = sorted(done)
         backend.log_scalars(global_epoch, {"val/top1": val["top1"], "val/loss": val["loss"],
                                            "train/loss": stats["loss"], "train/top1": stats["top1"],
                                            "lr": lr})
+        now = {"done": sorted(done), "curves": list(state["curves"])}
         best = state["best"]
         if best is None or (val["top1"], -val["loss"]) > (best["val_top1"], -best["val_loss"]):
-            backend.save(ckpt_best)
+            if on_disk["resume_from"] == "best":  # about to be overwritten: resume from last
+                persist(at_last)
+            backend.save(ckpt["best"])
             state["best"] = {"global_epoch": global_epoch, "val_top1": val["top1"],
                              "val_loss": val["loss"]}
-        backend.save(ckpt_last)
-        done.add((pi, epoch))
-        state["done"] = sorted(done)
-        state["attempt_seconds"] = [*earlier_attempts, time.perf_counter() - started]
-        if is_main_process():  # every rank holds the same state; rank 0 writes it
-            write_json_atomic(run_dir / STATE_FILE, state)
+            persist({"resume_from": "best", **now})
+        if epoch == phase.epochs - 1 or (interrupted["signum"] is not None
+                                          and on_disk["done"] != now["done"]):
+            backend.save(ckpt["last"])
+            at_last = {"resume_from": "last", **now}
+            persist(at_last)
         log.info(f"  epoch {global_epoch} ({phase.name} {epoch + 1}/{phase.epochs}) lr {lr:.2e}: "
             f"loss {stats['loss']:.3f} train {stats['top1']:.3f} val {val['top1']:.3f} "
             f"({point['images_per_second']:.1f} img/s)")
+        if interrupted["signum"] is not None:
+            raise RunInterrupted(interrupted["signum"])
         mark = timeline.now()
 
-    for pi, phase in enumerate(recipe.phases):
-        if all((pi, e) in done for e in range(phase.epochs)):
-            continue
-        phase_start = timeline.now()
-        report = backend.apply_phase(phase, pi)
-        report.update(name=phase.name, train=phase.train, optimizer=phase.optimizer,
-                      learning_rate=phase.learning_rate, head_lr_multiplier=phase.head_lr_multiplier,
-                      epochs=phase.epochs, bn=phase.bn, augment=phase.augment)
-        state["phases"] = [p for p in state["phases"] if p.get("index") != pi] + [{"index": pi, **report}]
-        _write_phase_text(run_dir, pi, report)
-        log.info(f"phase {pi + 1}/{len(recipe.phases)} '{phase.name}': {report['trainable_params']:,} of "
-            f"{report['total_params']:,} parameters trainable ({', '.join(report['trainable_blocks']) or 'head only'})")
-        if resuming:
-            backend.restore(ckpt_last)
-            log.info(f"resumed from {ckpt_last} after {len(done)} epoch(s)")
-            resuming = False
-        # epochs finish in order, so the missing ones are the end of the phase
-        first_epoch = min(e for e in range(phase.epochs) if (pi, e) not in done)
-        mark = timeline.now()
-        backend.fit_phase(phase, first_epoch, global_epoch, functools.partial(epoch_end, pi, phase))
-        timeline.window("phase", phase_start, timeline.now(), index=pi, phase_name=phase.name,
-                        epochs=phase.epochs - first_epoch)
-    backend.restore(ckpt_best)
+    with _deferred_interruption(not parallel.is_parallel(config.train)) as interrupted:
+        for pi, phase in enumerate(recipe.phases):
+            if all((pi, e) in done for e in range(phase.epochs)):
+                continue
+            phase_start = timeline.now()
+            report = backend.apply_phase(phase, pi)
+            report.update(name=phase.name, train=phase.train, optimizer=phase.optimizer,
+                          learning_rate=phase.learning_rate,
+                          head_lr_multiplier=phase.head_lr_multiplier,
+                          epochs=phase.epochs, bn=phase.bn, augment=phase.augment)
+            state["phases"] = [p for p in state["phases"] if p.get("index") != pi] + \
+                [{"index": pi, **report}]
+            _write_phase_text(run_dir, pi, report)
+            log.info(f"phase {pi + 1}/{len(recipe.phases)} '{phase.name}': "
+                     f"{report['trainable_params']:,} of {report['total_params']:,} parameters "
+                     f"trainable ({', '.join(report['trainable_blocks']) or 'head only'})")
+            if resume_from:
+                backend.restore(ckpt[resume_from])
+                log.info(f"resumed from {ckpt[resume_from]} after {len(done)} epoch(s)")
+                resume_from = None
+            # epochs finish in order, so the missing ones are the end of the phase
+            first_epoch = min(e for e in range(phase.epochs) if (pi, e) not in done)
+            mark = timeline.now()
+            backend.fit_phase(phase, first_epoch, global_epoch,
+                              functools.partial(epoch_end, pi, phase))
+            timeline.window("phase", phase_start, timeline.now(), index=pi,
+                            phase_name=phase.name, epochs=phase.epochs - first_epoch)
+        backend.restore(ckpt["best"])
+    if interrupted["signum"] is not None:  # a signal after the last epoch: all is saved
+        raise RunInterrupted(interrupted["signum"])
     return state
 
 
