@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from backends import native
-from backends.base import Backend, BackendError, WeightsRequest, backend_info, get_backend
+from backends.base import (THROUGHPUT_KINDS, Backend, BackendError, WeightsRequest, backend_info,
+                           get_backend)
 from benchmarks import conversion
 from common import canonical, parallel, synthetic
 from common.config import Phase, PretrainConfig, RunConfig, validate_run
@@ -41,7 +42,7 @@ from common.parallel import is_main_process
 from common.paths import cache_root, disk_full_message, is_disk_full
 from common.preprocess import get_preset
 from common.results import SchemaError, base_result, write_json_atomic, write_result
-from common.timing import Timeline, peak_rss_bytes
+from common.timing import Timeline, early_stop, peak_rss_bytes
 
 STATE_FILE = "state.json"
 log = logging.getLogger(__name__)
@@ -51,6 +52,22 @@ log = logging.getLogger(__name__)
 # every backend. Every other run times its last phase.
 LINEAR_PROBE_THROUGHPUT_PHASE = Phase(name="head (throughput)", train="head", optimizer="sgd",
                                       learning_rate=1e-3, augment=False)
+
+
+# a run's throughput measurement times at most ``train.throughput_steps`` steps per kind and
+# stops after EARLY_STOP_MIN_STEPS (3) once (p90 - p10) / median of its steps is at most this
+THROUGHPUT_SPREAD = 0.05
+
+
+def lock_record(throughput: dict) -> dict:
+    """The machine-wide throughput lock over a run's timed steps (``common.timing``): each
+    kind's hold as ``[acquired_at, released_at]`` (Unix seconds), the total wait and hold."""
+    held = {k: throughput[k]["lock"] for k in THROUGHPUT_KINDS
+            if isinstance(throughput.get(k), dict) and throughput[k].get("lock")}
+    return {"path": next((h.get("path") for h in held.values()), None),
+            "wait_seconds": sum(h.get("wait_seconds", 0.0) for h in held.values()),
+            "held_seconds": sum(h.get("held_seconds", 0.0) for h in held.values()),
+            "held": {k: [h.get("acquired_at"), h.get("released_at")] for k, h in held.items()}}
 
 
 def throughput_phase_record(phase: Phase, spec) -> dict:
@@ -638,8 +655,11 @@ def run(config: RunConfig, timeline: Timeline | None = None) -> dict:
             backend.apply_phase(LINEAR_PROBE_THROUGHPUT_PHASE, len(config.recipe.phases))
         elif backend.phase is None:  # a resumed run whose epochs had all finished
             backend.apply_phase(config.recipe.phases[-1], len(config.recipe.phases) - 1)
-        result["throughput"] = backend.throughput(
-            config.train.batch_size, config.train.precision, config.train.throughput_steps, warmup=2)
+        with early_stop(THROUGHPUT_SPREAD):  # fewer steps once their times agree
+            result["throughput"] = backend.throughput(
+                config.train.batch_size, config.train.precision, config.train.throughput_steps,
+                warmup=2)
+        result["throughput"]["lock"] = lock_record(result["throughput"])
         result["throughput"]["phase"] = throughput_phase_record(backend.phase, spec)
         # what ran, observed by the backend in its fit and predict paths (not the request)
         result["precision"] = backend.precision_used()

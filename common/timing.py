@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import time
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -40,9 +42,81 @@ def summarise_steps(step_seconds, batch_size: int) -> dict:
     }
 
 
+# The machine-wide throughput lock: every process's timed steps hold it, so that no two
+# runs' timed steps ever overlap (runs side by side, two sweeps, a sweep and `bench
+# throughput`); the first step and the warm-up do not hold it.
+THROUGHPUT_LOCK_ENV = "TRANSFER_BENCH_THROUGHPUT_LOCK"
+
+
+def throughput_lock_path() -> Path:
+    """``$TRANSFER_BENCH_THROUGHPUT_LOCK``, by default ``transfer-bench-throughput.lock`` in the
+    system's temporary folder (one per machine)."""
+    return Path(os.environ.get(THROUGHPUT_LOCK_ENV) or
+                Path(tempfile.gettempdir()) / "transfer-bench-throughput.lock")
+
+
+@contextlib.contextmanager
+def throughput_lock() -> Iterator[dict]:
+    """Hold the machine-wide throughput lock (``fcntl.flock``, exclusive; released by the
+    kernel however the holder exits). Yields the record filled in on release:
+    ``wait_seconds`` (until it was acquired), ``acquired_at`` and ``released_at`` (Unix
+    seconds) and ``held_seconds``; ``{"lock": None}`` where there is no flock."""
+    record: dict = {"path": str(throughput_lock_path())}
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: timed without the lock, and the record says so
+        record.update(lock=None, wait_seconds=0.0)
+        yield record
+        return
+    path = throughput_lock_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        t0 = time.time()
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        record["acquired_at"] = time.time()
+        record["wait_seconds"] = record["acquired_at"] - t0
+        try:
+            yield record
+        finally:
+            record["released_at"] = time.time()
+            record["held_seconds"] = record["released_at"] - record["acquired_at"]
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+# ``bench run``'s per-run measurement stops early once its step times agree (the driver
+# sets this around ``Backend.throughput``): after at least EARLY_STOP_MIN_STEPS timed
+# steps, when (p90 - p10) / median of the steps so far is at most the spread
+EARLY_STOP_MIN_STEPS = 3
+_early_stop: dict = {"spread": None}
+
+
+@contextlib.contextmanager
+def early_stop(spread: float | None) -> Iterator[None]:
+    """Within this block, ``measure_steps`` stops once ``(p90 - p10) / median <= spread``
+    after ``EARLY_STOP_MIN_STEPS`` timed steps (None: always every requested step)."""
+    before = _early_stop["spread"]
+    _early_stop["spread"] = spread
+    try:
+        yield
+    finally:
+        _early_stop["spread"] = before
+
+
+def _tight(times: list[float], spread: float | None) -> bool:
+    if spread is None or len(times) < EARLY_STOP_MIN_STEPS:
+        return False
+    p10, median, p90 = np.percentile(times, [10, 50, 90])
+    return (p90 - p10) <= spread * median
+
+
 def measure_steps(step: Callable[[], object], sync: Callable[[], object], *, batch_size: int,
                   steps: int, warmup: int = 2, clock: Callable[[], float] = time.perf_counter) -> dict:
-    """Time ``steps`` calls of ``step`` after one first call and ``warmup`` discarded calls."""
+    """Time ``steps`` calls of ``step`` after one first call and ``warmup`` discarded calls,
+    the timed calls under the machine-wide ``throughput_lock`` (recorded as ``lock``); inside
+    ``early_stop(spread)``, fewer once their times agree within ``spread``."""
     if steps < 1:
         raise ValueError(f"steps = {steps} must be >= 1")
     t0 = clock()
@@ -53,14 +127,23 @@ def measure_steps(step: Callable[[], object], sync: Callable[[], object], *, bat
         step()
     sync()
     times = []
-    for _ in range(steps):
-        t0 = clock()
-        step()
-        sync()
-        times.append(clock() - t0)
+    spread = _early_stop["spread"]
+    with throughput_lock() as lock:
+        for _ in range(steps):
+            t0 = clock()
+            step()
+            sync()
+            times.append(clock() - t0)
+            if _tight(times, spread):
+                break
     result = summarise_steps(times, batch_size)
     result["first_step_seconds"] = first
     result["warmup_steps"] = warmup
+    result["requested_steps"] = steps
+    if spread is not None:
+        result["early_stop"] = {"spread": spread, "min_steps": EARLY_STOP_MIN_STEPS,
+                                "stopped_early": len(times) < steps}
+    result["lock"] = lock
     return result
 
 

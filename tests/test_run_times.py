@@ -62,6 +62,13 @@ def test_a_run_records_where_its_time_goes(fake, tiny_quads, tmp_path):
     assert_timeline(times, phases=2, epochs_per_phase=2)
     # in-process, the timeline starts with the run: no start-up span
     assert "startup" not in {s["name"] for s in times["spans"]}
+    # the timed steps held the machine-wide throughput lock, inside the throughput span
+    (measured,) = [s for s in times["spans"] if s["name"] == "throughput"]
+    lock = result["throughput"]["lock"]
+    assert set(lock["held"]) == {"train", "infer"} and lock["held_seconds"] > 0
+    for acquired, released in lock["held"].values():
+        assert times["started_at"] + measured["start"] - 1e-3 <= acquired <= released \
+            <= times["started_at"] + measured["end"] + 1e-3
 
 
 def test_a_worker_run_counts_its_process_start_up(fake, tiny_quads, tmp_path):
