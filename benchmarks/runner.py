@@ -264,8 +264,9 @@ def _stop(proc: subprocess.Popen) -> None:
                  f"{STOP_GRACE_SECONDS:.0f} s; Ctrl-C again to stop at once)")
         try:
             os.kill(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=STOP_GRACE_SECONDS)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
+            # read (and drop) what it still writes, so a full pipe never blocks its last epoch
+            proc.communicate(timeout=STOP_GRACE_SECONDS)
+        except (ProcessLookupError, subprocess.TimeoutExpired, ValueError, OSError):
             pass
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)

@@ -131,3 +131,29 @@ def test_sigterm_stops_a_run_at_its_epoch_end_with_its_resume_point_saved(fake, 
     assert resumed["status"] == "ok", resumed.get("traceback")
     assert [s["epoch"] for s in resumed["times"]["spans"] if s["name"] == "epoch"] == [3]
     assert outcome(resumed) == outcome(whole)
+
+
+def _sigint_as_from_a_terminal():
+    """A shell without job control starts `cmd &` with SIGINT ignored; give the child the
+    disposition a terminal's Ctrl-C meets."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_ctrl_c_of_bench_run_lets_the_run_save_its_epoch_in_hand(fake, tiny_quads, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.cli", "run", "--backend", "fake",
+                             "--recipe", "head", "--data", str(tiny_quads), "--weights", "none",
+                             "--epochs", "3", "--out", str(out), "--no-report"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, FAKE_BACKEND_CRASH="sleep"),
+                            cwd=str(TESTS.parent), preexec_fn=_sigint_as_from_a_terminal)
+    state_file = out / "fake-head-s0" / "state.json"
+    deadline = time.monotonic() + 60
+    while not state_file.is_file() and time.monotonic() < deadline:  # epoch 1 is saved
+        time.sleep(0.05)
+    assert state_file.is_file(), proc.communicate()
+    proc.send_signal(signal.SIGINT)  # in epoch 2
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert json.loads(state_file.read_text())["done"] == [[0, 0], [0, 1]]
+    assert not (out / "fake-head-s0" / "result.json").exists()
