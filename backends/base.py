@@ -39,6 +39,7 @@ from common.config import Phase, RunConfig
 from common.data import SPLIT_NAMES, Split
 from common.models import HEAD, MODELS, ModelSpec
 from common.schedule import learning_rate_at
+from common.timing import Timeline
 
 
 class BackendError(RuntimeError):
@@ -472,6 +473,10 @@ class Backend(abc.ABC):
         # what build() restored from a checkpoint (counts; missing / shape_mismatch names
         # left at their initial values under ignore_missing_vars), for result.json
         self.restore_report: dict = {}
+        # where this run's time goes (setup, build, apply_phase, predict, features,
+        # checkpoint, restore, throughput spans, recorded here for every backend); the
+        # driver hands its own run timeline in (docs/design.md, "Where a run's time goes")
+        self.timeline = Timeline()
 
     @property
     def info(self) -> BackendInfo:
@@ -526,7 +531,8 @@ class Backend(abc.ABC):
     def setup(self, split: Split, image_size: int) -> None:
         """Seed the framework (``config.train.seed``) and build the input pipelines."""
         self.split, self.image_size = split, image_size
-        self._setup(split, image_size)
+        with self.timeline.span("setup"):
+            self._setup(split, image_size)
 
     def build(self, model: ModelSpec, num_classes: int, weights: WeightsRequest,
               head_hidden_units: int = 0) -> None:
@@ -536,7 +542,8 @@ class Backend(abc.ABC):
         self.spec, self.entry, self.num_classes, self.phase = model, entry, num_classes, None
         self.restore_report = {}
         try:
-            self._build(model, num_classes, weights, head_hidden_units)
+            with self.timeline.span("build", weights=weights.kind):
+                self._build(model, num_classes, weights, head_hidden_units)
         except BaseException:
             self.spec = None
             raise
@@ -561,7 +568,9 @@ class Backend(abc.ABC):
                 if self.info.catalog else phase
         except ValueError as err:  # ConfigError: one line
             raise BackendError(str(err)) from None
-        report = self._apply_phase(applied, index)
+        # Keras compiles here, slim builds its graph and session: their cost shows in this span
+        with self.timeline.span("apply_phase", phase=index):
+            report = self._apply_phase(applied, index)
         if chosen is not None:
             report["native_selection"] = {
                 **chosen.describe(),
@@ -620,14 +629,16 @@ class Backend(abc.ABC):
         self._require("built", "predict()")
         self._check_subset(subset)
         self.pass_name = f"predict {subset}"
-        return self._predict(subset)
+        with self.timeline.span("predict", subset=subset, images=len(self.split.subset(subset))):
+            return self._predict(subset)
 
     def extract_features(self, subset: str) -> np.ndarray:
         """Pooled backbone features ``[N, feature_dim]`` in split order (eval mode)."""
         self._require("built", "extract_features()")
         self._check_subset(subset)
         self.pass_name = f"features {subset}"
-        return self._extract_features(subset)
+        with self.timeline.span("features", subset=subset, images=len(self.split.subset(subset))):
+            return self._extract_features(subset)
 
     def _check_subset(self, subset: str) -> None:
         if subset not in SPLIT_NAMES:
@@ -637,12 +648,14 @@ class Backend(abc.ABC):
     def save(self, path: Path) -> Path:
         """Save model and optimizer state natively at ``path`` (no suffix); return the file."""
         self._require("phase", "save()")
-        return self._save(Path(path))
+        with self.timeline.span("checkpoint", file=Path(path).name):
+            return self._save(Path(path))
 
     def restore(self, path: Path) -> None:
         """Restore what ``save`` wrote (the optimizer too when it belongs to this phase)."""
         self._require("built", "restore()")
-        self._restore(Path(path))
+        with self.timeline.span("restore", file=Path(path).name):
+            self._restore(Path(path))
 
     def trainable_names(self) -> list[str]:
         """Native names of the tensors the current phase trains (keys as in ``snapshot``)."""
@@ -677,7 +690,8 @@ class Backend(abc.ABC):
         if compile and not self.compile_modes:
             raise BackendError(f"the {self.name} backend has no compiled mode to time "
                                f"(it runs {self.execution_mode()})")
-        return self._throughput(batch_size, precision, steps, warmup, kinds, compile)
+        with self.timeline.span("throughput"):
+            return self._throughput(batch_size, precision, steps, warmup, kinds, compile)
 
     #: the compiled mode ``throughput(compile=True)`` times, if any (PyTorch: torch.compile)
     compile_modes: ClassVar[tuple[str, ...]] = ()

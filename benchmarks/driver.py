@@ -19,6 +19,8 @@ import hashlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -26,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from backends import native
-from backends.base import Backend, BackendError, WeightsRequest, backend_info, get_backend
+from backends.base import (THROUGHPUT_KINDS, Backend, BackendError, WeightsRequest, backend_info,
+                           get_backend)
 from benchmarks import conversion
 from common import canonical, parallel, synthetic
 from common.config import Phase, PretrainConfig, RunConfig, validate_run
@@ -39,7 +42,7 @@ from common.parallel import is_main_process
 from common.paths import cache_root, disk_full_message, is_disk_full
 from common.preprocess import get_preset
 from common.results import SchemaError, base_result, write_json_atomic, write_result
-from common.timing import peak_rss_bytes
+from common.timing import Timeline, early_stop, peak_rss_bytes
 
 STATE_FILE = "state.json"
 log = logging.getLogger(__name__)
@@ -49,6 +52,22 @@ log = logging.getLogger(__name__)
 # every backend. Every other run times its last phase.
 LINEAR_PROBE_THROUGHPUT_PHASE = Phase(name="head (throughput)", train="head", optimizer="sgd",
                                       learning_rate=1e-3, augment=False)
+
+
+# a run's throughput measurement times at most ``train.throughput_steps`` steps per kind and
+# stops after EARLY_STOP_MIN_STEPS (3) once (p90 - p10) / median of its steps is at most this
+THROUGHPUT_SPREAD = 0.05
+
+
+def lock_record(throughput: dict) -> dict:
+    """The machine-wide throughput lock over a run's timed steps (``common.timing``): each
+    kind's hold as ``[acquired_at, released_at]`` (Unix seconds), the total wait and hold."""
+    held = {k: throughput[k]["lock"] for k in THROUGHPUT_KINDS
+            if isinstance(throughput.get(k), dict) and throughput[k].get("lock")}
+    return {"path": next((h.get("path") for h in held.values()), None),
+            "wait_seconds": sum(h.get("wait_seconds", 0.0) for h in held.values()),
+            "held_seconds": sum(h.get("held_seconds", 0.0) for h in held.values()),
+            "held": {k: [h.get("acquired_at"), h.get("released_at")] for k, h in held.items()}}
 
 
 def throughput_phase_record(phase: Phase, spec) -> dict:
@@ -382,23 +401,84 @@ def _write_phase_text(run_dir: Path, index: int, report: dict) -> None:
         f.write("\n".join(lines) + "\n")
 
 
+class RunInterrupted(BaseException):
+    """SIGINT or SIGTERM stopped a run at an epoch's end, after its resume point was saved
+    (``signum``: the signal). A BaseException, as KeyboardInterrupt: no failed result."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by signal {signum}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _deferred_interruption(enabled: bool):
+    """While training: SIGINT / SIGTERM set ``flag["signum"]`` so that the epoch in hand
+    finishes and its end saves the resume point before the run stops; a second signal
+    stops it at once (``RunInterrupted``). Only in one process's main thread (a run over
+    several processes stops as its launcher stops it); elsewhere a no-op."""
+    flag: dict = {"signum": None}
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["signum"] is not None:
+            raise RunInterrupted(signum)
+        flag["signum"] = signum
+        log.info(f"signal {signum}: stopping after this epoch, once its checkpoint is written "
+                 f"(again to stop at once)")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Path,
                  earlier_attempts: list[float] = (), started: float | None = None) -> dict:
     """Run every phase with per-epoch validation, checkpoints and resume. ``state.json``
     also keeps the wall seconds of each attempt (``earlier_attempts`` + this one, which
-    began at ``started``), so that a resumed run reports its whole wall time."""
+    began at ``started``), so that a resumed run reports its whole wall time.
+
+    Checkpoints are written when needed (docs/design.md, "Checkpoints and resume"):
+    ``best`` when validation improves, ``last`` at the end of each phase and when a
+    signal stops the run. ``state.json`` is written with each and describes what is on
+    disk: ``best`` the best checkpoint; ``done`` and ``curves`` the epochs held by the
+    resume point, the checkpoint named by ``resume_from`` (the newest of the two), so a
+    run killed between checkpoints resumes from the last one and re-runs the epochs
+    after it."""
     started = time.perf_counter() if started is None else started
     recipe = config.recipe
     state = _load_state(run_dir) or {"done": [], "curves": [], "best": None, "phases": []}
+    state.setdefault("resume_from", "last" if state["done"] else None)  # older state: last
     done = {tuple(x) for x in state["done"]}
-    ckpt_last, ckpt_best = run_dir / "checkpoints" / "last", run_dir / "checkpoints" / "best"
+    ckpt = {"last": run_dir / "checkpoints" / "last", "best": run_dir / "checkpoints" / "best"}
     images_seen = state["curves"][-1]["images_seen"] if state["curves"] else 0
     global_epoch = len(state["curves"])
-    resuming = bool(done)  # an interrupted run: the last checkpoint holds model + optimizer
+    resume_from = state["resume_from"] if done else None  # model + optimizer after `done`
+    timeline = backend.timeline
+    mark = timeline.now()  # where the epoch in hand began (its training pass alone)
+    # what the `last` checkpoint holds (done, curves), for when `best` is overwritten
+    on_disk = {"resume_from": state["resume_from"], "done": sorted(done),
+               "curves": list(state["curves"])}
+    at_last = dict(on_disk) if on_disk["resume_from"] == "last" else \
+        {"resume_from": None, "done": [], "curves": []}
+
+    def persist(point: dict) -> None:
+        """Write state.json with the resume point ``point`` (rank 0; every rank holds it)."""
+        on_disk.update(point)
+        state["attempt_seconds"] = [*earlier_attempts, time.perf_counter() - started]
+        if is_main_process():
+            write_json_atomic(run_dir / STATE_FILE, {**state, **on_disk})
 
     def epoch_end(pi: int, phase: Phase, epoch: int, lr: float, stats: dict) -> None:
-        """Validation, best/last checkpoints and state.json after each epoch (every backend)."""
-        nonlocal global_epoch, images_seen
+        """Validation after each epoch; best / last checkpoints and state.json when needed
+        (every backend)."""
+        nonlocal global_epoch, images_seen, mark, at_last
+        timeline.add("epoch", mark, timeline.now(), phase=pi, epoch=epoch + 1,
+                     images=int(stats["images"]))
         val = _evaluate(backend, split, "val")
         global_epoch += 1
         images_seen += stats["images"]
@@ -409,43 +489,62 @@ def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Pat
                  "seconds": stats["seconds"],
                  "images_per_second": stats["images"] / max(stats["seconds"], 1e-9)}
         state["curves"].append(point)
+        done.add((pi, epoch))
+        state["done"] = sorted(done)
         backend.log_scalars(global_epoch, {"val/top1": val["top1"], "val/loss": val["loss"],
                                            "train/loss": stats["loss"], "train/top1": stats["top1"],
                                            "lr": lr})
+        now = {"done": sorted(done), "curves": list(state["curves"])}
         best = state["best"]
         if best is None or (val["top1"], -val["loss"]) > (best["val_top1"], -best["val_loss"]):
-            backend.save(ckpt_best)
+            if on_disk["resume_from"] == "best":  # about to be overwritten: resume from last
+                persist(at_last)
+            backend.save(ckpt["best"])
             state["best"] = {"global_epoch": global_epoch, "val_top1": val["top1"],
                              "val_loss": val["loss"]}
-        backend.save(ckpt_last)
-        done.add((pi, epoch))
-        state["done"] = sorted(done)
-        state["attempt_seconds"] = [*earlier_attempts, time.perf_counter() - started]
-        if is_main_process():  # every rank holds the same state; rank 0 writes it
-            write_json_atomic(run_dir / STATE_FILE, state)
+            persist({"resume_from": "best", **now})
+        if epoch == phase.epochs - 1 or (interrupted["signum"] is not None
+                                          and on_disk["done"] != now["done"]):
+            backend.save(ckpt["last"])
+            at_last = {"resume_from": "last", **now}
+            persist(at_last)
         log.info(f"  epoch {global_epoch} ({phase.name} {epoch + 1}/{phase.epochs}) lr {lr:.2e}: "
             f"loss {stats['loss']:.3f} train {stats['top1']:.3f} val {val['top1']:.3f} "
             f"({point['images_per_second']:.1f} img/s)")
+        if interrupted["signum"] is not None:
+            raise RunInterrupted(interrupted["signum"])
+        mark = timeline.now()
 
-    for pi, phase in enumerate(recipe.phases):
-        if all((pi, e) in done for e in range(phase.epochs)):
-            continue
-        report = backend.apply_phase(phase, pi)
-        report.update(name=phase.name, train=phase.train, optimizer=phase.optimizer,
-                      learning_rate=phase.learning_rate, head_lr_multiplier=phase.head_lr_multiplier,
-                      epochs=phase.epochs, bn=phase.bn, augment=phase.augment)
-        state["phases"] = [p for p in state["phases"] if p.get("index") != pi] + [{"index": pi, **report}]
-        _write_phase_text(run_dir, pi, report)
-        log.info(f"phase {pi + 1}/{len(recipe.phases)} '{phase.name}': {report['trainable_params']:,} of "
-            f"{report['total_params']:,} parameters trainable ({', '.join(report['trainable_blocks']) or 'head only'})")
-        if resuming:
-            backend.restore(ckpt_last)
-            log.info(f"resumed from {ckpt_last} after {len(done)} epoch(s)")
-            resuming = False
-        # epochs finish in order, so the missing ones are the end of the phase
-        first_epoch = min(e for e in range(phase.epochs) if (pi, e) not in done)
-        backend.fit_phase(phase, first_epoch, global_epoch, functools.partial(epoch_end, pi, phase))
-    backend.restore(ckpt_best)
+    with _deferred_interruption(not parallel.is_parallel(config.train)) as interrupted:
+        for pi, phase in enumerate(recipe.phases):
+            if all((pi, e) in done for e in range(phase.epochs)):
+                continue
+            phase_start = timeline.now()
+            report = backend.apply_phase(phase, pi)
+            report.update(name=phase.name, train=phase.train, optimizer=phase.optimizer,
+                          learning_rate=phase.learning_rate,
+                          head_lr_multiplier=phase.head_lr_multiplier,
+                          epochs=phase.epochs, bn=phase.bn, augment=phase.augment)
+            state["phases"] = [p for p in state["phases"] if p.get("index") != pi] + \
+                [{"index": pi, **report}]
+            _write_phase_text(run_dir, pi, report)
+            log.info(f"phase {pi + 1}/{len(recipe.phases)} '{phase.name}': "
+                     f"{report['trainable_params']:,} of {report['total_params']:,} parameters "
+                     f"trainable ({', '.join(report['trainable_blocks']) or 'head only'})")
+            if resume_from:
+                backend.restore(ckpt[resume_from])
+                log.info(f"resumed from {ckpt[resume_from]} after {len(done)} epoch(s)")
+                resume_from = None
+            # epochs finish in order, so the missing ones are the end of the phase
+            first_epoch = min(e for e in range(phase.epochs) if (pi, e) not in done)
+            mark = timeline.now()
+            backend.fit_phase(phase, first_epoch, global_epoch,
+                              functools.partial(epoch_end, pi, phase))
+            timeline.window("phase", phase_start, timeline.now(), index=pi,
+                            phase_name=phase.name, epochs=phase.epochs - first_epoch)
+        backend.restore(ckpt["best"])
+    if interrupted["signum"] is not None:  # a signal after the last epoch: all is saved
+        raise RunInterrupted(interrupted["signum"])
     return state
 
 
@@ -478,8 +577,9 @@ def linear_probe(backend: Backend, config: RunConfig, split: Split, weights_info
                         f"the probe goes on")
     feature_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
-    probe = fit_linear_probe(feats["train"], _labels(split, "train"), feats["val"],
-                             _labels(split, "val"), split.num_classes, seed=config.train.seed)
+    with backend.timeline.span("linear_probe_fit"):
+        probe = fit_linear_probe(feats["train"], _labels(split, "train"), feats["val"],
+                                 _labels(split, "val"), split.num_classes, seed=config.train.seed)
     fit_seconds = time.perf_counter() - t1
     log.info(f"linear probe: C = {probe.C:g} (L2 {1 / probe.C:g}) chosen on {len(split.val)} "
              f"validation images over {len(probe.search)} values")
@@ -501,8 +601,13 @@ def linear_probe(backend: Backend, config: RunConfig, split: Split, weights_info
                                            f"solver='lbfgs') on standardised features"}}]}
 
 
-def run(config: RunConfig) -> dict:
-    """Run ``config`` end to end and return its result (also written to result.json)."""
+def run(config: RunConfig, timeline: Timeline | None = None) -> dict:
+    """Run ``config`` end to end and return its result (also written to result.json).
+
+    ``timeline``: where the run records where its time goes (``result["times"]["spans"]``);
+    ``benchmarks.run_worker`` passes one that starts with the process, with its start-up
+    span; by default one that starts now."""
+    timeline = Timeline(origin=time.time()) if timeline is None else timeline
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     result = base_result(config.backend, config.recipe.name, config.train.seed,
@@ -513,7 +618,8 @@ def run(config: RunConfig) -> dict:
     try:
         validate_run(config)
         image_size = default_image_size(config)
-        split = prepare_split(config)
+        with timeline.span("data"):
+            split = prepare_split(config)
         if is_main_process():
             split.write(run_dir / "split.json")
         result["data"] = {"source": config.data.source, "root": split.root,
@@ -531,10 +637,15 @@ def run(config: RunConfig) -> dict:
             log.info(f"each training epoch drops its last batch, of 1 image ({len(split.train)} "
                      f"training images, batch {bs}): BatchNorm cannot normalise a single image")
         t_pre = time.perf_counter()
-        request, weights_info = resolve_weights(config, split, image_size)
+        with timeline.span("source_weights", kind=config.model.weights) as extra:
+            request, weights_info = resolve_weights(config, split, image_size)
+            extra["cached"] = weights_info.get("cached")
         pretrain_seconds = time.perf_counter() - t_pre
         result["weights"] = weights_info
-        backend = get_backend(config.backend)(config, run_dir)
+        with timeline.span("framework_import"):
+            backend_class = get_backend(config.backend)
+        backend = backend_class(config, run_dir)
+        backend.timeline = timeline
         result["versions"].update(backend.frameworks())
         result["device"] = backend.device()
         backend.setup(split, image_size)
@@ -569,8 +680,11 @@ def run(config: RunConfig) -> dict:
             backend.apply_phase(LINEAR_PROBE_THROUGHPUT_PHASE, len(config.recipe.phases))
         elif backend.phase is None:  # a resumed run whose epochs had all finished
             backend.apply_phase(config.recipe.phases[-1], len(config.recipe.phases) - 1)
-        result["throughput"] = backend.throughput(
-            config.train.batch_size, config.train.precision, config.train.throughput_steps, warmup=2)
+        with early_stop(THROUGHPUT_SPREAD):  # fewer steps once their times agree
+            result["throughput"] = backend.throughput(
+                config.train.batch_size, config.train.precision, config.train.throughput_steps,
+                warmup=2)
+        result["throughput"]["lock"] = lock_record(result["throughput"])
         result["throughput"]["phase"] = throughput_phase_record(backend.phase, spec)
         # what ran, observed by the backend in its fit and predict paths (not the request)
         result["precision"] = backend.precision_used()
@@ -585,7 +699,8 @@ def run(config: RunConfig) -> dict:
         result["times"] = {"total_seconds": this_attempt + sum(earlier),
                            "attempt_seconds": [*earlier, this_attempt],
                            "pretrain_seconds": pretrain_seconds, "train_seconds": train_seconds,
-                           "throughput_seconds": time.perf_counter() - t_tp}
+                           "throughput_seconds": time.perf_counter() - t_tp,
+                           **timeline.record(), "ended": timeline.now()}
         if earlier:
             log.info(f"wall time {this_attempt + sum(earlier):.1f}s: this attempt {this_attempt:.1f}s "
                      f"+ {sum(earlier):.1f}s in {len(earlier)} earlier attempt(s)")
@@ -609,7 +724,8 @@ def run(config: RunConfig) -> dict:
     if result["status"] != "ok":
         this_attempt = time.perf_counter() - t_start
         result.setdefault("times", {"total_seconds": this_attempt + sum(earlier),
-                                    "attempt_seconds": [*earlier, this_attempt]})
+                                    "attempt_seconds": [*earlier, this_attempt],
+                                    **timeline.record(), "ended": timeline.now()})
         _record_attempt(run_dir, [*earlier, this_attempt])
     try:
         write_result(run_dir / "result.json", result)

@@ -91,13 +91,19 @@ def main(argv: list[str] | None = None) -> int:
                   f"not starting a second worker in it")
         return EXIT_BUSY
 
-    from benchmarks.driver import run
+    from benchmarks.driver import RunInterrupted, run
     from common.config import RunConfig
+    from common.timing import Timeline
 
+    timeline = Timeline()  # from this process's start: interpreter start-up and imports count
+    timeline.add("startup", 0.0, timeline.now())
     with claim:
         config = RunConfig.from_dict(json.loads(config_file.read_text(encoding="utf-8")))
         try:
-            result = run(config)
+            result = run(config, timeline)
+        except RunInterrupted as stop:  # its resume point is saved; no result.json
+            log.info(f"stopped by signal {stop.signum}; 'bench run --resume' continues it")
+            return 128 + stop.signum
         except OSError as err:  # result.json itself could not be written (a full disk)
             from common.paths import disk_full_message, is_disk_full
 

@@ -33,6 +33,9 @@ SWEEP_FILE = "sweep.json"
 # how long a run directory may stay claimed by a worker of a killed sweep (it dies with
 # its parent, see run_worker) before the run is reported as held
 RUN_CLAIM_WAIT_SECONDS = 10.0
+# how long a stopped sweep (Ctrl-C) lets its worker finish the epoch in hand and write its
+# resume point before it is killed (a second Ctrl-C kills it at once: it dies with bench)
+STOP_GRACE_SECONDS = 30.0
 PARENT_PID_ENV = "TRANSFER_BENCH_PARENT_PID"     # the worker dies with this process
 CLAIM_FD_ENV = "TRANSFER_BENCH_RUN_CLAIM_FD"     # the run directory's claim, inherited
 log = logging.getLogger(__name__)
@@ -252,16 +255,23 @@ def _failed_on_disk(run: PlannedRun, err: OSError) -> dict:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
+    """SIGTERM to the worker (or its launcher, which passes it on) alone: the driver finishes
+    the epoch in hand and writes its resume point (docs/design.md, "Checkpoints and
+    resume"), while its input-pipeline processes keep serving it; after STOP_GRACE_SECONDS,
+    or once it has exited, SIGKILL to whatever is left of its process group."""
+    if proc.poll() is None:
+        log.info(f"stopping: the run finishes its epoch and saves it (at most "
+                 f"{STOP_GRACE_SECONDS:.0f} s; Ctrl-C again to stop at once)")
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
+            os.kill(proc.pid, signal.SIGTERM)
+            # read (and drop) what it still writes, so a full pipe never blocks its last epoch
+            proc.communicate(timeout=STOP_GRACE_SECONDS)
+        except (ProcessLookupError, subprocess.TimeoutExpired, ValueError, OSError):
             pass
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
 
 
 def run_sweep(runs: list[PlannedRun], resume: bool = False) -> list[dict]:

@@ -157,6 +157,12 @@ class Times(Record):
     pretrain_seconds: float | None = None
     train_seconds: float | None = None
     throughput_seconds: float | None = None
+    # where the time went (common.timing.Timeline): Unix time of the origin (the worker's
+    # process start), spans and windows in seconds since then, and when the run ended
+    started_at: float | None = None
+    spans: list | None = None
+    windows: list | None = None
+    ended: float | None = None
 
 
 @dataclass

@@ -16,6 +16,7 @@ from common.config import Phase, load_recipe
 from common.models import HEAD, get_model
 from common.results import validate_result
 from conftest import require_backend, tiny_config
+from test_run_times import assert_timeline
 
 BACKENDS = ["pytorch", "keras", "slim"]
 # (model, image size): each model at its minimum size
@@ -173,3 +174,5 @@ def test_two_phase_run_writes_a_valid_result(backend_name, model, tiny_quads, tm
         {k: last[k] for k in ("trainable_params", "trainable_tensors")}
     assert len(on_disk["test"]["confusion"]) == 5
     assert on_disk["versions"] and on_disk["device"]["kind"]
+    # where the run's time went: the same spans in every backend (docs/design.md)
+    assert_timeline(on_disk["times"], phases=2, epochs_per_phase=1)

@@ -1,0 +1,107 @@
+"""``benchmarks/bench_sweep_overhead.py`` on synthetic ``result.json`` files (issue 23): the
+model-step floor, the ratio, where the rest went, and the exit status against ``--target``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import bench_sweep_overhead as overhead
+from common.results import base_result
+
+
+def synthetic_result(backend: str, epoch_seconds: float, *, train_ips: float = 10.0,
+                     infer_ips: float = 50.0) -> dict:
+    """A two-phase run: 100 images trained and 50 validated per phase (floor 2 x (10 + 1) s at
+    10 / 50 img/s), each epoch ``epoch_seconds`` long, 20 test images, 3 s of start-up."""
+    r = base_result(backend, "two_phase", 0, "inception_v3", {})
+    spans, t = [{"name": "startup", "start": 0.0, "end": 3.0}], 3.0
+
+    def add(name, seconds, **detail):
+        nonlocal t
+        spans.append({"name": name, "start": t, "end": t + seconds, **detail})
+        t += seconds
+
+    add("data", 0.5)
+    add("framework_import", 2.0)
+    add("setup", 0.25)
+    add("build", 0.25)
+    windows = []
+    for phase in (0, 1):
+        start = t
+        add("apply_phase", 1.0, phase=phase)
+        add("epoch", epoch_seconds, phase=phase, epoch=1, images=100)
+        add("predict", 1.0, subset="val", images=50)
+        add("checkpoint", 0.5, file="best")
+        windows.append({"name": "phase", "start": start, "end": t, "index": phase,
+                        "phase_name": ["head", "top2"][phase], "epochs": 1})
+    add("restore", 0.5, file="best")
+    add("predict", 1.0, subset="val", images=50)
+    add("predict", 0.4, subset="test", images=20)
+    add("throughput", 4.0)
+    t += 1.0  # not in any span
+    r.update(status="ok", throughput={"train": {"images_per_second": train_ips},
+                                      "infer": {"images_per_second": infer_ips},
+                                      "lock": {"wait_seconds": 1.5, "held_seconds": 2.0}},
+             times={"total_seconds": t - 3.0, "started_at": 1.7e9, "spans": spans,
+                    "windows": windows, "ended": t})
+    return r
+
+
+def write_sweep(root: Path, *results: dict) -> Path:
+    for r in results:
+        d = root / f"{r['backend']}-{r['recipe']}-s{r['seed']}"
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps(r))
+    return root
+
+
+def test_floor_ratio_and_where_the_rest_went():
+    a = overhead.analyse(synthetic_result("pytorch", epoch_seconds=12.0))
+    # floor: 200 images at 10 img/s + (100 validated + 50 + 20 evaluated) at 50 img/s
+    assert a["floor"] == pytest.approx(20.0 + 170 / 50)
+    assert a["wall"] == pytest.approx(3 + 0.5 + 2 + 0.5 + 2 * (1 + 12 + 1 + 0.5) + 0.5 + 1.4 + 4 + 1)
+    assert a["ratio"] == pytest.approx(a["wall"] / a["floor"])
+    head, top2 = a["phases"]
+    assert (head["trained"], head["validated"]) == (100, 50)
+    assert head["floor"] == pytest.approx(11.0)
+    assert head["wall"] == pytest.approx(14.5) and head["ratio"] == pytest.approx(14.5 / 11)
+    rest = a["rest"]
+    assert rest["training passes beyond the floor"] == pytest.approx(24.0 - 20.0)
+    assert rest["evaluation beyond the floor"] == pytest.approx(3.4 - 170 / 50)
+    assert rest["start-up"] == 3.0 and rest["checkpoints"] == pytest.approx(1.0)
+    assert rest["apply_phase (compile)"] == 2.0 and rest["throughput measurement"] == 4.0
+    assert rest["of which throughput lock wait"] == 1.5
+    assert rest["not in a span"] == pytest.approx(1.0)
+    # the floor plus every line but the "of which" adds up to the wall
+    parts = sum(v for k, v in rest.items() if not k.startswith("of which"))
+    assert a["floor"] + parts == pytest.approx(a["wall"])
+
+
+def test_the_exit_status_says_whether_every_phase_met_the_target(tmp_path, capsys):
+    fast = write_sweep(tmp_path / "fast", synthetic_result("pytorch", 12.0),
+                       synthetic_result("keras", 10.5))
+    assert overhead.main([str(fast)]) == 0
+    out = capsys.readouterr().out
+    assert "pytorch-two_phase-s0" in out and "keras-two_phase-s0" in out and "| total |" in out
+    assert "Every training phase within 1.5x its floor." in out
+    slow = write_sweep(tmp_path / "slow", synthetic_result("pytorch", 12.0),
+                       synthetic_result("keras", 30.0))
+    assert overhead.main([str(slow)]) == 1
+    out = capsys.readouterr().out
+    assert "Target missed" in out and "keras-two_phase-s0 head" in out
+    assert overhead.main([str(slow), "--target", "3"]) == 0
+
+
+def test_runs_without_timestamps_are_listed_and_an_empty_sweep_is_an_error(tmp_path, capsys):
+    old = synthetic_result("slim", 12.0)
+    old["times"] = {"total_seconds": 40.0}
+    failed = base_result("keras", "scratch", 0, "inception_v3", {})
+    failed.update(status="failed", error="boom")
+    assert overhead.main([str(write_sweep(tmp_path / "a", old, failed))]) == 2
+    assert "no finished run with timestamps" in capsys.readouterr().err
+    assert overhead.main([str(write_sweep(tmp_path / "b", old, synthetic_result("pytorch", 12.0)))]) == 0
+    out = capsys.readouterr().out
+    assert "| slim-two_phase-s0 | no timestamps |" in out
