@@ -206,6 +206,14 @@ def pretrain_source(config: RunConfig, image_size: int, cache: Path) -> dict:
     return meta
 
 
+def weights_in_child_processes(config: RunConfig) -> bool:
+    """Whether weights must be prepared in child processes rather than in this run's own
+    process: on several devices TensorFlow splits the CPU into logical devices only before its
+    runtime starts (Keras' MirroredStrategy, slim's clones), and converting or pretraining
+    here would start it first. One device: in process (no second framework import)."""
+    return parallel.is_parallel(config.train)
+
+
 def pretrain_and_export_source(config: RunConfig, image_size: int, cache: Path) -> dict:
     """``pretrain_source``, then (in the same process and framework) its canonical weights
     ``cache/canonical.npz`` and their digest, when the model converts."""
@@ -246,7 +254,7 @@ def ensure_source_checkpoint(config: RunConfig, image_size: int) -> tuple[Path, 
             meta = json.loads(meta_file.read_text(encoding="utf-8"))
         else:
             pre_config = dataclasses.replace(config, backend=source)
-            if source == backend:
+            if source == backend and not weights_in_child_processes(config):
                 meta = pretrain_and_export_source(pre_config, image_size, cache)
             else:
                 log.info(f"pretraining the source model in {source} (a child process)")
@@ -263,8 +271,9 @@ def ensure_source_checkpoint(config: RunConfig, image_size: int) -> tuple[Path, 
             if not folder.is_dir():
                 log.info(f"converting the {source} source model to {backend} "
                          f"(digest {meta['digest'][:12]})")
-                conversion.write_native_atomically(backend, model, cache / meta["canonical"],
-                                                   folder, "source", in_process=True)
+                conversion.write_native_atomically(
+                    backend, model, cache / meta["canonical"], folder, "source",
+                    in_process=not weights_in_child_processes(config))
             native = folder / f"source{backend_info(backend).checkpoint_suffix}"
     info = {**meta, "checkpoint": str(native), "cached": cached,
             "source_checkpoint": str(cache / meta["checkpoint"]),
@@ -321,8 +330,10 @@ def shared_imagenet_weights(config: RunConfig) -> tuple[WeightsRequest, dict]:
         raise BackendError(info_backend.offline_message(model))
     file = shared.location()
     npz, meta = conversion.canonical_of_path(model, shared.reader, file,
-                                             in_process=backend == shared.reader)
-    native = conversion.native_of_path(model, backend, npz, in_process=True)
+                                             in_process=backend == shared.reader
+                                             and not weights_in_child_processes(config))
+    native = conversion.native_of_path(model, backend, npz,
+                                       in_process=not weights_in_child_processes(config))
     return (WeightsRequest("path", str(native), ignore_missing_vars=config.ignore_missing_vars),
             {"kind": "imagenet", "digest": meta["digest"], "source_backend": shared.reader,
              "converted_from": str(file), "checkpoint": str(native),
@@ -341,7 +352,8 @@ def path_weights(config: RunConfig, path: str) -> tuple[WeightsRequest, dict]:
     if found == backend or found is None:  # this framework's own file: restored as it is
         digest, why = None, None
         if found is not None and conversion.can_convert(backend, model):
-            digest = conversion.canonical_of_path(model, backend, path, in_process=True)[1]["digest"]
+            digest = conversion.canonical_of_path(
+                model, backend, path, in_process=not weights_in_child_processes(config))[1]["digest"]
         elif found is None:
             why = "not a checkpoint format the suite converts (by its name)"
         else:
@@ -352,7 +364,8 @@ def path_weights(config: RunConfig, path: str) -> tuple[WeightsRequest, dict]:
     conversion.check_convertible(model, found, backend)
     log.info(f"converting {found} checkpoint {path} to {backend}")
     npz, meta = conversion.canonical_of_path(model, found, path, in_process=False)
-    native = conversion.native_of_path(model, backend, npz, in_process=True)
+    native = conversion.native_of_path(model, backend, npz,
+                                       in_process=not weights_in_child_processes(config))
     return (WeightsRequest("path", str(native), ignore_missing_vars=ignore),
             {**info, "digest": meta["digest"], "source_backend": found,
              "converted_from": str(Path(path).resolve()), "checkpoint": str(native),

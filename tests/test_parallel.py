@@ -439,3 +439,23 @@ def test_bench_throughput_devices_measures_pytorch_on_one_and_two_processes(tmp_
     with pytest.raises(SystemExit):
         cli.get_args_parser().parse_args(["throughput", "--devices", "1,1"])
     assert _bench("throughput", "--backend", "pytorch", "--batch-size", 3, "--devices", "2") == 2
+
+
+def test_keras_on_two_devices_converts_the_source_weights_outside_its_process(even_quads, tmp_path):
+    """A Keras run on 2 logical CPUs whose source model must first be converted to Keras: the
+    conversion (and any pretraining) runs in a child process, since converting in the run's
+    own process would start TensorFlow's runtime before MirroredStrategy could split the CPU
+    ("TensorFlow sees 1 device(s)"). With oneDNN forced on, as on an AVX-512 CPU."""
+    require_backend("keras")
+    require_backend("pytorch")  # the source backend: pretrained in pytorch, then converted
+    config = tiny_config("keras", "head", even_quads, tmp_path / "r", model="vgg16",
+                         image_size=32, batch_size=4, devices=2, weights="source")
+    config = dataclasses.replace(
+        config, data=dataclasses.replace(config.data, val_fraction=None, test_fraction=None))
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
+        result = runner.run_child(runner.PlannedRun("r", config))
+    assert result["status"] == "ok", result.get("error")
+    assert result["weights"]["source_backend"] == "pytorch" and result["weights"]["digest"]
+    assert result["parallel"]["environment"]["TF_ENABLE_ONEDNN_OPTS"]["value"] == "0"
+    assert len(result["parallel"]["devices_used"]) == 2
