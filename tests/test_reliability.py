@@ -245,6 +245,26 @@ def test_recipe_names_must_be_path_safe(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.toml"]
 
 
+@pytest.mark.parametrize("name", ["/abs/elsewhere", "../../../../elsewhere", "a/b", ".hidden", "",
+                                  "x" * 65, "tab\tname", "head (1)"])
+def test_phase_names_must_be_path_safe_and_are_refused_in_the_parent(tmp_path, capsys, name):
+    # issue 25: Keras wrote tensorboard/<phase name>/ wherever the phase name pointed
+    with pytest.raises(ConfigError, match="a phase name names folders of the run"):
+        parse_recipe({"name": "r", "phase": [{"name": name, "train": "head"}]})
+    recipe = tmp_path / "evil.toml"
+    recipe.write_text(f'name = "r"\n[[phase]]\nname = {json.dumps(name)}\ntrain = "head"\n')
+    code = bench("run", "--backend", "keras", "--recipe", recipe, "--out", tmp_path / "out")
+    one_line_error(capsys, code, "phase 1: name = ", "is invalid")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.toml"]
+
+
+def test_every_shipped_recipe_has_path_safe_phase_names():
+    from common.config import PHASE_NAME, available_recipes, load_recipe
+
+    for name in available_recipes():
+        assert all(PHASE_NAME.fullmatch(p.name) for p in load_recipe(name).phases), name
+
+
 # ------------------------------------------------------------ 8: portable caches and paths
 
 def test_source_weights_cache_stores_paths_relative_to_itself_and_survives_a_move(
