@@ -628,3 +628,27 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+# ------------------------------------------------------------ issue 25: silently wrong
+
+@pytest.mark.parametrize("key, value", [("top1", 1.7), ("top5", -0.1), ("top1", float("nan"))])
+def test_an_accuracy_outside_0_1_is_refused_by_the_result_schema(fake, tiny_quads, tmp_path, capsys,
+                                                                 monkeypatch, key, value):
+    from benchmarks import report
+    from common.results import load_results
+
+    out = tmp_path / "out"
+    assert bench(*fake_run(tiny_quads, out)) == 0
+    result_file = out / "fake-head-s0" / "result.json"
+    raw = json.loads(result_file.read_text())
+    raw["test"][key] = value  # a hand edit
+    result_file.write_text(json.dumps(raw))
+    run = load_results(out)
+    assert not run.results
+    assert run.unreadable[0].reason.startswith(f"result.test.{key} is {value!r}, outside [0, 1]")
+    monkeypatch.setattr(report, "make_figures", lambda df: {})
+    capsys.readouterr()
+    assert bench("report", out) == 2
+    err = capsys.readouterr().err
+    assert "170" not in err and "outside [0, 1]" in err
