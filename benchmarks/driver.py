@@ -336,13 +336,29 @@ def _evaluate(backend: Backend, split: Split, subset: str) -> dict:
 
 
 def _load_state(run_dir: Path) -> dict | None:
+    """``state.json`` (None before the first epoch). A corrupt one is a ``DataError``: it
+    says which epochs finished, and training from epoch 0 over its checkpoints would be
+    silently wrong."""
     f = run_dir / STATE_FILE
-    if not f.is_file():
+    if not f.exists():
         return None
     try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError:
-        return None
+        state = json.loads(f.read_text(encoding="utf-8"))
+        if not isinstance(state, dict):
+            raise ValueError(f"a JSON {type(state).__name__}, not an object")
+        for key, kind in (("done", list), ("curves", list), ("phases", list)):
+            if not isinstance(state.get(key), kind):
+                raise ValueError(f"{key!r} is missing or not a list")
+        if any(not isinstance(d, list) or len(d) != 2 for d in state["done"]) or \
+                any(not isinstance(c, dict) for c in state["curves"]) or \
+                not isinstance(state.get("best"), (dict, type(None))):
+            raise ValueError("its epochs are malformed")
+        return state
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        why = err.strerror if isinstance(err, OSError) and err.strerror else err
+        raise DataError(f"{f} is corrupt ({' '.join(str(why).split())[:120]}): it records the "
+                        f"epochs this run finished; restore it, or delete {f} and {run_dir / 'checkpoints'} "
+                        f"to train this run again from epoch 0") from None
 
 
 def _write_phase_text(run_dir: Path, index: int, report: dict) -> None:
@@ -598,13 +614,16 @@ def _earlier_attempts(run_dir: Path) -> list[float]:
     """Wall seconds of the earlier attempts at this run (``state.json``), oldest first."""
     try:
         return [float(x) for x in (_load_state(run_dir) or {}).get("attempt_seconds", [])]
-    except (TypeError, ValueError, AttributeError):
+    except (TypeError, ValueError, AttributeError, DataError):  # train_phases names a corrupt file
         return []
 
 
 def _record_attempt(run_dir: Path, attempt_seconds: list[float]) -> None:
     """Keep a failed attempt's wall time in ``state.json`` for the run that resumes it."""
-    state = _load_state(run_dir)
+    try:
+        state = _load_state(run_dir)
+    except DataError:  # corrupt: left as it is for the user (the failed result says so)
+        return
     if state is not None:
         state["attempt_seconds"] = attempt_seconds
         with contextlib.suppress(OSError):

@@ -652,3 +652,23 @@ def test_an_accuracy_outside_0_1_is_refused_by_the_result_schema(fake, tiny_quad
     assert bench("report", out) == 2
     err = capsys.readouterr().err
     assert "170" not in err and "outside [0, 1]" in err
+
+
+@pytest.mark.parametrize("content", [b"{", b"[]", b'{"done": [], "curves": 3}', b"\xff\xfe"])
+def test_a_corrupt_state_json_fails_the_resumed_run_naming_it_instead_of_restarting(
+        fake, tiny_quads, tmp_path, capsys, content):
+    out = tmp_path / "out"
+    run_dir = out / "fake-head-s0"
+    assert bench(*fake_run(tiny_quads, out, "--epochs", "2")) == 0
+    (run_dir / "result.json").unlink()  # as if killed after its last checkpoint
+    (run_dir / "state.json").write_bytes(content)
+    checkpoints = {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()}
+    capsys.readouterr()
+    assert bench("run", "--resume", out, "--no-report") == 1
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "failed" and not result.get("curves")
+    assert result["error"].startswith(f"{run_dir / 'state.json'} is corrupt (")
+    assert f"delete {run_dir / 'state.json'} and {run_dir / 'checkpoints'}" in result["error"]
+    assert (run_dir / "state.json").read_bytes() == content  # left for the user
+    assert {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()} == checkpoints
+    assert result["error"] in capsys.readouterr().out
