@@ -44,6 +44,14 @@ from common.timing import peak_rss_bytes
 STATE_FILE = "state.json"
 log = logging.getLogger(__name__)
 
+
+class TrainingDiverged(RuntimeError):
+    """A loss that is NaN or infinite: the run stops at that epoch and fails, saying so."""
+
+    def __init__(self, epoch: int, what: str, learning_rate: float):
+        super().__init__(f"diverged at epoch {epoch}: {what} at learning rate {learning_rate:.3g}; "
+                         f"lower the phase's learning_rate (or its head_lr_multiplier)")
+
 # What "train img/s" times in a linear-probe run, whose head is fitted by scikit-learn
 # outside the framework: the framework's head-only step (frozen backbone), the same in
 # every backend. Every other run times its last phase.
@@ -390,7 +398,11 @@ def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Pat
     def epoch_end(pi: int, phase: Phase, epoch: int, lr: float, stats: dict) -> None:
         """Validation, best/last checkpoints and state.json after each epoch (every backend)."""
         nonlocal global_epoch, images_seen
+        if not np.isfinite(stats["loss"]):  # before anything is saved: no NaN model is kept
+            raise TrainingDiverged(global_epoch + 1, f"training loss {stats['loss']}", lr)
         val = _evaluate(backend, split, "val")
+        if not np.isfinite(val["loss"]):
+            raise TrainingDiverged(global_epoch + 1, f"validation loss {val['loss']}", lr)
         global_epoch += 1
         images_seen += stats["images"]
         point = {"phase": pi, "phase_name": phase.name, "epoch": epoch + 1,
@@ -586,7 +598,7 @@ def run(config: RunConfig) -> dict:
     except Exception as err:  # bad input or a framework crash: recorded, the sweep goes on
         if is_disk_full(err):
             message = disk_full_message(err.filename or run_dir)
-        elif isinstance(err, (DataError, BackendError, canonical.ConversionError)):
+        elif isinstance(err, (DataError, BackendError, canonical.ConversionError, TrainingDiverged)):
             message = f"{err}"
         else:
             message = f"{type(err).__name__}: {err}"

@@ -672,3 +672,24 @@ def test_a_corrupt_state_json_fails_the_resumed_run_naming_it_instead_of_restart
     assert (run_dir / "state.json").read_bytes() == content  # left for the user
     assert {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()} == checkpoints
     assert result["error"] in capsys.readouterr().out
+
+
+def test_a_diverged_run_stops_at_that_epoch_and_fails_saying_so_in_the_report(fake, tiny_quads,
+                                                                              tmp_path, caplog,
+                                                                              monkeypatch):
+    from benchmarks import report
+
+    monkeypatch.setenv("FAKE_BACKEND_CRASH", "nan")
+    monkeypatch.setenv("FAKE_BACKEND_CRASH_EPOCH", "2")
+    out = tmp_path / "out"
+    monkeypatch.setattr(report, "make_figures", lambda df: {})
+    code = bench(*[a for a in fake_run(tiny_quads, out, "--epochs", "4") if a != "--no-report"])
+    assert code == 1  # as every failed run makes the sweep's exit code
+    result = json.loads((out / "fake-head-s0" / "result.json").read_text())
+    assert result["status"] == "failed"
+    assert result["error"].startswith("diverged at epoch 2: training loss nan at learning rate ")
+    state = json.loads((out / "fake-head-s0" / "state.json").read_text())
+    assert len(state["curves"]) == 1 and state["best"]["global_epoch"] == 1  # stopped, nothing NaN kept
+    assert "fake-head-s0: failed in " in caplog.text and "(diverged at epoch 2: " in caplog.text
+    assert "diverged at epoch 2" in (out / "report.md").read_text()
+
