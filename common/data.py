@@ -316,6 +316,14 @@ def split_dataset(ds: Dataset, seed: int, val_fraction: float | None = None,
     if ds.presplit is not None:
         parts = {name: list(v) for name, v in ds.presplit.items() if v}
         missing = tuple(name for name in ("val", "test") if name not in parts)
+        trained = {s.label for s in parts.get("train", [])}
+        untrained = [c for i, c in enumerate(ds.classes) if i not in trained]
+        if untrained:  # it would be tested, never trained: a silently wrong accuracy
+            where = " and ".join(f"{n}/" for n in ("val", "test") if n in ds.presplit_subsets())
+            more = f" (and {len(untrained) - 1} more class(es))" if len(untrained) > 1 else ""
+            raise DataError(f"{ds.root!r}: class {untrained[0]!r} has images in {where} but none "
+                            f"in train/{more}; add its training images to train/{untrained[0]}/ "
+                            f"or remove it from {where}")
         if missing:  # cut from train/ what the folder lacks
             parts.update(cut(parts.get("train", []), missing))
         return Split(ds.classes, parts.get("train", []), parts["val"], parts["test"], ds.root,

@@ -167,3 +167,21 @@ def test_list_shows_every_backend_with_availability(capsys):
     for name in ("pytorch", "keras", "slim"):
         assert any(line.strip().startswith(name) and ("available" in line) for line in out.splitlines())
     assert "two_phase" in out and "inception_v3" in out
+
+
+@pytest.mark.parametrize("subsets", [("val", "test"), ("val",), ("test",)])
+def test_a_presplit_class_missing_from_train_is_one_line_before_any_run(tmp_path, capsys, subsets):
+    # issue 25: the class was tested without ever being trained, and the run ended ok
+    root = tmp_path / "split"
+    for subset in ("train", *subsets):
+        for ci, cls in enumerate(("a", "b", "c")):
+            if subset == "train" and cls == "c":
+                continue
+            for i in range(3):
+                _png(root / subset / cls / f"{i}.png", colour=(40 * i, 60 * ci, 50 * len(subset)))
+    where = " and ".join(f"{n}/" for n in ("val", "test") if n in subsets)
+    for argv in (["run", "--backend", "pytorch", "--data", str(root), "--out", str(tmp_path / "o")],
+                 ["data", "inspect", str(root)]):
+        code, out, err = _run_cli(capsys, *argv)
+        _assert_one_line_error(code, err, f"class 'c' has images in {where} but none in train/")
+    assert not (tmp_path / "o").exists()
