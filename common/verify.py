@@ -10,13 +10,13 @@ surviving list is what gets split, so every backend sees the same files.
 
 from __future__ import annotations
 
-import hashlib
+import io
 import warnings
 from dataclasses import dataclass, replace
 
 from PIL import Image, UnidentifiedImageError
 
-from common.data import SPLIT_NAMES, DataError, Dataset, Sample, to_rgb
+from common.data import SPLIT_NAMES, DataError, Dataset, FileRefused, Sample, read_image_file, to_rgb
 
 
 @dataclass(frozen=True)
@@ -32,17 +32,18 @@ class ImageInfo:
 def inspect_image(path: str) -> ImageInfo:
     """Mode and size of the image at ``path``, or why it is unusable."""
     try:
-        with open(path, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()
+        data, digest = read_image_file(path)  # a regular file, in chunks, within the limit
+    except FileRefused as err:
+        return ImageInfo(path, problem=str(err))
     except OSError as err:
         return ImageInfo(path, problem=f"cannot read the file ({err.strerror or type(err).__name__})")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # e.g. corrupt EXIF: judged below
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(data)) as img:
                 img.verify()  # structure and checksums (catches truncated PNGs)
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(data)) as img:
                 mode = img.mode
                 rgb = to_rgb(img)
                 rgb.load()  # full decode (truncated JPEG data raises here)

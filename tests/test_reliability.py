@@ -693,3 +693,17 @@ def test_a_diverged_run_stops_at_that_epoch_and_fails_saying_so_in_the_report(fa
     assert "fake-head-s0: failed in " in caplog.text and "(diverged at epoch 2: " in caplog.text
     assert "diverged at epoch 2" in (out / "report.md").read_text()
 
+
+
+def test_predict_refuses_special_files_in_one_line_without_reading_them(fake, tiny_quads, tmp_path,
+                                                                        capsys):
+    out = tmp_path / "out"
+    assert bench(*fake_run(tiny_quads, out)) == 0
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    capsys.readouterr()
+    # /dev/zero grew to 22.7 GB and a FIFO blocked forever (issue 25)
+    for path, kind in (("/dev/zero", "a character device"), (fifo, "a named pipe (FIFO)")):
+        code = bench("predict", out / "fake-head-s0", path)
+        one_line_error(capsys, code, f"image {str(path)!r} cannot be read: not a regular file "
+                                     f"({kind}); only regular files are read")
