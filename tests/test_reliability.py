@@ -707,3 +707,48 @@ def test_predict_refuses_special_files_in_one_line_without_reading_them(fake, ti
         code = bench("predict", out / "fake-head-s0", path)
         one_line_error(capsys, code, f"image {str(path)!r} cannot be read: not a regular file "
                                      f"({kind}); only regular files are read")
+
+
+# ------------------------------------------------------------ issue 25: orphans
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """``(pid, command line)`` of the live children of ``pid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                found.append((int(stat.parent.name), cmd))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+@pytest.mark.parametrize("command", ["throughput", "eval"])
+def test_kill_9_of_bench_kills_its_child_and_removes_its_temp_folder(fake, tiny_quads, tmp_path,
+                                                                     command):
+    out = tmp_path / "out"
+    if command == "eval":
+        assert bench(*fake_run(tiny_quads, out)) == 0
+        argv, child_module = ["eval", out / "fake-head-s0"], "benchmarks.saved_run_worker"
+    else:
+        argv = ["throughput", "--backend", "fake", "--batch-size", "2", "--steps", "1",
+                "--out", tmp_path / "t.json"]
+        child_module = "benchmarks.throughput"
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    parent = spawn_bench(*argv, FAKE_BACKEND_SETUP_SLEEP="60", TMPDIR=str(tmp))
+    try:
+        child = wait_for(lambda: next((p for p, cmd in _children(parent.pid) if child_module in cmd),
+                                      None), f"bench {command} to start {child_module}")
+        wait_for(lambda: any(tmp.iterdir()), "the temporary folder")
+        time.sleep(1.0)  # the child is in the backend's setup
+        assert alive(child)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        wait_for(lambda: not alive(child), f"{child_module} to die with bench {command}", 10)
+        wait_for(lambda: not any(tmp.iterdir()), "the temporary folder to be removed", 10)
+    finally:
+        parent.kill()
+        parent.wait()
