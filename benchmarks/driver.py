@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -228,12 +229,15 @@ def ensure_source_checkpoint(config: RunConfig, image_size: int) -> tuple[Path, 
     backend, model = config.backend, config.model.name
     source = conversion.source_backend(model, backend)
     cache = source_cache_dir(config, image_size, source)
+    from common import verify  # local, as in prepare_split
+
     meta_file = cache / "source.json"
     with claim_directory(cache, wait=None):
         cached = meta_file.is_file()
         if cached:
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        else:
+            meta = _verified_source_meta(cache)
+            cached = meta is not None
+        if not cached:
             pre_config = dataclasses.replace(config, backend=source)
             if source == backend:
                 meta = pretrain_and_export_source(pre_config, image_size, cache)
@@ -244,6 +248,7 @@ def ensure_source_checkpoint(config: RunConfig, image_size: int) -> tuple[Path, 
                 meta = conversion.run_weights_worker(
                     ["pretrain", "--config", config_file, "--image-size", image_size,
                      "--cache", cache], progress=True)["meta"]
+            meta["files"] = verify.fingerprints(cache, _source_weight_files(cache))
             write_json_atomic(meta_file, meta)
         if source == backend:
             native = cache / meta["checkpoint"]
@@ -254,11 +259,55 @@ def ensure_source_checkpoint(config: RunConfig, image_size: int) -> tuple[Path, 
                          f"(digest {meta['digest'][:12]})")
                 conversion.write_native_atomically(backend, model, cache / meta["canonical"],
                                                    folder, "source", in_process=True)
+                meta["files"] = verify.fingerprints(cache, _source_weight_files(cache), meta["files"])
+                write_json_atomic(meta_file, meta)
             native = folder / f"source{backend_info(backend).checkpoint_suffix}"
     info = {**meta, "checkpoint": str(native), "cached": cached,
             "source_checkpoint": str(cache / meta["checkpoint"]),
             "converted_from": None if source == backend else str(cache / meta["checkpoint"])}
     return native, info
+
+
+def _source_weight_files(cache: Path) -> list[str]:
+    """The files of a source-weights cache entry that hold weights (every backend's
+    checkpoint, ``canonical.npz``), relative to it: not its record, claim or training logs."""
+    skip = {"source.json", ".lock", "pretrain-config.json"}
+    return sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*")
+                  if p.is_file() and p.relative_to(cache).parts[0] not in skip | {"train"}
+                  and not p.relative_to(cache).parts[0].startswith("."))
+
+
+def _verified_source_meta(cache: Path) -> dict | None:
+    """``source.json`` of a cache entry whose weight files are the ones it was made with, or
+    None after clearing an entry whose files were replaced, truncated or removed (the
+    caller rebuilds it): its digest would describe other weights. The check is the size and
+    mtime of each file, its sha256 when they changed (``common.verify.changed_files``)."""
+    from common import verify
+
+    meta_file = cache / "source.json"
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or not isinstance(meta.get("checkpoint"), str):
+            raise ValueError("not a source-weights record")
+    except (OSError, ValueError) as err:
+        problems, meta = [f"source.json: unreadable ({type(err).__name__})"], None
+    else:
+        if not isinstance(meta.get("files"), dict):  # an entry made before files were recorded
+            meta["files"] = verify.fingerprints(cache, _source_weight_files(cache))
+            write_json_atomic(meta_file, meta)
+            return meta
+        problems, fresh = verify.changed_files(cache, meta["files"])
+        if not problems:
+            if fresh != meta["files"]:  # rewritten with the same bytes: remember the new mtime
+                meta["files"] = fresh
+                write_json_atomic(meta_file, meta)
+            return meta
+    log.warning(f"warning: the source-weights cache {cache} changed since it was made "
+                f"({'; '.join(problems[:3])}); rebuilding it")
+    for p in cache.iterdir():
+        if p.name != ".lock":  # the claim this process holds
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return None
 
 
 def resolve_weights(config: RunConfig, split: Split, image_size: int) -> tuple[WeightsRequest, dict]:

@@ -752,3 +752,39 @@ def test_kill_9_of_bench_kills_its_child_and_removes_its_temp_folder(fake, tiny_
     finally:
         parent.kill()
         parent.wait()
+
+
+@pytest.mark.parametrize("damage", ["replace", "truncate", "remove", "same bytes"])
+def test_a_changed_source_weights_cache_file_is_noticed_and_the_entry_rebuilt(
+        fake, tiny_quads, tmp_path, monkeypatch, caplog, damage):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    config = tiny_config("fake", "head", tiny_quads, tmp_path / "run", weights="source")
+    ckpt, meta = driver.ensure_source_checkpoint(config, 75)
+    made = ckpt.read_bytes()
+    record = json.loads((driver.source_cache_dir(config, 75) / "source.json").read_text())
+    assert record["files"] == {"fake/source.pkl": {
+        "size": len(made), "mtime_ns": ckpt.stat().st_mtime_ns,
+        "sha256": hashlib.sha256(made).hexdigest()}}
+    if damage == "replace":  # other weights, as a user's copy over the file would be
+        with open(ckpt, "wb") as f:
+            pickle.dump({"params": {"stem.W": np.zeros(3)}}, f)
+    elif damage == "truncate":
+        ckpt.write_bytes(made[:len(made) // 2])
+    elif damage == "remove":
+        ckpt.unlink()
+    else:
+        time.sleep(0.01)
+        ckpt.write_bytes(made)  # a new mtime, the same bytes: still the same weights
+    caplog.clear()
+    again, meta = driver.ensure_source_checkpoint(config, 75)
+    if damage == "same bytes":
+        assert meta["cached"] and "rebuilding" not in caplog.text
+    else:
+        assert not meta["cached"], "the changed entry was trusted"
+        assert "changed since it was made" in caplog.text and "rebuilding it" in caplog.text
+        assert {"replace": "fake/source.pkl: changed (", "truncate": "fake/source.pkl: changed (",
+                "remove": "fake/source.pkl: missing"}[damage] in caplog.text
+        assert again.read_bytes() == made  # the same pretraining (seed 0) made again
+    record = json.loads((driver.source_cache_dir(config, 75) / "source.json").read_text())
+    assert record["files"]["fake/source.pkl"]["mtime_ns"] == again.stat().st_mtime_ns
+    assert driver.ensure_source_checkpoint(config, 75)[1]["cached"]
