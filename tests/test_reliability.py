@@ -788,3 +788,101 @@ def test_a_changed_source_weights_cache_file_is_noticed_and_the_entry_rebuilt(
     record = json.loads((driver.source_cache_dir(config, 75) / "source.json").read_text())
     assert record["files"]["fake/source.pkl"]["mtime_ns"] == again.stat().st_mtime_ns
     assert driver.ensure_source_checkpoint(config, 75)[1]["cached"]
+
+
+# ------------------------------------------------------------ issue 25: writes outside --out
+
+# every system call that creates, changes or removes a path (x86-64 and aarch64 names)
+TRACED_CALLS = ("open,openat,creat,mkdir,mkdirat,rename,renameat,renameat2,unlink,unlinkat,rmdir,"
+                "link,linkat,symlink,symlinkat,truncate,mknod,mknodat,chmod,fchmodat,chdir,fchdir")
+WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND", "O_TMPFILE")
+# not files: the null device, multiprocessing's POSIX semaphores (kernel objects in /dev/shm)
+NOT_FILES = ("/dev/null", "/dev/shm/sem.")
+
+
+def strace_usable() -> bool:
+    import shutil
+
+    return bool(shutil.which("strace")) and subprocess.run(
+        ["strace", "-f", "-qq", "-o", "/dev/null", "true"], capture_output=True).returncode == 0
+
+
+def paths_written(argv: list, cwd: Path, env: dict, log_dir: Path) -> list[str]:
+    """Every path ``python -m benchmarks.cli ARGV`` and all its descendants created, wrote,
+    renamed, removed or chmod-ed, resolved, as the kernel saw it (``strace -f`` of the
+    system calls, so a framework's own C++ writers count too). Fails on a chdir, after
+    which a relative path could not be resolved."""
+    import re
+
+    log_dir.mkdir()
+    proc = subprocess.run(["strace", "-f", "-ff", "-qq", "-y", "-s", "8192", "-e",
+                           f"trace={TRACED_CALLS}", "-o", str(log_dir / "trace"), sys.executable,
+                           "-m", "benchmarks.cli", *map(str, argv)],
+                          cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    call = re.compile(r"^(\w+)\((.*)\)\s+=\s+(\S+)")
+    arg = re.compile(r'(?:(?:AT_FDCWD|\d+)<([^>]*)>,\s*)?"((?:[^"\\]|\\.)*)"')
+    written = []
+    for trace in log_dir.iterdir():
+        for line in trace.read_text(errors="replace").splitlines():
+            m = call.match(line)
+            if not m or m.group(3).startswith("-"):  # only calls that succeeded
+                continue
+            name, args = m.group(1), m.group(2)
+            assert name not in ("chdir", "fchdir"), f"a process changed directory: {line}"
+            if name in ("open", "openat") and not any(f in args for f in WRITE_FLAGS):
+                continue
+            for base, path in arg.findall(args):
+                written.append(os.path.realpath(os.path.join(base or str(cwd), path)))
+    return written
+
+
+def outside(paths: list[str], *roots: Path) -> list[str]:
+    roots = [os.path.realpath(r) for r in roots]
+    return sorted({p for p in paths if not p.startswith(NOT_FILES)
+                   and not any(p == r or p.startswith(r + os.sep) for r in roots)})
+
+
+@pytest.mark.skipif(not strace_usable(), reason="needs strace (ptrace allowed)")
+def test_every_path_bench_run_writes_lies_under_its_out_folder(fake, tiny_quads, tmp_path):
+    """bench run, its workers and the report: nothing outside --out, temporary files included
+    (each worker's TMPDIR is RUN/tmp). Then bench eval and export write their files in the
+    run folder and only their removed temporary folder in TMPDIR. The same audit on the
+    real backends (TensorBoard, checkpoints, framework temp files):
+    test_every_path_a_framework_run_writes_lies_under_its_out_folder."""
+    cwd, tmp, out = tmp_path / "cwd", tmp_path / "tmp", tmp_path / "out"
+    cwd.mkdir()
+    tmp.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmp), HOME=str(tmp_path / "home"), PYTHONDONTWRITEBYTECODE="1")
+    argv = [a for a in fake_run(tiny_quads, out, "--epochs", "2") if a != "--no-report"]
+    cache = Path(os.environ[CACHE_ENV])  # the suite's caches (docs/design.md), matplotlib's too
+    assert outside(paths_written(argv, cwd, env, tmp_path / "t1"), out, cache) == []
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "fake-head-s0", "report.html",
+                                                     "report.md", "summary.csv", "summary.json",
+                                                     "sweep.json"]
+    run_dir = out / "fake-head-s0"
+    assert not (run_dir / "tmp").exists()
+    for i, argv in enumerate((["eval", run_dir], ["export", run_dir, "--format", "npz"])):
+        assert outside(paths_written(argv, cwd, env, tmp_path / f"t{i + 2}"), run_dir, tmp,
+                       cache) == []
+    assert (run_dir / "eval").is_dir() and (run_dir / "export" / "npz").is_dir()
+    assert list(tmp.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not strace_usable(), reason="needs strace (ptrace allowed)")
+@pytest.mark.parametrize("backend", ["pytorch", "keras", "slim"])
+def test_every_path_a_framework_run_writes_lies_under_its_out_folder(tiny_quads, tmp_path, backend):
+    from conftest import require_backend
+
+    require_backend(backend)
+    cwd, tmp, out = tmp_path / "cwd", tmp_path / "tmp", tmp_path / "out"
+    cwd.mkdir()
+    tmp.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmp), HOME=str(tmp_path / "home"), PYTHONDONTWRITEBYTECODE="1")
+    argv = ["run", "--backend", backend, "--recipe", "two_phase", "--data", tiny_quads,
+            "--weights", "none", "--epochs", "1", "--image-size", "75", "--batch-size", "4",
+            "--out", out, "--no-report"]
+    cache = Path(os.environ[CACHE_ENV])  # the suite's caches (docs/design.md)
+    assert outside(paths_written(argv, cwd, env, tmp_path / "trace"), out, cache) == []
+    assert (out / f"{backend}-two_phase-s0" / "result.json").is_file()
