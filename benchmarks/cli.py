@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import shlex
 import sys
 import time
@@ -31,6 +32,7 @@ from common.config import (ConfigError, DataConfig, ModelConfig, PRECISIONS, Rec
                            validate_run, validate_split_options)
 from common.data import DataError
 from common.models import MODELS, SMOKE_MODEL
+from common.paths import cache_root
 from common.preprocess import PRESETS
 from common.results import run_name
 
@@ -988,6 +990,9 @@ COMMANDS = {"run": cmd_run, "list": cmd_list, "recipe": cmd_recipe, "data": cmd_
 
 def main(argv: list[str] | None = None) -> int:
     configure_console()
+    # matplotlib's font cache and config live with the suite's other caches, not in $HOME
+    # (docs/design.md: everything generated or cached lives under the cache root)
+    os.environ.setdefault("MPLCONFIGDIR", str(cache_root() / "matplotlib"))
     argv = sys.argv[1:] if argv is None else list(argv)
     args = get_args_parser().parse_args(argv)
     args.argv = argv

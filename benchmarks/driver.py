@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -46,6 +47,14 @@ from common.timing import Timeline, early_stop, peak_rss_bytes
 
 STATE_FILE = "state.json"
 log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss that is NaN or infinite: the run stops at that epoch and fails, saying so."""
+
+    def __init__(self, epoch: int, what: str, learning_rate: float):
+        super().__init__(f"diverged at epoch {epoch}: {what} at learning rate {learning_rate:.3g}; "
+                         f"lower the phase's learning_rate (or its head_lr_multiplier)")
 
 # What "train img/s" times in a linear-probe run, whose head is fitted by scikit-learn
 # outside the framework: the framework's head-only step (frozen backbone), the same in
@@ -247,12 +256,15 @@ def ensure_source_checkpoint(config: RunConfig, image_size: int) -> tuple[Path, 
     backend, model = config.backend, config.model.name
     source = conversion.source_backend(model, backend)
     cache = source_cache_dir(config, image_size, source)
+    from common import verify  # local, as in prepare_split
+
     meta_file = cache / "source.json"
     with claim_directory(cache, wait=None):
         cached = meta_file.is_file()
         if cached:
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        else:
+            meta = _verified_source_meta(cache)
+            cached = meta is not None
+        if not cached:
             pre_config = dataclasses.replace(config, backend=source)
             if source == backend and not weights_in_child_processes(config):
                 meta = pretrain_and_export_source(pre_config, image_size, cache)
@@ -263,6 +275,7 @@ def ensure_source_checkpoint(config: RunConfig, image_size: int) -> tuple[Path, 
                 meta = conversion.run_weights_worker(
                     ["pretrain", "--config", config_file, "--image-size", image_size,
                      "--cache", cache], progress=True)["meta"]
+            meta["files"] = verify.fingerprints(cache, _source_weight_files(cache))
             write_json_atomic(meta_file, meta)
         if source == backend:
             native = cache / meta["checkpoint"]
@@ -274,11 +287,55 @@ def ensure_source_checkpoint(config: RunConfig, image_size: int) -> tuple[Path, 
                 conversion.write_native_atomically(
                     backend, model, cache / meta["canonical"], folder, "source",
                     in_process=not weights_in_child_processes(config))
+                meta["files"] = verify.fingerprints(cache, _source_weight_files(cache), meta["files"])
+                write_json_atomic(meta_file, meta)
             native = folder / f"source{backend_info(backend).checkpoint_suffix}"
     info = {**meta, "checkpoint": str(native), "cached": cached,
             "source_checkpoint": str(cache / meta["checkpoint"]),
             "converted_from": None if source == backend else str(cache / meta["checkpoint"])}
     return native, info
+
+
+def _source_weight_files(cache: Path) -> list[str]:
+    """The files of a source-weights cache entry that hold weights (every backend's
+    checkpoint, ``canonical.npz``), relative to it: not its record, claim or training logs."""
+    skip = {"source.json", ".lock", "pretrain-config.json"}
+    return sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*")
+                  if p.is_file() and p.relative_to(cache).parts[0] not in skip | {"train"}
+                  and not p.relative_to(cache).parts[0].startswith("."))
+
+
+def _verified_source_meta(cache: Path) -> dict | None:
+    """``source.json`` of a cache entry whose weight files are the ones it was made with, or
+    None after clearing an entry whose files were replaced, truncated or removed (the
+    caller rebuilds it): its digest would describe other weights. The check is the size and
+    mtime of each file, its sha256 when they changed (``common.verify.changed_files``)."""
+    from common import verify
+
+    meta_file = cache / "source.json"
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or not isinstance(meta.get("checkpoint"), str):
+            raise ValueError("not a source-weights record")
+    except (OSError, ValueError) as err:
+        problems, meta = [f"source.json: unreadable ({type(err).__name__})"], None
+    else:
+        if not isinstance(meta.get("files"), dict):  # an entry made before files were recorded
+            meta["files"] = verify.fingerprints(cache, _source_weight_files(cache))
+            write_json_atomic(meta_file, meta)
+            return meta
+        problems, fresh = verify.changed_files(cache, meta["files"])
+        if not problems:
+            if fresh != meta["files"]:  # rewritten with the same bytes: remember the new mtime
+                meta["files"] = fresh
+                write_json_atomic(meta_file, meta)
+            return meta
+    log.warning(f"warning: the source-weights cache {cache} changed since it was made "
+                f"({'; '.join(problems[:3])}); rebuilding it")
+    for p in cache.iterdir():
+        if p.name != ".lock":  # the claim this process holds
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return None
 
 
 def resolve_weights(config: RunConfig, split: Split, image_size: int) -> tuple[WeightsRequest, dict]:
@@ -393,13 +450,29 @@ def _evaluate(backend: Backend, split: Split, subset: str) -> dict:
 
 
 def _load_state(run_dir: Path) -> dict | None:
+    """``state.json`` (None before the first epoch). A corrupt one is a ``DataError``: it
+    says which epochs finished, and training from epoch 0 over its checkpoints would be
+    silently wrong."""
     f = run_dir / STATE_FILE
-    if not f.is_file():
+    if not f.exists():
         return None
     try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError:
-        return None
+        state = json.loads(f.read_text(encoding="utf-8"))
+        if not isinstance(state, dict):
+            raise ValueError(f"a JSON {type(state).__name__}, not an object")
+        for key, kind in (("done", list), ("curves", list), ("phases", list)):
+            if not isinstance(state.get(key), kind):
+                raise ValueError(f"{key!r} is missing or not a list")
+        if any(not isinstance(d, list) or len(d) != 2 for d in state["done"]) or \
+                any(not isinstance(c, dict) for c in state["curves"]) or \
+                not isinstance(state.get("best"), (dict, type(None))):
+            raise ValueError("its epochs are malformed")
+        return state
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        why = err.strerror if isinstance(err, OSError) and err.strerror else err
+        raise DataError(f"{f} is corrupt ({' '.join(str(why).split())[:120]}): it records the "
+                        f"epochs this run finished; restore it, or delete {f} and {run_dir / 'checkpoints'} "
+                        f"to train this run again from epoch 0") from None
 
 
 def _write_phase_text(run_dir: Path, index: int, report: dict) -> None:
@@ -492,7 +565,11 @@ def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Pat
         nonlocal global_epoch, images_seen, mark, at_last
         timeline.add("epoch", mark, timeline.now(), phase=pi, epoch=epoch + 1,
                      images=int(stats["images"]))
+        if not np.isfinite(stats["loss"]):  # before anything is saved: no NaN model is kept
+            raise TrainingDiverged(global_epoch + 1, f"training loss {stats['loss']}", lr)
         val = _evaluate(backend, split, "val")
+        if not np.isfinite(val["loss"]):
+            raise TrainingDiverged(global_epoch + 1, f"validation loss {val['loss']}", lr)
         global_epoch += 1
         images_seen += stats["images"]
         point = {"phase": pi, "phase_name": phase.name, "epoch": epoch + 1,
@@ -723,7 +800,7 @@ def run(config: RunConfig, timeline: Timeline | None = None) -> dict:
     except Exception as err:  # bad input or a framework crash: recorded, the sweep goes on
         if is_disk_full(err):
             message = disk_full_message(err.filename or run_dir)
-        elif isinstance(err, (DataError, BackendError, canonical.ConversionError)):
+        elif isinstance(err, (DataError, BackendError, canonical.ConversionError, TrainingDiverged)):
             message = f"{err}"
         else:
             message = f"{type(err).__name__}: {err}"
@@ -752,13 +829,16 @@ def _earlier_attempts(run_dir: Path) -> list[float]:
     """Wall seconds of the earlier attempts at this run (``state.json``), oldest first."""
     try:
         return [float(x) for x in (_load_state(run_dir) or {}).get("attempt_seconds", [])]
-    except (TypeError, ValueError, AttributeError):
+    except (TypeError, ValueError, AttributeError, DataError):  # train_phases names a corrupt file
         return []
 
 
 def _record_attempt(run_dir: Path, attempt_seconds: list[float]) -> None:
     """Keep a failed attempt's wall time in ``state.json`` for the run that resumes it."""
-    state = _load_state(run_dir)
+    try:
+        state = _load_state(run_dir)
+    except DataError:  # corrupt: left as it is for the user (the failed result says so)
+        return
     if state is not None:
         state["attempt_seconds"] = attempt_seconds
         with contextlib.suppress(OSError):

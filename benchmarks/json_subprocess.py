@@ -30,7 +30,7 @@ def run_json_child(module: str, args: list[str], progress: bool = False,
     messages) are logged here as they come, so a long child such as pretraining shows
     its progress. ``launcher``: the arguments of a launcher module the child runs under
     (``-m torch.distributed.run --standalone ...``); ``environment``: variables to set."""
-    from benchmarks.runner import PARENT_PID_ENV
+    from benchmarks.runner import PARENT_PID_ENV, _die_with_this_process
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
@@ -38,7 +38,9 @@ def run_json_child(module: str, args: list[str], progress: bool = False,
     env.update(environment or {})
     cmd = [sys.executable, *launcher, "-m", module, *map(str, args)]
     with tempfile.TemporaryFile(mode="w+") as stderr:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+        # a launcher (torchrun) cannot arm its own death signal: armed here, before it starts
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
+                                preexec_fn=_die_with_this_process if launcher else None)
         lines = []
         for line in proc.stdout:
             lines.append(line.rstrip("\n"))

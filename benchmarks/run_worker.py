@@ -19,6 +19,7 @@ import ctypes
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -33,26 +34,52 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 EXIT_BUSY = 3         # the run directory is claimed by another live worker
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """Have this process killed when ``parent_pid`` (its parent) exits, however it exits."""
+def die_with_parent(parent_pid: int, cleanup: tuple[Path, ...] = ()) -> None:
+    """Have this process killed when ``parent_pid`` (its parent) exits, however it exits.
+
+    ``cleanup``: folders this process must not leave behind (its temporary folder): then
+    the parent's death is a SIGTERM, whose handler, or a watchdog thread polling the
+    parent's PID, whichever comes first, removes them and exits."""
+    def leave() -> None:
+        for folder in cleanup:
+            shutil.rmtree(folder, ignore_errors=True)
+        os._exit(1)
+
     armed = False
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
-            armed = libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+            death = signal.SIGTERM if cleanup else signal.SIGKILL
+            armed = libc.prctl(PR_SET_PDEATHSIG, death, 0, 0, 0) == 0
         except (OSError, AttributeError):
             armed = False
+    if cleanup and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: leave())
     if os.getppid() != parent_pid:  # the parent died before the signal was armed
-        os._exit(1)
-    if armed:
+        leave()
+    if armed and not cleanup:
         return
 
     def watch() -> None:
         while os.getppid() == parent_pid:
-            time.sleep(1.0)
-        os._exit(1)
+            time.sleep(0.2 if cleanup else 1.0)
+        leave()
 
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def die_with_bench(cleanup: tuple[Path, ...] = ()) -> None:
+    """The one call every child process of ``bench`` makes first: die with the process
+    that started it (``die_with_parent``), removing ``cleanup``. Under a launcher
+    (torchrun sets ``LOCAL_RANK``) that is the launcher, which itself dies with ``bench``;
+    otherwise the PID in ``PARENT_PID_ENV``, set by whoever started it; a process started
+    by hand, without either, is left alone."""
+    from benchmarks.runner import PARENT_PID_ENV
+
+    if "LOCAL_RANK" in os.environ:
+        die_with_parent(os.getppid(), cleanup)
+    elif os.environ.get(PARENT_PID_ENV):
+        die_with_parent(int(os.environ[PARENT_PID_ENV]), cleanup)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,10 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     # under torchrun (one worker per device): the launcher is the parent and holds the run
     # directory's claim; rank 0 alone talks to the terminal and writes the run's files
     launched = "LOCAL_RANK" in os.environ
-    if launched:
-        die_with_parent(os.getppid())
-    elif os.environ.get(runner.PARENT_PID_ENV):
-        die_with_parent(int(os.environ[runner.PARENT_PID_ENV]))
+    die_with_bench()
     configure_console(prefix=PROGRESS_MARK)  # the parent echoes these lines to the terminal
     from common.parallel import is_main_process
     from common.progress import PROGRESS_ENV

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -148,7 +149,8 @@ def _run_worker(run: PlannedRun, claim: DirectoryClaim) -> dict:
     tail: list[str] = []
     disk_full = None
     relay = ProgressRelay(prefix=f"  [{run.name}] ")  # the worker's progress, rendered here
-    with open(run_dir / "log.txt", "a", encoding="utf-8", errors="backslashreplace") as logfile:
+    with worker_tmpdir(run_dir, env), \
+            open(run_dir / "log.txt", "a", encoding="utf-8", errors="backslashreplace") as logfile:
         launched = worker_command(run.config, config_file)
         proc = subprocess.Popen(
             launched, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8",
@@ -203,6 +205,21 @@ def _run_worker(run: PlannedRun, claim: DirectoryClaim) -> dict:
     if disk_full is not None:
         raise disk_full
     return _write_unrun(run, "failed", f"worker process died ({reason}): {last}"[:500])
+
+
+@contextlib.contextmanager
+def worker_tmpdir(run_dir: Path, env: dict):
+    """``RUN_DIR/tmp`` as the worker's ``TMPDIR`` while it runs: the temporary files of the
+    worker and its framework lie inside the run folder, like everything a run writes
+    (a killed sweep's is removed when the run starts again)."""
+    tmp = run_dir / "tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    env["TMPDIR"] = str(tmp)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def worker_command(config: RunConfig, config_file: Path) -> list[str]:

@@ -28,6 +28,7 @@ import numpy as np
 
 from backends.base import availability, backend_info
 from benchmarks.console import PROGRESS_MARK
+from benchmarks.runner import PARENT_PID_ENV
 from common.config import RunConfig
 from common.data import DataError, Sample, Split, load_dataset
 from common.metrics import classification_metrics, log_softmax
@@ -177,6 +178,7 @@ def run_in_backend(run: SavedRun, job: dict) -> dict:
         env.update(backend_info(run.config.backend).environment)  # before the framework
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         env[PROGRESS_ENV] = "off" if progress_mode() == "off" else "events"
+        env[PARENT_PID_ENV] = str(os.getpid())  # it dies with bench and removes tmp
         relay = ProgressRelay()
         tail: list[str] = []
         proc = subprocess.Popen([sys.executable, "-m", "benchmarks.saved_run_worker", str(job_file)],

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.console import PROGRESS_MARK, configure_console
+from benchmarks.run_worker import die_with_bench
 from benchmarks.saved_run import GOLDEN_IMAGES
 from common.config import RunConfig
 from common.data import DataError, Sample, Split, load_image
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m benchmarks.saved_run_worker JOB.json", file=sys.stderr)
         return 2
+    # dies with bench, and then removes the job's folder (its answer, logits, scratch files)
+    die_with_bench(cleanup=(Path(argv[0]).parent,))
     configure_console(prefix=PROGRESS_MARK)  # the parent echoes these lines
     job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     try:

@@ -269,11 +269,9 @@ def use_smoke_compilation_caches() -> None:
 
 
 def main(argv: list[str]) -> int:
-    from benchmarks.run_worker import die_with_parent
-    from benchmarks.runner import PARENT_PID_ENV
+    from benchmarks.run_worker import die_with_bench
 
-    if os.environ.get(PARENT_PID_ENV):
-        die_with_parent(int(os.environ[PARENT_PID_ENV]))
+    die_with_bench()
     job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     if job.get("smoke"):
         use_smoke_compilation_caches()

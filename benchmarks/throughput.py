@@ -11,7 +11,9 @@ prints one JSON line.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import sys
 import tempfile
 import traceback
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from backends.base import WeightsRequest, backend_info, get_backend
 from benchmarks.json_subprocess import run_json_child
+from benchmarks.run_worker import die_with_bench
 from benchmarks.driver import throughput_phase_record
 from common.config import Phase, Recipe, RunConfig, DataConfig, ModelConfig, TrainConfig
 from common.data import Sample, Split
@@ -30,12 +33,15 @@ ALL_LAYERS = Phase(name="all", train="all", optimizer="momentum", learning_rate=
 
 
 def measure(backend: str, model: str, batch_size: int, image_size: int | None,
-            precision: str, steps: int, warmup: int, devices: int = 1) -> dict:
+            precision: str, steps: int, warmup: int, devices: int = 1,
+            workdir: Path | None = None) -> dict:
     """Throughput of ``backend``/``model`` (imports that framework); on ``devices`` devices,
-    ``batch_size`` is the global batch (``common.parallel``) and img/s counts all of them."""
+    ``batch_size`` is the global batch (``common.parallel``) and img/s counts all of them.
+    ``workdir``: the backend's scratch run folder (default: a temporary one)."""
     spec = get_model(model)
     size = image_size or spec.default_size
-    with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
+    with contextlib.nullcontext(str(workdir)) if workdir else \
+            tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
         config = RunConfig(backend=backend, recipe=Recipe(name="throughput", phases=(ALL_LAYERS,)),
                            data=DataConfig(source="synthetic", image_size=size),
                            model=ModelConfig(name=model, weights="none"),
@@ -121,13 +127,17 @@ def write_scaling_plot(rows: list[dict], path: Path) -> Path:
 
 def main(argv: list[str]) -> int:
     backend, model, batch, size, precision, steps, warmup, devices = argv
+    workdir = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
+    die_with_bench(cleanup=(workdir,))  # a killed bench takes this process and workdir along
     try:
         result = measure(backend, model, int(batch), int(size) or None, precision, int(steps),
-                         int(warmup), int(devices))
+                         int(warmup), int(devices), workdir)
     except Exception as err:  # reported to the parent as a failed measurement
         result = {"status": "failed", "backend": backend, "model": model,
                   "error": f"{type(err).__name__}: {err}".splitlines()[0],
                   "traceback": traceback.format_exc()}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     result.pop("step_seconds", None)
     if is_main_process():  # under torchrun, rank 0 answers
         print(json.dumps(result, default=float))

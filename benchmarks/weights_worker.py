@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -86,12 +85,10 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.run_worker import die_with_parent
-    from benchmarks.runner import PARENT_PID_ENV
+    from benchmarks.run_worker import die_with_bench
 
     args = _parser().parse_args(argv)
-    if os.environ.get(PARENT_PID_ENV):  # a pretraining child must not outlive its run
-        die_with_parent(int(os.environ[PARENT_PID_ENV]))
+    die_with_bench()  # a pretraining child must not outlive its run
     configure_console(prefix=PROGRESS_MARK)  # the parent passes these lines on
     try:
         result = {"status": "ok", **run(args)}

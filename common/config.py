@@ -68,8 +68,10 @@ MAX_EPOCHS = 10_000
 MAX_HIDDEN_UNITS = 65_536
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "recipes"
-# a recipe name is part of every run folder's name (<backend>-<recipe>-s<seed>)
+# a recipe name is part of every run folder's name (<backend>-<recipe>-s<seed>), a phase
+# name of the run's paths (Keras' tensorboard/<phase>/): the same plain, path-safe names
 RECIPE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+PHASE_NAME = RECIPE_NAME
 
 
 class ConfigError(ValueError):
@@ -313,6 +315,10 @@ def parse_phase(raw: dict, where: str) -> Phase:
     elif values.get("train") == "native":
         _fail(where, "train", "native", f"name what trains with one of: {', '.join(NATIVE_KEYS)}")
     phase = Phase(**values)
+    if not PHASE_NAME.fullmatch(phase.name):
+        _fail(where, "name", phase.name, "a phase name names folders of the run (its "
+                                         "TensorBoard logs): use letters, digits, '_', '-' and "
+                                         "'.', starting with a letter or digit (at most 64)")
     _choice(where, "train", phase.train, TRAIN_MODES)
     _choice(where, "optimizer", phase.optimizer, OPTIMIZERS)
     _choice(where, "schedule", phase.schedule, SCHEDULES)

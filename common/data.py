@@ -14,14 +14,19 @@ because it is computed here, before any framework is imported.
 ``load_image`` is the single decoder: PIL, EXIF orientation applied, every
 mode converted to RGB (alpha composited on white), resized to a square.
 Backends call it from their native pipelines and do the rest natively.
+It and ``common.verify`` read a file only through ``read_image_file``: a
+regular file (never a FIFO or a device), in chunks, at most
+``MAX_IMAGE_BYTES``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import random
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +43,66 @@ DEFAULT_TEST_FRACTION = 0.1
 
 class DataError(ValueError):
     """Unusable dataset input; ``str(err)`` is one line for the user."""
+
+
+# ------------------------------------------------------------------ reading a file
+
+# The largest image file read (a 2 GB sparse .png is refused by its size, before a byte
+# of it is read): far above any photograph, below what would exhaust memory.
+MAX_IMAGE_BYTES = 256 * 2 ** 20
+READ_CHUNK_BYTES = 2 ** 20
+
+
+class FileRefused(DataError):
+    """A file that is not read: not a regular file, or larger than the limit."""
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2 ** 20:,.1f} MiB"
+
+
+def _refuse_unless_regular(st: os.stat_result, limit: int) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise FileRefused(f"not a regular file ({_file_kind(st.st_mode)}); only regular files "
+                          f"are read")
+    if st.st_size > limit:
+        raise FileRefused(f"the file is {_mib(st.st_size)}, over the {_mib(limit)} limit for one "
+                          f"image; not read")
+
+
+def read_image_file(path: str | Path, limit: int = MAX_IMAGE_BYTES) -> tuple[bytes, str]:
+    """The bytes of the file at ``path`` and their sha256, read in chunks. Only a regular
+    file of at most ``limit`` bytes is read: anything else raises ``FileRefused`` (one line
+    saying what was refused) before its content is read, so ``/dev/zero`` or a FIFO never
+    hangs or fills memory. ``OSError`` when it cannot be opened. The one reader of image
+    files for ``bench data inspect``, ``bench run`` (parent and worker) and ``bench predict``."""
+    _refuse_unless_regular(os.stat(path), limit)  # before open(): opening a FIFO blocks
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with open(fd, "rb", closefd=True) as f:
+        _refuse_unless_regular(os.fstat(fd), limit)  # what was opened, if it changed since
+        digest, chunks, total = hashlib.sha256(), [], 0
+        while chunk := f.read(READ_CHUNK_BYTES):
+            total += len(chunk)
+            if total > limit:  # it grew while being read
+                raise FileRefused(f"the file grew past the {_mib(limit)} limit for one image "
+                                  f"while being read; not read")
+            digest.update(chunk)
+            chunks.append(chunk)
+    return b"".join(chunks), digest.hexdigest()
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """``PIL.Image.open`` of the file's bytes, read by ``read_image_file``."""
+    return Image.open(io.BytesIO(read_image_file(path)[0]))
 
 
 @dataclass(frozen=True)
@@ -316,6 +381,14 @@ def split_dataset(ds: Dataset, seed: int, val_fraction: float | None = None,
     if ds.presplit is not None:
         parts = {name: list(v) for name, v in ds.presplit.items() if v}
         missing = tuple(name for name in ("val", "test") if name not in parts)
+        trained = {s.label for s in parts.get("train", [])}
+        untrained = [c for i, c in enumerate(ds.classes) if i not in trained]
+        if untrained:  # it would be tested, never trained: a silently wrong accuracy
+            where = " and ".join(f"{n}/" for n in ("val", "test") if n in ds.presplit_subsets())
+            more = f" (and {len(untrained) - 1} more class(es))" if len(untrained) > 1 else ""
+            raise DataError(f"{ds.root!r}: class {untrained[0]!r} has images in {where} but none "
+                            f"in train/{more}; add its training images to train/{untrained[0]}/ "
+                            f"or remove it from {where}")
         if missing:  # cut from train/ what the folder lacks
             parts.update(cut(parts.get("train", []), missing))
         return Split(ds.classes, parts.get("train", []), parts["val"], parts["test"], ds.root,
@@ -365,7 +438,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def load_image(path: str | Path, size: int) -> np.ndarray:
     """The image at ``path`` as uint8 RGB ``[size, size, 3]`` (bilinear resize)."""
-    with Image.open(path) as img:
+    with open_image(path) as img:
         img.draft("RGB", (size, size))  # fast JPEG downscale where possible
         rgb = to_rgb(img)
         if rgb.size != (size, size):
@@ -376,7 +449,7 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
 def load_image_fitting(path: str | Path, short_side: int) -> np.ndarray:
     """The image at ``path`` as uint8 RGB with its aspect ratio kept, downscaled (bilinear)
     so that its short side is at most ``short_side``; a smaller image keeps its size."""
-    with Image.open(path) as img:
+    with open_image(path) as img:
         img.draft("RGB", (short_side, short_side))  # JPEG: the smallest scale >= the request
         rgb = to_rgb(img)
         w, h = rgb.size

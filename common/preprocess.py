@@ -58,7 +58,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from common.data import load_image, load_image_fitting, to_rgb
+from common.data import load_image, load_image_fitting, open_image, to_rgb
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ class Preset:
             return load_image(path, size)
         # decode at least at the resolution the crop needs (JPEG draft), aspect kept
         need = math.ceil(size / self.eval_fraction)
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img.draft("RGB", (need, need))
             rgb = to_rgb(img)
         w, h = rgb.size

@@ -69,6 +69,12 @@ class Record:
         hints = typing.get_type_hints(cls)
         known = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("local")]
         kwargs = {n: _typed(hints[n], value[n], f"{where}.{n}") for n in known if n in value}
+        for f in dataclasses.fields(cls):
+            low, high = f.metadata.get("range", (None, None))
+            v = kwargs.get(f.name)
+            if low is not None and v is not None and not low <= v <= high:
+                raise SchemaError(f"{where}.{f.name} is {v!r}, outside [{low:g}, {high:g}] "
+                                  f"({f.metadata['what']})")
         return cls(**kwargs, extra={k: v for k, v in value.items() if k not in known})
 
     def to_dict(self) -> dict:
@@ -101,6 +107,11 @@ def _typed(hint: Any, value: Any, where: str) -> Any:
     return value
 
 
+def _fraction() -> Any:
+    """A share in [0, 1] (an accuracy): 1.7 is refused, not shown as 170 %."""
+    return field(default=None, metadata={"range": (0.0, 1.0), "what": "a share of images"})
+
+
 def _local() -> Any:
     """A field that is not part of the file (where it was read from, what it lacks)."""
     return field(default=None, metadata={"local": True})
@@ -130,8 +141,8 @@ class WeightsInfo(Record):
 
 @dataclass
 class Metrics(Record):
-    top1: float | None = None
-    top5: float | None = None
+    top1: float | None = _fraction()
+    top5: float | None = _fraction()
     loss: float | None = None
     per_class: dict | None = None
     confusion: list | None = None

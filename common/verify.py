@@ -11,12 +11,14 @@ surviving list is what gets split, so every backend sees the same files.
 from __future__ import annotations
 
 import hashlib
+import io
 import warnings
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from common.data import SPLIT_NAMES, DataError, Dataset, Sample, to_rgb
+from common.data import SPLIT_NAMES, DataError, Dataset, FileRefused, Sample, read_image_file, to_rgb
 
 
 @dataclass(frozen=True)
@@ -32,17 +34,18 @@ class ImageInfo:
 def inspect_image(path: str) -> ImageInfo:
     """Mode and size of the image at ``path``, or why it is unusable."""
     try:
-        with open(path, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()
+        data, digest = read_image_file(path)  # a regular file, in chunks, within the limit
+    except FileRefused as err:
+        return ImageInfo(path, problem=str(err))
     except OSError as err:
         return ImageInfo(path, problem=f"cannot read the file ({err.strerror or type(err).__name__})")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # e.g. corrupt EXIF: judged below
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(data)) as img:
                 img.verify()  # structure and checksums (catches truncated PNGs)
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(data)) as img:
                 mode = img.mode
                 rgb = to_rgb(img)
                 rgb.load()  # full decode (truncated JPEG data raises here)
@@ -145,3 +148,51 @@ def usable_dataset(ds: Dataset, strict: bool = False, infos: list[ImageInfo] | N
 def smaller_than(infos: list[ImageInfo], size: int) -> list[ImageInfo]:
     """Readable images with a side below ``size`` (they are upscaled)."""
     return [i for i in infos if not i.problem and min(i.width, i.height) < size]
+
+
+# ------------------------------------------------------------------ cached files
+
+def file_sha256(path: str | Path, chunk: int = 2 ** 20) -> str:
+    """sha256 of the file's bytes, read in chunks (a checkpoint can be GBs)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprints(root: Path, names: list[str], known: dict | None = None) -> dict:
+    """``{name: {size, mtime_ns, sha256}}`` of the files ``root/name``; a file whose size and
+    mtime are those in ``known`` keeps its recorded hash (it is not read again)."""
+    out = {}
+    for name in names:
+        st = (root / name).stat()
+        old = (known or {}).get(name) or {}
+        same = old.get("size") == st.st_size and old.get("mtime_ns") == st.st_mtime_ns
+        out[name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                     "sha256": old["sha256"] if same and old.get("sha256") else file_sha256(root / name)}
+    return out
+
+
+def changed_files(root: Path, recorded: dict) -> tuple[list[str], dict]:
+    """The files of ``recorded`` (``fingerprints``' form) that are missing or whose bytes
+    changed, each as ``"name: why"``, and the record refreshed: the fast path is the
+    size and mtime; when either differs the file is hashed again, and a file rewritten
+    with the same bytes keeps its place with its new mtime."""
+    problems, fresh = [], {}
+    for name, old in sorted(recorded.items()):
+        path = root / name
+        try:
+            st = path.stat()
+        except OSError:
+            problems.append(f"{name}: missing")
+            continue
+        if st.st_size == old.get("size") and st.st_mtime_ns == old.get("mtime_ns"):
+            fresh[name] = old
+            continue
+        digest = file_sha256(path)
+        if digest != old.get("sha256"):
+            problems.append(f"{name}: changed ({st.st_size} bytes, sha256 {digest[:12]}; "
+                            f"made as {old.get('size')} bytes, sha256 {str(old.get('sha256'))[:12]})")
+        fresh[name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+    return problems, fresh

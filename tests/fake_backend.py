@@ -5,8 +5,10 @@ Registered through ``TRANSFER_BENCH_BACKENDS=fake=fake_backend:FakeBackend``
 files and reports in well under a second per run. ``FAKE_BACKEND_CRASH``
 makes it fail on purpose: ``raise`` (a Python error in fit), ``segfault``
 (the process dies), ``sleep`` (each epoch sleeps 2 s, for interruption tests),
-``enospc`` (saving a checkpoint finds the disk full); ``FAKE_BACKEND_CRASH_EPOCH=N``
-limits it to global epoch N. Its one export format, ``npz``, writes the arrays and
+``enospc`` (saving a checkpoint finds the disk full), ``nan`` (the epoch's loss is NaN, as
+a diverged run's); ``FAKE_BACKEND_CRASH_EPOCH=N``
+limits it to global epoch N; ``FAKE_BACKEND_SETUP_SLEEP=S`` sleeps S seconds in ``setup`` (a
+child of bench eval or bench throughput to kill). Its one export format, ``npz``, writes the arrays and
 reads them back; ``FAKE_EXPORT_OFFSET`` adds that much to the exported logits (an
 export that fails its check).
 """
@@ -51,6 +53,7 @@ class FakeBackend(Backend):
         return {"kind": "cpu", "name": "numpy"}
 
     def _setup(self, split, image_size):
+        time.sleep(float(os.environ.get("FAKE_BACKEND_SETUP_SLEEP", 0)))  # for kill tests
         self.rng = np.random.default_rng(self.config.train.seed)
         self._data = {}
 
@@ -105,6 +108,8 @@ class FakeBackend(Backend):
                  "stem.W": x.T @ ((g @ self.params["head.W"].T) * (h > 0))}
         for k in self.trainable:
             self.params[k] -= self.lr * grads[k]
+        if crash == "nan":
+            loss = float("nan")
         return {"loss": loss, "top1": float((logits.argmax(1) == y).mean()), "images": len(y),
                 "seconds": time.perf_counter() - t0}
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from benchmarks import cli
-from common.data import load_dataset, load_image
+from common.data import DataError, load_dataset, load_image
 from common.verify import inspect_image, verified
 
 
@@ -167,3 +167,99 @@ def test_list_shows_every_backend_with_availability(capsys):
     for name in ("pytorch", "keras", "slim"):
         assert any(line.strip().startswith(name) and ("available" in line) for line in out.splitlines())
     assert "two_phase" in out and "inception_v3" in out
+
+
+@pytest.mark.parametrize("subsets", [("val", "test"), ("val",), ("test",)])
+def test_a_presplit_class_missing_from_train_is_one_line_before_any_run(tmp_path, capsys, subsets):
+    # issue 25: the class was tested without ever being trained, and the run ended ok
+    root = tmp_path / "split"
+    for subset in ("train", *subsets):
+        for ci, cls in enumerate(("a", "b", "c")):
+            if subset == "train" and cls == "c":
+                continue
+            for i in range(3):
+                _png(root / subset / cls / f"{i}.png", colour=(40 * i, 60 * ci, 50 * len(subset)))
+    where = " and ".join(f"{n}/" for n in ("val", "test") if n in subsets)
+    for argv in (["run", "--backend", "pytorch", "--data", str(root), "--out", str(tmp_path / "o")],
+                 ["data", "inspect", str(root)]):
+        code, out, err = _run_cli(capsys, *argv)
+        _assert_one_line_error(code, err, f"class 'c' has images in {where} but none in train/")
+    assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------- issue 25: special and huge files
+
+def _inspect_in_thread(path, seconds=20.0):
+    """``inspect_image(path)``, failing (not hanging) if it blocks; a blocked FIFO open is
+    released by opening the FIFO's other end."""
+    import os
+    import threading
+
+    box = {}
+    t = threading.Thread(target=lambda: box.update(info=inspect_image(str(path))), daemon=True)
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        t.join(5)
+        raise AssertionError(f"inspect_image({path}) blocked")
+    return box["info"]
+
+
+def test_special_files_are_refused_without_reading_them(tmp_path):
+    import os
+
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    assert _inspect_in_thread(fifo).problem == \
+        "not a regular file (a named pipe (FIFO)); only regular files are read"
+    assert _inspect_in_thread("/dev/zero").problem == \
+        "not a regular file (a character device); only regular files are read"
+    with pytest.raises(DataError, match="named pipe"):
+        load_image(fifo, 8)
+
+
+def test_a_huge_sparse_png_is_refused_by_its_size_before_it_is_read(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from common.data import MAX_IMAGE_BYTES
+
+    root = tmp_path / "data"
+    for ci, cls in enumerate(("a", "b")):
+        for i in range(4):
+            _png(root / cls / f"{i}.png", colour=(40 * i, 100 * ci, 9))
+    with open(root / "a" / "huge.png", "wb") as f:  # 2 GB of holes: no disk, and no memory
+        f.truncate(2 * 2 ** 30)
+    info = inspect_image(str(root / "a" / "huge.png"))
+    assert info.problem == f"the file is 2,048.0 MiB, over the {MAX_IMAGE_BYTES / 2 ** 20:,.1f} " \
+                           f"MiB limit for one image; not read"
+    repo = Path(__file__).resolve().parent.parent
+    limit = 1536 * 2 ** 20  # address space: reading the 2 GB file (2.1 GB before) cannot fit
+
+    def cap():
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.cli", "data", "inspect", str(root)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=repo,
+                          preexec_fn=cap, env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stdout
+    assert "huge.png" in proc.stdout and "over the 256.0 MiB limit" in proc.stdout
+
+
+def test_every_image_reader_goes_through_the_one_bounded_reader():
+    """``common.data.read_image_file`` is the only way an image file is opened: no
+    ``Image.open(path)`` and no ``open(...).read()`` of an image elsewhere."""
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    offenders = []
+    for py in [*repo.glob("common/*.py"), *repo.glob("backends/**/*.py"), *repo.glob("benchmarks/*.py")]:
+        for n, line in enumerate(py.read_text(encoding="utf-8").splitlines(), 1):
+            if re.search(r"Image\.open\((?!io\.BytesIO)", line) and "read_image_file" not in line:
+                offenders.append(f"{py.relative_to(repo)}:{n}: {line.strip()}")
+    assert not offenders, offenders

@@ -269,20 +269,108 @@ def _cases(rng: random.Random, root: Path):
         n += 1
 
 
+PHASE_NAMES = ["/abs/elsewhere", "../../../../elsewhere", "a/b", "..", ".", "", "x" * 65,
+               "tab\tname", "new\nline", "é", "head (1)", "ok-name_1.2", "top2"]
+
+
+def _issue_25_cases(rng: random.Random, root: Path, run: list):
+    """Issue 25's classes: special files, huge sparse files, phase names, NaN training,
+    pre-split folders with missing classes. (name, argv, case, env, expect): ``expect`` is
+    an exit code and the fragment its message must hold, or None for "0 or 2"."""
+    data = root / "base"
+    n = 1000
+    for _ in range(8):  # special files: a FIFO or a device listed in a meta file, or in a folder
+        case = root / f"c{n}"
+        _good_images(case / "ds")
+        fifo = case / "ds" / rng.choice("ab") / "fifo.png"
+        os.mkfifo(fifo)
+        special = rng.choice([str(fifo), "/dev/zero", "/dev/null", str(case / "ds" / "a")])
+        (case / "ds" / "meta.txt").write_text(
+            "a|a/0.png\na|a/1.png\na|a/2.png\nb|b/0.png\nb|b/1.png\nb|b/2.png\n"
+            f"{rng.choice('ab')}|{special}\n")
+        source = [case / "ds" / "meta.txt", "--class-map", data / "classes.json"] \
+            if rng.random() < 0.6 else [case / "ds"]
+        argv = ["data", "inspect", *source] if rng.random() < 0.5 else \
+            [*run, "--recipe", "head", "--data", *source, "--out", case / "out"]
+        yield f"special file {n} {special}", argv, case, {}, None
+        n += 1
+    for _ in range(5):  # huge sparse files: refused by their size, never read
+        case = root / f"c{n}"
+        _good_images(case / "ds")
+        with open(case / "ds" / rng.choice("ab") / f"huge{rng.choice(['.png', '.jpg'])}", "wb") as f:
+            f.truncate(rng.choice([257 * 2 ** 20, 2 * 2 ** 30, 50 * 2 ** 30]))
+        argv = ["data", "inspect", case / "ds"] if rng.random() < 0.5 else \
+            [*run, "--recipe", "head", "--data", case / "ds", "--out", case / "out"]
+        yield f"huge sparse file {n}", argv, case, {}, (0, "over the 256.0 MiB limit for one image")
+        n += 1
+    for name in PHASE_NAMES:  # phase names become paths (Keras' TensorBoard folder)
+        case = root / f"c{n}"
+        case.mkdir()
+        (case / "r.toml").write_text(f'name = "r"\n[[phase]]\nname = {json.dumps(name)}\n'
+                                     f'train = "head"\nepochs = 1\n')
+        ok = name in ("ok-name_1.2", "top2")
+        yield f"phase name {n} {name!r}", [*run, "--recipe", case / "r.toml", "--data", data,
+                                          "--out", case / "out"], case, {}, \
+            (0, "") if ok else (2, "a phase name names folders of the run")
+        n += 1
+    for _ in range(4):  # NaN training: a failed run that says where it diverged, exit 1
+        case = root / f"c{n}"
+        case.mkdir()
+        epoch = rng.randrange(1, 4)
+        argv = [*run, "--recipe", rng.choice(["head", "two_phase", "full"]), "--data", data,
+                "--epochs", "3", "--out", case / "out"]
+        yield f"NaN training {n}", argv, case, {"FAKE_BACKEND_CRASH": "nan",
+                                                "FAKE_BACKEND_CRASH_EPOCH": str(epoch)}, \
+            (1, f"diverged at epoch {epoch}: training loss nan")
+        n += 1
+    for _ in range(8):  # pre-split folders, a class missing from some subsets
+        case = root / f"c{n}"
+        subsets = ["train", *rng.sample(["val", "test"], rng.randrange(1, 3))]
+        missing = {sub: rng.sample(["a", "b", "c"], rng.randrange(0, 2)) for sub in subsets}
+        for sub in subsets:
+            for ci, cls in enumerate("abc"):
+                if cls not in missing[sub]:
+                    for i in range(3):
+                        p = case / "ds" / sub / cls / f"{i}.png"
+                        p.parent.mkdir(parents=True, exist_ok=True)
+                        Image.new("RGB", (10, 10), (60 * i, 80 * ci, 30 * len(sub))).save(p)
+        untrained = any(c not in missing["train"] for sub in subsets[1:] for c in "abc"
+                        if c in missing["train"] and c not in missing[sub])
+        argv = ["data", "inspect", case / "ds"] if rng.random() < 0.5 else \
+            [*run, "--recipe", "head", "--data", case / "ds", "--out", case / "out"]
+        yield f"pre-split {n} {missing}", argv, case, {}, \
+            (2, "but none in train/") if untrained else None
+        n += 1
+
+
 def test_generated_bad_input_gives_exit_0_or_2_one_line_and_writes_only_out_and_cache(fuzz_env,
-                                                                                       capsys):
+                                                                                       capsys,
+                                                                                       monkeypatch):
     root = fuzz_env
     rng = random.Random(SEED)
-    count, outcomes = 0, {0: 0, 2: 0}
-    for name, argv, case in _cases(rng, root / "cases"):
+    count, outcomes = 0, {0: 0, 1: 0, 2: 0}
+    run = ["run", "--backend", "fake", "--weights", "none", "--epochs", "1", "--no-report",
+           "--batch-size", "2"]
+    cases = [(*c, {}, None) for c in _cases(rng, root / "cases")]
+    for name, argv, case, env, expect in [*cases, *_issue_25_cases(rng, root / "cases", run)]:
         before = _snapshot(root, [case / "out", root / "cache"])
-        try:
-            code = cli.main([os.fsdecode(a) if isinstance(a, bytes) else str(a) for a in argv])
-        except SystemExit as exit_:  # argparse
-            code = exit_.code
+        with monkeypatch.context() as m:
+            for key, value in env.items():
+                m.setenv(key, value)
+            try:
+                code = cli.main([os.fsdecode(a) if isinstance(a, bytes) else str(a) for a in argv])
+            except SystemExit as exit_:  # argparse
+                code = exit_.code
         out, err = capsys.readouterr()
         context = f"{name}: {argv}\nstdout: {out[-800:]}\nstderr: {err[-800:]}"
-        assert code in (0, 2), context
+        if expect is not None:
+            assert code == expect[0], context
+            if code == 1:  # a failed run: its result says why
+                result = next((case / "out").glob("*/result.json")).read_text()
+                assert json.loads(result)["status"] == "failed" and expect[1] in result, context
+            else:
+                assert expect[1] in out + err, context
+        assert code in (0, 2) or expect is not None, context
         assert "Traceback" not in out + err, context
         if code == 2:
             lines = [l for l in err.splitlines() if l.strip()]
@@ -292,5 +380,5 @@ def test_generated_bad_input_gives_exit_0_or_2_one_line_and_writes_only_out_and_
                                 f"{sorted(set(after) ^ set(before))[:5]}"
         outcomes[code] += 1
         count += 1
-    assert count >= 200
-    assert outcomes[0] >= 20 and outcomes[2] >= 100, outcomes  # both kinds of answer exercised
+    assert count >= 260
+    assert outcomes[0] >= 20 and outcomes[2] >= 110 and outcomes[1] == 4, outcomes

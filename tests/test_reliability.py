@@ -245,6 +245,26 @@ def test_recipe_names_must_be_path_safe(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.toml"]
 
 
+@pytest.mark.parametrize("name", ["/abs/elsewhere", "../../../../elsewhere", "a/b", ".hidden", "",
+                                  "x" * 65, "tab\tname", "head (1)"])
+def test_phase_names_must_be_path_safe_and_are_refused_in_the_parent(tmp_path, capsys, name):
+    # issue 25: Keras wrote tensorboard/<phase name>/ wherever the phase name pointed
+    with pytest.raises(ConfigError, match="a phase name names folders of the run"):
+        parse_recipe({"name": "r", "phase": [{"name": name, "train": "head"}]})
+    recipe = tmp_path / "evil.toml"
+    recipe.write_text(f'name = "r"\n[[phase]]\nname = {json.dumps(name)}\ntrain = "head"\n')
+    code = bench("run", "--backend", "keras", "--recipe", recipe, "--out", tmp_path / "out")
+    one_line_error(capsys, code, "phase 1: name = ", "is invalid")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.toml"]
+
+
+def test_every_shipped_recipe_has_path_safe_phase_names():
+    from common.config import PHASE_NAME, available_recipes, load_recipe
+
+    for name in available_recipes():
+        assert all(PHASE_NAME.fullmatch(p.name) for p in load_recipe(name).phases), name
+
+
 # ------------------------------------------------------------ 8: portable caches and paths
 
 def test_source_weights_cache_stores_paths_relative_to_itself_and_survives_a_move(
@@ -608,3 +628,269 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+# ------------------------------------------------------------ issue 25: silently wrong
+
+@pytest.mark.parametrize("key, value", [("top1", 1.7), ("top5", -0.1), ("top1", float("nan"))])
+def test_an_accuracy_outside_0_1_is_refused_by_the_result_schema(fake, tiny_quads, tmp_path, capsys,
+                                                                 monkeypatch, key, value):
+    from benchmarks import report
+    from common.results import load_results
+
+    out = tmp_path / "out"
+    assert bench(*fake_run(tiny_quads, out)) == 0
+    result_file = out / "fake-head-s0" / "result.json"
+    raw = json.loads(result_file.read_text())
+    raw["test"][key] = value  # a hand edit
+    result_file.write_text(json.dumps(raw))
+    run = load_results(out)
+    assert not run.results
+    assert run.unreadable[0].reason.startswith(f"result.test.{key} is {value!r}, outside [0, 1]")
+    monkeypatch.setattr(report, "make_figures", lambda df: {})
+    capsys.readouterr()
+    assert bench("report", out) == 2
+    err = capsys.readouterr().err
+    assert "170" not in err and "outside [0, 1]" in err
+
+
+@pytest.mark.parametrize("content", [b"{", b"[]", b'{"done": [], "curves": 3}', b"\xff\xfe"])
+def test_a_corrupt_state_json_fails_the_resumed_run_naming_it_instead_of_restarting(
+        fake, tiny_quads, tmp_path, capsys, content):
+    out = tmp_path / "out"
+    run_dir = out / "fake-head-s0"
+    assert bench(*fake_run(tiny_quads, out, "--epochs", "2")) == 0
+    (run_dir / "result.json").unlink()  # as if killed after its last checkpoint
+    (run_dir / "state.json").write_bytes(content)
+    checkpoints = {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()}
+    capsys.readouterr()
+    assert bench("run", "--resume", out, "--no-report") == 1
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "failed" and not result.get("curves")
+    assert result["error"].startswith(f"{run_dir / 'state.json'} is corrupt (")
+    assert f"delete {run_dir / 'state.json'} and {run_dir / 'checkpoints'}" in result["error"]
+    assert (run_dir / "state.json").read_bytes() == content  # left for the user
+    assert {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()} == checkpoints
+    assert result["error"] in capsys.readouterr().out
+
+
+def test_a_diverged_run_stops_at_that_epoch_and_fails_saying_so_in_the_report(fake, tiny_quads,
+                                                                              tmp_path, caplog,
+                                                                              monkeypatch):
+    from benchmarks import report
+
+    monkeypatch.setenv("FAKE_BACKEND_CRASH", "nan")
+    monkeypatch.setenv("FAKE_BACKEND_CRASH_EPOCH", "2")
+    out = tmp_path / "out"
+    monkeypatch.setattr(report, "make_figures", lambda df: {})
+    code = bench(*[a for a in fake_run(tiny_quads, out, "--epochs", "4") if a != "--no-report"])
+    assert code == 1  # as every failed run makes the sweep's exit code
+    result = json.loads((out / "fake-head-s0" / "result.json").read_text())
+    assert result["status"] == "failed"
+    assert result["error"].startswith("diverged at epoch 2: training loss nan at learning rate ")
+    state = json.loads((out / "fake-head-s0" / "state.json").read_text())
+    assert len(state["curves"]) == 1 and state["best"]["global_epoch"] == 1  # stopped, nothing NaN kept
+    assert "fake-head-s0: failed in " in caplog.text and "(diverged at epoch 2: " in caplog.text
+    assert "diverged at epoch 2" in (out / "report.md").read_text()
+
+
+
+def test_predict_refuses_special_files_in_one_line_without_reading_them(fake, tiny_quads, tmp_path,
+                                                                        capsys):
+    out = tmp_path / "out"
+    assert bench(*fake_run(tiny_quads, out)) == 0
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    capsys.readouterr()
+    # /dev/zero grew to 22.7 GB and a FIFO blocked forever (issue 25)
+    for path, kind in (("/dev/zero", "a character device"), (fifo, "a named pipe (FIFO)")):
+        code = bench("predict", out / "fake-head-s0", path)
+        one_line_error(capsys, code, f"image {str(path)!r} cannot be read: not a regular file "
+                                     f"({kind}); only regular files are read")
+
+
+# ------------------------------------------------------------ issue 25: orphans
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """``(pid, command line)`` of the live children of ``pid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                found.append((int(stat.parent.name), cmd))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+@pytest.mark.parametrize("command", ["throughput", "eval"])
+def test_kill_9_of_bench_kills_its_child_and_removes_its_temp_folder(fake, tiny_quads, tmp_path,
+                                                                     command):
+    out = tmp_path / "out"
+    if command == "eval":
+        assert bench(*fake_run(tiny_quads, out)) == 0
+        argv, child_module = ["eval", out / "fake-head-s0"], "benchmarks.saved_run_worker"
+    else:
+        argv = ["throughput", "--backend", "fake", "--batch-size", "2", "--steps", "1",
+                "--out", tmp_path / "t.json"]
+        child_module = "benchmarks.throughput"
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    parent = spawn_bench(*argv, FAKE_BACKEND_SETUP_SLEEP="60", TMPDIR=str(tmp))
+    try:
+        child = wait_for(lambda: next((p for p, cmd in _children(parent.pid) if child_module in cmd),
+                                      None), f"bench {command} to start {child_module}")
+        wait_for(lambda: any(tmp.iterdir()), "the temporary folder")
+        time.sleep(1.0)  # the child is in the backend's setup
+        assert alive(child)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        wait_for(lambda: not alive(child), f"{child_module} to die with bench {command}", 10)
+        wait_for(lambda: not any(tmp.iterdir()), "the temporary folder to be removed", 10)
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+@pytest.mark.parametrize("damage", ["replace", "truncate", "remove", "same bytes"])
+def test_a_changed_source_weights_cache_file_is_noticed_and_the_entry_rebuilt(
+        fake, tiny_quads, tmp_path, monkeypatch, caplog, damage):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    config = tiny_config("fake", "head", tiny_quads, tmp_path / "run", weights="source")
+    ckpt, meta = driver.ensure_source_checkpoint(config, 75)
+    made = ckpt.read_bytes()
+    record = json.loads((driver.source_cache_dir(config, 75) / "source.json").read_text())
+    assert record["files"] == {"fake/source.pkl": {
+        "size": len(made), "mtime_ns": ckpt.stat().st_mtime_ns,
+        "sha256": hashlib.sha256(made).hexdigest()}}
+    if damage == "replace":  # other weights, as a user's copy over the file would be
+        with open(ckpt, "wb") as f:
+            pickle.dump({"params": {"stem.W": np.zeros(3)}}, f)
+    elif damage == "truncate":
+        ckpt.write_bytes(made[:len(made) // 2])
+    elif damage == "remove":
+        ckpt.unlink()
+    else:
+        time.sleep(0.01)
+        ckpt.write_bytes(made)  # a new mtime, the same bytes: still the same weights
+    caplog.clear()
+    again, meta = driver.ensure_source_checkpoint(config, 75)
+    if damage == "same bytes":
+        assert meta["cached"] and "rebuilding" not in caplog.text
+    else:
+        assert not meta["cached"], "the changed entry was trusted"
+        assert "changed since it was made" in caplog.text and "rebuilding it" in caplog.text
+        assert {"replace": "fake/source.pkl: changed (", "truncate": "fake/source.pkl: changed (",
+                "remove": "fake/source.pkl: missing"}[damage] in caplog.text
+        assert again.read_bytes() == made  # the same pretraining (seed 0) made again
+    record = json.loads((driver.source_cache_dir(config, 75) / "source.json").read_text())
+    assert record["files"]["fake/source.pkl"]["mtime_ns"] == again.stat().st_mtime_ns
+    assert driver.ensure_source_checkpoint(config, 75)[1]["cached"]
+
+
+# ------------------------------------------------------------ issue 25: writes outside --out
+
+# every system call that creates, changes or removes a path (x86-64 and aarch64 names)
+TRACED_CALLS = ("open,openat,creat,mkdir,mkdirat,rename,renameat,renameat2,unlink,unlinkat,rmdir,"
+                "link,linkat,symlink,symlinkat,truncate,mknod,mknodat,chmod,fchmodat,chdir,fchdir")
+WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND", "O_TMPFILE")
+# not files: the null device, multiprocessing's POSIX semaphores (kernel objects in /dev/shm),
+# the kernel's process interface (TensorFlow names its threads in /proc/PID/task/TID/comm)
+NOT_FILES = ("/dev/null", "/dev/shm/sem.", "/proc/")
+
+
+def strace_usable() -> bool:
+    import shutil
+
+    return bool(shutil.which("strace")) and subprocess.run(
+        ["strace", "-f", "-qq", "-o", "/dev/null", "true"], capture_output=True).returncode == 0
+
+
+def paths_written(argv: list, cwd: Path, env: dict, log_dir: Path) -> list[str]:
+    """Every path ``python -m benchmarks.cli ARGV`` and all its descendants created, wrote,
+    renamed, removed or chmod-ed, resolved, as the kernel saw it (``strace -f`` of the
+    system calls, so a framework's own C++ writers count too). Fails on a chdir, after
+    which a relative path could not be resolved."""
+    import re
+
+    log_dir.mkdir()
+    proc = subprocess.run(["strace", "-f", "-ff", "-qq", "-y", "-s", "8192", "-e",
+                           f"trace={TRACED_CALLS}", "-o", str(log_dir / "trace"), sys.executable,
+                           "-m", "benchmarks.cli", *map(str, argv)],
+                          cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    call = re.compile(r"^(\w+)\((.*)\)\s+=\s+(\S+)")
+    arg = re.compile(r'(?:(?:AT_FDCWD|\d+)<([^>]*)>,\s*)?"((?:[^"\\]|\\.)*)"')
+    written = []
+    for trace in log_dir.iterdir():
+        for line in trace.read_text(errors="replace").splitlines():
+            m = call.match(line)
+            if not m or m.group(3).startswith("-"):  # only calls that succeeded
+                continue
+            name, args = m.group(1), m.group(2)
+            assert name not in ("chdir", "fchdir"), f"a process changed directory: {line}"
+            if name in ("open", "openat") and not any(f in args for f in WRITE_FLAGS):
+                continue
+            for base, path in arg.findall(args):
+                written.append(os.path.realpath(os.path.join(base or str(cwd), path)))
+    return written
+
+
+def outside(paths: list[str], *roots: Path) -> list[str]:
+    roots = [os.path.realpath(r) for r in roots]
+    return sorted({p for p in paths if not p.startswith(NOT_FILES)
+                   and not any(p == r or p.startswith(r + os.sep) for r in roots)})
+
+
+@pytest.mark.skipif(not strace_usable(), reason="needs strace (ptrace allowed)")
+def test_every_path_bench_run_writes_lies_under_its_out_folder(fake, tiny_quads, tmp_path):
+    """bench run, its workers and the report: nothing outside --out, temporary files included
+    (each worker's TMPDIR is RUN/tmp). Then bench eval and export write their files in the
+    run folder and only their removed temporary folder in TMPDIR. The same audit on the
+    real backends (TensorBoard, checkpoints, framework temp files):
+    test_every_path_a_framework_run_writes_lies_under_its_out_folder."""
+    cwd, tmp, out = tmp_path / "cwd", tmp_path / "tmp", tmp_path / "out"
+    cwd.mkdir()
+    tmp.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmp), HOME=str(tmp_path / "home"), PYTHONDONTWRITEBYTECODE="1")
+    argv = [a for a in fake_run(tiny_quads, out, "--epochs", "2") if a != "--no-report"]
+    cache = Path(os.environ[CACHE_ENV])  # the suite's caches (docs/design.md), matplotlib's too
+    assert outside(paths_written(argv, cwd, env, tmp_path / "t1"), out, cache) == []
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "fake-head-s0", "report.html",
+                                                     "report.md", "summary.csv", "summary.json",
+                                                     "sweep.json"]
+    run_dir = out / "fake-head-s0"
+    assert not (run_dir / "tmp").exists()
+    for i, argv in enumerate((["eval", run_dir], ["export", run_dir, "--format", "npz"])):
+        assert outside(paths_written(argv, cwd, env, tmp_path / f"t{i + 2}"), run_dir, tmp,
+                       cache) == []
+    assert (run_dir / "eval").is_dir() and (run_dir / "export" / "npz").is_dir()
+    assert list(tmp.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not strace_usable(), reason="needs strace (ptrace allowed)")
+@pytest.mark.parametrize("backend", ["pytorch", "keras", "slim"])
+def test_every_path_a_framework_run_writes_lies_under_its_out_folder(tiny_quads, tmp_path, backend):
+    from conftest import require_backend
+
+    require_backend(backend)
+    cwd, tmp, out = tmp_path / "cwd", tmp_path / "tmp", tmp_path / "out"
+    cwd.mkdir()
+    tmp.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmp), HOME=str(tmp_path / "home"), PYTHONDONTWRITEBYTECODE="1")
+    # `import keras` writes ~/.keras/keras.json where Keras was never imported: Keras' own
+    # configuration, which every machine that has run Keras once already holds
+    (tmp_path / "home" / ".keras").mkdir(parents=True)
+    (tmp_path / "home" / ".keras" / "keras.json").write_text(json.dumps(
+        {"floatx": "float32", "epsilon": 1e-07, "backend": "tensorflow",
+         "image_data_format": "channels_last"}))
+    argv = ["run", "--backend", backend, "--recipe", "two_phase", "--data", tiny_quads,
+            "--weights", "none", "--epochs", "1", "--image-size", "75", "--batch-size", "4",
+            "--out", out, "--no-report"]
+    cache = Path(os.environ[CACHE_ENV])  # the suite's caches (docs/design.md)
+    elsewhere = outside(paths_written(argv, cwd, env, tmp_path / "trace"), out, cache)
+    assert elsewhere == [], "\n".join(elsewhere)
+    assert (out / f"{backend}-two_phase-s0" / "result.json").is_file()

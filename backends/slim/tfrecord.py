@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from common.data import SPLIT_NAMES, Split, load_image, to_rgb
+from common.data import SPLIT_NAMES, Split, load_image, open_image, to_rgb
 
 LABELS_FILE = "labels.txt"
 
@@ -33,7 +33,7 @@ def pixels(path: str, image_size: int | None) -> np.ndarray:
     """uint8 RGB pixels: ``load_image`` at ``image_size``, or at the original size."""
     if image_size:
         return load_image(path, image_size)
-    with Image.open(path) as img:
+    with open_image(path) as img:
         return np.asarray(to_rgb(img), dtype=np.uint8)  # same conversion, no resize
 
 
