@@ -38,6 +38,7 @@ import numpy as np
 from backends.base import availability, backend_info, default_backends
 from benchmarks import conversion
 from common import canonical, synthetic
+from common.config import image_size_problem
 from common.data import load_dataset, load_image
 from common.models import get_model
 from common.preprocess import get_normalisation
@@ -109,11 +110,12 @@ def machine() -> dict:
             "versions": versions}
 
 
-def check_parity_request(model: str, image_size: int,
-                         backends: list[str] | None = None) -> tuple[list[str], dict]:
+def check_parity_request(model: str, image_size: int, backends: list[str] | None = None,
+                         weights: str = "random") -> tuple[list[str], dict]:
     """The backends parity runs on, and why the others cannot; a ``ConversionError``
-    (one line) when ``model`` does not convert, ``image_size`` is below its minimum or
-    fewer than two backends can run it."""
+    (one line) when ``model`` does not convert, ``image_size`` is outside its range, fewer
+    than two backends can run it or ``weights`` is not a checkpoint that converts.
+    ``bench parity`` asks before it writes anything."""
     reason = canonical.conversion_refusal(model)
     if reason:
         raise canonical.ConversionError(reason)
@@ -121,6 +123,17 @@ def check_parity_request(model: str, image_size: int,
     if image_size < spec.min_size:
         raise canonical.ConversionError(f"--image-size {image_size} is below {model}'s minimum "
                                         f"{spec.min_size} px")
+    if image_size_problem(image_size, model):
+        raise canonical.ConversionError(f"--image-size {image_size}: "
+                                        f"{image_size_problem(image_size, model)}")
+    if weights != "random":
+        found = conversion.detect_format(weights)
+        problem = conversion.checkpoint_problem(weights) if found else \
+            "is not a checkpoint (.pt, .weights.h5, a TF prefix or a canonical .npz)"
+        if problem:
+            raise canonical.ConversionError(f"--weights {weights!r} {problem}; give random or a "
+                                            f"checkpoint of any backend")
+        conversion.check_convertible(model, found)
     names, skipped = parity_backends(model, backends)
     if len(names) < 2:
         raise canonical.ConversionError(f"parity needs two backends that convert {model}; "
@@ -140,7 +153,7 @@ def run_parity(model: str, image_size: int, out_dir: Path, *, backends: list[str
     pytest imports torch before TensorFlow). ``command`` is recorded in the report.
     """
     spec = get_model(model)
-    names, skipped = check_parity_request(model, image_size, backends)
+    names, skipped = check_parity_request(model, image_size, backends, weights)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
