@@ -500,6 +500,13 @@ def test_torchs_unexpected_pos_on_a_full_disk_is_the_disk_full_line(fake, tiny_q
         assert is_disk_full(raised.value)
         message = str(raised.value)
         del raised  # its traceback holds the file open
+        (disk / "x.pt").unlink()
+        h5py = pytest.importorskip("h5py")  # Keras' .weights.h5 writer on the same full disk
+        with pytest.raises(OSError) as raised:
+            with h5py.File(disk / "x.weights.h5", "w") as f:
+                f.create_dataset("w", data=np.zeros(200_000))
+        assert is_disk_full(raised.value)
+        del raised
     import fake_backend
 
     def full(self, path):
