@@ -26,8 +26,8 @@ from benchmarks.runner import PlanError
 from benchmarks.saved_run import BackendProcessFailed, SavedRunError
 from common import synthetic
 from common.canonical import ConversionError
-from common.config import (ConfigError, DataConfig, ModelConfig, PRECISIONS, Recipe, RunConfig,
-                           TrainConfig, available_recipes, image_size_problem, load_recipe,
+from common.config import (MAX_IMAGE_SIZE, ConfigError, DataConfig, ModelConfig, PRECISIONS,
+                           Recipe, RunConfig, TrainConfig, available_recipes, image_size_problem, load_recipe,
                            override_epochs, seed_problem, validate_run, validate_split_options)
 from common.data import DataError
 from common.models import MODELS, SMOKE_MODEL
@@ -784,6 +784,8 @@ def cmd_data(args: argparse.Namespace) -> int:
             raise UsageError(f"--data {args.data!r} "
                              f"{'is ' + kind_of(args.data) if kind_of(args.data) else 'does not exist'}")
         _check_class_map(args.class_map, args.data)
+        if args.image_size is not None and args.image_size > MAX_IMAGE_SIZE:
+            raise UsageError(f"--image-size {args.image_size}: at most {MAX_IMAGE_SIZE} px")
         data = DataConfig(source="synthetic" if args.data == "synthetic" else str(Path(args.data).resolve()),
                           class_map=args.class_map)
         # every check before TensorFlow is imported: errors come before its log noise
