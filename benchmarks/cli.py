@@ -27,13 +27,15 @@ from benchmarks.runner import PlanError
 from benchmarks.saved_run import BackendProcessFailed, SavedRunError
 from common import synthetic
 from common.canonical import ConversionError
-from common.config import (ConfigError, DataConfig, ModelConfig, PRECISIONS, Recipe, RunConfig,
-                           TrainConfig, available_recipes, load_recipe, override_epochs,
-                           validate_run, validate_split_options)
+from common.config import (MAX_IMAGE_SIZE, ConfigError, DataConfig, ModelConfig, PRECISIONS,
+                           Recipe, RunConfig, TrainConfig, available_recipes, image_size_problem, load_recipe,
+                           override_epochs, seed_problem, validate_run, validate_split_options)
 from common.data import DataError
 from common.models import MODELS, SMOKE_MODEL
 from common.paths import cache_root
 from common.preprocess import PRESETS
+from common.parallel import cuda_visible, device_problem, usable_cores
+from common.paths import kind_of, kind_problem, write_problem
 from common.results import run_name
 
 DEFAULT_RECIPES = ("two_phase", "scratch")
@@ -54,6 +56,9 @@ def _seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--seeds {text!r}: expected integers like 0,1,2") from None
     if not seeds:
         raise argparse.ArgumentTypeError("--seeds: give at least one seed, e.g. 0,1,2")
+    for seed in seeds:
+        if seed_problem(seed):
+            raise argparse.ArgumentTypeError(f"--seeds {text!r}: {seed_problem(seed)}")
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
     if repeated:
         raise argparse.ArgumentTypeError(
@@ -76,6 +81,15 @@ def _int_at_least(minimum: int):
 
 
 _positive, _nonnegative = _int_at_least(1), _int_at_least(0)
+
+
+def _out_path(text: str) -> Path:
+    """An argparse ``type`` for ``--out``/``--output``: a path, never the empty one (which
+    would write into the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is empty; it would write into the current "
+                                         f"folder: give a path")
+    return Path(text)
 
 
 def _device_counts(text: str) -> list[int]:
@@ -204,7 +218,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     par.add_argument("--sync-bn", action="store_true",
                      help="PyTorch: SyncBatchNorm (batch statistics over every device) in "
                           "phases with bn = \"train\"")
-    run.add_argument("--out", type=Path, help="run directory (default: results/<timestamp>)")
+    run.add_argument("--out", type=_out_path, help="run directory (default: results/<timestamp>)")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR",
                      help="finish the missing runs of an earlier sweep")
     run.add_argument("--no-report", action="store_true", help="skip writing report.md/html")
@@ -216,11 +230,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     rsub = rec.add_subparsers(dest="recipe_command", required=True, metavar="RECIPE_COMMAND")
     fsf = rsub.add_parser("from-slim-flags", help="a recipe TOML from the flags of a slim "
                                                   "train_image_classifier.py command line")
-    fsf.add_argument("flags", help="the flags, quoted as one argument")
+    fsf.add_argument("flags", help="the flags, quoted as one argument or given as they are "
+                                   "(--learning_rate=0.01 --optimizer=sgd ...)")
     fsf.add_argument("--name", default="slim_flags", help="the recipe's name (default slim_flags)")
     fsf.add_argument("--epochs", type=_positive, default=1,
                      help="epochs of its phase (the script counts steps; default 1)")
-    fsf.add_argument("--out", type=Path, help="write the TOML here (default: print it)")
+    fsf.add_argument("--out", type=_out_path, help="write the TOML here (default: print it)")
 
     data = sub.add_parser("data", help="dataset tools")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
@@ -237,7 +252,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     tfr = dsub.add_parser("export-tfrecord", help="write the common split as slim TFRecords")
     tfr.add_argument("--data", default="synthetic")
     tfr.add_argument("--class-map")
-    tfr.add_argument("--out", type=Path, required=True)
+    tfr.add_argument("--out", type=_out_path, required=True)
     tfr.add_argument("--image-size", type=_positive)
 
     tp = sub.add_parser("throughput", help="model-step train/infer img/s (throughput protocol); "
@@ -255,7 +270,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     tp.add_argument("--devices", type=_device_counts, default=[1], metavar="N,...",
                     help="device counts to measure, e.g. 1,2 (--batch-size is the global batch); "
                          "prints img/s and scaling efficiency per count")
-    tp.add_argument("--out", type=Path, help="write the JSON result here; with --sweep the folder "
+    tp.add_argument("--out", type=_out_path, help="write the JSON result here; with --sweep the folder "
                                              "of throughput.json, .md and .png")
     tp.add_argument("--sweep", action="store_true",
                     help="every backend x model x precision x mode x batch size (256/128/64) "
@@ -311,7 +326,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                     help="pytorch: torchscript, onnx; keras: keras, savedmodel; "
                          "slim: savedmodel, frozen_graph")
     ex.add_argument("--checkpoint", choices=("best", "last"), default="best")
-    ex.add_argument("--out", type=Path, help="folder for the export (default RUN/export/FORMAT)")
+    ex.add_argument("--out", type=_out_path, help="folder for the export (default RUN/export/FORMAT)")
 
     w = sub.add_parser("weights", help="ImageNet weights (where they go offline, fetch); convert "
                                        "checkpoints between backends")
@@ -328,7 +343,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     conv.add_argument("--to", dest="target", required=True, metavar="BACKEND",
                       help="pytorch, keras, slim or canonical (a .npz)")
     conv.add_argument("--input", required=True, help=".pt, .weights.h5, TF checkpoint prefix, .npz")
-    conv.add_argument("--output", required=True,
+    conv.add_argument("--output", required=True, type=_out_path,
                       help="where to write (suffix added: .pt, .weights.h5, .ckpt prefix)")
 
     exp = sub.add_parser("explain", help="a recipe's steps in the three frameworks' own code, side "
@@ -351,7 +366,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                      help="suite: the aligned models of suite-made weights (default); native: each "
                           "framework's own model, to measure what the alignment changes")
     par.add_argument("--seed", type=int, default=0)
-    par.add_argument("--out", type=Path, help="directory for parity.json and parity.md "
+    par.add_argument("--out", type=_out_path, help="directory for parity.json and parity.md "
                                               "(default: results/parity-<model>-<size>px-<alignment>)")
     return p
 
@@ -403,21 +418,27 @@ def build_configs(args: argparse.Namespace, out: Path) -> list[RunConfig]:
                              "recipe with 'bench recipe from-slim-flags' and pass it to --recipe")
         slim_recipe = slim_flags_recipe(args)
     backends = parse_backends(args.backend)
-    if args.data != "synthetic" and not Path(args.data).exists():
-        raise UsageError(f"--data {args.data!r} does not exist; pass 'synthetic' or an image folder "
-                         f"with one subfolder per class")
+    data_kind = kind_of(args.data) if args.data != "synthetic" else "a folder"
+    if data_kind not in ("a folder", "a file"):
+        raise UsageError(f"--data {args.data!r} {'is ' + data_kind if data_kind else 'does not exist'}"
+                         f"; pass 'synthetic' or an image folder with one subfolder per class")
     if args.data != "synthetic" and Path(args.data).is_dir():
         data_dir, out_dir = Path(args.data).resolve(), out.resolve()
         if out_dir == data_dir or data_dir in out_dir.parents:
             raise UsageError(f"--out {str(out)!r} is inside --data {args.data!r}: run folders would "
                              f"become classes of the dataset; choose an --out outside the data")
-    if args.class_map and not Path(args.class_map).is_file():
-        raise UsageError(f"--class-map {args.class_map!r} does not exist")
+    _check_class_map(args.class_map, args.data)
     weights = default_weights(args.data) if args.weights is None else args.weights
     if weights not in ("source", "none", "imagenet"):
-        if not (Path(weights).exists() or Path(weights + ".index").exists()):  # a TF prefix
+        from benchmarks.conversion import checkpoint_problem
+
+        if kind_of(weights) is None and kind_of(weights + ".index") is None:  # a TF prefix
             raise UsageError(f"--weights {weights!r} is neither source, none, imagenet nor an "
                              f"existing path")
+        problem = checkpoint_problem(weights)  # the run's process asks the same (driver)
+        if problem:
+            raise UsageError(f"--weights {weights!r} {problem}; pass --weights source, none, "
+                             f"imagenet or the path of a native checkpoint")
         weights = str(Path(weights).resolve())  # absolute: --resume works from anywhere
     if slim_recipe is not None:
         recipes = [slim_recipe]
@@ -445,6 +466,12 @@ def build_configs(args: argparse.Namespace, out: Path) -> list[RunConfig]:
         refusal = supported[backend] and unsupported_parallel(backend, args.devices, args.nnodes)
         if refusal:
             raise UsageError(refusal)
+    # the rule each backend's parallel.py applies when its framework starts, checked here
+    # first from the environment (the parent imports no framework to ask about CUDA)
+    problem = device_problem(args.devices, args.sync_bn and args.devices * args.nnodes > 1,
+                             cuda=cuda_visible(), cores=usable_cores())
+    if problem:
+        raise UsageError(problem)
     names = [r.name for r in recipes]
     if len(set(names)) != len(names):
         raise UsageError(f"--recipe names must be unique, got {', '.join(names)}")
@@ -493,6 +520,38 @@ def slim_flags_recipe(args: argparse.Namespace) -> Recipe:
     return command.recipe
 
 
+def _check_class_map(class_map: str | None, data: str | None) -> None:
+    """``--class-map``: a file, and given only with a label|path meta file (one line if not)."""
+    if not class_map:
+        return
+    problem = kind_problem(class_map, "file")
+    if problem:
+        raise UsageError(f"--class-map {class_map!r} {problem}; give the class-map JSON file "
+                         f"of a label|path meta file")
+    if data is None:
+        raise UsageError("--class-map maps the labels of a label|path meta file: give that "
+                         "file with --data, or drop --class-map")
+    if data == "synthetic" or kind_of(data) == "a folder":
+        what = "the synthetic dataset" if data == "synthetic" else "an image folder"
+        raise UsageError(f"--class-map maps the labels of a label|path meta file, but --data "
+                         f"{data!r} is {what} whose subfolders name its classes; drop --class-map")
+
+
+def _writable_file(path: Path, flag: str, example: str) -> Path:
+    """``path`` can be written as a file: it is not a folder (or another special file) and
+    its folder is writable (created if missing); one line naming the flag if not. Checked
+    before any work, so no result is lost to the write."""
+    kind = kind_of(path)
+    if kind not in (None, "a file"):
+        raise UsageError(f"{flag} {str(path)!r} is {kind}, not a file; give a file name, e.g. "
+                         f"{str(Path(path) / example)!r}")
+    problem = write_problem(path.parent)
+    if problem:
+        raise UsageError(f"{flag} {str(path)!r} cannot be written ({problem}); choose another "
+                         f"{flag}")
+    return path
+
+
 def _writable_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -535,6 +594,26 @@ def resume_conflicts(argv: list[str]) -> list[str]:
 
 
 RESUME_OPTIONS = ("resume", "no_report")
+
+
+def _refuse_foreign_files(run_dir: Path) -> None:
+    """A new sweep writes report.md, summary.csv and its run folders into ``--out``: a folder
+    that already holds other files (and no sweep.json) is refused, never overwritten. An
+    empty folder, or one holding only another bench run's claim, is fine."""
+    from common.locks import LOCK_FILE
+
+    if kind_of(run_dir) != "a folder":
+        return  # missing (made later) or a file (_writable_dir says so)
+    try:
+        names = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
+    except OSError as err:
+        raise UsageError(f"--out {str(run_dir)!r} cannot be listed ({err.strerror}); choose "
+                         f"another --out") from None
+    if names:
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise UsageError(f"--out {str(run_dir)!r} already holds files ({shown}) and no sweep: "
+                         f"bench run would write report.md, summary.csv and run folders among "
+                         f"them; choose a new or empty --out")
 
 
 def _in_use(run_dir: Path, flag: str, pid: int | None) -> UsageError:
@@ -592,6 +671,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError(f"--out {str(args.out)!r} already holds a sweep; continue it with "
                              f"--resume {args.out} or choose a new --out")
         configs = build_configs(args, run_dir)  # validates before anything is written
+        _refuse_foreign_files(run_dir)
         _check_data(configs[0])
         offline = missing_imagenet_weights(configs)  # before any run starts: no framework
         if offline:
@@ -616,23 +696,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if any(r["status"] == "failed" for r in results) else 0
 
 
-def _print_summary(run_dir: Path, results: list[dict], write: bool) -> None:
+def _write_report(run_dir: Path) -> str:
+    """Write the report of ``run_dir`` and return the line naming its files; a folder it
+    cannot write (read-only, immutable, a report file that is a folder, a full disk) is a
+    ``UsageError`` naming why, raised before or instead of a traceback."""
     from benchmarks import report
     from common.paths import disk_full_message, is_disk_full
+
+    problem = report.report_write_problem(run_dir)
+    if problem:
+        raise UsageError(f"report not written: {problem}")
+    try:
+        paths = report.write_report(run_dir)
+    except OSError as err:  # the results are kept; only the report is missing
+        why = disk_full_message(err.filename or run_dir) if is_disk_full(err) else \
+            f"{err.filename or run_dir}: {err.strerror or err}"
+        raise UsageError(f"report not written: {why}") from None
+    return "report: " + ", ".join(str(p) for p in paths.values())
+
+
+def _print_summary(run_dir: Path, results: list[dict], write: bool) -> None:
+    """The summary table after a sweep and its report; a report that cannot be written is
+    one line on stderr (the results are kept; ``bench report`` rebuilds it)."""
+    from benchmarks import report
     from common.results import read_results
 
     print()
     print(report.summary_table(results))
     if write and read_results(run_dir):
         try:
-            paths = report.write_report(run_dir)
-        except OSError as err:  # the results are kept; only the report is missing
-            if not is_disk_full(err):
-                raise
-            print(f"\nreport not written: {disk_full_message(err.filename or run_dir)}; "
-                  f"rebuild it with: bench report {run_dir}", file=sys.stderr)
-            return
-        print("\nreport: " + ", ".join(str(p) for p in paths.values()))
+            print("\n" + _write_report(run_dir))
+        except UsageError as err:
+            print(f"\n{err}; rebuild it with: bench report {run_dir}", file=sys.stderr)
 
 
 def cmd_recipe(args: argparse.Namespace) -> int:
@@ -643,8 +738,14 @@ def cmd_recipe(args: argparse.Namespace) -> int:
     if args.out is None:
         print(text, end="")
         return 0
-    _writable_dir(args.out.parent if str(args.out.parent) else Path("."))
-    args.out.write_text(text, encoding="utf-8")
+    _writable_file(args.out, "--out", f"{args.name}.toml")
+    try:
+        from common.results import write_text_atomic
+
+        write_text_atomic(args.out, text)
+    except OSError as err:
+        raise UsageError(f"--out {str(args.out)!r} cannot be written ({err.strerror or err}); "
+                         f"choose another --out") from None
     print(f"written: {args.out}; run it with: bench run --recipe {args.out} "
           f"{command.run_options_text()}".rstrip())
     return 0
@@ -686,6 +787,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         from benchmarks.inspect_data import inspect_dataset
 
         validate_split_options(args.val_fraction, args.test_fraction, args.split_seed)
+        _check_class_map(args.class_map, args.path)
 
         report, refused = inspect_dataset(args.path, args.class_map, seed=args.split_seed,
                                           val_fraction=args.val_fraction,
@@ -700,10 +802,12 @@ def cmd_data(args: argparse.Namespace) -> int:
             raise UsageError(f"export-tfrecord needs TensorFlow: {reason}")
         from benchmarks.driver import prepare_split
 
-        if args.data != "synthetic" and not Path(args.data).exists():
-            raise UsageError(f"--data {args.data!r} does not exist")
-        if args.class_map and not Path(args.class_map).is_file():
-            raise UsageError(f"--class-map {args.class_map!r} does not exist")
+        if args.data != "synthetic" and kind_of(args.data) not in ("a folder", "a file"):
+            raise UsageError(f"--data {args.data!r} "
+                             f"{'is ' + kind_of(args.data) if kind_of(args.data) else 'does not exist'}")
+        _check_class_map(args.class_map, args.data)
+        if args.image_size is not None and args.image_size > MAX_IMAGE_SIZE:
+            raise UsageError(f"--image-size {args.image_size}: at most {MAX_IMAGE_SIZE} px")
         data = DataConfig(source="synthetic" if args.data == "synthetic" else str(Path(args.data).resolve()),
                           class_map=args.class_map)
         # every check before TensorFlow is imported: errors come before its log noise
@@ -780,9 +884,9 @@ def cmd_throughput(args: argparse.Namespace) -> int:
     if args.model not in MODELS:
         raise UsageError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
     spec = MODELS[args.model]
-    if args.image_size is not None and args.image_size < spec.min_size:
-        raise UsageError(f"--image-size {args.image_size}: {spec.name} needs at least "
-                         f"{spec.min_size} px")
+    if args.image_size is not None and image_size_problem(args.image_size, spec.name):
+        raise UsageError(f"--image-size {args.image_size}: "
+                         f"{image_size_problem(args.image_size, spec.name)}")
     lacking = [b for b in backends if availability(b) is None and unsupported_model(b, args.model)]
     if lacking and len(lacking) == len(backends):
         raise UsageError(unsupported_model(lacking[0], args.model))
@@ -794,6 +898,12 @@ def cmd_throughput(args: argparse.Namespace) -> int:
             refusal = availability(b) is None and unsupported_parallel(b, n)
             if refusal:
                 raise UsageError(refusal)
+        problem = device_problem(n, False, cuda=cuda_visible(), cores=usable_cores())
+        if problem:
+            raise UsageError(problem)
+    if args.out:  # before measuring: a measurement is never lost to its --out
+        _writable_file(args.out, "--out", "throughput.json")
+        _writable_file(args.out.with_suffix(".png"), "--out (its plot)", "throughput.png")
     rows = []
     for b in backends:
         reason = availability(b) or unsupported_model(b, args.model)
@@ -828,12 +938,17 @@ def cmd_throughput(args: argparse.Namespace) -> int:
     if args.out:
         from common.results import write_json_atomic
 
-        write_json_atomic(args.out, {"command": "bench " + " ".join(args.argv), "results": rows,
-                                     "scaling": scaling})
-        if scaling:
-            from benchmarks.throughput import write_scaling_plot
+        record = {"command": "bench " + " ".join(args.argv), "results": rows, "scaling": scaling}
+        try:
+            write_json_atomic(args.out, record)
+            if scaling:
+                from benchmarks.throughput import write_scaling_plot
 
-            print(f"scaling plot: {write_scaling_plot(scaling, args.out.with_suffix('.png'))}")
+                print(f"scaling plot: {write_scaling_plot(scaling, args.out.with_suffix('.png'))}")
+        except OSError as err:  # it changed while measuring: the result goes to stdout instead
+            print(json.dumps(record, indent=2, default=str))
+            raise UsageError(f"--out {str(args.out)!r} could not be written after measuring "
+                             f"({err.strerror or err}); the result is printed above as JSON") from None
     return 1 if any(r.get("status") != "ok" for r in rows) else 0
 
 
@@ -856,7 +971,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from benchmarks import report
 
     run = _readable_results(args.run_dir)
-    _print_summary(args.run_dir, run.results, write=True)
+    problem = report.report_write_problem(args.run_dir)  # before the table: one line, exit 2
+    if problem:
+        raise UsageError(f"report not written: {problem}; bench report writes "
+                         f"{', '.join(report.REPORT_FILES)} into the run directory")
+    _print_summary(args.run_dir, run.results, write=False)
+    print("\n" + _write_report(args.run_dir))
     for line in report.unreadable_lines(run):
         print(line)
     return 0
@@ -882,6 +1002,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
         if args.model not in MODELS:
             raise UsageError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
+        _writable_file(args.output, "--output", "converted")  # before either framework starts
         out = convert_checkpoint(args.model, args.source, args.target, args.input, args.output)
         dropped = f"; dropped (no canonical form): {len(out['dropped'])} tensor(s), e.g. " \
                   f"{out['dropped'][0]}" if out["dropped"] else ""
@@ -896,8 +1017,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from benchmarks import saved_run
 
-    if args.class_map and not Path(args.class_map).is_file():
-        raise UsageError(f"--class-map {args.class_map!r} does not exist")
+    _check_class_map(args.class_map, args.data)
     run = saved_run.open_run(args.run)
     print(saved_run.eval_text(saved_run.evaluate(run, args.checkpoint, args.data, args.class_map)))
     return 0
@@ -988,13 +1108,36 @@ COMMANDS = {"run": cmd_run, "list": cmd_list, "recipe": cmd_recipe, "data": cmd_
             "parity": cmd_parity, "explain": cmd_explain}
 
 
+SLIM_FLAGS_OWN_OPTIONS = ("--name", "--epochs", "--out")
+
+
+def slim_flags_argv(argv: list[str]) -> list[str]:
+    """``bench recipe from-slim-flags`` takes the script's flags as one quoted argument or
+    as they are (``--learning_rate=0.01``, which argparse would read as an option of its
+    own): every argument that is not one of its own options (``SLIM_FLAGS_OWN_OPTIONS``,
+    ``--help``) is a flag, joined in order into the one positional argument after ``--``."""
+    if argv[:2] != ["recipe", "from-slim-flags"]:
+        return argv
+    own, flags, rest = [], [], iter(argv[2:])
+    for a in rest:
+        if a in ("-h", "--help"):
+            own.append(a)
+        elif a.split("=", 1)[0] in SLIM_FLAGS_OWN_OPTIONS:
+            own.append(a)
+            if "=" not in a:
+                own.append(next(rest, ""))
+        elif a != "--":
+            flags.append(a)
+    return [*argv[:2], *own, *(["--", " ".join(flags)] if flags else [])]
+
+
 def main(argv: list[str] | None = None) -> int:
     configure_console()
     # matplotlib's font cache and config live with the suite's other caches, not in $HOME
     # (docs/design.md: everything generated or cached lives under the cache root)
     os.environ.setdefault("MPLCONFIGDIR", str(cache_root() / "matplotlib"))
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = get_args_parser().parse_args(argv)
+    args = get_args_parser().parse_args(slim_flags_argv(argv))
     args.argv = argv
     try:
         return COMMANDS[args.command](args)

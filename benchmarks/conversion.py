@@ -22,6 +22,7 @@ import hashlib
 import logging
 import importlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,7 +32,7 @@ from benchmarks.json_subprocess import run_json_child
 from common import canonical
 from common.locks import claim_directory
 from common.models import get_model
-from common.paths import cache_root
+from common.paths import cache_root, kind_of
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,36 @@ def detect_format(path: str | Path) -> str | None:
     if (name.endswith(".index") or ".data-" in name or Path(str(p) + ".index").is_file()
             or (p.is_dir() and (p / "checkpoint").is_file())):
         return "slim"
+    return None
+
+
+# The first bytes of the files a checkpoint may be: torch.save's zip (and numpy's .npz), the
+# pickle stream of torch's legacy format, HDF5 (Keras .weights.h5).
+CHECKPOINT_MAGIC = {b"PK\x03\x04": "zip", b"\x80": "pickle", b"\x89HDF\r\n\x1a\n": "HDF5"}
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why ``path`` is not a checkpoint ``--weights PATH`` can restore, or None: it does not
+    exist, is a folder (other than a TF checkpoint folder) or another special file, or its
+    first bytes are none of a zip, a pickle or HDF5 (a TF checkpoint is its ``.index``).
+    Framework-free: the ``bench`` parent and the run's process ask the same question."""
+    p = Path(path)
+    if detect_format(p) == "slim":
+        index = Path(re.sub(r"\.(index|data-\d+-of-\d+)$", "", str(p)) + ".index")
+        if p.is_dir() or (index.is_file() and index.stat().st_size > 0):
+            return None
+    kind = kind_of(p)
+    if kind is None:
+        return "does not exist"
+    if kind == "a folder":
+        return "is a folder, not a checkpoint file (a TF checkpoint folder holds a 'checkpoint' file)"
+    if kind != "a file":
+        return f"is {kind}, not a checkpoint file"
+    with open(p, "rb") as f:
+        head = f.read(8)
+    if not any(head.startswith(m) for m in CHECKPOINT_MAGIC):
+        return ("is not a checkpoint: its first bytes are none of a zip (torch.save, .npz), a "
+                "pickle (torch's legacy format) or HDF5 (.weights.h5)")
     return None
 
 

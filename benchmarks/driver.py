@@ -40,7 +40,7 @@ from common.locks import claim_directory
 from common.metrics import classification_metrics
 from common.models import get_model
 from common.parallel import is_main_process
-from common.paths import cache_root, disk_full_message, is_disk_full
+from common.paths import cache_root, disk_full_message, is_disk_full, written_path
 from common.preprocess import get_preset
 from common.results import SchemaError, base_result, write_json_atomic, write_result
 from common.timing import Timeline, early_stop, peak_rss_bytes
@@ -367,9 +367,9 @@ def _resolve_weights(config: RunConfig, split: Split, image_size: int) -> tuple[
             rows = {i: src[c] for i, c in enumerate(split.classes) if c in src}
         return (WeightsRequest("path", str(ckpt), rows, ignore_missing_vars=ignore),
                 {"kind": "source", **meta, "reused_head_rows": rows})
-    path = Path(weights)
-    if not (path.exists() or Path(weights + ".index").exists()):  # a TF checkpoint is a prefix
-        raise BackendError(f"weights file {weights!r} does not exist; pass --weights source, none, "
+    problem = conversion.checkpoint_problem(weights)  # what the bench parent checked
+    if problem:
+        raise BackendError(f"--weights {weights!r} {problem}; pass --weights source, none, "
                            f"imagenet or the path of a native checkpoint")
     return path_weights(config, weights)
 
@@ -799,7 +799,7 @@ def run(config: RunConfig, timeline: Timeline | None = None) -> dict:
         log.info(f"test top1 {result['test']['top1']:.3f} top5 {result['test']['top5']:.3f}")
     except Exception as err:  # bad input or a framework crash: recorded, the sweep goes on
         if is_disk_full(err):
-            message = disk_full_message(err.filename or run_dir)
+            message = disk_full_message(written_path(err, run_dir))
         elif isinstance(err, (DataError, BackendError, canonical.ConversionError, TrainingDiverged)):
             message = f"{err}"
         else:

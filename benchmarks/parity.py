@@ -38,6 +38,7 @@ import numpy as np
 from backends.base import availability, backend_info, default_backends
 from benchmarks import conversion
 from common import canonical, synthetic
+from common.config import image_size_problem
 from common.data import load_dataset, load_image
 from common.models import MODELS, get_model
 from common.preprocess import get_normalisation
@@ -131,8 +132,10 @@ def check_parity_request(model: str, image_size: int,
                          backends: list[str] | None = None,
                          weights: str = "random") -> tuple[list[str], dict]:
     """The backends parity runs on, and why the others cannot; a ``ConversionError``
-    (one line) when ``model`` does not convert, ``image_size`` is below its minimum,
-    ``--weights imagenet`` has no shared file here or fewer than two backends can run it."""
+    (one line) when ``model`` does not convert, ``image_size`` is outside its range,
+    ``--weights imagenet`` has no shared file here, ``weights`` is not a checkpoint that
+    converts or fewer than two backends can run it. ``bench parity`` asks before it writes
+    anything."""
     reason = canonical.conversion_refusal(model)
     if reason:
         raise canonical.ConversionError(reason)
@@ -142,6 +145,17 @@ def check_parity_request(model: str, image_size: int,
     if image_size < spec.min_size:
         raise canonical.ConversionError(f"--image-size {image_size} is below {model}'s minimum "
                                         f"{spec.min_size} px")
+    if image_size_problem(image_size, model):
+        raise canonical.ConversionError(f"--image-size {image_size}: "
+                                        f"{image_size_problem(image_size, model)}")
+    if weights not in ("random", "imagenet"):
+        found = conversion.detect_format(weights)
+        problem = conversion.checkpoint_problem(weights) if found else \
+            "is not a checkpoint (.pt, .weights.h5, a TF prefix or a canonical .npz)"
+        if problem:
+            raise canonical.ConversionError(f"--weights {weights!r} {problem}; give random or a "
+                                            f"checkpoint of any backend")
+        conversion.check_convertible(model, found)
     names, skipped = parity_backends(model, backends)
     if len(names) < 2:
         raise canonical.ConversionError(f"parity needs two backends that convert {model}; "

@@ -423,6 +423,25 @@ CSV_FIELDS = (["backend", "recipe", "status", "n", "n_ok", "n_failed", "n_skippe
               + [f"{m}_{s}" for m in stats.METRICS for s in ("mean", "std", "n")] + ["vs_scratch_top1", "errors"])
 
 
+REPORT_FILES = ("report.md", "report.html", "summary.csv", "summary.json")
+
+
+def report_write_problem(run_dir: Path) -> str | None:
+    """Why ``write_report`` cannot write into ``run_dir``, or None: a read-only or immutable
+    folder (``common.paths.write_problem``), or one of ``REPORT_FILES`` that is a folder or
+    another special file; checked before anything is written."""
+    from common.paths import kind_of, write_problem
+
+    problem = write_problem(run_dir)
+    if problem:
+        return f"{run_dir} is not writable ({problem})"
+    for name in REPORT_FILES:
+        kind = kind_of(Path(run_dir) / name)
+        if kind not in (None, "a file"):
+            return f"{Path(run_dir) / name} is {kind}, not a file; move it away"
+    return None
+
+
 def write_report(run_dir: Path, plots: bool = True) -> dict[str, Path]:
     """Write report.md, report.html (with plots unless ``plots`` is False), summary.csv and summary.json into
     ``run_dir`` from its result files, whatever they hold (unreadable ones listed); returns {md, html, csv, json}."""

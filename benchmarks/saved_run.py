@@ -14,6 +14,7 @@ confusion matrix and the predictions CSV are computed here from those logits by
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from benchmarks.runner import PARENT_PID_ENV
 from common.config import RunConfig
 from common.data import DataError, Sample, Split, load_dataset
 from common.metrics import classification_metrics, log_softmax
+from common.paths import kind_of, write_problem
 from common.progress import PROGRESS_ENV, ProgressRelay, parse_event, progress_mode
 from common.results import write_json_atomic
 
@@ -163,6 +165,16 @@ def open_target(path: str | Path, which: str = "best") -> tuple[SavedRun, Path]:
     return run, base
 
 
+def _check_writable(directory: Path, hint: str) -> None:
+    """One line (``SavedRunError``) when files cannot be written in ``directory``: a
+    read-only mount, an immutable folder, a file in its place."""
+    problem = write_problem(directory)
+    if problem is None and kind_of(directory) not in (None, "a folder"):
+        problem = f"it is {kind_of(directory)}"
+    if problem:
+        raise SavedRunError(f"{directory} cannot be written ({problem}); {hint}")
+
+
 # ------------------------------------------------------------------ the child
 
 def run_in_backend(run: SavedRun, job: dict) -> dict:
@@ -227,9 +239,11 @@ def eval_samples(run: SavedRun, data: str | None, class_map: str | None) -> tupl
         return run.test_images(), "test", []
     from common import verify
 
-    if not Path(data).exists():
-        raise SavedRunError(f"--data {data!r} does not exist; pass an image folder with one "
-                            f"subfolder per class (named as the run's classes)")
+    kind = kind_of(data)
+    if kind not in ("a folder", "a file"):
+        raise SavedRunError(f"--data {data!r} {'is ' + kind if kind else 'does not exist'}; pass "
+                            f"an image folder with one subfolder per class (named as the run's "
+                            f"classes)")
     try:
         ds = load_dataset(data, class_map)
         ds, skipped = verify.verified(ds)
@@ -250,8 +264,16 @@ def eval_samples(run: SavedRun, data: str | None, class_map: str | None) -> tupl
     if not samples:
         raise SavedRunError(f"--data {data!r} holds no readable image")
     mapped = [Sample(s.path, index[ds.classes[s.label]]) for s in samples]
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(data).resolve().name) or "data"
-    return mapped, name, skipped
+    return mapped, eval_folder_name(data), skipped
+
+
+def eval_folder_name(data: str) -> str:
+    """The name of ``--data``'s evaluation folder: its own name and a short digest of its
+    absolute path, so two data sets of one name (``/a/good``, ``/b/good``) never share a
+    folder, and one data set evaluated again replaces its own results."""
+    absolute = Path(data).resolve()
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", absolute.name) or "data"
+    return f"{name}-{hashlib.sha256(os.fsencode(absolute)).hexdigest()[:8]}"
 
 
 def evaluate(run: SavedRun, checkpoint: str = "best", data: str | None = None,
@@ -260,12 +282,14 @@ def evaluate(run: SavedRun, checkpoint: str = "best", data: str | None = None,
     the confusion matrix and a predictions CSV written to ``RUN/eval/<checkpoint>-<data>/``."""
     base = run.checkpoint(checkpoint)
     samples, name, skipped = eval_samples(run, data, class_map)
+    out = run.path / "eval" / f"{checkpoint}-{name}"
+    _check_writable(out, "bench eval writes into RUN/eval/: copy the run folder "
+                         "somewhere writable and evaluate the copy")  # before inference
     answer = run_in_backend(run, {"action": "logits", "checkpoint": str(base),
                                   "images": [[s.path, s.label] for s in samples]})
     logits = answer["logits"]
     labels = np.asarray([s.label for s in samples], np.int64)
     metrics = classification_metrics(logits, labels, run.classes)
-    out = run.path / "eval" / f"{checkpoint}-{name}"
     out.mkdir(parents=True, exist_ok=True)
     probabilities = np.exp(log_softmax(np.asarray(logits, np.float64)))
     with open(out / "predictions.csv", "w", newline="", encoding="utf-8",
@@ -370,6 +394,7 @@ def export(run: SavedRun, fmt: str, checkpoint: str = "best", out: Path | None =
     if not golden:
         raise SavedRunError(f"run {str(run.path)!r} has no test images for the golden batch")
     directory = (out or run.path / "export" / fmt).resolve()
+    _check_writable(directory, "give another folder with --out")  # before the framework starts
     answer = run_in_backend(run, {"action": "export", "checkpoint": str(base), "format": fmt,
                                   "directory": str(directory),
                                   "images": [[s.path, s.label] for s in golden]})

@@ -66,6 +66,13 @@ INITS = ("pretrained", "random")
 PRECISIONS = ("fp32", "bf16")
 MAX_EPOCHS = 10_000
 MAX_HIDDEN_UNITS = 65_536
+# a seed is what every framework's generator takes: numpy's and torch's accept 0..2**32-1
+MAX_SEED = 2 ** 32 - 1
+# the largest --image-size (a 1024 px InceptionV3 batch of 16 already needs ~20 GB to train)
+MAX_IMAGE_SIZE = 1024
+# the largest float32 (every backend computes in float32 or bfloat16): a recipe value above
+# it overflows to inf in the framework
+FLOAT32_MAX = 3.4028234663852886e38
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "recipes"
 # a recipe name is part of every run folder's name (<backend>-<recipe>-s<seed>), a phase
@@ -80,6 +87,26 @@ class ConfigError(ValueError):
 
 def _fail(where: str, key: str, value: Any, allowed: str) -> None:
     raise ConfigError(f"{where}: {key} = {value!r} is invalid; {allowed}")
+
+
+def seed_problem(seed: Any) -> str | None:
+    """Why ``seed`` is not a seed every framework takes (an integer in [0, MAX_SEED]), or
+    None. ``bench run --seeds`` and ``validate_run`` (the parent and the run's process)
+    both ask here."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        return f"a seed must be an integer in [0, {MAX_SEED}] (2**32 - 1), got {seed!r:.40}"
+    return None
+
+
+def image_size_problem(size: int, model: str) -> str | None:
+    """Why ``size`` px is not an input size for ``model`` (below its minimum or above
+    ``MAX_IMAGE_SIZE``), or None; every command with ``--image-size`` asks here."""
+    spec = MODELS[model]
+    if size < spec.min_size:
+        return f"{spec.name} needs at least {spec.min_size} px"
+    if size > MAX_IMAGE_SIZE:
+        return f"at most {MAX_IMAGE_SIZE} px (one batch would not fit in memory; docs/running.md)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -327,6 +354,14 @@ def parse_phase(raw: dict, where: str) -> Phase:
         _fail(where, "learning_rate", phase.learning_rate, "must be > 0")
     if phase.head_lr_multiplier <= 0:
         _fail(where, "head_lr_multiplier", phase.head_lr_multiplier, "must be > 0")
+    for key in ("learning_rate", "epsilon", "weight_decay"):
+        if getattr(phase, key) > FLOAT32_MAX:
+            _fail(where, key, getattr(phase, key), f"must be at most {FLOAT32_MAX:.4g}, the "
+                                                   f"largest float32 (it would be inf)")
+    if phase.learning_rate * phase.head_lr_multiplier > FLOAT32_MAX:
+        _fail(where, "head_lr_multiplier", phase.head_lr_multiplier,
+              f"learning_rate x head_lr_multiplier must be at most {FLOAT32_MAX:.4g}, the "
+              f"largest float32 (it would be inf)")
     if not 1 <= phase.epochs <= MAX_EPOCHS:
         _fail(where, "epochs", phase.epochs, f"must be in [1, {MAX_EPOCHS}]")
     if not 0 <= phase.top_blocks <= 1000:
@@ -472,8 +507,10 @@ def validate_run(config: RunConfig) -> None:
         _fail("run", "model", config.model.name, f"allowed: {', '.join(sorted(MODELS))}")
     spec = MODELS[config.model.name]
     size = config.data.image_size
-    if size is not None and size < spec.min_size:
-        _fail("run", "image_size", size, f"{spec.name} needs at least {spec.min_size} px")
+    if size is not None and image_size_problem(size, spec.name):
+        _fail("run", "image_size", size, image_size_problem(size, spec.name))
+    if seed_problem(config.train.seed):
+        _fail("run", "seed", config.train.seed, seed_problem(config.train.seed))
     if config.train.batch_size < 1:
         _fail("run", "batch_size", config.train.batch_size, "must be >= 1")
     validate_parallel(config.train)
@@ -528,8 +565,8 @@ def validate_split_options(val_fraction: float | None, test_fraction: float | No
     if held_out >= 0.9:
         _fail("data", "val_fraction + test_fraction", round(held_out, 6),
               "must be < 0.9 so that training keeps at least 10 % of each class")
-    if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
-        _fail("data", "split_seed", split_seed, "must be an integer >= 0")
+    if seed_problem(split_seed):
+        _fail("data", "split_seed", split_seed, seed_problem(split_seed))
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) \
             or not 0 <= num_workers <= MAX_WORKERS:
         _fail("data", "num_workers", num_workers, f"must be an integer in [0, {MAX_WORKERS}]")

@@ -320,6 +320,10 @@ def load_dataset(source: str | Path, class_map: str | Path | None = None) -> Dat
     source = Path(source)
     if source.is_file() and class_map is not None:
         return load_meta_file(source, class_map)
+    if source.is_dir() and class_map is not None:  # it would be ignored: the folders name the classes
+        raise DataError(f"--class-map {str(class_map)!r} maps the labels of a label|path meta "
+                        f"file, but {str(source)!r} is an image folder whose subfolders name its "
+                        f"classes; drop --class-map")
     if source.is_file() and source.suffix.lower() in {".txt", ".csv", ".meta", ".lst"}:
         raise DataError(f"{str(source)!r} looks like a label|path meta file; pass its class map "
                         f"with --class-map CLASS_MAP.json")

@@ -11,6 +11,8 @@ one device take the same optimizer steps on the same images.
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 from common.config import TrainConfig
 
@@ -51,3 +53,38 @@ def record(train: TrainConfig, engine: str, **extra) -> dict:
     return {"devices": train.devices, "nnodes": train.nnodes, "workers": workers(train),
             "global_batch": train.batch_size, "per_device_batch": per_device_batch(train),
             "rule": GLOBAL_BATCH_RULE, "engine": engine, **extra}
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, else the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cuda_visible() -> bool:
+    """Whether a CUDA device may be visible to a run started from here, decided without a
+    framework (the ``bench`` parent imports none): not when ``CUDA_VISIBLE_DEVICES`` hides
+    every device, nor without the NVIDIA driver (no ``/proc/driver/nvidia/gpus/*``) and
+    without ``nvidia-smi``."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return (gpus.is_dir() and any(gpus.iterdir())) or shutil.which("nvidia-smi") is not None
+
+
+def device_problem(devices: int, sync_bn: bool, cuda: bool, cores: int) -> str | None:
+    """Why ``devices`` devices on this node (with SyncBatchNorm or not) cannot run, or None:
+    without CUDA each device is a CPU device (torch gloo processes, TensorFlow logical CPUs,
+    jax host devices) that needs a core of its own, and SyncBatchNorm needs CUDA. The
+    ``bench`` parent asks with ``cuda_visible()``, the run's process with its framework's
+    answer (``torch.cuda.is_available()``, TensorFlow's GPU list): one rule, checked before
+    any framework starts and again where it runs."""
+    if cuda:
+        return None
+    if devices > cores:
+        return (f"--devices {devices}: no CUDA device here, and each device on the CPU needs a "
+                f"core of its own ({cores} core(s)); use at most --devices {cores}")
+    if sync_bn:
+        return ("--sync-bn: torch.nn.SyncBatchNorm runs on CUDA devices only and no CUDA device "
+                "is visible here (no NVIDIA driver, no nvidia-smi, or CUDA_VISIBLE_DEVICES "
+                "hides them); drop --sync-bn on the CPU")
+    return None

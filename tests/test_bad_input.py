@@ -263,3 +263,386 @@ def test_every_image_reader_goes_through_the_one_bounded_reader():
             if re.search(r"Image\.open\((?!io\.BytesIO)", line) and "read_image_file" not in line:
                 offenders.append(f"{py.relative_to(repo)}:{n}: {line.strip()}")
     assert not offenders, offenders
+
+
+# ------------------------------------------------- issue 25: data loss, late checks, tracebacks
+
+import dataclasses  # noqa: E402
+import errno  # noqa: E402
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from conftest import tiny_config  # noqa: E402
+from read_only import immutable, read_only_view, small_disk  # noqa: E402
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    """The numpy backend in this process and its children (runs in real worker processes,
+    which write the config.json that bench eval and export read)."""
+    from backends import base
+    from common.paths import CACHE_ENV
+
+    monkeypatch.setenv(base.EXTRA_BACKENDS_ENV, "fake=fake_backend:FakeBackend")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setitem(base.REGISTRY, "fake", "fake_backend:FakeBackend")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+
+
+def _fake_sweep(capsys, data, out, *extra) -> Path:
+    code, out_text, err = _run_cli(capsys, "run", "--backend", "fake", "--recipe", "head", "--data",
+                                   str(data), "--weights", "none", "--epochs", "1", "--batch-size",
+                                   "2", "--out", str(out), *extra)
+    assert code == 0, out_text + err
+    return Path(out)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_non_empty_out_that_holds_no_sweep_is_refused_and_its_files_kept(fake, tiny_quads, tmp_path,
+                                                                           capsys):
+    out = tmp_path / "my folder"
+    out.mkdir()
+    (out / "report.md").write_text("my notes")
+    (out / "summary.csv").write_text("my,table\n")
+    code, _, err = _run_cli(capsys, "run", "--backend", "fake", "--recipe", "head", "--data",
+                            str(tiny_quads), "--weights", "none", "--out", str(out))
+    _assert_one_line_error(code, err, f"--out '{out}' already holds files (report.md, summary.csv)")
+    assert _files(out) == {"report.md": b"my notes", "summary.csv": b"my,table\n"}
+    empty = tmp_path / "empty"
+    empty.mkdir()  # an empty folder is a new sweep's
+    _fake_sweep(capsys, tiny_quads, empty)
+    assert (empty / "report.md").is_file() and (empty / "fake-head-s0" / "result.json").is_file()
+    code, out_text, _ = _run_cli(capsys, "report", str(empty))  # bench report rebuilds its own
+    assert code == 0 and f"report: {empty / 'report.md'}" in out_text
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--out", ""], ["throughput", "--out", ""], ["recipe", "from-slim-flags",
+                                                        "--learning_rate=0.1", "--out", ""],
+    ["export", "RUN", "--format", "npz", "--out", ""], ["parity", "--out", ""],
+    ["weights", "convert", "--from", "pytorch", "--to", "keras", "--input", "x.pt", "--output", ""],
+    ["data", "export-tfrecord", "--out", ""],
+])
+def test_an_empty_out_is_refused_instead_of_writing_into_the_current_folder(argv, capsys, tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    _, err = capsys.readouterr()
+    _assert_one_line_error(exit_.value.code, err, "'' is empty; it would write into the current folder")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _eval_folder(root: Path, source: Path) -> Path:
+    for cls in ("square", "kite"):
+        (root / cls).mkdir(parents=True)
+        for p in sorted((source / cls).glob("*.png"))[:2]:
+            (root / cls / p.name).write_bytes(p.read_bytes())
+    return root
+
+
+def test_eval_of_two_data_folders_of_one_name_writes_two_folders(fake, tiny_quads, tmp_path, capsys):
+    from benchmarks.saved_run import eval_folder_name
+
+    run = _fake_sweep(capsys, tiny_quads, tmp_path / "sweep", "--no-report") / "fake-head-s0"
+    a = _eval_folder(tmp_path / "a" / "good", tiny_quads)
+    b = _eval_folder(tmp_path / "b" / "good", tiny_quads)
+    (b / "kite" / next((b / "kite").iterdir()).name).unlink()  # b differs from a
+    for data in (a, b):
+        code, out, err = _run_cli(capsys, "eval", str(run), "--data", str(data))
+        assert code == 0, out + err
+    folders = sorted(p.name for p in (run / "eval").iterdir())
+    assert folders == sorted(f"best-{eval_folder_name(str(d))}" for d in (a, b)) and folders[0] != folders[1]
+    assert all(f.startswith("best-good-") for f in folders)
+    rows = {f: (run / "eval" / f / "predictions.csv").read_text().count("\n") - 1 for f in folders}
+    assert sorted(rows.values()) == [3, 4]  # each folder holds its own data's predictions
+    assert eval_folder_name(str(a)) == eval_folder_name(str(tmp_path / "a" / "." / "good"))
+
+
+def test_throughput_out_that_cannot_be_written_is_one_line_before_measuring(tmp_path, capsys,
+                                                                            monkeypatch):
+    from benchmarks import throughput
+
+    monkeypatch.setattr(throughput, "measure_in_child", lambda *a, **k: pytest.fail("measured"))
+    with read_only_view(None, tmp_path / "ro") as ro:
+        code, _, err = _run_cli(capsys, "throughput", "--out", str(ro / "t.json"))
+        _assert_one_line_error(code, err, f"--out '{ro / 't.json'}' cannot be written (Read-only "
+                                          f"file system)")
+    (tmp_path / "dir.json").mkdir()
+    code, _, err = _run_cli(capsys, "throughput", "--out", str(tmp_path / "dir.json"))
+    _assert_one_line_error(code, err, "is a folder, not a file")
+
+
+def test_a_throughput_result_that_cannot_be_written_after_measuring_is_printed(tmp_path, capsys,
+                                                                               monkeypatch):
+    from benchmarks import throughput
+    from common import results
+
+    row = {"status": "failed", "backend": "pytorch", "error": "measured, then the disk went away"}
+    monkeypatch.setattr(throughput, "measure_in_child", lambda *a, **k: dict(row))
+    monkeypatch.setattr(cli, "availability", lambda name: None)
+
+    def read_only(path, payload):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(results, "write_json_atomic", read_only)
+    code, out, err = _run_cli(capsys, "throughput", "--out", str(tmp_path / "t.json"))
+    _assert_one_line_error(code, err, "could not be written after measuring (Read-only file "
+                                      "system); the result is printed above as JSON")
+    printed = json.loads(out[out.index("{"):])
+    assert printed["results"] == [row]
+
+
+def test_recipe_from_slim_flags_out_that_is_a_folder_is_one_line(tmp_path, capsys):
+    code, _, err = _run_cli(capsys, "recipe", "from-slim-flags", "--learning_rate=0.01", "--out",
+                            str(tmp_path))
+    _assert_one_line_error(code, err, f"--out '{tmp_path}' is a folder, not a file")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_recipe_from_slim_flags_takes_one_flag_as_its_argument(tmp_path, capsys):
+    from common.config import load_recipe
+
+    code, out, _ = _run_cli(capsys, "recipe", "from-slim-flags", "--learning_rate=0.01")
+    assert code == 0 and "learning_rate = 0.01" in out
+    code, _, _ = _run_cli(capsys, "recipe", "from-slim-flags", "--learning_rate=0.02",
+                          "--optimizer=sgd", "--out", str(tmp_path / "r.toml"), "--name", "mine")
+    recipe = load_recipe(str(tmp_path / "r.toml"))
+    assert code == 0 and recipe.name == "mine"
+    assert (recipe.phases[0].learning_rate, recipe.phases[0].optimizer) == (0.02, "sgd")
+
+
+def test_weights_convert_output_on_a_read_only_mount_is_one_line_before_converting(
+        tmp_path, capsys, monkeypatch):
+    from benchmarks import conversion
+
+    monkeypatch.setattr(conversion, "convert_checkpoint", lambda *a: pytest.fail("converted"))
+    (tmp_path / "in.pt").write_bytes(b"PK\x03\x04")
+    with read_only_view(None, tmp_path / "ro") as ro:
+        code, _, err = _run_cli(capsys, "weights", "convert", "--from", "pytorch", "--to", "keras",
+                                "--input", str(tmp_path / "in.pt"), "--output", str(ro / "out"))
+    _assert_one_line_error(code, err, f"--output '{ro / 'out'}' cannot be written (Read-only file "
+                                      f"system)")
+
+
+@pytest.fixture
+def sweep(fake, tiny_quads, tmp_path, capsys):
+    """A finished sweep of one fake run, with its report."""
+    return _fake_sweep(capsys, tiny_quads, tmp_path / "sweep")
+
+
+def test_report_into_a_folder_it_cannot_write_is_one_line_and_keeps_every_file(sweep, tmp_path,
+                                                                               capsys):
+    before = _files(sweep)
+    with read_only_view(sweep, tmp_path / "ro") as ro:
+        code, _, err = _run_cli(capsys, "report", str(ro))
+        _assert_one_line_error(code, err, f"report not written: {ro} is not writable (Read-only "
+                                          f"file system)")
+    with immutable(sweep):
+        code, _, err = _run_cli(capsys, "report", str(sweep))
+        _assert_one_line_error(code, err, f"report not written: {sweep} is not writable "
+                                          f"(Operation not permitted)")
+    assert _files(sweep) == before
+    (sweep / "report.md").unlink()
+    (sweep / "report.md").mkdir()
+    code, _, err = _run_cli(capsys, "report", str(sweep))
+    _assert_one_line_error(code, err, f"{sweep / 'report.md'} is a folder, not a file; move it away")
+
+
+def test_eval_and_export_on_a_read_only_mount_are_one_line_before_the_framework(sweep, tmp_path,
+                                                                                capsys, monkeypatch):
+    from benchmarks import saved_run
+
+    monkeypatch.setattr(saved_run, "run_in_backend", lambda *a: pytest.fail("a framework started"))
+    with read_only_view(sweep, tmp_path / "ro") as ro:
+        code, _, err = _run_cli(capsys, "eval", str(ro / "fake-head-s0"))
+        _assert_one_line_error(code, err, f"{ro / 'fake-head-s0' / 'eval' / 'best-test'} cannot be "
+                                          f"written (Read-only file system)")
+        code, _, err = _run_cli(capsys, "export", str(ro / "fake-head-s0"), "--format", "npz")
+        _assert_one_line_error(code, err, f"{ro / 'fake-head-s0' / 'export' / 'npz'} cannot be "
+                                          f"written (Read-only file system); give another folder "
+                                          f"with --out")
+    assert not (sweep / "fake-head-s0" / "eval").exists()
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--seeds", "-1"], "a seed must be an integer in [0, 4294967295]"),
+    (["--seeds", "0,99999999999999999999"], "a seed must be an integer in [0, 4294967295]"),
+    (["--image-size", "10000"], "image_size = 10000 is invalid; at most 1024 px"),
+])
+def test_out_of_range_run_values_are_one_line_in_the_parent(fake, tiny_quads, tmp_path, capsys,
+                                                           argv, fragment, monkeypatch):
+    from benchmarks import runner
+
+    monkeypatch.setattr(runner, "run_child", lambda run: pytest.fail("a run started"))
+    try:
+        code, _, err = _run_cli(capsys, "run", "--backend", "fake", "--data", str(tiny_quads),
+                                "--out", str(tmp_path / "out"), *argv)
+    except SystemExit as exit_:  # argparse
+        code, err = exit_.code, capsys.readouterr()[1]
+    _assert_one_line_error(code, err, fragment)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_run_process_checks_seeds_with_the_parents_function():
+    from common.config import ConfigError, TrainConfig, validate_run
+
+    config = dataclasses.replace(tiny_config("fake", "head", Path("x"), Path("y")),
+                                 train=TrainConfig(seed=2 ** 32))
+    with pytest.raises(ConfigError, match=r"seed = 4294967296 is invalid; a seed must be an integer"):
+        validate_run(config)
+    validate_run(dataclasses.replace(config, train=TrainConfig(seed=2 ** 32 - 1)))
+
+
+def test_throughput_image_size_has_an_upper_bound(capsys, monkeypatch):
+    from benchmarks import throughput
+
+    monkeypatch.setattr(throughput, "measure_in_child", lambda *a, **k: pytest.fail("measured"))
+    code, _, err = _run_cli(capsys, "throughput", "--image-size", "10000")
+    _assert_one_line_error(code, err, "--image-size 10000: at most 1024 px")
+
+
+@pytest.mark.parametrize("key, value", [("learning_rate", "1e300"), ("epsilon", "1e39"),
+                                        ("weight_decay", "1e300")])
+def test_recipe_values_beyond_float32_are_one_line(tmp_path, capsys, key, value):
+    (tmp_path / "r.toml").write_text(f'name = "big"\n[[phase]]\ntrain = "head"\n{key} = {value}\n')
+    code, _, err = _run_cli(capsys, "run", "--backend", "pytorch", "--recipe", str(tmp_path / "r.toml"),
+                            "--out", str(tmp_path / "out"))
+    _assert_one_line_error(code, err, f"{key} = {float(value)!r} is invalid; must be at most "
+                                      f"3.403e+38, the largest float32")
+
+
+def test_more_cpu_devices_than_cores_and_sync_bn_without_cuda_are_refused_in_the_parent(
+        tiny_quads, tmp_path, capsys, monkeypatch):
+    from benchmarks import runner
+
+    monkeypatch.setattr(runner, "run_child", lambda run: pytest.fail("a run started"))
+    monkeypatch.setattr(cli, "cuda_visible", lambda: False)
+    monkeypatch.setattr(cli, "usable_cores", lambda: 2)
+    base = ["run", "--backend", "pytorch", "--recipe", "head", "--data", str(tiny_quads),
+            "--weights", "none", "--out", str(tmp_path / "out")]
+    code, _, err = _run_cli(capsys, *base, "--devices", "64", "--batch-size", "64")
+    _assert_one_line_error(code, err, "--devices 64: no CUDA device here, and each device on the "
+                                      "CPU needs a core of its own (2 core(s)); use at most --devices 2")
+    code, _, err = _run_cli(capsys, *base, "--devices", "2", "--sync-bn")
+    _assert_one_line_error(code, err, "--sync-bn: torch.nn.SyncBatchNorm runs on CUDA devices only "
+                                      "and no CUDA device is visible here")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cuda_visibility_is_read_from_the_environment(monkeypatch):
+    from common import parallel
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert parallel.cuda_visible() is False
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setattr(parallel.shutil, "which", lambda name: None)
+    monkeypatch.setattr(parallel, "Path", lambda p: Path("/nonexistent/driver"))
+    assert parallel.cuda_visible() is False
+    monkeypatch.setattr(parallel.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    assert parallel.cuda_visible() is True
+    assert parallel.device_problem(64, True, cuda=True, cores=2) is None
+
+
+@pytest.mark.parametrize("setup, fragment", [
+    ("text", "is not a checkpoint: its first bytes are none of a zip"),
+    ("folder", "is a folder, not a checkpoint file"),
+])
+def test_a_weights_path_that_is_no_checkpoint_is_one_line_in_the_parent(tmp_path, capsys, setup,
+                                                                        fragment, tiny_quads):
+    path = tmp_path / "w.pt"
+    if setup == "text":
+        path.write_text("not weights")
+    else:
+        path.mkdir()
+    code, _, err = _run_cli(capsys, "run", "--backend", "pytorch", "--recipe", "head", "--data",
+                            str(tiny_quads), "--weights", str(path), "--out", str(tmp_path / "out"))
+    _assert_one_line_error(code, err, f"--weights '{path}' {fragment}")
+
+
+def test_the_run_process_checks_weights_with_the_parents_function(tmp_path):
+    import torch
+
+    from benchmarks.conversion import checkpoint_problem
+
+    torch.save({"w": torch.zeros(2)}, tmp_path / "good.pt")
+    (tmp_path / "bad.pt").write_text("not weights")
+    assert checkpoint_problem(tmp_path / "good.pt") is None
+    assert checkpoint_problem(tmp_path / "bad.pt").startswith("is not a checkpoint")
+    from benchmarks import driver
+
+    config = tiny_config("fake", "two_phase", tmp_path, tmp_path / "run", weights=str(tmp_path / "bad.pt"))
+    from backends.base import BackendError
+
+    with pytest.raises(BackendError, match="is not a checkpoint"):
+        driver._resolve_weights(config, None, 75)
+
+
+def test_torchs_unexpected_pos_on_a_full_disk_is_the_disk_full_line(fake, tiny_quads, tmp_path,
+                                                                    monkeypatch):
+    import torch
+
+    from benchmarks import driver
+    from common.paths import is_disk_full, mount_point
+
+    with small_disk(tmp_path / "small") as disk:
+        with pytest.raises(RuntimeError, match="unexpected pos") as raised:
+            torch.save({"w": torch.zeros(200_000)}, disk / "x.pt")  # what a full disk gives
+        assert is_disk_full(raised.value)
+        message = str(raised.value)
+        del raised  # its traceback holds the file open
+        (disk / "x.pt").unlink()
+        h5py = pytest.importorskip("h5py")  # Keras' .weights.h5 writer on the same full disk
+        with pytest.raises(OSError) as raised:
+            with h5py.File(disk / "x.weights.h5", "w") as f:
+                f.create_dataset("w", data=np.zeros(200_000))
+        assert is_disk_full(raised.value)
+        del raised
+    import fake_backend
+
+    def full(self, path):
+        raise RuntimeError(message)
+
+    monkeypatch.setattr(fake_backend.FakeBackend, "_save", full)
+    result = driver.run(tiny_config("fake", "head", tiny_quads, tmp_path / "run"))
+    assert result["status"] == "failed"
+    assert result["error"].startswith(f"disk full: no space left on the file system mounted at "
+                                      f"{mount_point(tmp_path)}")
+
+
+@pytest.mark.parametrize("command", ["run", "inspect", "eval"])
+def test_a_class_map_with_an_image_folder_is_refused(tmp_path, capsys, tiny_quads, command):
+    (tmp_path / "cm.json").write_text('{"id2cls": {"0": "a", "1": "b"}}')
+    argv = {"run": ["run", "--backend", "pytorch", "--data", str(tiny_quads), "--out",
+                    str(tmp_path / "out")],
+            "inspect": ["data", "inspect", str(tiny_quads)],
+            "eval": ["eval", str(tmp_path / "RUN"), "--data", str(tiny_quads)]}[command]
+    code, _, err = _run_cli(capsys, *argv, "--class-map", str(tmp_path / "cm.json"))
+    _assert_one_line_error(code, err, f"--data '{tiny_quads}' is an image folder whose subfolders "
+                                      f"name its classes; drop --class-map")
+
+
+def test_a_path_of_the_wrong_kind_says_what_it_is(tmp_path, capsys):
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "folder.json").mkdir()
+    code, _, err = _run_cli(capsys, "run", "--backend", "pytorch", "--data", str(tmp_path / "pipe"),
+                            "--out", str(tmp_path / "out"))
+    _assert_one_line_error(code, err, f"--data '{tmp_path / 'pipe'}' is a named pipe")
+    code, _, err = _run_cli(capsys, "data", "inspect", str(tmp_path), "--class-map",
+                            str(tmp_path / "folder.json"))
+    _assert_one_line_error(code, err, f"--class-map '{tmp_path / 'folder.json'}' is a folder, not a file")
+
+
+def test_parity_with_missing_weights_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "parity"
+    code, _, err = _run_cli(capsys, "parity", "--weights", str(tmp_path / "missing.pt"), "--out",
+                            str(out))
+    if code == 2 and "parity needs two backends" in err:
+        pytest.skip(err.strip())
+    _assert_one_line_error(code, err, f"--weights '{tmp_path / 'missing.pt'}' does not exist")
+    assert not out.exists()

@@ -382,3 +382,89 @@ def test_generated_bad_input_gives_exit_0_or_2_one_line_and_writes_only_out_and_
         count += 1
     assert count >= 260
     assert outcomes[0] >= 20 and outcomes[2] >= 110 and outcomes[1] == 4, outcomes
+
+
+# ------------------------------------------------------------ outputs that cannot be written
+
+# Every command that writes, with its output under OUT (a folder to write into) or in the
+# finished sweep SWEEP (bench report, eval, export write into the run's own folders).
+WRITING_COMMANDS = [
+    ("run", ["run", "--backend", "fake", "--recipe", "head", "--data", "{data}", "--weights",
+             "none", "--epochs", "1", "--batch-size", "2", "--out", "{out}/sweep"]),
+    ("throughput", ["throughput", "--out", "{out}/t.json"]),
+    ("recipe", ["recipe", "from-slim-flags", "--learning_rate=0.1", "--out", "{out}/r.toml"]),
+    ("weights convert", ["weights", "convert", "--from", "pytorch", "--to", "keras", "--input",
+                         "{data}/w.pt", "--output", "{out}/w"]),
+    ("parity", ["parity", "--out", "{out}/parity"]),
+    ("export --out", ["export", "{run}", "--format", "npz", "--out", "{out}/export"]),
+    ("report", ["report", "{sweep}"]),
+    ("eval", ["eval", "{sweep}/fake-head-s0"]),
+    ("export", ["export", "{sweep}/fake-head-s0", "--format", "npz"]),
+]
+
+
+@pytest.fixture
+def finished_sweep(fuzz_env, monkeypatch):
+    """A finished sweep of one fake run (with the config.json the run worker writes)."""
+    from common.results import write_json_atomic
+
+    def in_process(run):
+        write_json_atomic(Path(run.config.run_dir) / "config.json", run.config.to_dict())
+        return driver.run(run.config)
+
+    monkeypatch.setattr(runner, "run_child", in_process)
+    data = fuzz_env / "data"
+    _good_images(data)
+    (data / "w.pt").write_bytes(b"PK\x03\x04")
+    sweep = fuzz_env / "sweep"
+    assert cli.main(["run", "--backend", "fake", "--recipe", "head", "--data", str(data),
+                     "--weights", "none", "--epochs", "1", "--batch-size", "2",
+                     "--out", str(sweep)]) == 0
+    return data, sweep
+
+
+@pytest.mark.parametrize("output", ["read-only mount", "immutable folder", "a file in the way"])
+def test_outputs_that_cannot_be_written_give_one_line_before_any_work_and_change_nothing(
+        finished_sweep, fuzz_env, monkeypatch, capsys, output):
+    import contextlib
+
+    from read_only import immutable, read_only_view
+
+    from benchmarks import conversion, parity, saved_run, throughput
+
+    for module, name in ((throughput, "measure_in_child"), (saved_run, "run_in_backend"),
+                         (conversion, "convert_checkpoint"), (parity, "run_parity")):
+        monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("work started"))
+    data, sweep = finished_sweep
+    capsys.readouterr()
+    stack = contextlib.ExitStack()
+    if output == "read-only mount":
+        out = stack.enter_context(read_only_view(None, fuzz_env / "ro-out"))
+        view = stack.enter_context(read_only_view(sweep, fuzz_env / "ro-sweep"))
+    elif output == "immutable folder":
+        out, view = fuzz_env / "locked", sweep
+        out.mkdir()
+        stack.enter_context(immutable(out, sweep, sweep / "fake-head-s0"))
+    else:
+        out, view = fuzz_env / "file", sweep
+        out.write_text("in the way")
+        for name in ("report.md", "fake-head-s0/eval", "fake-head-s0/export"):
+            (sweep / name).unlink(missing_ok=True)
+        (sweep / "report.md").mkdir()
+        (sweep / "fake-head-s0" / "eval").write_text("in the way")
+        (sweep / "fake-head-s0" / "export").write_text("in the way")
+    with stack:
+        before = _snapshot(fuzz_env, [fuzz_env / "cache"])
+        for name, template in WRITING_COMMANDS:
+            argv = [a.format(data=data, out=out, sweep=view, run=view / "fake-head-s0")
+                    for a in template]
+            try:
+                code = cli.main(argv)
+            except SystemExit as exit_:
+                code = exit_.code
+            stdout, err = capsys.readouterr()
+            context = f"{output}, {name}: {argv}\nstdout: {stdout[-600:]}\nstderr: {err[-600:]}"
+            lines = [l for l in err.splitlines() if l.strip()]
+            assert code == 2 and "Traceback" not in stdout + err, context
+            assert len(lines) == 1 and lines[0].startswith("bench: error: "), context
+            assert _snapshot(fuzz_env, [fuzz_env / "cache"]) == before, f"{context}: wrote"

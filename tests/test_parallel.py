@@ -202,7 +202,7 @@ def test_more_processes_than_cores_fail_in_one_line(tiny_quads, tmp_path):
     from backends.base import BackendError
     from backends.pytorch import parallel
 
-    with pytest.raises(BackendError, match=r"--nproc-per-node 64: .*use at most"):
+    with pytest.raises(BackendError, match=r"--devices 64: no CUDA device here.*use at most"):
         with pytest.MonkeyPatch.context() as m:
             m.setenv("LOCAL_RANK", "0")
             parallel.init_process_group(config.train)

@@ -312,7 +312,11 @@ def test_eval_on_a_folder_maps_its_classes_by_name(fake_run, tiny_quads, tmp_pat
     code, out, _ = bench(capsys, "eval", fake_run, "--data", folder, "--checkpoint", "last")
     assert code == 0, out
     assert "on " + str(folder) in out and "skipped 1 unreadable file(s)" in out
-    with open(fake_run / "eval" / "last-new_photos" / "predictions.csv", newline="") as f:
+    from benchmarks.saved_run import eval_folder_name
+
+    assert eval_folder_name(str(folder)).startswith("new_photos-")
+    with open(fake_run / "eval" / f"last-{eval_folder_name(str(folder))}" / "predictions.csv",
+              newline="") as f:
         rows = list(csv.DictReader(f))
     assert sorted((Path(r["path"]).parent.name, r["true_label"]) for r in rows) == \
         [("kite", "kite")] * 2 + [("square", "square")] * 2
@@ -322,7 +326,8 @@ def test_eval_on_a_folder_maps_its_classes_by_name(fake_run, tiny_quads, tmp_pat
         (split / sub / "kite").symlink_to(folder / "kite")
     code, out, _ = bench(capsys, "eval", fake_run, "--data", split)
     assert code == 0 and ": 2 image(s), 5 classes" in out
-    with open(fake_run / "eval" / "best-split_photos" / "predictions.csv", newline="") as f:
+    with open(fake_run / "eval" / f"best-{eval_folder_name(str(split))}" / "predictions.csv",
+              newline="") as f:
         assert all("/test/kite/" in r["path"] for r in csv.DictReader(f))
 
 

@@ -28,6 +28,7 @@ import keras
 
 from backends.base import BackendError
 from common.config import TrainConfig
+from common.parallel import device_problem, usable_cores
 
 XLA_HOST_DEVICES = "--xla_force_host_platform_device_count"
 
@@ -38,6 +39,8 @@ def distribute(train: TrainConfig) -> tuple[contextlib.AbstractContextManager, d
     n, backend = train.devices, keras.backend.backend()
     if backend == "jax":
         devices = keras.distribution.list_devices()
+        if all(d.lower().startswith("cpu") for d in devices):  # host devices share the cores
+            _refuse_more_than_cores(n)
         if n > len(devices):
             raise BackendError(f"--devices {n}: jax sees {len(devices)} device(s) "
                                f"({', '.join(devices)}); use at most {len(devices)}")
@@ -56,6 +59,7 @@ def distribute(train: TrainConfig) -> tuple[contextlib.AbstractContextManager, d
         if tf.config.list_physical_devices("GPU"):
             devices = [d.name for d in tf.config.list_logical_devices("GPU")]
         else:
+            _refuse_more_than_cores(n)
             devices = _logical_cpus(tf, n)
         if n > len(devices):
             raise BackendError(f"--devices {n}: TensorFlow sees {len(devices)} device(s) "
@@ -70,6 +74,14 @@ def distribute(train: TrainConfig) -> tuple[contextlib.AbstractContextManager, d
             "batchnorm": "each replica's own batch (moving statistics averaged on update)"}
     raise BackendError(f"Keras 3 has no data-parallel path on the {backend} backend "
                        f"(keras.distribution runs on jax only); use --devices 1")
+
+
+def _refuse_more_than_cores(n: int) -> None:
+    """The rule the bench parent checked (``common.parallel.device_problem``): a CPU device
+    per core at most."""
+    problem = device_problem(n, False, cuda=False, cores=usable_cores())
+    if problem:
+        raise BackendError(problem)
 
 
 def _logical_cpus(tf, n: int) -> list[str]:

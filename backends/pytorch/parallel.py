@@ -27,6 +27,7 @@ from torch.utils.data import DistributedSampler
 
 from backends.base import BackendError
 from common.config import TrainConfig
+from common.parallel import device_problem, usable_cores
 
 from .data import shuffle_seed
 
@@ -51,14 +52,11 @@ def init_process_group(train: TrainConfig) -> tuple[int, int, torch.device]:
         torch.cuda.set_device(device)
         group = "nccl"
     else:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        if train.devices > (cores or 1):
-            raise BackendError(f"--nproc-per-node {train.devices}: no CUDA device here, and gloo "
-                               f"processes on the CPU need a core each ({cores} core(s)); use at "
-                               f"most {cores}")
-        if train.sync_bn:
-            raise BackendError("--sync-bn: torch.nn.SyncBatchNorm runs on CUDA devices only; "
-                               "drop --sync-bn on the CPU")
+        # the rule the bench parent checked (common.parallel.device_problem), now with torch's
+        # own answer about CUDA
+        problem = device_problem(train.devices, train.sync_bn, cuda=False, cores=usable_cores())
+        if problem:
+            raise BackendError(problem)
         device = torch.device("cpu")
         group = "gloo"
     if not dist.is_initialized():

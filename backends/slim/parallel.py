@@ -17,6 +17,7 @@ import contextlib
 import tensorflow as tf
 
 from backends.base import BackendError
+from common.parallel import device_problem, usable_cores
 
 
 def clone_devices(num_clones: int) -> list[str]:
@@ -24,6 +25,10 @@ def clone_devices(num_clones: int) -> list[str]:
     if tf.config.list_physical_devices("GPU"):
         devices = [d.name for d in tf.config.list_logical_devices("GPU")]
     else:
+        # the rule the bench parent checked: a logical CPU per core at most
+        problem = device_problem(num_clones, False, cuda=False, cores=usable_cores())
+        if problem:
+            raise BackendError(problem)
         cpus = tf.config.list_physical_devices("CPU")
         with contextlib.suppress(RuntimeError):  # the runtime already started: keep its devices
             tf.config.set_logical_device_configuration(
