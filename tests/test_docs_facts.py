@@ -3,6 +3,7 @@ measured figure is the one in the stored measurement it cites (no framework)."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -22,3 +23,21 @@ def test_frozen_batchnorm_row_says_what_keras_2_did():
     assert "kept updating statistics" not in row
     assert ("Keras 2, the seed's era, did not update a non-trainable BN's moving statistics either, but in "
             "training it normalised with the batch's statistics") in row
+
+
+def test_vgg16_parity_figures_are_the_stored_reports():
+    """docs/weights-and-parity.md quotes the stored ``bench parity --model vgg16`` reports: the logits
+    of every pair, the worst block, and keras vs slim, whose logits are not "exactly 0.0" apart."""
+    text = " ".join((ROOT / "docs" / "weights-and-parity.md").read_text(encoding="utf-8").split())
+    paragraph = text[text.index("VGG16 (`bench parity --model vgg16`"):text.index("VGG16 needs no alignment")]
+    assert "agree exactly" not in paragraph
+    for size in (32, 224):
+        report = json.loads((ROOT / "benchmarks" / "results" / "parity" / f"vgg16-{size}px-suite" / "parity.json")
+                            .read_text(encoding="utf-8"))
+        diffs = report["max_abs_diff"]
+        worst_block = max((v, block) for pair in diffs.values() for block, v in pair.items() if block != "logits")
+        assert f"{report['logits_max_abs_diff']:.1e} ({size} px)" in paragraph
+        assert f"{worst_block[0]:.1e} ({worst_block[1]})" in paragraph
+        assert f"{diffs['keras-slim']['logits']:.1e} ({size} px)" in paragraph and diffs["keras-slim"]["logits"] > 0
+        assert max(v for block, v in diffs["keras-slim"].items() if block != "logits") == 0.0
+    assert re.search(r"Keras and slim compute the same blocks bit for bit \(0\.0\), but not the same logits", paragraph)
