@@ -45,7 +45,10 @@ torchvision    random resized crop (area [0.08, 1],        short side to ``round
 The crops of ``inception`` and ``torchvision`` are taken from the image with its
 aspect ratio kept, downscaled first by the common decoder when its short side
 exceeds ``2 x size`` (``Preset.train_source``) so that a 12-megapixel photo is
-not cropped at full resolution. Where a framework has its own sampler for a
+not cropped at full resolution. Neither reference does this (both crop the full
+decoded image): a small crop of a large photo is enlarged from fewer than ``size``
+pixels where they would shrink it (measured in docs/differences.md, "Training crop
+source"; the default 96 px synthetic images are never shrunk at 75 px). Where a framework has its own sampler for a
 crop, the backend uses it with the preset's bounds (TensorFlow:
 ``tf.image.stateless_sample_distorted_bounding_box``; torchvision:
 ``RandomResizedCrop``'s parameters), so the bounds are shared and the

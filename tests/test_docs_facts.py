@@ -41,3 +41,19 @@ def test_vgg16_parity_figures_are_the_stored_reports():
         assert f"{diffs['keras-slim']['logits']:.1e} ({size} px)" in paragraph and diffs["keras-slim"]["logits"] > 0
         assert max(v for block, v in diffs["keras-slim"].items() if block != "logits") == 0.0
     assert re.search(r"Keras and slim compute the same blocks bit for bit \(0\.0\), but not the same logits", paragraph)
+
+
+def test_training_crop_source_effect_is_the_measured_one():
+    """The "Training crop source" row quotes ``python -m benchmarks.bench_crop_source`` at 75 px."""
+    from benchmarks.bench_crop_source import measure, sample_photos
+
+    row = {r["area"]: r for r in measure(sample_photos(), 75)}
+    text = _row("differences.md", "| Training crop source (`inception`, `torchvision` presets) |")
+    small = [row[a] for a in (0.05, 0.08, 0.1)]
+    assert all(r["enlarged"] for r in small) and not any(row[a]["enlarged"] for a in (0.25, 0.5, 1.0))
+    sides = [f"{r['shrunk_side']:.0f}" for r in small]
+    assert (f"enlarged from {sides[0]}, {sides[1]} and {sides[2]} source pixels a side where the references "
+            f"shrink {small[0]['full_side']:.0f}-{small[2]['full_side']:.0f}") in text
+    assert (f"mean abs difference {small[0]['mean']:.1f}, {small[1]['mean']:.1f} and {small[2]['mean']:.1f} /255 "
+            f"(max {max(r['max'] for r in small)})") in text
+    assert f"mean {row[0.25]['mean']:.1f} to {row[1.0]['mean']:.1f} /255" in text

@@ -207,6 +207,28 @@ def test_eval_presets_decode_a_large_jpeg_like_their_references(tmp_path):
 
 # ------------------------------------------------------------------- train
 
+def test_training_crops_come_from_the_image_shrunk_to_twice_the_size(tmp_path):
+    """``inception`` and ``torchvision`` cut training crops from the image with its short side
+    shrunk to 2 x size (unlike either reference, which crops the full image): a 640 x 427 photo
+    becomes 224 x 150 at 75 px, so a crop of 10 % of its area is 58 source pixels a side, enlarged
+    to 75; a 96 px image (the default synthetic data) is never shrunk at 75 px."""
+    from benchmarks.bench_crop_source import sample_photos
+
+    photo = sample_photos()[0]
+    small = tmp_path / "small.png"
+    pixels = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(small)
+    for name in ("inception", "torchvision"):
+        preset = get_preset(name)
+        with Image.open(photo) as im:
+            assert im.size == (640, 427)
+        source = preset.train_source(str(photo), SIZE)
+        assert source.shape == (150, 224, 3)
+        assert round(np.sqrt(0.1 * 150 * 224)) == 58 < SIZE
+        assert np.array_equal(preset.train_source(str(small), SIZE), pixels)
+
+
+
 def _boxes(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Crop width and height as shares of the coordinate image, and the pixel aspect
     (width / height), recovered from the R (x) and G (y) ramps of each output."""
