@@ -395,6 +395,7 @@ FILTERS = {
     "pct": fmt_pct, "pp": fmt_pp, "rate": fmt_rate, "seconds": fmt_seconds, "bytes": fmt_bytes, "value": fmt_value,
     "count": lambda n: DASH if _num(n) is None else f"{int(n):,}", "status": _status, "native": describe_native,
     "pvalue": lambda p: NOT_AVAILABLE if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}",
+    "p_is": lambda p, name="p": f"{name} " + (NOT_AVAILABLE if p is None else "< 0.001" if p < 0.001 else f"= {p:.3f}"),
     "inline": _inline_html, "code": lambda v: f"`{v}`",
     "joined": lambda values, suffix="", limit=6: _join([f"{v}{suffix}" for v in values], limit) or DASH,
     "oneline": lambda v: " ".join(str(v or DASH).split()), "extract": lambda key, d: d.get(key),

@@ -153,7 +153,7 @@ def test_results_table_numbers_are_the_seed_mean_and_sample_std_of_the_files(swe
 
 
 FRAMEWORK_WORDS = ("reaches a higher test top-1", "no difference between the frameworks", "distinguishable from noise",
-                   "higher</td>", "| same |")
+                   "higher</td>", "no difference shown")
 
 
 def test_a_single_seed_report_makes_no_framework_verdict(sweep, tmp_path):
@@ -197,7 +197,7 @@ def test_three_seeds_give_holm_corrected_framework_verdicts_with_the_test_named(
     assert rows == [["`head`", "fake vs fakeb", "0, 1, 2", "85.0", "23.3", "+61.7 pp ± 10.4", f"{head['t']:.2f}",
                      f"{head['p']:.3f}", f"{head['p_holm']:.3f}", "fake higher"],
                     ["`two_phase`", "fake vs fakeb", "0, 1, 2", "60.0", "60.0", "+0.0 pp ± 10.0", "0.00", "1.000",
-                     "1.000", "same"]]
+                     "1.000", "no difference shown"]]
     assert (f"- `head`, fake vs fakeb: **fake reaches a higher test top-1 than fakeb on this recipe**: mean Δ top-1 "
             f"(a − b) +61.7 pp over seeds 0, 1, 2, paired t-test p = {head['p']:.3f}, Holm p = {head['p_holm']:.3f} "
             f"(level 0.05)") in verdicts
