@@ -273,9 +273,10 @@ def framework_tests(df: pd.DataFrame, metric: str = "test_top1") -> list[dict]:
     """Every pair of backends with finished runs on a recipe, judged across seeds: ``seeds`` (those both
     finished, the pairing), ``mean_a``, ``mean_b``, ``mean_diff`` (a − b) and ``diff_std`` over them. With
     ``MIN_FRAMEWORK_SEEDS`` or more: ``t``, ``p`` (``scipy.stats.ttest_rel``, two-sided; 1.0 when every
-    difference is 0, 0.0 when every difference is the same nonzero number), ``p_holm`` (Holm over the tested pairs of the recipe) and ``verdict``: ``a`` or ``b``
-    (that framework reaches the higher accuracy on this recipe, p_holm < ``ALPHA``) or ``same`` (no
-    difference shown). Fewer seeds: ``verdict`` None and ``why``. See docs/design.md, "Verdicts"."""
+    difference is 0, 0.0 when every difference is the same nonzero number), ``p_holm`` (Holm over the
+    tested pairs of the recipe) and ``verdict``: ``a`` or ``b`` (that framework reaches the higher accuracy
+    on this recipe, p_holm < ``ALPHA``) or ``same`` (no difference shown). Fewer seeds: ``verdict`` None
+    and ``why``. See docs/design.md, "Verdicts"."""
     ok = df[(df.status == "ok") & df[metric].notna()]
     out = []
     for recipe, g in ok.groupby("recipe", sort=False):

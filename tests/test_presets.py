@@ -186,7 +186,8 @@ def test_eval_presets_decode_a_large_jpeg_like_their_references(tmp_path):
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:1200, 0:1600]
-    pixels = np.stack([xx * 255 // 1599, yy * 255 // 1199, (xx + yy) % 256], -1) + rng.integers(-40, 40, (1200, 1600, 3))
+    pixels = (np.stack([xx * 255 // 1599, yy * 255 // 1199, (xx + yy) % 256], -1)
+              + rng.integers(-40, 40, (1200, 1600, 3)))
     path = tmp_path / "photo.jpg"
     Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=90)
     with Image.open(path) as im:

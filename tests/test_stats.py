@@ -152,7 +152,8 @@ def test_no_framework_verdict_below_three_seeds_paired_by_seed():
             + three_seeds({"pytorch": [0.9], "keras": [0.1]}, "scratch", seeds=(0,)))
     rows = {(t["recipe"], t["a"], t["b"]): t for t in stats.framework_tests(stats.runs_frame(runs))}
     assert rows[("head", "pytorch", "keras")]["verdict"] == "a"
-    for key, n in ((("head", "pytorch", "slim"), 2), (("head", "keras", "slim"), 2), (("scratch", "pytorch", "keras"), 1)):
+    for key, n in ((("head", "pytorch", "slim"), 2), (("head", "keras", "slim"), 2),
+                   (("scratch", "pytorch", "keras"), 1)):
         row = rows[key]
         assert (row["verdict"], row["p"], row["p_holm"], row["n"]) == (None, None, None, n)
         assert row["why"].endswith("a framework claim needs at least 3 seeds per backend")
@@ -162,12 +163,14 @@ def test_no_framework_verdict_below_three_seeds_paired_by_seed():
 
 
 def test_verdict_flips_match_rows_and_count_the_ones_judged_in_both():
-    a = [{"recipe": "head", "a": "x", "b": "y", "verdict": "a"}, {"recipe": "full", "a": "x", "b": "y", "verdict": "same"},
-         {"recipe": "two_phase", "a": "x", "b": "y", "verdict": None}]
-    b = [{"recipe": "head", "a": "x", "b": "y", "verdict": "same"}, {"recipe": "full", "a": "x", "b": "y", "verdict": "same"},
-         {"recipe": "two_phase", "a": "x", "b": "y", "verdict": "b"}]
-    flips, compared = stats.verdict_flips(a, b, ("recipe", "a", "b"), "verdict")
-    assert compared == 2 and [(f["recipe"], f["A"]["verdict"], f["B"]["verdict"]) for f in flips] == [("head", "a", "same")]
+    def rows(*verdicts):
+        return [{"recipe": recipe, "a": "x", "b": "y", "verdict": v}
+                for recipe, v in zip(("head", "full", "two_phase"), verdicts)]
+
+    flips, compared = stats.verdict_flips(rows("a", "same", None), rows("same", "same", "b"), ("recipe", "a", "b"),
+                                          "verdict")
+    assert compared == 2  # two_phase: no verdict in A
+    assert [(f["recipe"], f["A"]["verdict"], f["B"]["verdict"]) for f in flips] == [("head", "a", "same")]
 
 
 def test_transfer_gain_uses_the_best_transferred_recipe():
