@@ -4,8 +4,8 @@ one implementation for the two pipelines that run on TensorFlow, Keras' ``tf.dat
 
 slim's ``inception_preprocessing.preprocess_for_train``: ``distorted_bounding_box_crop``
 (``sample_distorted_bounding_box`` with the whole image as the box), the crop as float32
-in [0, 1], a bilinear resize (its ``fast_mode``), a left-right flip and, where the preset
-has one, ``distort_color`` (``fast_mode=False``: one of its four orderings per image),
+in [0, 1], a bilinear resize, a left-right flip and, where the preset has one,
+``distort_color`` in the preset's orderings (``inception``: slim's ``fast_mode=True``, one),
 clipped to [0, 1] and returned in [0, 255] for the backend's normalisation. Stateless ops
 seeded by the caller: an epoch's augmentation depends on (seed, epoch, index) only.
 TensorFlow has no ``RandomResizedCrop`` sampler, so ``torchvision`` uses the same one with
@@ -30,7 +30,7 @@ def distorted_bounding_box_crop(image: tf.Tensor, preset: Preset, seed: tf.Tenso
 
 
 def distort_color(image: tf.Tensor, color: ColorDistortion, seed: tf.Tensor) -> tf.Tensor:
-    """slim's ``distort_color(fast_mode=False)``: one of its orderings chosen per image
+    """slim's ``distort_color``: one of ``color.orderings`` chosen per image
     (its ``apply_with_random_selector``, here ``tf.switch_case``), clipped to [0, 1]."""
     seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 5))
     ops = {

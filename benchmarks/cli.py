@@ -289,7 +289,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="(re)build report.md/html and summary.csv from a run directory")
     rep.add_argument("run_dir", type=Path)
-    cmp_ = sub.add_parser("compare", help="two run directories side by side")
+    cmp_ = sub.add_parser("compare", help="two run directories side by side, with the verdicts that flipped")
     cmp_.add_argument("run_a", type=Path)
     cmp_.add_argument("run_b", type=Path)
 

@@ -202,13 +202,14 @@ def report_context(run: RunResults, run_dir: Path, figures: dict[str, str]) -> d
         "versions": _unique(k for _, versions in cond["environment"].values() for k in versions),
         "rows": stats.records(agg), "top5": bool(agg.test_top5_mean.notna().any()),  # NaN for <= 5 classes
         "intervals": stats.records(stats.accuracy_intervals(df)), "pairs": stats.paired_tests(df),
-        "spread": stats.within_spread(agg), "gains": stats.transfer_gain(agg),
+        "verdicts": stats.framework_tests(df), "framework_test": stats.FRAMEWORK_TEST,
+        "gains": stats.transfer_gain(agg),
         "per_class": {"head": ["class"] + [f"{b} `{r}`" for b, r in classes],
                       "rows": [[c] + [fmt_pct(per_class["mean"].loc[c, k], per_class["std"].loc[c, k])
                                       for k in classes] for c in per_class.index]},
         "phases": phase_reports(df), "failures": stats.records(df[df.status != "ok"]),
         "unreadable": run.unreadable, "lacking": run.lacking, "schema": SCHEMA_VERSION, "alpha": stats.ALPHA,
-        "bootstrap": f"{stats.BOOTSTRAP_RESAMPLES:,} resamples, seed {stats.BOOTSTRAP_SEED}"}
+        "level": f"{100 * stats.INTERVAL_LEVEL:g} %"}
 
 
 # --------------------------------------------------------------------- plots
@@ -394,6 +395,7 @@ FILTERS = {
     "pct": fmt_pct, "pp": fmt_pp, "rate": fmt_rate, "seconds": fmt_seconds, "bytes": fmt_bytes, "value": fmt_value,
     "count": lambda n: DASH if _num(n) is None else f"{int(n):,}", "status": _status, "native": describe_native,
     "pvalue": lambda p: NOT_AVAILABLE if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}",
+    "p_is": lambda p, name="p": f"{name} " + (NOT_AVAILABLE if p is None else "< 0.001" if p < 0.001 else f"= {p:.3f}"),
     "inline": _inline_html, "code": lambda v: f"`{v}`",
     "joined": lambda values, suffix="", limit=6: _join([f"{v}{suffix}" for v in values], limit) or DASH,
     "oneline": lambda v: " ".join(str(v or DASH).split()), "extract": lambda key, d: d.get(key),
@@ -417,8 +419,9 @@ def render(template: str, fmt: str, **context: Any) -> str:
 
 
 #: summary.json key -> the report context's entry
-SUMMARY_JSON = {"rows": "rows", "conditions": "cond", "within_spread": "spread", "transfer_gain": "gains",
-                "paired_tests": "pairs", "accuracy_intervals": "intervals", "starting_weights": "weights"}
+SUMMARY_JSON = {"rows": "rows", "conditions": "cond", "framework_test": "framework_test",
+                "framework_verdicts": "verdicts", "transfer_gain": "gains", "paired_tests": "pairs",
+                "accuracy_intervals": "intervals", "starting_weights": "weights"}
 CSV_FIELDS = (["backend", "recipe", "status", "n", "n_ok", "n_failed", "n_skipped", "seeds"]
               + [f"{m}_{s}" for m in stats.METRICS for s in ("mean", "std", "n")] + ["vs_scratch_top1", "errors"])
 
@@ -508,7 +511,8 @@ def compared_conditions(a: pd.DataFrame, b: pd.DataFrame) -> list[tuple[str, lis
 
 def compare(run_a: Path, run_b: Path) -> str:
     """Markdown: two run directories side by side per backend x recipe (top-1, wall, img/s, B − A, statuses;
-    ``absent`` where a side lacks the row) after the conditions that differ, before unreadable or older files."""
+    ``absent`` where a side lacks the row) after the conditions that differ; then every framework verdict and
+    every per-run McNemar statement that flipped between them; then unreadable or older files."""
     runs = {"A": load_results(run_a), "B": load_results(run_b)}
     dfs = {side: stats.runs_frame(run.results) for side, run in runs.items()}
     rows = {side: {(r["backend"], r["recipe"]): r for r in stats.records(stats.aggregate(df))}
@@ -516,6 +520,11 @@ def compare(run_a: Path, run_b: Path) -> str:
     keys = sorted(set(rows["A"]) | set(rows["B"]),
                   key=lambda k: (stats.recipe_sort_key(k[1]), stats.backend_sort_key(k[0])))
     absent = {"status": "absent", "errors": [], "n_ok": 0}
+    verdicts = stats.verdict_flips(stats.framework_tests(dfs["A"]), stats.framework_tests(dfs["B"]),
+                                   ("recipe", "a", "b"), "verdict")
+    calls = stats.verdict_flips(stats.paired_tests(dfs["A"]), stats.paired_tests(dfs["B"]),
+                                ("recipe", "seed", "a", "b"), "call")
     return render("compare.j2", "markdown", name_a=Path(run_a).name, name_b=Path(run_b).name, runs=runs,
+                  flips={"verdicts": verdicts, "calls": calls}, framework_test=stats.FRAMEWORK_TEST,
                   rows=[(k, rows["A"].get(k, absent), rows["B"].get(k, absent)) for k in keys], schema=SCHEMA_VERSION,
                   differences=compared_conditions(dfs["A"], dfs["B"]), conds={s: conditions(d) for s, d in dfs.items()})

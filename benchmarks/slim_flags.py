@@ -21,7 +21,8 @@ defaults (rmsprop, learning rate 0.01, exponential decay 0.94 every 2 epochs, we
 decay 4e-5, ``--opt_epsilon=1.0``...), every ``batch_norm`` in training mode with all
 its update ops (``bn = "train"``), slim's ``inception_v3`` dropout (keep 0.8, so
 ``dropout = 0.2``) and its auxiliary head, ``inception_preprocessing`` for
-``inception_v3``. The steps the script counts (``--max_number_of_steps``) are
+``inception_v3`` as the script calls it (``fast_mode=True``: the ``inception`` preset,
+``common/preprocess.py``). The steps the script counts (``--max_number_of_steps``) are
 epochs here (``--epochs``).
 """
 

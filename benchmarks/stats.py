@@ -2,8 +2,11 @@
 
 ``runs_frame(results)``, a pandas DataFrame with one row per result file, is the one table every report
 number comes from. ``aggregate`` gives one row per (recipe, backend): mean, sample std (ddof = 1) and count
-over the seeds that finished. ``paired_tests`` compares backends image by image on the same test files (exact
-McNemar test); ``accuracy_intervals`` bootstraps each accuracy. Order: recipes as in docs/design.md, others
+over the seeds that finished. Two kinds of test, kept apart (docs/design.md, "Verdicts"):
+``framework_tests`` judges frameworks, only with ``MIN_FRAMEWORK_SEEDS`` or more seeds per backend (paired
+t-test over seeds, Holm-corrected over the pairs of a recipe); ``paired_tests`` compares two trained models
+image by image on the same test files (exact McNemar test), which says nothing about frameworks.
+``accuracy_intervals`` gives each accuracy its Wilson interval. Order: recipes as in docs/design.md, others
 by name, the ``scratch`` control last; backends in registry order (``backend_names()``), unknown ones after.
 """
 
@@ -14,16 +17,20 @@ from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest, bootstrap
+from scipy.stats import binomtest, ttest_rel
 
 from backends.base import backend_names
 from common.results import Result, SchemaError
 
 CONTROL_RECIPE = "scratch"
 RECIPE_ORDER = ("linear_probe", "head", "partial", "full", "two_phase")
-ALPHA = 0.05                 # significance level of the paired test
-BOOTSTRAP_RESAMPLES = 2000   # resamples of the test images per accuracy interval
-BOOTSTRAP_SEED = 0
+ALPHA = 0.05                 # significance level of every test (after Holm's correction for the verdicts)
+MIN_FRAMEWORK_SEEDS = 3      # seeds per backend (paired by seed) before a framework verdict is made
+INTERVAL_LEVEL = 0.95        # confidence level of the Wilson accuracy intervals
+FRAMEWORK_TEST = {"test": "paired t-test over seeds of the per-seed test top-1 differences (scipy.stats.ttest_rel, "
+                          "two-sided), pairing runs by seed",
+                  "correction": "Holm, over the pairs of backends of a recipe", "alpha": ALPHA,
+                  "min_seeds": MIN_FRAMEWORK_SEEDS}
 
 #: aggregated metric -> (part of the result, key path inside it)
 METRICS: dict[str, tuple[str, ...]] = {
@@ -159,19 +166,6 @@ def records(df: pd.DataFrame) -> list[dict]:
             for row in df.to_dict("records")]
 
 
-def within_spread(agg: pd.DataFrame, metric: str = "test_top1") -> list[dict]:
-    """Every pair of backends with a mean on a recipe: ``diff = |mean_a - mean_b|`` against ``spread = std_a +
-    std_b`` (None when either side has one seed); ``within``: ``diff < spread`` or no difference at all."""
-    out = []
-    for recipe, g in agg[agg[f"{metric}_mean"].notna()].groupby("recipe", sort=False):
-        for ra, rb in combinations(g.to_dict("records"), 2):
-            diff = abs(ra[f"{metric}_mean"] - rb[f"{metric}_mean"])
-            spread = finite(ra[f"{metric}_std"] + rb[f"{metric}_std"])
-            out.append({"recipe": recipe, "a": ra["backend"], "b": rb["backend"], "diff": diff, "spread": spread,
-                        "within": None if spread is None else bool(diff < spread or diff == 0)})
-    return out
-
-
 def transfer_gain(agg: pd.DataFrame, metric: str = "test_top1") -> list[dict]:
     """Per backend with a finished control and a finished transferred recipe: the best
     transferred recipe's mean minus the control's (``backend, best_recipe, best, control, gain``)."""
@@ -216,26 +210,36 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
     return {"only_a": only_a, "only_b": only_b, "p": binomtest(only_a, n, 0.5).pvalue if n else 1.0}
 
 
-def bootstrap_interval(correct: np.ndarray, level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
-                       seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
-    """Percentile bootstrap interval of the accuracy (the test images resampled, seeded)."""
-    ci = bootstrap((np.asarray(correct, float),), np.mean, n_resamples=resamples, method="percentile",
-                   confidence_level=level, rng=np.random.default_rng(seed)).confidence_interval
+def wilson_interval(right: int, n: int, level: float = INTERVAL_LEVEL) -> tuple[float, float]:
+    """Wilson score interval of an accuracy of ``right`` out of ``n`` (``scipy.stats.binomtest``): unlike a
+    bootstrap of the test images it does not shrink to one point at 0 or 100 %."""
+    ci = binomtest(int(right), int(n)).proportion_ci(confidence_level=level, method="wilson")
     return float(ci.low), float(ci.high)
 
 
 def accuracy_intervals(df: pd.DataFrame) -> pd.DataFrame:
-    """Per ok run: test top-1 and its 95 % bootstrap interval (NaN without stored predictions)."""
+    """Per ok run: test top-1, ``right`` and ``n`` (test images) and its Wilson interval (NaN without
+    stored predictions)."""
     ok = df[df.status == "ok"]
-    ci = [bootstrap_interval(c) if c is not None else (np.nan, np.nan) for c in ok.correct]
+    counts = [(int(np.sum(c)), len(c)) if c is not None and len(c) else (None, None) for c in ok.correct]
+    ci = [wilson_interval(k, n) if n else (np.nan, np.nan) for k, n in counts]
     return ok[["recipe", "backend", "seed", "test_top1"]].assign(
+        right=[k for k, _ in counts], n=[n for _, n in counts],
         low=[c[0] for c in ci], high=[c[1] for c in ci]).reset_index(drop=True)
+
+
+def mcnemar_call(t: dict) -> str | None:
+    """What a McNemar row says about its two trained models: ``a`` or ``b`` (that run got more test images
+    right, beyond test-set noise at ``ALPHA``), ``same`` (not told apart) or None (no test)."""
+    if t.get("p") is None:
+        return None
+    return ("a" if t["only_a"] > t["only_b"] else "b") if t["p"] < ALPHA else "same"
 
 
 def paired_tests(df: pd.DataFrame) -> list[dict]:
     """Every pair of backends on the same recipe and seed (per seed, not pooled: seeds are separate trainings
     of the same images). ``p`` is None when either run stored no predictions or the two used different test
-    files (split digest or labels differ)."""
+    files (split digest or labels differ); ``call``: ``mcnemar_call``. A statement about two trained models."""
     out = []
     for (recipe, seed), g in df[df.status == "ok"].groupby(["recipe", "seed"], sort=False):
         for ra, rb in combinations(g.itertuples(), 2):
@@ -249,5 +253,66 @@ def paired_tests(df: pd.DataFrame) -> list[dict]:
                 row["why"] = "different test files (split digests differ)"
             else:
                 row.update(mcnemar(ra.correct, rb.correct))
+            row["call"] = mcnemar_call(row)
             out.append(row)
     return out
+
+
+def holm(pvalues: Iterable[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given: the i-th smallest p (from 0) times (m - i),
+    made non-decreasing in that order and capped at 1. Rejecting where the adjusted p < alpha keeps the
+    chance of any false verdict among the m at most alpha, whatever their dependence."""
+    p = np.asarray(list(pvalues), float)
+    order, m = np.argsort(p, kind="stable"), len(p)
+    adjusted = np.empty(m)
+    adjusted[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    return adjusted.tolist()
+
+
+def framework_tests(df: pd.DataFrame, metric: str = "test_top1") -> list[dict]:
+    """Every pair of backends with finished runs on a recipe, judged across seeds: ``seeds`` (those both
+    finished, the pairing), ``mean_a``, ``mean_b``, ``mean_diff`` (a − b) and ``diff_std`` over them. With
+    ``MIN_FRAMEWORK_SEEDS`` or more: ``t``, ``p`` (``scipy.stats.ttest_rel``, two-sided; 1.0 when every
+    difference is 0, 0.0 when every difference is the same nonzero number), ``p_holm`` (Holm over the
+    tested pairs of the recipe) and ``verdict``: ``a`` or ``b`` (that framework reaches the higher accuracy
+    on this recipe, p_holm < ``ALPHA``) or ``same`` (no difference shown). Fewer seeds: ``verdict`` None
+    and ``why``. See docs/design.md, "Verdicts"."""
+    ok = df[(df.status == "ok") & df[metric].notna()]
+    out = []
+    for recipe, g in ok.groupby("recipe", sort=False):
+        per = {b: r.drop_duplicates("seed").set_index("seed")[metric] for b, r in g.groupby("backend", sort=False)}
+        tested = []
+        for a, b in combinations(ordered_backends(per), 2):
+            seeds = sorted(set(per[a].index) & set(per[b].index))
+            xa, xb = per[a][seeds].to_numpy(float), per[b][seeds].to_numpy(float)
+            diff = np.round(xa - xb, 12)  # accuracies are k / n: no spread from float rounding
+            row = {"recipe": recipe, "a": a, "b": b, "seeds": seeds, "n": len(seeds),
+                   "mean_a": finite(xa.mean()) if seeds else None, "mean_b": finite(xb.mean()) if seeds else None,
+                   "mean_diff": finite(diff.mean()) if seeds else None,
+                   "diff_std": finite(diff.std(ddof=1)) if len(seeds) > 1 else None,
+                   "t": None, "p": None, "p_holm": None, "verdict": None, "why": None}
+            if len(seeds) < MIN_FRAMEWORK_SEEDS:
+                row["why"] = (f"{len(seeds)} seed{'s' * (len(seeds) != 1)} finished in both; a framework claim "
+                              f"needs at least {MIN_FRAMEWORK_SEEDS} seeds per backend")
+            elif not diff.any():
+                row.update(t=0.0, p=1.0)
+            elif np.ptp(diff) == 0:  # the same nonzero difference on every seed: the t-test's limit
+                row.update(t=float(np.copysign(np.inf, diff[0])), p=0.0)
+            else:
+                t = ttest_rel(np.round(xa, 12), np.round(xb, 12))
+                row.update(t=float(t.statistic), p=float(t.pvalue))
+            if row["p"] is not None:
+                tested.append(row)
+            out.append(row)
+        for row, adjusted in zip(tested, holm(r["p"] for r in tested)):
+            row["p_holm"] = adjusted
+            row["verdict"] = ("a" if row["mean_diff"] > 0 else "b") if adjusted < ALPHA else "same"
+    return out
+
+
+def verdict_flips(a: list[dict], b: list[dict], key: tuple[str, ...], call: str) -> tuple[list[dict], int]:
+    """Rows of two sweeps matched on ``key`` where both made a ``call`` and the calls differ (a flip), and how
+    many matched rows both made a call on."""
+    other = {tuple(r[k] for k in key): r for r in b if r.get(call) is not None}
+    both = [(r, other[k]) for r in a if r.get(call) is not None and (k := tuple(r[k2] for k2 in key)) in other]
+    return [{**{k: ra[k] for k in key}, "A": ra, "B": rb} for ra, rb in both if ra[call] != rb[call]], len(both)

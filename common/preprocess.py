@@ -8,7 +8,8 @@ Two parts, both framework-free:
 * the **preset** (``Preset``, ``PRESETS``; the recipe key ``preprocessing``):
   how a training image is augmented and how an evaluation image is cropped and
   resized. ``simple`` is the default; ``inception`` follows slim's
-  ``inception_preprocessing``; ``torchvision`` follows torchvision's ImageNet
+  ``inception_preprocessing`` as ``train_image_classifier.py`` runs it
+  (``fast_mode=True``); ``torchvision`` follows torchvision's ImageNet
   reference (``RandomResizedCrop`` + flip, resize then centre crop).
 
 Decoding happens once, in ``common.data`` (PIL: EXIF, alpha on white, CMYK, 16
@@ -24,15 +25,17 @@ preset         train (``augment = true``)                  eval
 =============  ==========================================  =====================================
 simple         squash to ``crop_source_size(size)``, a     squash to ``size`` x ``size``
                random ``size`` crop, flip p=0.5
-inception      distorted bounding-box crop (area           central crop 0.875
-               [0.05, 1], aspect [3/4, 4/3], covering at   (``tf.image.central_crop``'s
-               least 10 % of the image, 100 attempts,      integer box), then squash to
-               else the whole image), bilinear resize to   ``size`` x ``size``
-               ``size``, flip p=0.5, colour distortion:
-               one of slim's four orderings of brightness
-               (+-32/255), saturation [0.5, 1.5], hue
-               (+-0.2), contrast [0.5, 1.5], clipped to
-               [0, 1]
+inception      slim's ``fast_mode=True``: distorted            central crop 0.875
+               bounding-box crop (area [0.05, 1], aspect   (``tf.image.central_crop``'s
+               [0.75, 1.33], covering at least 10 % of     integer box), then squash to
+               the image, 100 attempts, else the whole     ``size`` x ``size``
+               image), bilinear resize to ``size``, flip
+               p=0.5, colour distortion in slim's one
+               fast-mode ordering: brightness (+-32/255)
+               then saturation [0.5, 1.5], clipped to
+               [0, 1]. (``fast_mode=False``, four
+               orderings with hue and contrast and one of
+               four resize methods, is not offered.)
 torchvision    random resized crop (area [0.08, 1],        short side to ``round(size/0.875)``,
                aspect [3/4, 4/3], 10 attempts, else a      then the centre ``size`` x ``size``
                centre crop), bilinear resize to ``size``,  crop (torchvision's rounding)
@@ -42,7 +45,10 @@ torchvision    random resized crop (area [0.08, 1],        short side to ``round
 The crops of ``inception`` and ``torchvision`` are taken from the image with its
 aspect ratio kept, downscaled first by the common decoder when its short side
 exceeds ``2 x size`` (``Preset.train_source``) so that a 12-megapixel photo is
-not cropped at full resolution. Where a framework has its own sampler for a
+not cropped at full resolution. Neither reference does this (both crop the full
+decoded image): a small crop of a large photo is enlarged from fewer than ``size``
+pixels where they would shrink it (measured in docs/differences.md, "Training crop
+source"; the default 96 px synthetic images are never shrunk at 75 px). Where a framework has its own sampler for a
 crop, the backend uses it with the preset's bounds (TensorFlow:
 ``tf.image.stateless_sample_distorted_bounding_box``; torchvision:
 ``RandomResizedCrop``'s parameters), so the bounds are shared and the
@@ -52,7 +58,6 @@ distributions inside them are each framework's own
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,7 +124,9 @@ def crop_source_size(size: int) -> int:
 
 # ------------------------------------------------------------------ presets
 
-# slim's inception_preprocessing.distort_color(fast_mode=False): the four orderings
+# slim's inception_preprocessing.distort_color: with fast_mode=True (train_image_classifier.py's
+# default, the ``inception`` preset) one ordering of two ops; with fast_mode=False four of four
+SLIM_FAST_MODE_ORDERINGS = (("brightness", "saturation"),)
 SLIM_COLOR_ORDERINGS = (
     ("brightness", "saturation", "hue", "contrast"),
     ("saturation", "brightness", "contrast", "hue"),
@@ -131,13 +138,14 @@ SLIM_COLOR_ORDERINGS = (
 @dataclass(frozen=True)
 class ColorDistortion:
     """Random colour changes on an image in [0, 1], in one of ``orderings`` (chosen uniformly
-    per image), then clipped to [0, 1] (slim's ``distort_color``)."""
+    per image), then clipped to [0, 1] (slim's ``distort_color``; the default ordering is its
+    ``fast_mode=True`` one)."""
 
     brightness: float = 32.0 / 255.0           # a delta in [-b, b] added to every channel
     saturation: tuple[float, float] = (0.5, 1.5)  # a factor on the saturation
     hue: float = 0.2                           # a delta in [-h, h] of the hue circle
     contrast: tuple[float, float] = (0.5, 1.5)  # a factor on the distance to the mean
-    orderings: tuple[tuple[str, ...], ...] = SLIM_COLOR_ORDERINGS
+    orderings: tuple[tuple[str, ...], ...] = SLIM_FAST_MODE_ORDERINGS
 
 
 @dataclass(frozen=True)
@@ -180,10 +188,10 @@ class Preset:
         backend (PIL bilinear resizes, integer crop boxes)."""
         if self.eval_crop == "none":
             return load_image(path, size)
-        # decode at least at the resolution the crop needs (JPEG draft), aspect kept
-        need = math.ceil(size / self.eval_fraction)
+        # decoded at full resolution, as the references do (torchvision's PIL loader, slim's
+        # decode_jpeg): no JPEG draft, whose DCT downscale of a large JPEG moves pixels by up to
+        # 16/255 (docs/differences.md, "Evaluation crop"); read through the bounded reader
         with open_image(path) as img:
-            img.draft("RGB", (need, need))
             rgb = to_rgb(img)
         w, h = rgb.size
         if self.eval_crop == "central_fraction":
@@ -231,9 +239,10 @@ PRESETS: dict[str, Preset] = {
         Preset("simple", "squash to size + 1/8, random size crop, flip; eval: squash to size",
                crop="random_crop"),
         Preset("inception",
-               "slim inception_preprocessing: distorted bounding-box crop, flip, colour "
-               "distortion; eval: central crop 0.875",
-               crop="distorted_bounding_box", area=(0.05, 1.0), aspect=(3 / 4, 4 / 3),
+               "slim inception_preprocessing with fast_mode=True (train_image_classifier.py's "
+               "default): distorted bounding-box crop, bilinear resize, flip, brightness then "
+               "saturation; eval: central crop 0.875",
+               crop="distorted_bounding_box", area=(0.05, 1.0), aspect=(0.75, 1.33),
                min_object_covered=0.1, max_attempts=100, color=ColorDistortion(),
                eval_crop="central_fraction", eval_fraction=0.875),
         Preset("torchvision",

@@ -656,6 +656,26 @@ def test_the_same_recipe_steps_on_every_keras_backend(other_keras_backends, resn
     assert type(keras.optimizers.SGD(learning_rate=0.01)).__module__ == "keras.src.optimizers.sgd"
 
 
+def test_bf16_head_computes_in_float32_while_the_backbone_computes_in_bfloat16(tiny_quads, tmp_path):
+    """Under ``mixed_bfloat16`` the suite's logits Dense is ``dtype="float32"`` (Keras' mixed-precision
+    guide: keep the last layer in float32), so the head computes in fp32 while the backbone computes
+    in bf16; torch's head runs in bf16 under autocast (docs/differences.md, row "bf16")."""
+    config = tiny_config("keras", "head", tiny_quads, tmp_path / "run", batch_size=BATCH, precision="bf16")
+    b = KerasBackend(config, tmp_path / "run")
+    try:
+        b.setup(driver.prepare_split(config), 75)
+        b.build(INCEPTION, 5, WeightsRequest("none"), 0)
+        model = b.km.model
+        head = model.get_layer("head_logits")
+        convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
+        assert (head.compute_dtype, head.variable_dtype) == ("float32", "float32")
+        assert {(l.compute_dtype, l.variable_dtype) for l in convs} == {("bfloat16", "float32")}
+        logits = model(np.zeros((1, 75, 75, 3), np.float32), training=False)
+        assert keras.backend.standardize_dtype(logits.dtype) == "float32"
+    finally:
+        b.close()
+
+
 @pytest.mark.slow
 def test_bench_run_on_keras_jax_and_torch(tiny_quads, tmp_path):
     """``bench run --backend keras-jax,keras-torch --recipe head`` on CPU, each run in its own

@@ -19,7 +19,7 @@ from conftest import require_backend
 
 from common.config import ConfigError, parse_recipe
 from common.data import Sample, Split
-from common.preprocess import PRESETS, Normalisation, crop_source_size, get_preset
+from common.preprocess import PRESETS, SLIM_COLOR_ORDERINGS, Normalisation, crop_source_size, get_preset
 
 SIZE = 75
 # pixels as they are: the pipelines' normalisation step becomes the identity
@@ -176,7 +176,59 @@ def test_eval_crops_follow_torchvision_and_slim(images):
         assert 0 < float(diff.mean()) < mean and float(diff.max()) < most, (name, diff.mean(), diff.max())
 
 
+def test_eval_presets_decode_a_large_jpeg_like_their_references(tmp_path):
+    """A 1600 x 1200 JPEG: ``torchvision``'s eval image is torchvision's reference (PIL's full
+    decode, Resize, CenterCrop) exactly, and ``inception``'s is the central crop of the full
+    decode; PIL's JPEG draft (a DCT downscale while decoding), which these presets used, moves
+    pixels far more (measured on this image: up to 12/255 at 75 px, 16/255 at 299 px)."""
+    require_backend("pytorch")
+    from torchvision.transforms import v2
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:1200, 0:1600]
+    pixels = (np.stack([xx * 255 // 1599, yy * 255 // 1199, (xx + yy) % 256], -1)
+              + rng.integers(-40, 40, (1200, 1600, 3)))
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=90)
+    with Image.open(path) as im:
+        full = im.convert("RGB")
+    for size in (SIZE, 299):
+        reference = np.asarray(v2.Compose([v2.Resize(round(size / 0.875)), v2.CenterCrop(size)])(full))
+        assert np.array_equal(get_preset("torchvision").eval_image(path, size), reference), size
+        box = full.crop((100, 75, 1500, 1125))  # tf.image.central_crop(0.875)'s box of 1600 x 1200
+        expected = np.asarray(box.resize((size, size), Image.Resampling.BILINEAR))
+        assert np.array_equal(get_preset("inception").eval_image(path, size), expected), size
+    with Image.open(path) as im:
+        im.draft("RGB", (86, 86))
+        drafted = im.convert("RGB")
+    old = np.asarray(v2.Compose([v2.Resize(86), v2.CenterCrop(SIZE)])(drafted)).astype(int)
+    reference = np.asarray(v2.Compose([v2.Resize(86), v2.CenterCrop(SIZE)])(full)).astype(int)
+    assert drafted.size == (200, 150) and np.abs(old - reference).max() > 5
+
+
 # ------------------------------------------------------------------- train
+
+def test_training_crops_come_from_the_image_shrunk_to_twice_the_size(tmp_path):
+    """``inception`` and ``torchvision`` cut training crops from the image with its short side
+    shrunk to 2 x size (unlike either reference, which crops the full image): a 640 x 427 photo
+    becomes 224 x 150 at 75 px, so a crop of 10 % of its area is 58 source pixels a side, enlarged
+    to 75; a 96 px image (the default synthetic data) is never shrunk at 75 px."""
+    from benchmarks.bench_crop_source import sample_photos
+
+    photo = sample_photos()[0]
+    small = tmp_path / "small.png"
+    pixels = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(small)
+    for name in ("inception", "torchvision"):
+        preset = get_preset(name)
+        with Image.open(photo) as im:
+            assert im.size == (640, 427)
+        source = preset.train_source(str(photo), SIZE)
+        assert source.shape == (150, 224, 3)
+        assert round(np.sqrt(0.1 * 150 * 224)) == 58 < SIZE
+        assert np.array_equal(preset.train_source(str(small), SIZE), pixels)
+
+
 
 def _boxes(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Crop width and height as shares of the coordinate image, and the pixel aspect
@@ -262,6 +314,48 @@ def test_native_crop_samplers_differ_inside_the_same_bounds():
         assert means[name]["torchvision"] > means[name]["tf.image"] + 0.03, means
     assert 0.40 < means["torchvision"]["torchvision"] < 0.47 and \
         0.35 < means["torchvision"]["tf.image"] < 0.40, means
+
+
+def test_inception_preset_is_slims_default_fast_mode_in_every_backend():
+    """``inception`` is slim's preprocess_for_train with fast_mode=True (what train_image_classifier.py
+    runs): slim's crop bounds, and distort_color's one fast-mode ordering, brightness then saturation.
+    Neither op turns the hue, so over many draws no backend's colour path moves any pixel's hue
+    (fast_mode=False's hue and contrast ops would, by up to 0.2 of the circle)."""
+    _require_all()
+    import tensorflow as tf
+    import torch
+
+    from backends import tf_image
+    from backends.keras.data import numpy_distort_color, rgb_to_hsv
+    from backends.pytorch.data import distort_color as torch_distort_color
+
+    preset = get_preset("inception")
+    assert preset.color.orderings == (("brightness", "saturation"),)
+    assert (preset.color.brightness, preset.color.saturation) == (32 / 255, (0.5, 1.5))
+    assert (preset.crop, preset.area, preset.aspect, preset.min_object_covered, preset.max_attempts) == (
+        "distorted_bounding_box", (0.05, 1.0), (0.75, 1.33), 0.1, 100)
+    assert "fast_mode=True" in preset.describe()["description"]
+    # four colours of distinct hue, far enough from 0 and 1 that no op clips
+    x = np.tile(np.array([[[0.55, 0.50, 0.45], [0.45, 0.55, 0.50], [0.50, 0.45, 0.55], [0.53, 0.45, 0.49]]],
+                         np.float32), (4, 2, 1))
+    hue = rgb_to_hsv(x)[..., 0]
+
+    def turned(y: np.ndarray) -> float:
+        d = np.abs(rgb_to_hsv(np.clip(y, 0, 1).astype(np.float32))[..., 0] - hue)
+        return float(np.minimum(d, 1 - d).max())
+
+    generator, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
+    u8 = torch.from_numpy(np.round(x * 255).astype(np.uint8)).permute(2, 0, 1)
+    hue8 = rgb_to_hsv(u8.permute(1, 2, 0).numpy().astype(np.float32) / 255)[..., 0]
+    for draw in range(20):
+        assert turned(numpy_distort_color(x.copy(), preset.color, rng)) < 1e-4
+        assert turned(tf_image.distort_color(tf.constant(x), preset.color, tf.constant([draw, 7], tf.int64))
+                      .numpy()) < 1e-4
+        y = torch_distort_color(u8, preset.color, generator).permute(1, 2, 0).numpy() / 255
+        d = np.abs(rgb_to_hsv(np.clip(y, 0, 1).astype(np.float32))[..., 0] - hue8)
+        assert float(np.minimum(d, 1 - d).max()) < 1e-4
+    slow = dataclasses.replace(preset.color, orderings=SLIM_COLOR_ORDERINGS)  # what the preset did before
+    assert max(turned(numpy_distort_color(x.copy(), slow, rng)) for _ in range(20)) > 0.01
 
 
 def test_colour_distortion_ops_per_framework(images):

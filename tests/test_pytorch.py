@@ -414,6 +414,24 @@ def test_bf16_fits_and_predicts_under_autocast_in_inference_mode(tiny_quads, tmp
             b.close()
 
 
+def test_bf16_head_computes_in_bfloat16_under_autocast(tiny_quads, tmp_path):
+    """Under bf16 the head (``fc``) runs inside autocast like the backbone: its logits are bf16
+    (Keras keeps its head in float32: docs/differences.md, row "bf16")."""
+    seen = []
+    b, _ = _built(tiny_quads, tmp_path, model="inception_v3", size=75, precision="bf16")
+    try:
+        phase = Phase(name="head", train="head", optimizer="sgd", learning_rate=0.01)
+        b.apply_phase(phase, 0)
+        b.model.fc.register_forward_hook(lambda module, args, output: seen.append((args[0].dtype, output.dtype)))
+        b.set_learning_rate(0.01)
+        b.fit_epoch(phase, 1)
+        b.predict("val")
+        assert seen and set(seen) == {(torch.bfloat16, torch.bfloat16)}
+        assert b.model.fc.weight.dtype == torch.float32
+    finally:
+        b.close()
+
+
 def test_train_loader_is_kept_and_an_epoch_depends_only_on_seed_and_epoch(tiny_quads, tmp_path):
     from backends.pytorch import data
 

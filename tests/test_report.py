@@ -29,7 +29,7 @@ from conftest import tiny_config
 
 BACKENDS, RECIPES, SEEDS = ("fake", "fakeb"), ("head", "two_phase", "scratch"), (0, 1)
 PNG = '<img src="data:image/png;base64,'
-SECTIONS = ["Conditions", "Starting weights", "Results", "Paired significance", "Seed spread",
+SECTIONS = ["Conditions", "Starting weights", "Results", "Framework verdicts", "Trained models compared",
             "What transfer buys", "Throughput", "Per-class test accuracy", "Framework differences",
             "Failures and skipped runs", "Unreadable and older results", "What the numbers mean"]
 
@@ -91,6 +91,15 @@ def tables(text: str) -> list[list[list[str]]]:
     return out
 
 
+def add_seed(run_dir: Path, backend: str, recipe: str, seed: int, top1: float | None = None) -> None:
+    """A run of another seed, copied from seed 0's (and its test top-1 set to ``top1``)."""
+    src, dst = run_dir / run_name(backend, recipe, 0), run_dir / run_name(backend, recipe, seed)
+    shutil.copytree(src, dst)
+    edit(run_dir, dst.name, lambda r: r.update(seed=seed, name=dst.name))
+    if top1 is not None:
+        edit(run_dir, dst.name, lambda r: r["test"].update(top1=top1))
+
+
 def md_report(run_dir: Path) -> str:
     return report.write_report(run_dir, plots=False)["md"].read_text()
 
@@ -143,18 +152,61 @@ def test_results_table_numbers_are_the_seed_mean_and_sample_std_of_the_files(swe
     assert head[4] == f"{100 * (mean - scratch['fake']):+.1f} pp"
 
 
-def test_seed_spread_says_within_beyond_or_single_seed(sweep, tmp_path):
-    run_dir = copy_run(sweep, tmp_path / "spread")
-    shutil.rmtree(run_dir / "fakeb-scratch-s1")
-    top1 = {"fake-head": (0.9, 0.8), "fakeb-head": (0.2, 0.2), "fake-two_phase": (0.5, 0.7),
-            "fakeb-two_phase": (0.6, 0.6), "fake-scratch": (0.3, 0.5), "fakeb-scratch": (0.4,)}
-    for run, values in top1.items():
-        for seed, value in enumerate(values):
-            edit(run_dir, f"{run}-s{seed}", lambda r: r["test"].update(top1=value))
-    assert section(md_report(run_dir), "Seed spread").splitlines()[2:] == [
-        "- fake and fakeb differ by more than their seed spread on head (|Δ| 0.650 ≥ 0.071)",
-        "- fake and fakeb are within their seed spread on two_phase (|Δ| 0.000 < 0.141)",
-        "- fake and fakeb on scratch: single seed: no spread estimate (|Δ| 0.000)"]
+FRAMEWORK_WORDS = ("reaches a higher test top-1", "no difference between the frameworks", "distinguishable from noise",
+                   "higher</td>", "no difference shown")
+
+
+def test_a_single_seed_report_makes_no_framework_verdict(sweep, tmp_path):
+    run_dir = copy_run(sweep, tmp_path / "single")
+    for extra in run_dir.glob("*-s1"):
+        shutil.rmtree(extra)
+    paths = report.write_report(run_dir, plots=False)
+    md, page = paths["md"].read_text(), paths["html"].read_text()
+    for text in (md, page):
+        for words in FRAMEWORK_WORDS:
+            assert words not in text.lower(), words
+    verdicts = section(md, "Framework verdicts")
+    assert "A claim about frameworks needs at least 3 seeds per backend" in verdicts
+    assert "**No framework verdict in this report**: no pair of backends has 3 seeds finished on a recipe" in verdicts
+    assert tables(verdicts) == []
+    for recipe in RECIPES:
+        assert (f"- `{recipe}`, fake vs fakeb: no framework verdict (1 seed finished in both; a framework claim needs "
+                f"at least 3 seeds per backend); mean Δ top-1 (a − b) ") in verdicts
+    assert "<strong>No framework verdict in this report</strong>" in page
+    summary = json.loads(paths["json"].read_text())
+    assert {v["verdict"] for v in summary["framework_verdicts"]} == {None}
+    assert summary["framework_test"] == stats.FRAMEWORK_TEST and "within_spread" not in summary
+
+
+def test_three_seeds_give_holm_corrected_framework_verdicts_with_the_test_named(sweep, tmp_path):
+    run_dir = copy_run(sweep, tmp_path / "verdicts")
+    top1 = {("fake", "head"): (0.9, 0.8, 0.85), ("fakeb", "head"): (0.2, 0.3, 0.2),
+            ("fake", "two_phase"): (0.5, 0.7, 0.6), ("fakeb", "two_phase"): (0.6, 0.6, 0.6)}
+    for (backend, recipe), values in top1.items():
+        for seed in SEEDS:
+            edit(run_dir, run_name(backend, recipe, seed), lambda r: r["test"].update(top1=values[seed]))
+        add_seed(run_dir, backend, recipe, 2, values[2])
+    md = md_report(run_dir)
+    verdicts = section(md, "Framework verdicts")
+    assert ("paired t-test over seeds of the per-seed test top-1 differences (scipy.stats.ttest_rel, two-sided), "
+            "pairing runs by seed; Holm, over the pairs of backends of a recipe; level 0.05") in verdicts
+    (rows,) = tables(verdicts)
+    expected = stats.framework_tests(stats.runs_frame(on_disk(run_dir)))
+    head = next(v for v in expected if v["recipe"] == "head")
+    assert head["p_holm"] == head["p"] < 0.05  # one pair per recipe: Holm leaves it
+    assert rows == [["`head`", "fake vs fakeb", "0, 1, 2", "85.0", "23.3", "+61.7 pp ± 10.4", f"{head['t']:.2f}",
+                     f"{head['p']:.3f}", f"{head['p_holm']:.3f}", "fake higher"],
+                    ["`two_phase`", "fake vs fakeb", "0, 1, 2", "60.0", "60.0", "+0.0 pp ± 10.0", "0.00", "1.000",
+                     "1.000", "no difference shown"]]
+    assert (f"- `head`, fake vs fakeb: **fake reaches a higher test top-1 than fakeb on this recipe**: mean Δ top-1 "
+            f"(a − b) +61.7 pp over seeds 0, 1, 2, paired t-test p = {head['p']:.3f}, Holm p = {head['p_holm']:.3f} "
+            f"(level 0.05)") in verdicts
+    assert ("- `two_phase`, fake vs fakeb: **no difference between the frameworks shown** on this recipe: "
+            "mean Δ top-1 (a − b) +0.0 pp over seeds 0, 1, 2") in verdicts
+    assert "- `scratch`, fake vs fakeb: no framework verdict (2 seeds finished in both;" in verdicts
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [(v["recipe"], v["verdict"]) for v in summary["framework_verdicts"]] == [
+        ("head", "a"), ("two_phase", "same"), ("scratch", None)]
 
 
 def test_different_splits_sizes_and_parameter_counts_are_said(sweep, tmp_path):
@@ -265,20 +317,7 @@ def test_mcnemar_exact_p_value_by_hand():
     assert ten["p"] == pytest.approx(2 / 1024, abs=1e-12)
 
 
-def test_bootstrap_interval_width_coverage_and_seed():
-    correct = np.array([1] * 700 + [0] * 300, bool)
-    low, high = stats.bootstrap_interval(correct)
-    assert low < 0.7 < high
-    assert high - low == pytest.approx(2 * 1.96 * np.sqrt(0.7 * 0.3 / 1000), rel=0.12)  # the normal width
-    assert stats.bootstrap_interval(correct) == (low, high)  # seeded
-    assert stats.bootstrap_interval(np.ones(30, bool)) == (1.0, 1.0)
-    rng = np.random.default_rng(1)
-    covered = [lo <= 0.6 <= hi for lo, hi in (stats.bootstrap_interval(rng.random(150) < 0.6, resamples=500)
-                                              for _ in range(60))]
-    assert 0.85 <= np.mean(covered) <= 1.0  # nominal 0.95
-
-
-def test_report_says_which_differences_are_distinguishable_from_noise(sweep, tmp_path):
+def test_mcnemar_speaks_of_two_trained_models_never_of_frameworks(sweep, tmp_path):
     run_dir = copy_run(sweep, tmp_path / "paired")
 
     def predict(right: int):
@@ -293,19 +332,22 @@ def test_report_says_which_differences_are_distinguishable_from_noise(sweep, tmp
     edit(run_dir, "fake-head-s1", predict(4))
     edit(run_dir, "fakeb-head-s1", predict(2))  # 2 discordant: p = 0.5
     md = md_report(run_dir)
-    text = section(md, "Paired significance")
+    text = section(md, "Trained models compared")
     intervals, pairs = tables(text)
     assert ["`head`", "0", "fake vs fakeb", "+100.0 pp", "10", "0", "0.002"] in pairs
     assert ["`head`", "1", "fake vs fakeb", "+20.0 pp", "2", "0", "0.500"] in pairs
     assert ("`head` seed 0, fake vs fakeb: +100.0 pp; 10 images only fake got right, 0 only fakeb; McNemar "
-            "p = 0.002: **distinguishable from noise** (level 0.05)") in text
+            "p = 0.002: **these two trained models differ beyond test-set noise**: the fake run got more test images "
+            "right (level 0.05; one run each, so nothing about the frameworks)") in text
     assert "`head` seed 1, fake vs fakeb: +20.0 pp; 2 images only fake got right, 0 only fakeb; McNemar p = 0.500: " \
-           "**not distinguishable from noise**" in text
+           "**these two trained models are not told apart beyond test-set noise**" in text
+    assert "They are not framework verdicts" in text and "Wilson everywhere" in text
+    assert not [words for words in FRAMEWORK_WORDS if words in md.lower()]  # two seeds: no framework verdict
     # fake and fakeb are the same numpy backend: identical calls on every image elsewhere
     assert "`scratch` seed 0, fake vs fakeb: the same right/wrong call on every test image" in text
-    assert ["`head`", "fake", "0", "100.0", "100.0–100.0"] in intervals
-    assert ["`head`", "fakeb", "0", "0.0", "0.0–0.0"] in intervals
-    low, high = stats.bootstrap_interval(np.arange(10) < 4)
+    assert ["`head`", "fake", "0", "100.0", "72.2–100.0"] in intervals  # Wilson, 10 of 10: not one point
+    assert ["`head`", "fakeb", "0", "0.0", "0.0–27.8"] in intervals
+    low, high = stats.wilson_interval(4, 10)
     assert ["`head`", "fake", "1", "40.0", f"{100 * low:.1f}–{100 * high:.1f}"] in intervals
 
 
@@ -424,7 +466,7 @@ def test_a_schema_1_result_is_read_and_its_missing_fields_are_named(sweep, tmp_p
     md = md_report(run_dir)
     (table,) = tables(section(md, "Unreadable and older results"))[-1:]
     assert table == [["fakeb-two_phase-s1", "1", "preprocessing, test.predictions, test.labels, throughput.phase"]]
-    text = section(md, "Paired significance")
+    text = section(md, "Trained models compared")
     intervals, pairs = tables(text)
     assert next(r for r in intervals if r[:3] == ["`two_phase`", "fakeb", "1"])[4] == "not available"
     assert next(r for r in pairs if r[:3] == ["`two_phase`", "1", "fake vs fakeb"])[-1] == "not available"
@@ -484,6 +526,34 @@ def test_compare_lists_every_condition_that_changes_the_meaning_of_a_delta(sweep
     assert "> **WARNING: the runs differ in split digest**" in text.split("## Results")[0]
     rows = tables(section(text, "Results"))[0]
     assert len(rows) == 6 and all(r[4] == "+0.0 pp" for r in rows)
+
+
+def test_compare_lists_every_framework_verdict_and_mcnemar_statement_that_flipped(sweep, tmp_path, fakes):
+    def sweep_with(name: str, fakeb_head: tuple, fakeb_right: int) -> Path:
+        run_dir = copy_run(sweep, tmp_path / name)
+        for backend, values in (("fake", (0.9, 0.8, 0.85)), ("fakeb", fakeb_head)):
+            for seed in SEEDS:
+                edit(run_dir, run_name(backend, "head", seed), lambda r: r["test"].update(top1=values[seed]))
+            add_seed(run_dir, backend, "head", 2, values[2])
+        for backend, right in (("fake", 10), ("fakeb", fakeb_right)):
+            edit(run_dir, run_name(backend, "head", 0), lambda r: r["test"].update(
+                predictions=[y if i < right else (y + 1) % 5 for i, y in enumerate(r["test"]["labels"])]))
+        return run_dir
+
+    a = sweep_with("A", (0.2, 0.3, 0.2), 0)      # fake higher across seeds; seed 0 runs told apart
+    b = sweep_with("B", (0.9, 0.8, 0.85), 10)    # the same accuracies; seed 0 runs identical
+    text = section(report.compare(a, b), "Verdicts that flipped")
+    assert ("**framework verdicts**: 1 of 1 judged in both A and B flipped:\n\n- `head`, fake vs fakeb: A **fake "
+            "higher (mean Δ +61.7 pp, Holm p = 0.009)** | B **no difference shown (mean Δ +0.0 pp, Holm p = 1.000)**"
+            ) in text
+    assert ("**per-run McNemar statements**: 1 of 7 judged in both A and B flipped:\n\n- `head` seed 0, fake vs "
+            "fakeb: A **fake run right more often (Δ +70.0 pp, McNemar p = 0.002)** | B **not told apart (Δ +0.0 pp, "
+            "McNemar p = 1.000)**") in text
+    same = section(report.compare(a, a), "Verdicts that flipped")
+    assert "**framework verdicts**: none of 1 judged in both A and B flipped." in same
+    assert "**per-run McNemar statements**: none of 7 judged in both A and B flipped." in same
+    assert "**framework verdicts**: none to compare (no pairs of backends on a recipe judged in both A and B, each " \
+           "needs 3 seeds per backend)." in section(report.compare(sweep, sweep), "Verdicts that flipped")
 
 
 def test_only_failures_and_an_empty_directory(tmp_path, tiny_quads, fakes, monkeypatch):

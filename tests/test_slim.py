@@ -20,6 +20,7 @@ from common.config import Phase, load_recipe
 from common.data import load_image
 from common.models import HEAD, get_model
 from common.paths import cache_root
+from common.preprocess import get_preset
 from common.results import validate_result
 
 require_backend("slim")
@@ -675,6 +676,8 @@ def test_pasted_slim_flags_are_the_phase_the_script_runs(flags):
     assert set(written) >= {"optimizer", "learning_rate", "weight_decay"}
     assert command.run_options["--image-size"] == 299 and command.run_options["--aux-logits"]
     assert (command.recipe.preprocessing, command.recipe.dropout, phase.bn) == ("inception", 0.2, "train")
+    # the script's preprocess_image(..., is_training=True) leaves fast_mode at its default, True
+    assert get_preset(command.recipe.preprocessing).color.orderings == (("brightness", "saturation"),)
 
 
 def test_every_script_flag_is_taken_ignored_or_refused_with_a_reason():

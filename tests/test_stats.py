@@ -1,11 +1,13 @@
 """Seed statistics on hand-made numbers (benchmarks.stats): exact means and sample stds from the
-table of runs, the within-spread pairs, transfer gain, status counts, order. No framework."""
+table of runs, framework verdicts across seeds (paired t-test, Holm), Wilson intervals, transfer gain,
+status counts, order. No framework."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
+from scipy.stats import t as student_t
 
 from benchmarks import stats
 
@@ -80,36 +82,95 @@ def test_top5_is_blanked_for_five_classes_or_fewer():
                                                                         nan_ok=True)
 
 
-def test_within_spread_pairs():
-    rows = stats.aggregate(stats.runs_frame([
-        result("pytorch", "two_phase", 0, 0.80), result("pytorch", "two_phase", 1, 0.84),
-        result("keras", "two_phase", 0, 0.81), result("keras", "two_phase", 1, 0.83),
-        result("slim", "two_phase", 0, 0.60), result("slim", "two_phase", 1, 0.62),
-        result("pytorch", "scratch", 0, 0.50), result("keras", "scratch", 0, 0.45),
-    ]))
-    pairs = {(s["recipe"], s["a"], s["b"]): s for s in stats.within_spread(rows)}
-    assert set(pairs) == {("two_phase", "pytorch", "keras"), ("two_phase", "pytorch", "slim"),
-                          ("two_phase", "keras", "slim"), ("scratch", "pytorch", "keras")}
-
-    pk = pairs[("two_phase", "pytorch", "keras")]
-    assert pk["within"] is True
-    assert pk["diff"] == pytest.approx(0.0, abs=1e-12)
-    assert pk["spread"] == pytest.approx(math.sqrt(0.0008) + math.sqrt(0.0002), abs=1e-12)
-
-    ps = pairs[("two_phase", "pytorch", "slim")]
-    assert ps["within"] is False
-    assert ps["diff"] == pytest.approx(0.21)
-
-    single = pairs[("scratch", "pytorch", "keras")]
-    assert single["within"] is None and single["spread"] is None
-    assert single["diff"] == pytest.approx(0.05)
+def test_holm_by_hand_on_known_p_values():
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> non-decreasing: 0.06 for the last
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02], abs=1e-15)
+    assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert stats.holm([0.02]) == pytest.approx([0.02]) and stats.holm([]) == []
 
 
-def test_within_spread_equal_means_without_spread_are_within():
-    rows = stats.aggregate(stats.runs_frame([result(b, "head", s, 0.75) for b in ("pytorch", "keras")
-                                             for s in (0, 1)]))
-    (pair,) = stats.within_spread(rows)
-    assert pair["spread"] == 0.0 and pair["within"] is True
+def test_wilson_interval_by_hand():
+    z = 1.959963984540054  # the 97.5 % normal quantile
+
+    def by_hand(k: int, n: int) -> tuple[float, float]:
+        centre, half = (k + z * z / 2) / (n + z * z), z / (n + z * z) * math.sqrt(k * (n - k) / n + z * z / 4)
+        return centre - half, centre + half
+
+    for k, n in ((7, 10), (0, 80), (80, 80), (312, 400)):
+        assert stats.wilson_interval(k, n) == pytest.approx(by_hand(k, n), abs=1e-12)
+    low, high = stats.wilson_interval(10, 10)
+    assert low == pytest.approx(10 / (10 + z * z)) and high == 1.0  # a width at 100 %, unlike a bootstrap
+
+
+def test_accuracy_intervals_are_wilson_from_the_stored_predictions():
+    r = result("pytorch", "head", 0, 0.75)
+    r["test"].update(predictions=[0, 1, 1, 0], labels=[0, 1, 1, 1])
+    old = result("keras", "head", 0, 0.5)  # no predictions stored: no interval
+    rows = stats.records(stats.accuracy_intervals(stats.runs_frame([r, old])))
+    assert (rows[0]["right"], rows[0]["n"]) == (3, 4)
+    assert (rows[0]["low"], rows[0]["high"]) == pytest.approx(stats.wilson_interval(3, 4))
+    assert (rows[1]["low"], rows[1]["high"], rows[1]["n"]) == (None, None, None)
+
+
+def three_seeds(top1: dict[str, list[float]], recipe: str = "head", seeds=(0, 1, 2)) -> list[dict]:
+    return [result(backend, recipe, seed, value) for backend, values in top1.items()
+            for seed, value in zip(seeds, values)]
+
+
+def test_framework_verdicts_are_paired_t_tests_over_seeds_holm_corrected_per_recipe():
+    top1 = {"pytorch": [0.80, 0.82, 0.84], "keras": [0.70, 0.73, 0.75], "slim": [0.78, 0.86, 0.82]}
+    other = {"pytorch": [0.5, 0.6, 0.7], "keras": [0.4, 0.5, 0.6]}  # a second recipe: its own correction
+    tests = stats.framework_tests(stats.runs_frame(three_seeds(top1) + three_seeds(other, "two_phase")))
+    rows = {(t["recipe"], t["a"], t["b"]): t for t in tests}
+    assert list(rows) == [("head", "pytorch", "keras"), ("head", "pytorch", "slim"), ("head", "keras", "slim"),
+                          ("two_phase", "pytorch", "keras")]
+
+    def t_test(a: list[float], b: list[float]) -> float:  # by hand: t = mean(d) / (sd(d) / sqrt(n)), df = n - 1
+        d = [x - y for x, y in zip(a, b)]
+        t = sum(d) / 3 / (math.sqrt(sum((x - sum(d) / 3) ** 2 for x in d) / 2) / math.sqrt(3))
+        return 2 * student_t.sf(abs(t), 2)
+
+    p_pk, p_ks = t_test(top1["pytorch"], top1["keras"]), t_test(top1["keras"], top1["slim"])
+    assert p_pk == pytest.approx(0.001273, abs=1e-6) and p_ks == pytest.approx(0.03734, abs=1e-5)
+    pk, ps, ks = rows[("head", "pytorch", "keras")], rows[("head", "pytorch", "slim")], rows[("head", "keras", "slim")]
+    assert (pk["p"], ks["p"], ps["p"]) == pytest.approx((p_pk, p_ks, 1.0), abs=1e-9)  # slim - pytorch: mean 0
+    # Holm over the three pairs of `head`: 3 x the smallest, 2 x the next, 1 x the largest
+    assert (pk["p_holm"], ks["p_holm"], ps["p_holm"]) == pytest.approx((3 * p_pk, 2 * p_ks, 1.0), abs=1e-9)
+    assert (pk["verdict"], ks["verdict"], ps["verdict"]) == ("a", "same", "same")  # keras-slim: p < 0.05, Holm not
+    assert pk["seeds"] == [0, 1, 2] and pk["mean_diff"] == pytest.approx(0.28 / 3)
+    assert pk["diff_std"] == pytest.approx(math.sqrt(((0.1 - 0.28 / 3) ** 2 + 2 * (0.09 - 0.28 / 3) ** 2) / 2))
+    # one pair on `two_phase`: no correction, and an identical difference on every seed
+    tp = rows[("two_phase", "pytorch", "keras")]
+    assert tp["p"] == tp["p_holm"] == 0.0 and tp["verdict"] == "a"
+    assert "paired t-test" in stats.FRAMEWORK_TEST["test"] and "ttest_rel" in stats.FRAMEWORK_TEST["test"]
+    assert stats.FRAMEWORK_TEST["correction"].startswith("Holm")
+
+
+def test_no_framework_verdict_below_three_seeds_paired_by_seed():
+    runs = (three_seeds({"pytorch": [0.9, 0.9, 0.9], "keras": [0.1, 0.1, 0.1]}, seeds=(0, 1, 2))
+            + three_seeds({"slim": [0.5, 0.5, 0.5]}, seeds=(0, 1, 5))          # shares seeds 0 and 1 only
+            + three_seeds({"pytorch": [0.9], "keras": [0.1]}, "scratch", seeds=(0,)))
+    rows = {(t["recipe"], t["a"], t["b"]): t for t in stats.framework_tests(stats.runs_frame(runs))}
+    assert rows[("head", "pytorch", "keras")]["verdict"] == "a"
+    for key, n in ((("head", "pytorch", "slim"), 2), (("head", "keras", "slim"), 2),
+                   (("scratch", "pytorch", "keras"), 1)):
+        row = rows[key]
+        assert (row["verdict"], row["p"], row["p_holm"], row["n"]) == (None, None, None, n)
+        assert row["why"].endswith("a framework claim needs at least 3 seeds per backend")
+    assert rows[("head", "pytorch", "slim")]["seeds"] == [0, 1]
+    # Holm counts only the tested pair: p unchanged
+    assert rows[("head", "pytorch", "keras")]["p_holm"] == rows[("head", "pytorch", "keras")]["p"]
+
+
+def test_verdict_flips_match_rows_and_count_the_ones_judged_in_both():
+    def rows(*verdicts):
+        return [{"recipe": recipe, "a": "x", "b": "y", "verdict": v}
+                for recipe, v in zip(("head", "full", "two_phase"), verdicts)]
+
+    flips, compared = stats.verdict_flips(rows("a", "same", None), rows("same", "same", "b"), ("recipe", "a", "b"),
+                                          "verdict")
+    assert compared == 2  # two_phase: no verdict in A
+    assert [(f["recipe"], f["A"]["verdict"], f["B"]["verdict"]) for f in flips] == [("head", "a", "same")]
 
 
 def test_transfer_gain_uses_the_best_transferred_recipe():
@@ -137,7 +198,7 @@ def test_recipes_in_design_order_the_control_last_and_backends_in_registry_order
 def test_empty_results_give_empty_tables():
     df = stats.runs_frame([])
     assert len(df) == 0 and len(stats.aggregate(df)) == 0
-    assert stats.within_spread(stats.aggregate(df)) == [] and stats.paired_tests(df) == []
+    assert stats.framework_tests(df) == [] and stats.paired_tests(df) == []
 
 
 def test_curve_mean_matches_epochs_across_seeds():

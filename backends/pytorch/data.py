@@ -19,7 +19,8 @@ in every backend); a training image is augmented here with
 the crop with ``RandomResizedCrop``'s own parameter sampler (the preset's area
 and aspect bounds; torchvision has no distorted-bounding-box sampler, so
 ``inception`` uses this one too), resize it bilinearly with antialiasing and
-flip; ``inception`` then distorts the colours in one of slim's orderings.
+flip; ``inception`` then distorts the colours in the preset's ordering
+(slim's ``fast_mode=True``: brightness, then saturation).
 The model family's normalisation follows in the training loop.
 """
 

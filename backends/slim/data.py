@@ -20,9 +20,10 @@ NHWC float32.
 research/slim), written with stateless ops so that an epoch's augmentation
 depends on (seed, epoch) only: ``distorted_bounding_box_crop``
 (``sample_distorted_bounding_box`` with the whole image as the box,
-``min_object_covered`` 0.1, area [0.05, 1], aspect [3/4, 4/3], 100 attempts), a
-bilinear resize (its ``fast_mode``), a left-right flip and ``distort_color``
-with its four orderings (``fast_mode=False``), clipped to [0, 1].
+``min_object_covered`` 0.1, area [0.05, 1], aspect [0.75, 1.33], 100 attempts), a
+bilinear resize, a left-right flip and ``distort_color`` (brightness, then
+saturation), clipped to [0, 1]: its ``fast_mode=True``, which
+``train_image_classifier.py`` runs.
 ``torchvision`` uses the same sampler with torchvision's bounds and 10 attempts
 (TensorFlow has no RandomResizedCrop sampler).
 """
