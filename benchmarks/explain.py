@@ -18,7 +18,6 @@ read as text, nothing is imported.
 from __future__ import annotations
 
 import re
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 

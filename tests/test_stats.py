@@ -65,11 +65,13 @@ def test_aggregate_rows_means_sample_stds_and_counts():
 
 
 def test_missing_throughput_and_nan_are_left_out():
-    r = result("pytorch", "linear_probe", 0, float("nan"))
+    r = result("pytorch", "linear_probe", 0, None)
     del r["throughput"]
+    r["test"]["loss"] = float("nan")  # a NaN accuracy is refused by the result schema itself
     (row,) = aggregate([r, result("pytorch", "linear_probe", 1, None)])
     assert row["status"] == "ok" and row["n_ok"] == 2
     assert (row["test_top1_mean"], row["test_top1_n"]) == (None, 0)
+    assert (row["test_loss_mean"], row["test_loss_n"]) == (0.5, 1)
     assert row["train_images_per_second_n"] == 1 and row["wall_seconds_mean"] == 100.0
     assert stats.finite(float("inf")) is None and stats.finite(True) is None and stats.finite(3) == 3.0
 
