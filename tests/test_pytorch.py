@@ -692,3 +692,21 @@ def test_native_modules_train_what_they_name_and_map_to_blocks(tiny_quads, tmp_p
             b.apply_phase(parse_phase({"modules": ["layer5"]}, "r"), 4)
     finally:
         b.close()
+
+
+def test_torch_batchnorm_feeds_its_running_var_the_unbiased_batch_variance():
+    """torch.nn.BatchNorm2d in train(): running_var moves towards n/(n-1) x the biased batch
+    variance, 1.0667 at n = 16 values per channel (Keras 3 natively: 1.0;
+    docs/differences.md, fidelity switch bn_moving_variance)."""
+    import torch
+
+    from common.models import BN_DECAY
+
+    x = torch.from_numpy(np.random.default_rng(0).normal(2.0, 3.0, (16, 4, 1, 1)).astype(np.float32))
+    bn = torch.nn.BatchNorm2d(4, momentum=1 - BN_DECAY, eps=1e-3).train()
+    before = bn.running_var.clone()
+    bn(x)
+    fed = (bn.running_var - BN_DECAY * before) / (1 - BN_DECAY)
+    ratio = fed / x.permute(1, 0, 2, 3).reshape(4, -1).var(dim=1, unbiased=False)
+    np.testing.assert_allclose(ratio.detach().numpy(), 16 / 15, rtol=1e-4)
+    assert round(16 / 15, 4) == 1.0667
