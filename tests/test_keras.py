@@ -823,3 +823,31 @@ def test_aligned_bn_fidelity_builds_every_batchnorm_unbiased_with_the_same_layer
         assert b.km.blocks == native.blocks and len(b.km.parameters()) == len(native.parameters())
     finally:
         b.close()
+
+
+def test_keras_rmsprop_is_the_aligned_formula_and_aligned_decay_spares_biases():
+    """Keras 3 RMSprop is what fidelity rmsprop = "aligned" makes every framework compute:
+    w - lr * g / sqrt(mean_square + eps), the slot from 0, in both settings. weight_decay =
+    "aligned": a zero-gradient step decays kernels only (SGD's L2 and AdamW's decoupled
+    decay alike); native decays biases too, as torch."""
+    from common.config import Fidelity
+
+    aligned = Fidelity("aligned", "aligned", "aligned")
+    for fidelity in (Fidelity(), aligned):
+        w = keras.Variable(np.ones(1, np.float32))
+        opt, _ = make_optimizer(Phase(optimizer="rmsprop", learning_rate=0.1, rmsprop_rho=0.9,
+                                      epsilon=0.5), [], fidelity)
+        opt.apply_gradients([(np.ones(1, np.float32), w)])
+        np.testing.assert_allclose(w.numpy(), 1 - 0.1 / (0.1 + 0.5) ** 0.5, rtol=1e-6)
+    for optimizer in ("sgd", "adamw"):
+        phase = Phase(optimizer=optimizer, learning_rate=0.1, weight_decay=0.5)
+        for fidelity, bias_after in ((Fidelity(), 1 - 0.1 * 0.5), (aligned, 1.0)):
+            kernel = keras.Variable(np.ones((2, 2), np.float32))
+            bias = keras.Variable(np.ones(2, np.float32))
+            opt, text = make_optimizer(phase, [], fidelity)
+            assert ("kernels only" in text) is (fidelity == aligned)
+            # zero gradients: only the decay moves a value (Adam's own step is 0 / (0 + eps))
+            opt.apply_gradients([(np.zeros((2, 2), np.float32), kernel),
+                                 (np.zeros(2, np.float32), bias)])
+            np.testing.assert_allclose(kernel.numpy(), 1 - 0.1 * 0.5, rtol=1e-6)
+            np.testing.assert_allclose(bias.numpy(), bias_after, rtol=1e-6)

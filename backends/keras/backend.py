@@ -170,7 +170,7 @@ class KerasBackend(Backend):
 
     def _apply_phase(self, phase: Phase, index: int) -> dict:
         info = set_trainable(self.km, phase)
-        self.optimizer, optimizer_text = compile_phase(self.km, phase)
+        self.optimizer, optimizer_text = compile_phase(self.km, phase, self.config.recipe.fidelity)
         self._applied = phase
         trainable = self.km.model.trainable_weights
         native = {"layer_range": info["layer_range"], "trainable_layers": info["trainable_layers"],
