@@ -773,3 +773,27 @@ def test_aligned_rmsprop_starts_the_slot_at_zero_and_aligned_adamw_decays_kernel
                 session.run(step.train_op)
                 np.testing.assert_allclose(session.run(bias), bias_after, rtol=1e-6)
                 assert not np.allclose(session.run(kernel), 1.0)
+
+
+def test_slim_batch_norm_feeds_its_moving_variance_the_unbiased_batch_variance():
+    """slim.batch_norm in training (TF's fused batch norm): the moving variance moves towards
+    n/(n-1) x the biased batch variance, 1.0667 at n = 16, as torch (Keras 3 natively: 1.0;
+    fidelity switch bn_moving_variance)."""
+    import tensorflow as tf
+
+    from backends.slim.compat import slim
+    from common.models import BN_DECAY
+
+    x = np.random.default_rng(0).normal(2.0, 3.0, (16, 1, 1, 4)).astype(np.float32)
+    with tf.Graph().as_default():
+        out = slim.batch_norm(tf.constant(x), decay=BN_DECAY, epsilon=1e-3, scale=False,
+                              is_training=True, scope="bn")
+        update = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
+        variance = [v for v in tf.compat.v1.global_variables() if "moving_variance" in v.name][0]
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            before = session.run(variance)
+            session.run([out, update])
+            after = session.run(variance)
+    fed = (after - BN_DECAY * before) / (1 - BN_DECAY)
+    np.testing.assert_allclose(fed / x.reshape(-1, 4).var(axis=0), 16 / 15, rtol=1e-4)
