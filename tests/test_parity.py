@@ -329,3 +329,30 @@ def test_bench_parity_train_command_names_the_batchnorm_variance_switch(tmp_path
     assert aligned < native / 5
     assert code == (0 if all(report["aligned_within_target"]["top2-sgd-bn-train-wd"].values()) else 1)
     assert "## top2-sgd-bn-train-wd" in capsys.readouterr().out
+
+
+def test_differences_rows_are_written_from_a_train_parity_report(tmp_path):
+    """``python -m benchmarks.differences_rows REPORT`` fills each marked cell of the
+    differences table with the report's one-step native effect of that switch."""
+    from benchmarks import differences_rows
+
+    cell = {"trained": {"max_abs": 1e-4, "scale": 1.0, "rel": 1e-4},
+            "moving statistics": {"max_abs": 0.2, "scale": 2.0, "rel": 0.1}}
+    report = {"command": "bench parity --train", "image_size": 75,
+              "weights": {"digest": "e3e2c1af" + "0" * 56},
+              "cases": {"top2-sgd-bn-train-wd": {"explained_by": {
+                  "pytorch-keras": ["bn_moving_variance"], "pytorch-slim": []},
+                  "fidelity": {"native": {"pytorch-keras": {"steps": {"1": {"Mixed_7c": cell}}},
+                                          "pytorch-slim": {"steps": {"1": {"Mixed_7c": cell}}}}}}}}
+    (tmp_path / "r.json").write_text(json.dumps(report))
+    docs = tmp_path / "differences.md"
+    docs.write_text("| BN | a <!-- train-parity:bn_moving_variance -->old<!-- /train-parity --> |\n"
+                    "| RMSprop | <!-- train-parity:rmsprop --><!-- /train-parity --> |\n")
+    assert differences_rows.main([str(tmp_path / "r.json"), "--docs", str(docs)]) == 0
+    text = docs.read_text()
+    assert ("<!-- train-parity:bn_moving_variance -->measured one step, native (`bench parity "
+            "--train`, 75 px, weights e3e2c1af), relative: pytorch-keras 1.0e-01 (Mixed_7c moving "
+            "statistics, `top2-sgd-bn-train-wd`)<!-- /train-parity -->") in text
+    assert "<!-- train-parity:rmsprop -->measured one step, native" in text
+    assert "no pair's difference explained by it<!-- /train-parity -->" in text
+    assert differences_rows.rewrite(text, report) == text  # the same report: nothing changes
