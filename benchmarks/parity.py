@@ -344,8 +344,8 @@ def compare_steps(a: dict, b: dict, spec) -> dict:
         for cells in blocks.values():
             for cell in cells.values():
                 cell["rel"] = cell["max_abs"] / cell["scale"] if cell["scale"] else 0.0
-        steps[int(k)] = blocks
-    last = max(steps)
+        steps[str(k)] = blocks  # string keys, as the JSON report has them
+    last = str(max(int(k) for k in steps))
     return {"loss_abs": [abs(x - y) for x, y in zip(a["loss"], b["loss"])],
             "loss_rel": [abs(x - y) / max(abs(x), abs(y), 1e-12) for x, y in zip(a["loss"], b["loss"])],
             "steps": steps,
@@ -474,7 +474,7 @@ def train_markdown(report: dict) -> str:
     """The report as markdown: per case, a row per (fidelity, pair) with the loss and the
     worst trained-tensor and moving-statistic differences after the last K, then the
     switches that explain each native difference."""
-    last = max(report["steps"])
+    last = str(max(report["steps"]))
     lines = [f"# Training-step parity: {report['model']} at {report['image_size']} px", "",
              f"{len(report['batch']['labels'])} golden images, fixed labels, no augmentation, no "
              f"dropout, fp32; weights {report['weights']['kind']} (digest "

@@ -266,10 +266,10 @@ def test_bench_parity_train_head_case_agrees_in_every_pair_and_names_what_it_com
         assert all(len(v) == 3 for v in case["loss"][label].values())
         for pair, c in case["fidelity"][label].items():
             assert c["max_rel"] <= 1e-5, (label, pair, c["max_rel"])
-            assert set(c["steps"]) == {1, 3}
-            head = c["steps"][3]["head"][PARAMS]
+            assert set(c["steps"]) == {"1", "3"}
+            head = c["steps"]["3"]["head"][PARAMS]
             assert head["scale"] > 0.01 and head["rel"] <= 1e-5
-            assert c["steps"][3]["Mixed_7c"][MOVING]["max_abs"] == 0.0  # frozen: never moved
+            assert c["steps"]["3"]["Mixed_7c"][MOVING]["max_abs"] == 0.0  # frozen: never moved
     losses = case["loss"]["native"]["pytorch"]
     assert losses[2] < losses[0]  # the steps trained
     assert case["explained_by"] == {"pytorch-keras": [], "pytorch-slim": [], "keras-slim": []}
@@ -324,8 +324,8 @@ def test_bench_parity_train_command_names_the_batchnorm_variance_switch(tmp_path
     case = report["cases"]["top2-sgd-bn-train-wd"]
     assert case["switches"] == ["bn_moving_variance", "weight_decay"]
     assert "bn_moving_variance" in case["explained_by"]["pytorch-keras"]
-    native = case["fidelity"]["native"]["pytorch-keras"]["steps"][3]["Mixed_7c"][MOVING]["rel"]
-    aligned = case["fidelity"]["aligned"]["pytorch-keras"]["steps"][3]["Mixed_7c"][MOVING]["rel"]
+    native = case["fidelity"]["native"]["pytorch-keras"]["steps"]["3"]["Mixed_7c"][MOVING]["rel"]
+    aligned = case["fidelity"]["aligned"]["pytorch-keras"]["steps"]["3"]["Mixed_7c"][MOVING]["rel"]
     assert aligned < native / 5
     assert code == (0 if all(report["aligned_within_target"]["top2-sgd-bn-train-wd"].values()) else 1)
     assert "## top2-sgd-bn-train-wd" in capsys.readouterr().out
