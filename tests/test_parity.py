@@ -356,3 +356,21 @@ def test_differences_rows_are_written_from_a_train_parity_report(tmp_path):
     assert "<!-- train-parity:rmsprop -->measured one step, native" in text
     assert "no pair's difference explained by it<!-- /train-parity -->" in text
     assert differences_rows.rewrite(text, report) == text  # the same report: nothing changes
+
+
+def test_bench_parity_train_refuses_an_unknown_case_and_cases_without_train_in_one_line(capsys,
+                                                                                        tmp_path):
+    import sys
+
+    from benchmarks import cli
+
+    before = set(sys.modules)
+    out = tmp_path / "out"
+    assert cli.main(["parity", "--train", "--cases", "head-lamb", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--cases: unknown case 'head-lamb'; choose from: head-momentum" in err
+    assert cli.main(["parity", "--cases", "head-momentum", "--out", str(out)]) == 2
+    assert "--cases goes with --train" in capsys.readouterr().err
+    assert cli.main(["parity", "--train", "--weights", "x.pt", "--out", str(out)]) == 2
+    assert "drop --weights and --alignment" in capsys.readouterr().err
+    assert not out.exists() and not {"torch", "tensorflow"} & (set(sys.modules) - before)
