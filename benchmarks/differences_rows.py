@@ -5,8 +5,9 @@
 the text between ``<!-- train-parity:SWITCH -->`` and ``<!-- /train-parity -->`` in every
 row that carries those markers with what the report measured in native mode after one step
 for that fidelity switch: for each pair whose native difference the switch explains, the
-largest relative difference of a block after one step (and which block, trained tensors or
-moving statistics), and the case it was measured in.
+largest relative difference of a block after one step with that switch alone native and
+every other one aligned (its own effect; and which block, trained tensors or moving
+statistics), and the case it was measured in.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ def one_step_effect(report: dict, switch: str) -> str:
         for pair, switches in r["explained_by"].items():
             if switch not in switches:
                 continue
-            steps = r["fidelity"]["native"][pair]["steps"]
+            # the switch's own effect: the run with it alone native (every other aligned)
+            runs = r["fidelity"].get(f"{switch} native", r["fidelity"]["native"])
+            steps = runs[pair]["steps"]
             first = steps.get("1", steps.get(1))  # JSON keys are strings
             block, kind, cell = max(((b, k, c) for b, cells in first.items()
                                      for k, c in cells.items() if k in (PARAMS, MOVING)),

@@ -374,3 +374,19 @@ def test_bench_parity_train_refuses_an_unknown_case_and_cases_without_train_in_o
     assert cli.main(["parity", "--train", "--weights", "x.pt", "--out", str(out)]) == 2
     assert "drop --weights and --alignment" in capsys.readouterr().err
     assert not out.exists() and not {"torch", "tensorflow"} & (set(sys.modules) - before)
+
+
+def test_the_differences_rows_are_the_committed_train_parity_report():
+    """docs/differences.md's measured cells are what ``benchmarks.differences_rows`` writes
+    from the committed ``bench parity --train`` report (a typed or stale number fails)."""
+    from benchmarks import differences_rows
+
+    report = json.loads((differences_rows.DOCS.parent.parent / "benchmarks" / "results" / "parity"
+                         / "train-inception_v3-75px" / "train_parity.json").read_text())
+    text = differences_rows.DOCS.read_text()
+    assert len(differences_rows.MARKER.findall(text)) == 3
+    assert differences_rows.rewrite(text, report) == text
+    aligned = report["cases"]["top2-rmsprop-bn-frozen"]["fidelity"]["aligned"]
+    assert aligned["keras-slim"]["max_rel"] < 1e-4  # as docs/weights-and-parity.md says
+    assert report["cases"]["top2-sgd-bn-train-wd"]["explained_by"]["pytorch-keras"] == \
+        ["bn_moving_variance"]
