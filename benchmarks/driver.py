@@ -745,6 +745,8 @@ def run(config: RunConfig, timeline: Timeline | None = None) -> dict:
             result["parallel"] = backend.parallel()
         if backend.restore_report:  # counts, and what ignore_missing_vars left at init
             result["weights"]["restore"] = backend.restore_report
+        # every training-step switch's setting (common.config.FIDELITY_SWITCHES)
+        result["fidelity"] = config.recipe.fidelity.settings()
         result["preprocessing"] = {"normalisation": backend.preprocessing_name(),
                                    **get_preset(config.recipe.preprocessing).describe()}
         summary = backend.model_summary()

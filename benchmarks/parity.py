@@ -25,6 +25,7 @@ import dataclasses
 import importlib
 import importlib.metadata
 import itertools
+import json
 import logging
 import os
 import platform
@@ -38,7 +39,7 @@ import numpy as np
 from backends.base import availability, backend_info, default_backends
 from benchmarks import conversion
 from common import canonical, synthetic
-from common.config import image_size_problem
+from common.config import FIDELITY_SWITCHES, Fidelity, Phase, image_size_problem
 from common.data import load_dataset, load_image
 from common.models import MODELS, get_model
 from common.preprocess import get_normalisation
@@ -276,3 +277,283 @@ def _machine_text(machine: dict | None) -> str:
         return "not recorded"
     versions = ", ".join(f"{k} {v}" for k, v in machine.get("versions", {}).items())
     return f"{machine.get('cpu')}, {machine.get('cores')} cores, {machine.get('os')}; {versions}"
+
+
+# ------------------------------------------------------------------ bench parity --train
+#
+# One training step in every backend: from one set of canonical weights (one digest) and
+# one fixed batch (the golden images with fixed labels: no augmentation, no dropout), each
+# backend runs K steps of a phase with its own phase machinery (backends/<fw>/parity.py
+# ``train_steps``) in its own process; the canonical tensors after K = 1 and 3 steps are
+# compared per canonical block, trained tensors (kernels, betas, biases) apart from the
+# BatchNorm moving statistics, and the loss of each step. Every case runs with each
+# framework's own step (fidelity native), with every switch aligned, and with every switch
+# aligned but one that concerns the case (``<switch> native``): a switch explains a pair's
+# difference when leaving it alone native brings the difference back (at least 5 x what
+# every switch aligned leaves, and beyond the target), so that two causes of one pair's
+# difference are each named.
+
+TRAIN_STEPS = (1, 3)
+TRAIN_TARGET_REL = 1e-5      # issue 22: aligned, every case of every pair, after 3 steps
+EXPLAINED_FACTOR = 5.0       # a switch left native multiplies the aligned difference by this
+PARAMS, MOVING = "trained", "moving statistics"
+_LR = 1e-3
+# name -> the phase it steps (suite-made weights; learning rates small enough that 3 steps
+# stay in the regime where float noise does not grow into different trajectories)
+TRAIN_CASES = {
+    "head-momentum": Phase(name="head", train="head", optimizer="momentum", learning_rate=_LR),
+    "top2-rmsprop-bn-frozen": Phase(name="top2", train="top", top_blocks=2, optimizer="rmsprop",
+                                    learning_rate=_LR, epsilon=1.0),
+    "top2-sgd-bn-train-wd": Phase(name="top2", train="top", top_blocks=2, optimizer="sgd",
+                                  learning_rate=_LR, bn="train", weight_decay=1e-2),
+    "all-adam-bn-inference": Phase(name="all", train="all", optimizer="adam", learning_rate=_LR,
+                                   bn="inference"),
+    "all-adamw-wd-head-x10": Phase(name="all", train="all", optimizer="adamw", learning_rate=_LR,
+                                   weight_decay=1e-2, head_lr_multiplier=10.0),
+    "all-momentum-bn-train": Phase(name="all", train="all", optimizer="momentum",
+                                   learning_rate=_LR, bn="train"),
+}
+CI_TRAIN_CASES = ("head-momentum", "top2-sgd-bn-train-wd")
+
+
+def case_switches(phase: Phase) -> tuple[str, ...]:
+    """The fidelity switches that can change ``phase``'s step."""
+    out = []
+    if phase.bn == "train" or (phase.bn == "frozen" and phase.train != "head"):
+        out.append("bn_moving_variance")  # a BatchNorm in training mode
+    if phase.optimizer == "rmsprop":
+        out.append("rmsprop")
+    if phase.weight_decay:
+        out.append("weight_decay")
+    return tuple(out)
+
+
+def case_fidelities(phase: Phase) -> dict[str, Fidelity]:
+    """``native``, ``aligned`` and, for each switch the phase concerns, ``<switch> native``
+    (every other switch aligned). A case no switch concerns runs once: its ``aligned`` step
+    is its native one (``run_train_parity`` reports the same runs under both)."""
+    aligned = Fidelity(**{k: "aligned" for k in FIDELITY_SWITCHES})
+    if not case_switches(phase):
+        return {"native": Fidelity()}
+    out = {"native": Fidelity(), "aligned": aligned}
+    for switch in case_switches(phase):
+        out[f"{switch} native"] = dataclasses.replace(aligned, **{switch: "native"})
+    return out
+
+
+def training_batch(model: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The golden images and fixed labels (image i is class i mod classes, its own class)."""
+    images, _ = golden_batch(model, image_size)
+    return images, np.arange(len(images)) % len(GOLDEN_SPEC.classes)
+
+
+def backend_train_steps(name: str, model: str, tensors: dict[str, np.ndarray], images: np.ndarray,
+                        labels: np.ndarray, phase: Phase, fidelity: Fidelity,
+                        steps=TRAIN_STEPS) -> dict:
+    """``backends/<name>/parity.train_steps`` in this process (which then holds that framework)."""
+    info = backend_info(name)
+    info.apply_environment()
+    module = importlib.import_module(f"{info.converter.rsplit('.', 1)[0]}.parity")
+    return module.train_steps(model, tensors, images, labels, phase, fidelity, tuple(steps))
+
+
+def block_of_tensor(spec, name: str) -> str:
+    """The canonical block of canonical tensor ``name`` (``Mixed_7b/branch1x1/kernel`` ->
+    ``Mixed_7b``, a stem layer -> the first block, ``head*`` -> ``head``)."""
+    first = name.split("/", 1)[0]
+    if first.startswith(canonical.HEAD):
+        return canonical.HEAD
+    return first if first in spec.blocks else spec.blocks[0]
+
+
+def compare_steps(a: dict, b: dict, spec) -> dict:
+    """Two backends' ``train_steps`` results: per step count K, per block, the max abs
+    difference and the relative one (over the block's max abs value) of its trained tensors
+    and of its moving statistics; the loss of each step; ``max_rel`` at the last K."""
+    steps = {}
+    for k in a["tensors"]:
+        blocks: dict = {}
+        for name, x in a["tensors"][k].items():
+            y = b["tensors"][k][name]
+            kind = MOVING if name.endswith(("moving_mean", "moving_variance")) else PARAMS
+            cell = blocks.setdefault(block_of_tensor(spec, name), {}).setdefault(
+                kind, {"max_abs": 0.0, "scale": 0.0})
+            cell["max_abs"] = max(cell["max_abs"], float(np.max(np.abs(x.astype(np.float64) - y))))
+            cell["scale"] = max(cell["scale"], float(np.max(np.abs(x))), float(np.max(np.abs(y))))
+        for cells in blocks.values():
+            for cell in cells.values():
+                cell["rel"] = cell["max_abs"] / cell["scale"] if cell["scale"] else 0.0
+        steps[str(k)] = blocks  # string keys, as the JSON report has them
+    last = str(max(int(k) for k in steps))
+    return {"loss_abs": [abs(x - y) for x, y in zip(a["loss"], b["loss"])],
+            "loss_rel": [abs(x - y) / max(abs(x), abs(y), 1e-12) for x, y in zip(a["loss"], b["loss"])],
+            "steps": steps,
+            "max_rel": max([c["rel"] for cells in steps[last].values() for c in cells.values()]
+                           + [abs(x - y) / max(abs(x), abs(y), 1e-12)
+                              for x, y in zip(a["loss"], b["loss"])])}
+
+
+def explain(case: dict, target: float = TRAIN_TARGET_REL) -> dict[str, list[str]]:
+    """pair -> the switches that, left native with every other one aligned, bring back a
+    difference beyond ``target`` and ``EXPLAINED_FACTOR`` (5) x the all-aligned one (a pair
+    within ``target`` natively needs no explanation: [])."""
+    out = {}
+    for pair, native in case["native"].items():
+        if native["max_rel"] <= target:
+            out[pair] = []
+            continue
+        floor = max(target, EXPLAINED_FACTOR * case["aligned"][pair]["max_rel"])
+        out[pair] = [label.removesuffix(" native") for label, pairs in case.items()
+                     if label not in ("native", "aligned") and pairs[pair]["max_rel"] > floor]
+    return out
+
+
+def run_train_parity(model: str, image_size: int, out_dir: Path, *,
+                     backends: list[str] | None = None, cases: list[str] | None = None,
+                     seed: int = 0, steps=TRAIN_STEPS, command: str | None = None,
+                     in_process: bool = False) -> dict:
+    """``bench parity --train``: write ``train_parity.json`` / ``train_parity.md`` in
+    ``out_dir``; returns the report. Each (case, fidelity, backend) runs in a child process
+    of its own (``benchmarks.weights_worker train``) unless ``in_process`` (the tests)."""
+    spec = get_model(model)
+    names, skipped = check_parity_request(model, image_size, backends)
+    cases = list(cases or TRAIN_CASES)
+    unknown = [c for c in cases if c not in TRAIN_CASES]
+    if unknown:
+        raise canonical.ConversionError(f"unknown training case {unknown[0]!r}; cases: "
+                                        f"{', '.join(TRAIN_CASES)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    tensors = canonical.random_weights(model, spec.feature_dim, len(GOLDEN_SPEC.classes), seed)
+    images, labels = training_batch(model, image_size)
+    results: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench-train-parity-") as tmp:
+        tmp = Path(tmp)
+        npz = tmp / "weights.npz"
+        meta = canonical.save(npz, model, tensors, {"source_backend": None,
+                                                    "source_file": f"random (seed {seed})"})
+        np.savez(tmp / "batch.npz", images=images, labels=labels)
+
+        def one(name: str, case: str, label: str, fidelity: Fidelity) -> dict:
+            phase = TRAIN_CASES[case]
+            if in_process:
+                return backend_train_steps(name, model, tensors, images, labels, phase, fidelity,
+                                           steps)
+            out = tmp / f"{name}-{case}-{label.replace(' ', '_')}.npz"
+            spec_file = tmp / f"{out.stem}.json"
+            spec_file.write_text(json.dumps({"phase": dataclasses.asdict(phase),
+                                             "fidelity": fidelity.settings(),
+                                             "steps": list(steps)}))
+            conversion.run_weights_worker(["train", "--backend", name, "--model", model,
+                                           "--weights", npz, "--batch", tmp / "batch.npz",
+                                           "--case", spec_file, "--output", out])
+            return load_train_steps(out)
+
+        jobs = [(case, label, fidelity, name) for case in cases
+                for label, fidelity in case_fidelities(TRAIN_CASES[case]).items() for name in names]
+        log.info(f"parity --train: {len(cases)} case(s), {len(jobs)} runs of {', '.join(names)}"
+                 + ("" if in_process else ", one child process each") + " ...")
+        workers = 1 if in_process else max(1, min(len(names), os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            done = list(pool.map(lambda j: one(j[3], j[0], j[1], j[2]), jobs))
+        for (case, label, _, name), value in zip(jobs, done):
+            results.setdefault(case, {}).setdefault(label, {})[name] = value
+    report_cases = {}
+    for case, by_label in results.items():
+        by_label = {"native": by_label["native"], "aligned": by_label.get("aligned", by_label["native"]),
+                    **by_label}
+        compared = {label: {f"{a}-{b}": compare_steps(runs[a], runs[b], spec)
+                            for a, b in itertools.combinations(names, 2)}
+                    for label, runs in by_label.items()}
+        report_cases[case] = {
+            "phase": dataclasses.asdict(TRAIN_CASES[case]),
+            "switches": list(case_switches(TRAIN_CASES[case])),
+            # no switch concerns the case: its aligned runs are its native ones
+            "aligned_is_native": not case_switches(TRAIN_CASES[case]),
+            "loss": {label: {n: r["loss"] for n, r in runs.items()} for label, runs in by_label.items()},
+            "fidelity": compared,
+            "explained_by": explain(compared),
+        }
+    report = {
+        "command": command, "machine": machine(),
+        "processes": "this process" if in_process else "one child process per backend and case",
+        "model": model, "image_size": image_size, "precision": "fp32", "backends": names,
+        "skipped": skipped, "steps": list(steps),
+        "weights": {"kind": "random", "seed": seed, "digest": meta["digest"]},
+        "batch": {"images": len(images), "labels": labels.tolist(), "augment": False,
+                  "dropout": 0.0},
+        "target_rel": TRAIN_TARGET_REL, "cases": report_cases,
+        "seconds": time.perf_counter() - t0,
+    }
+    report["aligned_within_target"] = {
+        case: {pair: c["max_rel"] <= TRAIN_TARGET_REL for pair, c in r["fidelity"]["aligned"].items()}
+        for case, r in report_cases.items()}
+    write_json_atomic(out_dir / "train_parity.json", report)
+    (out_dir / "train_parity.md").write_text(train_markdown(report), encoding="utf-8")
+    return report
+
+
+def save_train_steps(path: Path, result: dict) -> None:
+    np.savez(path, __loss__=np.asarray(result["loss"], np.float64),
+             **{f"{k}|{name}": v for k, t in result["tensors"].items() for name, v in t.items()})
+
+
+def load_train_steps(path: Path) -> dict:
+    with np.load(path) as f:
+        out = {"loss": f["__loss__"].tolist(), "tensors": {}}
+        for key in f.files:
+            if key != "__loss__":
+                k, name = key.split("|", 1)
+                out["tensors"].setdefault(int(k), {})[name] = f[key]
+    return out
+
+
+def train_markdown(report: dict) -> str:
+    """The report as markdown: per case, a row per (fidelity, pair) with the loss and the
+    worst trained-tensor and moving-statistic differences after the last K, then the
+    switches that explain each native difference."""
+    last = str(max(report["steps"]))
+    lines = [f"# Training-step parity: {report['model']} at {report['image_size']} px", "",
+             f"{len(report['batch']['labels'])} golden images, fixed labels, no augmentation, no "
+             f"dropout, fp32; weights {report['weights']['kind']} (digest "
+             f"{report['weights']['digest'][:16]}); steps {', '.join(map(str, report['steps']))}. "
+             f"Differences: max abs, and relative to the block's largest value; the worst block "
+             f"after {last} steps. Target with every switch aligned: {report['target_rel']:g} "
+             f"relative for every pair.", "",
+             f"Command: `{report.get('command') or 'benchmarks.parity.run_train_parity'}` "
+             f"({report['processes']}). Machine: {_machine_text(report.get('machine'))}.", ""]
+    for case, r in report["cases"].items():
+        p = r["phase"]
+        lines += [f"## {case}", "",
+                  f"train {p['train']}" + (f" {p['top_blocks']}" if p["train"] == "top" else "")
+                  + f", {p['optimizer']}, lr {p['learning_rate']:g}, bn {p['bn']}, weight decay "
+                  f"{p['weight_decay']:g}, head lr x{p['head_lr_multiplier']:g}; switches that "
+                  f"concern it: {', '.join(r['switches']) or 'none'}.", "",
+                  f"| fidelity | pair | loss rel, step 1 | loss rel, step {last} | trained: worst "
+                  f"block, max abs, rel | moving statistics: worst block, max abs, rel | max rel |",
+                  "|---|---|---|---|---|---|---|"]
+        for label, pairs in r["fidelity"].items():
+            for pair, c in pairs.items():
+                cells = []
+                for kind in (PARAMS, MOVING):
+                    worst = max(((b, v[kind]) for b, v in c["steps"][last].items() if kind in v),
+                                key=lambda bv: bv[1]["rel"], default=None)
+                    cells.append(f"{worst[0]}, {worst[1]['max_abs']:.2e}, {worst[1]['rel']:.2e}"
+                                 if worst else "—")
+                lines.append(f"| {label} | {pair} | {c['loss_rel'][0]:.2e} | {c['loss_rel'][-1]:.2e} "
+                             f"| {cells[0]} | {cells[1]} | {c['max_rel']:.2e} |")
+        lines.append("")
+        for pair, switches in r["explained_by"].items():
+            native = r["fidelity"]["native"][pair]["max_rel"]
+            aligned = r["fidelity"]["aligned"][pair]["max_rel"]
+            why = (f"explained by {', '.join(switches)}" if switches else
+                   "within the target natively" if native <= report["target_rel"] else
+                   "not explained by any one switch")
+            verdict = "within" if aligned <= report["target_rel"] else "NOT within"
+            lines.append(f"- {pair}: native {native:.2e} ({why}); aligned {aligned:.2e}, "
+                         f"{verdict} the target.")
+        lines.append("")
+    for name, why in report["skipped"].items():
+        lines.append(f"Skipped {name}: {why}.")
+    return "\n".join(lines).rstrip() + "\n"

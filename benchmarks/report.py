@@ -109,6 +109,7 @@ CONDITIONS = {"model": "model", "image size": "image_size", "batch size": "batch
               "precision": "precision", "timed steps (throughput)": "throughput_steps", "seeds": "seed",
               "data source": "data_source", "split digest": "split_digest", "initial weights": "weights_kind",
               "weights digest": "weights_digest", "recipe phases / epochs": "phases",
+              "training-step fidelity": "fidelity",
               "framework versions": "versions", "device": "device"}
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 from scipy.stats import binomtest, ttest_rel
 
 from backends.base import backend_names
+from common.config import FIDELITY_SWITCHES, Fidelity
 from common.results import Result, SchemaError
 
 CONTROL_RECIPE = "scratch"
@@ -100,6 +101,13 @@ def device_text(device: Any) -> str:
     return " ".join(str(device[k]) for k in ("kind", "name") if device.get(k)) + (f" ({extra})" if extra else "")
 
 
+def fidelity_text(settings: dict) -> str:
+    """A run's training-step switches in words: ``native``, ``aligned`` or ``switch=setting, ...``
+    (a switch the result does not record: ``native``, what every run did before it existed)."""
+    settings = settings if isinstance(settings, dict) else {}
+    return Fidelity(**{k: str(settings.get(k, "native")) for k in FIDELITY_SWITCHES}).text()
+
+
 def _run_row(r: Result) -> dict:
     classes = lookup(r, ("data", "num_classes")) or len(lookup(r, ("data", "classes")) or []) or None
     row = {"backend": r.backend, "recipe": r.recipe, "seed": r.seed, "status": r.status, "error": r.error,
@@ -117,6 +125,8 @@ def _run_row(r: Result) -> dict:
            "phases": f"{r.recipe}: " + " + ".join(f"{p.get('name')} ({p.get('train')}, {p.get('optimizer')}, lr "
                                                   f"{p.get('learning_rate')}, {p.get('epochs')} ep)"
                                                   for p in lookup(r.config, ("recipe", "phases")) or []),
+           # a result from before the switches existed ran every framework's own step: native
+           "fidelity": fidelity_text(r.fidelity or lookup(r.config, ("recipe", "fidelity")) or {}),
            "versions": f"{r.backend}: " + ", ".join(f"{k} {v}" for k, v in sorted((r.versions or {}).items())),
            "device": f"{r.backend}: {device_text(r.device)}", "correct": _correct(r), "result": r}
     row.update({name: finite(lookup(r, path)) if r.ok else None for name, path in METRICS.items()})

@@ -7,6 +7,9 @@
 * ``outputs --backend B --model M --weights NPZ --images NPZ --output NPZ [--alignment A]``:
   ``bench parity``: B's model holding the canonical weights (``convert``'s mapping) and
   every canonical block's output for the images;
+* ``train --backend B --model M --weights NPZ --batch NPZ --case JSON --output NPZ``:
+  ``bench parity --train``: K steps of the case's phase in B from the canonical weights
+  on the fixed batch, the loss of each and the canonical tensors after each K;
 * ``pretrain --config CONFIG.json --image-size N --cache DIR``: pretrain the source
   model on ``shapes`` in the config's backend and export its canonical weights
   (``driver.pretrain_and_export_source``).
@@ -48,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--images", required=True)
     o.add_argument("--output", required=True)
     o.add_argument("--alignment", choices=("suite", "native"), default="suite")
+    r = sub.add_parser("train")
+    r.add_argument("--backend", required=True)
+    r.add_argument("--model", required=True)
+    r.add_argument("--weights", required=True)
+    r.add_argument("--batch", required=True)
+    r.add_argument("--case", required=True)
+    r.add_argument("--output", required=True)
     t = sub.add_parser("pretrain")
     t.add_argument("--config", required=True)
     t.add_argument("--image-size", type=int, required=True)
@@ -74,6 +84,20 @@ def run(args: argparse.Namespace) -> dict:
         outputs = backend_block_outputs(args.backend, args.model, tensors, images, args.alignment)
         np.savez(args.output, **{k: np.asarray(v, np.float32) for k, v in outputs.items()})
         return {"blocks": list(outputs)}
+    if args.command == "train":
+        from benchmarks.parity import backend_train_steps, save_train_steps
+        from common.config import Fidelity, parse_phase
+
+        case = json.loads(Path(args.case).read_text())
+        phase = parse_phase({k: v for k, v in case["phase"].items() if v not in (None, [], ())},
+                            args.case)
+        with np.load(args.batch) as batch:
+            images, labels = batch["images"], batch["labels"]
+        tensors, _ = canonical.load(Path(args.weights))
+        result = backend_train_steps(args.backend, args.model, tensors, images, labels, phase,
+                                     Fidelity(**case["fidelity"]), case["steps"])
+        save_train_steps(Path(args.output), result)
+        return {"loss": result["loss"]}
     if args.command == "pretrain":
         from benchmarks.driver import pretrain_and_export_source
         from common.config import RunConfig

@@ -37,6 +37,19 @@ no framework default leaks in):
 * ``rmsprop``: decay ``rmsprop_rho`` (0.9), ``momentum`` (0), ``epsilon`` (1e-7);
 * ``adam`` / ``adamw``: betas 0.9/0.999, ``epsilon``; ``adamw`` decouples
   ``weight_decay``, the others add it as an L2 penalty.
+
+Where the frameworks compute a training step differently, each difference is a named
+switch (``FIDELITY_SWITCHES``), set for the whole recipe::
+
+    fidelity = "aligned"          # every switch; "native" (the default): each framework's own
+
+    [fidelity]                    # or per switch, over a default
+    default = "native"
+    bn_moving_variance = "aligned"
+
+The switches belong to the recipe, not to a phase: a Keras model's BatchNormalization
+layers are chosen when the model is built, before the first phase (docs/design.md,
+"Fidelity switches").
 """
 
 from __future__ import annotations
@@ -64,6 +77,16 @@ SCHEDULES = ("fixed", "exponential", "cosine")
 BN_MODES = ("frozen", "train", "inference")
 INITS = ("pretrained", "random")
 PRECISIONS = ("fp32", "bf16")
+FIDELITY_SETTINGS = ("native", "aligned")
+# switch -> what its ``aligned`` setting makes every framework compute (docs/differences.md)
+FIDELITY_SWITCHES = {
+    "bn_moving_variance": "a training BatchNorm updates its moving variance with the unbiased "
+                          "batch variance, n/(n-1) x the biased one (torch, slim; Keras applies it too)",
+    "rmsprop": "RMSprop divides by sqrt(mean square + epsilon), its mean-square slot starting "
+               "at 0 (Keras; torch moves epsilon inside the root, slim starts the slot at 0)",
+    "weight_decay": "weight decay reaches conv and dense kernels only, as grad + wd * w (slim's "
+                    "l2_regularizer; torch and Keras leave biases and BatchNorm betas undecayed)",
+}
 MAX_EPOCHS = 10_000
 MAX_HIDDEN_UNITS = 65_536
 # a seed is what every framework's generator takes: numpy's and torch's accept 0..2**32-1
@@ -165,6 +188,32 @@ class Phase:
 
 
 @dataclass(frozen=True)
+class Fidelity:
+    """Each ``FIDELITY_SWITCHES`` entry: ``native`` (each framework's own step, the default)
+    or ``aligned`` (every framework computes the same thing)."""
+
+    bn_moving_variance: str = "native"
+    rmsprop: str = "native"
+    weight_decay: str = "native"
+
+    def aligned(self, switch: str) -> bool:
+        return getattr(self, switch) == "aligned"
+
+    def settings(self) -> dict[str, str]:
+        return {k: getattr(self, k) for k in FIDELITY_SWITCHES}
+
+    def text(self) -> str:
+        """``"native"``, ``"aligned"``, or ``"bn_moving_variance=aligned, rmsprop=native, ..."``."""
+        values = set(self.settings().values())
+        if len(values) == 1:
+            return values.pop()
+        return ", ".join(f"{k}={v}" for k, v in self.settings().items())
+
+
+assert tuple(f.name for f in dataclasses.fields(Fidelity)) == tuple(FIDELITY_SWITCHES)
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     phases: tuple[Phase, ...]
@@ -177,6 +226,7 @@ class Recipe:
     # slim's flags, applied by slim (backends.native says what other backends do with them)
     checkpoint_exclude_scopes: tuple[str, ...] = ()
     ignore_missing_vars: bool = False
+    fidelity: Fidelity = field(default_factory=Fidelity)
 
     @property
     def is_linear_probe(self) -> bool:
@@ -391,9 +441,27 @@ def parse_phase(raw: dict, where: str) -> Phase:
     return phase
 
 
+def parse_fidelity(value: Any, where: str) -> Fidelity:
+    """``fidelity = "native" | "aligned"``, or a ``[fidelity]`` table of ``default`` and
+    per-switch settings (``FIDELITY_SWITCHES``)."""
+    if isinstance(value, str):
+        value = {"default": value}
+    if not isinstance(value, dict):
+        _fail(where, "fidelity", value, f'write fidelity = "native" or "aligned", or a [fidelity] '
+                                        f'table of default and {", ".join(FIDELITY_SWITCHES)}')
+    for key, setting in value.items():
+        if key != "default" and key not in FIDELITY_SWITCHES:
+            raise ConfigError(f"{where}: unknown fidelity switch {key!r}; allowed: default, "
+                              f"{', '.join(FIDELITY_SWITCHES)}")
+        _choice(where, f"fidelity.{key}" if key != "default" else "fidelity", setting,
+                FIDELITY_SETTINGS)
+    default = value.get("default", "native")
+    return Fidelity(**{k: value.get(k, default) for k in FIDELITY_SWITCHES})
+
+
 def parse_recipe(raw: dict, source: str = "<recipe>") -> Recipe:
     allowed = {"name", "description", "init", "head_hidden_units", "phase", "preprocessing",
-               "dropout", "checkpoint_exclude_scopes", "ignore_missing_vars"}
+               "dropout", "checkpoint_exclude_scopes", "ignore_missing_vars", "fidelity"}
     for key in raw:
         if key not in allowed:
             raise ConfigError(
@@ -431,6 +499,7 @@ def parse_recipe(raw: dict, source: str = "<recipe>") -> Recipe:
                                           "before the classifier in training")
     exclude = _names(source, "checkpoint_exclude_scopes", raw.get("checkpoint_exclude_scopes", ()))
     ignore = _check_type(source, "ignore_missing_vars", raw.get("ignore_missing_vars", False), bool)
+    fidelity = parse_fidelity(raw.get("fidelity", "native"), source)
     return Recipe(
         name=name,
         description=raw.get("description", ""),
@@ -442,6 +511,7 @@ def parse_recipe(raw: dict, source: str = "<recipe>") -> Recipe:
         dropout=dropout,
         checkpoint_exclude_scopes=exclude,
         ignore_missing_vars=ignore,
+        fidelity=fidelity,
     )
 
 
@@ -453,7 +523,8 @@ def recipe_from_dict(d: dict) -> Recipe:
            "init": d.get("init", "pretrained"), "head_hidden_units": d.get("head_hidden_units", 0),
            "phase": [{k: v for k, v in p.items() if v is not None and v != [] and v != ()}
                      if isinstance(p, dict) else p for p in d["phases"]]}
-    for key in ("preprocessing", "dropout", "checkpoint_exclude_scopes", "ignore_missing_vars"):
+    for key in ("preprocessing", "dropout", "checkpoint_exclude_scopes", "ignore_missing_vars",
+                "fidelity"):
         if key in d:
             raw[key] = d[key]
     source = d.get("source") or str(d.get("name"))

@@ -193,6 +193,7 @@ class Result(Record):
     data: DataInfo | None = None
     weights: WeightsInfo | None = None
     preprocessing: dict | None = None
+    fidelity: dict | None = None     # training-step switch -> native | aligned (common.config)
     phases: list | None = None
     curves: list | None = None
     best: dict | None = None

@@ -100,3 +100,54 @@ def test_schedules():
     assert lrs[2] == pytest.approx(0.75) and lrs[3] == pytest.approx(0.25)
     e = Phase(learning_rate=1.0, epochs=3, schedule="exponential", decay_rate=0.5)
     assert [learning_rate_at(e, i) for i in range(3)] == [1.0, 0.5, 0.25]
+
+
+# ------------------------------------------------------------ fidelity switches
+
+def test_fidelity_is_native_by_default_and_aligned_by_one_key_or_per_switch():
+    from common.config import FIDELITY_SWITCHES, recipe_from_dict
+
+    assert load_recipe("two_phase").fidelity.settings() == {k: "native" for k in FIDELITY_SWITCHES}
+    assert set(FIDELITY_SWITCHES) == {"bn_moving_variance", "rmsprop", "weight_decay"}
+    every = parse_recipe({**_recipe(), "fidelity": "aligned"})
+    assert every.fidelity.settings() == {k: "aligned" for k in FIDELITY_SWITCHES}
+    assert every.fidelity.text() == "aligned"
+    one = parse_recipe({**_recipe(), "fidelity": {"bn_moving_variance": "aligned"}})
+    assert one.fidelity.settings() == {"bn_moving_variance": "aligned", "rmsprop": "native",
+                                       "weight_decay": "native"}
+    but = parse_recipe({**_recipe(), "fidelity": {"default": "aligned", "rmsprop": "native"}})
+    assert but.fidelity.text() == "bn_moving_variance=aligned, rmsprop=native, weight_decay=aligned"
+    # the asdict form (config.json, sweep.json) reads back the same
+    import dataclasses
+
+    assert recipe_from_dict(dataclasses.asdict(but)).fidelity == but.fidelity
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("exact", "fidelity = 'exact' is invalid; allowed: native, aligned"),
+    ({"bn_moving_variance": "yes"}, "fidelity.bn_moving_variance = 'yes' is invalid; allowed: native, aligned"),
+    ({"bn_variance": "aligned"}, "unknown fidelity switch 'bn_variance'; allowed: default, bn_moving_variance"),
+    (3, "fidelity = 3 is invalid; write fidelity = \"native\" or \"aligned\""),
+])
+def test_bad_fidelity_fails_in_one_line(value, fragment):
+    with pytest.raises(ConfigError) as err:
+        parse_recipe({**_recipe(), "fidelity": value}, "r.toml")
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+    assert str(err.value).startswith("r.toml: ")
+
+
+def test_bench_run_refuses_a_bad_fidelity_with_exit_2_before_any_framework(tmp_path, capsys):
+    import sys
+
+    from benchmarks import cli
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('name = "r"\n[fidelity]\nrmsprop = "close"\n[[phase]]\ntrain = "head"\n')
+    before = set(sys.modules)
+    assert cli.main(["run", "--backend", "pytorch", "--recipe", str(recipe), "--out",
+                     str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench: error: ") and err.count("\n") == 1
+    assert "fidelity.rmsprop = 'close' is invalid; allowed: native, aligned" in err
+    assert not {"torch", "tensorflow", "keras"} & (set(sys.modules) - before)
+    assert not (tmp_path / "out").exists()

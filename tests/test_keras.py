@@ -783,3 +783,91 @@ def test_unfreeze_from_is_model_layers_n_and_maps_to_blocks(shared):
         shared.apply_phase(parse_phase({"unfreeze_from": 400}, "r"), 1)
     # the catalog's table, which bench run checks recipes against, is the model's
     assert {b: r.start for b, r in shared.km.blocks.items()} == dict(MODELS["inception_v3"].first_layers)
+
+
+# ------------------------------------------------- fidelity: bn_moving_variance
+
+def _moving_variance_ratio(layer, x: np.ndarray) -> np.ndarray:
+    """What a training call fed the moving variance, over the biased batch variance, per
+    channel: (moving_var_after - m * moving_var_before) / ((1 - m) * biased var)."""
+    layer.build(x.shape)
+    before = layer.moving_variance.numpy().copy()
+    layer(x, training=True)
+    fed = (layer.moving_variance.numpy() - layer.momentum * before) / (1 - layer.momentum)
+    return fed / x.reshape(-1, x.shape[-1]).var(axis=0)
+
+
+def test_keras_moving_variance_is_biased_natively_and_unbiased_when_aligned():
+    """16 values per channel (batch 16 of 1x1 maps, Mixed_7b/7c at 75 px): Keras 3 feeds the
+    moving variance the biased batch variance (ratio 1.0); ``UnbiasedMovingVarianceBN``
+    (``fidelity.bn_moving_variance = "aligned"``) feeds n/(n-1) = 16/15 of it, as torch and
+    slim do; the batch itself is normalised the same way in both."""
+    from backends.keras.model import UnbiasedMovingVarianceBN
+    from common.models import BN_DECAY
+
+    x = np.random.default_rng(0).normal(2.0, 3.0, (16, 1, 1, 4)).astype(np.float32)
+    native = keras.layers.BatchNormalization(momentum=BN_DECAY, epsilon=1e-3, scale=False)
+    aligned = UnbiasedMovingVarianceBN(momentum=BN_DECAY, epsilon=1e-3, scale=False)
+    np.testing.assert_allclose(_moving_variance_ratio(native, x), 1.0, rtol=1e-4)
+    np.testing.assert_allclose(_moving_variance_ratio(aligned, x), 16 / 15, rtol=1e-4)
+    np.testing.assert_allclose(aligned.moving_mean.numpy(), native.moving_mean.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(aligned(x, training=True), native(x, training=True), atol=1e-5)
+    # 2 images of 2x4 maps: still n = 16 values per channel
+    y = x.reshape(2, 2, 4, 4)
+    np.testing.assert_allclose(_moving_variance_ratio(UnbiasedMovingVarianceBN(
+        momentum=BN_DECAY, scale=False), y), 16 / 15, rtol=1e-4)
+
+
+def test_aligned_bn_fidelity_builds_every_batchnorm_unbiased_with_the_same_layers(tiny_quads,
+                                                                                  tmp_path):
+    from backends.keras.model import UnbiasedMovingVarianceBN
+
+    config = tiny_config("keras", "head", tiny_quads, tmp_path, batch_size=BATCH)
+    config = dataclasses.replace(config, recipe=dataclasses.replace(
+        config.recipe, fidelity=dataclasses.replace(config.recipe.fidelity,
+                                                    bn_moving_variance="aligned")))
+    b = KerasBackend(config, tmp_path)
+    b.setup(driver.prepare_split(config), 75)
+    b.build(INCEPTION, 5, WeightsRequest("none"), 0)
+    try:
+        layers = b.km.model.layers
+        bns = [l for l in layers if isinstance(l, keras.layers.BatchNormalization)]
+        assert len(bns) == 94 and all(type(l) is UnbiasedMovingVarianceBN for l in bns)
+        assert {l.momentum for l in bns} == {bns[0].momentum} and bns[0].momentum != 0.99
+        native = build_model(INCEPTION, MODELS["inception_v3"], 5, 75)
+        kinds = [type(l).__name__.replace("UnbiasedMovingVarianceBN", "BatchNormalization")
+                 for l in layers]
+        assert kinds == [type(l).__name__ for l in native.model.layers]
+        assert [l.name for l in layers if l.name.startswith("mixed")] == \
+            [l.name for l in native.model.layers if l.name.startswith("mixed")]
+        assert b.km.blocks == native.blocks and len(b.km.parameters()) == len(native.parameters())
+    finally:
+        b.close()
+
+
+def test_keras_rmsprop_is_the_aligned_formula_and_aligned_decay_spares_biases():
+    """Keras 3 RMSprop is what fidelity rmsprop = "aligned" makes every framework compute:
+    w - lr * g / sqrt(mean_square + eps), the slot from 0, in both settings. weight_decay =
+    "aligned": a zero-gradient step decays kernels only (SGD's L2 and AdamW's decoupled
+    decay alike); native decays biases too, as torch."""
+    from common.config import Fidelity
+
+    aligned = Fidelity("aligned", "aligned", "aligned")
+    for fidelity in (Fidelity(), aligned):
+        w = keras.Variable(np.ones(1, np.float32))
+        opt, _ = make_optimizer(Phase(optimizer="rmsprop", learning_rate=0.1, rmsprop_rho=0.9,
+                                      epsilon=0.5), [], fidelity)
+        opt.apply_gradients([(np.ones(1, np.float32), w)])
+        np.testing.assert_allclose(w.numpy(), 1 - 0.1 / (0.1 + 0.5) ** 0.5, rtol=1e-6)
+    for optimizer in ("sgd", "adamw"):
+        phase = Phase(optimizer=optimizer, learning_rate=0.1, weight_decay=0.5)
+        for fidelity, bias_after in ((Fidelity(), 1 - 0.1 * 0.5), (aligned, 1.0)):
+            kernel = keras.Variable(np.ones((2, 2), np.float32))
+            bias = keras.Variable(np.ones(2, np.float32))
+            opt, text = make_optimizer(phase, [], fidelity)
+            assert ("kernels only" in text) is (fidelity == aligned)
+            # zero gradients: only the decay moves a value (Adam's own step is 0 / (0 + eps))
+            opt.apply_gradients([(np.zeros((2, 2), np.float32), kernel),
+                                 (np.zeros(2, np.float32), bias)])
+            np.testing.assert_allclose(kernel.numpy(), 1 - 0.1 * 0.5, rtol=1e-6)
+            np.testing.assert_allclose(bias.numpy(), bias_after, rtol=1e-6)

@@ -242,3 +242,151 @@ def test_golden_batch_is_fixed_and_normalised():
     again, _ = golden_batch("inception_v3", 75)
     assert images.shape == (5, 75, 75, 3) and np.array_equal(images, again)
     assert -1.0 <= images.min() < 0 < images.max() <= 1.0 and len(files) == 5
+
+
+# ------------------------------------------------------------ bench parity --train
+
+def test_bench_parity_train_head_case_agrees_in_every_pair_and_names_what_it_compares(tmp_path):
+    """``bench parity --train`` at 75 px, the head case (momentum SGD, BatchNorm frozen):
+    from one digest and one fixed batch, 1 and 3 steps in each backend's own phase machinery
+    agree within 1e-5 relative in every pair, natively and aligned (no switch concerns the
+    case); the loss of every step, per block trained tensors and moving statistics."""
+    for b in ("pytorch", "keras", "slim"):
+        require_backend(b)
+    from benchmarks.parity import MOVING, PARAMS, run_train_parity
+
+    report = run_train_parity("inception_v3", 75, tmp_path, cases=["head-momentum"],
+                              in_process=True)
+    case = report["cases"]["head-momentum"]
+    assert case["switches"] == [] and list(case["fidelity"]) == ["native", "aligned"]
+    assert case["aligned_is_native"]  # one run per backend serves both
+    assert report["steps"] == [1, 3] and report["batch"]["augment"] is False
+    for label in ("native", "aligned"):
+        assert list(case["loss"][label]) == ["pytorch", "keras", "slim"]
+        assert all(len(v) == 3 for v in case["loss"][label].values())
+        for pair, c in case["fidelity"][label].items():
+            assert c["max_rel"] <= 1e-5, (label, pair, c["max_rel"])
+            assert set(c["steps"]) == {"1", "3"}
+            head = c["steps"]["3"]["head"][PARAMS]
+            assert head["scale"] > 0.01 and head["rel"] <= 1e-5
+            assert c["steps"]["3"]["Mixed_7c"][MOVING]["max_abs"] == 0.0  # frozen: never moved
+    losses = case["loss"]["native"]["pytorch"]
+    assert losses[2] < losses[0]  # the steps trained
+    assert case["explained_by"] == {"pytorch-keras": [], "pytorch-slim": [], "keras-slim": []}
+    assert report["aligned_within_target"] == {"head-momentum": {"pytorch-keras": True,
+                                                                 "pytorch-slim": True,
+                                                                 "keras-slim": True}}
+    md = (tmp_path / "train_parity.md").read_text()
+    assert "## head-momentum" in md and "| native | pytorch-keras |" in md
+    assert json.loads((tmp_path / "train_parity.json").read_text())["weights"]["digest"] == \
+        report["weights"]["digest"]
+
+
+def test_a_switch_explains_a_difference_that_comes_back_when_it_alone_is_native():
+    from benchmarks.parity import case_fidelities, case_switches, explain
+    from common.config import Phase
+
+    phase = Phase(train="top", top_blocks=2, optimizer="rmsprop", bn="train", weight_decay=0.1)
+    assert case_switches(phase) == ("bn_moving_variance", "rmsprop", "weight_decay")
+    fidelities = case_fidelities(phase)
+    assert list(fidelities) == ["native", "aligned", "bn_moving_variance native",
+                                "rmsprop native", "weight_decay native"]
+    assert list(case_fidelities(Phase(train="head"))) == ["native"]
+    assert fidelities["rmsprop native"].settings() == {
+        "bn_moving_variance": "aligned", "rmsprop": "native", "weight_decay": "aligned"}
+    assert case_switches(Phase(train="head")) == ()
+
+    def rel(value):
+        return {"a-b": {"max_rel": value}, "a-c": {"max_rel": 1e-7}}
+
+    case = {"native": rel(0.1), "aligned": rel(1e-6), "bn_moving_variance native": rel(0.1),
+            "rmsprop native": rel(0.02), "weight_decay native": rel(5e-6)}
+    assert explain(case) == {"a-b": ["bn_moving_variance", "rmsprop"], "a-c": []}
+
+
+@pytest.mark.slow
+def test_bench_parity_train_command_names_the_batchnorm_variance_switch(tmp_path, capsys):
+    """``bench parity --train`` with a child process per backend and fidelity, the top-2 case
+    with BatchNorm in training mode and weight decay: Keras' moving variance differs from
+    torch's and slim's natively, and the difference is explained by bn_moving_variance
+    (leaving it alone native brings it back); aligning every switch shrinks it. What remains
+    aligned (the batch statistics of 5 images at 1x1 in Mixed_7b/7c) is reported, and the
+    command exits 1 while any pair is beyond 1e-5. Slow: 12 framework processes."""
+    for b in ("pytorch", "keras", "slim"):
+        require_backend(b)
+    from benchmarks import cli
+    from benchmarks.parity import MOVING
+
+    argv = ["parity", "--train", "--cases", "top2-sgd-bn-train-wd", "--out", str(tmp_path)]
+    code = cli.main(argv)
+    report = json.loads((tmp_path / "train_parity.json").read_text())
+    assert report["command"] == "bench " + " ".join(argv)
+    case = report["cases"]["top2-sgd-bn-train-wd"]
+    assert case["switches"] == ["bn_moving_variance", "weight_decay"]
+    assert "bn_moving_variance" in case["explained_by"]["pytorch-keras"]
+    native = case["fidelity"]["native"]["pytorch-keras"]["steps"]["3"]["Mixed_7c"][MOVING]["rel"]
+    aligned = case["fidelity"]["aligned"]["pytorch-keras"]["steps"]["3"]["Mixed_7c"][MOVING]["rel"]
+    assert aligned < native / 5
+    assert code == (0 if all(report["aligned_within_target"]["top2-sgd-bn-train-wd"].values()) else 1)
+    assert "## top2-sgd-bn-train-wd" in capsys.readouterr().out
+
+
+def test_differences_rows_are_written_from_a_train_parity_report(tmp_path):
+    """``python -m benchmarks.differences_rows REPORT`` fills each marked cell of the
+    differences table with the report's one-step native effect of that switch."""
+    from benchmarks import differences_rows
+
+    cell = {"trained": {"max_abs": 1e-4, "scale": 1.0, "rel": 1e-4},
+            "moving statistics": {"max_abs": 0.2, "scale": 2.0, "rel": 0.1}}
+    report = {"command": "bench parity --train", "image_size": 75,
+              "weights": {"digest": "e3e2c1af" + "0" * 56},
+              "cases": {"top2-sgd-bn-train-wd": {"explained_by": {
+                  "pytorch-keras": ["bn_moving_variance"], "pytorch-slim": []},
+                  "fidelity": {"native": {"pytorch-keras": {"steps": {"1": {"Mixed_7c": cell}}},
+                                          "pytorch-slim": {"steps": {"1": {"Mixed_7c": cell}}}}}}}}
+    (tmp_path / "r.json").write_text(json.dumps(report))
+    docs = tmp_path / "differences.md"
+    docs.write_text("| BN | a <!-- train-parity:bn_moving_variance -->old<!-- /train-parity --> |\n"
+                    "| RMSprop | <!-- train-parity:rmsprop --><!-- /train-parity --> |\n")
+    assert differences_rows.main([str(tmp_path / "r.json"), "--docs", str(docs)]) == 0
+    text = docs.read_text()
+    assert ("<!-- train-parity:bn_moving_variance -->measured one step, native (`bench parity "
+            "--train`, 75 px, weights e3e2c1af), relative: pytorch-keras 1.0e-01 (Mixed_7c moving "
+            "statistics, `top2-sgd-bn-train-wd`)<!-- /train-parity -->") in text
+    assert "<!-- train-parity:rmsprop -->measured one step, native" in text
+    assert "no pair's difference explained by it<!-- /train-parity -->" in text
+    assert differences_rows.rewrite(text, report) == text  # the same report: nothing changes
+
+
+def test_bench_parity_train_refuses_an_unknown_case_and_cases_without_train_in_one_line(capsys,
+                                                                                        tmp_path):
+    import sys
+
+    from benchmarks import cli
+
+    before = set(sys.modules)
+    out = tmp_path / "out"
+    assert cli.main(["parity", "--train", "--cases", "head-lamb", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--cases: unknown case 'head-lamb'; choose from: head-momentum" in err
+    assert cli.main(["parity", "--cases", "head-momentum", "--out", str(out)]) == 2
+    assert "--cases goes with --train" in capsys.readouterr().err
+    assert cli.main(["parity", "--train", "--weights", "x.pt", "--out", str(out)]) == 2
+    assert "drop --weights and --alignment" in capsys.readouterr().err
+    assert not out.exists() and not {"torch", "tensorflow"} & (set(sys.modules) - before)
+
+
+def test_the_differences_rows_are_the_committed_train_parity_report():
+    """docs/differences.md's measured cells are what ``benchmarks.differences_rows`` writes
+    from the committed ``bench parity --train`` report (a typed or stale number fails)."""
+    from benchmarks import differences_rows
+
+    report = json.loads((differences_rows.DOCS.parent.parent / "benchmarks" / "results" / "parity"
+                         / "train-inception_v3-75px" / "train_parity.json").read_text())
+    text = differences_rows.DOCS.read_text()
+    assert len(differences_rows.MARKER.findall(text)) == 3
+    assert differences_rows.rewrite(text, report) == text
+    aligned = report["cases"]["top2-rmsprop-bn-frozen"]["fidelity"]["aligned"]
+    assert aligned["keras-slim"]["max_rel"] < 1e-4  # as docs/weights-and-parity.md says
+    assert report["cases"]["top2-sgd-bn-train-wd"]["explained_by"]["pytorch-keras"] == \
+        ["bn_moving_variance"]

@@ -710,3 +710,67 @@ def test_native_modules_train_what_they_name_and_map_to_blocks(tiny_quads, tmp_p
             b.apply_phase(parse_phase({"modules": ["layer5"]}, "r"), 4)
     finally:
         b.close()
+
+
+def test_torch_batchnorm_feeds_its_running_var_the_unbiased_batch_variance():
+    """torch.nn.BatchNorm2d in train(): running_var moves towards n/(n-1) x the biased batch
+    variance, 1.0667 at n = 16 values per channel (Keras 3 natively: 1.0;
+    docs/differences.md, fidelity switch bn_moving_variance)."""
+    import torch
+
+    from common.models import BN_DECAY
+
+    x = torch.from_numpy(np.random.default_rng(0).normal(2.0, 3.0, (16, 4, 1, 1)).astype(np.float32))
+    bn = torch.nn.BatchNorm2d(4, momentum=1 - BN_DECAY, eps=1e-3).train()
+    before = bn.running_var.clone()
+    bn(x)
+    fed = (bn.running_var - BN_DECAY * before) / (1 - BN_DECAY)
+    ratio = fed / x.permute(1, 0, 2, 3).reshape(4, -1).var(dim=1, unbiased=False)
+    np.testing.assert_allclose(ratio.detach().numpy(), 16 / 15, rtol=1e-4)
+    assert round(16 / 15, 4) == 1.0667
+
+
+def test_aligned_rmsprop_puts_epsilon_inside_the_root_and_aligned_decay_spares_biases():
+    """fidelity rmsprop = "aligned": one step on w = 1, gradient 1, is Keras' and TF1's
+    w - lr * g / sqrt(mean_square + eps), the slot from 0 (momentum too: buffer then lr);
+    weight_decay = "aligned": a zero-gradient SGD step decays the conv/linear kernel by
+    lr * wd * w and leaves the bias (1-d) alone; native decays both."""
+    from backends.pytorch.train import RMSpropEpsilonInside, make_optimizer
+    from common.config import Fidelity
+
+    aligned = Fidelity("aligned", "aligned", "aligned")
+
+    def one_step(phase, fidelity, params, grad=1.0):
+        opt, desc = make_optimizer(phase, [{"params": params, "name": "backbone",
+                                            "lr_multiplier": 1.0, "lr": phase.learning_rate}],
+                                   fidelity)
+        for p in params:
+            p.grad = torch.full_like(p, grad)
+        opt.step()
+        return opt, desc
+
+    for m in (0.0, 0.9):
+        w = torch.nn.Parameter(torch.ones(1))
+        phase = Phase(optimizer="rmsprop", learning_rate=0.1, rmsprop_rho=0.9, epsilon=0.5, momentum=m)
+        opt, desc = one_step(phase, aligned, [w])
+        assert isinstance(opt, RMSpropEpsilonInside) and "inside the root" in desc
+        assert w.item() == pytest.approx(1 - 0.1 / (0.1 * 1.0 + 0.5) ** 0.5, rel=1e-6)
+        opt.zero_grad()
+        w.grad = torch.ones(1)
+        before = w.item()
+        opt.step()  # second step: mean square 0.9 * 0.1 + 0.1, momentum m * first + second
+        second = 1 / (0.9 * 0.1 + 0.1 + 0.5) ** 0.5
+        first = 1 / (0.1 + 0.5) ** 0.5
+        assert before - w.item() == pytest.approx(0.1 * (second + m * first), rel=1e-5)
+    kernel, bias = torch.nn.Parameter(torch.ones(2, 2)), torch.nn.Parameter(torch.ones(2))
+    sgd = Phase(optimizer="sgd", learning_rate=0.1, weight_decay=0.5)
+    opt, desc = one_step(sgd, aligned, [kernel, bias], grad=0.0)
+    assert "kernels only" in desc
+    assert torch.all(kernel == 1 - 0.1 * 0.5) and torch.all(bias == 1)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.5, 0.0]
+    kernel, bias = torch.nn.Parameter(torch.ones(2, 2)), torch.nn.Parameter(torch.ones(2))
+    one_step(sgd, Fidelity(), [kernel, bias], grad=0.0)
+    assert torch.all(kernel == 1 - 0.1 * 0.5) and torch.all(bias == 1 - 0.1 * 0.5)
+    kernel, bias = torch.nn.Parameter(torch.ones(2, 2)), torch.nn.Parameter(torch.ones(2))
+    one_step(dataclasses.replace(sgd, optimizer="adamw"), aligned, [kernel, bias], grad=0.0)
+    assert torch.all(kernel == 1 - 0.1 * 0.5) and torch.all(bias == 1)  # decoupled, same set

@@ -570,3 +570,21 @@ def test_only_failures_and_an_empty_directory(tmp_path, tiny_quads, fakes, monke
     (tmp_path / "empty").mkdir()
     md = report.write_report(tmp_path / "empty")["md"].read_text()
     assert "0 result files" in md and "No results." in md and re.findall(r"^## (.+)$", md, re.M) == SECTIONS
+
+
+def test_result_json_records_every_fidelity_switch_and_the_report_shows_them(sweep, tmp_path):
+    """result.json carries each training-step switch's setting (native by default); the report's
+    Conditions name them, and runs with different settings are a warning."""
+    from common.config import FIDELITY_SWITCHES
+
+    for r in on_disk(sweep):
+        assert r["fidelity"] == {k: "native" for k in FIDELITY_SWITCHES}
+    run_dir = copy_run(sweep, tmp_path / "fidelity")
+    md = md_report(run_dir)
+    assert "| training-step fidelity | native |" in section(md, "Conditions")
+    assert "fidelity differs" not in md
+    edit(run_dir, "fake-head-s0", lambda r: r.update(fidelity={**r["fidelity"], "rmsprop": "aligned"}))
+    edit(run_dir, "fake-head-s1", lambda r: r.pop("fidelity"))  # an older file: native
+    md = md_report(run_dir)
+    assert ("the training-step fidelity differs between runs: bn_moving_variance=native, rmsprop=aligned, "
+            "weight_decay=native") in md.split("## Conditions")[0]

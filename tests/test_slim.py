@@ -732,3 +732,71 @@ def test_dropout_is_slims_dropout_1b_in_train_towers_only(tiny_quads, tmp_path):
         assert np.array_equal(b.session.run(b.eval_tower.logits, feed), logits)
     finally:
         b.close()
+
+
+def test_aligned_rmsprop_starts_the_slot_at_zero_and_aligned_adamw_decays_kernels_only():
+    """fidelity rmsprop = "aligned": TF1's RMSProp with its mean-square slot from 0 (one step
+    on w = 1, g = 1: w - lr / sqrt(0.1 + eps), as Keras and aligned torch); native starts at
+    1.0. weight_decay = "aligned": AdamW's decoupled decay reaches kernels only (slim's
+    l2_regularizer already does: conv/fc weights)."""
+    import tensorflow as tf
+
+    from backends.slim import train as slim_train
+    from backends.slim.model import Tower
+    from common.config import Fidelity
+
+    aligned = Fidelity("aligned", "aligned", "aligned")
+    phase = Phase(optimizer="rmsprop", rmsprop_rho=0.9, epsilon=0.5)
+    for fidelity, start in ((Fidelity(), 1.0), (aligned, 0.0)):
+        with tf.Graph().as_default():
+            w = tf.compat.v1.Variable([1.0])
+            opt, desc = slim_train.configure_optimizer("rmsprop", 0.1, phase, "r", fidelity)
+            assert ("RMSPropSlotFromZero" in desc) is (fidelity == aligned)
+            step = opt.apply_gradients([(tf.constant([1.0]), w)])
+            with tf.compat.v1.Session() as session:
+                session.run(tf.compat.v1.global_variables_initializer())
+                session.run(step)
+                assert session.run(w)[0] == pytest.approx(
+                    1 - 0.1 / (0.9 * start + 0.1 + 0.5) ** 0.5, rel=1e-6)
+    adamw = Phase(optimizer="adamw", learning_rate=0.1, weight_decay=0.5, train="all")
+    for fidelity, bias_after in ((Fidelity(), 1 - 0.1 * 0.5), (aligned, 1.0)):
+        with tf.Graph().as_default():
+            kernel = tf.compat.v1.Variable(tf.ones((2, 2)), name="kernel")
+            bias = tf.compat.v1.Variable(tf.ones(2), name="bias")
+            # the bias's gradient is 0, so Adam's own step leaves it: only the decay moves it
+            logits = tf.matmul(tf.constant([[1.0, 2.0]]), kernel) + 0.0 * bias
+            step = slim_train.build_train_op(
+                Tower(logits=logits, features=logits, aux_logits=None), tf.constant([0], tf.int64),
+                2, adamw, variables_to_train=[kernel, bias], trainable_scopes=(),
+                head_variables=[], learning_rate=tf.constant(0.1),
+                global_step=tf.compat.v1.train.get_or_create_global_step(), name="p",
+                fidelity=fidelity)
+            with tf.compat.v1.Session() as session:
+                session.run(tf.compat.v1.global_variables_initializer())
+                session.run(step.train_op)
+                np.testing.assert_allclose(session.run(bias), bias_after, rtol=1e-6)
+                assert not np.allclose(session.run(kernel), 1.0)
+
+
+def test_slim_batch_norm_feeds_its_moving_variance_the_unbiased_batch_variance():
+    """slim.batch_norm in training (TF's fused batch norm): the moving variance moves towards
+    n/(n-1) x the biased batch variance, 1.0667 at n = 16, as torch (Keras 3 natively: 1.0;
+    fidelity switch bn_moving_variance)."""
+    import tensorflow as tf
+
+    from backends.slim.compat import slim
+    from common.models import BN_DECAY
+
+    x = np.random.default_rng(0).normal(2.0, 3.0, (16, 1, 1, 4)).astype(np.float32)
+    with tf.Graph().as_default():
+        out = slim.batch_norm(tf.constant(x), decay=BN_DECAY, epsilon=1e-3, scale=False,
+                              is_training=True, scope="bn")
+        update = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
+        variance = [v for v in tf.compat.v1.global_variables() if "moving_variance" in v.name][0]
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            before = session.run(variance)
+            session.run([out, update])
+            after = session.run(variance)
+    fed = (after - BN_DECAY * before) / (1 - BN_DECAY)
+    np.testing.assert_allclose(fed / x.reshape(-1, 4).var(axis=0), 16 / 15, rtol=1e-4)

@@ -161,7 +161,8 @@ class KerasBackend(Backend):
             raise BackendError("reuse_head_rows needs a .weights.h5 checkpoint with a head")
         try:
             self.km = build_model(model, self.entry, num_classes, self.image_size, head_hidden_units,
-                                  base_weights, dropout=self.config.recipe.dropout)
+                                  base_weights, dropout=self.config.recipe.dropout,
+                                  unbiased_bn=self.config.recipe.fidelity.aligned("bn_moving_variance"))
         except ValueError as err:
             raise BackendError(f"keras {model.name}: {str(err).splitlines()[0]}") from None
         if path is not None:
@@ -169,7 +170,7 @@ class KerasBackend(Backend):
 
     def _apply_phase(self, phase: Phase, index: int) -> dict:
         info = set_trainable(self.km, phase)
-        self.optimizer, optimizer_text = compile_phase(self.km, phase)
+        self.optimizer, optimizer_text = compile_phase(self.km, phase, self.config.recipe.fidelity)
         self._applied = phase
         trainable = self.km.model.trainable_weights
         native = {"layer_range": info["layer_range"], "trainable_layers": info["trainable_layers"],

@@ -98,7 +98,11 @@ def _value(variable) -> np.ndarray:
 
 def read_canonical(model: str, path: Path | str) -> tuple[dict[str, np.ndarray], dict]:
     """The canonical tensors of the ``.weights.h5`` checkpoint at ``path``."""
-    km = _load(model, path)
+    return canonical_from_model(_load(model, path), model), {"classes": [], "dropped": []}
+
+
+def canonical_from_model(km: KerasModel, model: str) -> dict[str, np.ndarray]:
+    """The canonical tensors ``km`` holds now (``bench parity --train`` reads a trained one)."""
     kinds = {layer.name: layer.kind for layer in canonical.layers(model)}
     tensors = {}
     for name, (conv, bn) in _layer_table(km, model).items():
@@ -121,17 +125,17 @@ def read_canonical(model: str, path: Path | str) -> tuple[dict[str, np.ndarray],
             tensors[f"{layer}/kernel"] = _value(dense.kernel)  # Dense: [in, out] already
             tensors[f"{layer}/bias"] = _value(dense.bias)
     canonical.check(model, tensors, km.spec.feature_dim)
-    return tensors, {"classes": [], "dropped": []}
+    return tensors
 
 
 def model_from_canonical(model: str, tensors: dict[str, np.ndarray],
-                         image_size: int | None = None) -> KerasModel:
+                         image_size: int | None = None, unbiased_bn: bool = False) -> KerasModel:
     """The suite's Keras model (input ``image_size``, default the model's minimum) holding
-    ``tensors``, head included."""
+    ``tensors``, head included (``unbiased_bn``: ``build_model``'s)."""
     spec, entry = get_model(model), MODELS[model]
     classes, hidden = canonical.head_shape(model, tensors, spec.feature_dim, "keras")
     km = build_model(spec, entry, classes, image_size or spec.min_size,
-                     hidden)
+                     hidden, unbiased_bn=unbiased_bn)
     for name, (conv, bn) in _layer_table(km, model).items():
         conv.kernel.assign(tensors[f"{name}/kernel"])
         if bn is None:

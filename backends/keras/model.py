@@ -101,6 +101,41 @@ class BackboneInInferenceMode(keras.layers.Layer):
         return self.base.compute_output_shape(input_shape)
 
 
+@keras.saving.register_keras_serializable(package="transfer_bench")
+class UnbiasedMovingVarianceBN(keras.layers.BatchNormalization):
+    """Keras' ``BatchNormalization`` whose training step feeds the moving variance the
+    *unbiased* batch variance, ``n/(n-1)`` x the biased one it normalises with (n values per
+    channel), as ``torch.nn.BatchNorm2d`` and TF's fused batch norm (slim) do; Keras 3 feeds
+    it the biased one. ``fidelity.bn_moving_variance = "aligned"`` (docs/differences.md).
+    The normalisation itself, and everything in inference, is Keras' own."""
+
+    def call(self, inputs, training=None, mask=None):
+        outputs = super().call(inputs, training=training, mask=mask)
+        if training and self.trainable and not self.renorm:
+            # Keras just set moving_var = m * old + (1 - m) * var; add (1 - m) * var * (c - 1)
+            x = keras.ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+            _, variance = self._moments(x, mask)
+            n = keras.ops.cast(keras.ops.size(x) // x.shape[self.axis], variance.dtype)
+            extra = variance * (1.0 - self.momentum) / keras.ops.maximum(n - 1.0, 1.0)
+            self.moving_variance.assign(self.moving_variance + keras.ops.cast(
+                extra, self.moving_variance.dtype))
+        return outputs
+
+
+def with_unbiased_moving_variance(base: keras.Model) -> keras.Model:
+    """``base`` rebuilt with every ``BatchNormalization`` an ``UnbiasedMovingVarianceBN``
+    (Keras' own way to swap layers in a functional model: ``clone_model`` with a
+    ``clone_function``; names and weights kept)."""
+    def clone(layer):
+        cls = UnbiasedMovingVarianceBN if type(layer) is keras.layers.BatchNormalization \
+            else layer.__class__
+        return cls.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(base, clone_function=clone)
+    copy.set_weights(base.get_weights())
+    return copy
+
+
 def _parent_layers(layer) -> list:
     """Layers feeding ``layer`` in the functional graph."""
     return [parent.operation for node in layer._inbound_nodes for parent in node.parent_nodes]
@@ -151,17 +186,20 @@ def block_ranges(layers: list, spec: ModelSpec, entry: ModelEntry) -> dict[str, 
 
 def build_model(spec: ModelSpec, entry: ModelEntry, num_classes: int, image_size: int,
                 head_hidden_units: int = 0, base_weights: str | None = None,
-                dropout: float = 0.0) -> KerasModel:
+                dropout: float = 0.0, unbiased_bn: bool = False) -> KerasModel:
     """``spec``'s application without its top, pooled, with a new head.
 
     ``base_weights`` is passed to the application as ``weights=``: None, or the
     path of a Keras ImageNet ``*_notop.h5`` file (see ``weights.py``). ``dropout`` > 0:
     a ``Dropout`` layer on the pooled features (the guide's ``Dropout(0.2)``), active in
-    ``fit`` only.
+    ``fit`` only. ``unbiased_bn``: every BatchNormalization an ``UnbiasedMovingVarianceBN``
+    (``fidelity.bn_moving_variance = "aligned"``).
     """
     # NHWC: Keras image models take channels last; torchvision takes NCHW.
     base = entry.resolve_constructor()(include_top=False, weights=base_weights,
                                    input_shape=(image_size, image_size, 3))
+    if unbiased_bn:
+        base = with_unbiased_moving_variance(base)
     for layer in base.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             # Keras' default momentum is 0.99; the suite uses one decay everywhere

@@ -27,3 +27,28 @@ def block_outputs(model: str, tensors: dict[str, np.ndarray], images: np.ndarray
     values = probe(images, training=False)
     return {name: np.asarray(keras.ops.convert_to_numpy(v)) for name, v in
             zip([*blocks, "logits"], values)}
+
+
+def train_steps(model: str, tensors: dict[str, np.ndarray], images: np.ndarray,
+                labels: np.ndarray, phase, fidelity, steps=(1, 3)) -> dict:
+    """``bench parity --train`` in Keras: the suite's own phase machinery (``train.py``:
+    ``set_trainable``, ``compile_phase`` with the recipe's fidelity) on the model holding
+    ``tensors`` (``UnbiasedMovingVarianceBN`` layers when ``bn_moving_variance`` is
+    aligned), ``train_on_batch`` ``max(steps)`` times on one fixed batch. ``{"loss": [per
+    step, before its update], "tensors": {k: canonical tensors after step k}}``."""
+    from .convert import canonical_from_model
+    from .train import compile_phase, set_trainable
+
+    km = model_from_canonical(model, tensors, images.shape[1],
+                              unbiased_bn=fidelity.aligned("bn_moving_variance"))
+    set_trainable(km, phase)
+    compile_phase(km, phase, fidelity)
+    onehot = np.eye(km.model.output_shape[-1], dtype=np.float32)[np.asarray(labels)]
+    losses, after = [], {}
+    for k in range(1, max(steps) + 1):
+        km.train_model.reset_metrics()  # the loss of this step, not a running mean
+        logs = km.train_model.train_on_batch(images, onehot, return_dict=True)
+        losses.append(float(logs["loss"]))
+        if k in steps:
+            after[k] = canonical_from_model(km, model)
+    return {"loss": losses, "tensors": after}

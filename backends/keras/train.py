@@ -42,7 +42,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from common.config import Phase
+from common.config import Fidelity, Phase
 from common.progress import Progress
 
 from .model import KerasModel, layer_range_text
@@ -67,7 +67,9 @@ def with_param_groups(cls: type) -> type:
       on every trained variable, biases and BN betas included, as in torch;
     * ``decoupled_weight_decay``: AdamW's ``w -= lr * wd * w`` with each group's
       own learning rate (Keras' built-in ``weight_decay=`` uses the one base LR),
-      applied before the step as AdamW does (use it with ``Adam``).
+      applied before the step as AdamW does (use it with ``Adam``);
+    * ``decay_kernels_only``: either decay on kernels (conv, dense) only, as slim's
+      ``l2_regularizer`` (``fidelity.weight_decay = "aligned"``).
 
     Written as a Keras optimizer is written, overriding only the public methods of
     the custom-optimizer API: ``build(variables)`` records what each variable needs
@@ -84,11 +86,12 @@ def with_param_groups(cls: type) -> type:
 
     class ParamGroups(cls):
         def __init__(self, *, head_variables=(), head_lr_multiplier=1.0, l2=0.0,
-                     decoupled_weight_decay=0.0, **kwargs):
+                     decoupled_weight_decay=0.0, decay_kernels_only=False, **kwargs):
             super().__init__(**kwargs)
             self.head_lr_multiplier = float(head_lr_multiplier)
             self.l2 = float(l2)
             self.decoupled_weight_decay = float(decoupled_weight_decay)
+            self.decay_kernels_only = bool(decay_kernels_only)
             # ids, not the variables: an optimizer tracks every Variable set as an attribute
             self.head_ids = frozenset(id(v) for v in head_variables)
             self.learning_rate_multipliers: list[float] = []
@@ -104,26 +107,34 @@ def with_param_groups(cls: type) -> type:
             if multiplier != 1.0:  # read when the step is traced: no cost per step
                 learning_rate = ops.multiply(learning_rate, multiplier)
         # --8<-- [end:optimizer]
-            if self.l2:
-                gradient = ops.add(gradient, ops.multiply(ops.cast(self.l2, gradient.dtype),
+            if self.decay_kernels_only and len(variable.shape) <= 1:  # biases, BN betas
+                l2 = decoupled = 0.0
+            else:
+                l2, decoupled = self.l2, self.decoupled_weight_decay
+            if l2:
+                gradient = ops.add(gradient, ops.multiply(ops.cast(l2, gradient.dtype),
                                                           ops.cast(variable, gradient.dtype)))
-            if self.decoupled_weight_decay:
-                decay = ops.cast(ops.multiply(learning_rate, self.decoupled_weight_decay),
+            if decoupled:
+                decay = ops.cast(ops.multiply(learning_rate, decoupled),
                                  variable.dtype)
                 self.assign(variable, ops.subtract(variable, ops.multiply(variable, decay)))
             super().update_step(gradient, variable, learning_rate)
 
         def get_config(self):
             return {**super().get_config(), "head_lr_multiplier": self.head_lr_multiplier,
-                    "l2": self.l2, "decoupled_weight_decay": self.decoupled_weight_decay}
+                    "l2": self.l2, "decoupled_weight_decay": self.decoupled_weight_decay,
+                    "decay_kernels_only": self.decay_kernels_only}
 
     ParamGroups.__name__ = ParamGroups.__qualname__ = cls.__name__
     _PARAM_GROUP_CLASSES[cls] = ParamGroups
     return ParamGroups
 
 
-def make_optimizer(phase: Phase, head_variables) -> tuple[keras.optimizers.Optimizer, str]:
-    """The phase's optimizer and how it reads in Keras (for the phase report)."""
+def make_optimizer(phase: Phase, head_variables, fidelity: Fidelity = Fidelity()
+                   ) -> tuple[keras.optimizers.Optimizer, str]:
+    """The phase's optimizer and how it reads in Keras (for the phase report). ``fidelity``:
+    Keras' RMSprop is the aligned one already (epsilon inside the root, slot from 0); an
+    aligned weight decay reaches kernels only."""
     m = phase.effective_momentum
     # Keras 3 spells it learning_rate=; lr= raises (Keras 2 and torch take lr=).
     if phase.optimizer in ("sgd", "momentum"):
@@ -140,8 +151,9 @@ def make_optimizer(phase: Phase, head_variables) -> tuple[keras.optimizers.Optim
     if phase.head_lr_multiplier != 1.0:
         groups = {"head_variables": head_variables, "head_lr_multiplier": phase.head_lr_multiplier}
         extra += f" + head learning_rate x{phase.head_lr_multiplier:g} (param group)"
+    kernels_only = bool(phase.weight_decay) and fidelity.aligned("weight_decay")
     if phase.optimizer == "adamw":
-        if groups:  # Keras' decoupled decay would use the base LR for the head too
+        if groups or kernels_only:  # Keras' decoupled decay would use the base LR for the head too
             cls = keras.optimizers.Adam
             groups["decoupled_weight_decay"] = phase.weight_decay
             extra += (f" + decoupled weight decay {phase.weight_decay:g} x each group's "
@@ -151,6 +163,9 @@ def make_optimizer(phase: Phase, head_variables) -> tuple[keras.optimizers.Optim
     elif phase.weight_decay:
         groups["l2"] = phase.weight_decay
         extra = f" + L2 {phase.weight_decay:g} added to the gradients" + extra
+    if kernels_only:
+        groups["decay_kernels_only"] = True
+        extra += " (kernels only)"
     shown = ", ".join(f"{k}={v:g}" for k, v in kwargs.items())
     text = f"keras.optimizers.{cls.__name__}({shown}){extra}"
     if not groups:
@@ -212,7 +227,8 @@ def loss_and_metrics(phase: Phase):
     return loss, [keras.metrics.CategoricalAccuracy(name="top1")]
 
 
-def compile_phase(km: KerasModel, phase: Phase) -> tuple[keras.optimizers.Optimizer, str]:
+def compile_phase(km: KerasModel, phase: Phase, fidelity: Fidelity = Fidelity()
+                  ) -> tuple[keras.optimizers.Optimizer, str]:
     """A fresh optimizer for ``phase`` and a recompiled model (``km.train_model``: ``km.model``,
     or for ``bn = "inference"`` the model whose backbone is called with ``training=False``).
 
@@ -221,7 +237,7 @@ def compile_phase(km: KerasModel, phase: Phase) -> tuple[keras.optimizers.Optimi
     """
     # --8<-- [start:optimizer]
     head_variables = [v for layer in km.head_layers() for v in layer.trainable_weights]
-    optimizer, text = make_optimizer(phase, head_variables)
+    optimizer, text = make_optimizer(phase, head_variables, fidelity)
     loss, metrics = loss_and_metrics(phase)
     km.train_model = km.inference_bn_model() if phase.bn == "inference" else km.model
     km.train_model.compile(optimizer=optimizer, loss=loss, metrics=metrics)

@@ -151,7 +151,8 @@ class PyTorchBackend(Backend):
         self.trainable = train.trainable_modules(net, self.spec, self.entry, phase)
         train.freeze_all_but(net, self.trainable)
         groups = train.param_groups(net, self.entry, phase)
-        self.optimizer, self.optimizer_description = train.make_optimizer(phase, groups)
+        self.optimizer, self.optimizer_description = train.make_optimizer(
+            phase, groups, self.config.recipe.fidelity)
         if self.world > 1:
             # after requires_grad is set: DDP all-reduces exactly this phase's parameters
             self.ddp = parallel_lib.wrap(net, self.device_)

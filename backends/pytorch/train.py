@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from backends.base import BackendError, ModelEntry
-from common.config import Phase
+from common.config import Fidelity, Phase
 from common.models import HEAD, ModelSpec
 from common.preprocess import Normalisation
 from common.progress import progress
@@ -113,10 +113,65 @@ def param_groups(model: nn.Module, entry: ModelEntry, phase: Phase) -> list[dict
     # --8<-- [end:optimizer]
 
 
-def make_optimizer(phase: Phase, groups: list[dict]) -> tuple[torch.optim.Optimizer, str]:
-    """The ``torch.optim`` optimizer for ``phase`` and a one-line description of it."""
-    groups = [g for g in groups if g["params"]]  # torch.optim refuses an empty group
+class RMSpropEpsilonInside(torch.optim.Optimizer):
+    """RMSprop with epsilon inside the square root, ``g / sqrt(square_avg + eps)``, as Keras 3
+    and TensorFlow's ``RMSPropOptimizer`` (slim) compute it; ``torch.optim.RMSprop`` divides by
+    ``sqrt(square_avg) + eps``. The slot starts at 0 and the momentum buffer, the weight decay
+    (``grad + wd * w``) and per-group hyperparameters are torch's. ``fidelity.rmsprop =
+    "aligned"`` (docs/differences.md)."""
+
+    def __init__(self, params, lr: float, alpha: float, eps: float, momentum: float = 0.0,
+                 weight_decay: float = 0.0):
+        super().__init__(params, {"lr": lr, "alpha": alpha, "eps": eps, "momentum": momentum,
+                                  "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            alpha, eps, m, wd = group["alpha"], group["eps"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad.add(p, alpha=wd) if wd else p.grad
+                state = self.state[p]
+                if not state:
+                    state["square_avg"] = torch.zeros_like(p)
+                    if m:
+                        state["momentum_buffer"] = torch.zeros_like(p)
+                square_avg = state["square_avg"].mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+                update = grad / (square_avg + eps).sqrt()
+                if m:
+                    update = state["momentum_buffer"].mul_(m).add_(update)
+                p.add_(update, alpha=-group["lr"])
+        return loss
+
+
+def kernels_only_decay(groups: list[dict], weight_decay: float) -> list[dict]:
+    """Each group split in two: its kernels (conv and linear weights, ``ndim > 1``) with
+    ``weight_decay``, the rest (biases, BatchNorm betas and gammas) with none, slim's
+    ``l2_regularizer`` set (``fidelity.weight_decay = "aligned"``)."""
+    out = []
+    for g in groups:
+        kernels = [p for p in g["params"] if p.ndim > 1]
+        rest = [p for p in g["params"] if p.ndim <= 1]
+        out.append({**g, "params": kernels, "weight_decay": weight_decay})
+        out.append({**g, "params": rest, "name": f"{g['name']}_no_decay", "weight_decay": 0.0})
+    return out
+
+
+def make_optimizer(phase: Phase, groups: list[dict], fidelity: Fidelity = Fidelity()
+                   ) -> tuple[torch.optim.Optimizer, str]:
+    """The ``torch.optim`` optimizer for ``phase`` and a one-line description of it;
+    ``fidelity`` (the recipe's switches) says where the suite aligns torch's step."""
     m, wd, eps = phase.effective_momentum, phase.weight_decay, phase.epsilon
+    aligned_decay = wd and fidelity.aligned("weight_decay")
+    if aligned_decay:
+        groups = kernels_only_decay(groups, wd)
+    groups = [g for g in groups if g["params"]]  # torch.optim refuses an empty group
     lr = phase.learning_rate  # PyTorch spells it lr=, Keras learning_rate=
     if phase.optimizer in ("sgd", "momentum"):
         # PyTorch: v = m*v + g; p -= lr*v. Keras/TF: v = m*v - lr*g; p += v (equal at fixed lr).
@@ -125,6 +180,11 @@ def make_optimizer(phase: Phase, groups: list[dict]) -> tuple[torch.optim.Optimi
         opt = torch.optim.SGD(groups, lr=lr, momentum=m, weight_decay=wd)
         # --8<-- [end:optimizer]
         desc = f"torch.optim.SGD(momentum={m}, weight_decay={wd})"
+    elif phase.optimizer == "rmsprop" and fidelity.aligned("rmsprop"):
+        opt = RMSpropEpsilonInside(groups, lr=lr, alpha=phase.rmsprop_rho, eps=eps, momentum=m,
+                                   weight_decay=wd)
+        desc = (f"RMSpropEpsilonInside(alpha={phase.rmsprop_rho}, eps={eps} inside the root, "
+                f"momentum={m}, weight_decay={wd})")
     elif phase.optimizer == "rmsprop":
         # PyTorch adds eps outside the square root: g / (sqrt(avg) + eps); Keras and
         # tf.compat.v1 (slim) add it inside: g / sqrt(avg + eps). alpha= is Keras' rho=.
@@ -140,6 +200,8 @@ def make_optimizer(phase: Phase, groups: list[dict]) -> tuple[torch.optim.Optimi
         desc = f"torch.optim.AdamW(betas=(0.9, 0.999), eps={eps}, weight_decay={wd})"
     else:
         raise BackendError(f"unknown optimizer {phase.optimizer!r}")
+    if aligned_decay:
+        desc += " on conv/linear kernels only"
     return opt, desc
 
 

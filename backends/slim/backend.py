@@ -243,7 +243,7 @@ class SlimBackend(Backend):
                     tower, self.pipes.labels, self.num_classes, phase,
                     variables_to_train=trainable, trainable_scopes=scopes, head_variables=head_vars,
                     learning_rate=self.learning_rate, global_step=self.global_step,
-                    name=f"phase{index}", clones=clones)
+                    name=f"phase{index}", clones=clones, fidelity=self.config.recipe.fidelity)
             # initialise only what this phase created (slots); model values are kept
             self.session.run(tf.compat.v1.variables_initializer(step.variables))
             self.weight_decay.load(0.0 if phase.optimizer == "adamw" else phase.weight_decay,

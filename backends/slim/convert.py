@@ -153,6 +153,33 @@ def session_from_canonical(model: str, tensors: dict[str, np.ndarray],
     return session, images, tower
 
 
+def native_names(model: str, tensors) -> dict[str, str]:
+    """Canonical tensor name -> the slim variable (op name) that holds it."""
+    entry = MODELS[model]
+    names = {}
+    for layer in canonical.layers(model):
+        scope = entry.canonical[layer.name]
+        names[f"{layer.name}/kernel"] = f"{scope}/weights"
+        for t, name in _native_tensors(layer, scope):
+            names[f"{layer.name}/{t}"] = name
+    for layer, scope in _head_scopes(model).items():
+        if f"{layer}/kernel" in tensors:
+            names[f"{layer}/kernel"] = f"{scope}/weights"
+            names[f"{layer}/bias"] = f"{scope}/biases"
+    return names
+
+
+def canonical_from_session(model: str, session, like: dict[str, np.ndarray]
+                           ) -> dict[str, np.ndarray]:
+    """The canonical tensors (the names of ``like``) that ``session``'s variables hold now
+    (``bench parity --train`` reads a trained net)."""
+    names = native_names(model, like)
+    with session.graph.as_default():
+        variables = {v.op.name: v for v in tf.compat.v1.global_variables()}
+    values = session.run({k: variables[n] for k, n in names.items()})
+    return {k: np.asarray(v, np.float32).reshape(like[k].shape) for k, v in values.items()}
+
+
 def write_canonical(model: str, tensors: dict[str, np.ndarray], path: Path | str,
                     meta: dict | None = None) -> Path:
     """A TF checkpoint (prefix ``NAME.ckpt``) of ``tensors`` with the slim net's variable

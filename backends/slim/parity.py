@@ -31,3 +31,64 @@ def block_outputs(model: str, tensors: dict[str, np.ndarray], images: np.ndarray
         return session.run(fetch, {inputs: images})
     finally:
         session.close()
+
+
+def train_steps(model: str, tensors: dict[str, np.ndarray], images: np.ndarray,
+                labels: np.ndarray, phase, fidelity, steps=(1, 3)) -> dict:
+    """``bench parity --train`` in TF-Slim: the backend's train tower (``batch_norm``
+    ``is_training`` per scope, the arg_scope's L2 regularizer) and its train op
+    (``train.build_train_op``: ``variables_to_train`` of the trainable scopes, the
+    recipe's fidelity) on the net holding ``tensors``, run ``max(steps)`` times on one
+    fixed batch. ``{"loss": [main cross-entropy per step, before its update], "tensors":
+    {k: canonical tensors after step k}}``."""
+    import tensorflow as tf
+
+    from common import canonical
+    from common.models import HEAD
+
+    from . import model as slim_model
+    from . import train as slim_train
+    from .compat import identity_hashing
+    from .convert import canonical_from_session, native_names
+
+    spec, entry = get_model(model), MODELS[model]
+    classes, hidden = canonical.head_shape(model, tensors, spec.feature_dim, "slim")
+    graph = tf.Graph()
+    with graph.as_default(), identity_hashing():
+        x = tf.constant(images)
+        y = tf.constant(np.asarray(labels, np.int64))
+        scopes = slim_model.trainable_scopes(spec, entry, phase)
+        tower = slim_model.build_tower(
+            spec, entry, x, classes, hidden_units=hidden, aux_logits=False,
+            weight_decay=tf.constant(0.0 if phase.optimizer == "adamw" else phase.weight_decay),
+            training_scopes=slim_model.bn_training_scopes(spec, entry, phase, scopes, False))
+        model_variables = tf.compat.v1.global_variables()
+        trainable = [v for v in model_variables
+                     if v.trainable and slim_model.in_scopes(v.op.name, scopes)]
+        head = slim_model.variables_in_scopes(trainable, slim_model.native_scopes(entry, HEAD, True))
+        step = slim_train.build_train_op(
+            tower, y, classes, phase, variables_to_train=trainable, trainable_scopes=scopes,
+            head_variables=head, learning_rate=tf.constant(phase.learning_rate),
+            global_step=tf.compat.v1.train.get_or_create_global_step(), name="parity",
+            fidelity=fidelity)
+        values = {n: tensors[k] for k, n in native_names(model, tensors).items()}
+        # the classifier's canonical [in, out] is slim's 1x1 conv [1, 1, in, out]
+        feed = {v.initializer.inputs[1]: values[v.op.name].reshape(v.shape)
+                for v in model_variables}
+        known = {id(v) for v in model_variables}
+        others = [v for v in tf.compat.v1.global_variables() if id(v) not in known]
+        init_others = tf.compat.v1.variables_initializer(others)
+        mean_loss = step.loss_sum / tf.cast(step.count, tf.float32)
+        session = tf.compat.v1.Session(graph=graph)
+    try:
+        session.run([v.initializer for v in model_variables], feed)
+        session.run(init_others)
+        losses, after = [], {}
+        for k in range(1, max(steps) + 1):
+            _, loss = session.run([step.train_op, mean_loss])
+            losses.append(float(loss))
+            if k in steps:
+                after[k] = canonical_from_session(model, session, tensors)
+        return {"loss": losses, "tensors": after}
+    finally:
+        session.close()

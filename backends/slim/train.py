@@ -26,7 +26,7 @@ import tensorflow as tf
 from backends.base import BackendError
 from backends.slim.compat import slim
 from backends.slim.model import Tower
-from common.config import Phase
+from common.config import Fidelity, Phase
 
 # The values train_image_classifier.py accepts (tensorflow/models research/slim):
 # --optimizer (_configure_optimizer) and --learning_rate_decay_type (_configure_learning_rate).
@@ -34,8 +34,21 @@ SCRIPT_OPTIMIZERS = ("adadelta", "adagrad", "adam", "ftrl", "momentum", "sgd", "
 SCRIPT_DECAY_TYPES = ("fixed", "exponential", "polynomial")
 
 
-def configure_optimizer(name: str, learning_rate, phase: Phase,
-                        op_name: str) -> tuple[tf.compat.v1.train.Optimizer, str]:
+class RMSPropSlotFromZero(tf.compat.v1.train.RMSPropOptimizer):
+    """TF1's ``RMSPropOptimizer`` whose mean-square slot ``rms`` starts at 0, as torch's and
+    Keras 3's do, instead of 1.0 (``fidelity.rmsprop = "aligned"``): ``_create_slots``, the
+    hook a ``tf.compat.v1.train.Optimizer`` subclass overrides to make its slots."""
+
+    def _create_slots(self, var_list):
+        for v in var_list:
+            self._zeros_slot(v, "rms", self._name)
+            if self._centered:
+                self._zeros_slot(v, "mg", self._name)
+            self._zeros_slot(v, "momentum", self._name)
+
+
+def configure_optimizer(name: str, learning_rate, phase: Phase, op_name: str,
+                        fidelity: Fidelity = Fidelity()) -> tuple[tf.compat.v1.train.Optimizer, str]:
     """slim's ``_configure_optimizer`` with the common recipe's hyperparameters.
 
     Returns the optimizer and how it was constructed (for the phase report).
@@ -52,10 +65,12 @@ def configure_optimizer(name: str, learning_rate, phase: Phase,
         # slim's flags default to --rmsprop_decay=0.9 --opt_epsilon=1.0; the recipe's values
         # are used. TF1 RMSProp adds epsilon inside the sqrt (as Keras 3; PyTorch: outside)
         # and starts its mean-square slot at 1.0 (PyTorch and Keras 3: 0.0).
-        return (tf.compat.v1.train.RMSPropOptimizer(learning_rate, decay=phase.rmsprop_rho,
-                                                    momentum=m, epsilon=phase.epsilon, name=op_name),
-                f"tf.compat.v1.train.RMSPropOptimizer(decay={phase.rmsprop_rho}, momentum={m}, "
-                f"epsilon={phase.epsilon})")
+        cls = RMSPropSlotFromZero if fidelity.aligned("rmsprop") else \
+            tf.compat.v1.train.RMSPropOptimizer
+        return (cls(learning_rate, decay=phase.rmsprop_rho, momentum=m, epsilon=phase.epsilon,
+                    name=op_name),
+                f"{'RMSPropSlotFromZero' if cls is RMSPropSlotFromZero else 'tf.compat.v1.train.RMSPropOptimizer'}"
+                f"(decay={phase.rmsprop_rho}, momentum={m}, epsilon={phase.epsilon})")
     if name in ("adam", "adamw"):
         # TF1 Adam uses the "epsilon hat" form (eps added after bias correction of lr)
         opt = tf.compat.v1.train.AdamOptimizer(learning_rate, beta1=0.9, beta2=0.999,
@@ -190,7 +205,8 @@ def regularization_losses(trainable_scopes) -> list[tf.Tensor]:
 def build_train_op(tower: Tower, labels: tf.Tensor, num_classes: int, phase: Phase, *,
                    variables_to_train: list, trainable_scopes: tuple[str, ...],
                    head_variables: list, learning_rate: tf.Variable,
-                   global_step: tf.Variable, name: str, clones: list | None = None) -> TrainOp:
+                   global_step: tf.Variable, name: str, clones: list | None = None,
+                   fidelity: Fidelity = Fidelity()) -> TrainOp:
     """The train op of ``phase``: loss (+ the L2 terms of ``trainable_scopes``) ->
     gradients of ``variables_to_train`` -> update.
 
@@ -227,7 +243,8 @@ def build_train_op(tower: Tower, labels: tf.Tensor, num_classes: int, phase: Pha
     optimizers, descriptions = [], []
     for i, (_, lr) in enumerate(groups):
         opt, desc = configure_optimizer(phase.optimizer, lr, phase,
-                                        f"{name}_{type_name(phase)}" + (f"_{i}" if i else ""))
+                                        f"{name}_{type_name(phase)}" + (f"_{i}" if i else ""),
+                                        fidelity)
         optimizers.append(opt)
         descriptions.append(desc)
 
@@ -239,7 +256,8 @@ def build_train_op(tower: Tower, labels: tf.Tensor, num_classes: int, phase: Pha
     # --8<-- [end:optimizer]
     else:
         train_op = _grouped_train_op(total_loss, groups, optimizers, tower.update_ops, phase,
-                                     global_step, colocate=bool(clones))
+                                     global_step, colocate=bool(clones),
+                                     decay_kernels_only=fidelity.aligned("weight_decay"))
     predictions = tf.argmax(tower.logits, axis=1)
     description = descriptions[0] if len(groups) == 1 else \
         f"{descriptions[0]} on backbone; x{mult} learning rate on head"
@@ -262,8 +280,10 @@ def type_name(phase: Phase) -> str:
 
 
 def _grouped_train_op(total_loss, groups, optimizers, update_ops, phase, global_step,
-                      colocate: bool = False):
-    """create_train_op for several LR groups, with AdamW's decoupled decay before the step."""
+                      colocate: bool = False, decay_kernels_only: bool = False):
+    """create_train_op for several LR groups, with AdamW's decoupled decay before the step
+    (on every trained variable, as torch's AdamW; on kernels only when ``decay_kernels_only``,
+    ``fidelity.weight_decay = "aligned"``)."""
     with tf.control_dependencies(update_ops):
         total_loss = tf.identity(total_loss)
     variables = [v for vs, _ in groups for v in vs]
@@ -275,6 +295,8 @@ def _grouped_train_op(total_loss, groups, optimizers, update_ops, phase, global_
         with tf.control_dependencies(deps):
             for vs, lr in groups:
                 for v in vs:
+                    if decay_kernels_only and v.shape.ndims <= 1:
+                        continue
                     decays.append(v.assign_sub(lr * phase.weight_decay * v, read_value=False))
         deps = decays
     applies = []
