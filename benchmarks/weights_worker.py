@@ -44,20 +44,13 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--model", required=True)
         c.add_argument("--input", required=True)
         c.add_argument("--output", required=True)
-    o = sub.add_parser("outputs")
-    o.add_argument("--backend", required=True)
-    o.add_argument("--model", required=True)
-    o.add_argument("--weights", required=True)
-    o.add_argument("--images", required=True)
-    o.add_argument("--output", required=True)
+    # outputs: every canonical block's output (bench parity); train: K steps of a case
+    # (bench parity --train); both from one weights file
+    o, r = sub.add_parser("outputs"), sub.add_parser("train")
+    for c, inputs in ((o, ("--images",)), (r, ("--batch", "--case"))):
+        for flag in ("--backend", "--model", "--weights", *inputs, "--output"):
+            c.add_argument(flag, required=True)
     o.add_argument("--alignment", choices=("suite", "native"), default="suite")
-    r = sub.add_parser("train")
-    r.add_argument("--backend", required=True)
-    r.add_argument("--model", required=True)
-    r.add_argument("--weights", required=True)
-    r.add_argument("--batch", required=True)
-    r.add_argument("--case", required=True)
-    r.add_argument("--output", required=True)
     t = sub.add_parser("pretrain")
     t.add_argument("--config", required=True)
     t.add_argument("--image-size", type=int, required=True)
