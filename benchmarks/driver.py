@@ -772,7 +772,10 @@ def run(config: RunConfig, timeline: Timeline | None = None) -> dict:
             backend.apply_phase(LINEAR_PROBE_THROUGHPUT_PHASE, len(config.recipe.phases))
         elif backend.phase is None:  # a resumed run whose epochs had all finished
             backend.apply_phase(config.recipe.phases[-1], len(config.recipe.phases) - 1)
-        with early_stop(THROUGHPUT_SPREAD):  # fewer steps once their times agree
+        # fewer steps once their times agree; not across processes (torchrun's ranks): each
+        # would stop on its own times, and a rank that stops leaves the others' all-reduce waiting
+        spread = None if os.environ.get("WORLD_SIZE", "1") != "1" else THROUGHPUT_SPREAD
+        with early_stop(spread):
             result["throughput"] = backend.throughput(
                 config.train.batch_size, config.train.precision, config.train.throughput_steps,
                 warmup=2)
