@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common.data import load_image_fitting, to_rgb
+from common.data import load_image_fitting, open_image, to_rgb
 
 AREAS = (0.05, 0.08, 0.1, 0.25, 0.5, 1.0)  # crop area / image area; 0.05 and 0.08: the presets' lower bounds
 GRID = (0.0, 0.5, 1.0)                     # where the crop sits: left/centre/right, top/centre/bottom
@@ -56,7 +56,7 @@ def measure(paths: list[Path], size: int) -> list[dict]:
     for area in AREAS:
         diffs, sides = [], []
         for path in paths:
-            with Image.open(path) as img:
+            with open_image(path) as img:
                 full = to_rgb(img)
             source = Image.fromarray(load_image_fitting(path, 2 * size))
             w, h = full.size
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = args.images or sample_photos()
     shapes = []
     for p in paths:
-        with Image.open(p) as img:
+        with open_image(p) as img:
             shapes.append(f"{p.name} {img.size[0]} x {img.size[1]}")
     print(f"Training crops at {args.size} px from the full image vs from the image shrunk to a short side "
           f"of {2 * args.size} ({'; '.join(shapes)}); square crops, 9 positions each, PIL bilinear.\n")
