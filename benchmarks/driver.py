@@ -264,7 +264,9 @@ def ensure_source_checkpoint(config: RunConfig, image_size: int) -> tuple[Path, 
         if cached:
             meta = _verified_source_meta(cache)
             cached = meta is not None
+        pretrained_here = 0.0  # the shared pretraining, when this run did it for the sweep
         if not cached:
+            t_pretrain = time.perf_counter()
             pre_config = dataclasses.replace(config, backend=source)
             if source == backend and not weights_in_child_processes(config):
                 meta = pretrain_and_export_source(pre_config, image_size, cache)
@@ -277,6 +279,7 @@ def ensure_source_checkpoint(config: RunConfig, image_size: int) -> tuple[Path, 
                      "--cache", cache], progress=True)["meta"]
             meta["files"] = verify.fingerprints(cache, _source_weight_files(cache))
             write_json_atomic(meta_file, meta)
+            pretrained_here = time.perf_counter() - t_pretrain
         if source == backend:
             native = cache / meta["checkpoint"]
         else:
@@ -291,6 +294,7 @@ def ensure_source_checkpoint(config: RunConfig, image_size: int) -> tuple[Path, 
                 write_json_atomic(meta_file, meta)
             native = folder / f"source{backend_info(backend).checkpoint_suffix}"
     info = {**meta, "checkpoint": str(native), "cached": cached,
+            "pretrained_here_seconds": pretrained_here,
             "source_checkpoint": str(cache / meta["checkpoint"]),
             "converted_from": None if source == backend else str(cache / meta["checkpoint"])}
     return native, info
@@ -730,6 +734,7 @@ def run(config: RunConfig, timeline: Timeline | None = None) -> dict:
         with timeline.span("source_weights", kind=config.model.weights) as extra:
             request, weights_info = resolve_weights(config, split, image_size)
             extra["cached"] = weights_info.get("cached")
+            shared_pretrain = float(weights_info.pop("pretrained_here_seconds", 0.0) or 0.0)
         pretrain_seconds = time.perf_counter() - t_pre
         result["weights"] = weights_info
         with timeline.span("framework_import"):
@@ -791,7 +796,10 @@ def run(config: RunConfig, timeline: Timeline | None = None) -> dict:
         this_attempt = time.perf_counter() - t_start
         # a resumed run: its wall time is every attempt's (each up to its last checkpoint
         # or its failure), and says so
-        result["times"] = {"total_seconds": this_attempt + sum(earlier),
+        # the source model pretrained here is the sweep's, not this run's: reported once, on
+        # its own line (source_pretrain_seconds), and not in this run's wall time
+        result["times"] = {"total_seconds": this_attempt + sum(earlier) - shared_pretrain,
+                           "source_pretrain_seconds": shared_pretrain,
                            "attempt_seconds": [*earlier, this_attempt],
                            "pretrain_seconds": pretrain_seconds, "train_seconds": train_seconds,
                            "throughput_seconds": time.perf_counter() - t_tp,

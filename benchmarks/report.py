@@ -202,6 +202,10 @@ def report_context(run: RunResults, run_dir: Path, figures: dict[str, str]) -> d
         "n": {"total": len(df), **{s: int((df.status == s).sum()) for s in ("ok", "failed", "skipped")}},
         "versions": _unique(k for _, versions in cond["environment"].values() for k in versions),
         "rows": stats.records(agg), "top5": bool(agg.test_top5_mean.notna().any()),  # NaN for <= 5 classes
+        # the sweep's shared source model, pretrained by the first run that needed it: once
+        "pretraining": [{"run": r.name or f"{r.backend}-{r.recipe}-s{r.seed}",
+                         "seconds": r.source_pretrain_seconds}
+                        for r in df.itertuples() if (r.source_pretrain_seconds or 0) > 0],
         "intervals": stats.records(stats.accuracy_intervals(df)), "pairs": stats.paired_tests(df),
         "verdicts": stats.framework_tests(df), "framework_test": stats.FRAMEWORK_TEST,
         "gains": stats.transfer_gain(agg),

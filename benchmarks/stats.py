@@ -38,6 +38,7 @@ METRICS: dict[str, tuple[str, ...]] = {
     "test_top1": ("test", "top1"), "test_top5": ("test", "top5"), "test_loss": ("test", "loss"),
     "best_val_top1": ("best", "val_top1"), "wall_seconds": ("times", "total_seconds"),
     "train_seconds": ("times", "train_seconds"), "pretrain_seconds": ("times", "pretrain_seconds"),
+    "source_pretrain_seconds": ("times", "source_pretrain_seconds"),
     **{f"{kind}_images_per_second{q}": ("throughput", kind, f"images_per_second{q}")
        for kind in ("train", "infer") for q in ("", "_p10", "_p90")},
     "first_train_step_seconds": ("throughput", "train", "first_step_seconds"),

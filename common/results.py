@@ -165,7 +165,10 @@ class Throughput(Record):
 class Times(Record):
     total_seconds: float | None = None
     attempt_seconds: list | None = None  # wall seconds of each attempt, when a run was resumed
-    pretrain_seconds: float | None = None
+    pretrain_seconds: float | None = None   # the source weights: cache, conversion, pretraining
+    # the part of pretrain_seconds that pretrained the sweep's shared source model in this run
+    # (not in total_seconds: the report shows it once, on its own line)
+    source_pretrain_seconds: float | None = None
     train_seconds: float | None = None
     throughput_seconds: float | None = None
     # where the time went (common.timing.Timeline): Unix time of the origin (the worker's

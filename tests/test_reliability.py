@@ -280,6 +280,34 @@ def test_source_weights_cache_stores_paths_relative_to_itself_and_survives_a_mov
     assert meta["cached"] and moved.is_file() and (tmp_path / "cache-b") in moved.parents
 
 
+def test_the_shared_source_pretraining_is_in_no_runs_wall_time_and_reported_once(
+        fake, tiny_quads, tmp_path, monkeypatch):
+    """The first run that needs the source model pretrains it for the whole sweep: its
+    ``times.source_pretrain_seconds`` says how long, its wall time leaves it out, and the
+    report shows it once, on its own line."""
+    from benchmarks import report
+    from benchmarks.report import write_report
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv("FAKE_BACKEND_SETUP_SLEEP", "0")
+    first = driver.run(tiny_config("fake", "head", tiny_quads, tmp_path / "sweep" / "fake-head-s0",
+                                   weights="source"))
+    second = driver.run(tiny_config("fake", "head", tiny_quads, tmp_path / "sweep" / "fake-head-s1",
+                                    weights="source", seed=1))
+    assert first["status"] == second["status"] == "ok"
+    shared = first["times"]["source_pretrain_seconds"]
+    assert shared > 0 and second["times"]["source_pretrain_seconds"] == 0
+    # the pretraining is inside the run's source-weights span, but not in its wall time
+    assert first["times"]["pretrain_seconds"] >= shared
+    assert first["times"]["total_seconds"] == pytest.approx(
+        sum(first["times"]["attempt_seconds"]) - shared)
+    assert second["times"]["total_seconds"] == pytest.approx(sum(second["times"]["attempt_seconds"]))
+    write_report(tmp_path / "sweep")
+    text = (tmp_path / "sweep" / "report.md").read_text()
+    assert text.count("Source pretraining, once for the sweep: ") == 1
+    assert f"{report.fmt_seconds(shared)} in run `" in text and "in no run's wall time" in text
+
+
 def test_concurrent_runs_wait_for_the_one_that_pretrains_the_source(fake, tiny_quads, tmp_path,
                                                                      monkeypatch):
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
