@@ -779,7 +779,7 @@ def run(config: RunConfig, timeline: Timeline | None = None) -> dict:
             backend.apply_phase(config.recipe.phases[-1], len(config.recipe.phases) - 1)
         # fewer steps once their times agree; not across processes (torchrun's ranks): each
         # would stop on its own times, and a rank that stops leaves the others' all-reduce waiting
-        spread = None if os.environ.get("WORLD_SIZE", "1") != "1" else THROUGHPUT_SPREAD
+        spread = THROUGHPUT_SPREAD if parallel.process_count() == 1 else None
         with early_stop(spread):
             result["throughput"] = backend.throughput(
                 config.train.batch_size, config.train.precision, config.train.throughput_steps,

@@ -47,8 +47,15 @@ class Step:
     key: str
     title: str
     difference: str                        # one or two sentences: how the frameworks differ
-    regions: dict[str, tuple[str, str]]    # framework -> (source path from the repo root, region)
-    when: str = "always"                   # always | pretrained | head_lr | bn_modes
+    region: str                            # the region's name, the same in every backend
+    modules: tuple[str, str, str]          # the module of backends/<framework>/ holding it
+    when: str = "always"                   # always | pretrained
+
+    @property
+    def regions(self) -> dict[str, tuple[str, str]]:
+        """framework -> (source path from the repo root, region name)."""
+        return {fw: (f"backends/{fw}/{module}.py", self.region)
+                for fw, module in zip(FRAMEWORKS, self.modules)}
 
 
 STEPS = (
@@ -56,50 +63,36 @@ STEPS = (
          "Each framework builds its own InceptionV3 and replaces the classifier: torchvision assigns a "
          "new `fc` module (a row per class), Keras puts pooling and `Dense` layers on the application's "
          "output (a column per class), slim builds the `Logits` scope as a 1x1 convolution.",
-         {"pytorch": ("backends/pytorch/model.py", "new-head"),
-          "keras": ("backends/keras/model.py", "new-head"),
-          "slim": ("backends/slim/model.py", "new-head")}),
+         "new-head", ("model", "model", "model")),
     Step("restore", "Restore the pretrained backbone, not the head",
          "PyTorch filters the state dict's keys and loads the rest; Keras loads by structure, through "
          "a model shaped like the checkpoint; slim restores by variable name, excluding scopes "
          "(`--checkpoint_exclude_scopes`).",
-         {"pytorch": ("backends/pytorch/weights.py", "restore-without-head"),
-          "keras": ("backends/keras/weights.py", "restore-without-head"),
-          "slim": ("backends/slim/weights.py", "restore-without-head")},
+         "restore-without-head", ("weights", "weights", "weights"),
          when="pretrained"),
     Step("freeze", "Freeze the backbone, unfreeze the blocks a phase trains",
          "PyTorch switches `requires_grad` per module; Keras sets `layer.trainable` and must compile "
          "again; slim passes the trained scopes' variables to the train op (`--trainable_scopes`).",
-         {"pytorch": ("backends/pytorch/train.py", "freeze"),
-          "keras": ("backends/keras/train.py", "freeze"),
-          "slim": ("backends/slim/backend.py", "freeze")}),
+         "freeze", ("train", "train", "backend")),
     Step("batchnorm", "BatchNorm in frozen blocks",
          "`requires_grad=False` does not stop a torch BatchNorm in `train()` mode from updating its "
          "statistics, so frozen modules go back to `eval()`; a Keras 3 BatchNormalization with "
          "`trainable=False` always runs in inference mode; slim fixes `is_training` per layer when it "
          "builds the graph.",
-         {"pytorch": ("backends/pytorch/train.py", "batchnorm"),
-          "keras": ("backends/keras/train.py", "batchnorm"),
-          "slim": ("backends/slim/model.py", "batchnorm")}),
+         "batchnorm", ("train", "train", "model")),
     Step("optimizer", "The optimizer, with a larger learning rate for the head",
          "PyTorch has parameter groups; Keras has none, so the suite's optimizer scales the head's "
          "learning rate inside `update_step`; slim groups two optimizers in one train op.",
-         {"pytorch": ("backends/pytorch/train.py", "optimizer"),
-          "keras": ("backends/keras/train.py", "optimizer"),
-          "slim": ("backends/slim/train.py", "optimizer")}),
+         "optimizer", ("train", "train", "train")),
     Step("fit", "Fit one phase",
          "PyTorch writes the loop (`train_one_epoch`); Keras runs one `model.fit` per phase with "
          "callbacks; slim runs the train op in a session.",
-         {"pytorch": ("backends/pytorch/train.py", "fit"),
-          "keras": ("backends/keras/train.py", "fit"),
-          "slim": ("backends/slim/train.py", "fit")}),
+         "fit", ("train", "train", "train")),
     Step("predict", "Predict",
          "Every framework runs its model in inference mode (BatchNorm on moving statistics, no "
          "dropout): torch under `inference_mode` in `eval()`, Keras' `predict`, slim's eval tower "
          "built with `is_training=False`.",
-         {"pytorch": ("backends/pytorch/train.py", "predict"),
-          "keras": ("backends/keras/backend.py", "predict"),
-          "slim": ("backends/slim/backend.py", "predict")}),
+         "predict", ("train", "backend", "backend")),
 )
 
 

@@ -43,6 +43,14 @@ def process_rank() -> int:
         return 0
 
 
+def process_count() -> int:
+    """How many processes share this run: torchrun's ``WORLD_SIZE``, 1 in a single process."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
 def is_main_process() -> bool:
     """Whether this process writes the run's files (rank 0; every single process)."""
     return process_rank() == 0

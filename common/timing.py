@@ -68,7 +68,9 @@ def throughput_lock() -> Iterator[dict]:
         record.update(lock=None, wait_seconds=0.0)
         yield record
         return
-    if os.environ.get("RANK", "0") != "0":
+    from common.parallel import is_main_process  # here: timing stays a light import
+
+    if not is_main_process():
         # a rank of a multi-process run (torchrun): its timed steps meet rank 0's in every
         # all-reduce, so rank 0's hold covers them; ranks waiting on each other's lock while
         # their collectives wait on each other would deadlock
