@@ -27,9 +27,9 @@ from benchmarks.runner import PlanError
 from benchmarks.saved_run import BackendProcessFailed, SavedRunError
 from common import synthetic
 from common.canonical import ConversionError
-from common.config import (MAX_IMAGE_SIZE, ConfigError, DataConfig, ModelConfig, PRECISIONS,
+from common.config import (FIDELITY_SETTINGS, MAX_IMAGE_SIZE, ConfigError, DataConfig, ModelConfig, PRECISIONS,
                            Recipe, RunConfig, TrainConfig, available_recipes, image_size_problem, load_recipe,
-                           override_epochs, seed_problem, validate_run, validate_split_options)
+                           override_epochs, parse_fidelity, seed_problem, validate_run, validate_split_options)
 from common.data import DataError
 from common.models import MODELS, SMOKE_MODEL
 from common.paths import cache_root
@@ -173,6 +173,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--preprocessing", choices=tuple(PRESETS),
                      help="the preprocessing preset of every recipe (default: each recipe's, "
                           "simple unless it says otherwise)")
+    run.add_argument("--fidelity", choices=FIDELITY_SETTINGS,
+                     help="the training-step fidelity of every recipe: native (each framework's "
+                          "own behaviour) or aligned (every switch set so the frameworks compute "
+                          "the same step; docs/recipes.md) (default: each recipe's, native unless "
+                          "it says otherwise)")
     run.add_argument("--model", default="inception_v3", help=f"one of: {', '.join(MODELS)}")
     run.add_argument("--data", default="synthetic",
                      help="'synthetic' (embedded default) or an image folder / label|path meta file")
@@ -456,6 +461,9 @@ def build_configs(args: argparse.Namespace, out: Path) -> list[RunConfig]:
         recipes = [override_epochs(r, args.epochs) for r in recipes]
     if args.preprocessing:
         recipes = [dataclasses.replace(r, preprocessing=args.preprocessing) for r in recipes]
+    if args.fidelity:
+        recipes = [dataclasses.replace(r, fidelity=parse_fidelity(args.fidelity, "--fidelity"))
+                   for r in recipes]
     if args.model not in MODELS:
         raise UsageError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
     supported = {b: unsupported_model(b, args.model) is None for b in backends}

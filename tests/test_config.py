@@ -123,6 +123,23 @@ def test_fidelity_is_native_by_default_and_aligned_by_one_key_or_per_switch():
     assert recipe_from_dict(dataclasses.asdict(but)).fidelity == but.fidelity
 
 
+def test_bench_run_fidelity_sets_every_recipes_switches_and_refuses_other_words(tmp_path, capsys):
+    from benchmarks import cli
+    from common.config import FIDELITY_SWITCHES
+
+    def configs(*argv):
+        args = cli.get_args_parser().parse_args(["run", "--backend", "pytorch", *argv])
+        args.argv = list(argv)
+        return cli.build_configs(args, tmp_path)
+
+    aligned = configs("--fidelity", "aligned", "--recipe", "two_phase,scratch")
+    assert [c.recipe.fidelity.settings() for c in aligned] == [{k: "aligned" for k in FIDELITY_SWITCHES}] * 2
+    assert {c.recipe.fidelity.text() for c in configs("--recipe", "two_phase,scratch")} == {"native"}
+    with pytest.raises(SystemExit) as exit_:
+        cli.get_args_parser().parse_args(["run", "--fidelity", "exact"])
+    assert exit_.value.code == 2 and "invalid choice: 'exact'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("value, fragment", [
     ("exact", "fidelity = 'exact' is invalid; allowed: native, aligned"),
     ({"bn_moving_variance": "yes"}, "fidelity.bn_moving_variance = 'yes' is invalid; allowed: native, aligned"),
