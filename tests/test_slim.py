@@ -192,6 +192,67 @@ def test_bn_train_updates_moving_stats_of_frozen_scopes(built):
             np.testing.assert_array_equal(value, before[name], err_msg=name)
 
 
+def test_the_backend_runs_the_recipe_in_recipe_py(built, monkeypatch):
+    """The adapter calls recipe.py's functions (no copy of them): freeze, the train op, the
+    epoch loop and predict of a phase all go through that module."""
+    from backends.slim import recipe
+
+    called = []
+    for name in ("get_variables_to_train", "create_train_op", "train_one_epoch", "predict"):
+        monkeypatch.setattr(recipe, name, lambda *a, _f=getattr(recipe, name), _n=name, **k:
+                            called.append(_n) or _f(*a, **k))
+    phase = Phase(name="head", train="head", optimizer="sgd", learning_rate=0.01, epochs=1)
+    report = built.apply_phase(phase, 41)
+    built.set_learning_rate(0.01)
+    stats = built.fit_epoch(phase, 1)
+    logits = built.predict("val")
+    assert called == ["get_variables_to_train", "create_train_op", "train_one_epoch", "predict"]
+    assert report["native"]["trainable_scopes"] == "InceptionV3/Logits"
+    assert stats["images"] == 15 and set(stats) == {"loss", "top1", "images", "seconds"}
+    assert logits.shape == (len(built.split.val), built.num_classes)
+
+
+def test_optimizer_descriptions_name_the_constructed_optimizers():
+    """describe.optimizer_description: the phase report's words for each optimizer the recipe
+    builds, one op or two (a head learning-rate multiplier)."""
+    import tensorflow as tf
+
+    from backends.slim import train as slim_train
+    from backends.slim.describe import optimizer_description
+    from backends.slim.model import Tower
+    from common.config import Fidelity
+
+    cases = [
+        (Phase(optimizer="sgd", momentum=0.0), Fidelity(),
+         "tf.compat.v1.train.GradientDescentOptimizer()"),
+        (Phase(optimizer="momentum"), Fidelity(), "tf.compat.v1.train.MomentumOptimizer(momentum=0.9)"),
+        (Phase(optimizer="rmsprop", rmsprop_rho=0.8, epsilon=0.5), Fidelity(),
+         "tf.compat.v1.train.RMSPropOptimizer(decay=0.8, momentum=0.0, epsilon=0.5)"),
+        (Phase(optimizer="rmsprop", rmsprop_rho=0.8, epsilon=0.5),
+         Fidelity("aligned", "aligned", "aligned"),
+         "RMSPropSlotFromZero(decay=0.8, momentum=0.0, epsilon=0.5)"),
+        (Phase(optimizer="adam"), Fidelity(), "tf.compat.v1.train.AdamOptimizer(epsilon=1e-07)"),
+        (Phase(optimizer="adamw", weight_decay=0.5), Fidelity(),
+         "tf.compat.v1.train.AdamOptimizer(epsilon=1e-07) + decoupled weight decay 0.5 "
+         "(w -= lr * wd * w)"),
+        (Phase(optimizer="momentum", head_lr_multiplier=10.0), Fidelity(),
+         "tf.compat.v1.train.MomentumOptimizer(momentum=0.9) on backbone; x10.0 learning rate "
+         "on head"),
+    ]
+    for phase, fidelity, expected in cases:
+        with tf.Graph().as_default():
+            backbone = tf.compat.v1.Variable([[0.3, -0.2], [0.1, 0.4]], name="backbone")
+            head = tf.compat.v1.Variable([[0.5, -0.5], [0.2, 0.1]], name="head")
+            logits = tf.matmul(tf.matmul(tf.constant([[1.0, 2.0]]), backbone), head)
+            step = slim_train.build_train_op(
+                Tower(logits=logits, features=logits, aux_logits=None), tf.constant([0], tf.int64),
+                2, phase, variables_to_train=[backbone, head], trainable_scopes=(),
+                head_variables=[head], learning_rate=tf.constant(0.1),
+                global_step=tf.compat.v1.train.get_or_create_global_step(), name="p",
+                fidelity=fidelity)
+            assert optimizer_description(step, phase) == expected
+
+
 def test_restore_excludes_logits_and_aux_logits_and_reuses_head_rows(tiny_quads, tmp_path):
     source = _backend(tiny_quads, tmp_path / "a", image_size=107, aux=True, seed=0)
     try:
@@ -244,23 +305,23 @@ def test_aux_logits_too_small_and_missing_imagenet_checkpoint_are_one_line_error
 def test_optimizers_use_the_recipe_hyperparameters():
     import tensorflow as tf
 
-    from backends.slim import train as slim_train
+    from backends.slim import recipe
 
     graph = tf.Graph()
     with graph.as_default():
         lr = tf.constant(0.1)
-        sgd, _ = slim_train.configure_optimizer("sgd", lr, Phase(optimizer="sgd"), "a")
+        sgd = recipe.configure_optimizer("sgd", lr, Phase(optimizer="sgd"), "a")
         assert isinstance(sgd, tf.compat.v1.train.GradientDescentOptimizer)
-        mom, desc = slim_train.configure_optimizer("momentum", lr, Phase(optimizer="momentum"), "b")
+        mom = recipe.configure_optimizer("momentum", lr, Phase(optimizer="momentum"), "b")
         assert isinstance(mom, tf.compat.v1.train.MomentumOptimizer) and mom._momentum == 0.9
         phase = Phase(optimizer="rmsprop", rmsprop_rho=0.8, epsilon=1e-7)
-        rms, _ = slim_train.configure_optimizer("rmsprop", lr, phase, "c")
+        rms = recipe.configure_optimizer("rmsprop", lr, phase, "c")
         # the common recipe's epsilon, not train_image_classifier.py's --opt_epsilon=1.0
         assert (rms._decay, rms._epsilon, rms._momentum) == (0.8, 1e-7, 0.0)
         # one step on w = 1 with gradient 1: TF1's mean-square slot starts at 1.0 and eps is
         # inside the square root (PyTorch: slot at 0, eps outside)
         w = tf.compat.v1.Variable([1.0])
-        opt, _ = slim_train.configure_optimizer(
+        opt = recipe.configure_optimizer(
             "rmsprop", 0.1, Phase(optimizer="rmsprop", rmsprop_rho=0.9, epsilon=0.5), "e")
         step = opt.apply_gradients([(tf.constant([1.0]), w)])
         with tf.compat.v1.Session() as session:
@@ -268,10 +329,10 @@ def test_optimizers_use_the_recipe_hyperparameters():
             session.run(step)
             assert session.run(w)[0] == pytest.approx(1 - 0.1 / (0.9 * 1.0 + 0.1 + 0.5) ** 0.5)
         for name in ("adam", "adamw"):
-            adam, _ = slim_train.configure_optimizer(name, lr, Phase(optimizer=name), name)
+            adam = recipe.configure_optimizer(name, lr, Phase(optimizer=name), name)
             assert isinstance(adam, tf.compat.v1.train.AdamOptimizer) and adam._epsilon == 1e-7
         with pytest.raises(BackendError):
-            slim_train.configure_optimizer("adadelta", lr, Phase(), "d")  # no recipe selects it
+            recipe.configure_optimizer("adadelta", lr, Phase(), "d")  # no recipe selects it
 
 
 def test_head_lr_multiplier_is_a_second_optimizer_in_the_train_op():
@@ -280,6 +341,7 @@ def test_head_lr_multiplier_is_a_second_optimizer_in_the_train_op():
     import tensorflow as tf
 
     from backends.slim import train as slim_train
+    from backends.slim.describe import optimizer_description
     from backends.slim.model import Tower
 
     with tf.Graph().as_default():
@@ -301,7 +363,7 @@ def test_head_lr_multiplier_is_a_second_optimizer_in_the_train_op():
             after = session.run([backbone, head])
     np.testing.assert_allclose(before[0] - after[0], 0.1 * g[0], rtol=1e-5)
     np.testing.assert_allclose(before[1] - after[1], 10 * 0.1 * g[1], rtol=1e-5)
-    assert "x10.0 learning rate on head" in step.optimizer
+    assert "x10.0 learning rate on head" in optimizer_description(step, phase)
 
 
 # train_image_classifier.py's flags (tensorflow/models research/slim), name -> type or
@@ -361,6 +423,7 @@ def test_train_image_classifier_flags_are_the_scripts_own(phase):
     what no flag can say is listed, not invented."""
     import tensorflow as tf
 
+    from backends.slim import recipe
     from backends.slim import train as slim_train
     from backends.slim.catalog import MODELS
     from backends.slim.model import bn_training_blocks, checkpoint_exclude_scopes, trainable_scopes
@@ -381,7 +444,7 @@ def test_train_image_classifier_flags_are_the_scripts_own(phase):
         ("batch_norm", frozen_bn)) if applies]
     assert [m.split(" ")[0].rstrip(":") for m in missing] == expected
     with tf.Graph().as_default():
-        opt, _ = slim_train.configure_optimizer(phase.optimizer, 0.1, phase, "x")
+        opt = recipe.configure_optimizer(phase.optimizer, 0.1, phase, "x")
     assert type(opt).__name__ == SCRIPT_OPTIMIZER_CLASS[flags["optimizer"]]
     if flags["optimizer"] == "momentum":
         assert opt._momentum == flags["momentum"]
@@ -741,6 +804,7 @@ def test_aligned_rmsprop_starts_the_slot_at_zero_and_aligned_adamw_decays_kernel
     l2_regularizer already does: conv/fc weights)."""
     import tensorflow as tf
 
+    from backends.slim import recipe
     from backends.slim import train as slim_train
     from backends.slim.model import Tower
     from common.config import Fidelity
@@ -750,8 +814,8 @@ def test_aligned_rmsprop_starts_the_slot_at_zero_and_aligned_adamw_decays_kernel
     for fidelity, start in ((Fidelity(), 1.0), (aligned, 0.0)):
         with tf.Graph().as_default():
             w = tf.compat.v1.Variable([1.0])
-            opt, desc = slim_train.configure_optimizer("rmsprop", 0.1, phase, "r", fidelity)
-            assert ("RMSPropSlotFromZero" in desc) is (fidelity == aligned)
+            opt = recipe.configure_optimizer("rmsprop", 0.1, phase, "r", fidelity)
+            assert isinstance(opt, recipe.RMSPropSlotFromZero) is (fidelity == aligned)
             step = opt.apply_gradients([(tf.constant([1.0]), w)])
             with tf.compat.v1.Session() as session:
                 session.run(tf.compat.v1.global_variables_initializer())

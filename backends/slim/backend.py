@@ -5,7 +5,9 @@ One private ``tf.Graph`` and ``tf.compat.v1.Session`` per backend object
 built inside ``with self.graph.as_default()``). The graph holds the
 tf.data pipelines (``data.py``), an eval tower and one train tower per BN
 configuration (``model.py``), one train op per phase (``train.py``) and
-the Savers (``weights.py``).
+the Savers (``weights.py``). The recipe itself, in slim's words, is
+``recipe.py``: this adapter calls it and keeps the towers, clones and caches;
+``describe.py`` says what a phase reports.
 
 BatchNorm in frozen blocks, the slim way and the suite's way:
 
@@ -19,7 +21,7 @@ BatchNorm in frozen blocks, the slim way and the suite's way:
   and runs every ``UPDATE_OPS`` op, so the moving statistics of frozen scopes
   keep drifting towards the new data (Keras 3 and PyTorch ``eval()`` do not).
 * Here, a train tower is built with ``is_training`` chosen *per scope*
-  (``model.scoped_batch_norm``): ``phase.bn = "frozen"`` -> True only in the
+  (``recipe.scoped_batch_norm``): ``phase.bn = "frozen"`` -> True only in the
   blocks that train (and the head), so frozen scopes normalise with their
   moving statistics and have no update op; ``phase.bn = "train"`` -> True
   everywhere and every update op runs. The train op runs exactly that
@@ -40,16 +42,17 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from backends.native import coverage
 from backends.base import Backend, BackendError, WeightsRequest
 from backends.slim import data as slim_data
 from backends.slim import export as slim_export
 from backends.slim import model as slim_model
 from backends.slim import parallel as slim_parallel
+from backends.slim import recipe
 from backends.slim import throughput as slim_throughput
 from backends.slim import train as slim_train
 from backends.slim import weights as slim_weights
 from backends.slim.compat import identity_hashing
+from backends.slim.describe import describe_phase, optimizer_description
 from common.config import Phase
 from common.models import HEAD, ModelSpec
 from common.parallel import is_parallel
@@ -67,6 +70,7 @@ class SlimBackend(Backend):
         self.graph: tf.Graph | None = None
         self.session: tf.compat.v1.Session | None = None
         self.step: slim_train.TrainOp | None = None
+        self.applied_phase: Phase | None = None   # the phase self.step trains
         self.variables_to_train: list = []
         self._train_towers: dict[tuple, slim_model.Tower] = {}
         # one device per clone (--num_clones, parallel.py), split off before TensorFlow starts
@@ -127,10 +131,8 @@ class SlimBackend(Backend):
             # phase-dependent scalars; local variables: not in checkpoints
             self.learning_rate = _local_scalar("learning_rate", 0.0)
             self.weight_decay = _local_scalar("weight_decay", 0.0)
-            # --8<-- [start:predict]
             # the eval tower creates every model variable: is_training=False everywhere
             self.eval_tower = self._tower((), dropout_training=False, reuse=False)
-            # --8<-- [end:predict]
             self.model_variables = tf.compat.v1.global_variables()
             self.global_step = tf.compat.v1.train.get_or_create_global_step()
             self.session.run([tf.compat.v1.global_variables_initializer(),
@@ -217,12 +219,8 @@ class SlimBackend(Backend):
     # -- phases ------------------------------------------------------------
     def _apply_phase(self, phase: Phase, index: int) -> dict:
         spec, entry = self.spec, self.entry
-        # --8<-- [start:freeze]
         scopes = slim_model.trainable_scopes(spec, entry, phase, self.aux)
-        exclude = self._exclude_scopes()
-        trainable = [v for v in self.model_variables
-                     if v.trainable and slim_model.in_scopes(v.op.name, scopes)]
-        # --8<-- [end:freeze]
+        trainable = recipe.get_variables_to_train(self.model_variables, scopes)
         empty = [s for s in scopes if not slim_model.variables_in_scopes(trainable, [s])]
         if phase.trainable_scopes and empty:  # slim's script would silently train nothing there
             nearby = slim_model.nearest_scopes(empty[0], self.model_variables)
@@ -248,43 +246,8 @@ class SlimBackend(Backend):
             self.session.run(tf.compat.v1.variables_initializer(step.variables))
             self.weight_decay.load(0.0 if phase.optimizer == "adamw" else phase.weight_decay,
                                    self.session)
-        self.step, self.variables_to_train = step, trainable
-        params = [v for v in self.model_variables if not slim_model.is_moving_statistic(v)]
-        bn_training = ", ".join(key[0]) or "none"
-        frozen_bn = any(not slim_model.in_scopes(s, training_scopes)
-                        for b in spec.blocks for s in slim_model.native_scopes(entry, b))
-        flags, not_expressed = slim_train.train_image_classifier_flags(
-            phase, scopes, exclude, frozen_bn_scopes=frozen_bn,
-            ignore_missing_vars=bool(self.restore_report.get("ignore_missing_vars")))
-        if self.clone_devices:  # train_image_classifier.py's flag for model_deploy's clones
-            flags += f" --num_clones={len(self.clone_devices)}"
-        blocks, partial = list(phase.trainable_blocks(spec)), {}
-        if phase.trainable_scopes:  # a native selection: what its scopes cover, block by block
-            counts, trained = {}, {id(v) for v in trainable}
-            for block in spec.blocks:
-                vs = slim_model.variables_in_scopes(params, slim_model.native_scopes(entry, block))
-                counts[block] = (slim_model.param_count([v for v in vs if id(v) in trained]),
-                                 slim_model.param_count(vs))
-            blocks, partial = coverage(counts)
-        return {
-            "trainable_blocks": blocks,
-            **({"partially_trained_blocks": partial} if partial else {}),
-            "trainable_params": slim_model.param_count(trainable),
-            "total_params": slim_model.param_count(params),
-            "trainable_tensors": len(trainable),
-            "native": {
-                "trainable_scopes": ",".join(scopes),
-                "checkpoint_exclude_scopes": ",".join(exclude),
-                "optimizer": step.optimizer,
-                "bn": (f"batch_norm is_training=True in: {bn_training}; is_training=False "
-                       f"(moving statistics, no update ops) elsewhere"),
-                "update_ops": len(step.update_ops),
-                "train_image_classifier_flags": flags,
-                "not_expressed_by_flags": not_expressed,
-                "weights": {k: v for k, v in self.restore_report.items()
-                            if k not in ("missing", "shape_mismatch")},
-            },
-        }
+        self.step, self.variables_to_train, self.applied_phase = step, trainable, phase
+        return describe_phase(self, phase, scopes, training_scopes, key[0])
 
     def _set_learning_rate(self, learning_rate: float) -> None:
         self._lr_value = float(learning_rate)
@@ -307,8 +270,12 @@ class SlimBackend(Backend):
                                step_no)
             bar.update(1)
 
+        t0 = time.perf_counter()
         with bar:
-            stats = slim_train.train_one_epoch(self.session, self.step, init, feed, on_step)
+            loss, top1, images = recipe.train_one_epoch(self.session, self.step, init, feed,
+                                                        on_step)
+        stats = {"loss": loss, "top1": top1, "images": images,
+                 "seconds": time.perf_counter() - t0}
         self._computed["train"].add(self.step.compute_dtype)
         writer.add_summary(_summary({"epoch/train_loss": stats["loss"],
                                      "epoch/train_accuracy": stats["top1"],
@@ -317,18 +284,10 @@ class SlimBackend(Backend):
         return stats
 
     def _run_subset(self, subset: str, tensor) -> np.ndarray:
-        self.session.run(self.pipes.initializers[subset])
-        out = []
         batches = batch_count(len(self.split.subset(subset)), self.config.train.batch_size)
         with Progress(batches, self.pass_name) as bar:
-            while True:
-                try:
-                    # --8<-- [start:predict]
-                    out.append(self.session.run(tensor))
-                    # --8<-- [end:predict]
-                except tf.errors.OutOfRangeError:
-                    break
-                bar.update(1)
+            out = recipe.predict(self.session, self.pipes.initializers[subset], tensor,
+                                 on_batch=lambda: bar.update(1))
         width = tensor.shape[-1]
         if out:
             self._computed["eval"].add(tensor.dtype.name)
@@ -386,7 +345,7 @@ class SlimBackend(Backend):
                     batch_size=batch_size, steps=steps, warmup=warmup, kinds=kinds)
             finally:
                 self.restore(kept)
-        timed = {"optimizer": self.step.optimizer, "trainable_tensors": len(self.step.trained),
+        timed = {"optimizer": optimizer_description(self.step, self.applied_phase), "trainable_tensors": len(self.step.trained),
                  "trainable_params": slim_model.param_count(self.step.trained)}
         return {"precision": _precision_label(self.step.compute_dtype), "timed": timed, **result,
                 "peak_memory_bytes": self._peak_memory(), "device": self.device(),

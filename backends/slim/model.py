@@ -1,4 +1,4 @@
-"""Build tf_slim nets with a new head; map canonical blocks to variable scopes.
+"""Build tf_slim nets (with recipe.py's new head); map canonical blocks to variable scopes.
 
 TF-Slim idiom: a network is a function that creates variables under a
 ``variable_scope`` ("InceptionV3/Mixed_7b/Branch_1/...") inside the defaults
@@ -12,7 +12,8 @@ created by the first tower (``reuse=False``) and shared by later ones
 (``reuse=True``), the way slim builds train and eval graphs. Each tower
 decides per scope whether ``batch_norm`` runs with ``is_training=True``:
 slim's ``is_training`` is a Python bool fixed at graph construction, so the
-backend builds a new train tower when a phase changes the BN mode of a block.
+backend builds a new train tower when a phase changes the BN mode of a block
+(``recipe.scoped_batch_norm``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import importlib
 import inspect
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -29,6 +29,8 @@ from tf_slim.nets import resnet_v1
 
 from backends.base import BackendError, ModelEntry
 from backends.slim.compat import slim
+# the recipe's own pieces (recipe.py): the new head, BatchNorm per scope, the scope test
+from backends.slim.recipe import in_scopes, new_head, scoped_batch_norm
 from common.config import Phase
 from common.models import BN_DECAY, EFFICIENTNET_LITE0, HEAD, ModelSpec
 
@@ -75,11 +77,6 @@ def checkpoint_exclude_scopes(entry: ModelEntry) -> tuple[str, ...]:
     return entry.native(HEAD)
 
 
-def in_scopes(name: str, scopes) -> bool:
-    """``name`` (a variable or scope name) is one of ``scopes`` or below one."""
-    return any(name == s or name.startswith(s + "/") for s in scopes)
-
-
 def block_of(name: str, spec: ModelSpec, entry: ModelEntry) -> str | None:
     """The canonical block whose scopes contain ``name`` (``None`` outside the model)."""
     for block in (*spec.blocks, HEAD):
@@ -110,55 +107,6 @@ def is_moving_statistic(var) -> bool:
 
 def param_count(variables) -> int:
     return int(sum(np.prod(v.shape.as_list(), dtype=np.int64) for v in variables))
-
-
-# ------------------------------------------------------------- batch norm
-
-def scoped_batch_norm(training_scopes) -> Callable:
-    """A conv2d ``normalizer_fn``: slim.batch_norm with ``is_training`` chosen per scope.
-
-    slim.conv2d calls its ``normalizer_fn`` inside the layer's own variable
-    scope, so the scope name tells whether the BN is in one of ``training_scopes``.
-    """
-
-    # --8<-- [start:batchnorm]
-    def batch_norm(inputs, **params):
-        scope = tf.compat.v1.get_variable_scope().name
-        # slim: is_training=False means moving statistics and *no* update op;
-        # PyTorch decides this per module with .eval(), Keras with training=False.
-        params["is_training"] = in_scopes(scope, training_scopes)
-        return slim.batch_norm(inputs, **params)
-    # --8<-- [end:batchnorm]
-
-    return batch_norm
-
-
-# ------------------------------------------------------------------- heads
-
-def new_head(features: tf.Tensor, num_classes: int, hidden_units: int, dropout: float,
-             dropout_training: bool, dropout_scope: str) -> tuple[tf.Tensor, tf.Tensor]:
-    """The suite's head on a feature map ``[B, H, W, C]``: global average pool, the
-    recipe's dropout (only when it asks, ``dropout > 0``, and only in train towers), then
-    slim's 1x1 convolutions, in the caller's ``Logits`` variable scope.
-
-    ``hidden_units > 0``: a ReLU layer first (the Keras recipe's Dense(1024, relu)).
-    Slim's classifier is a 1x1 conv (weights ``[1, 1, C, classes]``) where
-    PyTorch and Keras use a dense layer (``[classes, C]`` / ``[C, classes]``).
-    Returns the logits ``[B, classes]`` and the pooled features ``[B, C]``.
-    """
-    # global average pool (TF-models slim's global_pool=True); tf_slim 1.1's inception_v3
-    # pools with a fixed 8x8 kernel, which is global only at 299 px and below.
-    # --8<-- [start:new-head]
-    pooled = tf.reduce_mean(features, [1, 2], keepdims=True, name="GlobalPool")
-    net = slim.dropout(pooled, keep_prob=1.0 - dropout, is_training=dropout_training,
-                       scope=dropout_scope) if dropout else pooled
-    if hidden_units > 0:
-        net = slim.conv2d(net, hidden_units, [1, 1], activation_fn=tf.nn.relu,
-                          normalizer_fn=None, scope="Conv2d_1b_1x1")
-    logits = slim.conv2d(net, num_classes, [1, 1], activation_fn=None, normalizer_fn=None,
-                         scope="Conv2d_1c_1x1")
-    return tf.squeeze(logits, [1, 2], name="SpatialSqueeze"), tf.squeeze(pooled, [1, 2])
-    # --8<-- [end:new-head]
 
 
 def _inception_aux_head(mixed_6e: tf.Tensor, num_classes: int) -> tf.Tensor:

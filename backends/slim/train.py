@@ -5,9 +5,10 @@ A common ``Phase`` becomes that script's flags: ``--trainable_scopes``
 ``--learning_rate`` / ``--learning_rate_decay_type``, ``--label_smoothing``,
 ``--weight_decay`` (the L2 ``weights_regularizer`` of the arg_scope, whose
 terms are collected by scope: ``tf.compat.v1.losses.get_regularization_losses``);
-the train op is ``slim.learning.create_train_op`` over ``variables_to_train``
-with the tower's UPDATE_OPS as control dependencies. ``train_one_epoch`` is
-the loop that ``slim.learning.train`` would run, cut at the end of the epoch.
+``build_train_op`` puts the loss of a tower (or of model_deploy's clones) under
+``recipe.create_train_op``, ``slim.learning.create_train_op`` over
+``variables_to_train`` with the tower's UPDATE_OPS as control dependencies; the
+optimizers and the epoch loop are recipe.py's (docs/design.md, Layout).
 ``train_image_classifier_flags`` writes the phase as that script's command
 line, and lists what of the phase the script has no flag for.
 
@@ -17,14 +18,12 @@ checkpoint would need the averaged variables swapped in).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import tensorflow as tf
 
 from backends.base import BackendError
-from backends.slim.compat import slim
+from backends.slim import recipe
 from backends.slim.model import Tower
 from common.config import Fidelity, Phase
 
@@ -34,57 +33,9 @@ SCRIPT_OPTIMIZERS = ("adadelta", "adagrad", "adam", "ftrl", "momentum", "sgd", "
 SCRIPT_DECAY_TYPES = ("fixed", "exponential", "polynomial")
 
 
-class RMSPropSlotFromZero(tf.compat.v1.train.RMSPropOptimizer):
-    """TF1's ``RMSPropOptimizer`` whose mean-square slot ``rms`` starts at 0, as torch's and
-    Keras 3's do, instead of 1.0 (``fidelity.rmsprop = "aligned"``): ``_create_slots``, the
-    hook a ``tf.compat.v1.train.Optimizer`` subclass overrides to make its slots."""
-
-    def _create_slots(self, var_list):
-        for v in var_list:
-            self._zeros_slot(v, "rms", self._name)
-            if self._centered:
-                self._zeros_slot(v, "mg", self._name)
-            self._zeros_slot(v, "momentum", self._name)
-
-
-def configure_optimizer(name: str, learning_rate, phase: Phase, op_name: str,
-                        fidelity: Fidelity = Fidelity()) -> tuple[tf.compat.v1.train.Optimizer, str]:
-    """slim's ``_configure_optimizer`` with the common recipe's hyperparameters.
-
-    Returns the optimizer and how it was constructed (for the phase report).
-    """
-    m = phase.effective_momentum
-    if name == "sgd" and m == 0:
-        return (tf.compat.v1.train.GradientDescentOptimizer(learning_rate, name=op_name),
-                "tf.compat.v1.train.GradientDescentOptimizer()")
-    if name in ("sgd", "momentum"):
-        # momentum folded into the step as lr * velocity (PyTorch applies lr after the buffer)
-        return (tf.compat.v1.train.MomentumOptimizer(learning_rate, momentum=m, name=op_name),
-                f"tf.compat.v1.train.MomentumOptimizer(momentum={m})")
-    if name == "rmsprop":
-        # slim's flags default to --rmsprop_decay=0.9 --opt_epsilon=1.0; the recipe's values
-        # are used. TF1 RMSProp adds epsilon inside the sqrt (as Keras 3; PyTorch: outside)
-        # and starts its mean-square slot at 1.0 (PyTorch and Keras 3: 0.0).
-        cls = RMSPropSlotFromZero if fidelity.aligned("rmsprop") else \
-            tf.compat.v1.train.RMSPropOptimizer
-        return (cls(learning_rate, decay=phase.rmsprop_rho, momentum=m, epsilon=phase.epsilon,
-                    name=op_name),
-                f"{'RMSPropSlotFromZero' if cls is RMSPropSlotFromZero else 'tf.compat.v1.train.RMSPropOptimizer'}"
-                f"(decay={phase.rmsprop_rho}, momentum={m}, epsilon={phase.epsilon})")
-    if name in ("adam", "adamw"):
-        # TF1 Adam uses the "epsilon hat" form (eps added after bias correction of lr)
-        opt = tf.compat.v1.train.AdamOptimizer(learning_rate, beta1=0.9, beta2=0.999,
-                                               epsilon=phase.epsilon, name=op_name)
-        desc = f"tf.compat.v1.train.AdamOptimizer(epsilon={phase.epsilon})"
-        if name == "adamw":
-            desc += f" + decoupled weight decay {phase.weight_decay} (w -= lr * wd * w)"
-        return opt, desc
-    raise BackendError(f"optimizer {name!r} is not supported by the slim backend; choose one of: "
-                       f"sgd, momentum, rmsprop, adam, adamw")
-
-
 def script_optimizer(phase: Phase) -> str:
-    """The ``--optimizer`` of train_image_classifier.py that ``configure_optimizer`` builds."""
+    """The ``--optimizer`` of train_image_classifier.py that ``recipe.configure_optimizer``
+    builds."""
     if phase.optimizer in ("sgd", "momentum"):
         # the script's "sgd" is GradientDescentOptimizer; SGD with momentum is "momentum"
         return "sgd" if phase.optimizer == "sgd" and not phase.effective_momentum else "momentum"
@@ -162,7 +113,7 @@ class TrainOp:
     correct: tf.Tensor             # correct top-1 predictions in the batch
     count: tf.Tensor               # images in the batch
     update_ops: list
-    optimizer: str
+    optimizers: list               # one per learning-rate group (describe.optimizer_description)
     variables: list = field(default_factory=list)  # variables the optimizer created (slots...)
     trained: list = field(default_factory=list)    # variables the step updates
     compute_dtype: str = "float32"                 # dtype of the tower's logits
@@ -208,10 +159,8 @@ def build_train_op(tower: Tower, labels: tf.Tensor, num_classes: int, phase: Pha
                    global_step: tf.Variable, name: str, clones: list | None = None,
                    fidelity: Fidelity = Fidelity()) -> TrainOp:
     """The train op of ``phase``: loss (+ the L2 terms of ``trainable_scopes``) ->
-    gradients of ``variables_to_train`` -> update.
-
-    ``head_lr_multiplier != 1``: two optimizers (backbone at lr, head at lr * mult)
-    grouped in one op, the slim counterpart of PyTorch param groups. ``clones``: the
+    ``recipe.create_train_op`` over ``variables_to_train`` (with a head learning-rate
+    multiplier, two optimizers in one op). ``clones``: the
     ``(tower, labels)`` of each clone (``parallel.py``): model_deploy's loss, each
     clone's divided by their number and summed, gradients colocated with each clone's
     ops, BN update ops of the first clone only.
@@ -233,112 +182,19 @@ def build_train_op(tower: Tower, labels: tf.Tensor, num_classes: int, phase: Pha
         reg = regularization_losses(trainable_scopes)
         if reg:
             total_loss = total_loss + tf.add_n(reg, name="regularization_loss")
-    # --8<-- [start:optimizer]
-    head_ids = {id(v) for v in head_variables}
-    backbone = [v for v in variables_to_train if id(v) not in head_ids]
-    head = [v for v in variables_to_train if id(v) in head_ids]
-    mult = phase.head_lr_multiplier
-    groups = [(backbone + head, learning_rate)] if mult == 1 or not backbone or not head else \
-        [(backbone, learning_rate), (head, learning_rate * mult)]
-    optimizers, descriptions = [], []
-    for i, (_, lr) in enumerate(groups):
-        opt, desc = configure_optimizer(phase.optimizer, lr, phase,
-                                        f"{name}_{type_name(phase)}" + (f"_{i}" if i else ""),
-                                        fidelity)
-        optimizers.append(opt)
-        descriptions.append(desc)
-
-    if len(groups) == 1 and phase.optimizer != "adamw":
-        # the slim idiom: update_ops run before the gradient step, loss returned
-        train_op = slim.learning.create_train_op(
-            total_loss, optimizers[0], global_step=global_step, update_ops=tower.update_ops,
-            variables_to_train=groups[0][0], colocate_gradients_with_ops=bool(clones))
-    # --8<-- [end:optimizer]
-    else:
-        train_op = _grouped_train_op(total_loss, groups, optimizers, tower.update_ops, phase,
-                                     global_step, colocate=bool(clones),
-                                     decay_kernels_only=fidelity.aligned("weight_decay"))
+    train_op, groups, optimizers = recipe.create_train_op(
+        total_loss, variables_to_train, head_variables, phase, learning_rate=learning_rate,
+        global_step=global_step, update_ops=tower.update_ops, name=name, colocate=bool(clones),
+        fidelity=fidelity)
     predictions = tf.argmax(tower.logits, axis=1)
-    description = descriptions[0] if len(groups) == 1 else \
-        f"{descriptions[0]} on backbone; x{mult} learning rate on head"
     return TrainOp(
         train_op=train_op,
         loss_sum=tf.reduce_sum(per_image),
         correct=tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.int64)),
         count=tf.shape(labels)[0],
         update_ops=list(tower.update_ops),
-        optimizer=description,
+        optimizers=optimizers,
         variables=[v for v in tf.compat.v1.global_variables() if v not in before],
         trained=[v for vs, _ in groups for v in vs],
         compute_dtype=tower.logits.dtype.name,
     )
-
-
-def type_name(phase: Phase) -> str:
-    return {"sgd": "SGD", "momentum": "Momentum", "rmsprop": "RMSProp", "adam": "Adam",
-            "adamw": "AdamW"}.get(phase.optimizer, phase.optimizer)
-
-
-def _grouped_train_op(total_loss, groups, optimizers, update_ops, phase, global_step,
-                      colocate: bool = False, decay_kernels_only: bool = False):
-    """create_train_op for several LR groups, with AdamW's decoupled decay before the step
-    (on every trained variable, as torch's AdamW; on kernels only when ``decay_kernels_only``,
-    ``fidelity.weight_decay = "aligned"``)."""
-    with tf.control_dependencies(update_ops):
-        total_loss = tf.identity(total_loss)
-    variables = [v for vs, _ in groups for v in vs]
-    grads = tf.compat.v1.gradients(total_loss, variables, colocate_gradients_with_ops=colocate)
-    deps = [g for g in grads if g is not None]
-    if phase.optimizer == "adamw" and phase.weight_decay > 0:
-        # PyTorch AdamW order: p *= 1 - lr * wd, then the Adam step (on the same gradients)
-        decays = []
-        with tf.control_dependencies(deps):
-            for vs, lr in groups:
-                for v in vs:
-                    if decay_kernels_only and v.shape.ndims <= 1:
-                        continue
-                    decays.append(v.assign_sub(lr * phase.weight_decay * v, read_value=False))
-        deps = decays
-    applies = []
-    start = 0
-    with tf.control_dependencies(deps):
-        for i, ((vs, _), opt) in enumerate(zip(groups, optimizers)):
-            pairs = [(g, v) for g, v in zip(grads[start:start + len(vs)], vs) if g is not None]
-            start += len(vs)
-            applies.append(opt.apply_gradients(pairs, global_step=global_step if i == 0 else None))
-    with tf.control_dependencies(applies):
-        return tf.identity(total_loss, name="train_op")
-
-
-def train_one_epoch(session: tf.compat.v1.Session, step: TrainOp, initializer, feed: dict,
-                    on_step=None) -> dict:
-    """Run ``step`` until the train iterator is exhausted; ``{loss, top1, images, seconds}``."""
-    t0 = time.perf_counter()
-    # --8<-- [start:fit]
-    session.run(initializer, feed_dict=feed)  # feed only the epoch seed, once per epoch
-    loss_sum, correct, images = 0.0, 0, 0
-    while True:
-        try:
-            _, batch_loss, batch_correct, n = session.run(
-                [step.train_op, step.loss_sum, step.correct, step.count])
-    # --8<-- [end:fit]
-        # --8<-- [start:fit]
-        except tf.errors.OutOfRangeError:
-            break
-        # --8<-- [end:fit]
-        except tf.errors.InvalidArgumentError as err:  # create_train_op's check_numerics
-            if "nan" not in str(err).lower():
-                raise
-            raise BackendError("training diverged: the loss is inf or nan "
-                               "(lower the learning rate)") from None
-        loss_sum += float(batch_loss)
-        correct += int(batch_correct)
-        images += int(n)
-        if on_step is not None:
-            on_step(float(batch_loss) / max(int(n), 1))
-    if images == 0:
-        raise BackendError("the training split is empty")
-    if not np.isfinite(loss_sum):
-        raise BackendError("training diverged: the loss is inf or nan (lower the learning rate)")
-    return {"loss": loss_sum / images, "top1": correct / images, "images": images,
-            "seconds": time.perf_counter() - t0}

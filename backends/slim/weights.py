@@ -1,12 +1,12 @@
 """Checkpoints the slim way: TF checkpoints, restored by scope with exclusions.
 
-``restore_excluding`` is slim's ``_get_init_fn`` from
-``train_image_classifier.py``: every model variable except those under
-``--checkpoint_exclude_scopes``, loaded with ``slim.assign_from_checkpoint_fn``.
-As there, a variable the checkpoint lacks (or holds in another shape) is an
-error unless ``ignore_missing_vars`` (``--ignore_missing_vars``), which keeps
-its initial value and lists it. ``save`` /
-``restore`` use a ``tf.compat.v1.train.Saver`` over every global variable
+``restore_excluding`` runs slim's ``_get_init_fn`` from
+``train_image_classifier.py`` (``recipe.restore_without_head``): every model
+variable except those under ``--checkpoint_exclude_scopes``, loaded with
+``slim.assign_from_checkpoint_fn``. As there, a variable the checkpoint lacks
+(or holds in another shape) is an error unless ``ignore_missing_vars``
+(``--ignore_missing_vars``), which keeps its initial value and lists it.
+``save`` / ``restore`` use a ``tf.compat.v1.train.Saver`` over every global variable
 (model, optimizer slots, global step): a TF checkpoint is a prefix
 ``NAME.ckpt`` with ``.index`` and ``.data-*`` files, not a single file like
 PyTorch's ``.pt`` or Keras' ``.weights.h5``.
@@ -22,9 +22,8 @@ import numpy as np
 import tensorflow as tf
 
 from backends.base import BackendError, ModelEntry
+from backends.slim import recipe
 from backends.slim.catalog import imagenet_dir
-from backends.slim.compat import slim
-from backends.slim.model import in_scopes
 
 SUFFIX = ".ckpt"
 
@@ -75,45 +74,10 @@ def checkpoint_shapes(ckpt: str) -> dict[str, list[int]]:
 
 def restore_excluding(session, ckpt: str, variables, exclude_scopes,
                       ignore_missing_vars: bool = False) -> dict:
-    """slim's init_fn: restore ``variables`` outside ``exclude_scopes`` from ``ckpt``.
-
-    A variable missing from the checkpoint or of another shape fails in one line, as
-    ``assign_from_checkpoint_fn`` does without ``ignore_missing_vars`` (its own error
-    is a multi-line traceback, and a shape mismatch is not caught by the flag at all);
-    with ``ignore_missing_vars`` they keep their initial values. Returns counts and
-    the names left out.
-    """
-    shapes = checkpoint_shapes(ckpt)
-    to_restore, missing, mismatched, excluded = [], [], [], []
-    # --8<-- [start:restore-without-head]
-    for v in variables:
-        name = v.op.name
-        if in_scopes(name, exclude_scopes):
-            excluded.append(name)
-        elif name not in shapes:
-            missing.append(name)
-        elif list(shapes[name]) != v.shape.as_list():
-            mismatched.append(name)
-        else:
-            to_restore.append(v)
-    # --8<-- [end:restore-without-head]
-    if (missing or mismatched) and not ignore_missing_vars:
-        if mismatched:
-            name = mismatched[0]
-            what = (f"{len(mismatched)} variable(s) of another shape, e.g. {name} "
-                    f"{list(shapes[name])} in the checkpoint")
-        else:
-            what = f"{len(missing)} variable(s) the model needs are missing, e.g. {missing[0]}"
-        raise BackendError(f"checkpoint {ckpt!r} does not fit this model: {what}; pass "
-                           f"--ignore-missing-vars (slim's --ignore_missing_vars) to keep their "
-                           f"initial values")
-    if to_restore:
-        # --8<-- [start:restore-without-head]
-        init_fn = slim.assign_from_checkpoint_fn(ckpt, to_restore,
-                                                 ignore_missing_vars=ignore_missing_vars)
-        init_fn(session)
-        # --8<-- [end:restore-without-head]
-    return {"checkpoint": ckpt, "restored": len(to_restore), "excluded": len(excluded),
+    """``recipe.restore_without_head`` from ``ckpt``: counts and the names left out."""
+    restored, excluded, missing, mismatched = recipe.restore_without_head(
+        session, ckpt, variables, exclude_scopes, checkpoint_shapes(ckpt), ignore_missing_vars)
+    return {"checkpoint": ckpt, "restored": len(restored), "excluded": len(excluded),
             "missing": missing, "shape_mismatch": mismatched,
             "ignore_missing_vars": ignore_missing_vars}
 
