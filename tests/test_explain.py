@@ -62,7 +62,7 @@ def test_explain_two_phase_writes_three_code_columns_per_step(tmp_path, capsys):
     freeze = dict(parser.steps["freeze"])
     assert "requires_grad_(False)" in freeze["pytorch"]
     assert "layer.trainable = False" in freeze["keras"]
-    assert "slim_model.in_scopes(v.op.name, scopes)" in freeze["slim"]
+    assert "in_scopes(v.op.name, trainable_scopes)" in freeze["slim"]
     assert "km.train_model.compile(" in dict(parser.steps["optimizer"])["keras"]
     assert "slim.assign_from_checkpoint_fn" in dict(parser.steps["restore"])["slim"]
     assert markdown.count("```python") == 3 * len(keys)
