@@ -21,6 +21,25 @@ Each backend folder owns two things:
 The registry maps backend names to descriptors as ``"module:ATTRIBUTE"``
 strings, so ``bench run --backend keras`` never imports torch and ``bench
 list`` reports a missing framework without importing any.
+
+The base contract (docs/design.md, "Adding a backend"):
+
+* core, every backend: the descriptor's ``name``, ``backend_class``,
+  ``requires``, ``install_hint`` and ``checkpoint_suffix``, and the ``Backend``
+  hooks marked abstract below (``frameworks``, ``device``, ``_setup``,
+  ``_build``, ``_apply_phase``, ``_set_learning_rate``, ``_fit_epoch``,
+  ``_predict``, ``_extract_features``, ``_save``, ``_restore``,
+  ``_trainable_names``, ``_snapshot``, ``_throughput``): enough for ``bench
+  run``, ``bench report``, ``bench list``, ``bench eval``/``predict`` and
+  ``bench throughput``;
+* optional capabilities, each declared in ``BackendInfo`` and left out by
+  leaving its field at its default: export (``export_formats`` + ``_export``),
+  convert (``converter``: weights across frameworks, the shared source model),
+  parity (``parity``), parallel (``data_parallel``, ``launcher``), the
+  throughput sweep (``sweep``), a model catalog with ImageNet weights and
+  native names (``catalog``, ``fetcher``, ``native_key``). A command that
+  needs a capability the backend left out refuses in one line (exit 2), by
+  reading the field, never the backend's name.
 """
 
 from __future__ import annotations
@@ -153,17 +172,72 @@ TENSORFLOW_REPLICAS = (EnvironmentOverride(
 
 
 @dataclass(frozen=True)
+class SweepMode:
+    """One way ``bench throughput --sweep`` runs a backend's step (``Sweep.modes``)."""
+
+    name: str                 # eager, torch.compile, XLA, tf.function, graph
+    order: int                # place in the sweep's plan among every backend's modes, 0 first
+    train_seconds: float      # estimated seconds of one training row on one H100 (planning)
+    infer_seconds: float      # the same for one inference row
+    compiled: bool = False    # every new shape is a compilation
+    tier: int = 3             # priority of its bf16 training row at the largest batch (0 first)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What ``bench throughput --sweep`` runs of a backend and its time estimates (seconds on
+    one H100 with 16 cores, used to plan within the budget; ``benchmarks/sweep.py``)."""
+
+    modes: tuple[SweepMode, ...]
+    start_seconds: float        # a job's process start, framework import and model build
+    e2e_phase_seconds: float    # one end-to-end phase (two epochs over the JPEG folder)
+    e2e_tier: int = 4           # priority of its end-to-end rows (2: the end-to-end target)
+
+
+@dataclass(frozen=True)
 class BackendInfo:
-    """What the suite knows about a backend without importing its framework."""
+    """What the suite knows about a backend without importing its framework.
+
+    Shared code reads every per-backend fact here, never a backend's name
+    (docs/design.md, "The descriptor"). Core: ``name``, ``backend_class``,
+    ``requires``, ``install_hint``, ``checkpoint_suffix``; everything else has a
+    default that means "this backend does not do that", and the command that needs
+    it refuses in one line (exit 2): ``export_formats`` (``bench export``),
+    ``converter`` (``bench weights convert``, ``--weights PATH`` of another
+    framework, the shared source model), ``parity`` (``bench parity``),
+    ``data_parallel`` (``--devices`` > 1), ``sweep`` (``bench throughput --sweep``),
+    ``catalog`` (ImageNet weights and ``native_key``; without one the backend takes
+    any model of ``common.models``).
+    """
 
     name: str
     backend_class: str                   # "module:Class", imported by get_backend()
     requires: tuple[str, ...]            # importable modules that must be installed
     install_hint: str
     checkpoint_suffix: str
+    # every suffix a checkpoint of this backend may end in (``conversion.detect_format``);
+    # None = checkpoint_suffix alone
+    checkpoint_suffixes: tuple[str, ...] | None = None
+    # a checkpoint that is several files under a prefix (TF's NAME.index + NAME.data-*), not
+    # one file: the light module whose is_checkpoint(path) and is_complete(path) say so
+    checkpoint_files: str = ""
     catalog: str = ""                    # module with MODELS and imagenet_dir(); "" = any model
     fetcher: str = ""                    # "module:function(model, entry) -> Path"
     converter: str = ""                  # module with read_canonical / write_canonical
+    # module with block_outputs / train_steps (``bench parity``); "" = no parity
+    parity: str = ""
+    # place in the order that picks the backend pretraining a sweep's shared source model
+    # (the first installed that converts the model; 0 first); None: never picks it
+    source_order: int | None = None
+    # the recipe phase key (common.config.NATIVE_KEYS) that says what trains in this
+    # backend's own names (backends.native); "" = canonical phases only
+    native_key: str = ""
+    # the pip distributions whose versions a parity report records (``parity.machine``)
+    distributions: tuple[str, ...] = ()
+    # why the backend has no bf16 ("" when it has one; the throughput sweep skips its rows)
+    bf16_refusal: str = ""
+    # bench throughput --sweep: its modes and time estimates; None = not in the sweep
+    sweep: Sweep | None = None
     # set in the run's own process before anything is imported (KERAS_BACKEND)
     environment: Mapping[str, str] = field(default_factory=dict)
     color: str = "#777777"               # the backend's colour in report plots
@@ -197,6 +271,22 @@ class BackendInfo:
 
     def supports(self, model: str) -> bool:
         return not self.catalog or model in self.models()
+
+    def suffixes(self) -> tuple[str, ...]:
+        """The suffixes a checkpoint of this backend may end in."""
+        return (self.checkpoint_suffix,) if self.checkpoint_suffixes is None else self.checkpoint_suffixes
+
+    def checkpoint_module(self):
+        """The light module of a checkpoint that is several files (``checkpoint_files``), or None."""
+        return importlib.import_module(self.checkpoint_files) if self.checkpoint_files else None
+
+    def wrote(self, path: str | Path) -> bool:
+        """Whether the checkpoint at ``path`` is this backend's (by suffix, or by
+        ``checkpoint_files``), without importing the framework."""
+        if Path(path).name.endswith(self.suffixes()):
+            return True
+        files = self.checkpoint_module()
+        return files is not None and bool(files.is_checkpoint(Path(path)))
 
     def converts(self, model: str) -> bool:
         """Whether this backend reads and writes ``model`` as canonical weights."""

@@ -1,6 +1,7 @@
 """Native names as an escape hatch: what trains, said in one framework's own terms.
 
-A phase may say what trains as one framework says it (``common.config.NATIVE_KEYS``):
+A phase may say what trains as one framework says it (``common.config.NATIVE_KEYS``; the
+backend whose ``BackendInfo.native_key`` it is owns it):
 
 * slim ``trainable_scopes`` (``--trainable_scopes``: variable scopes, a variable trains
   when its name is one of them or below one);
@@ -33,10 +34,6 @@ from dataclasses import dataclass, field
 from common.config import NATIVE_KEYS, ConfigError, Phase, Recipe
 from common.models import HEAD, MODELS
 
-# the registry entry whose catalog holds the names of each native key's framework
-CATALOG_OF = {"slim": "slim", "keras": "keras", "pytorch": "pytorch"}
-
-
 @dataclass(frozen=True)
 class Selection:
     """A native selection mapped to canonical blocks."""
@@ -61,20 +58,35 @@ class Selection:
                 "exact": self.exact}
 
 
+def framework_of(key: str) -> str:
+    """The registry entry that owns native key ``key``: the first whose
+    ``BackendInfo.native_key`` it is (``unfreeze_from`` -> ``keras``, not ``keras-jax``);
+    its catalog holds the names the key takes."""
+    from backends.base import BackendError, backend_info, backend_names
+
+    for name in backend_names():
+        try:
+            if backend_info(name).native_key == key:
+                return name
+        except BackendError:
+            continue
+    raise ConfigError(f"{key}: no backend of this installation says what trains with it")
+
+
 def family(backend: str) -> str | None:
-    """The framework of a registry entry (``keras-jax`` -> ``keras``), None for a plug-in."""
+    """The registry entry owning ``backend``'s native key (``keras-jax`` -> ``keras``), None
+    for a backend without one (a plug-in: canonical phases only)."""
     from backends.base import backend_info
 
-    catalog = backend_info(backend).catalog  # "backends.keras.catalog"
-    parts = catalog.split(".")
-    return parts[1] if len(parts) == 3 and parts[0] == "backends" else None
+    key = backend_info(backend).native_key
+    return framework_of(key) if key else None
 
 
 def _entry(framework: str, model: str, where: str, key: str):
     from backends.base import BackendError, backend_info
 
     try:
-        return backend_info(CATALOG_OF[framework]).entry(model)
+        return backend_info(framework).entry(model)
     except BackendError as err:
         raise ConfigError(f"{where}: {key} names {framework} names, but {err}") from None
 
@@ -89,7 +101,7 @@ def selection(phase: Phase, model: str, where: str = "recipe") -> Selection | No
     key = phase.native_key
     if key is None:
         return None
-    framework = NATIVE_KEYS[key]
+    framework = framework_of(key)
     spec = MODELS[model]
     entry = _entry(framework, model, where, key)
     if key in _NAMED:
@@ -102,17 +114,19 @@ def _below(name: str, path: str) -> bool:
     return name == path or name.startswith(path + ".")
 
 
-#: native key -> (its framework, "name lies within native name", what a name must be, what exists)
+#: native key -> ("name lies within native name", what a name must be, what exists); the key's
+#: framework is the backend that declares it (``framework_of``)
 _NAMED = {
-    "trainable_scopes": ("slim", _in, "a variable scope of slim {model}", "its scopes are"),
-    "modules": ("pytorch", _below, "a module of torchvision {model}", "the modules of its blocks are"),
+    "trainable_scopes": (_in, "a variable scope of slim {model}", "its scopes are"),
+    "modules": (_below, "a module of torchvision {model}", "the modules of its blocks are"),
 }
 
 
 def _named_selection(key: str, names, spec, entry, where) -> Selection:
     """Slim scopes or torch module paths: a block is trained whole when every native name
     of it lies within a named one, in part when a named one lies within it."""
-    framework, within, what, exists = _NAMED[key]
+    within, what, exists = _NAMED[key]
+    framework = framework_of(key)
     known = list(dict.fromkeys(n for block in (*spec.blocks, HEAD) for n in entry.native(block)))
     for name in names:
         if not any(within(name, k) or within(k, name) for k in known):
@@ -145,7 +159,8 @@ def _keras_selection(index: int, spec, entry, where) -> Selection:
             full.append(block)
         elif index <= last:
             partial[block] = (f"layers {index}..{last} of {first}..{last}",)
-    return Selection("unfreeze_from", "keras", (index,), tuple(full), partial, True)
+    return Selection("unfreeze_from", framework_of("unfreeze_from"), (index,), tuple(full), partial,
+                     True)
 
 
 def phase_for(phase: Phase, backend: str, model: str, where: str = "recipe") -> Phase:
@@ -179,7 +194,9 @@ def check_exclude_scopes(recipe: Recipe, backend: str, model: str) -> None:
     if not scopes:
         return
     where = recipe.source or recipe.name
-    entry = _entry("slim", model, where, "checkpoint_exclude_scopes")
+    # slim's flag, in variable scopes: the names of the backend whose native key is scopes
+    scopes_framework = framework_of("trainable_scopes")
+    entry = _entry(scopes_framework, model, where, "checkpoint_exclude_scopes")
     spec = MODELS[model]
     known = [s for block in (*spec.blocks, HEAD) for s in entry.native(block)]
     for scope in scopes:
@@ -187,7 +204,7 @@ def check_exclude_scopes(recipe: Recipe, backend: str, model: str) -> None:
             raise ConfigError(f"{where}: checkpoint_exclude_scopes names {scope!r}, which is not a "
                               f"variable scope of slim {spec.name}; its scopes are: "
                               f"{', '.join(known)}")
-    if family(backend) == "slim":
+    if family(backend) == scopes_framework:
         return
     head = entry.native(HEAD)
     beyond = [s for s in scopes if not any(_in(s, h) for h in head)]
@@ -204,7 +221,7 @@ def check_recipe(recipe: Recipe, backend: str, model: str) -> None:
         for i, phase in enumerate(recipe.phases):
             if phase.native_key:
                 raise ConfigError(f"{recipe.source} phase {i + 1}: {phase.native_key} names "
-                                  f"{NATIVE_KEYS[phase.native_key]} names; the {backend} backend "
+                                  f"{framework_of(phase.native_key)} names; the {backend} backend "
                                   f"runs canonical phases only")
         return
     for i, phase in enumerate(recipe.phases):

@@ -22,7 +22,6 @@ import hashlib
 import logging
 import importlib
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -36,31 +35,55 @@ from common.paths import cache_root, kind_of
 
 log = logging.getLogger(__name__)
 
-# The fixed, documented choice of the backend that pretrains the source model of a sweep:
-# the first of these that is installed (docs/running.md).
-SOURCE_BACKEND_ORDER = ("pytorch", "keras", "slim")
 CANONICAL = "canonical"  # the framework-free format, as a --from / --to value
 WORKER = "benchmarks.weights_worker"
 
 
+def source_backend_order() -> list[str]:
+    """The fixed, documented choice of the backend that pretrains the source model of a
+    sweep: the first installed of these (``BackendInfo.source_order``; docs/running.md)."""
+    ranked = []
+    for name in backend_names():
+        try:
+            order = backend_info(name).source_order
+        except BackendError:
+            continue
+        if order is not None:
+            ranked.append((order, name))
+    return [name for _, name in sorted(ranked)]
+
+
 # ------------------------------------------------------------------ formats
 
+def _converting_infos():
+    """The descriptors of the registry entries that convert weights, in registry order."""
+    for name in backend_names():
+        try:
+            info = backend_info(name)
+        except BackendError:
+            continue
+        if info.converter:
+            yield info
+
+
 def detect_format(path: str | Path) -> str | None:
-    """Which backend wrote the checkpoint at ``path`` (by suffix and files), or None:
-    ``.pt``/``.pth`` pytorch, ``.weights.h5`` keras, a TF checkpoint prefix (``NAME.index``
-    beside it), one of its files or a folder with a ``checkpoint`` file slim, ``.npz`` canonical."""
+    """Which backend wrote the checkpoint at ``path``, or None: ``.npz`` canonical, else the
+    first registry entry that converts weights and whose ``BackendInfo.wrote`` it (by its
+    ``checkpoint_suffixes`` or ``checkpoint_files``): ``.pt``/``.pth`` pytorch,
+    ``.weights.h5`` keras, a TF checkpoint prefix (``NAME.index`` beside it), one of its
+    files or a folder with a ``checkpoint`` file slim."""
     p = Path(path)
-    name = p.name
-    if name.endswith(".npz"):
+    if p.name.endswith(".npz"):
         return CANONICAL
-    if name.endswith((".pt", ".pth")):
-        return "pytorch"
-    if name.endswith(".weights.h5"):
-        return "keras"
-    if (name.endswith(".index") or ".data-" in name or Path(str(p) + ".index").is_file()
-            or (p.is_dir() and (p / "checkpoint").is_file())):
-        return "slim"
-    return None
+    return next((info.name for info in _converting_infos() if info.wrote(p)), None)
+
+
+def _several_files(backend: str | None) -> bool:
+    """Whether ``backend``'s checkpoint is several files under a prefix (a TF checkpoint)."""
+    try:
+        return backend not in (None, CANONICAL) and bool(backend_info(backend).checkpoint_files)
+    except BackendError:
+        return False
 
 
 # The first bytes of the files a checkpoint may be: torch.save's zip (and numpy's .npz), the
@@ -74,10 +97,9 @@ def checkpoint_problem(path: str | Path) -> str | None:
     first bytes are none of a zip, a pickle or HDF5 (a TF checkpoint is its ``.index``).
     Framework-free: the ``bench`` parent and the run's process ask the same question."""
     p = Path(path)
-    if detect_format(p) == "slim":
-        index = Path(re.sub(r"\.(index|data-\d+-of-\d+)$", "", str(p)) + ".index")
-        if p.is_dir() or (index.is_file() and index.stat().st_size > 0):
-            return None
+    found = detect_format(p)
+    if _several_files(found) and backend_info(found).checkpoint_module().is_complete(p):
+        return None
     kind = kind_of(p)
     if kind is None:
         return "does not exist"
@@ -112,11 +134,11 @@ def can_convert(backend: str, model: str) -> bool:
 
 def source_backend(model: str, run_backend: str) -> str:
     """The backend whose pretrained source model a ``run_backend`` run starts from: the
-    first installed of ``SOURCE_BACKEND_ORDER`` that converts ``model``, or the run's own
+    first installed of ``source_backend_order()`` that converts ``model``, or the run's own
     backend when it (or the model) cannot convert."""
     if not can_convert(run_backend, model):
         return run_backend
-    return next((b for b in SOURCE_BACKEND_ORDER if can_convert(b, model)), run_backend)
+    return next((b for b in source_backend_order() if can_convert(b, model)), run_backend)
 
 
 def run_weights_worker(args: list, progress: bool = False) -> dict:
@@ -169,10 +191,12 @@ def check_convertible(model: str, *backends: str) -> None:
             continue
         if b not in backend_names():
             raise BackendError(f"unknown backend {b!r}; choose one of: "
-                               f"{', '.join(SOURCE_BACKEND_ORDER)}, {CANONICAL}")
+                               f"{', '.join(source_backend_order())}, {CANONICAL}")
         why = availability(b)
         if why:
             raise BackendError(f"backend {b!r} is not available: {why}")
+        if not backend_info(b).converter:  # an optional capability (BackendInfo.converter)
+            raise canonical.ConversionError(f"the {b} backend does not convert weights")
         if not backend_info(b).converts(model):
             raise canonical.ConversionError(f"the {b} backend has no conversion table for {model}")
 
@@ -183,7 +207,7 @@ def convert_checkpoint(model: str, source: str, target: str, input_path: str | P
     own child process; returns ``{"output", "digest", "dropped"}``."""
     check_convertible(model, source, target)
     found = detect_format(input_path)
-    if found is None or not (Path(input_path).exists() or found == "slim"):
+    if found is None or not (Path(input_path).exists() or _several_files(found)):
         raise BackendError(f"--input {str(input_path)!r} is not a checkpoint (.pt, .weights.h5, a "
                            f"TF checkpoint prefix or a canonical .npz)")
     if found != source:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backends.base import availability, backend_info, default_backends
+from backends.base import BackendError, availability, backend_info, default_backends
 from benchmarks import conversion
 from common import canonical, synthetic
 from common.config import FIDELITY_SWITCHES, Fidelity, Phase, image_size_problem
@@ -68,6 +68,8 @@ def parity_backends(model: str, requested: list[str] | None = None) -> tuple[lis
     names, skipped = [], {}
     for name in requested or default_backends():
         reason = availability(name)
+        if reason is None and not backend_info(name).parity:
+            reason = "no parity module (BackendInfo.parity)"
         if reason is None and not conversion.can_convert(name, model):
             reason = f"no conversion table for {model}"
         if reason:
@@ -94,21 +96,30 @@ def backend_block_outputs(name: str, model: str, tensors: dict[str, np.ndarray],
     ``tensors``."""
     info = backend_info(name)
     info.apply_environment()
-    module = importlib.import_module(f"{info.converter.rsplit('.', 1)[0]}.parity")
+    module = importlib.import_module(info.parity)
     return module.block_outputs(model, tensors, images, aligned=alignment == "suite")
 
 
 def machine() -> dict:
     """Where a parity report was measured: CPU, cores, OS, Python and framework versions
-    (read from the installed distributions, without importing a framework)."""
+    (read from the installed distributions, without importing a framework): numpy and each
+    ``--backend all`` entry's ``BackendInfo.distributions``."""
     versions = {"python": platform.python_version()}
-    for dist in ("numpy", "torch", "torchvision", "keras", "tensorflow", "tf-keras", "tf-slim"):
+    for dist in dict.fromkeys(["numpy", *(d for name in default_backends()
+                                          for d in _distributions(name))]):
         try:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             continue
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "os": platform.platform(),
             "versions": versions}
+
+
+def _distributions(name: str) -> tuple[str, ...]:
+    try:
+        return backend_info(name).distributions
+    except BackendError:  # a plug-in that does not load records no versions
+        return ()
 
 
 def shared_imagenet_file(model: str) -> Path:
@@ -353,7 +364,7 @@ def backend_train_steps(name: str, model: str, tensors: dict[str, np.ndarray], i
     """``backends/<name>/parity.train_steps`` in this process (which then holds that framework)."""
     info = backend_info(name)
     info.apply_environment()
-    module = importlib.import_module(f"{info.converter.rsplit('.', 1)[0]}.parity")
+    module = importlib.import_module(info.parity)
     return module.train_steps(model, tensors, images, labels, phase, fidelity, tuple(steps))
 
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from backends.base import availability, backend_info, unsupported_model
+from backends.base import BackendError, availability, backend_info, backend_names, unsupported_model
 from common import gpu_peaks
 from common.models import MODELS, SMOKE_MODEL
 from common.results import cpu_name, write_json_atomic
@@ -51,13 +51,30 @@ from common.results import cpu_name, write_json_atomic
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# what the sweep runs, most important first: (backend, mode). ``mode`` is how the step
-# runs: PyTorch eager or torch.compile; Keras' compiled step is XLA on jax, eager on torch,
-# a tf.function on TensorFlow; slim a TF1 graph.
-MODES: tuple[tuple[str, str], ...] = (
-    ("pytorch", "eager"), ("keras-jax", "XLA"), ("pytorch", "torch.compile"),
-    ("keras-torch", "eager"), ("keras", "tf.function"), ("slim", "graph"))
-COMPILED = {"torch.compile", "XLA", "tf.function"}  # every new shape is a compilation
+
+
+def _declared_sweeps() -> dict:
+    """Each registry entry's ``BackendInfo.sweep`` (its modes and time estimates), in registry
+    order; entries without one (or whose descriptor does not load) are not in the sweep."""
+    out = {}
+    for name in backend_names():
+        try:
+            declared = backend_info(name).sweep
+        except BackendError:
+            continue
+        if declared is not None:
+            out[name] = declared
+    return out
+
+
+SWEEPS = _declared_sweeps()
+# what the sweep runs, most important first: (backend, mode), by each ``SweepMode.order``.
+# ``mode`` is how the step runs: PyTorch eager or torch.compile; Keras' compiled step is XLA
+# on jax, eager on torch, a tf.function on TensorFlow; slim a TF1 graph.
+SWEEP_MODES = {(b, m.name): m for b, m in sorted(
+    ((b, m) for b, declared in SWEEPS.items() for m in declared.modes), key=lambda bm: bm[1].order)}
+MODES: tuple[tuple[str, str], ...] = tuple(SWEEP_MODES)
+COMPILED = {m.name for m in SWEEP_MODES.values() if m.compiled}  # every new shape is a compilation
 HEADLINE_MODELS = ("inception_v3", "resnet50")
 BATCH_SIZES = (256, 128, 64)
 PRECISIONS = ("bf16", "fp32")
@@ -68,17 +85,13 @@ TARGET_E2E_RATIO = 0.9
 E2E_IMAGES_PER_CLASS = 512   # 10 classes: 5,120 images, 40 batches of 128, 20 of 256
 TRAIN_FLOPS_FACTOR = 3       # a training step ~ forward + backward (2 x forward)
 
-# Estimates (seconds) on one H100 with 16 cores, used to plan within the budget until
-# measured figures replace them; each job's real duration is in the JSON ("jobs").
-START_SECONDS = {"pytorch": 10.0, "keras-jax": 15.0, "keras-torch": 15.0, "keras": 20.0,
-                 "slim": 25.0}
-ITEM_SECONDS = {("eager", "train"): 5.0, ("eager", "infer"): 3.0,
-                ("torch.compile", "train"): 90.0, ("torch.compile", "infer"): 40.0,
-                ("XLA", "train"): 50.0, ("XLA", "infer"): 20.0,
-                ("tf.function", "train"): 50.0, ("tf.function", "infer"): 20.0,
-                ("graph", "train"): 8.0, ("graph", "infer"): 4.0}
-E2E_PHASE_SECONDS = {"pytorch": 15.0, "keras-jax": 60.0, "keras-torch": 40.0, "keras": 60.0,
-                     "slim": 40.0}
+# Estimates (seconds) on one H100 with 16 cores, declared by each backend
+# (``BackendInfo.sweep``), used to plan within the budget until measured figures replace
+# them; each job's real duration is in the JSON ("jobs").
+START_SECONDS = {b: declared.start_seconds for b, declared in SWEEPS.items()}
+ITEM_SECONDS = {(b, mode, kind): m.train_seconds if kind == "train" else m.infer_seconds
+                for (b, mode), m in SWEEP_MODES.items() for kind in ("train", "infer")}
+E2E_PHASE_SECONDS = {b: declared.e2e_phase_seconds for b, declared in SWEEPS.items()}
 FLOPS_SECONDS = 15.0
 REPORT_RESERVE_SECONDS = 10.0  # the JSON, markdown and plot are written after the deadline
 
@@ -164,7 +177,7 @@ class Job:
         return (self.backend, self.mode, self.model, self.precision)
 
     def item_seconds(self, item: Item) -> float:
-        return ITEM_SECONDS[(self.mode, item.kind)]
+        return ITEM_SECONDS[(self.backend, self.mode, item.kind)]
 
     def estimate(self) -> float:
         if self.job == "flops":
@@ -203,8 +216,9 @@ def models_of(settings: Settings) -> list[str]:
 
 def tier(backend: str, mode: str, model: str, precision: str, kind: str, batch: int,
          biggest: int) -> int:
-    """Priority of a row, 0 first: bf16 training at the largest batch on PyTorch eager (0),
-    then Keras on jax (1), [the end-to-end target, 2], the rest of bf16 at the largest
+    """Priority of a row, 0 first: bf16 training at the largest batch in its mode's
+    ``SweepMode.tier`` (PyTorch eager 0, then Keras on jax 1), [the end-to-end target, 2
+    (``Sweep.e2e_tier``)], the rest of bf16 at the largest
     batch (3), [other end-to-end rows, 4], fp32 at the largest batch (5), smaller batches
     (6), models beyond InceptionV3 and ResNet-50 (7)."""
     if model not in HEADLINE_MODELS:
@@ -213,11 +227,7 @@ def tier(backend: str, mode: str, model: str, precision: str, kind: str, batch: 
         return 6
     if precision != "bf16":
         return 5
-    if kind == "train" and (backend, mode) == ("pytorch", "eager"):
-        return 0
-    if kind == "train" and (backend, mode) == ("keras-jax", "XLA"):
-        return 1
-    return 3
+    return SWEEP_MODES[(backend, mode)].tier if kind == "train" else 3
 
 
 def not_run_reason(backend: str, precision: str) -> str | None:
@@ -227,8 +237,8 @@ def not_run_reason(backend: str, precision: str) -> str | None:
         # BackendInfo.availability: "tensorflow, tf_slim, tf_keras not installed; <hint>"
         missing = reason.split(" not installed")[0].split(", ") if " not installed" in reason else []
         return NO_TENSORFLOW if "tensorflow" in missing else reason
-    if precision == "bf16" and backend == "slim":
-        return "slim has no bf16 (tf_slim layers have no mixed-precision policy)"
+    if precision == "bf16" and backend_info(backend).bf16_refusal:
+        return backend_info(backend).bf16_refusal
     return None
 
 
@@ -306,8 +316,9 @@ def _e2e_jobs(settings: Settings, skipped: list[dict]) -> list[Job]:
         if backend not in settings.backends or mode not in settings.modes \
                 or unsupported_model(backend, model):
             continue
-        precision = "bf16" if "bf16" in settings.precisions and backend != "slim" else "fp32"
-        t = 2 if backend == "pytorch" else 4
+        precision = "bf16" if "bf16" in settings.precisions and not backend_info(backend).bf16_refusal \
+            else "fp32"
+        t = SWEEPS[backend].e2e_tier
         reason = not_run_reason(backend, precision)
         if reason:
             skipped += [{"table": "end_to_end", "backend": backend, "mode": mode, "model": model,

@@ -68,8 +68,9 @@ from common.models import MODELS
 from common.preprocess import PRESETS
 
 TRAIN_MODES = ("head", "top", "blocks", "all", "linear", "native")
-# what trains in one framework's own names (backends.native): phase key -> its framework
-NATIVE_KEYS = {"trainable_scopes": "slim", "unfreeze_from": "keras", "modules": "pytorch"}
+# the phase keys that say what trains in one framework's own names (backends.native); which
+# backend each belongs to is that backend's ``BackendInfo.native_key``
+NATIVE_KEYS = ("trainable_scopes", "unfreeze_from", "modules")
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam", "adamw")
 SCHEDULES = ("fixed", "exponential", "cosine")
 # frozen: BN of frozen blocks in inference mode; train: every BN in training mode;
@@ -379,8 +380,7 @@ def parse_phase(raw: dict, where: str) -> Phase:
     native = [k for k in NATIVE_KEYS if values.get(k) not in ((), None)]
     if len(native) > 1:
         raise ConfigError(f"{where}: {' and '.join(native)} both say what trains; give one "
-                          f"(each belongs to one framework: "
-                          f"{', '.join(f'{k}: {NATIVE_KEYS[k]}' for k in native)})")
+                          f"(each names what trains in one framework's own names)")
     if native:
         if values.get("train", "native") != "native":
             _fail(where, "train", values["train"], f'{native[0]} says what trains: leave train '

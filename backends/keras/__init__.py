@@ -12,13 +12,15 @@ the backends for the registry; ``backend.KerasBackend`` is reached through
 ``backends.base.get_backend``.
 """
 
-from backends.base import TENSORFLOW_REPLICAS, BackendInfo
+from backends.base import TENSORFLOW_REPLICAS, BackendInfo, Sweep, SweepMode
 
 _COMMON = dict(
     backend_class="backends.keras.backend:KerasBackend",
     checkpoint_suffix=".weights.h5",
     catalog="backends.keras.catalog",
     converter="backends.keras.convert",
+    parity="backends.keras.parity",
+    native_key="unfreeze_from",  # a layer index: model.layers[i:] train (backends.native)
     fetcher="backends.keras.weights:fetch_imagenet",
 )
 
@@ -33,6 +35,11 @@ INFO = BackendInfo(
     export_formats=("keras", "savedmodel"),  # export.py
     data_parallel="tf.distribute.MirroredStrategy",  # parallel.py
     parallel_overrides=TENSORFLOW_REPLICAS,  # oneDNN off: backends/base.py
+    source_order=1,  # pretrains a sweep's shared source model when PyTorch is not installed
+    distributions=("keras", "tensorflow"),
+    sweep=Sweep(modes=(SweepMode("tf.function", order=4, train_seconds=50.0, infer_seconds=20.0,
+                                 compiled=True),),
+                start_seconds=20.0, e2e_phase_seconds=60.0),
     **_COMMON,
 )
 
@@ -48,6 +55,10 @@ INFO_JAX = BackendInfo(
     data_parallel="keras.distribution.DataParallel",  # parallel.py
     # on a CPU, jax shows N devices only when told before it starts (harmless on a GPU)
     parallel_environment={"XLA_FLAGS": "--xla_force_host_platform_device_count={devices}"},
+    distributions=("keras", "jax"),
+    sweep=Sweep(modes=(SweepMode("XLA", order=1, train_seconds=50.0, infer_seconds=20.0,
+                                 compiled=True, tier=1),),
+                start_seconds=15.0, e2e_phase_seconds=60.0),
     **_COMMON,
 )
 
@@ -64,5 +75,8 @@ INFO_TORCH = BackendInfo(
     # has no tf.distribute on torch: no data-parallel fit on this backend
     parallel_refusal="Keras 3 has no data-parallel path on the torch backend (keras.distribution "
                      "runs on jax only); use --backend keras-jax or pytorch for several devices",
+    distributions=("keras", "torch"),
+    sweep=Sweep(modes=(SweepMode("eager", order=3, train_seconds=5.0, infer_seconds=3.0),),
+                start_seconds=15.0, e2e_phase_seconds=40.0),
     **_COMMON,
 )
