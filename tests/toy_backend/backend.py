@@ -1,16 +1,17 @@
-"""A numpy backend for harness tests: softmax regression on 8x8 thumbnails.
+"""The toy backend's framework side: softmax regression in numpy on 8x8 thumbnails.
 
-Registered through ``TRANSFER_BENCH_BACKENDS=fake=fake_backend:FakeBackend``
-(with ``tests/`` on ``PYTHONPATH``), it runs the real driver, runner, result
-files and reports in well under a second per run. ``FAKE_BACKEND_CRASH``
-makes it fail on purpose: ``raise`` (a Python error in fit), ``segfault``
-(the process dies), ``sleep`` (each epoch sleeps 2 s, for interruption tests),
-``enospc`` (saving a checkpoint finds the disk full), ``nan`` (the epoch's loss is NaN, as
-a diverged run's); ``FAKE_BACKEND_CRASH_EPOCH=N``
-limits it to global epoch N; ``FAKE_BACKEND_SETUP_SLEEP=S`` sleeps S seconds in ``setup`` (a
-child of bench eval or bench throughput to kill). Its one export format, ``npz``, writes the arrays and
-reads them back; ``FAKE_EXPORT_OFFSET`` adds that much to the exported logits (an
-export that fails its check).
+``ToyBackend`` is what ``toy_backend.INFO`` names; it runs the real driver, runner,
+result files and reports in well under a second per run. ``FakeBackend`` is the same
+backend registered as a class, for the harness tests:
+``TRANSFER_BENCH_BACKENDS=fake=fake_backend:FakeBackend`` (with ``tests/`` on
+``PYTHONPATH``). ``FAKE_BACKEND_CRASH`` makes it fail on purpose: ``raise`` (a Python
+error in fit), ``segfault`` (the process dies), ``sleep`` (each epoch sleeps 2 s, for
+interruption tests), ``enospc`` (saving a checkpoint finds the disk full), ``nan`` (the
+epoch's loss is NaN, as a diverged run's); ``FAKE_BACKEND_CRASH_EPOCH=N`` limits it to
+global epoch N; ``FAKE_BACKEND_SETUP_SLEEP=S`` sleeps S seconds in ``setup`` (a child of
+bench eval or bench throughput to kill). Its one export format, ``npz``, writes the
+arrays and reads them back; ``FAKE_EXPORT_OFFSET`` adds that much to the exported logits
+(an export that fails its check).
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ def _crash(global_epoch: int) -> str | None:
     return os.environ.get("FAKE_BACKEND_CRASH")
 
 
-class FakeBackend(Backend):
-    name = "fake"
-    checkpoint_suffix = ".pkl"
+class ToyBackend(Backend):
+    name = "toy"
+    checkpoint_suffix = ".pkl"  # as toy_backend.INFO says
     export_formats = ("npz",)
 
     def frameworks(self):
@@ -156,6 +157,12 @@ class FakeBackend(Backend):
         t = measure_steps(lambda: self._forward(x), lambda: None, batch_size=batch_size, steps=steps,
                           warmup=warmup)
         return {"precision": precision, **{kind: t for kind in kinds}, "peak_memory_bytes": None}
+
+
+class FakeBackend(ToyBackend):
+    """The toy backend registered as a class (``fake=fake_backend:FakeBackend``)."""
+
+    name = "fake"
 
 
 class CrashingBackend(FakeBackend):
