@@ -192,6 +192,9 @@ class Sweep:
     start_seconds: float        # a job's process start, framework import and model build
     e2e_phase_seconds: float    # one end-to-end phase (two epochs over the JPEG folder)
     e2e_tier: int = 4           # priority of its end-to-end rows (2: the end-to-end target)
+    # its model-step jobs count each model's FLOPs (``Backend.forward_flops``) for every row's
+    # MFU; one backend does (PyTorch's FlopCounterMode)
+    counts_flops: bool = False
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,8 @@ SWEEP_MODES = {(b, m.name): m for b, m in sorted(
     ((b, m) for b, declared in SWEEPS.items() for m in declared.modes), key=lambda bm: bm[1].order)}
 MODES: tuple[tuple[str, str], ...] = tuple(SWEEP_MODES)
 COMPILED = {m.name for m in SWEEP_MODES.values() if m.compiled}  # every new shape is a compilation
+# the backend whose model-step jobs count each model's FLOPs (Backend.forward_flops)
+FLOPS_BACKEND = next((b for b, declared in SWEEPS.items() if declared.counts_flops), None)
 HEADLINE_MODELS = ("inception_v3", "resnet50")
 BATCH_SIZES = (256, 128, 64)
 PRECISIONS = ("bf16", "fp32")
@@ -289,17 +291,18 @@ def plan(settings: Settings) -> tuple[list[Job], list[dict]]:
     # within a priority the cheaper mode first (its model steps; stable: then MODES' and the
     # models' order)
     jobs.sort(key=lambda j: (j.tier, START_SECONDS[j.backend] + sum(j.item_seconds(i) for i in j.items)))
-    # FLOPs: counted by the first PyTorch job of each model (it has the torchvision model
-    # built); a model no PyTorch job measures gets a counting job of its own, first
+    # FLOPs: counted by the first job of each model on the backend that counts them
+    # (``Sweep.counts_flops``: PyTorch, which has the torchvision model built); a model no
+    # such job measures gets a counting job of its own, first, in that backend's first mode
     counted = set()
     for j in jobs:
-        if j.job == "model_step" and j.backend == "pytorch" and (j.model, j.image_size) not in counted:
+        if j.job == "model_step" and j.backend == FLOPS_BACKEND and (j.model, j.image_size) not in counted:
             j.count_flops = True
             counted.add((j.model, j.image_size))
     needs_flops = sorted({(j.model, j.image_size) for j in jobs if j.job == "model_step"} - counted)
-    if needs_flops and availability("pytorch") is None:
-        jobs.insert(0, Job("flops", "pytorch", "eager", ",".join(m for m, _ in needs_flops),
-                           "fp32", 0, -1))
+    if needs_flops and FLOPS_BACKEND and availability(FLOPS_BACKEND) is None:
+        jobs.insert(0, Job("flops", FLOPS_BACKEND, SWEEPS[FLOPS_BACKEND].modes[0].name,
+                           ",".join(m for m, _ in needs_flops), "fp32", 0, -1))
     return jobs, skipped
 
 

@@ -29,5 +29,5 @@ INFO = BackendInfo(
     sweep=Sweep(modes=(SweepMode("eager", order=0, train_seconds=5.0, infer_seconds=3.0, tier=0),
                        SweepMode("torch.compile", order=2, train_seconds=90.0, infer_seconds=40.0,
                                  compiled=True)),
-                start_seconds=10.0, e2e_phase_seconds=15.0, e2e_tier=2),
+                start_seconds=10.0, e2e_phase_seconds=15.0, e2e_tier=2, counts_flops=True),
 )
