@@ -31,7 +31,7 @@ def main(config_file: str, out_file: str) -> None:
     import keras
 
     from backends.keras.model import HEAD_LOGITS
-    from backends.keras.train import with_param_groups
+    from backends.keras.recipe import with_param_groups
 
     backend.setup(split, config.data.image_size)
     backend.build(get_model(config.model.name), split.num_classes, WeightsRequest("none"), 0)

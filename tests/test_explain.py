@@ -97,13 +97,13 @@ def test_the_page_changes_when_a_marked_region_changes(tmp_path):
 
 def test_a_missing_region_is_one_line_naming_the_file_and_the_region(tmp_path, capsys):
     _copy_sources(tmp_path)
-    path = tmp_path / "backends/keras/train.py"
-    path.write_text(path.read_text().replace("# --8<-- [end:fit]", "# the end mark lost"))
-    with pytest.raises(ExplainError, match=r"train\.py: region 'fit' is never closed"):
+    path = tmp_path / "backends/keras/recipe.py"
+    path.write_text(path.read_text().replace("# --8<-- [end:predict]", "# the end mark lost"))
+    with pytest.raises(ExplainError, match=r"recipe\.py: region 'predict' is never closed"):
         render(load_recipe("two_phase"), tmp_path)
-    path.write_text(path.read_text().replace("# --8<-- [start:fit]", "# the start mark lost"))
-    with pytest.raises(ExplainError, match=r"train\.py: no region 'fit' \(mark it with"):
-        extract_region(path, "fit")
+    path.write_text(path.read_text().replace("# --8<-- [start:predict]", "# the start mark lost"))
+    with pytest.raises(ExplainError, match=r"recipe\.py: no region 'predict' \(mark it with"):
+        extract_region(path, "predict")
 
 
 def test_regions_keep_their_relative_indentation_and_join_parts_with_an_ellipsis(tmp_path):

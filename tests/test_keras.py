@@ -37,7 +37,9 @@ from backends.keras.backend import KerasBackend  # noqa: E402
 from backends.keras.catalog import MODELS  # noqa: E402
 from backends.keras.data import KerasData  # noqa: E402
 from backends.keras.model import build_model  # noqa: E402
-from backends.keras.train import make_optimizer, with_param_groups  # noqa: E402
+from backends.keras import recipe  # noqa: E402
+from backends.keras.describe import optimizer_text  # noqa: E402
+from backends.keras.recipe import make_optimizer, with_param_groups  # noqa: E402
 from backends.keras.weights import head_file, restore_backbone  # noqa: E402
 from benchmarks import driver, report  # noqa: E402
 from common.config import Phase, load_recipe  # noqa: E402
@@ -223,6 +225,25 @@ def test_fit_phase_is_one_fit_scheduled_by_common_schedule(shared, top2_epoch):
         assert stats["images"] == 15 and stats["seconds"] > 0 and np.isfinite(stats["loss"])
 
 
+# ------------------------------------------------- the adapter runs recipe.py
+
+def test_the_adapter_runs_the_recipe_module(shared, monkeypatch):
+    """apply_phase and predict go through recipe.py's functions (patched here to record their
+    calls), and the phase's words are describe_phase's."""
+    calls = []
+    for name in ("set_trainable", "compile_phase", "predict"):
+        real = getattr(recipe, name)
+        monkeypatch.setattr(recipe, name, lambda *a, _real=real, _name=name, **k:
+                            calls.append(_name) or _real(*a, **k))
+    report_ = shared.apply_phase(TOP2, 1)
+    assert calls == ["set_trainable", "compile_phase"]
+    assert report_["native"]["compile"] == "recompiled"
+    assert report_["trainable_blocks"] == ["Mixed_7b", "Mixed_7c"]
+    logits = shared.predict("val")
+    assert calls == ["set_trainable", "compile_phase", "predict"]
+    assert logits.shape[1] == shared.split.num_classes
+
+
 # -------------------------------------------------------------- optimizers
 
 def test_optimizers_take_learning_rate_and_reject_lr(shared):
@@ -267,12 +288,13 @@ def test_adamw_param_groups_decay_each_group_with_its_own_learning_rate():
     phase = Phase(name="full", train="all", optimizer="adamw", learning_rate=0.01,
                   head_lr_multiplier=10.0, weight_decay=0.5)
     backbone, head = keras.Variable(np.full(2, 2.0, np.float32)), keras.Variable(np.full(2, 2.0, np.float32))
-    opt, text = make_optimizer(phase, [head])
+    opt, text = make_optimizer(phase, [head]), optimizer_text(phase)
     assert "AdamW per param group" in text and "x10" in text
     opt.apply_gradients([(np.zeros(2, np.float32), backbone), (np.zeros(2, np.float32), head)])
     np.testing.assert_allclose(backbone.numpy(), 2.0 * (1 - 0.01 * 0.5), rtol=1e-6)
     np.testing.assert_allclose(head.numpy(), 2.0 * (1 - 0.1 * 0.5), rtol=1e-6)
-    single, text = make_optimizer(dataclasses.replace(phase, head_lr_multiplier=1.0), [head])
+    single_phase = dataclasses.replace(phase, head_lr_multiplier=1.0)
+    single, text = make_optimizer(single_phase, [head]), optimizer_text(single_phase)
     assert type(single) is keras.optimizers.AdamW and "weight_decay=0.5" in text
 
 
@@ -855,8 +877,8 @@ def test_keras_rmsprop_is_the_aligned_formula_and_aligned_decay_spares_biases():
     aligned = Fidelity("aligned", "aligned", "aligned")
     for fidelity in (Fidelity(), aligned):
         w = keras.Variable(np.ones(1, np.float32))
-        opt, _ = make_optimizer(Phase(optimizer="rmsprop", learning_rate=0.1, rmsprop_rho=0.9,
-                                      epsilon=0.5), [], fidelity)
+        opt = make_optimizer(Phase(optimizer="rmsprop", learning_rate=0.1, rmsprop_rho=0.9,
+                                   epsilon=0.5), [], fidelity)
         opt.apply_gradients([(np.ones(1, np.float32), w)])
         np.testing.assert_allclose(w.numpy(), 1 - 0.1 / (0.1 + 0.5) ** 0.5, rtol=1e-6)
     for optimizer in ("sgd", "adamw"):
@@ -864,7 +886,7 @@ def test_keras_rmsprop_is_the_aligned_formula_and_aligned_decay_spares_biases():
         for fidelity, bias_after in ((Fidelity(), 1 - 0.1 * 0.5), (aligned, 1.0)):
             kernel = keras.Variable(np.ones((2, 2), np.float32))
             bias = keras.Variable(np.ones(2, np.float32))
-            opt, text = make_optimizer(phase, [], fidelity)
+            opt, text = make_optimizer(phase, [], fidelity), optimizer_text(phase, fidelity)
             assert ("kernels only" in text) is (fidelity == aligned)
             # zero gradients: only the decay moves a value (Adam's own step is 0 / (0 + eps))
             opt.apply_gradients([(np.zeros((2, 2), np.float32), kernel),

@@ -1,11 +1,13 @@
 """``KerasBackend``: the recipe in Keras 3 (any of its backends; tensorflow by default).
 
-Thin: it composes ``model`` (keras.applications + new head, canonical blocks
-as layer index ranges), ``train`` (``layer.trainable`` + recompile,
-optimizers with a head param group, one ``model.fit`` per phase with the
-schedule, the driver's per-epoch work and TensorBoard as callbacks), ``data``
-(tf.data or a PyDataset over the common split), ``weights`` (``.weights.h5``
-+ a head JSON, ImageNet, backbone-only restore) and ``throughput``.
+Thin: it calls ``recipe`` (the keras.io guide's steps: new head, backbone-only
+restore, ``layer.trainable`` + recompile, optimizers with a head param group,
+one ``model.fit`` per phase with the schedule, ``predict``) and composes
+``model`` (keras.applications + the recipe's head, canonical blocks as layer
+index ranges), ``train`` (the driver's per-epoch work, progress and
+TensorBoard as ``fit`` callbacks), ``describe`` (the phase's words in the
+report), ``data`` (tf.data or a PyDataset over the common split), ``weights``
+(``.weights.h5`` + a head JSON, ImageNet) and ``throughput``.
 
 One class serves the three registry entries ``keras`` (on TensorFlow),
 ``keras-jax`` and ``keras-torch``: the runner sets ``KERAS_BACKEND`` from the
@@ -26,7 +28,7 @@ How Keras differs, and what this backend does about it:
   BN layers trainable and freezes their gamma/beta variables instead.
 * Keras reads ``trainable`` when it compiles: every phase recompiles.
 * Optimizers take ``learning_rate=`` (``lr=`` raises in Keras 3) and have no
-  param groups; ``train.with_param_groups`` gives the head its own LR.
+  param groups; ``recipe.with_param_groups`` gives the head its own LR.
 * Keras has no auxiliary Inception head; ``aux_logits`` is reported as
   unavailable, not an error.
 """
@@ -51,23 +53,14 @@ from common.preprocess import get_normalisation, get_preset
 from common.progress import Progress
 from common.schedule import learning_rate_at
 
-from . import export as export_lib, parallel as parallel_lib, weights as kweights
+from . import export as export_lib, parallel as parallel_lib, recipe, weights as kweights
 from .data import KerasData
+from .describe import describe_phase
 from .model import build_model
 from . import throughput as throughput_lib
 from .throughput import POLICIES, device_info
-from .train import (EventFile, ProgressCallback, compile_phase, fit_epochs, set_trainable,
-                    tensorboard_available, tensorboard_callback, weight_count)
-
-BN_MODES = {
-    "frozen": "frozen blocks: layer.trainable=False, so their BatchNormalization runs in "
-              "inference mode (Keras 3); trained blocks: batch statistics",
-    "train": "every BatchNormalization layer trainable (batch statistics, moving averages "
-             "updated); gamma/beta variables of frozen blocks set trainable=False",
-    "inference": "the backbone called as base(x, training=False) from a layer (fit's "
-                 "training=True would reach every node of a functional graph): every "
-                 "BatchNormalization on its moving statistics; trainable layers' betas train",
-}
+from .train import (EventFile, ProgressCallback, fit_epochs, tensorboard_available,
+                    tensorboard_callback)
 
 
 def seed_without_tensorflow(seed: int) -> None:
@@ -169,43 +162,11 @@ class KerasBackend(Backend):
             kweights.restore_backbone(self.km, path, self.image_size, weights.reuse_head_rows)
 
     def _apply_phase(self, phase: Phase, index: int) -> dict:
-        info = set_trainable(self.km, phase)
-        self.optimizer, optimizer_text = compile_phase(self.km, phase, self.config.recipe.fidelity)
+        recipe.set_trainable(self.km, phase)
+        self.optimizer = recipe.compile_phase(self.km, phase, self.config.recipe.fidelity)
         self._applied = phase
-        trainable = self.km.model.trainable_weights
-        native = {"layer_range": info["layer_range"], "trainable_layers": info["trainable_layers"],
-                  **({"unfreeze_from": phase.unfreeze_from}
-                     if phase.unfreeze_from is not None else {}),
-                  "fit_model": self.km.train_model.name,
-                  "bn_statistics_only_layers": info["bn_statistics_only_layers"],
-                  "head_layers": [layer.name for layer in self.km.head_layers()],
-                  "optimizer": optimizer_text, "bn": f"{phase.bn}: {BN_MODES[phase.bn]}",
-                  "compile": "recompiled", **self._execution()}
-        if self.config.model.aux_logits:
-            native["aux_logits"] = "unavailable: keras.applications has no auxiliary Inception head"
-        return {"trainable_blocks": info["trainable_blocks"],
-                **({"partially_trained_blocks": info["partially_trained_blocks"]}
-                   if info["partially_trained_blocks"] else {}),
-                "trainable_params": weight_count(trainable),
-                "total_params": weight_count(self.km.parameters()),
-                "trainable_tensors": len(trainable), "native": native}
-
-    def _execution(self) -> dict:
-        """How this Keras backend runs the phase: the three differ (docs/differences.md)."""
-        value = self.km.model.weights[0].value  # the backend's own tensor behind a keras.Variable
-        if keras.backend.backend() == "tensorflow":
-            tensorboard = "keras.callbacks.TensorBoard (tf.summary)"
-        elif tensorboard_available():
-            tensorboard = "epoch scalars via the tensorboard package (Keras' callback needs TensorFlow)"
-        else:
-            tensorboard = "not written: the tensorboard package is not installed"
-        return {"keras_backend": keras.backend.backend(),
-                # compile(jit_compile="auto"): XLA on jax always, on TensorFlow only with a GPU;
-                # never on torch (eager)
-                "jit_compile": bool(self.km.train_model.jit_compile),
-                "variables": f"{type(value).__module__}.{type(value).__qualname__}",
-                "input_pipeline": self.data.pipeline, "fit": "one model.fit per phase",
-                "tensorboard": tensorboard}
+        return describe_phase(self.km, phase, self.config.recipe.fidelity, self.data.pipeline,
+                              self.config.model.aux_logits)
 
     def _set_learning_rate(self, learning_rate: float) -> None:
         self.optimizer.learning_rate = learning_rate  # the head's x multiplier is in the optimizer
@@ -219,8 +180,7 @@ class KerasBackend(Backend):
         def phase_epoch_end(k: int, stats: dict) -> None:
             on_epoch_end(k - offset, learning_rate_at(phase, k - offset), stats)
 
-        schedule = keras.callbacks.LearningRateScheduler(
-            lambda k, lr: learning_rate_at(phase, k - offset))  # common.schedule's value
+        schedule = recipe.learning_rate_schedule(phase, offset)  # common.schedule's value
         tensorboard = tensorboard_callback(self.run_dir / "tensorboard" / phase.name)
         fit_epochs(self.km, self.data.train(range(global_epoch + 1, global_epoch + epochs + 1),
                                             phase.augment),
@@ -240,12 +200,9 @@ class KerasBackend(Backend):
         samples = self.split.subset(subset)
         if not samples:
             return np.zeros((0, width), np.float32)
-        # --8<-- [start:predict]
-        # predict() calls the model with training=False: every BN layer uses moving statistics.
         with Progress(batch_count(len(samples), self.config.train.batch_size),
                       self.pass_name) as bar:
-            out = model.predict(self.data.eval(subset), verbose=0, callbacks=[ProgressCallback(bar)])
-        # --8<-- [end:predict]
+            out = recipe.predict(model, self.data.eval(subset), callbacks=[ProgressCallback(bar)])
         return np.asarray(out, np.float32)[:len(samples)]  # padding of a sharded last batch
 
     def _predict(self, subset: str) -> np.ndarray:

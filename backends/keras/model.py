@@ -205,15 +205,9 @@ def build_model(spec: ModelSpec, entry: ModelEntry, num_classes: int, image_size
             # Keras' default momentum is 0.99; the suite uses one decay everywhere
             # (common.models.BN_DECAY; torch expresses the same as momentum=0.1).
             layer.momentum = BN_DECAY
-    # --8<-- [start:new-head]
-    pooled = keras.layers.GlobalAveragePooling2D(name=FEATURES_LAYER)(base.output)
-    x = keras.layers.Dropout(dropout, name=DROPOUT_LAYER)(pooled) if dropout else pooled
-    if head_hidden_units:
-        x = keras.layers.Dense(head_hidden_units, activation="relu", name=HEAD_HIDDEN)(x)
-    # Logits, no softmax (losses use from_logits=True); kept float32 under mixed precision.
-    logits = keras.layers.Dense(num_classes, name=HEAD_LOGITS, dtype="float32")(x)
-    model = keras.Model(base.input, logits, name=f"{spec.name}_transfer")
-    # --8<-- [end:new-head]
+    from .recipe import new_head  # recipe.py imports this module
+
+    model, pooled = new_head(base, spec, num_classes, head_hidden_units, dropout)
     features = keras.Model(base.input, pooled, name=f"{spec.name}_features")
     num_base = len(base.layers)
     blocks = block_ranges(model.layers[:num_base], spec, entry)
@@ -226,7 +220,7 @@ def build_model(spec: ModelSpec, entry: ModelEntry, num_classes: int, image_size
                          f"catalog says {dict(entry.first_layers)} of {entry.base_layers}")
     # every weight is trainable right after construction, except BN moving statistics
     params = frozenset(id(v) for v in model.trainable_weights)
-    weights_view = keras.Model(base.input, logits, name=f"{spec.name}_weights")
+    weights_view = keras.Model(base.input, model.output, name=f"{spec.name}_weights")
     return KerasModel(spec, entry, model, features, num_base, blocks, head_hidden_units, params,
                       weights_view, base=base, dropout=dropout, train_model=model)
 

@@ -32,8 +32,9 @@ import numpy as np
 
 from backends.base import BackendError, ModelEntry
 
+from . import recipe
 from .catalog import imagenet_dir
-from .model import HEAD_LOGITS, KerasModel, build_model
+from .model import HEAD_LOGITS, KerasModel
 
 WEIGHTS_SUFFIX = ".weights.h5"
 OPTIMIZER_SUFFIX = ".optimizer.npz"
@@ -151,7 +152,8 @@ def checkpoint_head(path: Path) -> tuple[str, int, int]:
 
 def restore_backbone(km: KerasModel, path: str, image_size: int,
                      reuse_head_rows: dict[int, int]) -> None:
-    """Copy the backbone (never the head) of a ``.weights.h5`` into ``km``."""
+    """Copy the backbone (never the head) of a ``.weights.h5`` into ``km``
+    (``recipe.restore_without_head``), after checking the ``.head.json`` beside it."""
     path = Path(path)
     model, num_classes, hidden = checkpoint_head(path)
     if model != km.spec.name:
@@ -160,18 +162,11 @@ def restore_backbone(km: KerasModel, path: str, image_size: int,
     if reuse_head_rows and (km.head_hidden_units or hidden):
         raise BackendError("reuse_head_rows needs a linear head (head_hidden_units = 0) in the "
                            "checkpoint and in this run")
-    # --8<-- [start:restore-without-head]
-    source = build_model(km.spec, km.entry, num_classes, image_size, hidden)
     try:
-        source.weights_view.load_weights(str(path))
-    # --8<-- [end:restore-without-head]
-    except (ValueError, KeyError) as err:
+        source = recipe.restore_without_head(km, str(path), num_classes, hidden, image_size)
+    except (ValueError, KeyError) as err:  # the file's structure is not the model's
         raise BackendError(f"{path} does not fit keras {km.spec.name}: "
                            f"{str(err).splitlines()[0]}") from None
-    # --8<-- [start:restore-without-head]
-    for src, dst in zip(source.layers[:source.num_base_layers], km.layers[:km.num_base_layers]):
-        dst.set_weights(src.get_weights())
-    # --8<-- [end:restore-without-head]
     if reuse_head_rows:
         copy_head_rows(source.model.get_layer(HEAD_LOGITS), km.model.get_layer(HEAD_LOGITS),
                        reuse_head_rows)
