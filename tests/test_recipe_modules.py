@@ -19,7 +19,7 @@ MAX_LINES = 250
 FORBIDDEN = re.compile(r"result|report|describe|seconds|json|perf_counter|timeline|\btime\b",
                        re.IGNORECASE)
 #: the frameworks whose recipe.py exists (extend this list, one name per framework)
-FRAMEWORKS = ["slim"]
+FRAMEWORKS = ["slim", "keras"]
 
 
 def _recipe(framework: str) -> Path:
@@ -41,7 +41,7 @@ def _uses_of_recipe(path: Path) -> set[str]:
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
                 and node.value.id == "recipe":
             used.add(node.attr)
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").endswith(".recipe"):
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[-1] == "recipe":
             used.update(alias.name for alias in node.names)
     return used
 
