@@ -44,6 +44,7 @@ def restore_without_head(km: KerasModel, path: str, num_classes: int, head_hidde
     the model shaped like the checkpoint. Keras 3 loads such a file by structure, not by layer
     name (``skip_mismatch=True`` would load a head whose shape happens to match)."""
     # --8<-- [start:restore-without-head]
+    # a model shaped like the checkpoint loads it; its backbone's layers are copied across
     source = build_model(km.spec, km.entry, num_classes, image_size, head_hidden_units)
     source.weights_view.load_weights(str(path))
     for src, dst in zip(source.layers[:source.num_base_layers], km.layers[:km.num_base_layers]):
