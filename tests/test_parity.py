@@ -310,8 +310,9 @@ def test_bench_parity_train_command_names_the_batchnorm_variance_switch(tmp_path
     with BatchNorm in training mode and weight decay: Keras' moving variance differs from
     torch's and slim's natively, and the difference is explained by bn_moving_variance
     (leaving it alone native brings it back); aligning every switch shrinks it. What remains
-    aligned (the batch statistics of 5 images at 1x1 in Mixed_7b/7c) is reported, and the
-    command exits 1 while any pair is beyond 1e-5. Slow: 12 framework processes."""
+    aligned (the batch statistics of 5 images at 1x1 in Mixed_7b/7c) is reported beside each
+    backend's fp32 floor, and the command exits 1 while any pair is beyond 1e-5. Slow: 15
+    framework processes."""
     for b in ("pytorch", "keras", "slim"):
         require_backend(b)
     from benchmarks import cli
@@ -327,6 +328,7 @@ def test_bench_parity_train_command_names_the_batchnorm_variance_switch(tmp_path
     native = case["fidelity"]["native"]["pytorch-keras"]["steps"]["3"]["Mixed_7c"][MOVING]["rel"]
     aligned = case["fidelity"]["aligned"]["pytorch-keras"]["steps"]["3"]["Mixed_7c"][MOVING]["rel"]
     assert aligned < native / 5
+    assert set(case["fp32_floor"]) == {"pytorch", "keras", "slim"}
     assert code == (0 if all(report["aligned_within_target"]["top2-sgd-bn-train-wd"].values()) else 1)
     assert "## top2-sgd-bn-train-wd" in capsys.readouterr().out
 
@@ -390,3 +392,72 @@ def test_the_differences_rows_are_the_committed_train_parity_report():
     assert aligned["keras-slim"]["max_rel"] < 1e-4  # as docs/weights-and-parity.md says
     assert report["cases"]["top2-sgd-bn-train-wd"]["explained_by"]["pytorch-keras"] == \
         ["bn_moving_variance"]
+    # what aligned leaves beyond 1e-5 is within each pair's fp32 floor (docs/weights-and-parity.md)
+    for case in ("top2-sgd-bn-train-wd", "top2-rmsprop-bn-frozen"):
+        r = report["cases"][case]
+        assert set(r["fp32_floor"]) == {"pytorch", "keras", "slim"}
+        assert report["aligned_within_floor"][case] == {p: True for p in r["pair_floor"]}
+        assert not all(report["aligned_within_target"][case].values())
+
+
+def test_ulp_perturbed_moves_every_value_by_exactly_one_ulp_up_or_down():
+    """The fp32 floor's input: each value one ulp away from the golden one, both ways,
+    the same draw for the same seed."""
+    from benchmarks.parity import training_batch, ulp_perturbed
+
+    images, _ = training_batch("inception_v3", 75)
+    nudged = ulp_perturbed(images, 0)
+    assert nudged.dtype == np.float32 and np.array_equal(nudged, ulp_perturbed(images, 0))
+    up = nudged == np.nextafter(images, np.float32(np.inf))
+    down = nudged == np.nextafter(images, np.float32(-np.inf))
+    assert np.all(up | down) and 0.4 < up.mean() < 0.6
+    assert not np.array_equal(nudged, ulp_perturbed(images, 1))
+
+
+def test_a_case_with_a_switch_measures_each_backends_fp32_floor_and_the_verdict_uses_it():
+    """A case with a switch runs once more per backend, every switch aligned, on the batch
+    moved by one ulp; a pair's floor is the sum of its backends' floors, and the report tells
+    a pair beyond the target but within that floor (rounding) from one beyond it."""
+    from benchmarks.parity import (FLOOR, TRAIN_CASES, fp32_floor, pair_floors, train_markdown,
+                                   train_runs)
+    from common.config import Phase
+
+    assert list(train_runs(Phase(train="head"))) == ["native"]
+    runs = train_runs(TRAIN_CASES["top2-rmsprop-bn-frozen"])
+    assert list(runs)[-1] == FLOOR and runs[FLOOR] == runs["aligned"]
+
+    def run(loss, head):
+        return {"loss": [loss], "tensors": {1: {"head/kernel": np.array([head], np.float32)}}}
+
+    by_label = {"aligned": {"a": run(1.0, 1.0), "b": run(1.0, 1.0)},
+                FLOOR: {"a": run(1.0, 0.999), "b": run(1.0, 0.99999)}}
+    floor = fp32_floor(by_label, SPEC)
+    assert floor["a"]["max_rel"] == pytest.approx(1e-3, rel=1e-3)
+    assert floor["b"]["max_rel"] == pytest.approx(1e-5, rel=1e-2)
+    pairs = pair_floors(floor, ["a", "b"])
+    assert pairs == {"a-b": pytest.approx(1.01e-3, rel=1e-2)}
+    assert fp32_floor({"aligned": by_label["aligned"]}, SPEC) == {} and pair_floors({}, ["a"]) == {}
+
+    def cell(rel):
+        return {"loss_rel": [rel], "max_rel": rel,
+                "steps": {"1": {"head": {"trained": {"max_abs": rel, "rel": rel}}}}}
+
+    def case(aligned):
+        return {"phase": {"train": "top", "top_blocks": 2, "optimizer": "rmsprop",
+                          "learning_rate": 1e-3, "bn": "frozen", "weight_decay": 0.0,
+                          "head_lr_multiplier": 1.0},
+                "switches": ["rmsprop"], "fidelity": {"native": {"a-b": cell(0.1)},
+                                                      "aligned": {"a-b": cell(aligned)}},
+                "explained_by": {"a-b": ["rmsprop"]}, "fp32_floor": floor, "pair_floor": pairs}
+
+    report = {"model": "inception_v3", "image_size": 75, "steps": [1], "batch": {"labels": [0]},
+              "weights": {"kind": "random", "digest": "0" * 64}, "target_rel": 1e-5,
+              "processes": "this process", "skipped": {},
+              "cases": {"rounding": case(8e-4), "beyond": case(5e-3)}}
+    md = train_markdown(report)
+    assert ("fp32 floor, each backend against itself with every input value moved by one ulp "
+            "(every switch aligned), max rel after 1 steps: a 1.00e-03, b 1.00e-05.") in md
+    assert ("- a-b: native 1.00e-01 (explained by rmsprop); aligned 8.00e-04, NOT within the "
+            "target, within the pair's fp32 floor (1.01e-03, the sum of its two backends' "
+            "floors).") in md
+    assert "aligned 5.00e-03, NOT within the target, NOT within the pair's fp32 floor" in md
