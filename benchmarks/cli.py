@@ -374,7 +374,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     par.add_argument("--train", action="store_true",
                      help="compare training steps instead: K = 1 and 3 steps of each case's phase "
                           "from the same weights on one fixed batch, each fidelity (native, "
-                          "aligned, each switch aligned alone); writes train_parity.json/.md")
+                          "aligned, each switch aligned alone) and each backend's fp32 floor "
+                          "(aligned, on the batch moved by one ulp); writes train_parity.json/.md")
     par.add_argument("--cases", help="with --train: a comma list of cases (default: all): "
                                      "head-momentum, top2-rmsprop-bn-frozen, top2-sgd-bn-train-wd, "
                                      "all-adam-bn-inference, all-adamw-wd-head-x10, "
