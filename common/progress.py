@@ -10,7 +10,7 @@ decided here, once per process, by ``PROGRESS_ENV`` or the terminal:
 * ``lines``: a plain log line (``common.progress`` logger) at most every
   ``LINE_SECONDS`` (30 s) while a pass runs, so a log file or CI output shows a sign
   of life without a line per batch — when it is not;
-* ``events``: one ``EVENT_MARK`` + JSON line on stdout at most every
+* ``events``: one ``progress`` message (``common.messages``) on stdout at most every
   ``EVENT_SECONDS`` (0.5 s) for a pass longer than that. ``bench`` sets this for the worker
   processes it starts (their stdout is a pipe), and re-renders the events with its
   own ``bar`` or ``lines`` rendering (``ProgressRelay``), so the parent's terminal,
@@ -22,18 +22,18 @@ decided here, once per process, by ``PROGRESS_ENV`` or the terminal:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 import time
 from typing import Iterable, Iterator, TextIO, TypeVar
 
+from common import messages
+
 PROGRESS_ENV = "TRANSFER_BENCH_PROGRESS"
 # seconds between plain lines and between events, instead of the defaults below
 SECONDS_ENV = "TRANSFER_BENCH_PROGRESS_SECONDS"
 MODES = ("bar", "lines", "events", "off")
-EVENT_MARK = "|progress "
 LINE_SECONDS = 30.0   # plain lines: at most one per pass every 30 s
 EVENT_SECONDS = 0.5   # events for the parent: at most two a second, none for a shorter pass
 
@@ -135,10 +135,8 @@ class Progress:
     def _event(self, done: bool) -> None:
         self._sent = True
         stream = self._stream if self._stream is not None else sys.stdout
-        event = {"desc": self.desc, "n": self.n, "total": self.total, "unit": self.unit,
-                 "done": done}
-        stream.write(EVENT_MARK + json.dumps(event) + "\n")
-        stream.flush()
+        messages.send("progress", stream, desc=self.desc, n=self.n, total=self.total,
+                      unit=self.unit, done=done)
 
 
 def progress(iterable: Iterable[T], total: int | None = None, desc: str = "",
@@ -153,14 +151,12 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str = "",
 
 
 def parse_event(line: str) -> dict | None:
-    """The event in a child's output line, or None when the line is not one."""
-    if not line.startswith(EVENT_MARK):
+    """The progress event in a child's output line (a ``progress`` message without its
+    kind), or None when the line is not one."""
+    message = messages.decode(line)
+    if message is None or message[messages.KEY] != "progress" or "desc" not in message:
         return None
-    try:
-        event = json.loads(line[len(EVENT_MARK):])
-    except ValueError:
-        return None
-    return event if isinstance(event, dict) and "desc" in event else None
+    return {k: v for k, v in message.items() if k != messages.KEY}
 
 
 class ProgressRelay:

@@ -92,4 +92,4 @@ def test_bench_run_shows_the_workers_progress_and_keeps_it_out_of_the_log(monkey
     terminal = capsys.readouterr().out  # not a terminal here: plain lines
     assert "  [fake-head-s0] predict val: 1/2 batches (50 %)" in terminal
     assert "  [fake-head-s0] predict test: 2/2 batches (100 %)" in terminal
-    assert prog.EVENT_MARK not in (out / "fake-head-s0" / "log.txt").read_text()
+    assert '{"bench": "progress"' not in (out / "fake-head-s0" / "log.txt").read_text()
