@@ -16,11 +16,12 @@ Target: ratio >= 0.98 for every backend.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 from pathlib import Path
+
+from benchmarks import child
 
 TARGET = 0.98
 
@@ -69,10 +70,9 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # child-process mode
     args = p.parse_args(argv)
     if args.json:
-        print(json.dumps(measure(args.backend, args.model, args.image_size, args.batch_size,
-                                 args.steps, args.rounds)))
-        return 0
-    from benchmarks.json_subprocess import run_per_backend
+        child.begin()
+        return child.serve(lambda: measure(args.backend, args.model, args.image_size,
+                                           args.batch_size, args.steps, args.rounds))
 
     def describe(r: dict) -> tuple[str, bool]:
         met = r["ratio"] >= TARGET
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
                 f"{r['bare_images_per_second']:.1f} img/s = {r['ratio']:.3f} "
                 f"(target >= {TARGET}: {'met' if met else 'NOT met'})", met)
 
-    ok = run_per_backend("benchmarks.bench_harness_overhead", args.backend, [
+    ok = child.run_per_backend("benchmarks.bench_harness_overhead", args.backend, [
         "--model", args.model, "--image-size", args.image_size, "--batch-size", args.batch_size,
         "--steps", args.steps, "--rounds", args.rounds], describe)
     return 0 if ok else 1

@@ -18,7 +18,6 @@ one epoch of ``head``).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -26,6 +25,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks import child
 
 TARGET = 1.0
 
@@ -90,9 +91,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # child-process mode
     args = p.parse_args(argv)
     if args.json:
-        print(json.dumps(measure(args.backend, args.model, args.image_size, args.epochs)))
-        return 0
-    from benchmarks.json_subprocess import run_per_backend
+        child.begin()
+        return child.serve(lambda: measure(args.backend, args.model, args.image_size, args.epochs))
 
     def describe(r: dict) -> tuple[str, bool]:
         met = r["ratio"] >= TARGET
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
                 f"{r['linear_probe_fit_seconds'] * 1000:.1f}ms -> {r['ratio']:.3g}x "
                 f"(target >= {TARGET:g}x: {'met' if met else 'NOT met'})", met)
 
-    ok = run_per_backend("benchmarks.bench_linear_probe", args.backend, [
+    ok = child.run_per_backend("benchmarks.bench_linear_probe", args.backend, [
         "--model", args.model, "--image-size", args.image_size, "--epochs", args.epochs], describe)
     return 0 if ok else 1
 

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 from backends.base import BackendError, availability, backend_info, backend_names
-from benchmarks.json_subprocess import run_json_child
+from benchmarks.child import run_json_child
 from common import canonical
 from common.locks import claim_directory
 from common.models import get_model

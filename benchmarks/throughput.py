@@ -5,23 +5,20 @@ trains every layer (the most expensive and most comparable phase) and times
 train and inference steps on an in-memory batch via the backend's
 ``throughput``, which applies ``common.timing.measure_steps``.
 
-Run directly: ``python -m benchmarks.throughput BACKEND MODEL BATCH SIZE PRECISION STEPS WARMUP``
-prints one JSON line.
+Run directly: ``python -m benchmarks.throughput BACKEND MODEL BATCH SIZE PRECISION STEPS WARMUP
+DEVICES`` answers with one ``result`` message (``benchmarks.child``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import sys
 import tempfile
-import traceback
 from pathlib import Path
 
 from backends.base import WeightsRequest, backend_info, get_backend
-from benchmarks.json_subprocess import run_json_child
-from benchmarks.run_worker import die_with_bench
+from benchmarks import child
 from benchmarks.driver import throughput_phase_record
 from common.config import Phase, Recipe, RunConfig, DataConfig, ModelConfig, TrainConfig
 from common.data import Sample, Split
@@ -69,15 +66,14 @@ def measure_in_child(backend: str, model: str, batch_size: int, image_size: int 
     """``measure`` in a fresh interpreter (frameworks never share a process); on several
     devices under the backend's launcher (torchrun) and parallel environment, as ``bench run``."""
     info = backend_info(backend)
-    launcher, environment = [], {}
-    if devices > 1:
-        if info.launcher:
-            launcher = ["-m", info.launcher, "--standalone", f"--nproc-per-node={devices}",
-                        "--max-restarts=0"]
-        environment = info.process_environment(devices)
-    result = run_json_child("benchmarks.throughput", [backend, model, batch_size, image_size or 0,
-                                                      precision, steps, warmup, devices],
-                            launcher=launcher, environment=environment)
+    launcher = []
+    if devices > 1 and info.launcher:
+        launcher = ["-m", info.launcher, "--standalone", f"--nproc-per-node={devices}",
+                    "--max-restarts=0"]
+    result = child.run_json_child("benchmarks.throughput", [backend, model, batch_size,
+                                                            image_size or 0, precision, steps,
+                                                            warmup, devices],
+                                  launcher=launcher, backend=backend, devices=devices)
     result.setdefault("backend", backend)
     result.setdefault("model", model)
     result.setdefault("devices", devices)
@@ -127,21 +123,19 @@ def write_scaling_plot(rows: list[dict], path: Path) -> Path:
 
 def main(argv: list[str]) -> int:
     backend, model, batch, size, precision, steps, warmup, devices = argv
-    workdir = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
-    die_with_bench(cleanup=(workdir,))  # a killed bench takes this process and workdir along
-    try:
-        result = measure(backend, model, int(batch), int(size) or None, precision, int(steps),
-                         int(warmup), int(devices), workdir)
-    except Exception as err:  # reported to the parent as a failed measurement
-        result = {"status": "failed", "backend": backend, "model": model,
-                  "error": f"{type(err).__name__}: {err}".splitlines()[0],
-                  "traceback": traceback.format_exc()}
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    result.pop("step_seconds", None)
-    if is_main_process():  # under torchrun, rank 0 answers
-        print(json.dumps(result, default=float))
-    return 0 if result["status"] == "ok" else 1
+    child.begin()  # a killed bench takes this process and its temporary folder along
+
+    def work() -> dict:
+        workdir = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
+        try:
+            result = measure(backend, model, int(batch), int(size) or None, precision,
+                             int(steps), int(warmup), int(devices), workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        result.pop("step_seconds", None)
+        return result
+
+    return child.serve(work, answer=is_main_process())  # under torchrun, rank 0 answers
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Child-process entry point for weights work in one framework (one JSON line out).
+"""Child-process entry point for weights work in one framework (one ``result`` message out).
 
 ``python -m benchmarks.weights_worker COMMAND ...`` where COMMAND is
 
@@ -14,9 +14,9 @@
   model on ``shapes`` in the config's backend and export its canonical weights
   (``driver.pretrain_and_export_source``).
 
-Log messages go to stdout behind ``console.PROGRESS_MARK`` (the parent logs them
-again: pretraining shows its epochs); the last line is ``{"status": "ok", ...}``
-or ``{"status": "failed", "error": one line}``.
+Log messages go to the parent as ``log`` messages (``benchmarks.child``; it logs them
+again: pretraining shows its epochs); the answer is a ``result`` message
+``{"status": "ok", ...}`` or an ``error`` message of one line.
 """
 
 from __future__ import annotations
@@ -24,13 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import traceback
 from pathlib import Path
 
 import numpy as np
 
 from backends.base import BackendError
-from benchmarks.console import PROGRESS_MARK, configure_console
+from benchmarks import child
 from common import canonical
 from common.data import DataError
 
@@ -102,20 +101,10 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.run_worker import die_with_bench
-
     args = _parser().parse_args(argv)
-    die_with_bench()  # a pretraining child must not outlive its run
-    configure_console(prefix=PROGRESS_MARK)  # the parent passes these lines on
-    try:
-        result = {"status": "ok", **run(args)}
-    except (BackendError, canonical.ConversionError, DataError) as err:
-        result = {"status": "failed", "error": str(err).splitlines()[0]}
-    except Exception as err:  # a framework error: one line to the parent, the rest on stderr
-        traceback.print_exc()
-        result = {"status": "failed", "error": f"{type(err).__name__}: {err}".splitlines()[0]}
-    print(json.dumps(result, default=str), flush=True)
-    return 0 if result["status"] == "ok" else 1
+    child.begin()  # a pretraining child must not outlive its run
+    return child.serve(lambda: {"status": "ok", **run(args)},
+                       failed=(BackendError, canonical.ConversionError, DataError))
 
 
 if __name__ == "__main__":
