@@ -19,26 +19,21 @@ import json
 import logging
 import os
 import re
-import subprocess
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from backends.base import availability, backend_info
-from benchmarks.console import PROGRESS_MARK
-from benchmarks.runner import PARENT_PID_ENV
+from benchmarks import child
 from common.config import RunConfig
 from common.data import DataError, Sample, Split, load_dataset
 from common.metrics import classification_metrics, log_softmax
 from common.paths import kind_of, write_problem
-from common.progress import PROGRESS_ENV, ProgressRelay, parse_event, progress_mode
+from common.progress import ProgressRelay
 from common.results import write_json_atomic
 
 log = logging.getLogger(__name__)
-REPO_ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINTS = ("best", "last")
 GOLDEN_IMAGES = 8  # the export check's batch: the run's first test images
 
@@ -181,50 +176,31 @@ def run_in_backend(run: SavedRun, job: dict) -> dict:
     """``job`` done by ``benchmarks.saved_run_worker`` in a process of the run's backend;
     its answer. Log lines are echoed, progress rendered here; an error is raised as
     ``SavedRunError`` (bad input), ``ExportCheckError`` or ``BackendProcessFailed``."""
-    with tempfile.TemporaryDirectory(prefix="bench-saved-run-") as tmp:
+    with child.temporary_folder("bench-saved-run-") as tmp:
+        # the job, the logits and the framework's scratch files lie in ``tmp``: removed here
+        # when the child ends, and by the child itself when bench is killed
         job = {**job, "config": str(run.path / "config.json"), "image_size": run.image_size,
-               "classes": list(run.classes), "answer": str(Path(tmp) / "answer.json")}
-        job_file = Path(tmp) / "job.json"
+               "classes": list(run.classes)}
+        job_file = tmp / "job.json"
         job_file.write_text(json.dumps(job), encoding="utf-8")
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8:backslashreplace")
-        env.update(backend_info(run.config.backend).environment)  # before the framework
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        env[PROGRESS_ENV] = "off" if progress_mode() == "off" else "events"
-        env[PARENT_PID_ENV] = str(os.getpid())  # it dies with bench and removes tmp
         relay = ProgressRelay()
-        tail: list[str] = []
-        proc = subprocess.Popen([sys.executable, "-m", "benchmarks.saved_run_worker", str(job_file)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                encoding="utf-8", errors="replace")
         try:
-            for line in proc.stdout:
-                event = parse_event(line)
-                if event is not None:
-                    relay.feed(event)
-                elif line.startswith(PROGRESS_MARK):
-                    log.info(line[len(PROGRESS_MARK):].rstrip())
-                else:  # framework noise: kept for a crash report
-                    tail = (tail + [line.rstrip()])[-20:]
-            code = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
+            ended = child.run(child.command("benchmarks.saved_run_worker", [job_file]),
+                              child.environment(run.config.backend, tmp=tmp),
+                              on_progress=relay.feed)
         finally:
             relay.close()
-        try:
-            answer = json.loads(Path(job["answer"]).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            last = next((t for t in reversed(tail) if t.strip()), "no output")
-            raise BackendProcessFailed(f"the {run.config.backend} process died (exit code "
-                                       f"{code}): {last}"[:400]) from None
-        if answer["status"] != "ok":
-            message = " ".join(answer["error"].split())
-            if answer.get("kind") == "usage":
+        if ended.error is not None:
+            message = ended.error["error"]
+            if ended.error["kind"] == "usage":
                 raise SavedRunError(message)
-            if answer.get("kind") == "check":
+            if ended.error["kind"] == "check":
                 raise ExportCheckError(message)
             raise BackendProcessFailed(f"the {run.config.backend} process failed: {message}"[:400])
+        answer = ended.result
+        if answer is None:
+            raise BackendProcessFailed(f"the {run.config.backend} process died ({ended.reason()}): "
+                                       f"{ended.last_line()}"[:400])
         if "logits" in answer:
             answer["logits"] = np.load(answer["logits"])
         return answer

@@ -13,9 +13,9 @@ pipeline are the ones the run trained and evaluated with. Then, as the job says:
 * ``export``: ``Backend.export`` of the model in the job's format, checked on a
   golden batch of the run's test images.
 
-The answer (``{"status": "ok", ...}`` or ``{"status": "error", "kind", "error"}``)
-is written to the job's ``answer`` file; log lines go to stdout behind
-``console.PROGRESS_MARK`` and progress as ``common.progress`` events.
+The answer is a ``result`` message, or an ``error`` message whose kind says a bad
+input (``usage``, exit 2), a failed export check (``check``) or a failure
+(``benchmarks.child``); log lines and progress go to the parent as messages too.
 """
 
 from __future__ import annotations
@@ -23,19 +23,16 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import traceback
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.console import PROGRESS_MARK, configure_console
-from benchmarks.run_worker import die_with_bench
+from benchmarks import child
 from benchmarks.saved_run import GOLDEN_IMAGES
 from common.config import RunConfig
 from common.data import DataError, Sample, Split, load_image
 from common.models import get_model
 from common.preprocess import get_normalisation
-from common.results import write_json_atomic
 
 log = logging.getLogger("benchmarks.saved_run_worker")  # not __main__ under -m
 
@@ -71,7 +68,7 @@ def run_job(job: dict) -> dict:
     """Do what ``job`` asks (see the module docstring); the answer's fields."""
     config = RunConfig.from_dict(json.loads(Path(job["config"]).read_text(encoding="utf-8")))
     images = [Sample(p, int(label)) for p, label in job["images"]]
-    workdir = Path(job["answer"]).parent
+    workdir = Path(job["workdir"])
     backend = open_checkpoint(config, tuple(job["classes"]), images, int(job["image_size"]),
                               Path(job["checkpoint"]), workdir)
     try:
@@ -97,21 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m benchmarks.saved_run_worker JOB.json", file=sys.stderr)
         return 2
-    # dies with bench, and then removes the job's folder (its answer, logits, scratch files)
-    die_with_bench(cleanup=(Path(argv[0]).parent,))
-    configure_console(prefix=PROGRESS_MARK)  # the parent echoes these lines
-    job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-    try:
-        answer = {"status": "ok", **run_job(job)}
-    except ExportCheckFailed as err:
-        answer = {"status": "error", "kind": "check", "error": str(err)}
-    except (BackendError, DataError) as err:
-        answer = {"status": "error", "kind": "usage", "error": str(err)}
-    except Exception as err:  # a framework crash: the parent reports it in one line
-        answer = {"status": "error", "kind": "crash", "error": f"{type(err).__name__}: {err}",
-                  "traceback": traceback.format_exc()}
-    write_json_atomic(Path(job["answer"]), answer)
-    return 0 if answer["status"] == "ok" else 1
+    child.begin()  # dies with bench, and then removes its folder (the job, logits, scratch)
+    job_file = Path(argv[0])
+    job = {**json.loads(job_file.read_text(encoding="utf-8")), "workdir": str(job_file.parent)}
+    return child.serve(lambda: {"status": "ok", **run_job(job)}, bad_input=(BackendError, DataError),
+                       check=(ExportCheckFailed,))
 
 
 if __name__ == "__main__":
