@@ -33,10 +33,6 @@ import math
 import os
 import platform
 import shlex
-import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -44,12 +40,12 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from backends.base import BackendError, availability, backend_info, backend_names, unsupported_model
+from benchmarks import child
 from common import gpu_peaks
 from common.models import MODELS, SMOKE_MODEL
 from common.results import cpu_name, write_json_atomic
 
 log = logging.getLogger(__name__)
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 
@@ -349,16 +345,13 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false"
 
 
-def child_env(threads: int | None = None) -> dict[str, str]:
-    """The worker's environment; with ``threads`` (jobs side by side on a CPU) each framework's
-    threads capped at that many, where the user has not set the variable already."""
-    from benchmarks.runner import PARENT_PID_ENV
-    from common.progress import PROGRESS_ENV
-
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
-    env[PARENT_PID_ENV] = str(os.getpid())   # the child dies with this process
-    env[PROGRESS_ENV] = "off"                # its stdout carries result lines only
+def child_env(threads: int | None = None, backend: str | None = None,
+              tmp: Path | None = None) -> dict[str, str]:
+    """The worker's environment (``child.environment``, without progress: its stdout carries
+    result messages only; ``tmp``: its job folder, removed if bench dies); with ``threads``
+    (jobs side by side on a CPU) each framework's threads capped at that many, where the
+    user has not set the variable already."""
+    env = child.environment(backend, progress=False, tmp=tmp, tmp_as_tmpdir=False)
     if threads:
         for name in THREAD_VARIABLES:
             env.setdefault(name, str(threads))
@@ -368,48 +361,32 @@ def child_env(threads: int | None = None) -> dict[str, str]:
 
 
 def run_child(payload: dict, deadline: float, on_record: Callable[[dict], None]) -> dict:
-    """Run one job in ``python -m benchmarks.sweep_worker``, handing each result line to
-    ``on_record`` as it comes; killed at ``deadline`` (what it printed stays). Returns
-    ``{"seconds", "returncode", "killed", "stderr_tail", "ready_seconds"}`` (``ready_seconds``:
-    from the start to the job's ``job`` line, i.e. the interpreter, the framework's import,
-    the model's build; None when it never came)."""
-    with tempfile.TemporaryDirectory(prefix="sweep-job-") as tmp:
-        job_file = Path(tmp) / "job.json"
+    """Run one job in ``python -m benchmarks.sweep_worker``, handing each result message to
+    ``on_record`` as it comes (its error message as a ``failed`` event); killed at
+    ``deadline`` (what it sent stays). Returns ``{"seconds", "returncode", "killed",
+    "stderr_tail", "ready_seconds"}`` (``ready_seconds``: from the start to the job's ``job``
+    record, i.e. the interpreter, the framework's import, the model's build; None when it
+    never came)."""
+    with child.temporary_folder("bench-sweep-job-") as tmp:
+        job_file = tmp / "job.json"
         job_file.write_text(json.dumps(payload), encoding="utf-8")
-        stderr = open(Path(tmp) / "stderr.txt", "w+", encoding="utf-8", errors="replace")
         t0 = time.time()
         ready: list[float] = []
-        proc = subprocess.Popen([sys.executable, "-m", "benchmarks.sweep_worker", str(job_file)],
-                                stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                env=child_env(payload.get("threads")), cwd=os.getcwd(),
-                                start_new_session=True)
 
-        def read() -> None:
-            for line in proc.stdout:
-                if line.startswith("{"):
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    if record.get("event") == "job" and not ready:
-                        ready.append(time.time() - t0)
-                    on_record(record)
+        def record(message: dict) -> None:
+            if message.get("event") == "job" and not ready:
+                ready.append(time.time() - t0)
+            on_record(message)
 
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        killed = False
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.time()))
-        except subprocess.TimeoutExpired:
-            killed = True
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        reader.join(timeout=10)
-        stderr.seek(0)
-        tail = stderr.read().strip().splitlines()[-3:]
-        stderr.close()
-    return {"seconds": time.time() - t0, "returncode": proc.returncode, "killed": killed,
-            "stderr_tail": tail, "ready_seconds": ready[0] if ready else None}
+        ended = child.run(child.command("benchmarks.sweep_worker", [job_file]),
+                          child_env(payload.get("threads"), payload.get("backend"), tmp),
+                          on_result=record, merge_stderr=False, deadline=deadline,
+                          own_session=True, on_log=lambda text: None)
+    if ended.error is not None:
+        on_record({"event": "failed", "error": ended.error["error"],
+                   "traceback": ended.error.get("traceback")})
+    return {"seconds": ended.seconds, "returncode": ended.code, "killed": ended.killed,
+            "stderr_tail": ended.tail[-3:], "ready_seconds": ready[0] if ready else None}
 
 
 def side_by_side(jobs: list[Job], start: Callable[[Job], object], processes: int

@@ -1,7 +1,7 @@
 """One job of ``bench throughput --sweep`` in its own interpreter (``benchmarks.sweep``).
 
-``python -m benchmarks.sweep_worker JOB.json`` runs one job and prints one JSON
-line per finished measurement as soon as it is finished, so that a job stopped
+``python -m benchmarks.sweep_worker JOB.json`` runs one job and sends one ``result``
+message (``benchmarks.child``) per finished measurement as soon as it is finished, so that a job stopped
 at the sweep's time budget keeps what it measured. Frameworks never share a
 process: each (backend, model, precision, mode) is a job of its own, reached
 through the registry (``backends.base.get_backend``). Jobs:
@@ -35,8 +35,10 @@ import traceback
 from pathlib import Path
 
 from backends.base import BackendError, WeightsRequest, get_backend
+from benchmarks import child
 from benchmarks.throughput import ALL_LAYERS
 from common.config import DataConfig, ModelConfig, Recipe, RunConfig, TrainConfig, load_recipe
+from common import messages
 from common.data import Sample, Split, load_image_folder
 from common.models import get_model
 
@@ -44,8 +46,8 @@ INJECTED = "injected by --smoke"
 
 
 def emit(record: dict) -> None:
-    """One result line for the parent (``benchmarks.sweep``), flushed at once."""
-    print(json.dumps(record, default=float), flush=True)
+    """One ``result`` message for the parent (``benchmarks.sweep``), sent at once."""
+    messages.send("result", **record)
 
 
 def _config(job: dict, recipe: Recipe, run_dir: str, batch_size: int, workers: int = 0) -> RunConfig:
@@ -269,22 +271,19 @@ def use_smoke_compilation_caches() -> None:
 
 
 def main(argv: list[str]) -> int:
-    from benchmarks.run_worker import die_with_bench
-
-    die_with_bench()
+    child.begin()
     job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     if job.get("smoke"):
         use_smoke_compilation_caches()
-    try:
+
+    def work() -> dict:
         JOBS[job["job"]](job)
         if job["job"] == "model_step" and job.get("e2e"):  # an eager job's end-to-end rows
             end_to_end(job)
-    except Exception as err:  # reported to the parent; the rows already printed stand
-        emit({"event": "failed", "error": f"{type(err).__name__}: {err}".splitlines()[0],
-              "traceback": traceback.format_exc()})
-        return 1
-    emit({"event": "done"})
-    return 0
+        return {"event": "done"}
+
+    # a failure is an error message; the rows already sent stand
+    return child.serve(work)
 
 
 if __name__ == "__main__":
