@@ -3,11 +3,13 @@
 ``bench run`` starts one of these per (backend, recipe, seed) so that
 TensorFlow and PyTorch never share an interpreter, a crash is contained, and
 peak memory is per run. The result is always written to ``result.json``; the
-driver's log messages go to stdout behind ``console.PROGRESS_MARK`` so that
-the parent echoes them to the terminal.
+driver's log messages and progress go to the parent as ``benchmarks.child``
+messages, which it echoes to the terminal.
 
-A worker dies with its parent (``PR_SET_PDEATHSIG`` on Linux, a watchdog on
-the parent's PID elsewhere): a killed ``bench run`` leaves no training behind.
+A worker dies with its parent (``child.begin``: ``PR_SET_PDEATHSIG`` on Linux, a
+watchdog on the parent's PID elsewhere): a killed ``bench run`` leaves no
+training behind; its temporary folder, ``RUN_DIR/tmp``, is removed when the run
+starts again.
 It holds its run directory's claim (``common.locks``) until it exits, so no
 second worker can run in the same directory.
 """
@@ -15,71 +17,18 @@ second worker can run in the same directory.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
-import shutil
-import signal
 import sys
-import threading
-import time
 from pathlib import Path
 
-from benchmarks.console import PROGRESS_MARK, SUITE_LOGGERS, configure_console
+from benchmarks import child
+from benchmarks.console import SUITE_LOGGERS
 
 log = logging.getLogger("benchmarks.run_worker")  # not __main__ under -m
 
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-EXIT_BUSY = 3         # the run directory is claimed by another live worker
-
-
-def die_with_parent(parent_pid: int, cleanup: tuple[Path, ...] = ()) -> None:
-    """Have this process killed when ``parent_pid`` (its parent) exits, however it exits.
-
-    ``cleanup``: folders this process must not leave behind (its temporary folder): then
-    the parent's death is a SIGTERM, whose handler, or a watchdog thread polling the
-    parent's PID, whichever comes first, removes them and exits."""
-    def leave() -> None:
-        for folder in cleanup:
-            shutil.rmtree(folder, ignore_errors=True)
-        os._exit(1)
-
-    armed = False
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            death = signal.SIGTERM if cleanup else signal.SIGKILL
-            armed = libc.prctl(PR_SET_PDEATHSIG, death, 0, 0, 0) == 0
-        except (OSError, AttributeError):
-            armed = False
-    if cleanup and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, frame: leave())
-    if os.getppid() != parent_pid:  # the parent died before the signal was armed
-        leave()
-    if armed and not cleanup:
-        return
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(0.2 if cleanup else 1.0)
-        leave()
-
-    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
-
-
-def die_with_bench(cleanup: tuple[Path, ...] = ()) -> None:
-    """The one call every child process of ``bench`` makes first: die with the process
-    that started it (``die_with_parent``), removing ``cleanup``. Under a launcher
-    (torchrun sets ``LOCAL_RANK``) that is the launcher, which itself dies with ``bench``;
-    otherwise the PID in ``PARENT_PID_ENV``, set by whoever started it; a process started
-    by hand, without either, is left alone."""
-    from benchmarks.runner import PARENT_PID_ENV
-
-    if "LOCAL_RANK" in os.environ:
-        die_with_parent(os.getppid(), cleanup)
-    elif os.environ.get(PARENT_PID_ENV):
-        die_with_parent(int(os.environ[PARENT_PID_ENV]), cleanup)
+EXIT_BUSY = child.EXIT_BUSY  # the run directory is claimed by another live worker
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     # under torchrun (one worker per device): the launcher is the parent and holds the run
     # directory's claim; rank 0 alone talks to the terminal and writes the run's files
     launched = "LOCAL_RANK" in os.environ
-    die_with_bench()
-    configure_console(prefix=PROGRESS_MARK)  # the parent echoes these lines to the terminal
+    child.begin()  # dies with bench; its log messages go to bench
     from common.parallel import is_main_process
     from common.progress import PROGRESS_ENV
 

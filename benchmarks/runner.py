@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backends.base import availability, backend_info, unsupported_model
+from benchmarks import child
 from benchmarks.console import PROGRESS_MARK
 from common.config import ConfigError, RunConfig, validate_run
 from common.locks import DirectoryBusy, DirectoryClaim, claim_directory
 from common.paths import disk_full_message, is_disk_full
-from common.progress import PROGRESS_ENV, ProgressRelay, parse_event, progress_mode
+from common.progress import ProgressRelay
 from common.results import base_result, run_name, write_json_atomic
 
 SWEEP_FILE = "sweep.json"
@@ -37,7 +38,6 @@ RUN_CLAIM_WAIT_SECONDS = 10.0
 # how long a stopped sweep (Ctrl-C) lets its worker finish the epoch in hand and write its
 # resume point before it is killed (a second Ctrl-C kills it at once: it dies with bench)
 STOP_GRACE_SECONDS = 30.0
-PARENT_PID_ENV = "TRANSFER_BENCH_PARENT_PID"     # the worker dies with this process
 CLAIM_FD_ENV = "TRANSFER_BENCH_RUN_CLAIM_FD"     # the run directory's claim, inherited
 log = logging.getLogger(__name__)
 
@@ -139,52 +139,45 @@ def _run_worker(run: PlannedRun, claim: DirectoryClaim) -> dict:
     write_json_atomic(config_file, run.config.to_dict())
     result_file = run_dir / "result.json"
     before = result_file.stat().st_mtime_ns if result_file.exists() else None
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8:backslashreplace")
-    # e.g. KERAS_BACKEND before import; on several devices jax's host devices before jax starts
-    env.update(backend_info(run.config.backend).process_environment(run.config.train.devices, env))
-    env.update({PARENT_PID_ENV: str(os.getpid()), CLAIM_FD_ENV: str(claim.fd)})
-    env[PROGRESS_ENV] = child_progress_mode()
-    repo_root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo_root, env.get("PYTHONPATH")]))
-    tail: list[str] = []
     disk_full = None
     relay = ProgressRelay(prefix=f"  [{run.name}] ")  # the worker's progress, rendered here
-    with worker_tmpdir(run_dir, env), \
+    with worker_tmpdir(run_dir) as tmp, \
             open(run_dir / "log.txt", "a", encoding="utf-8", errors="backslashreplace") as logfile:
+        # the backend's variables (e.g. KERAS_BACKEND before import; on several devices jax's
+        # host devices before jax starts); RUN_DIR/tmp stays for the next start to remove
+        env = child.environment(run.config.backend, run.config.train.devices, tmp=tmp,
+                                remove_tmp_on_death=False)
+        env[CLAIM_FD_ENV] = str(claim.fd)
+
+        def keep(text: str) -> None:  # in log.txt; a full disk is the worker's to report
+            nonlocal disk_full
+            if disk_full is None:
+                try:
+                    logfile.write(text + "\n")
+                    logfile.flush()
+                except OSError as err:
+                    if not is_disk_full(err):
+                        raise
+                    disk_full = err
+
+        def echo(text: str) -> None:  # the driver's messages: in log.txt and on the terminal
+            for line in text.splitlines() or [""]:
+                keep(PROGRESS_MARK + line)
+                log.info(f"  [{run.name}] {line}")
+
+        def started(proc: subprocess.Popen) -> None:
+            claim.set_holder(proc.pid)
+            claim.release()  # the worker's inherited handle holds the directory from now on
+
         launched = worker_command(run.config, config_file)
-        proc = subprocess.Popen(
-            launched, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8",
-            errors="replace", env=env, pass_fds=(claim.fd,),
-            start_new_session=True,  # Ctrl-C reaches the parent, which stops the child
-            # the launcher cannot arm its own death signal as run_worker does
-            preexec_fn=_die_with_this_process if launched[2] != "benchmarks.run_worker" else None,
-        )
-        claim.set_holder(proc.pid)
-        claim.release()  # the worker's inherited handle holds the directory from now on
         try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                event = parse_event(line)
-                if event is not None:  # not kept in log.txt: the epoch lines say it
-                    relay.feed(event)
-                    continue
-                if disk_full is None:
-                    try:
-                        logfile.write(line)
-                        logfile.flush()
-                    except OSError as err:  # keep streaming; the worker decides how to fail
-                        if not is_disk_full(err):
-                            raise
-                        disk_full = err
-                tail = (tail + [line.rstrip()])[-40:]
-                if line.startswith(PROGRESS_MARK):  # driver messages; framework noise stays in log.txt
-                    log.info(f"  [{run.name}] {line[len(PROGRESS_MARK):].rstrip()}")
-            code = proc.wait()
-        except BaseException:
-            _stop(proc)
-            raise
+            ended = child.run(launched, env, on_log=echo, on_progress=relay.feed, on_text=keep,
+                              on_start=started, own_session=True,  # Ctrl-C reaches bench only
+                              pass_fds=(claim.fd,), stop=_stop,
+                              launched=launched[2] != "benchmarks.run_worker")
         finally:
             relay.close()
+    code, tail = ended.code, ended.tail
     after = result_file.stat().st_mtime_ns if result_file.exists() else None
     if after is not None and after != before:
         try:
@@ -199,23 +192,20 @@ def _run_worker(run: PlannedRun, claim: DirectoryClaim) -> dict:
             f"the rendezvous at {t.rdzv_endpoint or 'localhost'} timed out after {t.rdzv_timeout} s "
             f"waiting for {t.nnodes} node(s); start 'bench run' with the same --rdzv-endpoint on "
             f"every node, or check that the address is reachable from each"))
-    last = next((t for t in reversed(tail) if t.strip()), "no output")
-    if last.startswith(PROGRESS_MARK):
-        last = last[len(PROGRESS_MARK):]
+    last = ended.last_line()
     if disk_full is not None:
         raise disk_full
     return _write_unrun(run, "failed", f"worker process died ({reason}): {last}"[:500])
 
 
 @contextlib.contextmanager
-def worker_tmpdir(run_dir: Path, env: dict):
-    """``RUN_DIR/tmp`` as the worker's ``TMPDIR`` while it runs: the temporary files of the
+def worker_tmpdir(run_dir: Path):
+    """``RUN_DIR/tmp``, the worker's ``TMPDIR`` while it runs: the temporary files of the
     worker and its framework lie inside the run folder, like everything a run writes
     (a killed sweep's is removed when the run starts again)."""
     tmp = run_dir / "tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    env["TMPDIR"] = str(tmp)
     try:
         yield tmp
     finally:
@@ -240,22 +230,6 @@ def worker_command(config: RunConfig, config_file: Path) -> list[str]:
                       f"--rdzv-conf=join_timeout={t.rdzv_timeout}"]
     return [sys.executable, "-m", launcher, f"--nproc-per-node={t.devices}", *rendezvous,
             "--max-restarts=0", *worker]
-
-
-def _die_with_this_process() -> None:
-    """In the launcher's process, before it starts: SIGTERM when ``bench`` exits (Linux);
-    torchrun then stops its workers."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-
-def child_progress_mode() -> str:
-    """What a worker does with its progress: ``events`` for this process to render (a bar
-    on its terminal, plain lines otherwise), or ``off`` when progress is off here."""
-    return "off" if progress_mode() == "off" else "events"
 
 
 def _failed_on_disk(run: PlannedRun, err: OSError) -> dict:

@@ -49,7 +49,7 @@ def test_sweep_writes_one_valid_result_per_run_and_a_report(fake_backends, tiny_
     for name in ("report.md", "report.html", "summary.csv"):
         assert (out / name).is_file()
     terminal = capsys.readouterr().out
-    # the worker's driver messages reach the terminal (logging behind console.PROGRESS_MARK)
+    # the worker's driver messages reach the terminal (its log messages, benchmarks.child)
     assert "  [fake-two_phase-s0] phase 2/2 'top2'" in terminal
     assert "[4/4] fake-scratch-s1: ok in" in terminal
 
