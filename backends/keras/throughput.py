@@ -269,8 +269,7 @@ def measure_throughput(km: KerasModel, phase: Phase, batch_size: int, precision:
             stepped = step_model.trainable_weights
             out["timed"] = {"optimizer": type(optimizer).__name__,
                             "trainable_tensors": len(stepped), "trainable_params": weight_count(stepped),
-                            "metrics": [m.name for m in step_model.metrics if m.name != "loss"],
-                            "batch": type(x).__module__.split(".")[0] + " tensor on the device"}
+                            "metrics": [m.name for m in step_model.metrics if m.name != "loss"]}
         if "infer" in kinds:
             out["infer"] = measure_steps(lambda: model.model.predict_on_batch(x), sync,
                                          batch_size=batch_size, steps=steps, warmup=warmup)

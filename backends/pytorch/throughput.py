@@ -126,8 +126,7 @@ def measure_throughput(model: nn.Module, optimizer: torch.optim.Optimizer, set_m
             # what the timed step trained: the parameters a gradient reached, the optimizer
             stepped = [p for p in model.parameters() if p.grad is not None]
             out["timed"] = {"optimizer": type(optimizer).__name__, "trainable_tensors": len(stepped),
-                            "trainable_params": sum(p.numel() for p in stepped), "metrics": [],
-                            "batch": f"torch tensor on {device}"}
+                            "trainable_params": sum(p.numel() for p in stepped), "metrics": []}
         if "infer" in kinds:
             model.eval()
             out["infer"] = measure_steps(infer_step, lambda: synchronize(device),
