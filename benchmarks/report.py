@@ -190,6 +190,18 @@ def describe_native(native: Any) -> list[str]:
     return lines
 
 
+def timed_steps(df: pd.DataFrame) -> list[dict]:
+    """What the finished runs' throughput timed (``throughput.timed_step``): one entry per
+    distinct wording, with the backends that recorded it (``step`` None: a result from before
+    the field existed)."""
+    steps: dict = {}
+    for r in df[df.status == "ok"].itertuples():
+        step = stats.lookup(r.result, ("throughput", "timed_step"))
+        steps.setdefault(step, []).append(r.backend)
+    return [{"step": step, "backends": stats.ordered_backends(dict.fromkeys(backends))}
+            for step, backends in steps.items()]
+
+
 def report_context(run: RunResults, run_dir: Path, figures: dict[str, str]) -> dict:
     """Everything ``templates/report.j2`` shows; ``figures``: key -> PNG data URI."""
     df = stats.runs_frame(run.results)
@@ -208,7 +220,7 @@ def report_context(run: RunResults, run_dir: Path, figures: dict[str, str]) -> d
                         for r in df.itertuples() if (r.source_pretrain_seconds or 0) > 0],
         "intervals": stats.records(stats.accuracy_intervals(df)), "pairs": stats.paired_tests(df),
         "verdicts": stats.framework_tests(df), "framework_test": stats.FRAMEWORK_TEST,
-        "gains": stats.transfer_gain(agg),
+        "gains": stats.transfer_gain(agg), "timed_steps": timed_steps(df),
         "per_class": {"head": ["class"] + [f"{b} `{r}`" for b, r in classes],
                       "rows": [[c] + [fmt_pct(per_class["mean"].loc[c, k], per_class["std"].loc[c, k])
                                       for k in classes] for c in per_class.index]},

@@ -159,6 +159,7 @@ class Throughput(Record):
     phase: dict | None = None
     peak_memory_bytes: float | None = None
     end_to_end_train_images_per_second: float | None = None
+    timed_step: str | None = None    # what a timed step is (common.timing.timed_step), per backend
 
 
 @dataclass

@@ -45,6 +45,15 @@ def summarise_steps(step_seconds, batch_size: int) -> dict:
 # The machine-wide throughput lock: every process's timed steps hold it, so that no two
 # runs' timed steps ever overlap (runs side by side, two sweeps, a sweep and `bench
 # throughput`); the first step and the warm-up do not hold it.
+def timed_step(batch_size: int) -> str:
+    """What every backend's throughput times, in the same words (``throughput.timed_step``):
+    the batch is made and placed on the device once, before the first step; a train step is
+    one optimizer step of the applied phase (its trainable weights, loss and optimizer) with
+    no metric; an infer step is one forward pass of the same batch in inference mode."""
+    return (f"one optimizer step on a device-resident batch of {int(batch_size)}, no metric; "
+            f"infer: one inference-mode forward pass of that batch")
+
+
 THROUGHPUT_LOCK_ENV = "TRANSFER_BENCH_THROUGHPUT_LOCK"
 
 

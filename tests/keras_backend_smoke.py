@@ -4,7 +4,7 @@
 reads ``KERAS_BACKEND`` once, at import, so they cannot share the test
 process). It goes through the calls ``benchmarks.driver`` makes (build, the
 head phase, one ``fit_phase`` epoch, predict, save, restore, the TensorBoard
-scalars) and a few Keras-level checks of the same recipe steps on this
+scalars, the throughput measurement) and a few Keras-level checks of the same recipe steps on this
 backend (the head param group, the bf16 dtype policy), and writes what the
 parent checks as JSON.
 """
@@ -65,6 +65,20 @@ def main(config_file: str, out_file: str) -> None:
     restored = backend.predict("val")
     backend.log_scalars(1, {"val/loss": 1.0})
 
+    # the timed throughput step: what train_on_batch is given and what its model updates
+    timed_calls = []
+    real_train_on_batch = keras.Model.train_on_batch
+
+    def recorded_train_on_batch(model, x, y=None, *args, **kwargs):
+        timed_calls.append({"x": f"{type(x).__module__}.{type(x).__name__}",
+                            "metrics": [m.name for m in model.metrics if m.name != "loss"]})
+        return real_train_on_batch(model, x, y, *args, **kwargs)
+
+    keras.Model.train_on_batch = recorded_train_on_batch
+    throughput = backend.throughput(config.train.batch_size, "fp32", 1, 0)
+    keras.Model.train_on_batch = real_train_on_batch
+    after_throughput = backend.predict("val")
+
     # the head param group through update_step, on this backend
     trunk, top = (keras.Variable(np.ones(3, np.float32), name=n) for n in ("trunk", "top"))
     opt = with_param_groups(keras.optimizers.SGD)(learning_rate=0.01, head_variables=[top],
@@ -85,7 +99,9 @@ def main(config_file: str, out_file: str) -> None:
               "restored": restored.tolist(), "initial_head": initial_head,
               "frozen_bn_layers": len(frozen_bn), "frozen_bn_unchanged": frozen_bn_unchanged,
               "param_group_steps": steps, "builtin_sgd": f"{builtin.__module__}.{builtin.__name__}",
-              "bf16_policy": policy,
+              "bf16_policy": policy, "timed_calls": timed_calls,
+              "throughput": {k: throughput.get(k) for k in ("timed_step", "timed")},
+              "after_throughput": after_throughput.tolist(),
               "tensorflow_imported": "tensorflow" in sys.modules}
     backend.close()
     Path(out_file).write_text(json.dumps(result))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from backends.base import BackendError, WeightsRequest, get_backend
-from common import progress
+from common import progress, timing
 from benchmarks import driver
 from common.config import Phase, load_recipe
 from common.models import HEAD, get_model
@@ -168,6 +168,16 @@ def test_two_phase_run_writes_a_valid_result(backend_name, model, tiny_quads, tm
     assert on_disk["data"]["split_digest"] == driver.prepare_split(config).digest()
     assert on_disk["throughput"]["train"]["images_per_second"] > 0
     assert on_disk["throughput"]["infer"]["images_per_second"] > 0
+    # every backend times the same step and says so in the same words (common.timing), but
+    # slim, whose batch still reaches the step through a tf.data iterator (docs/measurements.md,
+    # "What a throughput row times")
+    expected = timing.timed_step(config.train.batch_size)
+    if backend_name == "slim":
+        from backends.slim.throughput import timed_step
+
+        expected = timed_step(config.train.batch_size)
+    assert on_disk["throughput"]["timed_step"] == expected
+    assert on_disk["throughput"]["timed"]["metrics"] == []
     # what the timed train step updated is what the last phase trains (README: `throughput.timed`)
     last = on_disk["phases"][-1]
     assert {k: on_disk["throughput"]["timed"][k] for k in ("trainable_params", "trainable_tensors")} == \

@@ -893,3 +893,38 @@ def test_keras_rmsprop_is_the_aligned_formula_and_aligned_decay_spares_biases():
                                  (np.zeros(2, np.float32), bias)])
             np.testing.assert_allclose(kernel.numpy(), 1 - 0.1 * 0.5, rtol=1e-6)
             np.testing.assert_allclose(bias.numpy(), bias_after, rtol=1e-6)
+
+
+def test_the_timed_step_takes_a_device_tensor_and_updates_no_metric_on_every_keras_backend(
+        other_keras_backends, shared, monkeypatch):
+    """Throughput's train step on Keras with TensorFlow, jax and torch (docs/measurements.md,
+    "What a throughput row times"): ``train_on_batch`` gets a backend tensor made once (never
+    a numpy batch, which every step would convert and copy) on a model compiled without a
+    metric; the result says so in the words every backend uses (``common.timing.timed_step``);
+    the trained model is left as it was."""
+    from common import timing
+
+    calls = []
+    real = keras.Model.train_on_batch
+
+    def recorded(model, x, y=None, *args, **kwargs):
+        calls.append({"x": f"{type(x).__module__}.{type(x).__name__}",
+                      "metrics": [m.name for m in model.metrics if m.name != "loss"]})
+        return real(model, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "train_on_batch", recorded)
+    shared.apply_phase(TOP2, 1)
+    before = shared.predict("val")
+    tp = shared.throughput(BATCH, "fp32", 1, 0)
+    seen = {"keras": (calls, tp, np.array_equal(shared.predict("val"), before))}
+    for name, smoke in other_keras_backends.items():
+        seen[name] = (smoke["timed_calls"], smoke["throughput"],
+                      np.array_equal(smoke["after_throughput"], smoke["restored"]))
+    tensor_module = {"keras": "tensorflow", "keras-jax": "jax", "keras-torch": "torch"}
+    for name, (timed_calls, result, unchanged) in seen.items():
+        assert timed_calls, name
+        assert all(c["x"].startswith(tensor_module[name]) for c in timed_calls), (name, timed_calls)
+        assert all(c["metrics"] == [] for c in timed_calls), (name, timed_calls)
+        assert result["timed_step"] == timing.timed_step(BATCH), name
+        assert result["timed"]["metrics"] == [], name
+        assert unchanged, f"{name}: the throughput measurement changed the trained model"

@@ -475,7 +475,7 @@ def test_linear_probe_result_records_precision_throughput_phase_and_weights(tiny
     assert result["precision"]["train"].startswith("fp64")  # the numpy logistic head
     tp = result["throughput"]
     assert tp["phase"]["trainable_blocks"] == ["head"] and tp["phase"]["optimizer"] == "sgd"
-    assert tp["timed"] == {"optimizer": "SGD", "trainable_tensors": 2,
+    assert tp["timed"] == {"optimizer": "SGD", "trainable_tensors": 2, "metrics": [],
                            "trainable_params": 512 * 5 + 5}  # fc only, as the record says
     assert result["weights"]["ignore_missing_vars"] is True
     assert result["weights"]["restore"]["missing"] == []

@@ -588,3 +588,23 @@ def test_result_json_records_every_fidelity_switch_and_the_report_shows_them(swe
     md = md_report(run_dir)
     assert ("the training-step fidelity differs between runs: bn_moving_variance=native, rmsprop=aligned, "
             "weight_decay=native") in md.split("## Conditions")[0]
+
+
+def test_the_report_says_what_each_backend_timed(sweep, tmp_path):
+    """The throughput table's caption: what the timed step was (``throughput.timed_step``),
+    one line per wording with its backends, and a warning when the backends timed different
+    steps (their img/s do not compare)."""
+    from common.timing import timed_step
+
+    same = section(md_report(copy_run(sweep, tmp_path / "same")), "Throughput")
+    assert f"Timed step (fake, fakeb): {timed_step(4)}." in same
+    assert "timed different steps" not in same
+    run_dir = copy_run(sweep, tmp_path / "differ")
+    for name in (run_name("fakeb", rec, s) for rec in RECIPES for s in SEEDS):
+        edit(run_dir, name, lambda r: r["throughput"].update(timed_step="a host batch, with a metric"))
+    edit(run_dir, run_name("fake", "head", 0), lambda r: r["throughput"].pop("timed_step"))
+    differ = section(md_report(run_dir), "Throughput")
+    assert f"Timed step (fake): {timed_step(4)}." in differ
+    assert "Timed step (fakeb): a host batch, with a metric." in differ
+    assert "Timed step (fake): not recorded (a result from before `throughput.timed_step`)." in differ
+    assert "**The backends timed different steps**: their img/s do not compare." in differ

@@ -516,7 +516,7 @@ def test_linear_probe_throughput_times_the_head_only_sgd_step(built):
     assert record["trainable_blocks"] == ["head"] and record["optimizer"] == "sgd"
     tp = built.throughput(2, "fp32", 1, 0)
     assert tp["timed"] == {"optimizer": "tf.compat.v1.train.GradientDescentOptimizer()",
-                           "trainable_tensors": 2, "trainable_params": 2048 * 5 + 5}
+                           "trainable_tensors": 2, "trainable_params": 2048 * 5 + 5, "metrics": []}
     assert report["native"]["trainable_scopes"] == "InceptionV3/Logits"
     assert tp["precision"] == "fp32" and built.precision_used()["requested"] == "fp32"
 

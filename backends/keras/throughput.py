@@ -1,19 +1,24 @@
-"""Throughput the Keras way: ``train_on_batch`` / ``predict_on_batch`` on an in-memory batch.
+"""Throughput the Keras way: ``train_on_batch`` / ``predict_on_batch`` on a device batch.
 
 Keras idioms shown here: the compiled train function of the current phase is
-the unit timed (one optimizer step on the phase's trainable weights), mixed
-precision is a global dtype policy (``mixed_bfloat16``) that must be set
-*before* the layers are built, and both calls return numpy arrays, which is
-the device synchronisation (no explicit ``cuda.synchronize``).
+the unit timed (one optimizer step on the phase's trainable weights, compiled
+without ``metrics=`` so no metric is updated), the batch is a backend tensor
+made once (``keras.ops.convert_to_tensor``: on the device, never copied again),
+mixed precision is a global dtype policy (``mixed_bfloat16``) that must be set
+*before* the layers are built, and both calls return host values (the loss as
+a float, the logits as numpy), which is the device synchronisation (no
+explicit ``cuda.synchronize``).
 """
 
 from __future__ import annotations
+
+import tempfile
 
 import keras
 import numpy as np
 
 from common.config import Phase
-from common.timing import measure_steps
+from common.timing import measure_steps, timed_step
 from common.results import cpu_name
 
 from .model import KerasModel, build_model
@@ -200,36 +205,82 @@ def uses_tf32() -> bool:
         None, "default", "fastest", "tensorfloat32")
 
 
+def timed_train_model(km: KerasModel) -> keras.Model:
+    """The model the timed train step calls: ``km.train_model``'s layers (the same variables)
+    in a functional wrapper compiled with the same optimizer and loss and no metric (the
+    phase's compile updates a top-1 accuracy every step). The trained model keeps its own
+    compile (its metric, its traced train function)."""
+    inputs = keras.Input(shape=km.train_model.input_shape[1:])
+    wrapper = keras.Model(inputs, km.train_model(inputs), name="timed_train_step")
+    wrapper.compile(optimizer=km.train_model.optimizer, loss=km.train_model.loss)  # no metrics=
+    return wrapper
+
+
+def _variables(model: keras.Model, optimizer) -> list:
+    return [*model.weights, *optimizer.variables]
+
+
+def _park(variables) -> tempfile.TemporaryFile:
+    # in a temporary file rather than in RAM, as the PyTorch backend parks its state
+    parked = tempfile.TemporaryFile()
+    np.savez(parked, *(keras.ops.convert_to_numpy(v) for v in variables))
+    return parked
+
+
+def _unpark(parked, variables) -> None:
+    parked.seek(0)
+    with np.load(parked) as saved:
+        for i, v in enumerate(variables):
+            v.assign(saved[f"arr_{i}"])
+    parked.close()
+
+
 def measure_throughput(km: KerasModel, phase: Phase, batch_size: int, precision: str,
                        steps: int, warmup: int, seed: int = 0,
                        kinds: tuple[str, ...] = ("train", "infer")) -> dict:
     """The common protocol (``common.timing.measure_steps``) for one train and one infer step
-    (``kinds``)."""
+    (``kinds``): ``train_on_batch`` of ``timed_train_model`` (no metric) and
+    ``predict_on_batch``, both on backend tensors made on the device once. The weights and
+    optimizer state are restored afterwards, so measuring never changes the trained model."""
     model = model_for_precision(km, phase, precision)
     size = km.model.input_shape[1]
     n = km.model.output_shape[-1]
     rng = np.random.default_rng(seed)
-    x = rng.uniform(-1, 1, size=(batch_size, size, size, 3)).astype(np.float32)
-    y = np.eye(n, dtype=np.float32)[rng.integers(0, n, size=batch_size)]
+    # backend tensors on Keras' device (tf.Tensor, jax.Array, torch.Tensor), made once: no
+    # step copies a host batch (a numpy batch would be converted and copied every step)
+    x = keras.ops.convert_to_tensor(
+        rng.uniform(-1, 1, size=(batch_size, size, size, 3)).astype(np.float32))
+    y = keras.ops.convert_to_tensor(np.eye(n, dtype=np.float32)[rng.integers(0, n, size=batch_size)])
     _reset_peak_memory()
 
     def sync():
-        """train_on_batch / predict_on_batch already returned host numpy arrays."""
+        """train_on_batch returns the loss as a Python float, predict_on_batch a numpy array:
+        the step has finished on the device when either returns."""
 
+    optimizer = model.train_model.optimizer
+    variables = _variables(model.model, optimizer)
+    parked = _park(variables)
     out = {}
-    if "train" in kinds:
-        out["train"] = measure_steps(lambda: model.train_model.train_on_batch(x, y), sync,
-                                     batch_size=batch_size, steps=steps, warmup=warmup)
-        stepped = model.model.trainable_weights
-        out["timed"] = {"optimizer": type(model.train_model.optimizer).__name__,
-                        "trainable_tensors": len(stepped), "trainable_params": weight_count(stepped)}
-    if "infer" in kinds:
-        out["infer"] = measure_steps(lambda: model.model.predict_on_batch(x), sync,
-                                     batch_size=batch_size, steps=steps, warmup=warmup)
+    try:
+        if "train" in kinds:
+            step_model = timed_train_model(model)
+            out["train"] = measure_steps(lambda: step_model.train_on_batch(x, y), sync,
+                                         batch_size=batch_size, steps=steps, warmup=warmup)
+            stepped = step_model.trainable_weights
+            out["timed"] = {"optimizer": type(optimizer).__name__,
+                            "trainable_tensors": len(stepped), "trainable_params": weight_count(stepped),
+                            "metrics": [m.name for m in step_model.metrics if m.name != "loss"]}
+        if "infer" in kinds:
+            out["infer"] = measure_steps(lambda: model.model.predict_on_batch(x), sync,
+                                         batch_size=batch_size, steps=steps, warmup=warmup)
+    finally:
+        _unpark(parked, variables)
     return {**out, "precision": precision, "dtype_policy": POLICIES[precision],
             "peak_memory_bytes": peak_memory_bytes(), "device": device_info(),
             "mode": execution_mode(), "fp32_execution": fp32_execution(), "tf32": uses_tf32(),
-            "step": "model.train_on_batch / model.predict_on_batch (compiled, current phase)"}
+            "timed_step": timed_step(batch_size),
+            "step": "train_on_batch of the phase's layers compiled without metrics / "
+                    "predict_on_batch, on backend tensors (compiled, current phase)"}
 
 
 def execution_mode() -> str:

@@ -345,9 +345,11 @@ class SlimBackend(Backend):
                     batch_size=batch_size, steps=steps, warmup=warmup, kinds=kinds)
             finally:
                 self.restore(kept)
-        timed = {"optimizer": optimizer_description(self.step, self.applied_phase), "trainable_tensors": len(self.step.trained),
-                 "trainable_params": slim_model.param_count(self.step.trained)}
+        timed = {"optimizer": optimizer_description(self.step, self.applied_phase),
+                 "trainable_tensors": len(self.step.trained),
+                 "trainable_params": slim_model.param_count(self.step.trained), "metrics": []}
         return {"precision": _precision_label(self.step.compute_dtype), "timed": timed, **result,
+                "timed_step": slim_throughput.timed_step(batch_size),
                 "peak_memory_bytes": self._peak_memory(), "device": self.device(),
                 "mode": self.execution_mode()}
 

@@ -13,6 +13,15 @@ from __future__ import annotations
 from common.timing import measure_steps
 
 
+def timed_step(batch_size: int) -> str:
+    """What this backend times (``throughput.timed_step``). Not yet ``common.timing.timed_step``:
+    the batch is a graph constant that a ``tf.data`` iterator hands to the step, on the host,
+    so on a GPU each step copies it to the device."""
+    return (f"one optimizer step on a batch of {int(batch_size)} repeated by a tf.data iterator "
+            f"(host memory: a GPU copies it every step), no metric; infer: one inference-mode "
+            f"forward pass of that batch")
+
+
 def model_step_throughput(session, *, initializer, train_step, infer_step, batch_size: int,
                           steps: int, warmup: int, kinds=("train", "infer")) -> dict:
     """``common.timing.measure_steps`` for the train op and the inference logits (``kinds``)."""
