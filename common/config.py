@@ -27,7 +27,9 @@ implied by the key): slim ``trainable_scopes = ["InceptionV3/Mixed_7c", ...]``, 
 checks the names against the model and maps them to canonical blocks.
 
 Every value is validated; a bad one raises ``ConfigError`` whose message is one
-line naming the key, the value and what is allowed.
+line naming the key, the value and what is allowed. The dataclasses below are the schema:
+the validator reads each field's type and choices from them (``common.schema``), and adds
+only the rules a type cannot say (ranges, which keys go together).
 
 Optimizers mean the same in every backend (hyperparameters are explicit, so
 no framework default leaks in):
@@ -66,11 +68,14 @@ from typing import Any
 from common.data import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
 from common.models import MODELS
 from common.preprocess import PRESETS
+from common.schema import field_choices, field_kinds, nullable_fields
 
 TRAIN_MODES = ("head", "top", "blocks", "all", "linear", "native")
 # the phase keys that say what trains in one framework's own names (backends.native); which
 # backend each belongs to is that backend's ``BackendInfo.native_key``
 NATIVE_KEYS = ("trainable_scopes", "unfreeze_from", "modules")
+# the list fields that mirror a slim flag also take its comma-separated value ("A/B,A/C")
+NAME_LISTS = ("trainable_scopes", "modules", "checkpoint_exclude_scopes")
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam", "adamw")
 SCHEDULES = ("fixed", "exponential", "cosine")
 # frozen: BN of frozen blocks in inference mode; train: every BN in training mode;
@@ -133,27 +138,32 @@ def image_size_problem(size: int, model: str) -> str | None:
     return None
 
 
+def _one_of(default: str, allowed: tuple[str, ...]) -> Any:
+    """A field that takes one of ``allowed`` (its validator names them when it does not)."""
+    return field(default=default, metadata={"choices": allowed})
+
+
 @dataclass(frozen=True)
 class Phase:
     """One training phase: what trains, with which optimizer and schedule."""
 
     name: str = "train"
-    train: str = "head"
+    train: str = _one_of("head", TRAIN_MODES)
     top_blocks: int = 0
     blocks: tuple[str, ...] = ()
-    optimizer: str = "adam"
+    optimizer: str = _one_of("adam", OPTIMIZERS)
     learning_rate: float = 1e-3
     head_lr_multiplier: float = 1.0
     momentum: float | None = None
     rmsprop_rho: float = 0.9
     epsilon: float = 1e-7
     weight_decay: float = 0.0
-    schedule: str = "fixed"
+    schedule: str = _one_of("fixed", SCHEDULES)
     warmup_epochs: int = 0
     decay_rate: float = 0.94
     decay_epochs: int = 1          # exponential: the rate applies every decay_epochs (staircase)
     epochs: int = 1
-    bn: str = "frozen"
+    bn: str = _one_of("frozen", BN_MODES)
     augment: bool = True
     label_smoothing: float = 0.0
     # train = "native": what trains in one framework's names (NATIVE_KEYS; one per phase)
@@ -219,10 +229,10 @@ class Recipe:
     name: str
     phases: tuple[Phase, ...]
     description: str = ""
-    init: str = "pretrained"
+    init: str = _one_of("pretrained", INITS)
     head_hidden_units: int = 0
     source: str = ""
-    preprocessing: str = "simple"     # common.preprocess.PRESETS
+    preprocessing: str = _one_of("simple", tuple(PRESETS))
     dropout: float = 0.0              # before the classifier, training only
     # slim's flags, applied by slim (backends.native says what other backends do with them)
     checkpoint_exclude_scopes: tuple[str, ...] = ()
@@ -232,6 +242,10 @@ class Recipe:
     @property
     def is_linear_probe(self) -> bool:
         return any(p.train == "linear" for p in self.phases)
+
+
+# a recipe file's keys: the Recipe's own fields, its phases as [[phase]] tables, no source
+RECIPE_KEYS = tuple(sorted(set(field_kinds(Recipe)) - {"phases", "source"} | {"phase"}))
 
 
 @dataclass(frozen=True)
@@ -263,7 +277,7 @@ class ModelConfig:
 class TrainConfig:
     seed: int = 0
     batch_size: int = 16
-    precision: str = "fp32"
+    precision: str = _one_of("fp32", PRECISIONS)
     throughput_steps: int = 5
     reuse_head_rows: bool = False
     # data parallel (common.parallel): devices per node (PyTorch: processes, --nproc-per-node),
@@ -309,14 +323,13 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
         """The config ``to_dict`` wrote (``sweep.json``, ``config.json``), its recipe validated
-        like a recipe file; a malformed one raises ``ConfigError``, ``KeyError`` or ``TypeError``."""
+        like a recipe file and every part's values against its fields' types; a malformed
+        one raises ``ConfigError``, ``KeyError`` or ``TypeError``."""
+        parts = {k: field_kinds(cls)[k] for k in ("data", "model", "train", "pretrain")}
         return cls(
             backend=d["backend"],
             recipe=recipe_from_dict(d["recipe"]),
-            data=DataConfig(**d["data"]),
-            model=ModelConfig(**d["model"]),
-            train=TrainConfig(**d["train"]),
-            pretrain=PretrainConfig(**d["pretrain"]),
+            **{k: part(**_typed_values(part, d[k], f"config {k}")) for k, part in parts.items()},
             run_dir=d["run_dir"],
         )
 
@@ -325,8 +338,6 @@ class RunConfig:
 
 
 # ---------------------------------------------------------------- validation
-
-_PHASE_TYPES = {f.name: f.type for f in dataclasses.fields(Phase)}
 
 
 def _check_type(where: str, key: str, value: Any, kind: type) -> Any:
@@ -358,25 +369,33 @@ def _names(where: str, key: str, value: Any) -> tuple[str, ...]:
     return names
 
 
-def parse_phase(raw: dict, where: str) -> Phase:
-    types = {"name": str, "train": str, "top_blocks": int, "blocks": tuple, "optimizer": str,
-             "learning_rate": float, "head_lr_multiplier": float, "momentum": float,
-             "rmsprop_rho": float, "epsilon": float,
-             "weight_decay": float, "schedule": str, "warmup_epochs": int, "decay_rate": float,
-             "decay_epochs": int,
-             "epochs": int, "bn": str, "augment": bool, "label_smoothing": float,
-             "trainable_scopes": tuple, "unfreeze_from": int, "modules": tuple}
-    assert set(types) == set(_PHASE_TYPES), "keep parse_phase in step with Phase"
+def _typed_values(cls: type, raw: dict, where: str) -> dict:
+    """``raw``'s values checked against the field types and choices of the dataclass ``cls``
+    (read from the class itself, ``common.schema``); an unknown key is refused,
+    naming the allowed ones. ``None`` passes where the field's type allows it."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {raw!r:.40} is not a table of keys")
+    kinds, nullable, choices = field_kinds(cls), nullable_fields(cls), field_choices(cls)
     values = {}
     for key, value in raw.items():
-        if key not in types:
+        if key not in kinds:
             raise ConfigError(
-                f"{where}: unknown key {key!r}; allowed keys: {', '.join(sorted(types))}"
+                f"{where}: unknown key {key!r}; allowed keys: {', '.join(sorted(kinds))}"
             )
-        if key in ("trainable_scopes", "modules"):
+        if value is None and key in nullable:
+            values[key] = None
+        elif key in choices:
+            _choice(where, key, value, choices[key])
+            values[key] = value
+        elif key in NAME_LISTS:
             values[key] = _names(where, key, value)
         else:
-            values[key] = _check_type(where, key, value, types[key])
+            values[key] = _check_type(where, key, value, kinds[key])
+    return values
+
+
+def parse_phase(raw: dict, where: str) -> Phase:
+    values = _typed_values(Phase, raw, where)
     native = [k for k in NATIVE_KEYS if values.get(k) not in ((), None)]
     if len(native) > 1:
         raise ConfigError(f"{where}: {' and '.join(native)} both say what trains; give one "
@@ -396,10 +415,6 @@ def parse_phase(raw: dict, where: str) -> Phase:
         _fail(where, "name", phase.name, "a phase name names folders of the run (its "
                                          "TensorBoard logs): use letters, digits, '_', '-' and "
                                          "'.', starting with a letter or digit (at most 64)")
-    _choice(where, "train", phase.train, TRAIN_MODES)
-    _choice(where, "optimizer", phase.optimizer, OPTIMIZERS)
-    _choice(where, "schedule", phase.schedule, SCHEDULES)
-    _choice(where, "bn", phase.bn, BN_MODES)
     if phase.learning_rate <= 0:
         _fail(where, "learning_rate", phase.learning_rate, "must be > 0")
     if phase.head_lr_multiplier <= 0:
@@ -460,20 +475,18 @@ def parse_fidelity(value: Any, where: str) -> Fidelity:
 
 
 def parse_recipe(raw: dict, source: str = "<recipe>") -> Recipe:
-    allowed = {"name", "description", "init", "head_hidden_units", "phase", "preprocessing",
-               "dropout", "checkpoint_exclude_scopes", "ignore_missing_vars", "fidelity"}
     for key in raw:
-        if key not in allowed:
+        if key not in RECIPE_KEYS:
             raise ConfigError(
-                f"{source}: unknown key {key!r}; allowed keys: {', '.join(sorted(allowed))}"
+                f"{source}: unknown key {key!r}; allowed keys: {', '.join(RECIPE_KEYS)}"
             )
     if "name" not in raw:
         raise ConfigError(f"{source}: missing key 'name'")
-    name = _check_type(source, "name", raw["name"], str)
-    if not RECIPE_NAME.fullmatch(name):
-        _fail(source, "name", name, "a recipe name names run folders: use letters, digits, '_', "
-                                    "'-' and '.', starting with a letter or digit (at most 64)")
-    _check_type(source, "description", raw.get("description", ""), str)
+    values = _typed_values(Recipe, {k: v for k, v in raw.items() if k not in ("phase", "fidelity")},
+                           source)
+    if not RECIPE_NAME.fullmatch(values["name"]):
+        _fail(source, "name", values["name"], "a recipe name names run folders: use letters, "
+              "digits, '_', '-' and '.', starting with a letter or digit (at most 64)")
     phases_raw = raw.get("phase")
     if not isinstance(phases_raw, list) or not phases_raw:
         raise ConfigError(f"{source}: needs at least one [[phase]] table")
@@ -484,35 +497,17 @@ def parse_recipe(raw: dict, source: str = "<recipe>") -> Recipe:
     phases = tuple(
         parse_phase(p, f"{source} phase {i + 1}") for i, p in enumerate(phases_raw)
     )
-    init = raw.get("init", "pretrained")
-    _choice(source, "init", init, INITS)
-    hidden = _check_type(source, "head_hidden_units", raw.get("head_hidden_units", 0), int)
+    hidden = values.get("head_hidden_units", 0)
     if not 0 <= hidden <= MAX_HIDDEN_UNITS:
         _fail(source, "head_hidden_units", hidden, f"must be in [0, {MAX_HIDDEN_UNITS}]")
     if any(p.train == "linear" for p in phases) and len(phases) != 1:
         raise ConfigError(f"{source}: a train = \"linear\" phase must be the only phase")
-    preprocessing = _check_type(source, "preprocessing", raw.get("preprocessing", "simple"), str)
-    _choice(source, "preprocessing", preprocessing, tuple(PRESETS))
-    dropout = _check_type(source, "dropout", raw.get("dropout", 0.0), float)
+    dropout = values.get("dropout", 0.0)
     if not 0 <= dropout < 1:
         _fail(source, "dropout", dropout, "must be in [0, 1): the share of features dropped "
                                           "before the classifier in training")
-    exclude = _names(source, "checkpoint_exclude_scopes", raw.get("checkpoint_exclude_scopes", ()))
-    ignore = _check_type(source, "ignore_missing_vars", raw.get("ignore_missing_vars", False), bool)
     fidelity = parse_fidelity(raw.get("fidelity", "native"), source)
-    return Recipe(
-        name=name,
-        description=raw.get("description", ""),
-        phases=phases,
-        init=init,
-        head_hidden_units=hidden,
-        source=source,
-        preprocessing=preprocessing,
-        dropout=dropout,
-        checkpoint_exclude_scopes=exclude,
-        ignore_missing_vars=ignore,
-        fidelity=fidelity,
-    )
+    return Recipe(**values, phases=phases, source=source, fidelity=fidelity)
 
 
 def recipe_from_dict(d: dict) -> Recipe:

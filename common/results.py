@@ -12,6 +12,8 @@ before writing it; ``load_results`` reads a run directory and sorts its files
 into readable results and unreadable files (with the reason), and notes for
 each readable result the fields of this schema version it lacks (an older
 file is shown with those fields "not available", never dropped).
+The field types are read from the dataclasses themselves (``common.schema``, which
+also types recipes and run configurations).
 
 Schema versions: 1 (the first); 2 adds ``test.predictions`` (the predicted
 class index of every test image, in split order) and ``test.labels`` (their
@@ -26,10 +28,11 @@ import math
 import os
 import platform
 import tempfile
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from common.schema import field_kinds
 
 SCHEMA_VERSION = 2
 STATUSES = ("ok", "failed", "skipped")
@@ -66,9 +69,9 @@ class Record:
             return None
         if not isinstance(value, dict):
             raise SchemaError(f"{where} is a JSON {_json_type(value)}, expected an object")
-        hints = typing.get_type_hints(cls)
+        kinds = field_kinds(cls)
         known = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("local")]
-        kwargs = {n: _typed(hints[n], value[n], f"{where}.{n}") for n in known if n in value}
+        kwargs = {n: _typed(kinds[n], value[n], f"{where}.{n}") for n in known if n in value}
         for f in dataclasses.fields(cls):
             low, high = f.metadata.get("range", (None, None))
             v = kwargs.get(f.name)
@@ -91,12 +94,11 @@ def _json_type(value: Any) -> str:
         type(value), "number" if isinstance(value, (int, float)) else type(value).__name__)
 
 
-def _typed(hint: Any, value: Any, where: str) -> Any:
-    """``value`` checked against ``hint`` (``X | None``; X a Record, number, str, list or dict)."""
+def _typed(kind: type, value: Any, where: str) -> Any:
+    """``value`` (or null) checked against a field's kind (``common.schema.field_kinds``: a
+    Record, number, str, list or dict)."""
     if value is None:
         return None
-    kind = next(a for a in typing.get_args(hint) or (hint,) if a is not type(None))
-    kind = typing.get_origin(kind) or kind
     if isinstance(kind, type) and issubclass(kind, Record):
         return kind.parse(value, where)
     allowed = _NUMBERS.get(kind, (kind,))

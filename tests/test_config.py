@@ -168,3 +168,60 @@ def test_bench_run_refuses_a_bad_fidelity_with_exit_2_before_any_framework(tmp_p
     assert "fidelity.rmsprop = 'close' is invalid; allowed: native, aligned" in err
     assert not {"torch", "tensorflow", "keras"} & (set(sys.modules) - before)
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------ one schema (common.schema)
+
+def test_every_phase_and_recipe_field_is_validated_from_the_dataclass_itself():
+    """The validator reads each field's type and choices from Phase and Recipe (no second
+    table): every field refuses a wrong type in one line naming it, and the keys allowed are
+    the fields themselves."""
+    import dataclasses
+
+    from common.config import RECIPE_KEYS, Phase, Recipe, parse_phase
+    from common.schema import field_choices, field_kinds
+
+    assert field_kinds(Phase)["momentum"] is float and field_kinds(Phase)["blocks"] is tuple
+    assert field_choices(Phase)["optimizer"] == ("sgd", "momentum", "rmsprop", "adam", "adamw")
+    for f in dataclasses.fields(Phase):
+        with pytest.raises(ConfigError) as err:
+            parse_phase({f.name: {"x": 1}}, "r.toml phase 1")
+        assert str(err.value).startswith(f"r.toml phase 1: {f.name} = {{'x': 1}} is invalid; ")
+    with pytest.raises(ConfigError, match="allowed keys: augment, blocks, bn, decay_epochs"):
+        parse_phase({"lr": 1}, "p")
+    assert set(RECIPE_KEYS) == {f.name for f in dataclasses.fields(Recipe)} - {"phases", "source"} | {"phase"}
+    for key in set(RECIPE_KEYS) - {"phase", "fidelity"}:
+        with pytest.raises(ConfigError) as err:
+            parse_recipe({**_recipe(), key: {"x": 1}}, "r.toml")
+        assert str(err.value).startswith(f"r.toml: {key} = {{'x': 1}} is invalid; ")
+
+
+def test_a_choice_field_of_the_wrong_type_names_the_allowed_values():
+    with pytest.raises(ConfigError, match=r"optimizer = 3 is invalid; allowed: sgd, momentum"):
+        parse_recipe(_recipe(optimizer=3), "r.toml")
+    with pytest.raises(ConfigError, match=r"r.toml: init = 1 is invalid; allowed: pretrained, random"):
+        parse_recipe({**_recipe(), "init": 1}, "r.toml")
+
+
+@pytest.mark.parametrize("part, key, value, fragment", [
+    ("train", "batch_size", "16", "config train: batch_size = '16' is invalid; expected int"),
+    ("train", "precision", "fp16", "config train: precision = 'fp16' is invalid; allowed: fp32, bf16"),
+    ("data", "image_size", 1.5, "config data: image_size = 1.5 is invalid; expected int"),
+    ("model", "aux_logits", "yes", "config model: aux_logits = 'yes' is invalid; expected bool"),
+    ("pretrain", "epoch", 3, "config pretrain: unknown key 'epoch'; allowed keys: batch_size, epochs"),
+    ("data", None, [1], "config data: [1] is not a table of keys"),
+])
+def test_a_run_config_read_back_is_checked_against_its_fields(part, key, value, fragment):
+    """config.json / sweep.json are read through the same schema as a recipe: a wrong type
+    in any part is one ConfigError naming the part and key, not a run that fails later."""
+    d = RunConfig(backend="pytorch", recipe=load_recipe("head")).to_dict()
+    if key is None:
+        d[part] = value
+    else:
+        d[part][key] = value
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_dict(d)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+    d = RunConfig(backend="pytorch", recipe=load_recipe("head")).to_dict()
+    d["data"]["val_fraction"], d["pretrain"]["learning_rate"] = 0.2, None
+    assert RunConfig.from_dict(d).data.val_fraction == 0.2
