@@ -209,6 +209,7 @@ class BackendInfo:
     ``converter`` (``bench weights convert``, ``--weights PATH`` of another
     framework, the shared source model), ``parity`` (``bench parity``),
     ``data_parallel`` (``--devices`` > 1), ``sweep`` (``bench throughput --sweep``),
+    ``tfrecord_export`` (``bench data export-tfrecord``),
     ``catalog`` (ImageNet weights and ``native_key``; without one the backend takes
     any model of ``common.models``).
     """
@@ -226,6 +227,9 @@ class BackendInfo:
     checkpoint_files: str = ""
     catalog: str = ""                    # module with MODELS and imagenet_dir(); "" = any model
     fetcher: str = ""                    # "module:function(model, entry) -> Path"
+    # ``bench data export-tfrecord``: "module:function(split, out, image_size) -> dict" that
+    # writes the common split as TFRecords; "" = the backend writes none
+    tfrecord_export: str = ""
     converter: str = ""                  # module with read_canonical / write_canonical
     # module with block_outputs / train_steps (``bench parity``); "" = no parity
     parity: str = ""
@@ -352,6 +356,15 @@ class BackendInfo:
         self.apply_environment()
         module, _, function = self.fetcher.partition(":")
         return getattr(importlib.import_module(module), function)(model, entry)
+
+    def export_tfrecords(self, split, out: Path, image_size: int | None) -> dict:
+        """Write ``split`` as TFRecords under ``out`` with the framework's own writer (imports
+        it); what was written, as the function of ``tfrecord_export`` reports it."""
+        if not self.tfrecord_export:
+            raise BackendError(f"the {self.name} backend writes no TFRecords")
+        self.apply_environment()
+        module, _, function = self.tfrecord_export.partition(":")
+        return getattr(importlib.import_module(module), function)(split, out, image_size)
 
     def availability(self) -> str | None:
         """Why this backend cannot run here (without importing its framework), or None."""

@@ -255,6 +255,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     ins.add_argument("--seed", type=_nonnegative, dest="split_seed", default=argparse.SUPPRESS,
                      help=argparse.SUPPRESS)  # the flag's earlier name
     tfr = dsub.add_parser("export-tfrecord", help="write the common split as slim TFRecords")
+    tfr.add_argument("--backend", default="slim",
+                     help="the backend whose TFRecord writer writes them (default slim, the one "
+                          "that has one)")
     tfr.add_argument("--data", default="synthetic")
     tfr.add_argument("--class-map")
     tfr.add_argument("--out", type=_out_path, required=True)
@@ -814,9 +817,10 @@ def cmd_data(args: argparse.Namespace) -> int:
             raise UsageError(refused)  # the same reason, and exit code, as bench run
         return 0
     if args.data_command == "export-tfrecord":
-        reason = availability("slim")
+        info = tfrecord_backend(args.backend)
+        reason = availability(info.name)
         if reason:
-            raise UsageError(f"export-tfrecord needs TensorFlow: {reason}")
+            raise UsageError(f"export-tfrecord needs the {info.name} backend: {reason}")
         from benchmarks.driver import prepare_split
 
         if args.data != "synthetic" and kind_of(args.data) not in ("a folder", "a file"):
@@ -828,14 +832,27 @@ def cmd_data(args: argparse.Namespace) -> int:
         data = DataConfig(source="synthetic" if args.data == "synthetic" else str(Path(args.data).resolve()),
                           class_map=args.class_map)
         # every check before TensorFlow is imported: errors come before its log noise
-        split = prepare_split(RunConfig(backend="slim", recipe=load_recipe("head"), data=data))
+        split = prepare_split(RunConfig(backend=info.name, recipe=load_recipe("head"), data=data))
         out = _writable_dir(args.out)
-        from backends.slim.tfrecord import export_split
-
-        info = export_split(split, out, args.image_size)
-        print(json.dumps(info, indent=2, default=str))
+        written = info.export_tfrecords(split, out, args.image_size)  # through the registry
+        print(json.dumps(written, indent=2, default=str))
         return 0
     raise UsageError(f"unknown data command {args.data_command!r}")
+
+
+def tfrecord_backend(text: str):
+    """The ``BackendInfo`` of ``--backend`` for ``bench data export-tfrecord``: one backend
+    that declares a TFRecord writer (``tfrecord_export``), else one line naming those that do."""
+    names = parse_backends(text)
+    writers = [n for n in backend_names() if backend_info(n).tfrecord_export]
+    if len(names) != 1:
+        raise UsageError(f"--backend {text!r}: export-tfrecord writes with one backend; choose "
+                         f"one of: {', '.join(writers) or 'none'}")
+    info = backend_info(names[0])
+    if not info.tfrecord_export:
+        raise UsageError(f"--backend {names[0]!r} writes no TFRecords (its BackendInfo declares no "
+                         f"tfrecord_export); choose one of: {', '.join(writers) or 'none'}")
+    return info
 
 
 def _comma_list(option: str, text: str | None, allowed, what: str) -> list[str]:

@@ -646,3 +646,21 @@ def test_parity_with_missing_weights_writes_nothing(tmp_path, capsys):
         pytest.skip(err.strip())
     _assert_one_line_error(code, err, f"--weights '{tmp_path / 'missing.pt'}' does not exist")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("backend, fragment", [
+    ("pytorch", "--backend 'pytorch' writes no TFRecords (its BackendInfo declares no "
+                "tfrecord_export); choose one of: slim"),
+    ("keras-tensorflow", "--backend 'keras' writes no TFRecords"),
+    ("slim,keras", "export-tfrecord writes with one backend; choose one of: slim"),
+    ("nope", "unknown backend 'nope'"),
+])
+def test_export_tfrecord_is_refused_for_a_backend_without_a_tfrecord_writer(backend, fragment,
+                                                                            capsys, tmp_path):
+    """``bench data export-tfrecord`` reaches the writer through the registry
+    (``BackendInfo.tfrecord_export``): a backend that declares none is one line, exit 2,
+    before anything is written."""
+    code, _, err = _run_cli(capsys, "data", "export-tfrecord", "--backend", backend,
+                            "--out", str(tmp_path / "o"))
+    _assert_one_line_error(code, err, fragment)
+    assert not (tmp_path / "o").exists()

@@ -47,6 +47,7 @@ INFO = BackendInfo(
     distributions=("tensorflow", "tf-keras", "tf-slim"),
     bf16_refusal="slim has no bf16 (tf_slim layers have no mixed-precision policy)",
     fetcher="backends.slim.weights:fetch_imagenet",
+    tfrecord_export="backends.slim.tfrecord:export_split",  # bench data export-tfrecord
     export_formats=("savedmodel", "frozen_graph"),  # export.py
     color="#3a9e5f",
     description="tf_slim.nets in a TF1 graph; trainable_scopes + variables_to_train; .ckpt",
