@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks import cli
+from benchmarks import cli, commands
 from common.data import DataError, load_dataset, load_image
 from common.verify import inspect_image, verified
 
@@ -385,7 +385,7 @@ def test_a_throughput_result_that_cannot_be_written_after_measuring_is_printed(t
 
     row = {"status": "failed", "backend": "pytorch", "error": "measured, then the disk went away"}
     monkeypatch.setattr(throughput, "measure_in_child", lambda *a, **k: dict(row))
-    monkeypatch.setattr(cli, "availability", lambda name: None)
+    monkeypatch.setattr(commands.throughput, "availability", lambda name: None)
 
     def read_only(path, payload):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
@@ -522,8 +522,8 @@ def test_more_cpu_devices_than_cores_and_sync_bn_without_cuda_are_refused_in_the
     from benchmarks import runner
 
     monkeypatch.setattr(runner, "run_child", lambda run: pytest.fail("a run started"))
-    monkeypatch.setattr(cli, "cuda_visible", lambda: False)
-    monkeypatch.setattr(cli, "usable_cores", lambda: 2)
+    monkeypatch.setattr(commands.run, "cuda_visible", lambda: False)
+    monkeypatch.setattr(commands.run, "usable_cores", lambda: 2)
     base = ["run", "--backend", "pytorch", "--recipe", "head", "--data", str(tiny_quads),
             "--weights", "none", "--out", str(tmp_path / "out")]
     code, _, err = _run_cli(capsys, *base, "--devices", "64", "--batch-size", "64")

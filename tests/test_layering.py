@@ -61,3 +61,20 @@ def test_benchmarks_reach_backends_only_through_the_registry(path):
     assert not imported, (f"{path} imports {', '.join(imported)}: reach the backend through "
                           f"backends.base (a BackendInfo field naming 'module:function'), or "
                           f"list the file in EXCEPTIONS with the reason")
+
+
+def test_every_bench_command_is_one_module_of_benchmarks_commands():
+    """docs/design.md, "Layout": cli.py only parses and maps errors to exit codes; each
+    command's flags and handler live in one module of ``benchmarks/commands/``."""
+    import argparse
+
+    from benchmarks import cli, commands
+
+    files = {p.stem for p in (ROOT / "benchmarks" / "commands").glob("*.py")} - {"__init__", "shared"}
+    assert {m.__name__.rpartition(".")[2] for m in commands.MODULES} == files
+    sub = next(a for a in cli.get_args_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(cli.COMMANDS) == list(sub.choices)  # one handler per command, in --help's order
+    owners = [m for m in commands.MODULES for _ in m.HANDLERS]
+    assert len(owners) == len(cli.COMMANDS)  # no command handled by two modules
+    cli_source = (ROOT / "benchmarks" / "cli.py").read_text(encoding="utf-8")
+    assert "add_argument(" not in cli_source and "def cmd_" not in cli_source
