@@ -89,7 +89,9 @@ def toy_registered(monkeypatch):
      "toy: no parity module"),
     (["run", "--backend", "toy", "--recipe", "head", "--data", "synthetic", "--devices", "2",
       "--out", "{tmp}/run"], "the toy backend has no data-parallel path"),
-], ids=["convert", "parity", "parallel"])
+    (["data", "export-tfrecord", "--backend", "toy", "--out", "{tmp}/tfr"],
+     "--backend 'toy' writes no TFRecords"),
+], ids=["convert", "parity", "parallel", "tfrecord"])
 def test_a_capability_the_toy_backend_leaves_out_is_refused_in_one_line(
         toy_registered, argv, fragment, tmp_path, capsys):
     code = cli.main([a.format(tmp=tmp_path) for a in argv])
