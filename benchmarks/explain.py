@@ -63,36 +63,36 @@ STEPS = (
          "Each framework builds its own InceptionV3 and replaces the classifier: torchvision assigns a "
          "new `fc` module (a row per class), Keras puts pooling and `Dense` layers on the application's "
          "output (a column per class), slim builds the `Logits` scope as a 1x1 convolution.",
-         "new-head", ("model", "recipe", "recipe")),
+         "new-head", ("recipe", "recipe", "recipe")),
     Step("restore", "Restore the pretrained backbone, not the head",
          "PyTorch filters the state dict's keys and loads the rest; Keras loads by structure, through "
          "a model shaped like the checkpoint; slim restores by variable name, excluding scopes "
          "(`--checkpoint_exclude_scopes`).",
-         "restore-without-head", ("weights", "recipe", "recipe"),
+         "restore-without-head", ("recipe", "recipe", "recipe"),
          when="pretrained"),
     Step("freeze", "Freeze the backbone, unfreeze the blocks a phase trains",
          "PyTorch switches `requires_grad` per module; Keras sets `layer.trainable` and must compile "
          "again; slim passes the trained scopes' variables to the train op (`--trainable_scopes`).",
-         "freeze", ("train", "recipe", "recipe")),
+         "freeze", ("recipe", "recipe", "recipe")),
     Step("batchnorm", "BatchNorm in frozen blocks",
          "`requires_grad=False` does not stop a torch BatchNorm in `train()` mode from updating its "
          "statistics, so frozen modules go back to `eval()`; a Keras 3 BatchNormalization with "
          "`trainable=False` always runs in inference mode; slim fixes `is_training` per layer when it "
          "builds the graph.",
-         "batchnorm", ("train", "recipe", "recipe")),
+         "batchnorm", ("recipe", "recipe", "recipe")),
     Step("optimizer", "The optimizer, with a larger learning rate for the head",
          "PyTorch has parameter groups; Keras has none, so the suite's optimizer scales the head's "
          "learning rate inside `update_step`; slim groups two optimizers in one train op.",
-         "optimizer", ("train", "recipe", "recipe")),
+         "optimizer", ("recipe", "recipe", "recipe")),
     Step("fit", "Fit one phase",
          "PyTorch writes the loop (`train_one_epoch`); Keras runs one `model.fit` per phase with "
          "callbacks; slim runs the train op in a session.",
-         "fit", ("train", "recipe", "recipe")),
+         "fit", ("recipe", "recipe", "recipe")),
     Step("predict", "Predict",
          "Every framework runs its model in inference mode (BatchNorm on moving statistics, no "
          "dropout): torch under `inference_mode` in `eval()`, Keras' `predict`, slim's eval tower "
          "built with `is_training=False`.",
-         "predict", ("train", "recipe", "recipe")),
+         "predict", ("recipe", "recipe", "recipe")),
 )
 
 

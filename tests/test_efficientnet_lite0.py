@@ -349,7 +349,7 @@ def test_lite0_every_backend_uses_batchnorm_epsilon_1e_3_relu6_and_tensorflow_sa
 
     from backends.keras.model import build_model as keras_model
     from backends.pytorch.model import TFSamePad
-    from backends.pytorch.model import build_model as torch_model
+    from backends.pytorch.recipe import build_model as torch_model
     from backends.slim.convert import _graph_with_model
 
     entries = {b: backend_info(b).entry(MODEL) for b in BACKENDS}

@@ -84,7 +84,7 @@ def _copy_sources(root: Path) -> None:
 def test_the_page_changes_when_a_marked_region_changes(tmp_path):
     _copy_sources(tmp_path)
     before, _ = render(load_recipe("two_phase"), tmp_path)
-    path = tmp_path / "backends/pytorch/train.py"
+    path = tmp_path / "backends/pytorch/recipe.py"
     text = path.read_text()
     assert "    model.requires_grad_(False)\n" in text
     path.write_text(text.replace("    model.requires_grad_(False)\n",

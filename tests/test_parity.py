@@ -88,7 +88,7 @@ def torch_inception():
     eval mode (weights left at PyTorch's layer defaults: these tests look at structure)."""
     require_backend("pytorch")
     from backends.pytorch.catalog import MODELS
-    from backends.pytorch.model import build_model
+    from backends.pytorch.recipe import build_model
 
     return {aligned: build_model(SPEC, MODELS["inception_v3"], 5, aligned=aligned,
                                  init_weights=False).eval() for aligned in (True, False)}

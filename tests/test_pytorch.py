@@ -317,7 +317,7 @@ def test_inception_aux_logits_train_with_aux_loss(tiny_quads, tmp_path, aux_conf
 @pytest.fixture(scope="module")
 def inception_with_aux():
     """A torchvision InceptionV3 as build_model makes it, aux head on (no size check)."""
-    from backends.pytorch.model import build_model
+    from backends.pytorch.recipe import build_model
 
     torch.manual_seed(0)
     return build_model(get_model("inception_v3"), MODELS["inception_v3"], 5, aux_logits=True)
@@ -561,7 +561,7 @@ def test_source_weights_beat_scratch(tmp_path):
 
 
 def test_top2_is_modules_mixed_7b_7c_and_fc(inception_with_aux):
-    from backends.pytorch.train import trainable_modules
+    from backends.pytorch.recipe import trainable_modules
 
     top2 = load_recipe("two_phase").phases[1]
     modules = trainable_modules(inception_with_aux, get_model("inception_v3"), MODELS["inception_v3"],
@@ -587,7 +587,7 @@ def test_inception_batchnorm_has_gamma_in_torchvision():
     # (test_parity.py::test_torch_batchnorm_gamma_is_fixed_at_one_so_counts_match_keras_and_slim)
     from torch import nn
 
-    from backends.pytorch.model import build_model
+    from backends.pytorch.recipe import build_model
     from common.models import get_model
 
     native = build_model(get_model("inception_v3"), MODELS["inception_v3"], 5, aligned=False)
@@ -698,7 +698,7 @@ def test_native_modules_train_what_they_name_and_map_to_blocks(tiny_quads, tmp_p
         assert names and all(n.startswith(("layer4.1.", "fc.")) for n in names)
         assert part["trainable_blocks"] == [] and 0.4 < part["partially_trained_blocks"]["layer4"] < 0.6
         assert part["native_selection"]["partially_trained_blocks"] == {"layer4": ["layer4.1"]}
-        from backends.pytorch.train import set_train_modes
+        from backends.pytorch.recipe import set_train_modes
 
         set_train_modes(b.model, b.trainable, "frozen")  # BN trains inside the named modules only
         assert b.model.layer4[1].bn1.training and not b.model.layer4[0].bn1.training
@@ -735,7 +735,8 @@ def test_aligned_rmsprop_puts_epsilon_inside_the_root_and_aligned_decay_spares_b
     w - lr * g / sqrt(mean_square + eps), the slot from 0 (momentum too: buffer then lr);
     weight_decay = "aligned": a zero-gradient SGD step decays the conv/linear kernel by
     lr * wd * w and leaves the bias (1-d) alone; native decays both."""
-    from backends.pytorch.train import RMSpropEpsilonInside, make_optimizer
+    from backends.pytorch.optim import RMSpropEpsilonInside
+    from backends.pytorch.train import make_optimizer
     from common.config import Fidelity
 
     aligned = Fidelity("aligned", "aligned", "aligned")
@@ -774,3 +775,4 @@ def test_aligned_rmsprop_puts_epsilon_inside_the_root_and_aligned_decay_spares_b
     kernel, bias = torch.nn.Parameter(torch.ones(2, 2)), torch.nn.Parameter(torch.ones(2))
     one_step(dataclasses.replace(sgd, optimizer="adamw"), aligned, [kernel, bias], grad=0.0)
     assert torch.all(kernel == 1 - 0.1 * 0.5) and torch.all(bias == 1)  # decoupled, same set
+

@@ -116,7 +116,7 @@ def test_vgg16_blocks_end_at_their_max_pool_and_hold_the_13_convolutions():
     from torch import nn
 
     from backends.keras.model import build_model as keras_model
-    from backends.pytorch.model import build_model as torch_model
+    from backends.pytorch.recipe import build_model as torch_model
     from backends.slim.model import build_tower
 
     entries = {b: backend_info(b).entry("vgg16") for b in BACKENDS}

@@ -1,11 +1,13 @@
 """The PyTorch backend: torchvision models, requires_grad + param groups, state_dict ``.pt``.
 
-A thin class over plain functions: ``model.py`` builds the model and maps
-canonical blocks to modules, ``train.py`` expresses a phase
-(``requires_grad``, BatchNorm ``eval()``, ``torch.optim`` param groups) and
-runs the epoch loop, ``data.py`` is the ``DataLoader`` over the common split,
-``weights.py`` saves and restores ``state_dict`` checkpoints (head excluded),
-``throughput.py`` times model steps.
+A thin class over plain functions: ``recipe.py`` is the transfer recipe in
+PyTorch's words (build with a new head, restore without it, ``requires_grad``,
+BatchNorm ``eval()``, ``torch.optim`` param groups, ``train_one_epoch``,
+predict), ``describe.py`` the words a phase's result records, ``train.py``
+the epoch statistics and predictions around the recipe's loops, ``model.py``
+the torchvision models and canonical blocks, ``data.py`` the ``DataLoader``
+over the common split, ``weights.py`` ``state_dict`` checkpoints (head
+excluded), ``throughput.py`` timed model steps.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import torch
 import torchvision
 from torch import nn
 
-from backends.native import coverage
 from backends.base import Backend, BackendError, WeightsRequest
 from common.config import Phase, RunConfig
 from common.data import Split
@@ -29,16 +30,9 @@ from common.parallel import is_parallel, per_device_batch
 from common.preprocess import get_normalisation, get_preset
 from common.results import cpu_name
 
-from . import data, export as export_lib, model as model_lib, parallel as parallel_lib, train
-from . import throughput as throughput_lib, weights as weights_lib
-
-
-BN_MODES = {
-    "frozen": "BatchNorm of frozen modules in eval()",
-    "train": "every BatchNorm in train() (frozen modules update running stats too)",
-    "inference": "every BatchNorm in eval() (running statistics used, never updated); "
-                 "the affine parameters of trained modules keep requires_grad",
-}
+from . import data, export as export_lib, model as model_lib, parallel as parallel_lib, recipe
+from . import throughput as throughput_lib, train, weights as weights_lib
+from .describe import describe_phase
 
 
 class PyTorchBackend(Backend):
@@ -57,7 +51,6 @@ class PyTorchBackend(Backend):
         self.model: nn.Module | None = None
         self.trainable: dict[str, nn.Module] = {}
         self.optimizer: torch.optim.Optimizer | None = None
-        self.optimizer_description = ""
         self._compiled: nn.Module | None = None  # torch.compile(self.model), made when first timed
         self.writer = train.ScalarWriter(self.run_dir / "tensorboard")
         self._step = 0
@@ -112,10 +105,10 @@ class PyTorchBackend(Backend):
         # them is rebuilt without weights to be restored); the aligned one (entry.alignment:
         # Keras' and slim's computation) for suite-made weights and random init
         native = self.starts_from_native_imagenet() or weights.kind == "imagenet"
-        net = model_lib.build_model(model, self.entry, num_classes, head_hidden_units,
-                                    aux_logits=self.config.model.aux_logits,
-                                    image_size=self.image_size or None, aligned=not native,
-                                    dropout=self.config.recipe.dropout)
+        net = recipe.build_model(model, self.entry, num_classes, head_hidden_units,
+                                 aux_logits=self.config.model.aux_logits,
+                                 image_size=self.image_size or None, aligned=not native,
+                                 dropout=self.config.recipe.dropout)
         if weights.kind == "path":
             file = Path(weights.path or "")
             if not file.is_file() and weights_lib.checkpoint_file(file).is_file():
@@ -147,57 +140,33 @@ class PyTorchBackend(Backend):
         self.optimizer, self.trainable, self.ddp, self._compiled = None, {}, None, None
 
     def _apply_phase(self, phase: Phase, index: int) -> dict:
-        net = self.model
-        self.trainable = train.trainable_modules(net, self.spec, self.entry, phase)
-        train.freeze_all_but(net, self.trainable)
-        groups = train.param_groups(net, self.entry, phase)
-        self.optimizer, self.optimizer_description = train.make_optimizer(
-            phase, groups, self.config.recipe.fidelity)
+        net, fidelity = self.model, self.config.recipe.fidelity
+        self.trainable = recipe.trainable_modules(net, self.spec, self.entry, phase)
+        recipe.freeze_all_but(net, self.trainable)
+        groups = recipe.param_groups(net, self.entry, phase)
+        self.optimizer = recipe.make_optimizer(phase, groups, fidelity)
         if self.world > 1:
             # after requires_grad is set: DDP all-reduces exactly this phase's parameters
             self.ddp = parallel_lib.wrap(net, self.device_)
-        params = [p for p in net.parameters() if p.requires_grad]
-        blocks, partial = list(phase.trainable_blocks(self.spec)), {}
-        if phase.modules:  # a native selection: what its modules cover, block by block
-            counts = {}
-            for block in self.spec.blocks:
-                block_params = [p for m in model_lib.block_modules(net, self.entry, block).values()
-                                for p in m.parameters()]
-                counts[block] = (sum(p.numel() for p in block_params if p.requires_grad),
-                                 sum(p.numel() for p in block_params))
-            blocks, partial = coverage(counts)
-        return {
-            "trainable_blocks": blocks,
-            **({"partially_trained_blocks": partial} if partial else {}),
-            "trainable_params": sum(p.numel() for p in params),
-            "total_params": sum(p.numel() for p in net.parameters()),
-            "trainable_tensors": len(params),
-            "native": {
-                "modules": list(self.trainable),
-                "param_groups": [{"name": g["name"], "lr_multiplier": g["lr_multiplier"],
-                                  "params": sum(p.numel() for p in g["params"])} for g in groups],
-                "optimizer": self.optimizer_description,
-                "bn": BN_MODES[phase.bn],
-            },
-        }
+        return describe_phase(net, self.spec, self.entry, phase, self.trainable, groups, fidelity)
 
     def _set_learning_rate(self, learning_rate: float) -> None:
-        train.set_learning_rate(self.optimizer, learning_rate)
+        recipe.set_learning_rate(self.optimizer, learning_rate)
 
     def _fit_epoch(self, phase: Phase, global_epoch: int) -> dict:
         net = self.model
         loader = self.train_loaders[phase.augment]
         data.set_epoch(loader, global_epoch)
         criterion = nn.CrossEntropyLoss(label_smoothing=phase.label_smoothing)
-        train.set_train_modes(net, self.trainable, phase.bn)  # model.train() resets BN modes
+        recipe.set_train_modes(net, self.trainable, phase.bn)  # model.train() resets BN modes
 
-        def on_step(loss: float) -> None:
+        def on_loss(loss: float) -> None:
             self._step += 1
             self.log_scalars(self._step, {"batch/train_loss": loss})
 
-        stats = train.train_one_epoch(self.ddp or net, loader, self.optimizer, criterion,
-                                      self.device_, self.norm, on_step,
-                                      precision=self.config.train.precision, desc=self.pass_name)
+        stats = train.fit_epoch(self.ddp or net, loader, self.optimizer, criterion,
+                                self.device_, self.norm, on_loss,
+                                precision=self.config.train.precision, desc=self.pass_name)
         self._computed["train"].add(stats.pop("compute_dtype"))
         if self.world > 1:  # the epoch's loss and top-1 over every rank's images
             loss, correct, seen = parallel_lib.sum_over_ranks(
@@ -298,7 +267,7 @@ class PyTorchBackend(Backend):
             self._compiled = torch.compile(self.ddp or net)
         result = throughput_lib.measure_throughput(
             self.ddp or net, self.optimizer,
-            lambda: train.set_train_modes(net, self.trainable, phase.bn),
+            lambda: recipe.set_train_modes(net, self.trainable, phase.bn),
             device=self.device_, num_classes=self.num_classes, image_size=self.image_size,
             batch_size=batch_size, precision=precision, steps=steps, warmup=warmup,
             seed=self.config.train.seed, kinds=kinds, compiled=self._compiled if compile else None)
@@ -325,7 +294,7 @@ class PyTorchBackend(Backend):
 
     def _time_input_pipeline(self, augment: bool) -> dict:
         """The training DataLoader (its persistent workers, pinned memory) up to the normalised
-        batch on the device, as ``train_one_epoch`` reads it, without the model: epoch 1
+        batch on the device, as ``recipe.train_one_epoch`` reads it, without the model: epoch 1
         starts the workers, epoch 2 is timed."""
         loader = self.train_loaders[augment]
         norm = get_normalisation(self.preprocessing_name())
@@ -354,7 +323,7 @@ class PyTorchBackend(Backend):
         loss_fn = nn.CrossEntropyLoss()
 
         def run() -> float:
-            train.set_train_modes(net, self.trainable, self.phase.bn)
+            recipe.set_train_modes(net, self.trainable, self.phase.bn)
             t0 = time.perf_counter()
             for _ in range(steps):
                 optimizer.zero_grad()

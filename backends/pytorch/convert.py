@@ -14,7 +14,7 @@ is a ``BasicConv2d`` (``m.conv``, ``m.bn``), a ``conv`` layer an ``nn.Conv2d``:
 * ``conv``: ``L/bias`` = ``m.bias``;
 * the head ``fc`` (``nn.Linear``: ``weight [classes, in]``, a class is a row) is
   ``head/kernel [in, classes]`` transposed; a hidden head is ``fc.0`` / ``fc.2``
-  (``model.make_head``'s ``Linear -> ReLU -> Linear``).
+  (``recipe.make_head``'s ``Linear -> ReLU -> Linear``).
 
 ``num_batches_tracked`` counters are training state, not weights; the auxiliary
 head (``AuxLogits``) has no canonical form (Keras has none) and is dropped, listed.
@@ -31,12 +31,13 @@ from common import canonical
 from common.models import SCALED_KINDS, get_model
 
 from .catalog import FOREIGN_STATE_DICTS, MODELS
-from .model import build_model, head_name
+from .model import head_name
+from .recipe import build_model
 from .weights import checkpoint_file, gamma_refusal, load_checkpoint, model_state, save_checkpoint
 
 SUFFIX = ".pt"
 
-# nn.Sequential(Linear, ReLU, Linear) of model.make_head: hidden layer, then logits
+# nn.Sequential(Linear, ReLU, Linear) of recipe.make_head: hidden layer, then logits
 HIDDEN_HEAD_LAYERS = ("0", "2")
 
 

@@ -1,12 +1,12 @@
-"""Build torchvision models with a new head; map canonical blocks to modules.
+"""Build torchvision models; map canonical blocks to modules.
 
 PyTorch idiom: a model is a tree of ``nn.Module`` objects and the canonical
 blocks of ``common.models`` are *top-level child modules* of the torchvision
 model (``model.layer4``, ``model.Mixed_7c``), or module paths deeper in the
 tree where torchvision keeps the layers of several blocks in one
-``Sequential`` (``features.17``). Replacing the head is plain
-attribute assignment (``model.fc = nn.Linear(...)``), as in the torchvision
-fine-tuning tutorial.
+``Sequential`` (``features.17``). ``recipe.build_model`` replaces the head
+by plain attribute assignment (``model.fc = nn.Linear(...)``), as in the
+torchvision fine-tuning tutorial.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch import nn
 from torchvision.models import inception, vgg
 
 from backends.base import BackendError, ModelEntry
-from common.models import BN_DECAY, EFFICIENTNET_LITE0, HEAD, ModelSpec
+from common.models import EFFICIENTNET_LITE0, HEAD, ModelSpec
 
 # torchvision's Inception3 aux head (avg_pool 5/3, then a 5x5 VALID conv) needs Mixed_6e
 # at 17x17, i.e. the full 299 px input; slim's aux head shrinks its kernel for small inputs
@@ -99,18 +99,20 @@ def fixed_gamma_keys(model: nn.Module) -> list[str]:
             and f"{name}.weight" not in params]
 
 
-def build_model(spec: ModelSpec, entry: ModelEntry, num_classes: int, head_hidden_units: int = 0,
-                aux_logits: bool = False, image_size: int | None = None,
-                aligned: bool = True, init_weights: bool = True,
-                dropout: float = 0.0) -> nn.Module:
-    """The torchvision model of ``entry`` with randomly initialised weights and a new head.
+def torchvision_model(spec: ModelSpec, entry: ModelEntry, num_classes: int,
+                      aux_logits: bool = False, image_size: int | None = None,
+                      aligned: bool = True, init_weights: bool = True,
+                      dropout: float = 0.0) -> nn.Module:
+    """The torchvision model of ``entry`` with randomly initialised weights, its ImageNet
+    classifier still in place (``recipe.build_model`` replaces it with the new head).
 
     ``aligned`` (suite-made weights): the changes of ``entry.alignment`` that make the
     model compute what Keras and slim compute; ``False`` is torchvision's own model
     (``--weights imagenet``, and ``bench parity --alignment native``). ``init_weights=False``
     skips torchvision's truncated-normal initialisation (weights about to be overwritten).
-    ``dropout`` > 0: ``nn.Dropout(dropout)`` on the pooled features before the head (active
-    in ``train()`` only): Inception3's own ``dropout`` attribute, else the head's first module.
+    ``aux_logits``: Inception's aux head, with ``num_classes`` outputs, initialised as slim's.
+    ``dropout`` > 0: Inception3's own ``dropout`` attribute becomes ``nn.Dropout(dropout)``
+    on the pooled features (active in ``train()`` only); other models get it in the head.
     """
     constructor = entry.resolve_constructor()
     if entry.aux_head:
@@ -133,30 +135,18 @@ def build_model(spec: ModelSpec, entry: ModelEntry, num_classes: int, head_hidde
         if aux_logits:
             model.AuxLogits.fc = nn.Linear(model.AuxLogits.fc.in_features, num_classes)
             init_aux_head_like_slim(model.AuxLogits)
-    elif entry.alignment:  # the suite's own module: built aligned or in torchvision's idiom
-        model = constructor(weights=None, aligned=aligned)
-    else:
-        model = constructor(weights=None)
-    # --8<-- [start:new-head]
-    head = head_name(entry)
-    new_head = make_head(head_in_features(getattr(model, head)), num_classes, head_hidden_units)
-    if dropout and not hasattr(model, "dropout"):  # torchvision's ResNet has no dropout slot
-        new_head = nn.Sequential(nn.Dropout(dropout), new_head)
-    setattr(model, head, new_head)
-    # --8<-- [end:new-head]
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            # PyTorch's momentum is the weight of the *new* batch statistic:
-            # momentum=0.1 is Keras' momentum=0.9 / slim's decay=0.9 (common.models.BN_DECAY).
-            m.momentum = 1.0 - BN_DECAY
-    return model
+        return model
+    if entry.alignment:  # the suite's own module: built aligned or in torchvision's idiom
+        return constructor(weights=None, aligned=aligned)
+    return constructor(weights=None)
 
 
 def vgg16(weights: None = None) -> nn.Module:
     """torchvision's VGG16 as the suite's model: ``features``, the five convolution blocks
     (``torchvision.models.vgg.make_layers(cfgs["D"])``, initialised as torchvision's ``VGG``
     does), then the global average pool of block5 (512-d, as Keras ``VGG16(include_top=False,
-    pooling="avg")``) and a ``classifier`` that ``build_model`` replaces with the suite's head.
+    pooling="avg")``) and a ``classifier`` that ``recipe.build_model`` replaces with the
+    suite's head.
 
     torchvision's ``VGG`` module would also build fc6 and fc7 (``classifier.0``, ``.3``:
     25088x4096 and 4096x4096 behind a 7x7 adaptive pool, 120M parameters) that the suite's
@@ -251,7 +241,7 @@ def efficientnet_lite0(weights: None = None, aligned: bool = True) -> nn.Module:
     """EfficientNet-Lite0 in torchvision style, from ``common.models.EFFICIENTNET_LITE0``'s
     stage table: one ``Sequential`` whose children are the canonical blocks (``stem``,
     ``block1`` .. ``block7`` of ``MBConv`` modules, ``top``), then the global average pool
-    and a ``classifier`` that ``build_model`` replaces with the suite's head.
+    and a ``classifier`` that ``recipe.build_model`` replaces with the suite's head.
 
     The suite's own module rather than timm's ``tf_efficientnet_lite0``: timm builds the
     same network (its ``Conv2dSame`` is ``TFSamePad``) but would be a dependency of every
@@ -329,14 +319,6 @@ def head_in_features(head: nn.Module) -> int:
     return linears[0].in_features
 
 
-def make_head(in_features: int, num_classes: int, hidden_units: int = 0) -> nn.Module:
-    """``Linear`` or ``Linear -> ReLU -> Linear`` (the Keras recipe's Dense(1024, relu) top)."""
-    if hidden_units > 0:
-        return nn.Sequential(nn.Linear(in_features, hidden_units), nn.ReLU(inplace=True),
-                             nn.Linear(hidden_units, num_classes))
-    return nn.Linear(in_features, num_classes)
-
-
 def block_modules(model: nn.Module, entry: ModelEntry, block: str) -> dict[str, nn.Module]:
     """Modules of canonical ``block`` (``"head"`` included) that exist in ``model``, keyed
     by module path: top-level children (``layer4``, ``Mixed_7c``) or modules deeper in the
@@ -351,6 +333,25 @@ def block_modules(model: nn.Module, entry: ModelEntry, block: str) -> dict[str, 
         except AttributeError:  # None (AuxLogits without the aux head) is not a module
             continue
     return modules
+
+
+def submodule(model: nn.Module, name: str) -> nn.Module:
+    """``model.get_submodule(name)``, or a one-line error naming what the parent holds."""
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        module = None
+    if module is None:  # AuxLogits is None without the aux head
+        parent_name, _, _ = name.rpartition(".")
+        try:
+            parent = model.get_submodule(parent_name) if parent_name else model
+            children = [n for n, m in parent.named_children() if m is not None]
+        except AttributeError:
+            children = [n for n, _ in model.named_children()]
+            parent_name = ""
+        raise BackendError(f"modules names {name!r}, which this {type(model).__name__} does not "
+                           f"have; {parent_name or 'the model'} has: {', '.join(children)}")
+    return module
 
 
 def in_modules(name: str, paths) -> bool:

@@ -2,7 +2,8 @@
 
 PyTorch idiom: a checkpoint is a dict of tensors keyed by module path
 (``layer4.1.bn2.running_mean``); restoring "everything but the head" is
-filtering the keys and ``load_state_dict(strict=False)``. ImageNet weights
+filtering the keys and ``load_state_dict(strict=False)`` (``recipe.py``; here
+the checks around it and the counts a run records). ImageNet weights
 come from torchvision's weight enums through the ``torch.hub`` cache
 (``$TORCH_HOME/hub/checkpoints``). The source-pretrained checkpoint, a
 user's file and ImageNet weights all go through ``restore_excluding_head``.
@@ -19,6 +20,7 @@ from torch import nn
 
 from backends.base import BackendError, ModelEntry
 
+from . import recipe
 from .catalog import imagenet_dir
 from .model import fixed_gamma_keys, head_name, head_prefixes
 
@@ -62,18 +64,17 @@ def model_state(checkpoint: dict) -> dict[str, torch.Tensor]:
 
 def restore_excluding_head(model: nn.Module, entry: ModelEntry, state: dict[str, torch.Tensor],
                            source: str, ignore_missing_vars: bool = False) -> dict:
-    """Load every backbone tensor of ``state`` into ``model``; never the head or aux head.
+    """Load every backbone tensor of ``state`` into ``model``; never the head or aux head
+    (``recipe.backbone_state`` and ``recipe.restore_without_head``).
 
     Keys the model does not have are not needed and skipped; a backbone tensor that is
     missing or has another shape is a one-line error naming ``source``, unless
     ``ignore_missing_vars`` (slim's flag of that name), which keeps those tensors at their
     initial values and lists them. Returns the counts and those lists.
     """
-    # --8<-- [start:restore-without-head]
     excluded = head_prefixes(entry)
     own = model.state_dict()
-    backbone = {k: v for k, v in state.items() if not k.startswith(excluded) and k in own}
-    # --8<-- [end:restore-without-head]
+    backbone = recipe.backbone_state(model, entry, state)
     bad_shapes = [k for k, v in backbone.items() if tuple(v.shape) != tuple(own[k].shape)]
     missing = [k for k in own if not k.startswith(excluded) and k not in backbone]
     if (bad_shapes or missing) and not ignore_missing_vars:
@@ -85,9 +86,7 @@ def restore_excluding_head(model: nn.Module, entry: ModelEntry, state: dict[str,
     for k in bad_shapes:
         del backbone[k]
     check_fixed_gammas(model, backbone, source)
-    # --8<-- [start:restore-without-head]
-    model.load_state_dict(backbone, strict=False)
-    # --8<-- [end:restore-without-head]
+    recipe.restore_without_head(model, backbone)
     return {"restored": len(backbone), "excluded": sum(k.startswith(excluded) for k in state),
             "missing": missing, "shape_mismatch": bad_shapes,
             "ignore_missing_vars": ignore_missing_vars}
