@@ -19,7 +19,7 @@ MAX_LINES = 250
 FORBIDDEN = re.compile(r"result|report|describe|seconds|json|perf_counter|timeline|\btime\b",
                        re.IGNORECASE)
 #: the frameworks whose recipe.py exists (extend this list, one name per framework)
-FRAMEWORKS = ["slim", "keras"]
+FRAMEWORKS = ["pytorch", "slim", "keras"]
 
 
 def _recipe(framework: str) -> Path:

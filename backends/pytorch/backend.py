@@ -144,7 +144,7 @@ class PyTorchBackend(Backend):
         self.trainable = recipe.trainable_modules(net, self.spec, self.entry, phase)
         recipe.freeze_all_but(net, self.trainable)
         groups = recipe.param_groups(net, self.entry, phase)
-        self.optimizer = recipe.make_optimizer(phase, groups, fidelity)
+        self.optimizer = recipe.torch_optimizer(phase, groups, fidelity)
         if self.world > 1:
             # after requires_grad is set: DDP all-reduces exactly this phase's parameters
             self.ddp = parallel_lib.wrap(net, self.device_)

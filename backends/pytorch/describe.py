@@ -26,7 +26,7 @@ BN_MODES = {
 
 
 def optimizer_words(phase: Phase, fidelity: Fidelity = Fidelity()) -> str:
-    """One line for the optimizer ``recipe.make_optimizer`` builds for ``phase``."""
+    """One line for the optimizer ``recipe.torch_optimizer`` builds for ``phase``."""
     m, wd, eps, rho = phase.effective_momentum, phase.weight_decay, phase.epsilon, phase.rmsprop_rho
     if phase.optimizer == "rmsprop" and fidelity.aligned("rmsprop"):
         words = (f"RMSpropEpsilonInside(alpha={rho}, eps={eps} inside the root, "

@@ -2,7 +2,7 @@
 
 ``fidelity.rmsprop = "aligned"``: RMSprop with epsilon inside the square root, as
 Keras and TensorFlow compute it; ``fidelity.weight_decay = "aligned"``: decay on the
-kernels only, as slim's ``l2_regularizer`` (docs/differences.md). ``recipe.make_optimizer``
+kernels only, as slim's ``l2_regularizer`` (docs/differences.md). ``recipe.torch_optimizer``
 chooses them.
 """
 

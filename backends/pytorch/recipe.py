@@ -155,8 +155,8 @@ def param_groups(model: nn.Module, entry: ModelEntry, phase: Phase) -> list[dict
     # --8<-- [end:optimizer]
 
 
-def make_optimizer(phase: Phase, groups: list[dict],
-                   fidelity: Fidelity = Fidelity()) -> torch.optim.Optimizer:
+def torch_optimizer(phase: Phase, groups: list[dict],
+                    fidelity: Fidelity = Fidelity()) -> torch.optim.Optimizer:
     """The ``torch.optim`` optimizer of ``phase`` over ``groups`` (``param_groups``);
     ``fidelity`` (the recipe's switches) says where the suite aligns torch's step."""
     m, wd, eps, rho = phase.effective_momentum, phase.weight_decay, phase.epsilon, phase.rmsprop_rho

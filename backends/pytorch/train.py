@@ -31,8 +31,9 @@ from .recipe import (autocast, compute_loss, freeze_all_but, param_groups,  # no
 
 def make_optimizer(phase: Phase, groups: list[dict], fidelity: Fidelity = Fidelity()
                    ) -> tuple[torch.optim.Optimizer, str]:
-    """``recipe.make_optimizer`` and its one-line description (``describe.optimizer_words``)."""
-    return recipe.make_optimizer(phase, groups, fidelity), optimizer_words(phase, fidelity)
+    """``recipe.torch_optimizer`` and its one-line description (``describe.optimizer_words``):
+    the pair ``parity.train_steps`` asks for."""
+    return recipe.torch_optimizer(phase, groups, fidelity), optimizer_words(phase, fidelity)
 
 
 def dtype_name(tensor: torch.Tensor) -> str:
