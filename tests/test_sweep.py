@@ -147,6 +147,23 @@ def test_budget_runs_jobs_in_order_and_the_rest_say_not_run(monkeypatch, tmp_pat
     assert json.loads((tmp_path / "throughput.json").read_text())["rows"]
 
 
+def test_an_end_to_end_row_without_its_pipeline_timing_reads_as_a_dash(monkeypatch, tmp_path):
+    """A job stopped before it timed its pipeline alone leaves its end-to-end row without
+    ``decode``: the markdown says ``—`` in that column (the report's ``rate`` filter)."""
+    monkeypatch.setattr(sweep.planning, "availability", without_tensorflow(sweep.planning.availability))
+    clock = [1000.0]
+    record = sweep.run_sweep(sweep.Settings(models=("inception_v3",), precisions=("bf16",), e2e=False,
+                                            backends=("pytorch",), modes=("eager",)),
+                             tmp_path, runner=_fake_runner(clock, 1.0), clock=lambda: clock[0])
+    record["end_to_end"] = [{"table": "end_to_end", "backend": "pytorch", "mode": "eager",
+                             "model": "inception_v3", "precision": "bf16", "batch": 128, "recipe": "full",
+                             "phase": "full", "status": "ok", "end_to_end_images_per_second": 900.0,
+                             "model_step_images_per_second": 1000.0, "ratio": 0.9,
+                             "limiting_stage": "the model step (the input pipeline keeps up)"}]
+    assert ("| pytorch | inception_v3 | bf16 | 128 | full / full | 900.0 | 1,000.0 | 90.0 % | — | "
+            "the model step (the input pipeline keeps up) |") in sweep.markdown(record)
+
+
 def test_smoke_jobs_run_side_by_side_and_report_in_plan_order(monkeypatch, tmp_path):
     """``Settings.processes`` > 1 (the CPU smoke: one per core): the first two jobs are in
     flight at once (a barrier both must reach), each child's threads are the cores divided

@@ -98,49 +98,12 @@ def markdown(record: dict, plot_name: str = "throughput.png") -> str:
                       key=lambda r: (order.get(r["backend"], 99), r.get("recipe") != "two_phase"))
     return render("sweep.j2", "markdown", r=record, plot=plot_name, model_rows=_table_rows(record),
                   e2e_rows=e2e_rows,
-                  not_run=_not_run_groups(record), fm=_formatters(), conditions=_conditions(record))
-
-
-def _conditions(record: dict) -> list[tuple[str, str]]:
-    """The table of conditions at the top of the markdown: what ran, where, how."""
-    d, s, tflops = record["device"], record["settings"], _formatters()["tflops"]
-    peaks = d["peaks"]
-    return [
-        ("command", f"`{record['command']}`"),
-        ("device", (d["name"] or "no GPU") + (" (injected by --smoke for the MFU arithmetic; "
-                                               "the steps ran on the CPU)" if d["injected_for_mfu"] else "")),
-        ("device per backend", "; ".join(f"{b}: {v.get('name', v.get('kind', '?'))}"
-                                         for b, v in d["by_backend"].items()) or "—"),
-        ("host", f"{record['machine']['cpu']}, {record['machine']['cores']} cores, "
-                 f"Python {record['machine']['python']}"),
-        *([("processes", f"{s['processes']} jobs side by side, {s['threads_per_process']} CPU "
-                         f"thread(s) each (a CPU smoke; a GPU sweep runs one job at a time)")]
-          if (s.get("processes") or 1) > 1 else []),
-        ("versions", "; ".join(f"{b}: " + ", ".join(f"{k} {v}" for k, v in versions.items())
-                               for b, versions in record["versions"].items()) or "—"),
-        ("protocol", f"{s['steps']} timed steps after the first (compiling) step and {s['warmup']} "
-                     f"warm-up steps; median img/s with p10–p90; every layer trains (momentum SGD, "
-                     f"BatchNorm in train mode); batch sizes {', '.join(map(str, s['batch_sizes']))}; "
-                     f"a batch that runs out of memory falls back to the next smaller one"
-                     + (f" (out-of-memory error injected at batch "
-                        f"{', '.join(map(str, s['inject_oom']))})" if s["inject_oom"] else "")),
-        ("FLOPs", "counted once per model and size by `torch.utils.flop_counter.FlopCounterMode` "
-                  "on the PyTorch backend's torchvision model (eval-mode forward of one image; a "
-                  f"multiply-add = 2); a training step counts {TRAIN_FLOPS_FACTOR} x forward. Keras' "
-                  "ResNet-50 is ResNet v1 (stride in the first 1x1 convolution), not torchvision's "
-                  "v1.5: its MFU uses the torchvision count"),
-        ("MFU peak", f"{peaks['device']}: bf16 {tflops(peaks['bf16'])}, TF32 {tflops(peaks['tf32'])}, "
-                     f"fp32 {tflops(peaks['fp32'])} TFLOP/s dense ({peaks['source']}); an fp32 row is "
-                     f"held to the TF32 peak when its framework lets convolutions run as TF32"
-                     if peaks else "no peak for this device in common/gpu_peaks.py: MFU left blank"),
-        ("budget", f"{s['budget_seconds']:.0f} s planned, {record['elapsed_seconds']:.0f} s taken"),
-    ]
+                  not_run=_not_run_groups(record), fm=_formatters(), train_flops_factor=TRAIN_FLOPS_FACTOR)
 
 
 def _formatters() -> dict:
-    def rate(v):
-        return "—" if v is None else f"{v:,.1f}"
-
+    """The sweep's own units for ``templates/sweep.j2`` (``fm``); its img/s go through the report's
+    ``rate`` filter (``benchmarks.report.FILTERS``)."""
     def gb(v):
         return "—" if not v else f"{v / 2**30:.1f} GiB"
 
@@ -159,7 +122,7 @@ def _formatters() -> dict:
     def tflops(v):
         return "—" if not v else f"{v / 1e12:,.1f}"
 
-    return {"rate": rate, "gb": gb, "gflops": gflops, "pct": pct, "secs": secs, "tflops": tflops, "mfu": mfu}
+    return {"gb": gb, "gflops": gflops, "pct": pct, "secs": secs, "tflops": tflops, "mfu": mfu}
 
 
 def _table_rows(record: dict) -> list[dict]:
