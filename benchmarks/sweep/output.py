@@ -9,7 +9,6 @@ imported.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from backends.base import backend_info
@@ -149,12 +148,22 @@ def _not_run_groups(record: dict) -> list[dict]:
 
 
 def plot(record: dict, path: Path) -> None:
+    """``figure(record)`` as a PNG at ``path``, in the run report's style (``benchmarks.report``:
+    its matplotlib rc ``STYLE``, ``figure_grid`` and ``png_bytes``)."""
+    import matplotlib
+
+    from benchmarks.report import STYLE, png_bytes
+
+    with matplotlib.rc_context(STYLE):
+        Path(path).write_bytes(png_bytes(figure(record)))
+
+
+def figure(record: dict):
     """One figure: train and inference img/s at the largest batch, a panel per (kind,
     precision) measured, a bar per backend and mode (the batch it fell back to on the bar
     when memory ran out); and the end-to-end rows beside their model step and their
     pipeline alone."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from benchmarks.report import figure_grid
 
     biggest = max(record["settings"]["batch_sizes"])
     rows = [r for r in record["rows"] if r.get("status") == "ok" and r["batch_requested"] == biggest]
@@ -162,13 +171,7 @@ def plot(record: dict, path: Path) -> None:
               if any((r["kind"], r["precision"]) == (k, p) for r in rows)]
     e2e = [r for r in record["end_to_end"] if r.get("status") == "ok"]
     count = max(1, len(panels) + bool(e2e))
-    cols = min(count, 2)
-    fig = Figure(figsize=(6.2 * cols, 3.6 * math.ceil(count / cols) + 0.8), dpi=110,
-                 layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = list(fig.subplots(math.ceil(count / cols), cols, squeeze=False).flat)
-    for ax in axes[count:]:
-        ax.set_visible(False)
+    fig, axes = figure_grid(count, 2, 5.8, 3.9)
     series = [m for m in MODES if any((r["backend"], r["mode"]) == m for r in rows)]
     models = sorted({r["model"] for r in rows}, key=models_order)
     width = 0.8 / max(1, len(series))
@@ -215,7 +218,7 @@ def plot(record: dict, path: Path) -> None:
     if record["smoke"]:
         title = f"CPU SMOKE TEST, NOT A RESULT ({record['machine']['cpu']})"
     fig.suptitle(f"bench throughput --sweep: {title}", fontsize=10)
-    fig.savefig(path, format="png", facecolor="white")
+    return fig
 
 
 def _mode_color(backend: str, mode: str) -> str:
