@@ -299,6 +299,7 @@ def _e2e_jobs(settings: Settings, skipped: list[dict]) -> list[Job]:
 
 
 def row_base(backend: str, mode: str, model: str, precision: str, size: int, item: Item) -> dict:
+    """What a model-step row says of itself before it is measured (or why it is not)."""
     return {"table": "model_step", "backend": backend, "mode": mode, "model": model,
             "precision": precision, "image_size": size, "kind": item.kind,
             "batch_requested": item.batch, "tier": item.tier}
