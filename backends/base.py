@@ -186,7 +186,7 @@ class SweepMode:
 @dataclass(frozen=True)
 class Sweep:
     """What ``bench throughput --sweep`` runs of a backend and its time estimates (seconds on
-    one H100 with 16 cores, used to plan within the budget; ``benchmarks/sweep.py``)."""
+    one H100 with 16 cores, used to plan within the budget; ``benchmarks/sweep/planning.py``)."""
 
     modes: tuple[SweepMode, ...]
     start_seconds: float        # a job's process start, framework import and model build

@@ -1,4 +1,4 @@
-"""``bench throughput --sweep`` (benchmarks/sweep.py, benchmarks/sweep_worker.py) on a CPU.
+"""``bench throughput --sweep`` (benchmarks/sweep/, benchmarks/sweep_worker.py) on a CPU.
 
 The smoke sweep runs the real children (FLOP count, model steps with an injected
 out-of-memory error, end-to-end epochs over generated JPEG files) at tiny sizes; the
@@ -60,7 +60,7 @@ def test_mfu_is_model_flops_over_the_dense_peak_of_the_precision_that_ran():
 # ------------------------------------------------------------------ plan and budget
 
 def test_plan_runs_the_headline_rows_first_and_says_why_tensorflow_rows_do_not_run(monkeypatch):
-    monkeypatch.setattr(sweep, "availability", without_tensorflow(sweep.availability))
+    monkeypatch.setattr(sweep.planning, "availability", without_tensorflow(sweep.planning.availability))
     jobs, skipped = sweep.plan(sweep.Settings())
     keys = [(j.job, j.backend, j.mode, j.model, j.precision) for j in jobs]
     assert keys[:4] == [("model_step", "pytorch", "eager", "inception_v3", "bf16"),
@@ -123,7 +123,7 @@ def _fake_runner(clock, seconds_per_job, killed_jobs=()):
 
 
 def test_budget_runs_jobs_in_order_and_the_rest_say_not_run(monkeypatch, tmp_path):
-    monkeypatch.setattr(sweep, "availability", without_tensorflow(sweep.availability))
+    monkeypatch.setattr(sweep.planning, "availability", without_tensorflow(sweep.planning.availability))
     clock = [1000.0]
     settings = sweep.Settings(models=("inception_v3",), precisions=("bf16",), e2e=False,
                               budget_seconds=140.0)
@@ -147,13 +147,30 @@ def test_budget_runs_jobs_in_order_and_the_rest_say_not_run(monkeypatch, tmp_pat
     assert json.loads((tmp_path / "throughput.json").read_text())["rows"]
 
 
+def test_an_end_to_end_row_without_its_pipeline_timing_reads_as_a_dash(monkeypatch, tmp_path):
+    """A job stopped before it timed its pipeline alone leaves its end-to-end row without
+    ``decode``: the markdown says ``—`` in that column (the report's ``rate`` filter)."""
+    monkeypatch.setattr(sweep.planning, "availability", without_tensorflow(sweep.planning.availability))
+    clock = [1000.0]
+    record = sweep.run_sweep(sweep.Settings(models=("inception_v3",), precisions=("bf16",), e2e=False,
+                                            backends=("pytorch",), modes=("eager",)),
+                             tmp_path, runner=_fake_runner(clock, 1.0), clock=lambda: clock[0])
+    record["end_to_end"] = [{"table": "end_to_end", "backend": "pytorch", "mode": "eager",
+                             "model": "inception_v3", "precision": "bf16", "batch": 128, "recipe": "full",
+                             "phase": "full", "status": "ok", "end_to_end_images_per_second": 900.0,
+                             "model_step_images_per_second": 1000.0, "ratio": 0.9,
+                             "limiting_stage": "the model step (the input pipeline keeps up)"}]
+    assert ("| pytorch | inception_v3 | bf16 | 128 | full / full | 900.0 | 1,000.0 | 90.0 % | — | "
+            "the model step (the input pipeline keeps up) |") in sweep.markdown(record)
+
+
 def test_smoke_jobs_run_side_by_side_and_report_in_plan_order(monkeypatch, tmp_path):
     """``Settings.processes`` > 1 (the CPU smoke: one per core): the first two jobs are in
     flight at once (a barrier both must reach), each child's threads are the cores divided
     among the processes, and the JSON is the one-at-a-time sweep's, row for row and job for
     job in plan order."""
-    monkeypatch.setattr(sweep, "availability", without_tensorflow(sweep.availability))
-    monkeypatch.setattr(sweep, "_cores", lambda: 4)
+    monkeypatch.setattr(sweep.planning, "availability", without_tensorflow(sweep.planning.availability))
+    monkeypatch.setattr(sweep.planning, "cores", lambda: 4)
     settings = sweep.Settings(models=("inception_v3",), precisions=("bf16",), e2e=False,
                               budget_seconds=1e6)
     clock = [1000.0]
@@ -232,7 +249,7 @@ def test_smoke_sweep_runs_the_real_children_and_writes_json_markdown_and_plot(mo
     files with the pipeline timed alone, MFU against an injected device's peak, and the
     TensorFlow backends' rows as on the GPU machines."""
     require_backend("pytorch")
-    monkeypatch.setattr(sweep, "availability", without_tensorflow(sweep.availability))
+    monkeypatch.setattr(sweep.planning, "availability", without_tensorflow(sweep.planning.availability))
     out = tmp_path / "smoke"
     code = cli.main(["throughput", "--sweep", "--smoke", "--backend", "pytorch,keras,slim",
                      "--model", "resnet50", "--precision", "fp32", "--mode", "eager,tf.function,graph",
@@ -302,7 +319,7 @@ def test_smoke_sweep_over_every_backend_and_mode(tmp_path):
     assert cli.main(["throughput", "--sweep", "--smoke", "--no-end-to-end", "--out", str(out)]) == 0
     record = json.loads((out / "throughput.json").read_text())
     assert record["complete"] and record["smoke"] and not record["end_to_end"]
-    runnable = [m for m in sweep.MODES if sweep.availability(m[0]) is None]
+    runnable = [m for m in sweep.MODES if sweep.planning.availability(m[0]) is None]
     for row in record["rows"]:
         if row["status"] == "ok":
             assert row["images_per_second"] > 0 and row["first_step_seconds"] > 0, row
@@ -316,9 +333,9 @@ def test_smoke_sweep_over_every_backend_and_mode(tmp_path):
     # one process per (backend, mode): the smoke compiles each model once; one per core side by side
     assert sorted((j["backend"], j["mode"]) for j in record["jobs"] if j["job"] == "model_step") \
         == sorted(runnable)
-    assert record["settings"]["processes"] == min(sweep._cores(), len(record["jobs"]))
+    assert record["settings"]["processes"] == min(sweep.cores(), len(record["jobs"]))
     assert all(j["ready_seconds"] > 0 for j in record["jobs"])
-    if sweep.availability("pytorch") is None:
+    if sweep.planning.availability("pytorch") is None:
         flops = record["flops"]["vgg16"]
         assert flops["image_size"] == 32 and flops["forward_flops_per_image"] > 0
         assert all(r["mfu"] > 0 for r in record["rows"] if r["status"] == "ok")
@@ -336,7 +353,7 @@ def test_smoke_sweep_end_to_end_over_every_backend(tmp_path):
     out = tmp_path / "smoke"
     assert cli.main(["throughput", "--sweep", "--smoke", "--out", str(out)]) == 0
     record = json.loads((out / "throughput.json").read_text())
-    installed = {b for b, _ in sweep.MODES if sweep.availability(b) is None}
+    installed = {b for b, _ in sweep.MODES if sweep.planning.availability(b) is None}
     e2e = [r for r in record["end_to_end"] if r["status"] == "ok"]
     assert sorted((r["backend"], r["phase"]) for r in e2e) == sorted(
         (b, p) for b in installed for _, p in sweep.E2E_PHASES)
