@@ -54,6 +54,7 @@ from typing import Callable, ClassVar, Mapping
 
 import numpy as np
 
+from common.canonical import aligned_head
 from common.config import Phase, RunConfig
 from common.data import SPLIT_NAMES, Split
 from common.models import HEAD, MODELS, ModelSpec
@@ -653,6 +654,16 @@ class Backend(abc.ABC):
         except BaseException:
             self.spec = None
             raise
+
+    def aligned_head(self, head_hidden_units: int) -> dict[str, np.ndarray] | None:
+        """The canonical head tensors ``_build`` writes into the new head when the recipe's
+        ``fidelity.head_init`` is ``aligned`` (``common.canonical.aligned_head``: one numpy draw
+        from the run's seed, the same in every backend), before any weights are restored;
+        None when ``native`` (the framework's own initialiser and RNG)."""
+        if not self.config.recipe.fidelity.aligned("head_init"):
+            return None
+        return aligned_head(self.config.train.seed, self.spec.feature_dim, self.num_classes,
+                            head_hidden_units)
 
     def apply_phase(self, phase: Phase, index: int) -> dict:
         """Freeze/unfreeze, set BN mode and make the optimizer for ``phase``.

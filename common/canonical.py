@@ -218,3 +218,27 @@ def random_weights(model: str, feature_dim: int, num_classes: int, seed: int = 0
                                            (feature_dim, num_classes)).astype(np.float32)
     tensors[f"{HEAD}/bias"] = rng.normal(0, 0.1, num_classes).astype(np.float32)
     return tensors
+
+
+# a stream of its own: the head's draw does not move with any other use of the run's seed
+HEAD_INIT_STREAM = 0x4EAD
+
+
+def aligned_head(seed: int, feature_dim: int, num_classes: int, hidden_units: int = 0
+                 ) -> dict[str, np.ndarray]:
+    """The new head of ``fidelity.head_init = "aligned"``, drawn once here with numpy from the
+    run's ``seed``: canonical ``head_hidden/kernel`` ``[in, hidden]`` and ``head_hidden/bias``
+    (when ``hidden_units`` > 0), then ``head/kernel`` ``[in, classes]`` and ``head/bias``.
+    Kernels Glorot-uniform (limit sqrt(6 / (fan_in + fan_out))), biases 0: Keras' ``Dense``
+    and slim's ``conv2d`` defaults (docs/design.md, "Fidelity switches"). Every backend writes
+    these tensors into its head through its weight conversion's head mapping."""
+    rng = np.random.default_rng([HEAD_INIT_STREAM, seed])
+    tensors, width = {}, feature_dim
+    for layer, units in ((HEAD_HIDDEN, hidden_units), (HEAD, num_classes)):
+        if units <= 0:
+            continue
+        limit = np.sqrt(6.0 / (width + units))
+        tensors[f"{layer}/kernel"] = rng.uniform(-limit, limit, (width, units)).astype(np.float32)
+        tensors[f"{layer}/bias"] = np.zeros(units, np.float32)
+        width = units
+    return tensors

@@ -92,6 +92,9 @@ FIDELITY_SWITCHES = {
                "at 0 (Keras; torch moves epsilon inside the root, slim starts the slot at 0)",
     "weight_decay": "weight decay reaches conv and dense kernels only, as grad + wd * w (slim's "
                     "l2_regularizer; torch and Keras leave biases and BatchNorm betas undecayed)",
+    "head_init": "the new head starts from one draw made in common with numpy from the run's "
+                 "seed (Glorot-uniform kernels, zero biases), written into every framework's "
+                 "head through the canonical weight layout",
 }
 MAX_EPOCHS = 10_000
 MAX_HIDDEN_UNITS = 65_536
@@ -206,6 +209,7 @@ class Fidelity:
     bn_moving_variance: str = "native"
     rmsprop: str = "native"
     weight_decay: str = "native"
+    head_init: str = "native"
 
     def aligned(self, switch: str) -> bool:
         return getattr(self, switch) == "aligned"

@@ -108,19 +108,45 @@ def test_fidelity_is_native_by_default_and_aligned_by_one_key_or_per_switch():
     from common.config import FIDELITY_SWITCHES, recipe_from_dict
 
     assert load_recipe("two_phase").fidelity.settings() == {k: "native" for k in FIDELITY_SWITCHES}
-    assert set(FIDELITY_SWITCHES) == {"bn_moving_variance", "rmsprop", "weight_decay"}
+    assert set(FIDELITY_SWITCHES) == {"bn_moving_variance", "rmsprop", "weight_decay", "head_init"}
     every = parse_recipe({**_recipe(), "fidelity": "aligned"})
     assert every.fidelity.settings() == {k: "aligned" for k in FIDELITY_SWITCHES}
     assert every.fidelity.text() == "aligned"
     one = parse_recipe({**_recipe(), "fidelity": {"bn_moving_variance": "aligned"}})
     assert one.fidelity.settings() == {"bn_moving_variance": "aligned", "rmsprop": "native",
-                                       "weight_decay": "native"}
+                                       "weight_decay": "native", "head_init": "native"}
     but = parse_recipe({**_recipe(), "fidelity": {"default": "aligned", "rmsprop": "native"}})
-    assert but.fidelity.text() == "bn_moving_variance=aligned, rmsprop=native, weight_decay=aligned"
+    assert but.fidelity.text() == ("bn_moving_variance=aligned, rmsprop=native, weight_decay=aligned, "
+                                   "head_init=aligned")
     # the asdict form (config.json, sweep.json) reads back the same
     import dataclasses
 
     assert recipe_from_dict(dataclasses.asdict(but)).fidelity == but.fidelity
+
+
+def test_fidelity_head_init_draw_is_glorot_uniform_from_the_seed_with_zero_biases():
+    """common.canonical.aligned_head: what every backend writes into its head under
+    head_init = "aligned" (docs/design.md, "Fidelity switches"); numpy only."""
+    import numpy as np
+
+    from common.canonical import aligned_head
+
+    head = aligned_head(7, 2048, 5, 16)
+    assert {k: v.shape for k, v in head.items()} == {
+        "head_hidden/kernel": (2048, 16), "head_hidden/bias": (16,),
+        "head/kernel": (16, 5), "head/bias": (5,)}
+    assert all(v.dtype == np.float32 for v in head.values())
+    for layer, (fan_in, fan_out) in (("head_hidden", (2048, 16)), ("head", (16, 5))):
+        limit = np.sqrt(6 / (fan_in + fan_out))
+        kernel = head[f"{layer}/kernel"]
+        assert np.abs(kernel).max() <= limit and np.abs(kernel).max() > 0.9 * limit
+        assert abs(kernel.std() - limit / np.sqrt(3)) < 0.05 * limit
+        assert not head[f"{layer}/bias"].any()
+    again = aligned_head(7, 2048, 5, 16)
+    assert all(np.array_equal(head[k], again[k]) for k in head)
+    other = aligned_head(8, 2048, 5, 16)
+    assert not np.array_equal(head["head/kernel"], other["head/kernel"])
+    assert list(aligned_head(7, 2048, 5)) == ["head/kernel", "head/bias"]
 
 
 def test_bench_run_fidelity_sets_every_recipes_switches_and_refuses_other_words(tmp_path, capsys):

@@ -928,3 +928,35 @@ def test_the_timed_step_takes_a_device_tensor_and_updates_no_metric_on_every_ker
         assert result["timed_step"] == timing.timed_step(BATCH), name
         assert result["timed"]["metrics"] == [], name
         assert unchanged, f"{name}: the throughput measurement changed the trained model"
+
+
+# ------------------------------------------------------------ fidelity: head_init
+
+def test_aligned_head_init_writes_the_common_draw_into_the_keras_head(tiny_quads, tmp_path):
+    """fidelity head_init = "aligned": the new head read back through the weight conversion
+    (``canonical_from_model``) is ``common.canonical.aligned_head`` of the run's seed, hidden
+    layer included; ``native`` is Dense's own Glorot draw; another seed, another head."""
+    from backends.keras.convert import canonical_from_model
+    from common.canonical import aligned_head, head_tensors
+
+    def head(setting, seed, hidden):
+        config = tiny_config("keras", "head", tiny_quads, tmp_path, batch_size=BATCH, seed=seed)
+        config = dataclasses.replace(config, recipe=dataclasses.replace(
+            config.recipe, fidelity=dataclasses.replace(config.recipe.fidelity,
+                                                        head_init=setting)))
+        b = KerasBackend(config, tmp_path / f"{setting}{seed}{hidden}")
+        b.setup(driver.prepare_split(config), 75)
+        b.build(INCEPTION, 5, WeightsRequest("none"), hidden)
+        try:
+            tensors = canonical_from_model(b.km, "inception_v3")
+            return {k: tensors[k] for k in head_tensors(tensors)}
+        finally:
+            b.close()
+
+    for seed, hidden in ((0, 0), (1, 16)):
+        got, want = head("aligned", seed, hidden), aligned_head(seed, 2048, 5, hidden)
+        assert sorted(got) == sorted(want)
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    native = head("native", 0, 0)
+    assert not np.allclose(native["head/kernel"], aligned_head(0, 2048, 5)["head/kernel"])

@@ -807,3 +807,37 @@ def test_the_backend_runs_the_recipe_module(tiny_quads, tmp_path, monkeypatch):
         b.close()
     assert sorted(set(called)) == sorted(RECIPE_STEPS)
 
+
+
+# ------------------------------------------------------------ fidelity: head_init
+
+def test_aligned_head_init_writes_the_common_draw_into_the_torch_head(tiny_quads, tmp_path):
+    """fidelity head_init = "aligned": the new head read back through the weight conversion
+    (``canonical_from_state``) is ``common.canonical.aligned_head`` of the run's seed, hidden
+    layer included; ``native`` is nn.Linear's own draw; another seed, another head."""
+    from backends.pytorch.convert import canonical_from_state
+    from common.canonical import aligned_head, head_tensors
+
+    def head(setting, seed, hidden):
+        b, split = _backend(tiny_quads, tmp_path / f"{setting}{seed}{hidden}", model="inception_v3",
+                            size=75, seed=seed)
+        b.config = dataclasses.replace(b.config, recipe=dataclasses.replace(
+            b.config.recipe, fidelity=dataclasses.replace(b.config.recipe.fidelity,
+                                                          head_init=setting)))
+        b.build(get_model("inception_v3"), split.num_classes, WeightsRequest("none"), hidden)
+        try:
+            tensors, _ = canonical_from_state("inception_v3", b.model.state_dict())
+            return {k: tensors[k] for k in head_tensors(tensors)}, split.num_classes
+        finally:
+            b.close()
+
+    for seed, hidden in ((0, 0), (1, 16)):
+        got, classes = head("aligned", seed, hidden)
+        want = aligned_head(seed, 2048, classes, hidden)
+        assert sorted(got) == sorted(want)
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    native, _ = head("native", 0, 0)
+    assert not np.allclose(native["head/kernel"], aligned_head(0, 2048, classes)["head/kernel"])
+    assert not np.allclose(aligned_head(0, 2048, classes)["head/kernel"],
+                           aligned_head(1, 2048, classes)["head/kernel"])

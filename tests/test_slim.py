@@ -864,3 +864,36 @@ def test_slim_batch_norm_feeds_its_moving_variance_the_unbiased_batch_variance()
             after = session.run(variance)
     fed = (after - BN_DECAY * before) / (1 - BN_DECAY)
     np.testing.assert_allclose(fed / x.reshape(-1, 4).var(axis=0), 16 / 15, rtol=1e-4)
+
+
+# ------------------------------------------------------------ fidelity: head_init
+
+def test_aligned_head_init_writes_the_common_draw_into_the_slim_head(tiny_quads, tmp_path):
+    """fidelity head_init = "aligned": the new head read back through the weight conversion
+    (``head_from_session``) is ``common.canonical.aligned_head`` of the run's seed, hidden
+    layer included; ``native`` is slim's own xavier draw; another seed, another head."""
+    from backends.slim.convert import head_from_session
+    from common.canonical import aligned_head
+
+    def head(setting, seed, hidden):
+        config = tiny_config("slim", "two_phase", tiny_quads, tmp_path, seed=seed)
+        config = dataclasses.replace(config, recipe=dataclasses.replace(
+            config.recipe, fidelity=dataclasses.replace(config.recipe.fidelity,
+                                                        head_init=setting)))
+        split = driver.prepare_split(config)
+        b = get_backend("slim")(config, tmp_path / f"{setting}{seed}{hidden}")
+        b.setup(split, 75)
+        b.build(SPEC, split.num_classes, WeightsRequest("none"), hidden)
+        try:
+            return (head_from_session("inception_v3", b.session, b.model_variables),
+                    aligned_head(seed, 2048, split.num_classes, hidden))
+        finally:
+            b.close()
+
+    for seed, hidden in ((0, 0), (1, 16)):
+        got, want = head("aligned", seed, hidden)
+        assert sorted(got) == sorted(want)
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    native, want = head("native", 0, 0)
+    assert not np.allclose(native["head/kernel"], want["head/kernel"])

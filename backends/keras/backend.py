@@ -53,7 +53,8 @@ from common.preprocess import get_normalisation, get_preset
 from common.progress import Progress
 from common.schedule import learning_rate_at
 
-from . import export as export_lib, parallel as parallel_lib, recipe, weights as kweights
+from . import convert as kconvert, export as export_lib, parallel as parallel_lib, recipe
+from . import weights as kweights
 from .data import KerasData
 from .describe import describe_phase
 from .model import build_model
@@ -158,6 +159,9 @@ class KerasBackend(Backend):
                                   unbiased_bn=self.config.recipe.fidelity.aligned("bn_moving_variance"))
         except ValueError as err:
             raise BackendError(f"keras {model.name}: {str(err).splitlines()[0]}") from None
+        head = self.aligned_head(head_hidden_units)
+        if head is not None:  # fidelity head_init = "aligned": the common draw, not Dense's own
+            kconvert.write_head(self.km, head)
         if path is not None:
             kweights.restore_backbone(self.km, path, self.image_size, weights.reuse_head_rows)
 

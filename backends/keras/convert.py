@@ -119,11 +119,7 @@ def canonical_from_model(km: KerasModel, model: str) -> dict[str, np.ndarray]:
         tensors[f"{name}/beta"] = _value(bn.beta)
         tensors[f"{name}/moving_mean"] = _value(bn.moving_mean)
         tensors[f"{name}/moving_variance"] = _value(bn.moving_variance)
-    for layer, keras_name in ((canonical.HEAD_HIDDEN, HEAD_HIDDEN), (canonical.HEAD, HEAD_LOGITS)):
-        if any(l.name == keras_name for l in km.layers):
-            dense = km.model.get_layer(keras_name)
-            tensors[f"{layer}/kernel"] = _value(dense.kernel)  # Dense: [in, out] already
-            tensors[f"{layer}/bias"] = _value(dense.bias)
+    tensors.update(head_from_model(km))
     canonical.check(model, tensors, km.spec.feature_dim)
     return tensors
 
@@ -146,12 +142,33 @@ def model_from_canonical(model: str, tensors: dict[str, np.ndarray],
         bn.beta.assign(tensors[f"{name}/beta"])
         bn.moving_mean.assign(tensors[f"{name}/moving_mean"])
         bn.moving_variance.assign(tensors[f"{name}/moving_variance"])
-    for layer, keras_name in ((canonical.HEAD_HIDDEN, HEAD_HIDDEN), (canonical.HEAD, HEAD_LOGITS)):
+    write_head(km, tensors)
+    return km
+
+
+# canonical head layer -> the Dense layer of recipe.new_head
+HEAD_LAYERS = ((canonical.HEAD_HIDDEN, HEAD_HIDDEN), (canonical.HEAD, HEAD_LOGITS))
+
+
+def head_from_model(km: KerasModel) -> dict[str, np.ndarray]:
+    """The canonical head tensors ``km`` holds now (a Dense kernel is ``[in, out]`` already)."""
+    tensors = {}
+    for layer, keras_name in HEAD_LAYERS:
+        if any(l.name == keras_name for l in km.layers):
+            dense = km.model.get_layer(keras_name)
+            tensors[f"{layer}/kernel"] = _value(dense.kernel)
+            tensors[f"{layer}/bias"] = _value(dense.bias)
+    return tensors
+
+
+def write_head(km: KerasModel, tensors: dict[str, np.ndarray]) -> None:
+    """Assign the canonical head tensors of ``tensors`` to ``km``'s head (``model_from_canonical``;
+    ``fidelity.head_init = "aligned"``: ``Backend.aligned_head``)."""
+    for layer, keras_name in HEAD_LAYERS:
         if f"{layer}/kernel" in tensors:
             dense = km.model.get_layer(keras_name)
             dense.kernel.assign(tensors[f"{layer}/kernel"])
             dense.bias.assign(tensors[f"{layer}/bias"])
-    return km
 
 
 def write_canonical(model: str, tensors: dict[str, np.ndarray], path: Path | str,

@@ -31,7 +31,7 @@ from common.preprocess import get_normalisation, get_preset
 from common.results import cpu_name
 
 from . import data, export as export_lib, model as model_lib, parallel as parallel_lib, recipe
-from . import throughput as throughput_lib, train, weights as weights_lib
+from . import convert as convert_lib, throughput as throughput_lib, train, weights as weights_lib
 from .describe import describe_phase
 
 
@@ -109,6 +109,9 @@ class PyTorchBackend(Backend):
                                  aux_logits=self.config.model.aux_logits,
                                  image_size=self.image_size or None, aligned=not native,
                                  dropout=self.config.recipe.dropout)
+        head = self.aligned_head(head_hidden_units)
+        if head is not None:  # fidelity head_init = "aligned": the common draw, not nn.Linear's
+            convert_lib.write_head(net, model.name, head)
         if weights.kind == "path":
             file = Path(weights.path or "")
             if not file.is_file() and weights_lib.checkpoint_file(file).is_file():

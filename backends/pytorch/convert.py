@@ -51,6 +51,38 @@ def _head_modules(state: dict, fc: str) -> dict[str, str]:
     return {}
 
 
+def head_linears(net: torch.nn.Module, model: str) -> dict[str, torch.nn.Linear]:
+    """Canonical head layer -> the ``nn.Linear`` of ``net``'s new head (``recipe.build_model``:
+    ``fc``, or ``fc.0`` / ``fc.2`` with a hidden layer, behind an ``nn.Dropout`` in a ResNet
+    with dropout)."""
+    linears = [m for m in net.get_submodule(head_name(MODELS[model])).modules()
+               if isinstance(m, torch.nn.Linear)]
+    return dict(zip((canonical.HEAD_HIDDEN, canonical.HEAD)[2 - len(linears):], linears))
+
+
+def head_from_model(net: torch.nn.Module, model: str) -> dict[str, np.ndarray]:
+    """The canonical head tensors ``net`` holds now: ``weight [out, in]`` transposed."""
+    tensors = {}
+    for layer, linear in head_linears(net, model).items():
+        tensors[f"{layer}/kernel"] = linear.weight.detach().cpu().float().numpy().T.copy()
+        tensors[f"{layer}/bias"] = linear.bias.detach().cpu().float().numpy().copy()
+    return tensors
+
+
+@torch.no_grad()
+def write_head(net: torch.nn.Module, model: str, tensors: dict[str, np.ndarray]) -> None:
+    """Copy the canonical head tensors of ``tensors`` into ``net``'s head (``fidelity.head_init
+    = "aligned"``: ``Backend.aligned_head``), as ``model_from_canonical`` puts them: a kernel
+    ``[in, out]`` transposed to ``weight [out, in]``."""
+    linears = head_linears(net, model)
+    if {f"{layer}/{t}" for layer in linears for t in canonical.DENSE_TENSORS} != set(tensors):
+        raise canonical.ConversionError(f"pytorch {model}: head tensors {sorted(tensors)} do not "
+                                        f"match the net's head {sorted(linears)}")
+    for layer, linear in linears.items():
+        linear.weight.copy_(torch.from_numpy(np.ascontiguousarray(tensors[f"{layer}/kernel"].T)))
+        linear.bias.copy_(torch.from_numpy(tensors[f"{layer}/bias"]))
+
+
 def _kernel_layout(layer) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     """``(torch weight shape, permutation to the canonical kernel, and back)`` of ``layer``:
     OIHW -> HWIO (2, 3, 1, 0), back (3, 2, 0, 1); a depthwise ``[channels, 1, kh, kw]`` ->

@@ -43,6 +43,7 @@ import numpy as np
 import tensorflow as tf
 
 from backends.base import Backend, BackendError, WeightsRequest
+from backends.slim import convert as slim_convert
 from backends.slim import data as slim_data
 from backends.slim import export as slim_export
 from backends.slim import model as slim_model
@@ -138,6 +139,9 @@ class SlimBackend(Backend):
             self.session.run([tf.compat.v1.global_variables_initializer(),
                               tf.compat.v1.local_variables_initializer()])
             self._train_towers[self._tower_key((), False)] = self.eval_tower
+            head = self.aligned_head(head_hidden_units)
+            if head is not None:  # fidelity head_init = "aligned": the common draw, not xavier's
+                slim_convert.write_head(model.name, self.session, self.model_variables, head)
             self.restore_report = self._load_weights(weights, ckpt)
 
     def _clones(self, training_scopes, key) -> list[tuple]:

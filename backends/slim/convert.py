@@ -169,6 +169,39 @@ def native_names(model: str, tensors) -> dict[str, str]:
     return names
 
 
+def head_variables(model: str, variables) -> dict[str, object]:
+    """Canonical head tensor -> the slim variable of ``variables`` that holds it (the head's
+    scopes of ``native_names``; a hidden layer's only when the net has one)."""
+    by_name = {v.op.name: v for v in variables}
+    found = {}
+    for layer, scope in _head_scopes(model).items():
+        if f"{scope}/weights" in by_name:
+            found[f"{layer}/kernel"] = by_name[f"{scope}/weights"]
+            found[f"{layer}/bias"] = by_name[f"{scope}/biases"]
+    return found
+
+
+def head_from_session(model: str, session, variables) -> dict[str, np.ndarray]:
+    """The canonical head tensors ``session`` holds now: a 1x1 conv's ``[1, 1, in, out]``
+    weights reshaped to ``[in, out]``."""
+    values = session.run(head_variables(model, variables))
+    return {k: np.asarray(v, np.float32).reshape(v.shape[-2:] if k.endswith("/kernel") else v.shape)
+            for k, v in values.items()}
+
+
+def write_head(model: str, session, variables, tensors: dict[str, np.ndarray]) -> None:
+    """Load the canonical head tensors of ``tensors`` into the head's variables
+    (``fidelity.head_init = "aligned"``: ``Backend.aligned_head``), as
+    ``session_from_canonical`` feeds them: a kernel ``[in, out]`` -> ``[1, 1, in, out]``."""
+    targets = head_variables(model, variables)
+    if set(targets) != set(tensors):
+        raise canonical.ConversionError(f"slim {model}: head tensors {sorted(tensors)} do not "
+                                        f"match the net's head {sorted(targets)}")
+    for name, variable in targets.items():
+        value = tensors[name][None, None] if name.endswith("/kernel") else tensors[name]
+        variable.load(value, session)
+
+
 def canonical_from_session(model: str, session, like: dict[str, np.ndarray]
                            ) -> dict[str, np.ndarray]:
     """The canonical tensors (the names of ``like``) that ``session``'s variables hold now
