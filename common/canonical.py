@@ -230,8 +230,8 @@ def aligned_head(seed: int, feature_dim: int, num_classes: int, hidden_units: in
     run's ``seed``: canonical ``head_hidden/kernel`` ``[in, hidden]`` and ``head_hidden/bias``
     (when ``hidden_units`` > 0), then ``head/kernel`` ``[in, classes]`` and ``head/bias``.
     Kernels Glorot-uniform (limit sqrt(6 / (fan_in + fan_out))), biases 0: Keras' ``Dense``
-    and slim's ``conv2d`` defaults (docs/design.md, "Fidelity switches"). Every backend writes
-    these tensors into its head through its weight conversion's head mapping."""
+    default (docs/design.md, "Fidelity switches", says why). Every backend writes these
+    tensors into its head through its weight conversion's head mapping."""
     rng = np.random.default_rng([HEAD_INIT_STREAM, seed])
     tensors, width = {}, feature_dim
     for layer, units in ((HEAD_HIDDEN, hidden_units), (HEAD, num_classes)):

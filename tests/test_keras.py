@@ -960,3 +960,7 @@ def test_aligned_head_init_writes_the_common_draw_into_the_keras_head(tiny_quads
             np.testing.assert_array_equal(got[name], want[name], err_msg=name)
     native = head("native", 0, 0)
     assert not np.allclose(native["head/kernel"], aligned_head(0, 2048, 5)["head/kernel"])
+    # Dense's own: Glorot uniform, zero bias, the aligned distribution (docs/differences.md)
+    limit = np.sqrt(6 / (2048 + 5))
+    assert 0.9 * limit < np.abs(native["head/kernel"]).max() <= limit
+    assert not native["head/bias"].any()

@@ -839,5 +839,9 @@ def test_aligned_head_init_writes_the_common_draw_into_the_torch_head(tiny_quads
             np.testing.assert_array_equal(got[name], want[name], err_msg=name)
     native, _ = head("native", 0, 0)
     assert not np.allclose(native["head/kernel"], aligned_head(0, 2048, classes)["head/kernel"])
+    # nn.Linear's own: kernel and bias uniform in +-1/sqrt(fan_in) (docs/differences.md)
+    bound = 1 / np.sqrt(2048)
+    assert 0.9 * bound < np.abs(native["head/kernel"]).max() <= bound
+    assert 0.5 * bound < np.abs(native["head/bias"]).max() <= bound
     assert not np.allclose(aligned_head(0, 2048, classes)["head/kernel"],
                            aligned_head(1, 2048, classes)["head/kernel"])

@@ -897,3 +897,8 @@ def test_aligned_head_init_writes_the_common_draw_into_the_slim_head(tiny_quads,
             np.testing.assert_array_equal(got[name], want[name], err_msg=name)
     native, want = head("native", 0, 0)
     assert not np.allclose(native["head/kernel"], want["head/kernel"])
+    # the inception arg_scope's variance_scaling_initializer: He truncated normal (std
+    # sqrt(2 / fan_in)), tails beyond Glorot's limit; zero biases (docs/differences.md)
+    kernel = native["head/kernel"]
+    assert abs(kernel.std() - np.sqrt(2 / 2048)) < 0.05 * np.sqrt(2 / 2048)
+    assert np.abs(kernel).max() > np.sqrt(6 / (2048 + 5)) and not native["head/bias"].any()
