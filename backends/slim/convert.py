@@ -45,8 +45,11 @@ def _model_scope(model: str) -> str:
 
 def _head_scopes(model: str) -> dict[str, str]:
     entry = MODELS[model]
-    return {canonical.HEAD_HIDDEN: f"{_model_scope(model)}/{HIDDEN_HEAD_SCOPE}",
-            canonical.HEAD: entry.logits_layer}
+    # resnet_v1_50 keeps slim's own classifier scope, logits/, and its hidden layer inside it
+    # (model.resnet_v1_50); the other nets' new_head is under <net>/Logits
+    hidden = f"{entry.logits_layer}/hidden" if entry.logits_layer.endswith("/logits") \
+        else f"{_model_scope(model)}/{HIDDEN_HEAD_SCOPE}"
+    return {canonical.HEAD_HIDDEN: hidden, canonical.HEAD: entry.logits_layer}
 
 
 def _native_tensors(layer, scope: str) -> list[tuple[str, str]]:
