@@ -116,8 +116,8 @@ def test_fidelity_is_native_by_default_and_aligned_by_one_key_or_per_switch():
     assert one.fidelity.settings() == {"bn_moving_variance": "aligned", "rmsprop": "native",
                                        "weight_decay": "native", "head_init": "native"}
     but = parse_recipe({**_recipe(), "fidelity": {"default": "aligned", "rmsprop": "native"}})
-    assert but.fidelity.text() == ("bn_moving_variance=aligned, rmsprop=native, weight_decay=aligned, "
-                                   "head_init=aligned")
+    assert but.fidelity.text() == ("bn_moving_variance=aligned, rmsprop=native, "
+                                   "weight_decay=aligned, head_init=aligned")
     # the asdict form (config.json, sweep.json) reads back the same
     import dataclasses
 

@@ -583,8 +583,8 @@ def test_result_json_records_every_fidelity_switch_and_the_report_shows_them(swe
     md = md_report(run_dir)
     assert "| training-step fidelity | native |" in section(md, "Conditions")
     assert "fidelity differs" not in md
-    edit(run_dir, "fake-head-s0", lambda r: r.update(fidelity={**r["fidelity"], "rmsprop": "aligned",
-                                                               "head_init": "aligned"}))
+    edit(run_dir, "fake-head-s0",
+         lambda r: r.update(fidelity={**r["fidelity"], "rmsprop": "aligned", "head_init": "aligned"}))
     edit(run_dir, "fake-head-s1", lambda r: r.pop("fidelity"))  # an older file: native
     md = md_report(run_dir)
     assert ("the training-step fidelity differs between runs: bn_moving_variance=native, rmsprop=aligned, "
