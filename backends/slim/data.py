@@ -33,7 +33,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import numpy as np
 import tensorflow as tf
 
 from backends import tf_image
