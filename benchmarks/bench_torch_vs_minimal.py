@@ -1,7 +1,7 @@
 """Benchmark (c): CPU train img/s of the PyTorch backend vs a minimal torchvision loop.
 
 The backend's figure is its ``throughput`` train img/s (the number in every
-result.json: model built by ``backends/pytorch/model.py``, optimizer from the
+result.json: model built by ``backends/pytorch/recipe.py``, optimizer from the
 recipe vocabulary, the common timing protocol). The minimal loop is what a
 user would write from the torchvision docs: ``torchvision.models.<model>``
 with a new ``fc``, ``torch.optim.SGD(momentum=0.9)``, ``CrossEntropyLoss``,

@@ -168,15 +168,9 @@ def test_two_phase_run_writes_a_valid_result(backend_name, model, tiny_quads, tm
     assert on_disk["data"]["split_digest"] == driver.prepare_split(config).digest()
     assert on_disk["throughput"]["train"]["images_per_second"] > 0
     assert on_disk["throughput"]["infer"]["images_per_second"] > 0
-    # every backend times the same step and says so in the same words (common.timing), but
-    # slim, whose batch still reaches the step through a tf.data iterator (docs/measurements.md,
-    # "What a throughput row times")
-    expected = timing.timed_step(config.train.batch_size)
-    if backend_name == "slim":
-        from backends.slim.throughput import timed_step
-
-        expected = timed_step(config.train.batch_size)
-    assert on_disk["throughput"]["timed_step"] == expected
+    # every backend times the same step and says so in the same words (common.timing,
+    # docs/measurements.md, "What a throughput row times")
+    assert on_disk["throughput"]["timed_step"] == timing.timed_step(config.train.batch_size)
     assert on_disk["throughput"]["timed"]["metrics"] == []
     # what the timed train step updated is what the last phase trains (README: `throughput.timed`)
     last = on_disk["phases"][-1]

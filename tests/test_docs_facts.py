@@ -57,3 +57,16 @@ def test_training_crop_source_effect_is_the_measured_one():
     assert (f"mean abs difference {small[0]['mean']:.1f}, {small[1]['mean']:.1f} and {small[2]['mean']:.1f} /255 "
             f"(max {max(r['max'] for r in small)})") in text
     assert f"mean {row[0.25]['mean']:.1f} to {row[1.0]['mean']:.1f} /255" in text
+
+
+def test_throughput_rows_say_slim_times_the_same_step():
+    """TF-Slim's timed step holds its batch on the device like PyTorch's and Keras' (its
+    ``timed_step`` is ``common.timing.timed_step``): no doc row says it reads the tf.data iterator."""
+    row = _row("differences.md", "| The timed throughput step (`throughput.timed_step`) |")
+    assert "iterator hands over every step" not in row and "slim not yet" not in row
+    assert "the same step in every backend, said in the same words" in row
+    text = " ".join((ROOT / "docs" / "measurements.md").read_text(encoding="utf-8").split())
+    section = text[text.index("## What a throughput row times"):text.index("## Where a sweep's time goes")]
+    assert "Not yet TF-Slim" not in section
+    assert "in PyTorch, in Keras (on TensorFlow, jax and torch) and in TF-Slim" in section
+    assert "same words for every backend where it is true" not in section

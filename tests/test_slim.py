@@ -521,6 +521,68 @@ def test_linear_probe_throughput_times_the_head_only_sgd_step(built):
     assert tp["precision"] == "fp32" and built.precision_used()["requested"] == "fp32"
 
 
+def test_timed_steps_read_a_device_batch_in_a_copy_and_leave_the_trained_graph_alone(built):
+    """The throughput step (docs/measurements.md, "What a throughput row times"): the phase's
+    train op and the eval logits, copied into a graph of their own whose iterator outputs
+    are a batch held in variables (no tf.data, no feed); the copy starts from the trained
+    values, and the trained graph gains no op and keeps every variable and slot as it was."""
+    from backends.slim import throughput
+    from common import timing
+
+    built.apply_phase(Phase(name="t", train="top", top_blocks=2, optimizer="momentum"), 7)
+    built._set_learning_rate(0.05)
+    graph = built.graph
+    ops_before = len(graph.get_operations())
+    variables = graph.get_collection("variables") + graph.get_collection("local_variables")
+    before = built.session.run(variables)
+
+    copy = built._step_graph(4)
+    try:
+        # no path from either step back to the tf.data iterator: the batch is the variables'
+        iterators = {op.name for op in copy.session.graph.get_operations()
+                     if op.type in ("IteratorGetNext", "IteratorV2", "Iterator")}
+        assert iterators  # imported, never run
+        for fetch in (copy.train, copy.infer):
+            ancestors = {t.op.name for t in _inputs_closure(fetch)}
+            assert not ancestors & iterators
+            assert "timed_batch/images" in ancestors
+        labels = {t.op.name for t in _inputs_closure(copy.train)}
+        assert "timed_batch/labels" in labels
+        # the copy starts from the trained values: same logits on the same batch
+        images, _ = throughput.device_batch(4, built.image_size, built.num_classes,
+                                            built.config.train.seed)
+        fed = built.session.run(built.eval_tower.logits, {built.pipes.images: images})
+        np.testing.assert_array_equal(copy.session.run(copy.infer), fed)
+        # and its train op trains the copy's variables
+        head, = [v for v in copy.session.graph.get_collection("variables")
+                 if v.op.name == "InceptionV3/Logits/Conv2d_1c_1x1/weights"]
+        w0 = copy.session.run(head)
+        copy.session.run(copy.train)
+        assert not np.array_equal(copy.session.run(head), w0)
+    finally:
+        copy.close()
+
+    tp = built.throughput(4, "fp32", 2, 1)
+    assert tp["timed_step"] == timing.timed_step(4)
+    assert len(graph.get_operations()) == ops_before
+    for v, old, new in zip(variables, before, built.session.run(variables)):
+        np.testing.assert_array_equal(old, new, err_msg=v.name)
+
+
+def _inputs_closure(tensor):
+    """Every tensor ``tensor`` depends on (data and control inputs), itself included."""
+    seen, stack, out = set(), [tensor.op], []
+    while stack:
+        op = stack.pop()
+        if op.name in seen:
+            continue
+        seen.add(op.name)
+        out.extend(op.outputs)
+        stack.extend(t.op for t in op.inputs)
+        stack.extend(op.control_inputs)
+    return out
+
+
 def test_aux_head_starts_from_the_same_distribution_as_torch():
     """slim's AuxLogits initialisers and the PyTorch backend's init_aux_head_like_slim
     draw from the same truncated normals (std and 2-stddev cut per layer)."""

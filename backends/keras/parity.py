@@ -31,13 +31,13 @@ def block_outputs(model: str, tensors: dict[str, np.ndarray], images: np.ndarray
 
 def train_steps(model: str, tensors: dict[str, np.ndarray], images: np.ndarray,
                 labels: np.ndarray, phase, fidelity, steps=(1, 3)) -> dict:
-    """``bench parity --train`` in Keras: the suite's own phase machinery (``train.py``:
+    """``bench parity --train`` in Keras: the suite's own phase machinery (``recipe.py``:
     ``set_trainable``, ``compile_phase`` with the recipe's fidelity) on the model holding
     ``tensors`` (``UnbiasedMovingVarianceBN`` layers when ``bn_moving_variance`` is
     aligned), ``train_on_batch`` ``max(steps)`` times on one fixed batch. ``{"loss": [per
     step, before its update], "tensors": {k: canonical tensors after step k}}``."""
     from .convert import canonical_from_model
-    from .train import compile_phase, set_trainable
+    from .recipe import compile_phase, set_trainable
 
     km = model_from_canonical(model, tensors, images.shape[1],
                               unbiased_bn=fidelity.aligned("bn_moving_variance"))

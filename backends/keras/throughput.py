@@ -22,7 +22,8 @@ from common.timing import measure_steps, timed_step
 from common.results import cpu_name
 
 from .model import KerasModel, build_model
-from .train import compile_phase, set_trainable, weight_count
+from .recipe import compile_phase, set_trainable
+from .train import weight_count
 
 POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16"}
 

@@ -30,9 +30,6 @@ from common.progress import Progress
 from . import recipe
 from .model import KerasModel
 
-# the recipe's, reached through this module by throughput.py and parity.py
-set_trainable, compile_phase = recipe.set_trainable, recipe.compile_phase
-
 
 def weight_count(variables) -> int:
     return int(sum(int(np.prod(v.shape)) for v in variables))

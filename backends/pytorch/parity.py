@@ -42,30 +42,30 @@ def block_outputs(model: str, tensors: dict[str, np.ndarray], images: np.ndarray
 
 def train_steps(model: str, tensors: dict[str, np.ndarray], images: np.ndarray,
                 labels: np.ndarray, phase, fidelity, steps=(1, 3)) -> dict:
-    """``bench parity --train`` in PyTorch: the suite's own phase machinery (``train.py``:
+    """``bench parity --train`` in PyTorch: the suite's own phase machinery (``recipe.py``:
     ``requires_grad``, ``train()``/``eval()`` per BatchNorm, param groups, the optimizer) on
     the model holding ``tensors``, ``max(steps)`` steps on one fixed batch (NHWC ``images``,
     int ``labels``). ``{"loss": [per step, before its update], "tensors": {k: canonical
     tensors after step k}}``."""
     from torch import nn
 
-    from . import train
+    from . import recipe, train
     from .convert import canonical_from_state
 
     spec, entry = get_model(model), MODELS[model]
     torch.manual_seed(0)
     net = model_from_canonical(model, tensors)
-    trainable = train.trainable_modules(net, spec, entry, phase)
-    train.freeze_all_but(net, trainable)
-    train.set_train_modes(net, trainable, phase.bn)
-    optimizer, _ = train.make_optimizer(phase, train.param_groups(net, entry, phase), fidelity)
+    trainable = recipe.trainable_modules(net, spec, entry, phase)
+    recipe.freeze_all_but(net, trainable)
+    recipe.set_train_modes(net, trainable, phase.bn)
+    optimizer, _ = train.make_optimizer(phase, recipe.param_groups(net, entry, phase), fidelity)
     criterion = nn.CrossEntropyLoss(label_smoothing=phase.label_smoothing)
     x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))  # NHWC -> NCHW
     y = torch.from_numpy(np.asarray(labels, np.int64))
     losses, after = [], {}
     for k in range(1, max(steps) + 1):
         optimizer.zero_grad(set_to_none=True)
-        loss, _ = train.compute_loss(net(x), y, criterion)
+        loss, _ = recipe.compute_loss(net(x), y, criterion)
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))

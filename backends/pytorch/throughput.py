@@ -17,7 +17,7 @@ from torch import nn
 
 from common.timing import measure_steps, timed_step
 
-from .train import autocast, compute_loss
+from .recipe import autocast, compute_loss
 
 
 def synchronize(device: torch.device) -> None:

@@ -24,9 +24,6 @@ from common.preprocess import Normalisation
 
 from . import recipe
 from .describe import optimizer_words
-# the recipe's functions under the names throughput.py and parity.py import from here
-from .recipe import (autocast, compute_loss, freeze_all_but, param_groups,  # noqa: F401
-                     set_train_modes, trainable_modules)
 
 
 def make_optimizer(phase: Phase, groups: list[dict], fidelity: Fidelity = Fidelity()

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import random
-import tempfile
 import time
 from pathlib import Path
 
@@ -77,7 +76,6 @@ class SlimBackend(Backend):
         # one device per clone (--num_clones, parallel.py), split off before TensorFlow starts
         self.clone_devices: list[str] = (slim_parallel.clone_devices(config.train.devices)
                                          if is_parallel(config.train) else [])
-        self._in_memory: dict[int, tf.Operation] = {}
         self._saver = slim_weights.CheckpointSaver()
         self._writer = None
         self._lr_value = 0.0
@@ -118,6 +116,7 @@ class SlimBackend(Backend):
                                                    get_preset(self.config.recipe.preprocessing))
         config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
         config.gpu_options.allow_growth = True
+        self.session_config = config  # throughput's copy of the graph runs with it too
         self.session = tf.compat.v1.Session(graph=self.graph, config=config)
 
     def _build(self, model: ModelSpec, num_classes: int, weights: WeightsRequest,
@@ -335,20 +334,14 @@ class SlimBackend(Backend):
                     kinds: tuple[str, ...], compile: bool) -> dict:
         if precision != "fp32":
             raise BackendError(f"the slim backend measures fp32 only (got {precision!r})")
-        with self.graph.as_default():
-            if batch_size not in self._in_memory:
-                self._in_memory[batch_size] = slim_data.add_in_memory_batch(
-                    self.pipes, batch_size, self.image_size, self.config.train.seed)
-        # timing trains on a random batch: keep the model as it was
-        with tempfile.TemporaryDirectory(prefix="slim-throughput-") as tmp:
-            kept = self.save(Path(tmp) / "before")
-            try:
-                result = slim_throughput.model_step_throughput(
-                    self.session, initializer=self._in_memory[batch_size],
-                    train_step=self.step.train_op, infer_step=self.eval_tower.logits,
-                    batch_size=batch_size, steps=steps, warmup=warmup, kinds=kinds)
-            finally:
-                self.restore(kept)
+        # the steps run in a copy of the graph on a batch held on the device (throughput.py):
+        # the trained graph, its variables and optimizer slots stay as they were
+        steps_graph = self._step_graph(batch_size)
+        try:
+            result = slim_throughput.model_step_throughput(
+                steps_graph, batch_size=batch_size, steps=steps, warmup=warmup, kinds=kinds)
+        finally:
+            steps_graph.close()
         timed = {"optimizer": optimizer_description(self.step, self.applied_phase),
                  "trainable_tensors": len(self.step.trained),
                  "trainable_params": slim_model.param_count(self.step.trained), "metrics": []}
@@ -357,24 +350,34 @@ class SlimBackend(Backend):
                 "peak_memory_bytes": self._peak_memory(), "device": self.device(),
                 "mode": self.execution_mode()}
 
+    def _step_graph(self, batch_size: int) -> slim_throughput.StepGraph:
+        """The applied phase's train op and the eval logits, copied with the trained values
+        into a graph of their own that reads one batch held on the model's device (the
+        first clone's with --devices)."""
+        batch = slim_throughput.device_batch(batch_size, self.image_size, self.num_classes,
+                                             self.config.train.seed)
+        with identity_hashing():
+            return slim_throughput.step_graph(
+                self.session, images=self.pipes.images, labels=self.pipes.labels,
+                train_op=self.step.train_op, logits=self.eval_tower.logits, batch=batch,
+                device=self.clone_devices[0] if self.clone_devices else None,
+                config=self.session_config)
+
     def _precision_used(self) -> dict:
         used = {path: "+".join(sorted(_precision_label(d) for d in dtypes)) or None
                 for path, dtypes in self._computed.items()}
         return {**used, "how": "fp32 graph (tf_slim layers have no mixed-precision policy)"}
 
     def _bare_train_loop(self, batch_size: int, steps: int):
-        """The harness-overhead baseline: ``session.run(train_op)`` in a plain loop on the
-        same in-graph batch that ``throughput`` uses, timed once around all steps."""
-        with self.graph.as_default():
-            if batch_size not in self._in_memory:
-                self._in_memory[batch_size] = slim_data.add_in_memory_batch(
-                    self.pipes, batch_size, self.image_size, self.config.train.seed)
+        """The harness-overhead baseline: ``session.run(train_op)`` in a plain loop, in the
+        same copy on the same device batch that ``throughput`` times, timed once around all
+        steps (the copy is made before the clock starts)."""
+        steps_graph = self._step_graph(batch_size)
 
         def run() -> float:
-            self.session.run(self._in_memory[batch_size])
             t0 = time.perf_counter()
             for _ in range(steps):
-                self.session.run(self.step.train_op)
+                steps_graph.session.run(steps_graph.train)
             return time.perf_counter() - t0
         return run
 

@@ -2,8 +2,8 @@
 
 TF1 idiom: one reinitializable iterator (``Iterator.from_structure``) whose
 ``get_next()`` tensors feed every tower; each subset is a dataset with its own
-initializer op (train with and without augmentation, val, test, and an
-in-memory batch for throughput); training reads the shuffled ``fit`` datasets,
+initializer op (train with and without augmentation, val, test; throughput's batch
+is held on the device instead, ``throughput.py``); training reads the shuffled ``fit`` datasets,
 prediction the ``train``/``val``/``test`` ones in split order. Switching subset or starting an epoch is one
 ``session.run(initializer)``; the hot path has no ``feed_dict``.
 
@@ -33,7 +33,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import numpy as np
 import tensorflow as tf
 
 from backends import tf_image
@@ -135,11 +134,3 @@ def build_pipelines(split, image_size: int, norm: Normalisation, batch_size: int
     inits = {name: iterator.make_initializer(ds, name=f"init_{name}") for name, ds in datasets.items()}
     return Pipelines(images, labels, inits, epoch_seed, iterator)
 
-
-def add_in_memory_batch(pipes: Pipelines, batch_size: int, image_size: int, seed: int) -> tf.Operation:
-    """An initializer that makes the iterator repeat one random batch held in the graph."""
-    rng = np.random.default_rng(seed)
-    images = rng.uniform(-1, 1, (batch_size, image_size, image_size, 3)).astype(np.float32)
-    labels = rng.integers(0, 2, batch_size).astype(np.int64)
-    ds = tf.data.Dataset.from_tensors((tf.constant(images), tf.constant(labels))).repeat()
-    return pipes.iterator.make_initializer(ds, name=f"init_in_memory_{batch_size}")
