@@ -17,6 +17,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from common.preprocess import ColorDistortion, Preset
+from common.sampler import COLOR_OPS
 
 
 def distorted_bounding_box_crop(image: tf.Tensor, preset: Preset, seed: tf.Tensor) -> tf.Tensor:
@@ -64,3 +65,45 @@ def resized_crop_augment(image: tf.Tensor, size: int, preset: Preset, seed: tf.T
     if preset.color is not None:
         image = distort_color(image, preset.color, color_seed)
     return tf.clip_by_value(image, 0.0, 1.0) * 255.0
+
+
+def adjust_color(x: tf.Tensor, op: str, amount: tf.Tensor) -> tf.Tensor:
+    """One colour op of ``distort_color`` by a given ``amount`` (``tf.image.adjust_*``)."""
+    if op == "brightness":
+        return tf.image.adjust_brightness(x, amount)
+    if op == "saturation":
+        return tf.image.adjust_saturation(x, amount)
+    if op == "hue":
+        return tf.image.adjust_hue(x, amount)
+    return tf.image.adjust_contrast(x, amount)
+
+
+def apply_params(image: tf.Tensor, size: int, preset: Preset, params: tf.Tensor) -> tf.Tensor:
+    """``fidelity.crop_sampler = "aligned"``: the augmentation drawn in ``common.sampler``
+    (``params``: ``CropParams.vector()``) applied with ``tf.image`` ops to a uint8 HWC
+    training source. ``simple``: the uint8 crop, flipped; a resized crop: float32 in [0, 1],
+    bilinear resize, flipped, the colour ops in the drawn ordering with the drawn amounts,
+    clipped, in [0, 255] (what ``resized_crop_augment`` computes, with these draws)."""
+    box = tf.cast(params[:4], tf.int32)
+    flip = params[4] > 0.5
+    image = tf.slice(image, tf.stack([box[0], box[1], 0]), tf.stack([box[2], box[3], 3]))
+    if preset.crop == "random_crop":
+        image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
+        return tf.ensure_shape(image, (size, size, 3))
+    x = tf.image.resize(tf.image.convert_image_dtype(image, tf.float32), (size, size),
+                        method="bilinear")
+    x = tf.cond(flip, lambda: tf.image.flip_left_right(x), lambda: x)
+    if preset.color is not None:
+        amounts = tf.cast(params[6:], tf.float32)
+
+        def branch(ordering):
+            def apply():
+                y = x
+                for op in ordering:
+                    y = adjust_color(y, op, amounts[COLOR_OPS.index(op)])
+                return y
+            return apply
+
+        branches = [branch(o) for o in preset.color.orderings]
+        x = tf.switch_case(tf.cast(params[5], tf.int32), branches)
+    return tf.clip_by_value(x, 0.0, 1.0) * 255.0

@@ -95,6 +95,8 @@ FIDELITY_SWITCHES = {
     "head_init": "the new head starts from one draw made in common with numpy from the run's "
                  "seed (Glorot-uniform kernels, zero biases), written into every framework's "
                  "head through the canonical weight layout",
+    "crop_sampler": "the epoch's sample order and every training crop box, flip and colour amount "
+                    "are drawn once with numpy (common.sampler) and applied by every backend",
 }
 MAX_EPOCHS = 10_000
 MAX_HIDDEN_UNITS = 65_536
@@ -210,6 +212,7 @@ class Fidelity:
     rmsprop: str = "native"
     weight_decay: str = "native"
     head_init: str = "native"
+    crop_sampler: str = "native"
 
     def aligned(self, switch: str) -> bool:
         return getattr(self, switch) == "aligned"

@@ -134,7 +134,8 @@ class KerasBackend(Backend):
         multiple = parallel_lib.shard_multiple(self.config.train) if self._scope else 1
         self.data = KerasData(split, image_size, norm, self.config.train.batch_size,
                               self.config.train.seed, self.config.data.num_workers, multiple,
-                              preset=get_preset(self.config.recipe.preprocessing))
+                              preset=get_preset(self.config.recipe.preprocessing),
+                              common_sampler=self.config.recipe.fidelity.aligned("crop_sampler"))
 
     def _build(self, model: ModelSpec, num_classes: int, weights: WeightsRequest,
                head_hidden_units: int) -> None:

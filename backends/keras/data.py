@@ -47,6 +47,8 @@ from PIL import Image
 
 from common.data import Sample, Split, drops_last_batch
 from common.preprocess import ColorDistortion, Normalisation, Preset, get_preset
+from common.sampler import (COLOR_OPS, CropParams, draw_params, sample_distorted_bounding_box,
+                            sample_order, train_example)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -60,8 +62,10 @@ class KerasData:
 
     def __init__(self, split: Split, image_size: int, normalisation: Normalisation,
                  batch_size: int, seed: int, num_workers: int = 0, multiple: int = 1,
-                 preset: Preset | None = None):
+                 preset: Preset | None = None, common_sampler: bool = False):
         self.split = split
+        # fidelity.crop_sampler = "aligned": order and augmentation drawn in common.sampler
+        self.common_sampler = common_sampler
         # data parallel on jax: every batch a multiple of the device count (parallel.py)
         self.multiple = multiple
         self.preset = preset or get_preset("simple")
@@ -109,9 +113,18 @@ class KerasData:
             return NumpyBatches(self, samples, augment, epochs, self.drop_last)
         per_epoch = []
         for epoch in epochs:
-            order, seeds = epoch_order(len(samples), self.seed, epoch)
+            order, seeds = self.epoch_order(epoch)
             per_epoch.append(([samples[i] for i in order], seeds))
         return self._tf_dataset(per_epoch, augment, self.drop_last)
+
+    def epoch_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """``epoch``'s permutation and per-sample ``[n, 2]`` augmentation seeds; with the
+        common sampler ``common.sampler``'s order and, as the seeds, ``(epoch, index)``."""
+        n = len(self.split.train)
+        if not self.common_sampler:
+            return epoch_order(n, self.seed, epoch)
+        order = sample_order(n, self.seed, epoch)
+        return order, np.stack([np.full(n, epoch), order], 1).astype(np.int64)
 
     def eval(self, subset: str):
         """Batches of ``subset`` in split order; under jax data parallel the last image is
@@ -150,6 +163,8 @@ class KerasData:
                     drop_last: bool = False):
         import tensorflow as tf
 
+        from backends import tf_image
+
         size, preset = self.size, self.preset
         num_classes = self.split.num_classes
         scale = tf.constant(self.norm.scale, tf.float32)
@@ -163,11 +178,22 @@ class KerasData:
             image.set_shape((None, None, 3))  # NHWC, as Keras image models expect
             return image
 
+        def load_with_params(path, seed):
+            # common.sampler: the source and its drawn parameters, seed = (epoch, index)
+            image, params = tf.numpy_function(
+                lambda p, s: train_example(preset, os.fsdecode(p), size, self.seed, int(s[0]),
+                                           int(s[1])), [path, seed], (tf.uint8, tf.float64))
+            image.set_shape((None, None, 3))
+            return image, params
+
         def preprocess(path, label, seed):
-            image = load(path)
-            if augment:
-                image = tf_augment(image, size, preset, seed)
+            if augment and self.common_sampler:
+                image, params = load_with_params(path, seed)
+                image = tf_image.apply_params(image, size, preset, params)
+            elif augment:
+                image = tf_augment(load(path), size, preset, seed)
             else:
+                image = load(path)
                 image.set_shape((size, size, 3))
             x = tf.cast(image, tf.float32) * scale
             if bgr:
@@ -199,6 +225,10 @@ class KerasData:
         if not augment:
             return self.norm.apply(self.preset.eval_image(sample.path, self.size))
         image = self.preset.train_source(sample.path, self.size)
+        if self.common_sampler:  # seed: (epoch, index)
+            params = draw_params(self.preset, image.shape[0], image.shape[1], self.size,
+                                 self.seed, int(seed[0]), int(seed[1]))
+            return self.norm.apply(numpy_apply_params(image, self.size, self.preset, params))
         return self.norm.apply(numpy_augment(image, self.size, self.preset,
                                              np.random.default_rng(seed)))
 
@@ -217,44 +247,6 @@ def tf_augment(image, size: int, preset: Preset, seed):
         image = tf.image.stateless_random_crop(image, (size, size, 3), seed=seed)
         return tf.image.stateless_random_flip_left_right(image, seed=seed[::-1])
     return tf_image.resized_crop_augment(image, size, preset, seed)
-
-
-def sample_distorted_bounding_box(height: int, width: int, preset: Preset,
-                                  rng: np.random.Generator) -> tuple[int, int, int, int]:
-    """``(top, left, h, w)``: TensorFlow's ``sample_distorted_bounding_box`` algorithm
-    (``GenerateRandomCrop``) for a whole-image box, with numpy draws: per attempt an aspect
-    ratio uniform in the bounds, then a height uniform between those of the smallest and
-    largest allowed areas; the whole image when every attempt fails."""
-    lo, hi = preset.area[0] * height * width, preset.area[1] * height * width
-    covered = preset.min_object_covered * height * width
-    for _ in range(preset.max_attempts):
-        aspect = rng.uniform(*preset.aspect)
-        h = int(np.rint(np.sqrt(lo / aspect)))
-        max_h = int(np.rint(np.sqrt(hi / aspect)))
-        if np.rint(max_h * aspect) > width:
-            max_h = int((width + 0.5 - 1e-7) / aspect)
-            if np.rint(max_h * aspect) > width:
-                max_h -= 1
-        max_h = min(max_h, height)
-        h = min(h, max_h)
-        if h < max_h:
-            h += int(rng.integers(0, max_h - h + 1))
-        w = int(np.rint(h * aspect))
-        area = w * h
-        if area < lo:
-            h += 1
-            w = int(np.rint(h * aspect))
-            area = w * h
-        if area > hi:
-            h -= 1
-            w = int(np.rint(h * aspect))
-            area = w * h
-        if not (lo <= area <= hi and 0 < w <= width and 0 < h <= height) or area < covered:
-            continue
-        top = int(rng.integers(0, height - h)) if h < height else 0
-        left = int(rng.integers(0, width - w)) if w < width else 0
-        return top, left, h, w
-    return 0, 0, height, width
 
 
 def numpy_augment(image: np.ndarray, size: int, preset: Preset,
@@ -278,20 +270,58 @@ def numpy_distort_color(x: np.ndarray, color: ColorDistortion, rng: np.random.Ge
     """``backends.tf_image.distort_color`` in numpy: ``tf.image``'s adjust_brightness (add), adjust_saturation
     and adjust_hue (in HSV), adjust_contrast (around each channel's mean)."""
     ordering = color.orderings[int(rng.integers(len(color.orderings)))]
+    ranges = {"brightness": (-color.brightness, color.brightness), "saturation": color.saturation,
+              "hue": (-color.hue, color.hue), "contrast": color.contrast}
     for op in ordering:
-        if op == "brightness":
-            x = x + rng.uniform(-color.brightness, color.brightness)
-        elif op == "contrast":
-            mean = x.mean(axis=(0, 1), keepdims=True)
-            x = (x - mean) * rng.uniform(*color.contrast) + mean
-        else:
-            hsv = rgb_to_hsv(np.clip(x, 0.0, 1.0))
-            if op == "saturation":
-                hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(*color.saturation), 0.0, 1.0)
-            else:
-                hsv[..., 0] = np.mod(hsv[..., 0] + rng.uniform(-color.hue, color.hue), 1.0)
-            x = hsv_to_rgb(hsv)
+        x = numpy_color_op(x, op, rng.uniform(*ranges[op]))
     return np.clip(x, 0.0, 1.0)
+
+
+def numpy_color_op(x: np.ndarray, op: str, amount: float, clip: bool = True) -> np.ndarray:
+    """One ``tf.image.adjust_*`` op in numpy by ``amount`` (a delta for brightness and hue,
+    a factor for saturation and contrast); ``clip``: the pixels clipped to [0, 1] before
+    the HSV ops (the native numpy pipeline; ``tf.image`` does not clip, nor does
+    ``numpy_apply_params``)."""
+    if op == "brightness":
+        return x + amount
+    if op == "contrast":
+        mean = x.mean(axis=(0, 1), keepdims=True)
+        return (x - mean) * amount + mean
+    hsv = rgb_to_hsv(np.clip(x, 0.0, 1.0) if clip else x)
+    if op == "saturation":
+        hsv[..., 1] = np.clip(hsv[..., 1] * amount, 0.0, 1.0)
+    else:
+        hsv[..., 0] = np.mod(hsv[..., 0] + amount, 1.0)
+    return hsv_to_rgb(hsv)
+
+
+def bilinear_resize(x: np.ndarray, size: int) -> np.ndarray:
+    """``tf.image.resize(x, (size, size), "bilinear")`` in numpy: half-pixel centres, no
+    antialiasing."""
+    def axis(n_in):
+        c = np.clip((np.arange(size) + 0.5) * (n_in / size) - 0.5, 0, n_in - 1)
+        lo = np.floor(c).astype(int)
+        return lo, np.minimum(lo + 1, n_in - 1), (c - lo).astype(np.float32)
+
+    (y0, y1, ty), (x0, x1, tx) = axis(x.shape[0]), axis(x.shape[1])
+    rows = x[y0] * (1 - ty)[:, None, None] + x[y1] * ty[:, None, None]
+    return rows[:, x0] * (1 - tx)[None, :, None] + rows[:, x1] * tx[None, :, None]
+
+
+def numpy_apply_params(image: np.ndarray, size: int, preset: Preset,
+                       params: CropParams) -> np.ndarray:
+    """``backends.tf_image.apply_params`` in numpy (``fidelity.crop_sampler = "aligned"`` on
+    the jax and torch Keras backends): ``common.sampler``'s draws, ``tf.image``'s formulas."""
+    image = image[params.top:params.top + params.height, params.left:params.left + params.width]
+    if preset.crop == "random_crop":
+        return image[:, ::-1] if params.flip else image
+    x = bilinear_resize(image.astype(np.float32) / 255.0, size)
+    if params.flip:
+        x = x[:, ::-1]
+    if preset.color is not None:
+        for op in preset.color.orderings[params.ordering]:
+            x = numpy_color_op(x, op, params.amounts[COLOR_OPS.index(op)], clip=False)
+    return np.clip(x, 0.0, 1.0) * 255.0
 
 
 def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
@@ -335,7 +365,7 @@ class NumpyBatches(keras.utils.PyDataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Serve the run's (1-based) ``epoch``: its order and per-sample augmentation seeds."""
-        order, self.seeds = epoch_order(len(self.samples), self.data.seed, epoch)
+        order, self.seeds = self.data.epoch_order(epoch)
         self.order, self.epoch = [self.samples[i] for i in order], epoch
 
     def __len__(self) -> int:

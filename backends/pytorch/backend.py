@@ -89,7 +89,7 @@ class PyTorchBackend(Backend):
         self.train_loaders = {augment: data.train_loader(
             split.train, image_size, bs, augment=augment, seed=seed, num_workers=workers,
             sampler=parallel_lib.train_sampler(len(split.train), seed) if distributed else None,
-            preset=preset)
+            preset=preset, common_sampler=self.config.recipe.fidelity.aligned("crop_sampler"))
             for augment in (False, True)}
         self.eval_loaders = {name: data.eval_loader(
             split.subset(name), image_size, bs, workers,

@@ -33,6 +33,7 @@ from torchvision.transforms.v2 import functional as F
 
 from common.data import Sample, drops_last_batch
 from common.preprocess import ColorDistortion, Normalisation, Preset, get_preset
+from common.sampler import COLOR_OPS, CropParams, draw_params, sample_order
 
 
 def chw(image) -> torch.Tensor:
@@ -47,12 +48,16 @@ class SplitDataset(Dataset):
 
     With ``augment``, every sample draws its crop, flip and colours from its own
     generator seeded by ``(seed, epoch, index)``: the same epoch gives the
-    same augmentation whatever ``num_workers`` is.
+    same augmentation whatever ``num_workers`` is. ``common_sampler``
+    (``fidelity.crop_sampler = "aligned"``): the draws are ``common.sampler``'s instead,
+    applied by ``apply_params``.
     """
 
     def __init__(self, samples: list[Sample], size: int, augment: bool = False,
-                 seed: int = 0, epoch: int = 0, preset: Preset | None = None):
+                 seed: int = 0, epoch: int = 0, preset: Preset | None = None,
+                 common_sampler: bool = False):
         self.samples = samples
+        self.common_sampler = common_sampler
         self.size = size
         self.augment = augment
         self.seed = seed
@@ -70,6 +75,10 @@ class SplitDataset(Dataset):
         if not self.augment:
             return chw(self.preset.eval_image(sample.path, self.size)), sample.label
         image = chw(self.preset.train_source(sample.path, self.size))
+        if self.common_sampler:
+            params = draw_params(self.preset, image.shape[1], image.shape[2], self.size,
+                                 self.seed, epoch, index)
+            return apply_params(image, self.size, self.preset, params), sample.label
         return augment(image, self.size, self.preset, self._generator(epoch, index)), sample.label
 
     def set_epoch(self, epoch: int) -> None:
@@ -103,6 +112,14 @@ class EpochShuffleSampler(Sampler[tuple[int, int]]):
     def __iter__(self):
         generator = torch.Generator().manual_seed(shuffle_seed(self.seed) + self.epoch)
         return iter([(self.epoch, i) for i in torch.randperm(self.n, generator=generator).tolist()])
+
+
+class CommonOrderSampler(EpochShuffleSampler):
+    """``EpochShuffleSampler`` with the epoch's permutation drawn in ``common.sampler``
+    (``fidelity.crop_sampler = "aligned"``: every backend's order)."""
+
+    def __iter__(self):
+        return iter([(self.epoch, int(i)) for i in sample_order(self.n, self.seed, self.epoch)])
 
 
 class WithEpoch(Sampler[tuple[int, int]]):
@@ -183,15 +200,83 @@ def distort_color(image: torch.Tensor, color: ColorDistortion,
     for op in ordering:
         u = float(torch.rand((), generator=generator))
         if op == "brightness":
-            x = (x + (2 * u - 1) * color.brightness).clamp(0, 1)
+            amount = (2 * u - 1) * color.brightness
         elif op == "saturation":
-            x = F.adjust_saturation(x, color.saturation[0] + u * (color.saturation[1] - color.saturation[0]))
+            amount = color.saturation[0] + u * (color.saturation[1] - color.saturation[0])
         elif op == "hue":
-            x = F.adjust_hue(x, (2 * u - 1) * color.hue)
+            amount = (2 * u - 1) * color.hue
         elif op == "contrast":
-            x = F.adjust_contrast(x, color.contrast[0] + u * (color.contrast[1] - color.contrast[0]))
+            amount = color.contrast[0] + u * (color.contrast[1] - color.contrast[0])
         else:
             raise ValueError(f"unknown colour op {op!r}")
+        x = color_op(x, op, amount)
+    return x.clamp(0, 1) * 255.0
+
+
+def color_op(x: torch.Tensor, op: str, amount: float) -> torch.Tensor:
+    """One colour op of ``distort_color`` on an image in [0, 1], by ``amount`` (a delta for
+    brightness and hue, a factor for saturation and contrast)."""
+    if op == "brightness":
+        return (x + amount).clamp(0, 1)
+    if op == "saturation":
+        return F.adjust_saturation(x, amount)
+    if op == "hue":
+        return F.adjust_hue(x, amount)
+    return F.adjust_contrast(x, amount)
+
+
+def tf_color_op(x: torch.Tensor, op: str, amount: float) -> torch.Tensor:
+    """One ``tf.image.adjust_*`` op with torch ops on a CHW image in [0, 1]: brightness
+    adds, contrast scales around each channel's mean, saturation and hue change the HSV
+    image; nothing clipped between ops (``distort_color`` clips once, at the end)."""
+    if op == "brightness":
+        return x + amount
+    if op == "contrast":
+        mean = x.mean(dim=(-2, -1), keepdim=True)
+        return (x - mean) * amount + mean
+    h, s, v = rgb_to_hsv(x)
+    if op == "saturation":
+        s = (s * amount).clamp(0, 1)
+    else:
+        h = torch.remainder(h + amount, 1.0)
+    return hsv_to_rgb(h, s, v)
+
+
+def rgb_to_hsv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``tf.image.rgb_to_hsv`` of a CHW image: hue, saturation, value."""
+    r, g, b = x[0], x[1], x[2]
+    v = x.max(0).values
+    c = v - x.min(0).values
+    s = torch.where(v > 0, c / torch.where(v > 0, v, torch.ones_like(v)), torch.zeros_like(v))
+    safe = torch.where(c > 0, c, torch.ones_like(c))
+    h = torch.where(v == r, (g - b) / safe, torch.where(v == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
+    h = torch.where(c > 0, torch.remainder(h / 6.0, 1.0), torch.zeros_like(h))
+    return h, s, v
+
+
+def hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``tf.image.hsv_to_rgb``: a CHW image."""
+    k = torch.remainder(torch.stack([5.0 + h * 6, 3.0 + h * 6, 1.0 + h * 6]), 6.0)
+    return v - v * s * torch.minimum(k, 4.0 - k).clamp(0, 1)
+
+
+def apply_params(image: torch.Tensor, size: int, preset: Preset, params: CropParams) -> torch.Tensor:
+    """``fidelity.crop_sampler = "aligned"``: the augmentation ``params`` drawn in
+    ``common.sampler``, applied with torch ops to a CHW uint8 training source, computing
+    what ``tf.image`` does. ``simple``: the uint8 crop, flipped; a resized crop: float32 in
+    [0, 1], bilinear without antialiasing (``tf.image.resize``'s), flipped, the colour ops in
+    the drawn ordering with the drawn amounts and ``tf.image``'s formulas (``tf_color_op``),
+    clipped, in [0, 255]."""
+    image = F.crop(image, params.top, params.left, params.height, params.width)
+    if preset.crop == "random_crop":
+        return F.horizontal_flip(image) if params.flip else image
+    x = F.resize(image.float() / 255.0, [size, size],
+                 interpolation=v2.InterpolationMode.BILINEAR, antialias=False)
+    if params.flip:
+        x = F.horizontal_flip(x)
+    if preset.color is not None:
+        for op in preset.color.orderings[params.ordering]:
+            x = tf_color_op(x, op, params.amounts[COLOR_OPS.index(op)])
     return x.clamp(0, 1) * 255.0
 
 
@@ -212,12 +297,18 @@ def _loader_options(num_workers: int) -> dict:
 
 def train_loader(samples: list[Sample], size: int, batch_size: int, *, augment: bool, seed: int,
                  num_workers: int = 0, sampler: Sampler | None = None,
-                 preset: Preset | None = None) -> DataLoader:
+                 preset: Preset | None = None, common_sampler: bool = False) -> DataLoader:
     """The training loader, built once: call ``set_epoch(loader, e)`` before each epoch.
     Order and augmentation of an epoch depend on ``(seed, epoch)`` only. ``sampler``: this
-    rank's ``DistributedSampler`` under DDP (``batch_size`` is then the per-device batch)."""
-    sampler = EpochShuffleSampler(len(samples), seed) if sampler is None else WithEpoch(sampler)
-    return DataLoader(SplitDataset(samples, size, augment, seed, preset=preset),
+    rank's ``DistributedSampler`` under DDP (``batch_size`` is then the per-device batch;
+    its order is the sampler's also with ``common_sampler``, the crops ``common.sampler``'s).
+    ``common_sampler``: order and augmentation drawn in ``common.sampler``."""
+    if sampler is not None:
+        sampler = WithEpoch(sampler)
+    else:
+        sampler = (CommonOrderSampler if common_sampler else EpochShuffleSampler)(len(samples), seed)
+    return DataLoader(SplitDataset(samples, size, augment, seed, preset=preset,
+                                   common_sampler=common_sampler),
                       batch_size=batch_size, sampler=sampler,
                       drop_last=drops_last_batch(len(sampler), batch_size),  # never a batch of 1
                       **_loader_options(num_workers))

@@ -108,12 +108,14 @@ class SlimBackend(Backend):
         np.random.seed(seed)
         self.graph = tf.Graph()
         norm = get_normalisation(self.preprocessing_name())
+        common = self.config.recipe.fidelity.aligned("crop_sampler")
         with self.graph.as_default():
             tf.compat.v1.set_random_seed(seed)  # graph-level seed: op seeds follow build order
             self.pipes = slim_data.build_pipelines(split, image_size, norm,
                                                    self.config.train.batch_size,
                                                    self.config.data.num_workers,
-                                                   get_preset(self.config.recipe.preprocessing))
+                                                   get_preset(self.config.recipe.preprocessing),
+                                                   common_sampler_seed=seed if common else None)
         config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
         config.gpu_options.allow_growth = True
         self.session_config = config  # throughput's copy of the graph runs with it too
@@ -259,7 +261,8 @@ class SlimBackend(Backend):
 
     def _fit_epoch(self, phase: Phase, global_epoch: int) -> dict:
         init = self.pipes.initializers["fit_augmented" if phase.augment else "fit"]
-        feed = {self.pipes.epoch_seed: self.config.train.seed * 100_003 + global_epoch}
+        feed = {self.pipes.epoch_seed: self.config.train.seed * 100_003 + global_epoch,
+                self.pipes.epoch: global_epoch}
         writer = self._summary_writer()
         step_no = int(self.session.run(self.global_step))
 

@@ -33,11 +33,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import tensorflow as tf
 
 from backends import tf_image
 from common.data import Sample, drops_last_batch
 from common.preprocess import Normalisation, Preset, get_preset
+from common.sampler import sample_order, train_example
 
 SUBSETS = ("train", "val", "test")
 
@@ -72,19 +74,24 @@ def normalise(image: tf.Tensor, norm: Normalisation) -> tf.Tensor:
 def make_dataset(samples: list[Sample], image_size: int, norm: Normalisation, batch_size: int, *,
                  augment: bool = False, shuffle: bool = False,
                  epoch_seed: tf.Tensor | None = None, num_workers: int = 0,
-                 preset: Preset | None = None) -> tf.data.Dataset:
+                 preset: Preset | None = None, epoch: tf.Tensor | None = None,
+                 common_sampler_seed: int | None = None) -> tf.data.Dataset:
     """Batches of (normalised images ``[B, S, S, 3]``, int64 labels) over ``samples``; a
-    shuffled (training) dataset never ends with a batch of one (``drops_last_batch``)."""
+    shuffled (training) dataset never ends with a batch of one (``drops_last_batch``).
+    ``common_sampler_seed`` (``fidelity.crop_sampler = "aligned"``): a shuffled dataset
+    takes ``epoch``'s order and augmentation from ``common.sampler`` with that seed."""
     # file names as bytes: a name need not be UTF-8
     paths = tf.constant([os.fsencode(s.path) for s in samples], tf.string)
     labels = tf.constant([s.label for s in samples], tf.int64)
+    preset = preset or get_preset("simple")
+    if shuffle and common_sampler_seed is not None:
+        return _common_sampler_dataset(paths, labels, image_size, norm, batch_size, augment,
+                                       epoch, num_workers, preset, common_sampler_seed)
     ds = tf.data.Dataset.from_tensor_slices((paths, labels))
     if shuffle:
         # a new order every epoch, reproducible: the seed is fed to the initializer
         ds = ds.shuffle(max(len(samples), 1), seed=epoch_seed, reshuffle_each_iteration=False)
     ds = ds.enumerate()
-
-    preset = preset or get_preset("simple")
 
     def load(index, item):
         path, label = item
@@ -101,6 +108,34 @@ def make_dataset(samples: list[Sample], image_size: int, norm: Normalisation, ba
     return ds.batch(batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE)
 
 
+def _common_sampler_dataset(paths: tf.Tensor, labels: tf.Tensor, image_size: int,
+                            norm: Normalisation, batch_size: int, augment: bool, epoch: tf.Tensor,
+                            num_workers: int, preset: Preset, seed: int) -> tf.data.Dataset:
+    """A training dataset in ``epoch``'s order drawn by ``common.sampler``, each image
+    augmented by ``tf_image.apply_params`` with the parameters drawn there for
+    ``(seed, epoch, index)``."""
+    n = int(paths.shape[0])
+    order = tf.numpy_function(lambda e: sample_order(n, seed, int(e)).astype(np.int64), [epoch],
+                              tf.int64, stateful=False)
+    order.set_shape([n])
+    ds = tf.data.Dataset.from_tensor_slices((tf.gather(paths, order), tf.gather(labels, order),
+                                             order))
+
+    def load(path, label, index):
+        if not augment:
+            image = _decode(path, image_size, preset.eval_image, [image_size, image_size, 3])
+            return normalise(image, norm), label
+        image, params = tf.numpy_function(
+            lambda p, e, i: train_example(preset, os.fsdecode(p), image_size, seed, int(e), int(i)),
+            [path, epoch, index], (tf.uint8, tf.float64), stateful=False)
+        image.set_shape([None, None, 3])
+        return normalise(tf_image.apply_params(image, image_size, preset, params), norm), label
+
+    ds = ds.map(load, num_parallel_calls=num_workers or tf.data.AUTOTUNE, deterministic=True)
+    drop = drops_last_batch(n, batch_size)
+    return ds.batch(batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE)
+
+
 @dataclass
 class Pipelines:
     """The reinitializable iterator, its output tensors and one initializer per source."""
@@ -110,19 +145,24 @@ class Pipelines:
     initializers: dict
     epoch_seed: tf.Tensor
     iterator: object
+    epoch: tf.Tensor  # the run's epoch (the common sampler's; fed with epoch_seed)
 
 
 def build_pipelines(split, image_size: int, norm: Normalisation, batch_size: int,
-                    num_workers: int = 0, preset: Preset | None = None) -> Pipelines:
+                    num_workers: int = 0, preset: Preset | None = None,
+                    common_sampler_seed: int | None = None) -> Pipelines:
     """Datasets for every subset (split order) plus the shuffled ``fit`` and
-    ``fit_augmented`` that training reads, in the current default graph."""
+    ``fit_augmented`` that training reads, in the current default graph;
+    ``common_sampler_seed``: those two from ``common.sampler`` (``make_dataset``)."""
     epoch_seed = tf.compat.v1.placeholder_with_default(tf.constant(0, tf.int64), [], "epoch_seed")
+    epoch = tf.compat.v1.placeholder_with_default(tf.constant(0, tf.int64), [], "epoch")
     kw = {"num_workers": num_workers, "preset": preset}
+    fit = {"epoch": epoch, "common_sampler_seed": common_sampler_seed}
     datasets = {
         "fit_augmented": make_dataset(split.train, image_size, norm, batch_size, augment=True,
-                                      shuffle=True, epoch_seed=epoch_seed, **kw),
+                                      shuffle=True, epoch_seed=epoch_seed, **fit, **kw),
         "fit": make_dataset(split.train, image_size, norm, batch_size, shuffle=True,
-                            epoch_seed=epoch_seed, **kw),
+                            epoch_seed=epoch_seed, **fit, **kw),
         "train": make_dataset(split.train, image_size, norm, batch_size, **kw),
         "val": make_dataset(split.val, image_size, norm, batch_size, **kw),
         "test": make_dataset(split.test, image_size, norm, batch_size, **kw),
@@ -132,5 +172,5 @@ def build_pipelines(split, image_size: int, norm: Normalisation, batch_size: int
         (spec[0].dtype, spec[1].dtype), ([None, image_size, image_size, 3], [None]))
     images, labels = iterator.get_next()
     inits = {name: iterator.make_initializer(ds, name=f"init_{name}") for name, ds in datasets.items()}
-    return Pipelines(images, labels, inits, epoch_seed, iterator)
+    return Pipelines(images, labels, inits, epoch_seed, iterator, epoch)
 
