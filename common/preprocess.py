@@ -53,7 +53,9 @@ crop, the backend uses it with the preset's bounds (TensorFlow:
 ``tf.image.stateless_sample_distorted_bounding_box``; torchvision:
 ``RandomResizedCrop``'s parameters), so the bounds are shared and the
 distributions inside them are each framework's own
-(``tests/test_presets.py``).
+(``tests/test_presets.py``). With ``fidelity.crop_sampler = "aligned"`` the
+order, boxes, flips and colour amounts are drawn once in ``common.sampler`` and
+every backend applies those (``tests/test_crop_sampler.py``).
 """
 
 from __future__ import annotations

@@ -108,16 +108,18 @@ def test_fidelity_is_native_by_default_and_aligned_by_one_key_or_per_switch():
     from common.config import FIDELITY_SWITCHES, recipe_from_dict
 
     assert load_recipe("two_phase").fidelity.settings() == {k: "native" for k in FIDELITY_SWITCHES}
-    assert set(FIDELITY_SWITCHES) == {"bn_moving_variance", "rmsprop", "weight_decay", "head_init"}
+    assert set(FIDELITY_SWITCHES) == {"bn_moving_variance", "rmsprop", "weight_decay", "head_init",
+                                      "crop_sampler"}
     every = parse_recipe({**_recipe(), "fidelity": "aligned"})
     assert every.fidelity.settings() == {k: "aligned" for k in FIDELITY_SWITCHES}
     assert every.fidelity.text() == "aligned"
     one = parse_recipe({**_recipe(), "fidelity": {"bn_moving_variance": "aligned"}})
     assert one.fidelity.settings() == {"bn_moving_variance": "aligned", "rmsprop": "native",
-                                       "weight_decay": "native", "head_init": "native"}
+                                       "weight_decay": "native", "head_init": "native",
+                                       "crop_sampler": "native"}
     but = parse_recipe({**_recipe(), "fidelity": {"default": "aligned", "rmsprop": "native"}})
     assert but.fidelity.text() == ("bn_moving_variance=aligned, rmsprop=native, "
-                                   "weight_decay=aligned, head_init=aligned")
+                                   "weight_decay=aligned, head_init=aligned, crop_sampler=aligned")
     # the asdict form (config.json, sweep.json) reads back the same
     import dataclasses
 

@@ -30,7 +30,9 @@ colours with ``stateless_random_brightness/saturation/hue/contrast`` in one of
 slim's orderings and clips to [0, 1]. The ``PyDataset`` does the same with
 numpy: TensorFlow's sampling algorithm and ``tf.image``'s colour formulas
 (HSV saturation and hue, contrast around each channel's mean), PIL's bilinear
-resize; its own draws.
+resize; its own draws. With ``fidelity.crop_sampler = "aligned"`` the order and
+each sample's box, flip and colour amounts come from ``common.sampler`` instead
+(``common_sampler``), applied by ``tf_image.apply_params`` (``numpy_apply_params``).
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ and aspect bounds; torchvision has no distorted-bounding-box sampler, so
 ``inception`` uses this one too), resize it bilinearly with antialiasing and
 flip; ``inception`` then distorts the colours in the preset's ordering
 (slim's ``fast_mode=True``: brightness, then saturation).
+With ``fidelity.crop_sampler = "aligned"`` the order (``CommonOrderSampler``) and
+each sample's box, flip and colour amounts come from ``common.sampler`` and
+``apply_params`` applies them as ``tf.image`` computes.
 The model family's normalisation follows in the training loop.
 """
 

@@ -25,7 +25,10 @@ bilinear resize, a left-right flip and ``distort_color`` (brightness, then
 saturation), clipped to [0, 1]: its ``fast_mode=True``, which
 ``train_image_classifier.py`` runs.
 ``torchvision`` uses the same sampler with torchvision's bounds and 10 attempts
-(TensorFlow has no RandomResizedCrop sampler).
+(TensorFlow has no RandomResizedCrop sampler). With ``fidelity.crop_sampler =
+"aligned"`` the ``fit`` datasets take the epoch's order and each sample's box,
+flip and colour amounts from ``common.sampler`` (fed the run's ``epoch``) and
+apply them with ``tf_image.apply_params``.
 """
 
 from __future__ import annotations
