@@ -23,7 +23,7 @@ RAW = Normalisation("raw", 1.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # pixels as t
 # the largest per-pixel difference (of 255) between two backends' first aligned batch:
 # none for ``simple`` (integer crops and flips); resize and colour arithmetic for the
 # resized crops (torch's, TensorFlow's and numpy's bilinear and HSV kernels; measured
-# 4.6e-5 without colours, 1.1e-4 with ``inception``'s)
+# 4.6e-5 for ``torchvision``, 1.1e-4 for ``inception`` with its colours)
 TOLERANCE = {"simple": 0.0, "torchvision": 1e-3, "inception": 1e-3}
 
 @pytest.fixture(scope="module")
