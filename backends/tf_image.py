@@ -17,7 +17,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from common.preprocess import ColorDistortion, Preset
-from common.sampler import COLOR_OPS
+from common.sampler import COLOR_OPS, PARAMS_LENGTH
 
 
 def distorted_bounding_box_crop(image: tf.Tensor, preset: Preset, seed: tf.Tensor) -> tf.Tensor:
@@ -84,9 +84,11 @@ def apply_params(image: tf.Tensor, size: int, preset: Preset, params: tf.Tensor)
     training source. ``simple``: the uint8 crop, flipped; a resized crop: float32 in [0, 1],
     bilinear resize, flipped, the colour ops in the drawn ordering with the drawn amounts,
     clipped, in [0, 255] (what ``resized_crop_augment`` computes, with these draws)."""
+    params = tf.ensure_shape(params, (PARAMS_LENGTH,))
     box = tf.cast(params[:4], tf.int32)
     flip = params[4] > 0.5
     image = tf.slice(image, tf.stack([box[0], box[1], 0]), tf.stack([box[2], box[3], 3]))
+    image.set_shape((None, None, 3))
     if preset.crop == "random_crop":
         image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
         return tf.ensure_shape(image, (size, size, 3))
@@ -106,4 +108,4 @@ def apply_params(image: tf.Tensor, size: int, preset: Preset, params: tf.Tensor)
 
         branches = [branch(o) for o in preset.color.orderings]
         x = tf.switch_case(tf.cast(params[5], tf.int32), branches)
-    return tf.clip_by_value(x, 0.0, 1.0) * 255.0
+    return tf.ensure_shape(tf.clip_by_value(x, 0.0, 1.0) * 255.0, (size, size, 3))

@@ -164,3 +164,20 @@ def test_the_common_order_is_the_order_keras_drew_natively():
 
     for seed, epoch in ((0, 1), (7, 3)):
         np.testing.assert_array_equal(epoch_order(40, seed, epoch)[0], sample_order(40, seed, epoch))
+
+
+def test_aligned_keras_stream_of_two_epochs_keeps_static_shapes_and_each_epochs_order(split):
+    """One ``fit`` reads one ``tf.data`` stream of its epochs (``flat_map``): aligned, its
+    images keep their static shape (``fit`` needs it) and epoch 2 starts with the common
+    order of epoch 2."""
+    require_backend("keras")
+    from backends.keras.data import KerasData
+
+    data = KerasData(split, SIZE, RAW, BATCH, seed=SEED, preset=get_preset("inception"),
+                     common_sampler=True)
+    stream = data.train([1, 2], True)
+    assert tuple(stream.element_spec[0].shape) == (None, SIZE, SIZE, 3)
+    batches = [np.argmax(y, -1) for _, y in stream.as_numpy_iterator()]
+    assert len(batches) == 4  # 8 + 4 images an epoch
+    order = sample_order(len(split.train), SEED, 2)
+    assert list(batches[2]) == [split.train[i].label for i in order[:BATCH]]
