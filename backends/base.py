@@ -447,6 +447,18 @@ def backend_names() -> list[str]:
     return list(REGISTRY)
 
 
+def loaded_infos() -> list[tuple[str, "BackendInfo"]]:
+    """(name, descriptor) of every registry entry whose descriptor loads, in registry order:
+    shared code asks these for per-backend facts, and a plug-in that does not load has none."""
+    out = []
+    for name in backend_names():
+        try:
+            out.append((name, backend_info(name)))
+        except BackendError:
+            continue
+    return out
+
+
 def canonical_name(name: str) -> str:
     """The registry entry ``name`` stands for (``keras-tensorflow`` -> ``keras``)."""
     return ALIASES.get(name, name)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from common.config import NATIVE_KEYS, ConfigError, Phase, Recipe
+from common.config import ConfigError, Phase, Recipe
 from common.models import HEAD, MODELS
 
 @dataclass(frozen=True)
@@ -62,14 +62,11 @@ def framework_of(key: str) -> str:
     """The registry entry that owns native key ``key``: the first whose
     ``BackendInfo.native_key`` it is (``unfreeze_from`` -> ``keras``, not ``keras-jax``);
     its catalog holds the names the key takes."""
-    from backends.base import BackendError, backend_info, backend_names
+    from backends.base import loaded_infos
 
-    for name in backend_names():
-        try:
-            if backend_info(name).native_key == key:
-                return name
-        except BackendError:
-            continue
+    for name, info in loaded_infos():
+        if info.native_key == key:
+            return name
     raise ConfigError(f"{key}: no backend of this installation says what trains with it")
 
 

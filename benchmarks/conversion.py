@@ -26,7 +26,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from backends.base import BackendError, availability, backend_info, backend_names
+from backends.base import BackendError, availability, backend_info, backend_names, loaded_infos
 from benchmarks.child import run_json_child
 from common import canonical
 from common.locks import claim_directory
@@ -42,14 +42,8 @@ WORKER = "benchmarks.weights_worker"
 def source_backend_order() -> list[str]:
     """The fixed, documented choice of the backend that pretrains the source model of a
     sweep: the first installed of these (``BackendInfo.source_order``; docs/running.md)."""
-    ranked = []
-    for name in backend_names():
-        try:
-            order = backend_info(name).source_order
-        except BackendError:
-            continue
-        if order is not None:
-            ranked.append((order, name))
+    ranked = [(info.source_order, name) for name, info in loaded_infos()
+              if info.source_order is not None]
     return [name for _, name in sorted(ranked)]
 
 
@@ -57,13 +51,7 @@ def source_backend_order() -> list[str]:
 
 def _converting_infos():
     """The descriptors of the registry entries that convert weights, in registry order."""
-    for name in backend_names():
-        try:
-            info = backend_info(name)
-        except BackendError:
-            continue
-        if info.converter:
-            yield info
+    return [info for _, info in loaded_infos() if info.converter]
 
 
 def detect_format(path: str | Path) -> str | None:

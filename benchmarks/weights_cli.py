@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import sys
 
-from backends.base import BackendError, backend_info, backend_names
+from backends.base import backend_info, loaded_infos
 from common.models import MODELS
 
 
 def where_rows() -> list[dict]:
     """One row per (backend, model with ImageNet weights): file, path, present, source URL."""
     rows = []
-    for name in backend_names():
-        try:
-            info = backend_info(name)
-        except BackendError:
-            continue
+    for name, info in loaded_infos():
         for model, entry in info.models().items():
             if entry.imagenet is None:
                 continue

@@ -16,22 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from backends.base import BackendError, availability, backend_info, backend_names, unsupported_model
+from backends.base import availability, backend_info, loaded_infos, unsupported_model
 from common.models import MODELS, SMOKE_MODEL
 
 
 def _declared_sweeps() -> dict:
     """Each registry entry's ``BackendInfo.sweep`` (its modes and time estimates), in registry
     order; entries without one (or whose descriptor does not load) are not in the sweep."""
-    out = {}
-    for name in backend_names():
-        try:
-            declared = backend_info(name).sweep
-        except BackendError:
-            continue
-        if declared is not None:
-            out[name] = declared
-    return out
+    return {name: info.sweep for name, info in loaded_infos() if info.sweep is not None}
 
 
 SWEEPS = _declared_sweeps()
