@@ -117,14 +117,17 @@ def top2_epoch(shared, tmp_path_factory):
     frozen, trained = _bn_layers(shared, "Mixed_7a"), _bn_layers(shared, "Mixed_7b")
     before = {a: _values(frozen, a) for a in ("moving_mean", "moving_variance", "beta")}
     before_top = _values(trained, "moving_mean")
-    ends = []
+    ends, traces = [], []
+    model = shared.km.train_model
+    # inside fit's tf.function the Python train_step runs only while it is traced
+    model.train_step = lambda data, _step=model.train_step: traces.append(1) or _step(data)
     with recorded_fits() as fits:
         shared.fit_phase(TOP2_COSINE, 1, 5,
                          lambda epoch, lr, stats: ends.append((epoch, lr, stats, inside_fit())))
     ckpt = shared.save(tmp_path_factory.mktemp("keras-top2") / "last")
     return {"before": before, "after": {a: _values(frozen, a) for a in before},
             "before_top": before_top, "after_top": _values(trained, "moving_mean"),
-            "ends": ends, "fits": fits,
+            "ends": ends, "fits": fits, "traces": len(traces),
             "learning_rate": float(shared.optimizer.learning_rate.numpy()),
             "optimizer": [np.array(v.numpy()) for v in shared.optimizer.variables],
             "checkpoint": ckpt}
@@ -296,6 +299,14 @@ def test_adamw_param_groups_decay_each_group_with_its_own_learning_rate():
     single_phase = dataclasses.replace(phase, head_lr_multiplier=1.0)
     single, text = make_optimizer(single_phase, [head]), optimizer_text(single_phase)
     assert type(single) is keras.optimizers.AdamW and "weight_decay=0.5" in text
+
+
+def test_the_phase_optimizer_is_built_at_compile_so_fit_traces_its_step_once(shared, top2_epoch):
+    """compile_phase builds the optimizer's slots: made inside fit's first step they would
+    make TensorFlow trace the step twice (once creating variables, once without), seconds of
+    graph building per phase (docs/design.md, "Where a run's time goes")."""
+    assert top2_epoch["traces"] == 1
+    assert shared.km.train_model.optimizer is shared.optimizer and shared.optimizer.built
 
 
 def test_optimizer_state_round_trips_within_a_phase(shared, top2_epoch):

@@ -216,6 +216,8 @@ def compile_phase(km: KerasModel, phase: Phase, fidelity: Fidelity = Fidelity()
     km.train_model = km.inference_bn_model() if phase.bn == "inference" else km.model
     km.train_model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     # --8<-- [end:optimizer]
+    # slots made now: made in fit's first step, they would make TensorFlow trace it twice
+    optimizer.build(km.train_model.trainable_variables)
     return optimizer
 
 
