@@ -219,7 +219,8 @@ def report_context(run: RunResults, run_dir: Path, figures: dict[str, str]) -> d
                          "seconds": r.source_pretrain_seconds}
                         for r in df.itertuples() if (r.source_pretrain_seconds or 0) > 0],
         "intervals": stats.records(stats.accuracy_intervals(df)), "pairs": stats.paired_tests(df),
-        "verdicts": stats.framework_tests(df), "framework_test": stats.FRAMEWORK_TEST,
+        "verdicts": (verdicts := stats.framework_tests(df)), "framework_test": stats.FRAMEWORK_TEST,
+        "alignment": stats.alignment(df, verdicts),
         "gains": stats.transfer_gain(agg), "timed_steps": timed_steps(df),
         "per_class": {"head": ["class"] + [f"{b} `{r}`" for b, r in classes],
                       "rows": [[c] + [fmt_pct(per_class["mean"].loc[c, k], per_class["std"].loc[c, k])

@@ -321,6 +321,20 @@ def framework_tests(df: pd.DataFrame, metric: str = "test_top1") -> list[dict]:
     return out
 
 
+def alignment(df: pd.DataFrame, verdicts: list[dict]) -> dict:
+    """What the framework verdicts say about the training-step switches: ``setting`` is ``aligned``
+    (every switch of every finished run aligned), ``native`` (every switch native) or ``mixed``;
+    ``switches`` the switch names; ``tested`` how many pairs have a verdict; ``survive`` the verdicts
+    where one framework reaches the higher accuracy (with every switch aligned: the differences that
+    survive alignment). See docs/design.md, "Verdicts"."""
+    settings = set(df[df.status == "ok"].fidelity)
+    setting = settings.pop() if len(settings) == 1 else "mixed"
+    tested = [v for v in verdicts if v["verdict"] is not None]
+    return {"setting": setting if setting in ("aligned", "native") else "mixed",
+            "switches": list(FIDELITY_SWITCHES), "tested": len(tested),
+            "survive": [v for v in tested if v["verdict"] in ("a", "b")]}
+
+
 def verdict_flips(a: list[dict], b: list[dict], key: tuple[str, ...], call: str) -> tuple[list[dict], int]:
     """Rows of two sweeps matched on ``key`` where both made a ``call`` and the calls differ (a flip), and how
     many matched rows both made a call on."""

@@ -609,3 +609,37 @@ def test_the_report_says_what_each_backend_timed(sweep, tmp_path):
     assert "Timed step (fakeb): a host batch, with a metric." in differ
     assert "Timed step (fake): not recorded (a result from before `throughput.timed_step`)." in differ
     assert "**The backends timed different steps**: their img/s do not compare." in differ
+
+
+def test_the_verdicts_say_which_backend_differences_survive_alignment(sweep, tmp_path):
+    """With every switch aligned and three seeds, the report names the pairs whose framework
+    difference survives alignment (or says none does); native runs point to --fidelity aligned;
+    one seed aligned says that the question needs three."""
+    from common.config import FIDELITY_SWITCHES
+
+    aligned = {k: "aligned" for k in FIDELITY_SWITCHES}
+    run_dir = copy_run(sweep, tmp_path / "aligned")
+    for f in run_dir.glob("*/result.json"):
+        edit(run_dir, f.parent.name, lambda r: r.update(fidelity=aligned))
+    verdicts = section(md_report(run_dir), "Framework verdicts")
+    assert "whether a difference survives alignment needs `--seeds 0,1,2`" in verdicts
+    top1 = {("fake", "head"): (0.9, 0.8, 0.85), ("fakeb", "head"): (0.2, 0.3, 0.2),
+            ("fake", "two_phase"): (0.5, 0.7, 0.6), ("fakeb", "two_phase"): (0.6, 0.6, 0.6)}
+    for (backend, recipe), values in top1.items():
+        for seed in SEEDS:
+            edit(run_dir, run_name(backend, recipe, seed), lambda r: r["test"].update(top1=values[seed]))
+        add_seed(run_dir, backend, recipe, 2, values[2])
+    verdicts = section(md_report(run_dir), "Framework verdicts")
+    head = next(v for v in stats.framework_tests(stats.runs_frame(on_disk(run_dir))) if v["recipe"] == "head")
+    assert (f"**Backend differences that survive alignment**: `head`, fake higher than fakeb "
+            f"(Holm p = {head['p_holm']:.3f}). Every run had every training-step switch aligned ("
+            + ", ".join(f"`{k}`" for k in FIDELITY_SWITCHES) + ")") in verdicts
+    for seed in (0, 1, 2):  # the same accuracies: no difference left
+        edit(run_dir, run_name("fakeb", "head", seed), lambda r: r["test"].update(top1=top1["fake", "head"][seed]))
+    verdicts = section(md_report(run_dir), "Framework verdicts")
+    assert "**No backend difference survives alignment** in these runs" in verdicts
+    assert "survive alignment**:" not in verdicts
+    native = section(md_report(copy_run(sweep, tmp_path / "native")), "Framework verdicts")
+    assert "the same command with `--fidelity aligned` shows which differences survive alignment" in native
+    edit(run_dir, run_name("fake", "head", 0), lambda r: r.update(fidelity={**aligned, "rmsprop": "native"}))
+    assert "The runs differ in training-step fidelity" in section(md_report(run_dir), "Framework verdicts")
