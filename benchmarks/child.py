@@ -63,6 +63,7 @@ def environment(backend: str | None = None, devices: int = 1, progress: bool = T
     children keep the compilers' caches in the usual one), which the child removes when
     ``bench`` dies unless ``remove_tmp_on_death`` is false."""
     from common.progress import PROGRESS_ENV, progress_mode
+    from common.timing import THROUGHPUT_LOCK_ENV, throughput_lock_path
 
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8:backslashreplace")
     if backend is not None:
@@ -73,6 +74,8 @@ def environment(backend: str | None = None, devices: int = 1, progress: bool = T
     env[PARENT_PID_ENV] = str(os.getpid())
     env[PROGRESS_ENV] = "events" if progress and progress_mode() != "off" else "off"
     env.pop(CHILD_TMP_ENV, None)  # a grandchild names its own
+    # this machine's throughput lock, named before TMPDIR moves into the child's folder
+    env[THROUGHPUT_LOCK_ENV] = str(throughput_lock_path())
     if tmp is not None:
         if tmp_as_tmpdir:
             env["TMPDIR"] = str(tmp)

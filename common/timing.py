@@ -44,7 +44,10 @@ def summarise_steps(step_seconds, batch_size: int) -> dict:
 
 # The machine-wide throughput lock: every process's timed steps hold it, so that no two
 # runs' timed steps ever overlap (runs side by side, two sweeps, a sweep and `bench
-# throughput`); the first step and the warm-up do not hold it.
+# throughput`); the first step and the warm-up do not hold it. By default it is a flock on
+# the system's temporary directory itself: nothing is created or written, and every bench
+# process on the machine meets there (``bench`` passes its own path to its children, whose
+# TMPDIR is a folder of their run).
 def timed_step(batch_size: int) -> str:
     """What every backend's throughput times, in the same words (``throughput.timed_step``):
     the batch is made and placed on the device once, before the first step; a train step is
@@ -58,10 +61,16 @@ THROUGHPUT_LOCK_ENV = "TRANSFER_BENCH_THROUGHPUT_LOCK"
 
 
 def throughput_lock_path() -> Path:
-    """``$TRANSFER_BENCH_THROUGHPUT_LOCK``, by default ``transfer-bench-throughput.lock`` in the
-    system's temporary folder (one per machine)."""
-    return Path(os.environ.get(THROUGHPUT_LOCK_ENV) or
-                Path(tempfile.gettempdir()) / "transfer-bench-throughput.lock")
+    """``$TRANSFER_BENCH_THROUGHPUT_LOCK``, by default the system's temporary directory (one per
+    machine; a directory is locked as it is, a file path is created if missing)."""
+    return Path(os.environ.get(THROUGHPUT_LOCK_ENV) or tempfile.gettempdir())
+
+
+def _open_lock(path: Path) -> int:
+    if path.is_dir():  # read-only: a flock needs no write access and leaves nothing behind
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
 
 
 @contextlib.contextmanager
@@ -86,9 +95,7 @@ def throughput_lock() -> Iterator[dict]:
         record.update(lock="held by rank 0", wait_seconds=0.0)
         yield record
         return
-    path = throughput_lock_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    fd = _open_lock(throughput_lock_path())
     try:
         t0 = time.time()
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -30,9 +30,16 @@ print(json.dumps(r["lock"]))
 """
 
 
-def test_two_processes_timed_steps_never_overlap(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(REPO),
-               **{timing.THROUGHPUT_LOCK_ENV: str(tmp_path / "throughput.lock")})
+@pytest.mark.parametrize("lock", ["file", "default"])
+def test_two_processes_timed_steps_never_overlap(tmp_path, lock):
+    """Named by the variable, or by default the system's temporary directory itself, locked
+    without creating anything in it."""
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != timing.THROUGHPUT_LOCK_ENV}
+    env.update(PYTHONPATH=str(REPO), TMPDIR=str(system_tmp))
+    if lock == "file":
+        env[timing.THROUGHPUT_LOCK_ENV] = str(tmp_path / "throughput.lock")
     go = tmp_path / "go"
     procs = [subprocess.Popen([sys.executable, "-c", MEASURE, str(go)], stdout=subprocess.PIPE,
                               text=True, env=env) for _ in range(2)]
@@ -46,6 +53,24 @@ def test_two_processes_timed_steps_never_overlap(tmp_path):
         assert r["held_seconds"] >= 0.5
     assert a["released_at"] <= b["acquired_at"]  # one after the other, never side by side
     assert b["wait_seconds"] >= 0.4  # the second waited for the first's timed steps
+    assert a["path"] == (str(tmp_path / "throughput.lock") if lock == "file" else str(system_tmp))
+    assert list(system_tmp.iterdir()) == []
+
+
+def test_bench_children_meet_at_the_parents_lock_whatever_their_temporary_folder(tmp_path,
+                                                                                  monkeypatch):
+    """A child of bench gets a TMPDIR inside its run (nothing written outside --out), and the
+    lock path its parent uses: two sweeps' runs still take their timed steps one at a time."""
+    import tempfile
+
+    from benchmarks import child
+
+    monkeypatch.delenv(timing.THROUGHPUT_LOCK_ENV, raising=False)
+    env = child.environment(tmp=tmp_path / "run" / "tmp")
+    assert env["TMPDIR"] == str(tmp_path / "run" / "tmp")
+    assert env[timing.THROUGHPUT_LOCK_ENV] == tempfile.gettempdir()
+    monkeypatch.setenv(timing.THROUGHPUT_LOCK_ENV, str(tmp_path / "mine.lock"))
+    assert child.environment(tmp=tmp_path / "x")[timing.THROUGHPUT_LOCK_ENV] == str(tmp_path / "mine.lock")
 
 
 def test_a_run_records_its_lock_wait_and_hold(monkeypatch, tmp_path):
