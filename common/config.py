@@ -97,6 +97,9 @@ FIDELITY_SWITCHES = {
                  "head through the canonical weight layout",
     "crop_sampler": "the epoch's sample order and every training crop box, flip and colour amount "
                     "are drawn once with numpy (common.sampler) and applied by every backend",
+    "head_dtype": "under bf16 the new head, its hidden layer too, computes in fp32 on the bf16 "
+                  "backbone's features (Keras' logits Dense; torch runs the head outside "
+                  "autocast, Keras makes a hidden Dense float32 too)",
 }
 MAX_EPOCHS = 10_000
 MAX_HIDDEN_UNITS = 65_536
@@ -213,6 +216,7 @@ class Fidelity:
     weight_decay: str = "native"
     head_init: str = "native"
     crop_sampler: str = "native"
+    head_dtype: str = "native"
 
     def aligned(self, switch: str) -> bool:
         return getattr(self, switch) == "aligned"

@@ -109,17 +109,20 @@ def test_fidelity_is_native_by_default_and_aligned_by_one_key_or_per_switch():
 
     assert load_recipe("two_phase").fidelity.settings() == {k: "native" for k in FIDELITY_SWITCHES}
     assert set(FIDELITY_SWITCHES) == {"bn_moving_variance", "rmsprop", "weight_decay", "head_init",
-                                      "crop_sampler"}
+                                      "crop_sampler", "head_dtype"}
     every = parse_recipe({**_recipe(), "fidelity": "aligned"})
     assert every.fidelity.settings() == {k: "aligned" for k in FIDELITY_SWITCHES}
     assert every.fidelity.text() == "aligned"
     one = parse_recipe({**_recipe(), "fidelity": {"bn_moving_variance": "aligned"}})
     assert one.fidelity.settings() == {"bn_moving_variance": "aligned", "rmsprop": "native",
                                        "weight_decay": "native", "head_init": "native",
-                                       "crop_sampler": "native"}
+                                       "crop_sampler": "native", "head_dtype": "native"}
     but = parse_recipe({**_recipe(), "fidelity": {"default": "aligned", "rmsprop": "native"}})
     assert but.fidelity.text() == ("bn_moving_variance=aligned, rmsprop=native, "
-                                   "weight_decay=aligned, head_init=aligned, crop_sampler=aligned")
+                                   "weight_decay=aligned, head_init=aligned, crop_sampler=aligned, "
+                                   "head_dtype=aligned")
+    head = parse_recipe({**_recipe(), "fidelity": {"default": "aligned", "head_dtype": "native"}})
+    assert (head.fidelity.head_dtype, head.fidelity.crop_sampler) == ("native", "aligned")
     # the asdict form (config.json, sweep.json) reads back the same
     import dataclasses
 
@@ -162,6 +165,7 @@ def test_bench_run_fidelity_sets_every_recipes_switches_and_refuses_other_words(
 
     aligned = configs("--fidelity", "aligned", "--recipe", "two_phase,scratch")
     assert [c.recipe.fidelity.settings() for c in aligned] == [{k: "aligned" for k in FIDELITY_SWITCHES}] * 2
+    assert [c.recipe.fidelity.head_dtype for c in aligned] == ["aligned"] * 2
     assert {c.recipe.fidelity.text() for c in configs("--recipe", "two_phase,scratch")} == {"native"}
     with pytest.raises(SystemExit) as exit_:
         cli.get_args_parser().parse_args(["run", "--fidelity", "exact"])

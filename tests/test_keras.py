@@ -689,19 +689,27 @@ def test_the_same_recipe_steps_on_every_keras_backend(other_keras_backends, resn
     assert type(keras.optimizers.SGD(learning_rate=0.01)).__module__ == "keras.src.optimizers.sgd"
 
 
-def test_bf16_head_computes_in_float32_while_the_backbone_computes_in_bfloat16(tiny_quads, tmp_path):
+@pytest.mark.parametrize("head_dtype", ["native", "aligned"])
+def test_bf16_head_computes_in_float32_while_the_backbone_computes_in_bfloat16(tiny_quads, tmp_path,
+                                                                               head_dtype):
     """Under ``mixed_bfloat16`` the suite's logits Dense is ``dtype="float32"`` (Keras' mixed-precision
-    guide: keep the last layer in float32), so the head computes in fp32 while the backbone computes
-    in bf16; torch's head runs in bf16 under autocast (docs/differences.md, row "bf16")."""
+    guide: keep the last layer in float32) in both ``fidelity.head_dtype`` settings, so the logits
+    compute in fp32 while the backbone computes in bf16; a hidden head Dense follows the policy
+    (bf16) natively and is float32 when aligned. torch's head runs in bf16 under autocast
+    natively (docs/differences.md, row "bf16")."""
     config = tiny_config("keras", "head", tiny_quads, tmp_path / "run", batch_size=BATCH, precision="bf16")
+    config = dataclasses.replace(config, recipe=dataclasses.replace(
+        config.recipe, fidelity=dataclasses.replace(config.recipe.fidelity, head_dtype=head_dtype)))
     b = KerasBackend(config, tmp_path / "run")
     try:
         b.setup(driver.prepare_split(config), 75)
-        b.build(INCEPTION, 5, WeightsRequest("none"), 0)
+        b.build(INCEPTION, 5, WeightsRequest("none"), 16)
         model = b.km.model
-        head = model.get_layer("head_logits")
+        head, hidden = model.get_layer("head_logits"), model.get_layer("head_hidden")
         convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
         assert (head.compute_dtype, head.variable_dtype) == ("float32", "float32")
+        assert (hidden.compute_dtype, hidden.variable_dtype) == (
+            "bfloat16" if head_dtype == "native" else "float32", "float32")
         assert {(l.compute_dtype, l.variable_dtype) for l in convs} == {("bfloat16", "float32")}
         logits = model(np.zeros((1, 75, 75, 3), np.float32), training=False)
         assert keras.backend.standardize_dtype(logits.dtype) == "float32"

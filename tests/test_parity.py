@@ -292,11 +292,11 @@ def test_a_switch_explains_a_difference_that_comes_back_when_it_alone_is_native(
     assert list(fidelities) == ["native", "aligned", "bn_moving_variance native",
                                 "rmsprop native", "weight_decay native"]
     assert list(case_fidelities(Phase(train="head"))) == ["native"]
-    # head_init and crop_sampler are set too, but no case builds a head (each starts from
-    # the given tensors) or crops (one fixed batch, no augmentation)
+    # head_init, crop_sampler and head_dtype are set too, but no case builds a head (each
+    # starts from the given tensors), crops (one fixed batch, no augmentation) or runs bf16
     assert fidelities["rmsprop native"].settings() == {
         "bn_moving_variance": "aligned", "rmsprop": "native", "weight_decay": "aligned",
-        "head_init": "aligned", "crop_sampler": "aligned"}
+        "head_init": "aligned", "crop_sampler": "aligned", "head_dtype": "aligned"}
     assert case_switches(Phase(train="head")) == ()
 
     def rel(value):

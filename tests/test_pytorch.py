@@ -415,8 +415,9 @@ def test_bf16_fits_and_predicts_under_autocast_in_inference_mode(tiny_quads, tmp
 
 
 def test_bf16_head_computes_in_bfloat16_under_autocast(tiny_quads, tmp_path):
-    """Under bf16 the head (``fc``) runs inside autocast like the backbone: its logits are bf16
-    (Keras keeps its head in float32: docs/differences.md, row "bf16")."""
+    """Under bf16 with ``fidelity.head_dtype = "native"`` (the default) the head (``fc``) runs
+    inside autocast like the backbone: its logits are bf16 (Keras keeps its logits Dense in
+    float32: docs/differences.md, row "bf16")."""
     seen = []
     b, _ = _built(tiny_quads, tmp_path, model="inception_v3", size=75, precision="bf16")
     try:
@@ -430,6 +431,90 @@ def test_bf16_head_computes_in_bfloat16_under_autocast(tiny_quads, tmp_path):
         assert b.model.fc.weight.dtype == torch.float32
     finally:
         b.close()
+
+
+@pytest.mark.parametrize("hidden", [0, 16])
+def test_aligned_head_dtype_computes_the_head_in_float32_on_bf16_features(hidden):
+    """``fidelity.head_dtype``: in a bf16 training step (``recipe.train_one_epoch``) the head
+    gets the backbone's bf16 features in both settings; natively its logits are bf16 and its
+    weight gradient is autocast's bf16 one, aligned its logits are float32 and its weight
+    gradient is the fp32 gradient of those features. Both settings draw the same initial head
+    into the same ``state_dict`` keys."""
+    from torch import nn
+
+    from backends.pytorch import recipe
+    from common.preprocess import get_normalisation
+
+    g = torch.Generator().manual_seed(0)
+    batch = [(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=g),
+              torch.tensor([0, 1, 2, 3]))]
+    norm, device = get_normalisation("inception"), torch.device("cpu")
+    states, out = [], {}
+    for float32 in (False, True):
+        torch.manual_seed(0)
+        net = recipe.build_model(get_model("resnet18"), MODELS["resnet18"], 5, hidden,
+                                 float32_head=float32)
+        head = net.fc[-1] if hidden else net.fc  # the logits layer
+        states.append(net.state_dict())
+        recipe.freeze_all_but(net, {"fc": net.fc})
+        recipe.set_train_modes(net, {"fc": net.fc}, "frozen")
+        seen = []
+        net.fc.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+        steps = []
+        recipe.train_one_epoch(net, batch, torch.optim.SGD(net.fc.parameters(), lr=0.0),
+                               nn.CrossEntropyLoss(), device, norm, "bf16",
+                               lambda loss, logits, labels: steps.append(logits.dtype))
+        features = seen[0].detach()
+        assert features.dtype == torch.bfloat16  # the backbone computed in bf16
+        # the same step in fp32 on those features: the head's own gradient
+        w = head.weight.detach().clone().requires_grad_(True)
+        x = features.float()
+        if hidden:
+            x = torch.relu(nn.functional.linear(x, net.fc[0].weight, net.fc[0].bias))
+        nn.functional.cross_entropy(nn.functional.linear(x, w, head.bias), batch[0][1]).backward()
+        rel = ((head.weight.grad - w.grad).abs().max() / w.grad.abs().max()).item()
+        out[float32] = steps, head.weight.grad.dtype, rel
+    assert out[False][0] == [torch.bfloat16] and out[True][0] == [torch.float32]
+    assert out[False][1] == out[True][1] == torch.float32  # fp32 weights: fp32 .grad
+    assert out[True][2] < 1e-6 < 1e-4 < out[False][2]  # fp32 gradient aligned, bf16 natively
+    assert list(states[0]) == list(states[1])
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_aligned_head_dtype_keeps_torchvisions_aux_head_in_autocast():
+    """``fidelity.head_dtype = "aligned"`` changes the new head only: under bf16 autocast ``fc``
+    gives float32 logits while Inception's aux head (``AuxLogits``, which Keras' InceptionV3
+    does not have) still computes in bf16."""
+    from backends.pytorch.recipe import build_model
+
+    torch.manual_seed(0)
+    net = build_model(get_model("inception_v3"), MODELS["inception_v3"], 5, aux_logits=True,
+                      float32_head=True).eval()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = net.fc(torch.randn(2, 2048, dtype=torch.bfloat16))
+        aux = net.AuxLogits(torch.randn(2, 768, 17, 17, dtype=torch.bfloat16))
+    assert (logits.dtype, aux.dtype) == (torch.float32, torch.bfloat16)
+
+
+def test_result_json_records_the_aligned_head_dtype_and_the_fp32_logits_it_computed(tiny_quads,
+                                                                                  tmp_path):
+    """A bf16 run with ``fidelity = "aligned"``: ``result.json`` records ``head_dtype =
+    "aligned"``, and its ``precision`` the float32 logits the head computed in fit and
+    predict (observed), on the bf16 backbone the ``how`` names."""
+    from common.config import parse_fidelity
+
+    config = tiny_config("pytorch", "head", tiny_quads, tmp_path / "run", model="resnet18",
+                         image_size=32, precision="bf16")
+    config = dataclasses.replace(config, recipe=dataclasses.replace(
+        config.recipe, fidelity=parse_fidelity("aligned", "test")))
+    result = driver.run(config)
+    assert result["status"] == "ok", result.get("traceback")
+    on_disk = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert on_disk["fidelity"]["head_dtype"] == "aligned"
+    precision = on_disk["precision"]
+    assert (precision["requested"], precision["train"], precision["eval"]) == ("bf16", "fp32", "fp32")
+    assert precision["how"].startswith("torch.autocast(") and precision["how"].endswith(
+        "; the head in fp32 outside autocast (fidelity head_dtype = aligned)")
 
 
 def test_train_loader_is_kept_and_an_epoch_depends_only_on_seed_and_epoch(tiny_quads, tmp_path):

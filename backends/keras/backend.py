@@ -157,7 +157,8 @@ class KerasBackend(Backend):
         try:
             self.km = build_model(model, self.entry, num_classes, self.image_size, head_hidden_units,
                                   base_weights, dropout=self.config.recipe.dropout,
-                                  unbiased_bn=self.config.recipe.fidelity.aligned("bn_moving_variance"))
+                                  unbiased_bn=self.config.recipe.fidelity.aligned("bn_moving_variance"),
+                                  float32_head=self.config.recipe.fidelity.aligned("head_dtype"))
         except ValueError as err:
             raise BackendError(f"keras {model.name}: {str(err).splitlines()[0]}") from None
         head = self.aligned_head(head_hidden_units)

@@ -186,14 +186,16 @@ def block_ranges(layers: list, spec: ModelSpec, entry: ModelEntry) -> dict[str, 
 
 def build_model(spec: ModelSpec, entry: ModelEntry, num_classes: int, image_size: int,
                 head_hidden_units: int = 0, base_weights: str | None = None,
-                dropout: float = 0.0, unbiased_bn: bool = False) -> KerasModel:
+                dropout: float = 0.0, unbiased_bn: bool = False,
+                float32_head: bool = False) -> KerasModel:
     """``spec``'s application without its top, pooled, with a new head.
 
     ``base_weights`` is passed to the application as ``weights=``: None, or the
     path of a Keras ImageNet ``*_notop.h5`` file (see ``weights.py``). ``dropout`` > 0:
     a ``Dropout`` layer on the pooled features (the guide's ``Dropout(0.2)``), active in
     ``fit`` only. ``unbiased_bn``: every BatchNormalization an ``UnbiasedMovingVarianceBN``
-    (``fidelity.bn_moving_variance = "aligned"``).
+    (``fidelity.bn_moving_variance = "aligned"``). ``float32_head``: the hidden ``Dense``
+    float32 like the logits (``fidelity.head_dtype = "aligned"``, ``recipe.new_head``).
     """
     # NHWC: Keras image models take channels last; torchvision takes NCHW.
     base = entry.resolve_constructor()(include_top=False, weights=base_weights,
@@ -207,7 +209,7 @@ def build_model(spec: ModelSpec, entry: ModelEntry, num_classes: int, image_size
             layer.momentum = BN_DECAY
     from .recipe import new_head  # recipe.py imports this module
 
-    model, pooled = new_head(base, spec, num_classes, head_hidden_units, dropout)
+    model, pooled = new_head(base, spec, num_classes, head_hidden_units, dropout, float32_head)
     features = keras.Model(base.input, pooled, name=f"{spec.name}_features")
     num_base = len(base.layers)
     blocks = block_ranges(model.layers[:num_base], spec, entry)

@@ -108,7 +108,8 @@ class PyTorchBackend(Backend):
         net = recipe.build_model(model, self.entry, num_classes, head_hidden_units,
                                  aux_logits=self.config.model.aux_logits,
                                  image_size=self.image_size or None, aligned=not native,
-                                 dropout=self.config.recipe.dropout)
+                                 dropout=self.config.recipe.dropout,
+                                 float32_head=self.config.recipe.fidelity.aligned("head_dtype"))
         head = self.aligned_head(head_hidden_units)
         if head is not None:  # fidelity head_init = "aligned": the common draw, not nn.Linear's
             convert_lib.write_head(net, model.name, head)
@@ -205,6 +206,9 @@ class PyTorchBackend(Backend):
         how = (f"torch.autocast({self.device_.type!r}, torch.bfloat16) around forward and loss; "
                f"fp32 weights, optimizer state and BatchNorm statistics"
                if self.config.train.precision == "bf16" else "fp32")
+        if self.config.train.precision == "bf16" and \
+                self.config.recipe.fidelity.aligned("head_dtype"):
+            how += "; the head in fp32 outside autocast (fidelity head_dtype = aligned)"
         return {**used, "how": how}
 
     # -- checkpoints -----------------------------------------------------

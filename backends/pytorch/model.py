@@ -319,6 +319,33 @@ def head_in_features(head: nn.Module) -> int:
     return linears[0].in_features
 
 
+class Float32Head:
+    """The new head in float32 under ``torch.autocast`` (``fidelity.head_dtype = "aligned"``,
+    docs/design.md): its forward runs with autocast off on the features cast to float32, as
+    Keras computes a ``dtype="float32"`` Dense under ``mixed_bfloat16``; natively autocast runs
+    the head in bf16 like the backbone. Without autocast (fp32) it is the plain layer."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
+class Float32Linear(Float32Head, nn.Linear):
+    """``nn.Linear`` in float32 under autocast."""
+
+
+class Float32Sequential(Float32Head, nn.Sequential):
+    """``nn.Sequential`` in float32 under autocast."""
+
+
+def in_float32(head: nn.Module) -> nn.Module:
+    """``head`` (``recipe.make_head``'s ``nn.Linear`` or ``nn.Sequential``) made a
+    ``Float32Head`` in place: the same object, parameters, initial draws and ``state_dict``
+    keys, its class swapped as ``torch.nn.utils.parametrize`` swaps a module's."""
+    head.__class__ = {nn.Linear: Float32Linear, nn.Sequential: Float32Sequential}[type(head)]
+    return head
+
+
 def block_modules(model: nn.Module, entry: ModelEntry, block: str) -> dict[str, nn.Module]:
     """Modules of canonical ``block`` (``"head"`` included) that exist in ``model``, keyed
     by module path: top-level children (``layer4``, ``Mixed_7c``) or modules deeper in the

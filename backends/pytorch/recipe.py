@@ -26,8 +26,8 @@ from common.preprocess import Normalisation
 from common.progress import progress
 
 from .data import normalise
-from .model import (block_modules, head_in_features, head_name, head_prefixes, in_modules,
-                    submodule, torchvision_model)
+from .model import (block_modules, head_in_features, head_name, head_prefixes, in_float32,
+                    in_modules, submodule, torchvision_model)
 from .optim import RMSpropEpsilonInside, kernels_only_decay
 
 # slim's inception_v3 train_image_classifier weights the aux loss by 0.4
@@ -39,16 +39,17 @@ AUX_LOSS_WEIGHT = 0.4
 def build_model(spec: ModelSpec, entry: ModelEntry, num_classes: int, head_hidden_units: int = 0,
                 aux_logits: bool = False, image_size: int | None = None,
                 aligned: bool = True, init_weights: bool = True,
-                dropout: float = 0.0) -> nn.Module:
+                dropout: float = 0.0, float32_head: bool = False) -> nn.Module:
     """The torchvision model of ``entry`` with random weights (``model.torchvision_model``
-    says what ``aligned``, ``aux_logits`` and ``init_weights`` do) and a new head for
-    ``num_classes``; ``dropout`` > 0 puts ``nn.Dropout(dropout)`` before it."""
+    says what ``aligned``, ``aux_logits`` and ``init_weights`` do) and a new head for ``num_classes``
+    (fp32 under autocast if ``float32_head``); ``dropout`` > 0: ``nn.Dropout`` before it."""
     model = torchvision_model(spec, entry, num_classes, aux_logits=aux_logits,
                               image_size=image_size, aligned=aligned,
                               init_weights=init_weights, dropout=dropout)
     # --8<-- [start:new-head]
     head = head_name(entry)
     new_head = make_head(head_in_features(getattr(model, head)), num_classes, head_hidden_units)
+    new_head = in_float32(new_head) if float32_head else new_head  # fidelity.head_dtype
     if dropout and not hasattr(model, "dropout"):  # torchvision's ResNet has no dropout slot
         new_head = nn.Sequential(nn.Dropout(dropout), new_head)
     setattr(model, head, new_head)
