@@ -209,7 +209,10 @@ def build_model(spec: ModelSpec, entry: ModelEntry, num_classes: int, image_size
             layer.momentum = BN_DECAY
     from .recipe import new_head  # recipe.py imports this module
 
-    model, pooled = new_head(base, spec, num_classes, head_hidden_units, dropout, float32_head)
+    # fidelity.head_dtype = "aligned": the hidden Dense float32 like the logits; natively it
+    # follows the policy (bf16 compute under mixed_bfloat16)
+    model, pooled = new_head(base, spec, num_classes, head_hidden_units, dropout,
+                             "float32" if float32_head else None)
     features = keras.Model(base.input, pooled, name=f"{spec.name}_features")
     num_base = len(base.layers)
     blocks = block_ranges(model.layers[:num_base], spec, entry)

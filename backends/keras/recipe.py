@@ -21,16 +21,15 @@ from .model import DROPOUT_LAYER, FEATURES_LAYER, HEAD_HIDDEN, HEAD_LOGITS, Kera
 
 
 def new_head(base: keras.Model, spec: ModelSpec, num_classes: int, head_hidden_units: int = 0,
-             dropout: float = 0.0, float32_head: bool = False) -> tuple[keras.Model, object]:
+             dropout: float = 0.0, hidden_dtype: str | None = None) -> tuple[keras.Model, object]:
     """``(model, pooled)``: ``base`` (built with ``include_top=False``) pooled, with a new head
-    (an optional ``Dropout`` and hidden ``Dense``, float32 if ``float32_head``, then the logits),
-    through the functional API on the application's graph: ``model.layers[i]`` is base layer ``i``."""
+    (an optional ``Dropout``, a hidden ``Dense`` of ``hidden_dtype`` or the policy's, the logits)
+    on the application's own graph (functional API), so ``model.layers[i]`` is base layer ``i``."""
     # --8<-- [start:new-head]
     pooled = keras.layers.GlobalAveragePooling2D(name=FEATURES_LAYER)(base.output)
     x = keras.layers.Dropout(dropout, name=DROPOUT_LAYER)(pooled) if dropout else pooled
-    if head_hidden_units:  # dtype None: the policy's (bf16 compute under mixed_bfloat16)
-        x = keras.layers.Dense(head_hidden_units, activation="relu", name=HEAD_HIDDEN,
-                               dtype="float32" if float32_head else None)(x)
+    if head_hidden_units:
+        x = keras.layers.Dense(head_hidden_units, activation="relu", name=HEAD_HIDDEN, dtype=hidden_dtype)(x)
     # Logits, no softmax (losses use from_logits=True); kept float32 under mixed precision.
     logits = keras.layers.Dense(num_classes, name=HEAD_LOGITS, dtype="float32")(x)
     model = keras.Model(base.input, logits, name=f"{spec.name}_transfer")
