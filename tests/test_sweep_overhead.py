@@ -105,3 +105,33 @@ def test_runs_without_timestamps_are_listed_and_an_empty_sweep_is_an_error(tmp_p
     assert overhead.main([str(write_sweep(tmp_path / "b", old, synthetic_result("pytorch", 12.0)))]) == 0
     out = capsys.readouterr().out
     assert "| slim-two_phase-s0 | no timestamps |" in out
+
+
+def _default(r: dict, seed: int = 0, pretrained: float = 0.0) -> dict:
+    """``r`` as a run of the default sweep (InceptionV3 at 75 px, synthetic 5-class target)."""
+    r = json.loads(json.dumps(r))
+    r.update(seed=seed, data={"image_size": 75, "source": "synthetic", "num_classes": 5})
+    r["times"]["source_pretrain_seconds"] = pretrained
+    return r
+
+
+def test_the_default_sweep_is_held_to_its_wall_time_target(tmp_path, capsys):
+    """Cached 5 min, cold (a run pretrained the source) 10 min, three seeds cached 12 min; another
+    sweep only against --sweep-target; a missed sweep target exits 1 like a missed phase."""
+    fast = synthetic_result("pytorch", 10.0)  # every phase within 1.5x
+    assert overhead.default_sweep_target([_default(fast)]) == ("cached", 300.0)
+    assert overhead.default_sweep_target([_default(fast, pretrained=200.0)]) == ("cold", 600.0)
+    assert overhead.default_sweep_target([_default(fast, s) for s in (0, 1, 2)]) == (
+        "three seeds, cached", 720.0)
+    assert overhead.default_sweep_target([fast]) is None  # not the default data
+    other = _default(fast)
+    other["recipe"] = "head"
+    assert overhead.default_sweep_target([other]) is None
+    sweep = write_sweep(tmp_path / "s", _default(fast))
+    assert overhead.main([str(sweep)]) == 0  # the run spans 37.9 s
+    out = capsys.readouterr().out
+    assert "Sweep target (cached): 0 min 38 s against 5 min 0 s: **met**." in out
+    assert overhead.main([str(sweep), "--sweep-target", "0.5"]) == 1
+    assert "Sweep target (given): 0 min 38 s against 0 min 30 s: **missed**." in capsys.readouterr().out
+    assert overhead.main([str(write_sweep(tmp_path / "o", fast))]) == 0
+    assert "Sweep target" not in capsys.readouterr().out
