@@ -60,10 +60,22 @@ def timed_step(batch_size: int) -> str:
 THROUGHPUT_LOCK_ENV = "TRANSFER_BENCH_THROUGHPUT_LOCK"
 
 
+def system_temporary_directory() -> Path:
+    """The directory ``tempfile.gettempdir()`` chooses, found without its first-call probe (a
+    file it creates and removes to test each candidate: a write outside ``--out``)."""
+    if tempfile.tempdir is not None:
+        return Path(tempfile.tempdir)
+    candidates = [os.environ.get(name) for name in ("TMPDIR", "TEMP", "TMP")]
+    for d in [*filter(None, candidates), "/tmp", "/var/tmp", "/usr/tmp", os.getcwd()]:
+        if os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK):
+            return Path(os.path.abspath(d))
+    return Path(os.getcwd())
+
+
 def throughput_lock_path() -> Path:
     """``$TRANSFER_BENCH_THROUGHPUT_LOCK``, by default the system's temporary directory (one per
     machine; a directory is locked as it is, a file path is created if missing)."""
-    return Path(os.environ.get(THROUGHPUT_LOCK_ENV) or tempfile.gettempdir())
+    return Path(os.environ.get(THROUGHPUT_LOCK_ENV) or system_temporary_directory())
 
 
 def _open_lock(path: Path) -> int:

@@ -68,7 +68,8 @@ def test_bench_children_meet_at_the_parents_lock_whatever_their_temporary_folder
     monkeypatch.delenv(timing.THROUGHPUT_LOCK_ENV, raising=False)
     env = child.environment(tmp=tmp_path / "run" / "tmp")
     assert env["TMPDIR"] == str(tmp_path / "run" / "tmp")
-    assert env[timing.THROUGHPUT_LOCK_ENV] == tempfile.gettempdir()
+    assert env[timing.THROUGHPUT_LOCK_ENV] == str(timing.system_temporary_directory()) \
+        == tempfile.gettempdir()
     monkeypatch.setenv(timing.THROUGHPUT_LOCK_ENV, str(tmp_path / "mine.lock"))
     assert child.environment(tmp=tmp_path / "x")[timing.THROUGHPUT_LOCK_ENV] == str(tmp_path / "mine.lock")
 
