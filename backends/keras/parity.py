@@ -30,12 +30,23 @@ def block_outputs(model: str, tensors: dict[str, np.ndarray], images: np.ndarray
 
 
 def train_steps(model: str, tensors: dict[str, np.ndarray], images: np.ndarray,
-                labels: np.ndarray, phase, fidelity, steps=(1, 3)) -> dict:
+                labels: np.ndarray, phase, fidelity, steps=(1, 3), dtype: str = "float32") -> dict:
     """``bench parity --train`` in Keras: the suite's own phase machinery (``recipe.py``:
     ``set_trainable``, ``compile_phase`` with the recipe's fidelity) on the model holding
     ``tensors`` (``UnbiasedMovingVarianceBN`` layers when ``bn_moving_variance`` is
-    aligned), ``train_on_batch`` ``max(steps)`` times on one fixed batch. ``{"loss": [per
-    step, before its update], "tensors": {k: canonical tensors after step k}}``."""
+    aligned), ``train_on_batch`` ``max(steps)`` times on one fixed batch, in ``dtype`` (``float64``:
+    ``keras.config.set_floatx`` before the model is built, which the head follows too).
+    ``{"loss": [per step, before its update], "tensors": {k: canonical tensors after step
+    k}}`` (tensors rounded to float32, the canonical format)."""
+    before = keras.config.floatx()
+    keras.config.set_floatx(dtype)  # restored after: the tests run several cases in one process
+    try:
+        return _train_steps(model, tensors, images, labels, phase, fidelity, steps, dtype)
+    finally:
+        keras.config.set_floatx(before)
+
+
+def _train_steps(model, tensors, images, labels, phase, fidelity, steps, dtype) -> dict:
     from .convert import canonical_from_model
     from .recipe import compile_phase, set_trainable
 
@@ -43,7 +54,8 @@ def train_steps(model: str, tensors: dict[str, np.ndarray], images: np.ndarray,
                               unbiased_bn=fidelity.aligned("bn_moving_variance"))
     set_trainable(km, phase)
     compile_phase(km, phase, fidelity)
-    onehot = np.eye(km.model.output_shape[-1], dtype=np.float32)[np.asarray(labels)]
+    onehot = np.eye(km.model.output_shape[-1], dtype=dtype)[np.asarray(labels)]
+    images = np.asarray(images, dtype)
     losses, after = [], {}
     for k in range(1, max(steps) + 1):
         km.train_model.reset_metrics()  # the loss of this step, not a running mean

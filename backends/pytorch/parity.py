@@ -41,12 +41,13 @@ def block_outputs(model: str, tensors: dict[str, np.ndarray], images: np.ndarray
 
 
 def train_steps(model: str, tensors: dict[str, np.ndarray], images: np.ndarray,
-                labels: np.ndarray, phase, fidelity, steps=(1, 3)) -> dict:
+                labels: np.ndarray, phase, fidelity, steps=(1, 3), dtype: str = "float32") -> dict:
     """``bench parity --train`` in PyTorch: the suite's own phase machinery (``recipe.py``:
     ``requires_grad``, ``train()``/``eval()`` per BatchNorm, param groups, the optimizer) on
     the model holding ``tensors``, ``max(steps)`` steps on one fixed batch (NHWC ``images``,
-    int ``labels``). ``{"loss": [per step, before its update], "tensors": {k: canonical
-    tensors after step k}}``."""
+    int ``labels``), in ``dtype`` (``float64``: ``.double()`` model and batch).
+    ``{"loss": [per step, before its update], "tensors": {k: canonical tensors after step
+    k}}`` (tensors rounded to float32, the canonical format)."""
     from torch import nn
 
     from . import recipe, train
@@ -54,13 +55,13 @@ def train_steps(model: str, tensors: dict[str, np.ndarray], images: np.ndarray,
 
     spec, entry = get_model(model), MODELS[model]
     torch.manual_seed(0)
-    net = model_from_canonical(model, tensors)
+    net = model_from_canonical(model, tensors).to(getattr(torch, dtype))
     trainable = recipe.trainable_modules(net, spec, entry, phase)
     recipe.freeze_all_but(net, trainable)
     recipe.set_train_modes(net, trainable, phase.bn)
     optimizer, _ = train.make_optimizer(phase, recipe.param_groups(net, entry, phase), fidelity)
     criterion = nn.CrossEntropyLoss(label_smoothing=phase.label_smoothing)
-    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))  # NHWC -> NCHW
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype))  # NHWC -> NCHW
     y = torch.from_numpy(np.asarray(labels, np.int64))
     losses, after = [], {}
     for k in range(1, max(steps) + 1):

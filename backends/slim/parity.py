@@ -33,14 +33,25 @@ def block_outputs(model: str, tensors: dict[str, np.ndarray], images: np.ndarray
         session.close()
 
 
+# TensorFlow's fused batch norm has no float64 kernel: on float64 inputs the batch_norm
+# layer falls back to its non-fused path, whose moving variance follows the biased batch
+# variance whatever bn_moving_variance says (the fused one applies n/(n-1))
+FLOAT64_MOVING = ("TensorFlow has no float64 fused batch norm; slim's non-fused fallback "
+                  "moves the moving variance towards the biased batch variance, so the "
+                  "bn_moving_variance switch cannot be honoured")
+
+
 def train_steps(model: str, tensors: dict[str, np.ndarray], images: np.ndarray,
-                labels: np.ndarray, phase, fidelity, steps=(1, 3)) -> dict:
+                labels: np.ndarray, phase, fidelity, steps=(1, 3), dtype: str = "float32") -> dict:
     """``bench parity --train`` in TF-Slim: the backend's train tower (``batch_norm``
     ``is_training`` per scope, the arg_scope's L2 regularizer) and its train op
     (``train.build_train_op``: ``variables_to_train`` of the trainable scopes, the
     recipe's fidelity) on the net holding ``tensors``, run ``max(steps)`` times on one
-    fixed batch. ``{"loss": [main cross-entropy per step, before its update], "tensors":
-    {k: canonical tensors after step k}}``."""
+    fixed batch, in ``dtype`` (``float64``: the batch constants, so every variable, the
+    weight decay and the learning rate). ``{"loss": [main cross-entropy per step, before its
+    update], "tensors": {k: canonical tensors after step k}}`` (rounded to float32, the
+    canonical format); in float64 also ``"not_compared": {"moving statistics": why}``
+    (``FLOAT64_MOVING``)."""
     import tensorflow as tf
 
     from common import canonical
@@ -55,12 +66,13 @@ def train_steps(model: str, tensors: dict[str, np.ndarray], images: np.ndarray,
     classes, hidden = canonical.head_shape(model, tensors, spec.feature_dim, "slim")
     graph = tf.Graph()
     with graph.as_default(), identity_hashing():
-        x = tf.constant(images)
+        x = tf.constant(np.asarray(images, dtype))  # the variables take the input's dtype
         y = tf.constant(np.asarray(labels, np.int64))
         scopes = slim_model.trainable_scopes(spec, entry, phase)
         tower = slim_model.build_tower(
             spec, entry, x, classes, hidden_units=hidden, aux_logits=False,
-            weight_decay=tf.constant(0.0 if phase.optimizer == "adamw" else phase.weight_decay),
+            weight_decay=tf.constant(0.0 if phase.optimizer == "adamw" else phase.weight_decay,
+                                     dtype),
             training_scopes=slim_model.bn_training_scopes(spec, entry, phase, scopes, False))
         model_variables = tf.compat.v1.global_variables()
         trainable = [v for v in model_variables
@@ -68,7 +80,7 @@ def train_steps(model: str, tensors: dict[str, np.ndarray], images: np.ndarray,
         head = slim_model.variables_in_scopes(trainable, slim_model.native_scopes(entry, HEAD, True))
         step = slim_train.build_train_op(
             tower, y, classes, phase, variables_to_train=trainable, trainable_scopes=scopes,
-            head_variables=head, learning_rate=tf.constant(phase.learning_rate),
+            head_variables=head, learning_rate=tf.constant(phase.learning_rate, dtype),
             global_step=tf.compat.v1.train.get_or_create_global_step(), name="parity",
             fidelity=fidelity)
         values = {n: tensors[k] for k, n in native_names(model, tensors).items()}
@@ -78,7 +90,7 @@ def train_steps(model: str, tensors: dict[str, np.ndarray], images: np.ndarray,
         known = {id(v) for v in model_variables}
         others = [v for v in tf.compat.v1.global_variables() if id(v) not in known]
         init_others = tf.compat.v1.variables_initializer(others)
-        mean_loss = step.loss_sum / tf.cast(step.count, tf.float32)
+        mean_loss = step.loss_sum / tf.cast(step.count, step.loss_sum.dtype)
         session = tf.compat.v1.Session(graph=graph)
     try:
         session.run([v.initializer for v in model_variables], feed)
@@ -89,6 +101,9 @@ def train_steps(model: str, tensors: dict[str, np.ndarray], images: np.ndarray,
             losses.append(float(loss))
             if k in steps:
                 after[k] = canonical_from_session(model, session, tensors)
-        return {"loss": losses, "tensors": after}
+        out = {"loss": losses, "tensors": after}
+        if dtype == "float64" and tower.update_ops:  # a batch_norm trains
+            out["not_compared"] = {"moving statistics": FLOAT64_MOVING}
+        return out
     finally:
         session.close()
