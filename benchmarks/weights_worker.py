@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> dict:
             images, labels = batch["images"], batch["labels"]
         tensors, _ = canonical.load(Path(args.weights))
         result = backend_train_steps(args.backend, args.model, tensors, images, labels, phase,
-                                     Fidelity(**case["fidelity"]), case["steps"])
+                                     Fidelity(**case["fidelity"]), case["steps"],
+                                     case.get("dtype", "float32"))
         save_train_steps(Path(args.output), result)
         return {"loss": result["loss"]}
     if args.command == "pretrain":

@@ -29,7 +29,14 @@ def add_parser(sub) -> None:
                      help="compare training steps instead: K = 1 and 3 steps of each case's phase "
                           "from the same weights on one fixed batch, each fidelity (native, "
                           "aligned, each switch aligned alone) and each backend's fp32 floor "
-                          "(aligned, on the batch moved by one ulp); writes train_parity.json/.md")
+                          "(aligned, on the batch moved by one ulp); writes train_parity.json/.md. "
+                          "Exit status 0 when every aligned pair of every case is within 1e-5 "
+                          "relative after 3 steps, in float32 or within the pair's fp32 floor")
+    par.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                     help="with --train: the dtype every backend builds and steps the model in "
+                          "(default float32). float64 runs no fp32 floor and exits 0 only when "
+                          "every aligned pair is within 1e-5; slim's moving statistics are not "
+                          "compared in float64 (TensorFlow has no float64 fused batch norm)")
     par.add_argument("--cases", help="with --train: a comma list of cases (default: all): "
                                      "head-momentum, top2-rmsprop-bn-frozen, top2-sgd-bn-train-wd, "
                                      "all-adam-bn-inference, all-adamw-wd-head-x10, "
@@ -50,6 +57,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
         return _train_parity(args, size, backends)
     if args.cases:
         raise UsageError("--cases goes with --train")
+    if args.dtype != "float32":
+        raise UsageError("--dtype goes with --train")
     check_parity_request(args.model, size, backends, args.weights)  # before anything is written
     out = args.out or Path("results") / f"parity-{args.model}-{size}px-{args.alignment}"
     writable_dir(out)
@@ -62,7 +71,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
 
 def _train_parity(args: argparse.Namespace, size: int, backends: list[str] | None) -> int:
-    from benchmarks.parity import TRAIN_CASES, run_train_parity, train_markdown
+    from benchmarks.parity import (TRAIN_CASES, run_train_parity, train_markdown,
+                                   train_parity_passes)
 
     if args.weights != "random" or args.alignment != "suite":
         raise UsageError("--train starts from seeded random weights of the suite's aligned "
@@ -72,13 +82,14 @@ def _train_parity(args: argparse.Namespace, size: int, backends: list[str] | Non
     if unknown:
         raise UsageError(f"--cases: unknown case {unknown[0]!r}; choose from: "
                          f"{', '.join(TRAIN_CASES)}")
-    out = args.out or Path("results") / f"train-parity-{args.model}-{size}px"
+    out = args.out or Path("results") / f"train-parity-{args.model}-{size}px-{args.dtype}"
     writable_dir(out)
     report = run_train_parity(args.model, size, out, backends=backends, cases=cases,
-                              seed=args.seed, command=shlex.join(["bench", *args.argv]))
+                              seed=args.seed, command=shlex.join(["bench", *args.argv]),
+                              dtype=args.dtype)
     print(train_markdown(report))
     print(f"written: {out / 'train_parity.json'}, {out / 'train_parity.md'}")
-    return 0 if all(all(p.values()) for p in report["aligned_within_target"].values()) else 1
+    return 0 if train_parity_passes(report) else 1
 
 
 HANDLERS = {"parity": cmd_parity}
