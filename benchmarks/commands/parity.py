@@ -31,7 +31,8 @@ def add_parser(sub) -> None:
                           "aligned, each switch aligned alone) and each backend's fp32 floor "
                           "(aligned, on the batch moved by one ulp); writes train_parity.json/.md. "
                           "Exit status 0 when every aligned pair of every case is within 1e-5 "
-                          "relative after 3 steps, in float32 or within the pair's fp32 floor")
+                          "relative after 3 steps (float32: or within the pair's measured fp32 "
+                          "floor), else 1")
     par.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                      help="with --train: the dtype every backend builds and steps the model in "
                           "(default float32). float64 runs no fp32 floor and exits 0 only when "
@@ -42,7 +43,9 @@ def add_parser(sub) -> None:
                                      "all-adam-bn-inference, all-adamw-wd-head-x10, "
                                      "all-momentum-bn-train")
     par.add_argument("--out", type=out_path, help="directory for parity.json and parity.md "
-                                              "(default: results/parity-<model>-<size>px-<alignment>)")
+                                              "(default: results/parity-<model>-<size>px-<alignment>; with "
+                                              "--train: results/train-parity-<model>-<size>px-"
+                                              "<dtype>)")
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
