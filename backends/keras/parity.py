@@ -35,15 +35,20 @@ def train_steps(model: str, tensors: dict[str, np.ndarray], images: np.ndarray,
     ``set_trainable``, ``compile_phase`` with the recipe's fidelity) on the model holding
     ``tensors`` (``UnbiasedMovingVarianceBN`` layers when ``bn_moving_variance`` is
     aligned), ``train_on_batch`` ``max(steps)`` times on one fixed batch, in ``dtype`` (``float64``:
-    ``keras.config.set_floatx`` before the model is built, which the head follows too).
+    ``keras.config.set_floatx`` and the dtype policy before the model is built; the head
+    follows floatx too).
     ``{"loss": [per step, before its update], "tensors": {k: canonical tensors after step
     k}}`` (tensors rounded to float32, the canonical format)."""
-    before = keras.config.floatx()
-    keras.config.set_floatx(dtype)  # restored after: the tests run several cases in one process
+    # floatx and the global dtype policy (once set, e.g. by an earlier run in this process,
+    # it wins over floatx); both restored after: the tests run several cases in one process
+    before = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx(dtype)
+    keras.config.set_dtype_policy(dtype)
     try:
         return _train_steps(model, tensors, images, labels, phase, fidelity, steps, dtype)
     finally:
-        keras.config.set_floatx(before)
+        keras.config.set_floatx(before[0])
+        keras.config.set_dtype_policy(before[1])
 
 
 def _train_steps(model, tensors, images, labels, phase, fidelity, steps, dtype) -> dict:
