@@ -30,10 +30,8 @@ def new_head(base: keras.Model, spec: ModelSpec, num_classes: int, head_hidden_u
     x = keras.layers.Dropout(dropout, name=DROPOUT_LAYER)(pooled) if dropout else pooled
     if head_hidden_units:
         x = keras.layers.Dense(head_hidden_units, activation="relu", name=HEAD_HIDDEN, dtype=hidden_dtype)(x)
-    # Logits, no softmax (losses use from_logits=True); kept float32 under mixed precision,
-    # float64 when floatx is (bench parity --train --dtype float64).
-    logits = keras.layers.Dense(num_classes, name=HEAD_LOGITS,
-                                dtype=keras.backend.result_type(keras.config.floatx(), "float32"))(x)
+    dtype = "float64" if keras.config.floatx() == "float64" else "float32"  # f32 in mixed precision
+    logits = keras.layers.Dense(num_classes, name=HEAD_LOGITS, dtype=dtype)(x)  # losses: from_logits
     model = keras.Model(base.input, logits, name=f"{spec.name}_transfer")
     # --8<-- [end:new-head]
     return model, pooled
