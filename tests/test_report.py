@@ -100,6 +100,18 @@ def add_seed(run_dir: Path, backend: str, recipe: str, seed: int, top1: float | 
         edit(run_dir, dst.name, lambda r: r["test"].update(top1=top1))
 
 
+def three_seeds(run_dir: Path) -> dict:
+    """``head`` and ``two_phase`` of ``run_dir`` with a third seed and set test top-1s (fake
+    clearly above fakeb on ``head``, the same mean on ``two_phase``); returns them."""
+    top1 = {("fake", "head"): (0.9, 0.8, 0.85), ("fakeb", "head"): (0.2, 0.3, 0.2),
+            ("fake", "two_phase"): (0.5, 0.7, 0.6), ("fakeb", "two_phase"): (0.6, 0.6, 0.6)}
+    for (backend, recipe), values in top1.items():
+        for seed in SEEDS:
+            edit(run_dir, run_name(backend, recipe, seed), lambda r: r["test"].update(top1=values[seed]))
+        add_seed(run_dir, backend, recipe, 2, values[2])
+    return top1
+
+
 def md_report(run_dir: Path) -> str:
     return report.write_report(run_dir, plots=False)["md"].read_text()
 
@@ -180,12 +192,7 @@ def test_a_single_seed_report_makes_no_framework_verdict(sweep, tmp_path):
 
 def test_three_seeds_give_holm_corrected_framework_verdicts_with_the_test_named(sweep, tmp_path):
     run_dir = copy_run(sweep, tmp_path / "verdicts")
-    top1 = {("fake", "head"): (0.9, 0.8, 0.85), ("fakeb", "head"): (0.2, 0.3, 0.2),
-            ("fake", "two_phase"): (0.5, 0.7, 0.6), ("fakeb", "two_phase"): (0.6, 0.6, 0.6)}
-    for (backend, recipe), values in top1.items():
-        for seed in SEEDS:
-            edit(run_dir, run_name(backend, recipe, seed), lambda r: r["test"].update(top1=values[seed]))
-        add_seed(run_dir, backend, recipe, 2, values[2])
+    three_seeds(run_dir)
     md = md_report(run_dir)
     verdicts = section(md, "Framework verdicts")
     assert ("paired t-test over seeds of the per-seed test top-1 differences (scipy.stats.ttest_rel, two-sided), "
@@ -623,12 +630,7 @@ def test_the_verdicts_say_which_backend_differences_survive_alignment(sweep, tmp
         edit(run_dir, f.parent.name, lambda r: r.update(fidelity=aligned))
     verdicts = section(md_report(run_dir), "Framework verdicts")
     assert "whether a difference survives alignment needs `--seeds 0,1,2`" in verdicts
-    top1 = {("fake", "head"): (0.9, 0.8, 0.85), ("fakeb", "head"): (0.2, 0.3, 0.2),
-            ("fake", "two_phase"): (0.5, 0.7, 0.6), ("fakeb", "two_phase"): (0.6, 0.6, 0.6)}
-    for (backend, recipe), values in top1.items():
-        for seed in SEEDS:
-            edit(run_dir, run_name(backend, recipe, seed), lambda r: r["test"].update(top1=values[seed]))
-        add_seed(run_dir, backend, recipe, 2, values[2])
+    top1 = three_seeds(run_dir)
     verdicts = section(md_report(run_dir), "Framework verdicts")
     head = next(v for v in stats.framework_tests(stats.runs_frame(on_disk(run_dir))) if v["recipe"] == "head")
     assert (f"**Backend differences that survive alignment**: `head`, fake higher than fakeb "
