@@ -31,7 +31,7 @@ import numpy as np
 from backends import native
 from backends.base import (THROUGHPUT_KINDS, Backend, BackendError, WeightsRequest, backend_info,
                            get_backend)
-from benchmarks import conversion
+from benchmarks import conversion, runner
 from common import canonical, parallel, synthetic
 from common.config import Phase, PretrainConfig, RunConfig, validate_run
 from common.data import DataError, Split, drops_last_batch, load_dataset, split_dataset
@@ -89,6 +89,32 @@ def throughput_phase_record(phase: Phase, spec) -> dict:
         record["trainable_blocks"] = chosen.describe()["canonical_blocks"]
         record["native_selection"] = chosen.describe()
     return record
+
+
+def measure_throughput(backend: Backend, config: RunConfig, spec, result: dict) -> dict:
+    """The run's ``throughput``: measured on its last phase (a linear probe: the head-only
+    step), or, in a multi-seed sweep, the measurement an earlier seed's run of the same
+    (backend, recipe) took on this device, cited by ``measured_in`` (``runner.earlier_throughput``)."""
+    earlier = None
+    if not parallel.is_parallel(config.train):  # ranks on other nodes may not see the sweep
+        earlier = runner.earlier_throughput(config, result["device"], result["versions"])
+    if earlier is not None:
+        name, measured = earlier
+        log.info(f"throughput: measured once for the seeds of this (backend, recipe): {name}'s")
+        return {**measured, "measured_in": name}
+    if config.recipe.is_linear_probe:
+        backend.apply_phase(LINEAR_PROBE_THROUGHPUT_PHASE, len(config.recipe.phases))
+    elif backend.phase is None:  # a resumed run whose epochs had all finished
+        backend.apply_phase(config.recipe.phases[-1], len(config.recipe.phases) - 1)
+    # fewer steps once their times agree; not across processes (torchrun's ranks): each
+    # would stop on its own times, and a rank that stops leaves the others' all-reduce waiting
+    spread = THROUGHPUT_SPREAD if parallel.process_count() == 1 else None
+    with early_stop(spread):
+        measured = backend.throughput(config.train.batch_size, config.train.precision,
+                                      config.train.throughput_steps, warmup=2)
+    measured["lock"] = lock_record(measured)
+    measured["phase"] = throughput_phase_record(backend.phase, spec)
+    return measured
 
 
 def default_image_size(config: RunConfig) -> int:
@@ -773,19 +799,7 @@ def run(config: RunConfig, timeline: Timeline | None = None) -> dict:
                           val=_evaluate(backend, split, "val"), test=_evaluate(backend, split, "test"))
         train_seconds = time.perf_counter() - t_train
         t_tp = time.perf_counter()
-        if config.recipe.is_linear_probe:
-            backend.apply_phase(LINEAR_PROBE_THROUGHPUT_PHASE, len(config.recipe.phases))
-        elif backend.phase is None:  # a resumed run whose epochs had all finished
-            backend.apply_phase(config.recipe.phases[-1], len(config.recipe.phases) - 1)
-        # fewer steps once their times agree; not across processes (torchrun's ranks): each
-        # would stop on its own times, and a rank that stops leaves the others' all-reduce waiting
-        spread = THROUGHPUT_SPREAD if parallel.process_count() == 1 else None
-        with early_stop(spread):
-            result["throughput"] = backend.throughput(
-                config.train.batch_size, config.train.precision, config.train.throughput_steps,
-                warmup=2)
-        result["throughput"]["lock"] = lock_record(result["throughput"])
-        result["throughput"]["phase"] = throughput_phase_record(backend.phase, spec)
+        result["throughput"] = measure_throughput(backend, config, spec, result)
         # what ran, observed by the backend in its fit and predict paths (not the request)
         result["precision"] = backend.precision_used()
         if config.recipe.is_linear_probe:

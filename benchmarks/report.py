@@ -202,6 +202,17 @@ def timed_steps(df: pd.DataFrame) -> list[dict]:
             for step, backends in steps.items()]
 
 
+def cited_measurements(df: pd.DataFrame) -> list[dict]:
+    """The throughput measurements other runs cite (``throughput.measured_in``): one entry per
+    measuring run, with the runs that cite it."""
+    cited: dict = {}
+    for r in df[df.status == "ok"].itertuples():
+        source = stats.lookup(r.result, ("throughput", "measured_in"))
+        if source:
+            cited.setdefault(source, []).append(r.name)
+    return [{"run": source, "citing": names} for source, names in cited.items()]
+
+
 def report_context(run: RunResults, run_dir: Path, figures: dict[str, str]) -> dict:
     """Everything ``templates/report.j2`` shows; ``figures``: key -> PNG data URI."""
     df = stats.runs_frame(run.results)
@@ -222,6 +233,7 @@ def report_context(run: RunResults, run_dir: Path, figures: dict[str, str]) -> d
         "verdicts": (verdicts := stats.framework_tests(df)), "framework_test": stats.FRAMEWORK_TEST,
         "alignment": stats.alignment(df, verdicts),
         "gains": stats.transfer_gain(agg), "timed_steps": timed_steps(df),
+        "cited": cited_measurements(df),
         "per_class": {"head": ["class"] + [f"{b} `{r}`" for b, r in classes],
                       "rows": [[c] + [fmt_pct(per_class["mean"].loc[c, k], per_class["std"].loc[c, k])
                                       for k in classes] for c in per_class.index]},

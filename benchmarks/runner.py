@@ -96,6 +96,43 @@ def finished(run: PlannedRun) -> dict | None:
     return result if isinstance(result, dict) and result.get("status") == "ok" else None
 
 
+def _same_but_seed(a: RunConfig, b: RunConfig) -> bool:
+    def key(c: RunConfig) -> dict:
+        d = c.to_dict()
+        d.pop("run_dir", None)
+        d["train"] = {k: v for k, v in d["train"].items() if k != "seed"}
+        return d
+    return key(a) == key(b)
+
+
+def earlier_throughput(config: RunConfig, device: dict, versions: dict) -> tuple[str, dict] | None:
+    """The throughput an earlier run of this sweep measured for the same (backend, recipe)
+    and every other setting but the seed, on the same device with the same framework
+    versions: ``(its run name, its result's throughput)``, or None (not in a sweep, no such
+    finished run, or that run cited another's). The timed step does not depend on the seed
+    (the weights' values, not their shapes, differ), so a multi-seed sweep measures it once
+    per (backend, recipe) (docs/design.md, "Throughput protocol")."""
+    sweep_dir = Path(config.run_dir).parent
+    if not (sweep_dir / SWEEP_FILE).is_file():
+        return None
+    try:
+        planned = read_plan(sweep_dir)
+    except PlanError:
+        return None
+    me = Path(config.run_dir).name
+    for run in planned:
+        if run.name == me:
+            return None  # only runs planned before this one
+        if not _same_but_seed(run.config, config):
+            continue
+        done = finished(run)
+        measured = (done or {}).get("throughput") or {}
+        if (done and done.get("device") == device and done.get("versions") == versions
+                and measured.get("train") and not measured.get("measured_in")):
+            return run.name, measured
+    return None
+
+
 def _unrun_result(run: PlannedRun, status: str, error: str) -> dict:
     c = run.config
     result = base_result(c.backend, c.recipe.name, c.train.seed, c.model.name, c.to_dict())

@@ -48,6 +48,13 @@ METRICS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: the metrics of the throughput measurement itself, which a run citing an earlier seed's
+#: measurement (``throughput.measured_in``) does not repeat in the means (its own end-to-end
+#: train img/s is its own)
+CITED_THROUGHPUT_METRICS = tuple(m for m, path in METRICS.items() if path[0] == "throughput"
+                                 and path[1] != "end_to_end_train_images_per_second")
+
+
 def lookup(obj: Any, path: Iterable[str]) -> Any:
     """The value at ``path`` through records (attributes) and dicts (keys); None where missing."""
     for key in path:
@@ -131,6 +138,8 @@ def _run_row(r: Result) -> dict:
            "versions": f"{r.backend}: " + ", ".join(f"{k} {v}" for k, v in sorted((r.versions or {}).items())),
            "device": f"{r.backend}: {device_text(r.device)}", "correct": _correct(r), "result": r}
     row.update({name: finite(lookup(r, path)) if r.ok else None for name, path in METRICS.items()})
+    if lookup(r, ("throughput", "measured_in")):  # another run's measurement: counted there once
+        row.update({name: None for name in CITED_THROUGHPUT_METRICS})
     if classes is not None and classes <= 5:
         row["test_top5"] = None  # 100 % by construction
     return row

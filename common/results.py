@@ -162,6 +162,9 @@ class Throughput(Record):
     peak_memory_bytes: float | None = None
     end_to_end_train_images_per_second: float | None = None
     timed_step: str | None = None    # what a timed step is (common.timing.timed_step), per backend
+    # the run whose measurement this is, when an earlier seed's run of the same (backend,
+    # recipe) in the sweep measured it on the same device (benchmarks.runner.earlier_throughput)
+    measured_in: str | None = None
 
 
 @dataclass

@@ -90,6 +90,36 @@ def test_resume_runs_only_what_is_missing(fake_backends, tiny_quads, tmp_path):
             assert p.stat().st_mtime_ns == mtime, f"{p} was re-run"
 
 
+def test_a_multi_seed_sweep_measures_throughput_once_per_backend_and_recipe(fake_backends, tiny_quads,
+                                                                            tmp_path):
+    out = tmp_path / "out"
+    assert _bench("run", "--backend", "fake", "--recipe", "head", "--seeds", "0,1,2",
+                  "--data", tiny_quads, "--epochs", "1", "--out", out) == 0
+    by_seed = {r["seed"]: r for r in read_results(out)}
+    measured = by_seed[0]["throughput"]
+    assert measured.get("measured_in") is None and measured["lock"]["held"]
+    for seed in (1, 2):
+        cited = by_seed[seed]["throughput"]
+        assert cited["measured_in"] == "fake-head-s0" and validate_result(by_seed[seed]) == []
+        assert cited["train"] == measured["train"] and cited["infer"] == measured["infer"]
+        assert not any(s["name"] == "throughput" for s in by_seed[seed]["times"]["spans"])
+    from benchmarks import stats
+
+    (row,) = stats.records(stats.aggregate(stats.runs_frame(read_results(out))))
+    assert row["train_images_per_second_n"] == 1 and row["end_to_end_images_per_second_n"] == 3
+    report = (out / "report.md").read_text()
+    assert "Measured once per backend and recipe" in report and "`fake-head-s0` (cited by" in report
+    # another device (or framework version) measures again
+    first = out / "fake-head-s0" / "result.json"
+    moved = json.loads(first.read_text())
+    moved["device"]["name"] = "another machine"
+    first.write_text(json.dumps(moved))
+    (out / "fake-head-s1" / "result.json").unlink()
+    assert _bench("run", "--resume", out) == 0
+    again = json.loads((out / "fake-head-s1" / "result.json").read_text())["throughput"]
+    assert again.get("measured_in") is None and again["lock"]["held"]
+
+
 def _sigint_as_from_a_terminal():
     """A shell without job control starts `cmd &` with SIGINT ignored, and Python keeps an
     inherited SIG_IGN; give the child the disposition a terminal's Ctrl-C meets."""
