@@ -309,27 +309,6 @@ def test_the_phase_optimizer_is_built_at_compile_so_fit_traces_its_step_once(sha
     assert shared.km.train_model.optimizer is shared.optimizer and shared.optimizer.built
 
 
-def test_keras_predict_traces_once_for_every_batch_size(shared, monkeypatch):
-    """Traced for its first batch (BATCH images) and again for a shorter last batch, Keras'
-    predict builds two graphs; traced once for the dataset's unknown batch size it builds one,
-    whose outputs are the per-size graphs' to the bit (docs/design.md, "Where a run's time goes")."""
-    from backends.keras import backend as keras_backend
-
-    subsets = ("val", "test")
-    monkeypatch.setattr(shared.data, "batch_size", 3)
-    assert all(len(shared.split.subset(s)) % 3 for s in subsets)  # a shorter last batch
-    view = shared.km.weights_view
-    monkeypatch.setattr(view, "predict_function", None)
-    general = {s: shared._predict(s) for s in subsets}
-    assert view.predict_function.experimental_get_tracing_count() == 1
-    view.predict_function = None
-    monkeypatch.setattr(keras_backend, "trace_predict_for_any_batch", lambda model, dataset: None)
-    per_size = {s: shared._predict(s) for s in subsets}
-    assert view.predict_function.experimental_get_tracing_count() > 1
-    for s in subsets:
-        np.testing.assert_array_equal(general[s], per_size[s])
-
-
 def test_optimizer_state_round_trips_within_a_phase(shared, top2_epoch):
     path = top2_epoch["checkpoint"]
     assert path.name == "last.weights.h5" and (path.parent / "last.optimizer.npz").is_file()

@@ -61,7 +61,6 @@ from .model import build_model
 from . import throughput as throughput_lib
 from .throughput import POLICIES, device_info
 from .train import (EventFile, ProgressCallback, fit_epochs, tensorboard_available,
-                    trace_predict_for_any_batch,
                     tensorboard_callback)
 
 
@@ -209,9 +208,7 @@ class KerasBackend(Backend):
             return np.zeros((0, width), np.float32)
         with Progress(batch_count(len(samples), self.config.train.batch_size),
                       self.pass_name) as bar:
-            dataset = self.data.eval(subset)
-            trace_predict_for_any_batch(model, dataset)
-            out = recipe.predict(model, dataset, callbacks=[ProgressCallback(bar)])
+            out = recipe.predict(model, self.data.eval(subset), callbacks=[ProgressCallback(bar)])
         return np.asarray(out, np.float32)[:len(samples)]  # padding of a sharded last batch
 
     def _predict(self, subset: str) -> np.ndarray:

@@ -31,21 +31,6 @@ from . import recipe
 from .model import KerasModel
 
 
-def trace_predict_for_any_batch(model: keras.Model, dataset) -> None:
-    """On TensorFlow, trace ``model``'s predict function once for ``dataset``'s element spec,
-    whose batch dimension is unknown (``None``): ``predict`` would trace it for its first
-    batch's size (16) and again for a shorter last batch (50 validation images: 2), and
-    every batch size then runs the one general graph. Its outputs are bit-identical to the
-    per-size graphs' (``test_keras_predict_traces_once_for_every_batch_size``)."""
-    if keras.backend.backend() != "tensorflow" or model.predict_function is not None:
-        return
-    import tensorflow as tf
-
-    if isinstance(dataset, tf.data.Dataset):
-        model.make_predict_function()
-        model.predict_function.get_concrete_function([dataset.element_spec])
-
-
 def weight_count(variables) -> int:
     return int(sum(int(np.prod(v.shape)) for v in variables))
 
