@@ -11,8 +11,12 @@ functions that the tests call directly. ``main()`` maps errors to exit codes: us
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
+from typing import Iterator
 
 from backends.base import BackendError
 from benchmarks.commands import MODULES
@@ -44,6 +48,34 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM to ``bench``: it stops as Ctrl-C stops it (a sweep lets its run save the epoch
+    in hand; every ``with`` block unwinds, so the temporary folders a command made under the
+    system's temporary directory are removed) and exits 143."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[dict]:
+    """While ``bench`` runs a command, SIGTERM raises ``Terminated`` (the default action
+    would end the process at once, leaving its temporary folders behind) and is recorded in
+    the yielded ``{"signum"}``; the previous handler is restored afterwards (``main`` is also
+    called in-process, by the tests)."""
+    received: dict = {"signum": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def terminate(signum, frame):
+        received["signum"] = signum
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     configure_console()
     # matplotlib's font cache and config live with the suite's other caches, not in $HOME
@@ -53,7 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(slim_flags_argv(argv))
     args.argv = argv
     try:
-        return COMMANDS[args.command](args)
+        with sigterm_as_interrupt() as received:
+            try:
+                code = COMMANDS[args.command](args)
+            except Terminated:
+                code = None
+        if received["signum"] is not None:  # a sweep stopped as by Ctrl-C (its code 130)
+            print("bench: stopped by SIGTERM", file=sys.stderr)
+            return 128 + signal.SIGTERM
+        return code
     except (UsageError, ConfigError, DataError, BackendError, PlanError, SavedRunError,
             ConversionError) as err:
         message = " ".join(str(err).split())  # one line, whatever the message held

@@ -139,7 +139,10 @@ def _sigint_as_from_a_terminal():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_ctrl_c_of_bench_run_lets_the_run_save_its_epoch_in_hand(fake, tiny_quads, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_of_bench_run_lets_the_run_save_its_epoch_in_hand(fake, tiny_quads, tmp_path, signum):
+    """Ctrl-C (SIGINT) or SIGTERM to ``bench run`` alone: the run in hand finishes its epoch and
+    saves it; bench exits 130 or 143 (SIGTERM: ``cli.Terminated``)."""
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "benchmarks.cli", "run", "--backend", "fake",
                              "--recipe", "head", "--data", str(tiny_quads), "--weights", "none",
@@ -152,8 +155,9 @@ def test_ctrl_c_of_bench_run_lets_the_run_save_its_epoch_in_hand(fake, tiny_quad
     while not state_file.is_file() and time.monotonic() < deadline:  # epoch 1 is saved
         time.sleep(0.05)
     assert state_file.is_file(), proc.communicate()
-    proc.send_signal(signal.SIGINT)  # in epoch 2
+    proc.send_signal(signum)  # in epoch 2
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 128 + signum, err
+    assert ("bench: stopped by SIGTERM" in err) == (signum == signal.SIGTERM)
     assert json.loads(state_file.read_text())["done"] == [[0, 0], [0, 1]]
     assert not (out / "fake-head-s0" / "result.json").exists()

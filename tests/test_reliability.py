@@ -785,6 +785,39 @@ def test_kill_9_of_bench_kills_its_child_and_removes_its_temp_folder(fake, tiny_
         parent.wait()
 
 
+# a command that holds a temporary folder of its own (as bench parity's parent holds the weights
+# and batch its workers read) until it is stopped
+HOLDING_COMMAND = """
+import sys, tempfile, time
+from benchmarks import cli
+def hold(args):
+    with tempfile.TemporaryDirectory(prefix="bench-held-"):
+        print("ready", flush=True)
+        time.sleep(60)
+    return 0
+cli.COMMANDS["list"] = hold
+sys.exit(cli.main(["list"]))
+"""
+
+
+def test_sigterm_to_bench_unwinds_its_command_and_removes_its_temporary_folders(tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", HOLDING_COMMAND], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, TMPDIR=str(tmp)),
+                            cwd=str(REPO))
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        assert [p.name.startswith("bench-held-") for p in tmp.iterdir()] == [True]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM and err.strip() == "bench: stopped by SIGTERM"
+    assert not any(tmp.iterdir())
+
+
 @pytest.mark.parametrize("damage", ["replace", "truncate", "remove", "same bytes"])
 def test_a_changed_source_weights_cache_file_is_noticed_and_the_entry_rebuilt(
         fake, tiny_quads, tmp_path, monkeypatch, caplog, damage):
