@@ -774,11 +774,24 @@ class Backend(abc.ABC):
             raise BackendError(f"unknown subset {subset!r}; choose one of: {', '.join(SPLIT_NAMES)}")
 
     # -- checkpoints -----------------------------------------------------
-    def save(self, path: Path) -> Path:
-        """Save model and optimizer state natively at ``path`` (no suffix); return the file."""
+    def save(self, path: Path, held: object | None = None) -> Path:
+        """Save model and optimizer state natively at ``path`` (no suffix); return the file.
+        ``held``: what ``hold`` returned earlier in this phase, saved instead of the current
+        state (which the model keeps)."""
         self._require("phase", "save()")
         with self.timeline.span("checkpoint", file=Path(path).name):
-            return self._save(Path(path))
+            if held is None:
+                return self._save(Path(path))
+            return self._save_held(held, Path(path))
+
+    def hold(self) -> object | None:
+        """An in-memory copy of what ``save`` writes (model and optimizer state), for
+        ``save(path, held)`` later in the same phase; None where the backend keeps none (the
+        driver then writes its ``best`` checkpoint at once). docs/design.md, "Checkpoints and
+        resume"."""
+        self._require("phase", "hold()")
+        with self.timeline.span("checkpoint", file="(held in memory)"):
+            return self._hold()
 
     def restore(self, path: Path) -> None:
         """Restore what ``save`` wrote (the optimizer too when it belongs to this phase)."""
@@ -975,6 +988,14 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def _restore(self, path: Path) -> None: ...
+
+    def _hold(self) -> object | None:
+        """Optional: an in-memory copy of the model and optimizer state (see ``hold``)."""
+        return None
+
+    def _save_held(self, held: object, path: Path) -> Path:
+        """Write ``held`` as ``_save`` writes the current state; needed where ``_hold`` is."""
+        raise NotImplementedError(f"{type(self).__name__} holds state but cannot save it")
 
     @abc.abstractmethod
     def _trainable_names(self) -> list[str]: ...

@@ -559,8 +559,10 @@ def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Pat
     began at ``started``), so that a resumed run reports its whole wall time.
 
     Checkpoints are written when needed (docs/design.md, "Checkpoints and resume"):
-    ``best`` when validation improves, ``last`` at the end of each phase and when a
-    signal stops the run. ``state.json`` is written with each and describes what is on
+    ``best`` at the end of a phase in which validation improved (the better epoch's state
+    held in memory until then, ``Backend.hold``; at once where the backend holds none),
+    ``last`` at the end of each phase, both when a signal stops the run. ``state.json`` is
+    written with each and describes what is on
     disk: ``best`` the best checkpoint; ``done`` and ``curves`` the epochs held by the
     resume point, the checkpoint named by ``resume_from`` (the newest of the two), so a
     run killed between checkpoints resumes from the last one and re-runs the epochs
@@ -589,6 +591,28 @@ def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Pat
         if is_main_process():
             write_json_atomic(run_dir / STATE_FILE, {**state, **on_disk})
 
+    pending: dict = {}  # a better epoch's state held in memory (Backend.hold), not yet on disk
+
+    def write_best(held, record: dict, point: dict) -> None:
+        """Write ``best`` (``held``, or the current state) and a state.json that names it."""
+        if on_disk["resume_from"] == "best":  # about to be overwritten: resume from last
+            persist(at_last)
+        backend.save(ckpt["best"], held)
+        state["best"] = record
+        persist({"resume_from": "best", **point})
+
+    def save_resume_point(now: dict, always: bool = False) -> None:
+        """The held best (if any), then ``last`` unless the resume point on disk already
+        holds these epochs (``always``: at a phase's end, whose ``last`` the next phase needs)."""
+        nonlocal at_last
+        if pending:
+            write_best(pending["held"], pending["record"], pending["point"])
+            pending.clear()
+        if always or on_disk["done"] != now["done"]:
+            backend.save(ckpt["last"])
+            at_last = {"resume_from": "last", **now}
+            persist(at_last)
+
     def epoch_end(pi: int, phase: Phase, epoch: int, lr: float, stats: dict) -> None:
         """Validation after each epoch; best / last checkpoints and state.json when needed
         (every backend)."""
@@ -615,23 +639,25 @@ def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Pat
                                            "train/loss": stats["loss"], "train/top1": stats["top1"],
                                            "lr": lr})
         now = {"done": sorted(done), "curves": list(state["curves"])}
-        best = state["best"]
+        best = pending["record"] if pending else state["best"]
+        phase_end = epoch == phase.epochs - 1
         if best is None or (val["top1"], -val["loss"]) > (best["val_top1"], -best["val_loss"]):
-            if on_disk["resume_from"] == "best":  # about to be overwritten: resume from last
-                persist(at_last)
-            backend.save(ckpt["best"])
-            state["best"] = {"global_epoch": global_epoch, "val_top1": val["top1"],
-                             "val_loss": val["loss"]}
-            persist({"resume_from": "best", **now})
-        if epoch == phase.epochs - 1 or (interrupted["signum"] is not None
-                                          and on_disk["done"] != now["done"]):
-            backend.save(ckpt["last"])
-            at_last = {"resume_from": "last", **now}
-            persist(at_last)
+            record = {"global_epoch": global_epoch, "val_top1": val["top1"], "val_loss": val["loss"]}
+            # held in memory until the phase ends or a signal stops the run, when `last` is
+            # written anyway; written at once where the backend holds nothing
+            held = None if phase_end else backend.hold()
+            pending.clear()
+            if held is None:
+                write_best(None, record, now)
+            else:
+                pending.update(held=held, record=record, point=now)
+        if phase_end:
+            save_resume_point(now, always=True)
         log.info(f"  epoch {global_epoch} ({phase.name} {epoch + 1}/{phase.epochs}) lr {lr:.2e}: "
             f"loss {stats['loss']:.3f} train {stats['top1']:.3f} val {val['top1']:.3f} "
             f"({point['images_per_second']:.1f} img/s)")
-        if interrupted["signum"] is not None:
+        if interrupted["signum"] is not None:  # a signal during this epoch or its end
+            save_resume_point(now)
             raise RunInterrupted(interrupted["signum"])
         mark = timeline.now()
 
@@ -658,8 +684,14 @@ def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Pat
             # epochs finish in order, so the missing ones are the end of the phase
             first_epoch = min(e for e in range(phase.epochs) if (pi, e) not in done)
             mark = timeline.now()
-            backend.fit_phase(phase, first_epoch, global_epoch,
-                              functools.partial(epoch_end, pi, phase))
+            try:
+                backend.fit_phase(phase, first_epoch, global_epoch,
+                                  functools.partial(epoch_end, pi, phase))
+            except Exception:
+                if pending:  # a failing epoch: the better one held in memory is kept on disk
+                    with contextlib.suppress(Exception):  # (the failure is what is reported)
+                        write_best(pending["held"], pending["record"], pending["point"])
+                raise
             timeline.window("phase", phase_start, timeline.now(), index=pi,
                             phase_name=phase.name, epochs=phase.epochs - first_epoch)
         backend.restore(ckpt["best"])

@@ -120,6 +120,32 @@ def test_save_restore_round_trip_gives_same_logits(backend_name, model, tiny_qua
         b.close()
 
 
+def test_a_held_state_is_saved_later_while_the_model_keeps_training(backend_name, tiny_quads, tmp_path):
+    """``hold`` keeps a better epoch's state in memory (the driver writes it at the phase's
+    end); ``save(path, held)`` writes that state and leaves the model as it is. A backend
+    that holds nothing (slim: a copy costs as much as its save) returns None."""
+    b, _ = _built(backend_name, tiny_quads, tmp_path, MODELS[0])
+    try:
+        phase = load_recipe("two_phase").phases[0]
+        b.apply_phase(phase, 0)
+        b.set_learning_rate(0.05)
+        b.fit_epoch(phase, 1)
+        then = b.predict("test")
+        held = b.hold()
+        if held is None:
+            assert backend_name == "slim"
+            return
+        b.fit_epoch(phase, 2)
+        now = b.predict("test")
+        assert not np.allclose(now, then)
+        b.save(tmp_path / "ckpt" / "best", held)
+        np.testing.assert_array_equal(b.predict("test"), now)  # the model kept its state
+        b.restore(tmp_path / "ckpt" / "best")
+        np.testing.assert_allclose(b.predict("test"), then, rtol=1e-5, atol=1e-5)
+    finally:
+        b.close()
+
+
 def test_features_need_a_model_and_training_needs_a_phase(backend_name, model, tiny_quads,
                                                           tmp_path, progress_events, capsys):
     # the lifecycle is checked once, in backends.base: every backend refuses the same way

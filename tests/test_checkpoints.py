@@ -74,23 +74,28 @@ def test_checkpoints_are_written_when_validation_improves_and_at_each_phase_end(
     assert result["status"] == "ok", result.get("traceback")
     writes = [s["file"] for s in result["times"]["spans"] if s["name"] == "checkpoint"]
     assert improvements(result["curves"]) == [1, 2, 4]
-    assert writes.count("best") == 3
-    assert writes.count("last") == 2  # one per phase, not one per epoch
+    # each better epoch held in memory; the phase's best written once, at its end, with last
+    assert writes == ["(held in memory)", "(held in memory)", "best", "last",
+                      "(held in memory)", "best", "last"]
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["resume_from"] == "last" and len(state["curves"]) == 6
     assert state["best"]["global_epoch"] == improvements(result["curves"])[-1]
 
 
-@pytest.mark.parametrize("learning_rate, dies_in, resumes_from, best", [
-    (0.01, 6, ("best", 4), 4),   # best (epoch 4) is newer than last (end of phase 1)
-    (1.0, 5, ("last", 3), 2),    # last (end of phase 1) is newer than best (epoch 2)
+@pytest.mark.parametrize("learning_rate, dies_in, resumes_from, best, holds", [
+    # epoch 4's better state was held in memory: lost with the process, found again
+    (0.01, 6, ("last", 3), 2, "state"),
+    # a backend that holds nothing writes best at once: best (epoch 4) is newer than last
+    (0.01, 6, ("best", 4), 4, "nothing"),
+    (1.0, 5, ("last", 3), 2, "state"),    # last (end of phase 1) is newer than best (epoch 2)
 ])
 def test_a_run_killed_between_checkpoints_resumes_from_the_last_one_and_ends_identically(
-        fake, tiny_quads, tmp_path, learning_rate, dies_in, resumes_from, best):
+        fake, tiny_quads, tmp_path, learning_rate, dies_in, resumes_from, best, holds):
     whole = driver.run(two_phase(tiny_quads, tmp_path / "whole", learning_rate))
     config = two_phase(tiny_quads, tmp_path / "run", learning_rate)
     # the process dies in global epoch `dies_in` as under kill -9: nothing more is written
-    proc = worker(config, FAKE_BACKEND_CRASH="segfault", FAKE_BACKEND_CRASH_EPOCH=str(dies_in))
+    proc = worker(config, FAKE_BACKEND_CRASH="segfault", FAKE_BACKEND_CRASH_EPOCH=str(dies_in),
+                  FAKE_BACKEND_HOLDS=holds)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == -signal.SIGSEGV, out
     state = json.loads((tmp_path / "run" / "state.json").read_text())
@@ -107,19 +112,29 @@ def test_a_run_killed_between_checkpoints_resumes_from_the_last_one_and_ends_ide
     assert len(resumed["times"]["attempt_seconds"]) == 2
 
 
+def read_until(proc: subprocess.Popen, text: str) -> str:
+    """What ``proc`` printed up to and including the first line holding ``text``."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    raise AssertionError(f"{text!r} never printed: {''.join(seen)[-2000:]}")
+
+
 def test_sigterm_stops_a_run_at_its_epoch_end_with_its_resume_point_saved(fake, tiny_quads,
                                                                          tmp_path):
     whole = driver.run(tiny_config("fake", "head", tiny_quads, tmp_path / "whole", epochs=3))
     config = tiny_config("fake", "head", tiny_quads, tmp_path / "run", epochs=3)
     proc = worker(config, FAKE_BACKEND_CRASH="sleep")  # each epoch sleeps 2 s
     state_file = tmp_path / "run" / "state.json"
-    deadline = time.monotonic() + 60
-    while not state_file.is_file() and time.monotonic() < deadline:  # epoch 1's best checkpoint
-        time.sleep(0.05)
-    assert state_file.is_file(), proc.communicate()[0]
+    before = read_until(proc, "epoch 1 (")  # epoch 1 ended: its better state is held in memory
+    assert not state_file.exists()
+    time.sleep(0.5)  # into epoch 2 (which sleeps 2 s)
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)  # in epoch 2: it finishes and saves it, then stops
     out, _ = proc.communicate(timeout=60)
+    out = before + out
     assert proc.returncode == 128 + signal.SIGTERM, out
     assert time.monotonic() - t0 < 10
     assert "stopping after this epoch" in out and "stopped by signal" in out
@@ -151,11 +166,9 @@ def test_ctrl_c_of_bench_run_lets_the_run_save_its_epoch_in_hand(fake, tiny_quad
                             env=dict(os.environ, FAKE_BACKEND_CRASH="sleep"),
                             cwd=str(TESTS.parent), preexec_fn=_sigint_as_from_a_terminal)
     state_file = out / "fake-head-s0" / "state.json"
-    deadline = time.monotonic() + 60
-    while not state_file.is_file() and time.monotonic() < deadline:  # epoch 1 is saved
-        time.sleep(0.05)
-    assert state_file.is_file(), proc.communicate()
-    proc.send_signal(signum)  # in epoch 2
+    read_until(proc, "epoch 1 (")  # epoch 1 ended
+    time.sleep(0.5)
+    proc.send_signal(signum)  # in epoch 2 (which sleeps 2 s)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signum, err
     assert ("bench: stopped by SIGTERM" in err) == (signum == signal.SIGTERM)

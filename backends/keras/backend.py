@@ -223,6 +223,26 @@ class KerasBackend(Backend):
     def _save(self, path: Path) -> Path:
         return kweights.save(self.km, self.optimizer, path)
 
+    def _state_variables(self) -> list:
+        """What ``save`` writes: the model's variables and the optimizer's (when built)."""
+        optimizer = self.optimizer.variables if self.optimizer is not None and self.optimizer.built else []
+        return [*self.km.weights_view.weights, *optimizer]
+
+    def _hold(self) -> list[np.ndarray]:
+        return [np.array(keras.ops.convert_to_numpy(v), copy=True) for v in self._state_variables()]
+
+    def _save_held(self, held: list[np.ndarray], path: Path) -> Path:
+        """``save`` of ``held``: assigned to the variables for the write, then the current
+        values back (Keras writes a checkpoint from its variables)."""
+        variables, current = self._state_variables(), self._hold()
+        for v, value in zip(variables, held, strict=True):
+            v.assign(value)
+        try:
+            return kweights.save(self.km, self.optimizer, path)
+        finally:
+            for v, value in zip(variables, current, strict=True):
+                v.assign(value)
+
     def _restore(self, path: Path) -> None:
         kweights.restore(self.km, self.optimizer, path)
 

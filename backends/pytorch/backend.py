@@ -12,6 +12,7 @@ excluded), ``throughput.py`` timed model steps.
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 import time
@@ -219,17 +220,29 @@ class PyTorchBackend(Backend):
         return [type(self.optimizer).__name__, self.trainable_names()]
 
     def _save(self, path: Path) -> Path:
+        return self._save_held(None, path)
+
+    def _hold(self) -> dict:
+        """Copies of the model's and the optimizer's state dicts (the tensors cloned)."""
+        optimizer = self.optimizer.state_dict() if self.optimizer is not None else None
+        return {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                "optimizer": copy.deepcopy(optimizer)}
+
+    def _save_held(self, held: dict | None, path: Path) -> Path:
         file = weights_lib.checkpoint_file(path, self.checkpoint_suffix)
         if self.rank == 0:
-            self._save_checkpoint(file)
+            self._save_checkpoint(file, held)
         if self.world > 1:
             parallel_lib.barrier()  # no rank reads it before rank 0 has written it
         return file
 
-    def _save_checkpoint(self, file: Path) -> None:
+    def _save_checkpoint(self, file: Path, held: dict | None = None) -> None:
+        if held is None:
+            held = {"model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None}
         payload = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "model": held["model"],
+            "optimizer": held["optimizer"],
             "optimizer_signature": self._optimizer_signature(),
             "classes": list(self.split.classes) if self.split is not None else [],
             "num_classes": self.num_classes,

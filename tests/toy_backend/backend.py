@@ -124,12 +124,20 @@ class ToyBackend(Backend):
         return self._forward(self.data[subset][0])[0]
 
     def _save(self, path):
+        return self._save_held(self.params, path)
+
+    def _hold(self):  # the driver holds a better epoch's parameters until the phase ends
+        if os.environ.get("FAKE_BACKEND_HOLDS") == "nothing":  # as a backend without _hold
+            return None
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def _save_held(self, params, path):
         out = Path(str(path) + self.checkpoint_suffix)
         if _crash(getattr(self, "epoch", 0)) == "enospc":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out))
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(out, "wb") as f:
-            pickle.dump({"params": self.params}, f)
+            pickle.dump({"params": params}, f)
         return out
 
     def _restore(self, path):
