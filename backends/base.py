@@ -32,6 +32,8 @@ The base contract (docs/design.md, "Adding a backend"):
   ``_trainable_names``, ``_snapshot``, ``_throughput``): enough for ``bench
   run``, ``bench report``, ``bench list``, ``bench eval``/``predict`` and
   ``bench throughput``;
+* optional without a field: ``_hold`` and ``_save_held`` (the driver keeps a better
+  epoch's state in memory until its phase ends; without them it writes ``best`` at once);
 * optional capabilities, each declared in ``BackendInfo`` and left out by
   leaving its field at its default: export (``export_formats`` + ``_export``),
   convert (``converter``: weights across frameworks, the shared source model),
