@@ -592,6 +592,7 @@ def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Pat
             write_json_atomic(run_dir / STATE_FILE, {**state, **on_disk})
 
     pending: dict = {}  # a better epoch's state held in memory (Backend.hold), not yet on disk
+    trained_here = {"last": None}  # the global epoch this process trained last
 
     def write_best(held, record: dict, point: dict) -> None:
         """Write ``best`` (``held``, or the current state) and a state.json that names it."""
@@ -633,6 +634,7 @@ def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Pat
                  "seconds": stats["seconds"],
                  "images_per_second": stats["images"] / max(stats["seconds"], 1e-9)}
         state["curves"].append(point)
+        trained_here["last"] = global_epoch
         done.add((pi, epoch))
         state["done"] = sorted(done)
         backend.log_scalars(global_epoch, {"val/top1": val["top1"], "val/loss": val["loss"],
@@ -694,7 +696,8 @@ def train_phases(backend: Backend, config: RunConfig, split: Split, run_dir: Pat
                 raise
             timeline.window("phase", phase_start, timeline.now(), index=pi,
                             phase_name=phase.name, epochs=phase.epochs - first_epoch)
-        backend.restore(ckpt["best"])
+        if (state["best"] or {}).get("global_epoch") != trained_here["last"]:  # else it is the best
+            backend.restore(ckpt["best"])
     if interrupted["signum"] is not None:  # a signal after the last epoch: all is saved
         raise RunInterrupted(interrupted["signum"])
     return state

@@ -80,6 +80,12 @@ def test_checkpoints_are_written_when_validation_improves_and_at_each_phase_end(
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["resume_from"] == "last" and len(state["curves"]) == 6
     assert state["best"]["global_epoch"] == improvements(result["curves"])[-1]
+    # the best epoch (4) is restored for evaluation; a run whose last epoch is its best
+    # evaluates the model as it is
+    assert [s["file"] for s in result["times"]["spans"] if s["name"] == "restore"] == ["best"]
+    one = driver.run(tiny_config("fake", "head", tiny_quads, tmp_path / "one", epochs=1))
+    assert one["best"]["global_epoch"] == 1
+    assert not [s for s in one["times"]["spans"] if s["name"] == "restore"]
 
 
 @pytest.mark.parametrize("learning_rate, dies_in, resumes_from, best, holds", [
