@@ -223,10 +223,10 @@ class PyTorchBackend(Backend):
         return self._save_held(None, path)
 
     def _hold(self) -> dict:
-        """Copies of the model's and the optimizer's state dicts (the tensors cloned)."""
+        """Copies of the model's and the optimizer's state dicts, in host memory (a copy on
+        the accelerator would double the model's device memory)."""
         optimizer = self.optimizer.state_dict() if self.optimizer is not None else None
-        return {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-                "optimizer": copy.deepcopy(optimizer)}
+        return {"model": _host_copy(self.model.state_dict()), "optimizer": _host_copy(optimizer)}
 
     def _save_held(self, held: dict | None, path: Path) -> Path:
         file = weights_lib.checkpoint_file(path, self.checkpoint_suffix)
@@ -380,3 +380,15 @@ class PyTorchBackend(Backend):
             parallel_lib.destroy()
         if self.device_.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _host_copy(state):
+    """``state`` (a state dict: nested dicts and lists of tensors and numbers) with every
+    tensor copied to host memory."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: _host_copy(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_host_copy(v) for v in state)
+    return copy.deepcopy(state)
