@@ -291,13 +291,15 @@ def test_a_switch_explains_a_difference_that_comes_back_when_it_alone_is_native(
     fidelities = case_fidelities(phase)
     assert list(fidelities) == ["native", "aligned", "bn_moving_variance native",
                                 "rmsprop native", "weight_decay native"]
-    assert list(case_fidelities(Phase(train="head"))) == ["native"]
+    assert list(case_fidelities(Phase(train="head", optimizer="momentum"))) == ["native"]
     # head_init, crop_sampler and head_dtype are set too, but no case builds a head (each
     # starts from the given tensors), crops (one fixed batch, no augmentation) or runs bf16
     assert fidelities["rmsprop native"].settings() == {
         "bn_moving_variance": "aligned", "rmsprop": "native", "weight_decay": "aligned",
-        "head_init": "aligned", "crop_sampler": "aligned", "head_dtype": "aligned"}
-    assert case_switches(Phase(train="head")) == ()
+        "head_init": "aligned", "crop_sampler": "aligned", "head_dtype": "aligned",
+        "adam": "aligned"}
+    assert case_switches(Phase(train="head", optimizer="sgd")) == ()
+    assert case_switches(Phase(train="head", optimizer="adamw")) == ("adam",)
 
     def rel(value):
         return {"a-b": {"max_rel": value}, "a-c": {"max_rel": 1e-7}}
@@ -427,7 +429,7 @@ def test_a_case_with_a_switch_measures_each_backends_fp32_floor_and_the_verdict_
                                    train_runs)
     from common.config import Phase
 
-    assert list(train_runs(Phase(train="head"))) == ["native"]
+    assert list(train_runs(Phase(train="head", optimizer="momentum"))) == ["native"]
     runs = train_runs(TRAIN_CASES["top2-rmsprop-bn-frozen"])
     assert list(runs)[-1] == FLOOR and runs[FLOOR] == runs["aligned"]
 
