@@ -938,6 +938,30 @@ def test_keras_adam_is_the_aligned_formula_in_both_settings():
                 assert [a[i] for a in after] == pytest.approx(expected, rel=1e-5), (optimizer, wd, lr)
 
 
+def test_aligned_adam_keeps_a_float64_models_betas_in_float64():
+    """In a float64 model (``bench parity --train --dtype float64``) Keras' Adam casts its
+    Python-float betas through float32 (TensorFlow's ``tf.cast`` of a Python float), so natively
+    the bias correction's 1 - beta_2 is 1.3e-5 off and the first step 6.7e-6 short of the
+    formula; fidelity adam = "aligned" passes float64 betas: the formula to 1e-12."""
+    from common.config import Fidelity
+
+    before = keras.config.floatx()
+    keras.config.set_floatx("float64")
+    try:
+        for fidelity, rel in ((Fidelity(adam="aligned"), 1e-12), (Fidelity(), None)):
+            w = keras.Variable(np.ones(1, np.float64), dtype="float64")
+            opt = make_optimizer(Phase(optimizer="adam", learning_rate=0.1, epsilon=1e-7), [], fidelity)
+            opt.apply_gradients([(np.ones(1, np.float64), w)])
+            step = 1 - float(w.numpy()[0])
+            expected = 1 - epsilon_hat_adam(1.0, [1.0], 0.1, 1e-7)[0]
+            if rel:
+                assert step == pytest.approx(expected, rel=rel)
+            else:
+                assert step / expected - 1 == pytest.approx(-6.7e-6, abs=0.2e-6)
+    finally:
+        keras.config.set_floatx(before)
+
+
 def test_the_timed_step_takes_a_device_tensor_and_updates_no_metric_on_every_keras_backend(
         other_keras_backends, shared, monkeypatch):
     """Throughput's train step on Keras with TensorFlow, jax and torch (docs/measurements.md,

@@ -896,6 +896,11 @@ def test_aligned_adam_folds_the_bias_correction_into_the_step_size_for_adam_and_
                     assert got == pytest.approx(expected, rel=1e-6), (optimizer, wd, lr)
                 else:  # torch's step 1 is lr * g / (|g| + eps)
                     assert got[0] != pytest.approx(expected[0], rel=1e-3), (optimizer, wd, lr)
+    w = torch.nn.Parameter(torch.ones(1, dtype=torch.float64))  # a float64 model: no rounding
+    opt = AdamEpsilonHat([w], lr=0.1, eps=1e-7)
+    w.grad = torch.full_like(w, 1e-5)
+    opt.step()
+    assert 1 - w.item() == pytest.approx(1 - epsilon_hat_adam(1.0, [1e-5], 0.1, 1e-7)[0], rel=1e-12)
     # step 1 on w = 1, g = 1 in words: lr * sqrt(0.001) / (sqrt(0.001) + eps), not lr / (1 + eps)
     assert epsilon_hat_adam(1.0, [1.0], 0.1, 0.5)[0] == pytest.approx(1 - 0.1 * 0.001 ** 0.5
                                                                        / (0.001 ** 0.5 + 0.5))

@@ -939,6 +939,33 @@ def test_slim_adam_is_the_aligned_formula_in_both_settings():
                 assert [a[i] for a in after] == pytest.approx(expected, rel=1e-5), (optimizer, mult, lr)
 
 
+def test_aligned_adam_gives_a_float64_slim_model_its_betas_and_epsilon_in_float64():
+    """In a float64 graph (``bench parity --train --dtype float64``) TF1's AdamOptimizer makes
+    its Python-float betas and epsilon float32 tensors (and its beta powers float32 variables)
+    before casting them, so natively a first step with a gradient near epsilon's scale is off
+    the formula by 1e-6 relative; fidelity adam = "aligned" gives them the learning rate's
+    dtype: the formula to 1e-12."""
+    import tensorflow as tf
+
+    from backends.slim import recipe
+    from common.config import Fidelity
+
+    g = 1e-5  # large enough to step, small enough that epsilon (1e-7 / sqrt(0.001)) counts
+    for fidelity, exact in ((Fidelity(adam="aligned"), True), (Fidelity(), False)):
+        with tf.Graph().as_default():
+            w = tf.compat.v1.Variable(np.ones(1), dtype=tf.float64)
+            opt = recipe.configure_optimizer("adam", tf.constant(0.1, tf.float64),
+                                             Phase(optimizer="adam", epsilon=1e-7), "a", fidelity)
+            step = opt.apply_gradients([(tf.constant([g], tf.float64), w)])
+            with tf.compat.v1.Session() as session:
+                session.run(tf.compat.v1.global_variables_initializer())
+                session.run(step)
+                moved = 1 - session.run(w)[0]
+        expected = 1 - epsilon_hat_adam(1.0, [g], 0.1, 1e-7)[0]
+        assert bool(moved == pytest.approx(expected, rel=1e-12)) is exact
+        assert moved == pytest.approx(expected, rel=1e-5)
+
+
 def test_slim_batch_norm_feeds_its_moving_variance_the_unbiased_batch_variance():
     """slim.batch_norm in training (TF's fused batch norm): the moving variance moves towards
     n/(n-1) x the biased batch variance, 1.0667 at n = 16, as torch (Keras 3 natively: 1.0;
