@@ -960,6 +960,10 @@ def test_aligned_adam_keeps_a_float64_models_betas_in_float64():
                 assert step / expected - 1 == pytest.approx(-6.7e-6, abs=0.2e-6)
     finally:
         keras.config.set_floatx(before)
+    # float32: Keras' own arguments either way (Python floats, which TensorFlow makes float32)
+    aligned = recipe.optimizer_arguments(Phase(optimizer="adam"), Fidelity(adam="aligned"))[1]
+    assert aligned == recipe.optimizer_arguments(Phase(optimizer="adam"))[1]
+    assert type(aligned["beta_1"]) is float and type(aligned["beta_2"]) is float
 
 
 def test_the_timed_step_takes_a_device_tensor_and_updates_no_metric_on_every_keras_backend(

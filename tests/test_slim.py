@@ -951,19 +951,25 @@ def test_aligned_adam_gives_a_float64_slim_model_its_betas_and_epsilon_in_float6
     from common.config import Fidelity
 
     g = 1e-5  # large enough to step, small enough that epsilon (1e-7 / sqrt(0.001)) counts
-    for fidelity, exact in ((Fidelity(adam="aligned"), True), (Fidelity(), False)):
+
+    def first_step(fidelity, dtype):
         with tf.Graph().as_default():
-            w = tf.compat.v1.Variable(np.ones(1), dtype=tf.float64)
-            opt = recipe.configure_optimizer("adam", tf.constant(0.1, tf.float64),
+            w = tf.compat.v1.Variable(np.ones(1), dtype=dtype)
+            opt = recipe.configure_optimizer("adam", tf.constant(0.1, dtype),
                                              Phase(optimizer="adam", epsilon=1e-7), "a", fidelity)
-            step = opt.apply_gradients([(tf.constant([g], tf.float64), w)])
+            step = opt.apply_gradients([(tf.constant([g], dtype), w)])
             with tf.compat.v1.Session() as session:
                 session.run(tf.compat.v1.global_variables_initializer())
                 session.run(step)
-                moved = 1 - session.run(w)[0]
-        expected = 1 - epsilon_hat_adam(1.0, [g], 0.1, 1e-7)[0]
+                return 1 - session.run(w)[0]
+
+    expected = 1 - epsilon_hat_adam(1.0, [g], 0.1, 1e-7)[0]
+    for fidelity, exact in ((Fidelity(adam="aligned"), True), (Fidelity(), False)):
+        moved = first_step(fidelity, tf.float64)
         assert bool(moved == pytest.approx(expected, rel=1e-12)) is exact
         assert moved == pytest.approx(expected, rel=1e-5)
+    # float32: the same numbers either way (TensorFlow made them float32 already)
+    assert first_step(Fidelity(adam="aligned"), tf.float32) == first_step(Fidelity(), tf.float32)
 
 
 def test_slim_batch_norm_feeds_its_moving_variance_the_unbiased_batch_variance():
