@@ -223,7 +223,7 @@ def compile_phase(km: KerasModel, phase: Phase, fidelity: Fidelity = Fidelity()
 
 
 def learning_rate_schedule(phase: Phase, offset: int = 0) -> keras.callbacks.Callback:
-    """The phase's schedule as a ``fit`` callback: Keras' epoch ``k`` is phase epoch ``k - offset``."""
+    """The phase's schedule as a fit callback: Keras' epoch ``k`` is phase epoch ``k - offset``."""
     # --8<-- [start:fit]
     # the learning rate of each epoch is set by a callback, one of fit's callbacks below
     schedule = keras.callbacks.LearningRateScheduler(lambda k, lr: learning_rate_at(phase, k - offset))

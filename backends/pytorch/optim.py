@@ -59,9 +59,10 @@ class AdamEpsilonHat(torch.optim.Optimizer):
     correction folded into the step size, ``lr_t = lr * sqrt(1 - b2^t) / (1 - b1^t)``,
     ``w -= lr_t * m / (sqrt(v) + eps)`` ("epsilon hat", Kingma and Ba's section 2 form);
     ``torch.optim.Adam`` divides ``m / (1 - b1^t)`` by ``sqrt(v) / sqrt(1 - b2^t) + eps``: the
-    same step with epsilon times ``sqrt(1 - b2^t)`` (1/31.6 at step 1). Slots from 0. ``decoupled=False``: torch Adam's ``weight_decay``, ``grad + wd * w``;
-    ``decoupled=True``: AdamW's, ``w *= 1 - lr * wd`` with each group's own ``lr`` before the
-    step. ``fidelity.adam = "aligned"`` (docs/differences.md)."""
+    same step with epsilon times ``sqrt(1 - b2^t)`` (1/31.6 at step 1). Slots from 0.
+    ``decoupled=False``: torch Adam's ``weight_decay``, ``grad + wd * w``; ``decoupled=True``:
+    AdamW's, ``w *= 1 - lr * wd`` with each group's own ``lr`` before the step.
+    ``fidelity.adam = "aligned"`` (docs/differences.md)."""
 
     def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-7, weight_decay: float = 0.0, decoupled: bool = False):
