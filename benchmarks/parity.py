@@ -361,6 +361,8 @@ def case_switches(phase: Phase) -> tuple[str, ...]:
         out.append("bn_moving_variance")  # a BatchNorm in training mode
     if phase.optimizer == "rmsprop":
         out.append("rmsprop")
+    if phase.optimizer in ("adam", "adamw"):
+        out.append("adam")
     if phase.weight_decay:
         out.append("weight_decay")
     return tuple(out)

@@ -330,32 +330,19 @@ def framework_tests(df: pd.DataFrame, metric: str = "test_top1") -> list[dict]:
     return out
 
 
-# optimizers whose step differs between the frameworks with every switch aligned
-# (`bench parity --train --dtype float64`, docs/weights-and-parity.md): no switch yet
-UNALIGNED_OPTIMIZERS = ("adam", "adamw")
-
-
 def alignment(df: pd.DataFrame, verdicts: list[dict]) -> dict:
     """What the framework verdicts say about the training-step switches: ``setting`` is ``aligned``
     (every switch of every finished run aligned), ``native`` (every switch native) or ``mixed``;
     ``switches`` the switch names; ``tested`` how many pairs have a verdict; ``survive`` the verdicts
     where one framework reaches the higher accuracy (with every switch aligned: the differences that
-    survive alignment); ``unaligned``: recipe -> the optimizers of its phases whose step no switch
-    aligns yet (``UNALIGNED_OPTIMIZERS``). See docs/design.md, "Verdicts"."""
+    survive alignment). See docs/design.md, "Verdicts"."""
     ok = df[df.status == "ok"]
     settings = set(ok.fidelity)
     setting = settings.pop() if len(settings) == 1 else "mixed"
     tested = [v for v in verdicts if v["verdict"] is not None]
-    unaligned: dict[str, list[str]] = {}
-    for r in ok.itertuples():
-        for phase in lookup(r.result.config, ("recipe", "phases")) or []:
-            name = phase.get("optimizer") if isinstance(phase, dict) else None
-            if name in UNALIGNED_OPTIMIZERS and name not in unaligned.setdefault(r.recipe, []):
-                unaligned[r.recipe].append(name)
     return {"setting": setting if setting in ("aligned", "native") else "mixed",
             "switches": list(FIDELITY_SWITCHES), "tested": len(tested),
-            "survive": [v for v in tested if v["verdict"] in ("a", "b")],
-            "unaligned": {k: v for k, v in unaligned.items() if v}}
+            "survive": [v for v in tested if v["verdict"] in ("a", "b")]}
 
 
 def verdict_flips(a: list[dict], b: list[dict], key: tuple[str, ...], call: str) -> tuple[list[dict], int]:

@@ -100,6 +100,9 @@ FIDELITY_SWITCHES = {
     "head_dtype": "under bf16 the new head, its hidden layer too, computes in fp32 on the bf16 "
                   "backbone's features (Keras' logits Dense; torch runs the head outside "
                   "autocast, Keras makes a hidden Dense float32 too)",
+    "adam": "Adam and AdamW fold the bias correction into the step size, lr * sqrt(1 - b2^t) / "
+            "(1 - b1^t) * m / (sqrt(v) + epsilon) (Keras and TF's form; torch adds epsilon to "
+            "its bias-corrected root)",
 }
 MAX_EPOCHS = 10_000
 MAX_HIDDEN_UNITS = 65_536
@@ -217,6 +220,7 @@ class Fidelity:
     head_init: str = "native"
     crop_sampler: str = "native"
     head_dtype: str = "native"
+    adam: str = "native"
 
     def aligned(self, switch: str) -> bool:
         return getattr(self, switch) == "aligned"

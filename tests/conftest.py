@@ -81,4 +81,21 @@ def require_backend(name: str) -> None:
         pytest.skip(f"backend {name} unavailable: {reason}")
 
 
-__all__ = ["tiny_config", "require_backend", "dataclasses"]
+
+def epsilon_hat_adam(w: float, grads, lr: float, eps: float, wd: float = 0.0,
+                     decoupled: bool = False) -> list[float]:
+    """Keras 3's and TF1's Adam by hand, w after each step: lr_t = lr * sqrt(1 - b2^t) /
+    (1 - b1^t), w -= lr_t * m / (sqrt(v) + eps); wd as L2 in the gradient, or AdamW's
+    w *= 1 - lr * wd before the step."""
+    m = v = 0.0
+    out = []
+    for t, g in enumerate(grads, 1):
+        g = g + wd * w if wd and not decoupled else g
+        w = w * (1 - lr * wd) if decoupled else w
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        w -= lr * (1 - 0.999 ** t) ** 0.5 / (1 - 0.9 ** t) * m / (v ** 0.5 + eps)
+        out.append(w)
+    return out
+
+
+__all__ = ["tiny_config", "require_backend", "epsilon_hat_adam", "dataclasses"]

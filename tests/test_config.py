@@ -109,20 +109,23 @@ def test_fidelity_is_native_by_default_and_aligned_by_one_key_or_per_switch():
 
     assert load_recipe("two_phase").fidelity.settings() == {k: "native" for k in FIDELITY_SWITCHES}
     assert set(FIDELITY_SWITCHES) == {"bn_moving_variance", "rmsprop", "weight_decay", "head_init",
-                                      "crop_sampler", "head_dtype"}
+                                      "crop_sampler", "head_dtype", "adam"}
     every = parse_recipe({**_recipe(), "fidelity": "aligned"})
     assert every.fidelity.settings() == {k: "aligned" for k in FIDELITY_SWITCHES}
     assert every.fidelity.text() == "aligned"
     one = parse_recipe({**_recipe(), "fidelity": {"bn_moving_variance": "aligned"}})
     assert one.fidelity.settings() == {"bn_moving_variance": "aligned", "rmsprop": "native",
                                        "weight_decay": "native", "head_init": "native",
-                                       "crop_sampler": "native", "head_dtype": "native"}
+                                       "crop_sampler": "native", "head_dtype": "native",
+                                       "adam": "native"}
     but = parse_recipe({**_recipe(), "fidelity": {"default": "aligned", "rmsprop": "native"}})
     assert but.fidelity.text() == ("bn_moving_variance=aligned, rmsprop=native, "
                                    "weight_decay=aligned, head_init=aligned, crop_sampler=aligned, "
-                                   "head_dtype=aligned")
+                                   "head_dtype=aligned, adam=aligned")
     head = parse_recipe({**_recipe(), "fidelity": {"default": "aligned", "head_dtype": "native"}})
     assert (head.fidelity.head_dtype, head.fidelity.crop_sampler) == ("native", "aligned")
+    adam = parse_recipe({**_recipe(), "fidelity": {"adam": "aligned"}})
+    assert (adam.fidelity.adam, adam.fidelity.rmsprop) == ("aligned", "native")
     # the asdict form (config.json, sweep.json) reads back the same
     import dataclasses
 
@@ -176,6 +179,7 @@ def test_bench_run_fidelity_sets_every_recipes_switches_and_refuses_other_words(
     ("exact", "fidelity = 'exact' is invalid; allowed: native, aligned"),
     ({"bn_moving_variance": "yes"}, "fidelity.bn_moving_variance = 'yes' is invalid; allowed: native, aligned"),
     ({"bn_variance": "aligned"}, "unknown fidelity switch 'bn_variance'; allowed: default, bn_moving_variance"),
+    ({"adam": "keras"}, "fidelity.adam = 'keras' is invalid; allowed: native, aligned"),
     (3, "fidelity = 3 is invalid; write fidelity = \"native\" or \"aligned\""),
 ])
 def test_bad_fidelity_fails_in_one_line(value, fragment):

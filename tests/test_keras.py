@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, require_backend, tiny_config
+from conftest import REPO, epsilon_hat_adam, require_backend, tiny_config
 
 require_backend("keras")
 
@@ -912,6 +912,58 @@ def test_keras_rmsprop_is_the_aligned_formula_and_aligned_decay_spares_biases():
                                  (np.zeros(2, np.float32), bias)])
             np.testing.assert_allclose(kernel.numpy(), 1 - 0.1 * 0.5, rtol=1e-6)
             np.testing.assert_allclose(bias.numpy(), bias_after, rtol=1e-6)
+
+
+def test_keras_adam_is_the_aligned_formula_in_both_settings():
+    """Keras 3's Adam is what fidelity adam = "aligned" makes every framework compute (the
+    bias correction in the step size, eps on sqrt(v): ``epsilon_hat_adam``), natively too:
+    two steps (gradients 1, then -0.5) of Adam, Adam with L2 and AdamW, the head at x10 (the
+    param-group optimizer: AdamW's decay at each group's own lr)."""
+    from common.config import Fidelity
+
+    grads = (1.0, -0.5)
+    for optimizer, wd in (("adam", 0.0), ("adam", 0.3), ("adamw", 0.3)):
+        phase = Phase(optimizer=optimizer, learning_rate=0.1, epsilon=0.5, weight_decay=wd,
+                      head_lr_multiplier=10.0)
+        for fidelity in (Fidelity(), Fidelity(adam="aligned")):
+            backbone, head = keras.Variable(np.ones(1)), keras.Variable(np.ones(1))
+            opt = make_optimizer(phase, [head], fidelity)
+            after = []
+            for g in grads:
+                opt.apply_gradients([(np.full(1, g, np.float32), backbone),
+                                     (np.full(1, g, np.float32), head)])
+                after.append((float(backbone.numpy()[0]), float(head.numpy()[0])))
+            for lr, i in ((0.1, 0), (1.0, 1)):
+                expected = epsilon_hat_adam(1.0, grads, lr, 0.5, wd, decoupled=optimizer == "adamw")
+                assert [a[i] for a in after] == pytest.approx(expected, rel=1e-5), (optimizer, wd, lr)
+
+
+def test_aligned_adam_keeps_a_float64_models_betas_in_float64():
+    """In a float64 model (``bench parity --train --dtype float64``) Keras' Adam casts its
+    Python-float betas through float32 (TensorFlow's ``tf.cast`` of a Python float), so natively
+    the bias correction's 1 - beta_2 is 1.3e-5 off and the first step 6.7e-6 short of the
+    formula; fidelity adam = "aligned" passes float64 betas: the formula to 1e-12."""
+    from common.config import Fidelity
+
+    before = keras.config.floatx()
+    keras.config.set_floatx("float64")
+    try:
+        for fidelity, rel in ((Fidelity(adam="aligned"), 1e-12), (Fidelity(), None)):
+            w = keras.Variable(np.ones(1, np.float64), dtype="float64")
+            opt = make_optimizer(Phase(optimizer="adam", learning_rate=0.1, epsilon=1e-7), [], fidelity)
+            opt.apply_gradients([(np.ones(1, np.float64), w)])
+            step = 1 - float(w.numpy()[0])
+            expected = 1 - epsilon_hat_adam(1.0, [1.0], 0.1, 1e-7)[0]
+            if rel:
+                assert step == pytest.approx(expected, rel=rel)
+            else:
+                assert step / expected - 1 == pytest.approx(-6.7e-6, abs=0.2e-6)
+    finally:
+        keras.config.set_floatx(before)
+    # float32: Keras' own arguments either way (Python floats, which TensorFlow makes float32)
+    aligned = recipe.optimizer_arguments(Phase(optimizer="adam"), Fidelity(adam="aligned"))[1]
+    assert aligned == recipe.optimizer_arguments(Phase(optimizer="adam"))[1]
+    assert type(aligned["beta_1"]) is float and type(aligned["beta_2"]) is float
 
 
 def test_the_timed_step_takes_a_device_tensor_and_updates_no_metric_on_every_keras_backend(

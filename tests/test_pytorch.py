@@ -14,7 +14,7 @@ import urllib.error
 import numpy as np
 import pytest
 
-from conftest import require_backend, tiny_config
+from conftest import epsilon_hat_adam, require_backend, tiny_config
 
 require_backend("pytorch")
 
@@ -860,6 +860,50 @@ def test_aligned_rmsprop_puts_epsilon_inside_the_root_and_aligned_decay_spares_b
     kernel, bias = torch.nn.Parameter(torch.ones(2, 2)), torch.nn.Parameter(torch.ones(2))
     one_step(dataclasses.replace(sgd, optimizer="adamw"), aligned, [kernel, bias], grad=0.0)
     assert torch.all(kernel == 1 - 0.1 * 0.5) and torch.all(bias == 1)  # decoupled, same set
+
+
+def test_aligned_adam_folds_the_bias_correction_into_the_step_size_for_adam_and_adamw():
+    """fidelity adam = "aligned": two steps (gradients 1, then -0.5) are Keras' and TF1's
+    formula (``epsilon_hat_adam``): Adam with torch's coupled L2, AdamW with its decoupled
+    decay at each group's own lr (the head's x10 too); natively torch.optim's Adam and AdamW,
+    whose eps joins the bias-corrected root, step by another amount."""
+    from backends.pytorch.optim import AdamEpsilonHat
+    from backends.pytorch.train import make_optimizer
+    from common.config import Fidelity
+
+    aligned = Fidelity(adam="aligned")
+    grads = (1.0, -0.5)
+    for optimizer, wd in (("adam", 0.0), ("adam", 0.3), ("adamw", 0.3)):
+        phase = Phase(optimizer=optimizer, learning_rate=0.1, epsilon=0.5, weight_decay=wd,
+                      head_lr_multiplier=10.0)
+        for fidelity in (aligned, Fidelity()):
+            backbone, head = torch.nn.Parameter(torch.ones(1)), torch.nn.Parameter(torch.ones(1))
+            opt, desc = make_optimizer(phase, [
+                {"params": [backbone], "name": "backbone", "lr_multiplier": 1.0, "lr": 0.1},
+                {"params": [head], "name": "head", "lr_multiplier": 10.0, "lr": 1.0}], fidelity)
+            assert isinstance(opt, AdamEpsilonHat) is (fidelity == aligned)
+            assert desc.startswith("AdamEpsilonHat" if fidelity == aligned else "torch.optim.Adam")
+            after = []
+            for g in grads:
+                opt.zero_grad()
+                backbone.grad, head.grad = torch.full((1,), g), torch.full((1,), g)
+                opt.step()
+                after.append((backbone.item(), head.item()))
+            for lr, i in ((0.1, 0), (1.0, 1)):
+                expected = epsilon_hat_adam(1.0, grads, lr, 0.5, wd, decoupled=optimizer == "adamw")
+                got = [a[i] for a in after]
+                if fidelity == aligned:
+                    assert got == pytest.approx(expected, rel=1e-6), (optimizer, wd, lr)
+                else:  # torch's step 1 is lr * g / (|g| + eps)
+                    assert got[0] != pytest.approx(expected[0], rel=1e-3), (optimizer, wd, lr)
+    w = torch.nn.Parameter(torch.ones(1, dtype=torch.float64))  # a float64 model: no rounding
+    opt = AdamEpsilonHat([w], lr=0.1, eps=1e-7)
+    w.grad = torch.full_like(w, 1e-5)
+    opt.step()
+    assert 1 - w.item() == pytest.approx(1 - epsilon_hat_adam(1.0, [1e-5], 0.1, 1e-7)[0], rel=1e-12)
+    # step 1 on w = 1, g = 1 in words: lr * sqrt(0.001) / (sqrt(0.001) + eps), not lr / (1 + eps)
+    assert epsilon_hat_adam(1.0, [1.0], 0.1, 0.5)[0] == pytest.approx(1 - 0.1 * 0.001 ** 0.5
+                                                                       / (0.001 ** 0.5 + 0.5))
 
 
 # ------------------------------------------------------------------ the recipe module

@@ -636,9 +636,9 @@ def test_the_verdicts_say_which_backend_differences_survive_alignment(sweep, tmp
     assert (f"**Backend differences that survive alignment**: `head`, fake higher than fakeb "
             f"(Holm p = {head['p_holm']:.3f}). Every run had every training-step switch aligned ("
             + ", ".join(f"`{k}`" for k in FIDELITY_SWITCHES) + ")") in verdicts
-    # head and scratch step with Adam, which no switch aligns (bench parity --train --dtype float64)
-    assert ("up to each framework's floating-point rounding (`bench parity --train`); except the "
-            "adam steps of `head` and the adam steps of `scratch`, which no switch aligns yet") in verdicts
+    # head and scratch step with Adam: fidelity.adam aligns it too, no recipe is left out
+    assert "`adam`" in verdicts and "no switch aligns" not in verdicts
+    assert "up to each framework's floating-point rounding (`bench parity --train`)." in verdicts
     for seed in (0, 1, 2):  # the same accuracies: no difference left
         edit(run_dir, run_name("fakeb", "head", seed), lambda r: r["test"].update(top1=top1["fake", "head"][seed]))
     verdicts = section(md_report(run_dir), "Framework verdicts")
@@ -648,3 +648,8 @@ def test_the_verdicts_say_which_backend_differences_survive_alignment(sweep, tmp
     assert "the same command with `--fidelity aligned` shows which differences survive alignment" in native
     edit(run_dir, run_name("fake", "head", 0), lambda r: r.update(fidelity={**aligned, "rmsprop": "native"}))
     assert "The runs differ in training-step fidelity" in section(md_report(run_dir), "Framework verdicts")
+    # an aligned sweep from before the adam switch (no "adam" in result.json) stepped Adam natively
+    before = copy_run(sweep, tmp_path / "before-adam")
+    for f in before.glob("*/result.json"):
+        edit(before, f.parent.name, lambda r: r.update(fidelity={k: v for k, v in aligned.items() if k != "adam"}))
+    assert "every training-step switch aligned" not in section(md_report(before), "Framework verdicts")

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import require_backend, tiny_config
+from conftest import epsilon_hat_adam, require_backend, tiny_config
 
 from backends.base import BackendError, WeightsRequest, get_backend
 from benchmarks import driver
@@ -902,6 +902,74 @@ def test_aligned_rmsprop_starts_the_slot_at_zero_and_aligned_adamw_decays_kernel
                 session.run(step.train_op)
                 np.testing.assert_allclose(session.run(bias), bias_after, rtol=1e-6)
                 assert not np.allclose(session.run(kernel), 1.0)
+
+
+def test_slim_adam_is_the_aligned_formula_in_both_settings():
+    """TF1's AdamOptimizer (slim's ``--optimizer=adam``) is what fidelity adam = "aligned"
+    makes every framework compute (the bias correction in the step size, eps on sqrt(v):
+    ``epsilon_hat_adam``), natively too: two steps (gradients 1, then -0.5) of Adam and AdamW
+    (its decay at each group's own lr), the head at x1 and x10 (two optimizers in one op)."""
+    import tensorflow as tf
+
+    from backends.slim import recipe
+    from common.config import Fidelity
+
+    grads = (1.0, -0.5)
+    for optimizer, wd, mult in (("adam", 0.0, 1.0), ("adam", 0.0, 10.0), ("adamw", 0.3, 10.0)):
+        phase = Phase(optimizer=optimizer, learning_rate=0.1, epsilon=0.5, weight_decay=wd,
+                      head_lr_multiplier=mult, train="all")
+        for fidelity in (Fidelity(), Fidelity(adam="aligned")):
+            with tf.Graph().as_default():
+                backbone = tf.compat.v1.Variable([1.0], name="backbone")
+                head = tf.compat.v1.Variable([1.0], name="head")
+                g = tf.compat.v1.placeholder(tf.float32, [])
+                loss = g * tf.reduce_sum(backbone) + g * tf.reduce_sum(head)  # gradient g for both
+                train_op, _, _ = recipe.create_train_op(
+                    loss, [backbone, head], [head], phase, learning_rate=tf.constant(0.1),
+                    global_step=tf.compat.v1.train.get_or_create_global_step(), update_ops=[],
+                    name="p", fidelity=fidelity)
+                after = []
+                with tf.compat.v1.Session() as session:
+                    session.run(tf.compat.v1.global_variables_initializer())
+                    for value in grads:
+                        session.run(train_op, {g: value})
+                        after.append((session.run(backbone)[0], session.run(head)[0]))
+            for lr, i in ((0.1, 0), (0.1 * mult, 1)):
+                expected = epsilon_hat_adam(1.0, grads, lr, 0.5, wd, decoupled=optimizer == "adamw")
+                assert [a[i] for a in after] == pytest.approx(expected, rel=1e-5), (optimizer, mult, lr)
+
+
+def test_aligned_adam_gives_a_float64_slim_model_its_betas_and_epsilon_in_float64():
+    """In a float64 graph (``bench parity --train --dtype float64``) TF1's AdamOptimizer makes
+    its Python-float betas and epsilon float32 tensors (and its beta powers float32 variables)
+    before casting them, so natively a first step with a gradient near epsilon's scale is off
+    the formula by 1e-6 relative; fidelity adam = "aligned" gives them the learning rate's
+    dtype: the formula to 1e-12."""
+    import tensorflow as tf
+
+    from backends.slim import recipe
+    from common.config import Fidelity
+
+    g = 1e-5  # large enough to step, small enough that epsilon (1e-7 / sqrt(0.001)) counts
+
+    def first_step(fidelity, dtype):
+        with tf.Graph().as_default():
+            w = tf.compat.v1.Variable(np.ones(1), dtype=dtype)
+            opt = recipe.configure_optimizer("adam", tf.constant(0.1, dtype),
+                                             Phase(optimizer="adam", epsilon=1e-7), "a", fidelity)
+            step = opt.apply_gradients([(tf.constant([g], dtype), w)])
+            with tf.compat.v1.Session() as session:
+                session.run(tf.compat.v1.global_variables_initializer())
+                session.run(step)
+                return 1 - session.run(w)[0]
+
+    expected = 1 - epsilon_hat_adam(1.0, [g], 0.1, 1e-7)[0]
+    for fidelity, exact in ((Fidelity(adam="aligned"), True), (Fidelity(), False)):
+        moved = first_step(fidelity, tf.float64)
+        assert bool(moved == pytest.approx(expected, rel=1e-12)) is exact
+        assert moved == pytest.approx(expected, rel=1e-5)
+    # float32: the same numbers either way (TensorFlow made them float32 already)
+    assert first_step(Fidelity(adam="aligned"), tf.float32) == first_step(Fidelity(), tf.float32)
 
 
 def test_slim_batch_norm_feeds_its_moving_variance_the_unbiased_batch_variance():

@@ -11,6 +11,7 @@ cuts the marked regions from this file.
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 from common.config import Fidelity, Phase
@@ -107,8 +108,7 @@ def with_param_groups(cls: type) -> type:
     the gradient (torch's ``weight_decay=``); ``decoupled_weight_decay`` is AdamW's decay with
     each group's learning rate; ``decay_kernels_only`` spares biases and BN betas (slim).
     Only the custom-optimizer API's public methods are overridden: ``build`` records each
-    variable's multiplier, ``update_step`` (called per variable on every Keras backend for a
-    subclass) finds it with ``_get_variable_index``, as the built-in optimizers find slots."""
+    variable's multiplier, ``update_step`` (per variable, every Keras backend) finds it."""
     if cls in _PARAM_GROUP_CLASSES:
         return _PARAM_GROUP_CLASSES[cls]
 
@@ -158,9 +158,8 @@ def with_param_groups(cls: type) -> type:
 
 
 def optimizer_arguments(phase: Phase, fidelity: Fidelity = Fidelity()) -> tuple[type, dict, dict]:
-    """``(cls, kwargs, groups)``: the Keras optimizer class, its arguments, and the options of
-    ``with_param_groups`` (empty: Keras' own class unchanged). Keras' RMSprop is the aligned one
-    already; an aligned weight decay reaches kernels only."""
+    """``(cls, kwargs, groups)``: the Keras class, its arguments, the ``with_param_groups``
+    options (empty: Keras' own class). Keras' RMSprop and Adam formulas are the aligned ones."""
     m = phase.effective_momentum
     # Keras 3 spells it learning_rate=; lr= raises (Keras 2 and torch take lr=).
     if phase.optimizer in ("sgd", "momentum"):
@@ -168,8 +167,10 @@ def optimizer_arguments(phase: Phase, fidelity: Fidelity = Fidelity()) -> tuple[
     elif phase.optimizer == "rmsprop":
         kwargs = {"learning_rate": phase.learning_rate, "rho": phase.rmsprop_rho, "momentum": m,
                   "epsilon": phase.epsilon}
-    else:  # adam, adamw: betas 0.9/0.999 stated explicitly
-        kwargs = {"learning_rate": phase.learning_rate, "beta_1": 0.9, "beta_2": 0.999,
+    else:  # adam, adamw: betas 0.9/0.999 stated explicitly; an aligned float64 model's as float64
+        # numbers (TF casts a Python float through float32: 1 - beta_2 would be 1.3e-5 off)
+        b = np.float64 if fidelity.aligned("adam") and keras.config.floatx() == "float64" else float
+        kwargs = {"learning_rate": phase.learning_rate, "beta_1": b(0.9), "beta_2": b(0.999),
                   "epsilon": phase.epsilon}
     cls, groups = OPTIMIZERS[phase.optimizer], {}
     if phase.head_lr_multiplier != 1.0:
@@ -206,8 +207,8 @@ def loss_and_metrics(phase: Phase):
 
 def compile_phase(km: KerasModel, phase: Phase, fidelity: Fidelity = Fidelity()
                   ) -> keras.optimizers.Optimizer:
-    """A fresh optimizer for ``phase`` and a recompiled ``km.train_model`` (``km.model``, or for
-    ``bn = "inference"`` the same layers with the backbone called as ``base(x, training=False)``).
+    """A fresh optimizer and a recompiled ``km.train_model`` (``km.model``, or for ``bn =
+    "inference"`` the same layers with the backbone called as ``base(x, training=False)``).
     Keras reads ``trainable`` when it compiles (torch reads requires_grad at every step)."""
     # --8<-- [start:optimizer]
     head_variables = [v for layer in km.head_layers() for v in layer.trainable_weights]
@@ -222,8 +223,7 @@ def compile_phase(km: KerasModel, phase: Phase, fidelity: Fidelity = Fidelity()
 
 
 def learning_rate_schedule(phase: Phase, offset: int = 0) -> keras.callbacks.Callback:
-    """The phase's schedule as a ``fit`` callback: Keras' epoch ``k`` (numbered across the
-    run) is epoch ``k - offset`` of the phase."""
+    """The phase's schedule as a fit callback: Keras' epoch ``k`` is phase epoch ``k - offset``."""
     # --8<-- [start:fit]
     # the learning rate of each epoch is set by a callback, one of fit's callbacks below
     schedule = keras.callbacks.LearningRateScheduler(lambda k, lr: learning_rate_at(phase, k - offset))

@@ -31,6 +31,10 @@ def optimizer_words(phase: Phase, fidelity: Fidelity = Fidelity()) -> str:
     if phase.optimizer == "rmsprop" and fidelity.aligned("rmsprop"):
         words = (f"RMSpropEpsilonInside(alpha={rho}, eps={eps} inside the root, "
                  f"momentum={m}, weight_decay={wd})")
+    elif phase.optimizer in ("adam", "adamw") and fidelity.aligned("adam"):
+        decay = "decoupled" if phase.optimizer == "adamw" else "L2"
+        words = (f"AdamEpsilonHat(betas=(0.9, 0.999), eps={eps} on sqrt(v), lr bias-corrected, "
+                 f"weight_decay={wd} {decay})")
     else:
         words = {
             "sgd": f"torch.optim.SGD(momentum={m}, weight_decay={wd})",

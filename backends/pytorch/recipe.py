@@ -28,7 +28,7 @@ from common.progress import progress
 from .data import normalise
 from .model import (block_modules, head_in_features, head_name, head_prefixes, in_float32,
                     in_modules, submodule, torchvision_model)
-from .optim import RMSpropEpsilonInside, kernels_only_decay
+from .optim import aligned_optimizer, kernels_only_decay
 
 # slim's inception_v3 train_image_classifier weights the aux loss by 0.4
 AUX_LOSS_WEIGHT = 0.4
@@ -171,17 +171,17 @@ def torch_optimizer(phase: Phase, groups: list[dict],
         # --8<-- [start:optimizer]
         return torch.optim.SGD(groups, lr=lr, momentum=m, weight_decay=wd)
         # --8<-- [end:optimizer]
-    if phase.optimizer == "rmsprop" and fidelity.aligned("rmsprop"):
-        return RMSpropEpsilonInside(groups, lr=lr, alpha=rho, eps=eps, momentum=m, weight_decay=wd)
+    if aligned := aligned_optimizer(phase, groups, fidelity):  # Keras' formulas (optim.py)
+        return aligned
     if phase.optimizer == "rmsprop":
         # PyTorch adds eps outside the square root: g / (sqrt(avg) + eps); Keras and
         # tf.compat.v1 (slim) add it inside: g / sqrt(avg + eps). alpha= is Keras' rho=.
         return torch.optim.RMSprop(groups, lr=lr, alpha=rho, eps=eps, momentum=m, weight_decay=wd)
-    if phase.optimizer == "adam":
-        # Adam's weight_decay in PyTorch is L2 added to the gradient (coupled), not AdamW.
-        return torch.optim.Adam(groups, lr=lr, betas=(0.9, 0.999), eps=eps, weight_decay=wd)
-    if phase.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=eps, weight_decay=wd)
+    if phase.optimizer in ("adam", "adamw"):
+        # Adam's weight_decay is L2 in the gradient, AdamW's decoupled; eps joins torch's
+        # bias-corrected sqrt(v) / sqrt(1 - b2^t), Keras' and TF1's sqrt(v) (lr carries it)
+        adam = torch.optim.Adam if phase.optimizer == "adam" else torch.optim.AdamW
+        return adam(groups, lr=lr, betas=(0.9, 0.999), eps=eps, weight_decay=wd)
     raise BackendError(f"unknown optimizer {phase.optimizer!r}")
 
 

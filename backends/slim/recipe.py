@@ -44,8 +44,7 @@ def new_head(features: tf.Tensor, num_classes: int, hidden_units: int, dropout: 
 
 
 def scoped_batch_norm(training_scopes):
-    """A conv2d ``normalizer_fn``: slim.batch_norm with ``is_training`` chosen per scope
-    (slim.conv2d calls it inside the layer's own variable scope)."""
+    """A conv2d ``normalizer_fn``: slim.batch_norm, ``is_training`` per (the layer's) scope."""
     # --8<-- [start:batchnorm]
     def batch_norm(inputs, **params):
         scope = tf.compat.v1.get_variable_scope().name
@@ -138,9 +137,12 @@ def configure_optimizer(name: str, learning_rate, phase: Phase, op_name: str,
         return cls(learning_rate, decay=phase.rmsprop_rho, momentum=m, epsilon=phase.epsilon,
                    name=op_name)
     if name in ("adam", "adamw"):
-        # TF1 Adam uses the "epsilon hat" form (eps added after bias correction of lr)
-        return tf.compat.v1.train.AdamOptimizer(learning_rate, beta1=0.9, beta2=0.999,
-                                                epsilon=phase.epsilon, name=op_name)
+        # TF1 Adam uses the "epsilon hat" form (eps added after bias correction of lr); aligned:
+        # betas, eps in lr's dtype (TF makes a Python float float32, even in a float64 model)
+        dtype = getattr(learning_rate, "dtype", tf.float32).base_dtype
+        hyper = [tf.constant(x, dtype) if fidelity.aligned("adam") else x
+                 for x in (0.9, 0.999, phase.epsilon)]  # beta1, beta2, epsilon
+        return tf.compat.v1.train.AdamOptimizer(learning_rate, *hyper, name=op_name)
     raise BackendError(f"optimizer {name!r} is not supported by the slim backend; choose one of: "
                        f"sgd, momentum, rmsprop, adam, adamw")
 
@@ -148,9 +150,8 @@ def configure_optimizer(name: str, learning_rate, phase: Phase, op_name: str,
 def create_train_op(total_loss, variables_to_train: list, head_variables: list, phase: Phase, *,
                     learning_rate, global_step, update_ops: list, name: str,
                     colocate: bool = False, fidelity: Fidelity = Fidelity()):
-    """The train op of ``phase`` over ``variables_to_train``, ``update_ops`` (BatchNorm's
-    moving averages) first. ``head_lr_multiplier != 1``: two optimizers (backbone at lr,
-    head at lr * mult) in one op, the slim counterpart of PyTorch param groups.
+    """The train op of ``phase`` over ``variables_to_train``, ``update_ops`` (BatchNorm's moving
+    averages) first; a head lr multiplier: two optimizers in one op (PyTorch's param groups).
     Returns the op, the (variables, learning rate) groups and their optimizers."""
     slot_prefix = f"{name}_{OPTIMIZER_NAMES.get(phase.optimizer, phase.optimizer)}"
     # --8<-- [start:optimizer]
@@ -204,8 +205,7 @@ def _grouped_train_op(total_loss, groups, optimizers, update_ops, phase, global_
 # ------------------------------------------------------------ fit one phase, predict
 def train_one_epoch(session: tf.compat.v1.Session, step, initializer, feed: dict,
                     on_step=lambda loss: None) -> tuple[float, float, int]:
-    """``slim.learning.train``'s loop of ``step`` (train.TrainOp), cut at the end of the epoch:
-    (mean loss, top-1 accuracy, images)."""
+    """``slim.learning.train``'s loop of ``step`` cut at the epoch's end: (loss, top-1, images)."""
     # --8<-- [start:fit]
     session.run(initializer, feed_dict=feed)  # feed only the epoch seed, once per epoch
     loss_sum, correct, images = 0.0, 0, 0
