@@ -399,6 +399,53 @@ def test_float32_cross_entropy_is_tf1s_loss_bit_for_bit():
         assert ours.dtype == np.float32 and np.array_equal(ours, theirs)
 
 
+def test_float64_momentum_step_is_the_float64_formula_and_parity_gives_it_float64_numbers(
+        monkeypatch):
+    """TF1's MomentumOptimizer makes a Python float momentum a float32 tensor, so two float64
+    steps (lr 1, gradient 1) end at -(1 + 0.89999998 + 1), 2.4e-8 off; with
+    ``float64_hyperparameters`` (a numpy float64 momentum) they are the float64 formula
+    ``v = 0.9 v + g; w -= lr v`` exactly. slim's ``bench parity --train --dtype float64`` hands
+    its phase machinery those numbers (float32: the phase as given)."""
+    import tensorflow as tf
+
+    from backends.slim import model as slim_model
+    from backends.slim import parity, recipe
+    from common import canonical
+    from common.config import float64_hyperparameters
+
+    def two_steps(phase):
+        with tf.Graph().as_default():
+            w = tf.compat.v1.Variable([0.0], dtype=tf.float64)
+            opt = recipe.configure_optimizer("momentum", tf.constant(1.0, tf.float64), phase, "m")
+            step = opt.apply_gradients([(tf.constant([1.0], tf.float64), w)])
+            with tf.compat.v1.Session() as session:
+                session.run(tf.compat.v1.global_variables_initializer())
+                session.run(step)
+                session.run(step)
+                return session.run(w)[0]
+
+    v1 = 1.0
+    expected = -(v1 + (0.9 * v1 + 1.0))
+    phase = Phase(optimizer="momentum")
+    assert two_steps(float64_hyperparameters(phase)) == expected
+    assert abs(two_steps(phase) - expected) == pytest.approx(0.9 - float(np.float32(0.9)), rel=1e-6)
+
+    seen = {}
+
+    def stop(spec, entry, phase):
+        seen["phase"] = phase
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(slim_model, "trainable_scopes", stop)
+    tensors = canonical.random_weights("inception_v3", SPEC.feature_dim, 5, 0)
+    for dtype in ("float64", "float32"):
+        with pytest.raises(RuntimeError, match="stop"):
+            parity.train_steps("inception_v3", tensors, np.zeros((1, 75, 75, 3)),
+                               np.zeros(1, int), phase, None, (1,), dtype)
+        assert isinstance(seen["phase"].momentum, np.float64) == (dtype == "float64"), dtype
+        assert seen["phase"].effective_momentum == 0.9
+
+
 def test_head_lr_multiplier_is_a_second_optimizer_in_the_train_op():
     """Plain SGD, head x10: one session.run of the train op steps the backbone by lr * g and
     the head by 10 * lr * g (the slim counterpart of PyTorch param groups)."""
