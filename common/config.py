@@ -65,6 +65,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from common.data import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
 from common.models import MODELS
 from common.preprocess import PRESETS
@@ -207,6 +209,18 @@ class Phase:
         if self.train == "blocks":
             return tuple(b for b in model.blocks if b in self.blocks)
         return ()
+
+
+def float64_hyperparameters(phase: Phase) -> Phase:
+    """``phase`` with its momentum (and RMSprop's rho and epsilon) as numpy float64 numbers, for
+    a float64 model in TensorFlow (``bench parity --train --dtype float64``): TensorFlow makes a
+    Python float a float32 tensor before it casts it to a variable's dtype (TF1's optimizers;
+    Keras' ``ops.cast``), so a float64 momentum step used 0.89999998 for 0.9. A numpy float64 is
+    still a ``float``, stays float64 there, and casts to the same float32 in a float32 model."""
+    numbers = {"momentum": np.float64(phase.effective_momentum)}
+    if phase.optimizer == "rmsprop":
+        numbers.update(rmsprop_rho=np.float64(phase.rmsprop_rho), epsilon=np.float64(phase.epsilon))
+    return dataclasses.replace(phase, **numbers)
 
 
 @dataclass(frozen=True)

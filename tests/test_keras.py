@@ -279,6 +279,37 @@ def test_head_param_group_steps_with_the_multiplied_learning_rate(cls):
         np.testing.assert_allclose(step_backbone, 0.01, rtol=1e-4)
 
 
+def test_float64_momentum_step_is_the_float64_formula_and_parity_gives_it_float64_numbers(
+        monkeypatch):
+    """Keras' SGD ``ops.cast``s its Python float momentum through float32, so two float64 steps
+    (lr 1, gradient 1) end at -(1 + 0.89999998 + 1), 2.4e-8 off; with
+    ``float64_hyperparameters`` (a numpy float64 momentum, still a ``float`` for Keras' check)
+    they are the float64 formula ``m = 0.9 m - lr g; w += m`` exactly. Keras' ``bench parity
+    --train --dtype float64`` hands its phase machinery those numbers (float32: as given)."""
+    from backends.keras import parity
+    from common.config import float64_hyperparameters
+
+    def two_steps(phase):
+        w = keras.Variable(np.zeros(1), dtype="float64")
+        opt = make_optimizer(dataclasses.replace(phase, learning_rate=1.0), [])
+        for _ in range(2):
+            opt.apply_gradients([(np.ones(1), w)])
+        return float(w.numpy()[0])
+
+    expected = -1.0 + (0.9 * -1.0 - 1.0)
+    phase = Phase(optimizer="momentum")
+    assert two_steps(float64_hyperparameters(phase)) == expected
+    assert abs(two_steps(phase) - expected) == pytest.approx(0.9 - float(np.float32(0.9)), rel=1e-6)
+
+    seen = []
+    monkeypatch.setattr(parity, "_train_steps", lambda model, t, i, l, phase, *a: seen.append(phase))
+    for dtype in ("float64", "float32"):
+        parity.train_steps("inception_v3", {}, np.zeros((1, 75, 75, 3)), np.zeros(1, int), phase,
+                           None, (1,), dtype)
+    assert [type(p.momentum) for p in seen] == [np.float64, type(None)]
+    assert keras.config.floatx() == "float32"
+
+
 def test_l2_weight_decay_is_added_to_the_gradient():
     w = keras.Variable(np.full(2, 2.0, np.float32))
     opt = with_param_groups(keras.optimizers.SGD)(learning_rate=0.1, l2=0.5)

@@ -335,6 +335,117 @@ def test_optimizers_use_the_recipe_hyperparameters():
             recipe.configure_optimizer("adadelta", lr, Phase(), "d")  # no recipe selects it
 
 
+def _loss_graph(dtype, label_smoothing, aux=False):
+    """classification_loss on fixed logits [5, 4] (and aux logits) in ``dtype``: the graph's
+    (loss, per-image loss, d loss / d logits, d loss / d aux logits), and the inputs."""
+    import tensorflow as tf
+
+    from backends.slim.model import Tower
+    from backends.slim.train import classification_loss
+
+    rng = np.random.default_rng(3)
+    values = rng.normal(0.0, 3.0, (2, 5, 4))
+    labels = np.array([0, 1, 2, 3, 0])
+    with tf.Graph().as_default():
+        logits, aux_logits = (tf.constant(v, dtype) for v in values)
+        loss, per_image = classification_loss(Tower(logits, logits, aux_logits if aux else None),
+                                              tf.constant(labels), 4, label_smoothing)
+        grads = tf.compat.v1.gradients(loss, [logits, aux_logits])
+        with tf.compat.v1.Session() as session:
+            out = session.run([loss, per_image, *[g for g in grads if g is not None]])
+    return out, values, labels
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_float64_cross_entropy_and_its_gradient_stay_float64(label_smoothing):
+    """In a float64 model (bench parity --train --dtype float64) the slim loss is the float64
+    cross-entropy, (logsumexp(z) - t . z) per image with t the smoothed one-hot labels, and its
+    gradient (softmax(z) - t) / B, to float64 rounding. TF1's
+    ``tf.compat.v1.losses.softmax_cross_entropy`` casts the per-image losses to float32 and
+    back: it rounded them (1e-8) and scaled the whole gradient by float32(1/5) * 5 = 1 +
+    1.5e-8, which 3 momentum steps with BatchNorm training grew into 2.3e-3 in the stem."""
+    (loss, per_image, grad), values, labels = _loss_graph("float64", label_smoothing)
+    z = values[0]
+    t = np.eye(4)[labels] * (1 - label_smoothing) + label_smoothing / 4
+    lse = np.log(np.sum(np.exp(z - z.max(1, keepdims=True)), 1)) + z.max(1)
+    expected = lse - np.sum(t * z, 1)
+    softmax = np.exp(z - lse[:, None])
+    assert per_image.dtype == np.float64
+    np.testing.assert_allclose(per_image, expected, rtol=1e-13, atol=0)
+    assert loss == pytest.approx(expected.mean(), rel=1e-13)
+    np.testing.assert_allclose(grad, (softmax - t) / 5, rtol=1e-12, atol=1e-16)
+
+
+def test_float32_cross_entropy_is_tf1s_loss_bit_for_bit():
+    """In float32 the loss, per-image losses and gradients (main and aux head, weight 0.4,
+    label smoothing) are bit-identical to train_image_classifier.py's
+    ``tf.compat.v1.losses.softmax_cross_entropy``: only its float32 cast of a float64 model's
+    loss is gone."""
+    import tensorflow as tf
+
+    (loss, per_image, grad, aux_grad), values, labels = _loss_graph("float32", 0.1, aux=True)
+    with tf.Graph().as_default():
+        logits, aux_logits = (tf.constant(v, tf.float32) for v in values)
+        onehot = tf.one_hot(labels, 4)
+        tf1 = tf.compat.v1.losses.softmax_cross_entropy(
+            onehot, logits, label_smoothing=0.1, loss_collection=None,
+            reduction=tf.compat.v1.losses.Reduction.NONE)
+        tf1_loss = tf.reduce_mean(tf1) + tf.compat.v1.losses.softmax_cross_entropy(
+            onehot, aux_logits, label_smoothing=0.1, weights=0.4, loss_collection=None)
+        grads = tf.compat.v1.gradients(tf1_loss, [logits, aux_logits])
+        with tf.compat.v1.Session() as session:
+            expected = session.run([tf1_loss, tf1, *grads])
+    for ours, theirs in zip((loss, per_image, grad, aux_grad), expected):
+        assert ours.dtype == np.float32 and np.array_equal(ours, theirs)
+
+
+def test_float64_momentum_step_is_the_float64_formula_and_parity_gives_it_float64_numbers(
+        monkeypatch):
+    """TF1's MomentumOptimizer makes a Python float momentum a float32 tensor, so two float64
+    steps (lr 1, gradient 1) end at -(1 + 0.89999998 + 1), 2.4e-8 off; with
+    ``float64_hyperparameters`` (a numpy float64 momentum) they are the float64 formula
+    ``v = 0.9 v + g; w -= lr v`` exactly. slim's ``bench parity --train --dtype float64`` hands
+    its phase machinery those numbers (float32: the phase as given)."""
+    import tensorflow as tf
+
+    from backends.slim import model as slim_model
+    from backends.slim import parity, recipe
+    from common import canonical
+    from common.config import float64_hyperparameters
+
+    def two_steps(phase):
+        with tf.Graph().as_default():
+            w = tf.compat.v1.Variable([0.0], dtype=tf.float64)
+            opt = recipe.configure_optimizer("momentum", tf.constant(1.0, tf.float64), phase, "m")
+            step = opt.apply_gradients([(tf.constant([1.0], tf.float64), w)])
+            with tf.compat.v1.Session() as session:
+                session.run(tf.compat.v1.global_variables_initializer())
+                session.run(step)
+                session.run(step)
+                return session.run(w)[0]
+
+    v1 = 1.0
+    expected = -(v1 + (0.9 * v1 + 1.0))
+    phase = Phase(optimizer="momentum")
+    assert two_steps(float64_hyperparameters(phase)) == expected
+    assert abs(two_steps(phase) - expected) == pytest.approx(0.9 - float(np.float32(0.9)), rel=1e-6)
+
+    seen = {}
+
+    def stop(spec, entry, phase):
+        seen["phase"] = phase
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(slim_model, "trainable_scopes", stop)
+    tensors = canonical.random_weights("inception_v3", SPEC.feature_dim, 5, 0)
+    for dtype in ("float64", "float32"):
+        with pytest.raises(RuntimeError, match="stop"):
+            parity.train_steps("inception_v3", tensors, np.zeros((1, 75, 75, 3)),
+                               np.zeros(1, int), phase, None, (1,), dtype)
+        assert isinstance(seen["phase"].momentum, np.float64) == (dtype == "float64"), dtype
+        assert seen["phase"].effective_momentum == 0.9
+
+
 def test_head_lr_multiplier_is_a_second_optimizer_in_the_train_op():
     """Plain SGD, head x10: one session.run of the train op steps the backbone by lr * g and
     the head by 10 * lr * g (the slim counterpart of PyTorch param groups)."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from common.config import float64_hyperparameters
+
 from .convert import model_from_canonical
 
 
@@ -36,7 +38,8 @@ def train_steps(model: str, tensors: dict[str, np.ndarray], images: np.ndarray,
     ``tensors`` (``UnbiasedMovingVarianceBN`` layers when ``bn_moving_variance`` is
     aligned), ``train_on_batch`` ``max(steps)`` times on one fixed batch, in ``dtype`` (``float64``:
     ``keras.config.set_floatx`` and the dtype policy before the model is built; the head
-    follows floatx too).
+    follows floatx too; the momentum a numpy float64, ``common.config.float64_hyperparameters``,
+    which Keras' SGD would otherwise ``ops.cast`` through float32).
     ``{"loss": [per step, before its update], "tensors": {k: canonical tensors after step
     k}}`` (tensors rounded to float32, the canonical format)."""
     # floatx and the global dtype policy (once set, e.g. by an earlier run in this process,
@@ -44,6 +47,8 @@ def train_steps(model: str, tensors: dict[str, np.ndarray], images: np.ndarray,
     before = keras.config.floatx(), keras.config.dtype_policy()
     keras.config.set_floatx(dtype)
     keras.config.set_dtype_policy(dtype)
+    if dtype == "float64":
+        phase = float64_hyperparameters(phase)
     try:
         return _train_steps(model, tensors, images, labels, phase, fidelity, steps, dtype)
     finally:

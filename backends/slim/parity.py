@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from common.config import float64_hyperparameters
 from common.models import get_model
 
 from .catalog import MODELS
@@ -48,7 +49,9 @@ def train_steps(model: str, tensors: dict[str, np.ndarray], images: np.ndarray,
     (``train.build_train_op``: ``variables_to_train`` of the trainable scopes, the
     recipe's fidelity) on the net holding ``tensors``, run ``max(steps)`` times on one
     fixed batch, in ``dtype`` (``float64``: the batch constants, so every variable, the
-    weight decay and the learning rate). ``{"loss": [main cross-entropy per step, before its
+    weight decay and the learning rate; the momentum and RMSprop numbers as numpy float64,
+    ``common.config.float64_hyperparameters``, which TF1's optimizers would otherwise turn
+    into float32 tensors). ``{"loss": [main cross-entropy per step, before its
     update], "tensors": {k: canonical tensors after step k}}`` (rounded to float32, the
     canonical format); in float64 also ``"not_compared": {"moving statistics": why}``
     (``FLOAT64_MOVING``)."""
@@ -63,6 +66,8 @@ def train_steps(model: str, tensors: dict[str, np.ndarray], images: np.ndarray,
     from .convert import canonical_from_session, native_names
 
     spec, entry = get_model(model), MODELS[model]
+    if dtype == "float64":
+        phase = float64_hyperparameters(phase)
     classes, hidden = canonical.head_shape(model, tensors, spec.feature_dim, "slim")
     graph = tf.Graph()
     with graph.as_default(), identity_hashing():

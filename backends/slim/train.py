@@ -119,23 +119,39 @@ class TrainOp:
     compute_dtype: str = "float32"                 # dtype of the tower's logits
 
 
+def softmax_cross_entropy(onehot: tf.Tensor, logits: tf.Tensor,
+                          label_smoothing: float) -> tf.Tensor:
+    """Per image, what ``tf.compat.v1.losses.softmax_cross_entropy(onehot, logits,
+    label_smoothing=...)`` computes before it weights and reduces (the same label smoothing and
+    kernel, bit-identical in float32), in the logits' dtype. The TF1 function's
+    ``compute_weighted_loss`` casts the per-image losses to float32 and back, whatever their
+    dtype: in a float64 model (``bench parity --train --dtype float64``) it rounded every
+    loss and, through the cast's gradient, scaled every gradient by float32(1/B) * B, 1 +
+    1.5e-8 at B = 5, which 3 steps of momentum with BatchNorm training amplified to 2.3e-3 in
+    the stem (docs/design.md, Fidelity switches)."""
+    labels = tf.cast(onehot, logits.dtype)
+    if label_smoothing > 0:
+        num_classes = tf.cast(tf.shape(labels)[-1], logits.dtype)
+        labels = labels * (1.0 - label_smoothing) + label_smoothing / num_classes
+    return tf.nn.softmax_cross_entropy_with_logits(labels=tf.stop_gradient(labels), logits=logits)
+
+
 def classification_loss(tower: Tower, labels: tf.Tensor, num_classes: int,
                         label_smoothing: float) -> tuple[tf.Tensor, tf.Tensor]:
     """(mean main-head loss, per-image loss) as in train_image_classifier.py.
 
-    ``softmax_cross_entropy(onehot, logits, label_smoothing)``; the aux head adds
-    the same loss with weight 0.4. ``loss_collection=None`` because several
-    towers share one graph (``tf.losses.get_total_loss`` would sum them all).
+    ``softmax_cross_entropy(onehot, logits, label_smoothing)`` (the TF1 loss without its
+    float32 cast, above); the aux head adds the same loss with weight 0.4, summed over the
+    batch and divided by its size as TF1's ``weights=0.4`` does. Not in the
+    ``tf.GraphKeys.LOSSES`` collection because several towers share one graph
+    (``tf.losses.get_total_loss`` would sum them all).
     """
     onehot = tf.one_hot(labels, num_classes)
-    per_image = tf.compat.v1.losses.softmax_cross_entropy(
-        onehot, tower.logits, label_smoothing=label_smoothing, loss_collection=None,
-        reduction=tf.compat.v1.losses.Reduction.NONE)
+    per_image = softmax_cross_entropy(onehot, tower.logits, label_smoothing)
     loss = tf.reduce_mean(per_image)
     if tower.aux_logits is not None:
-        loss += tf.compat.v1.losses.softmax_cross_entropy(
-            onehot, tower.aux_logits, label_smoothing=label_smoothing, weights=0.4,
-            loss_collection=None)
+        aux = softmax_cross_entropy(onehot, tower.aux_logits, label_smoothing)
+        loss += tf.reduce_sum(aux * 0.4) / tf.cast(tf.size(aux), aux.dtype)
     return loss, per_image
 
 
