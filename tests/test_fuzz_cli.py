@@ -12,6 +12,7 @@ by a direct ``driver.run`` call: the worker process itself is covered by
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import random
@@ -360,8 +361,10 @@ def test_generated_bad_input_gives_exit_0_or_2_one_line_and_writes_only_out_and_
     count, outcomes = 0, {0: 0, 1: 0, 2: 0}
     run = ["run", "--backend", "fake", "--weights", "none", "--epochs", "1", "--no-report",
            "--batch-size", "2"]
-    cases = [(*c, {}, None) for c in _cases(rng, root / "cases")]
-    for name, argv, case, env, expect in [*cases, *_issue_25_cases(rng, root / "cases", run)]:
+    # made one case at a time, as the loop reaches it: each snapshot walks only the cases so far
+    cases = ((*c, {}, None) for c in _cases(rng, root / "cases"))
+    for name, argv, case, env, expect in itertools.chain(cases, _issue_25_cases(rng, root / "cases",
+                                                                                run)):
         before = _snapshot(root, [case / "out", root / "cache"])
         with monkeypatch.context() as m:
             for key, value in env.items():
