@@ -703,35 +703,28 @@ def test_batch_norm_decay_is_the_suite_value_not_slims_default():
 
 # ------------------------------------------- fine-tuning modes of the guides (issue 12)
 
-def test_bn_inference_trains_betas_on_moving_statistics(tiny_quads, tmp_path):
+def test_bn_inference_trains_betas_on_moving_statistics(built):
     """bn = "inference": every batch_norm with is_training=False (the eval tower's graph, no
     update op), the betas of the trained scopes still in variables_to_train: after an epoch
-    the moving statistics are bit-identical and the betas moved.
-
-    A graph of its own, not the shared ``built``: there, after the other tests' phases, this
-    phase's first steps took 20-40 s in TensorFlow's session run (its own graph: 2-8 s)."""
-    b = _backend(tiny_quads, tmp_path / "run")
-    try:
-        phase = dataclasses.replace(load_recipe("two_phase").phases[1], bn="inference",
-                                    learning_rate=0.1)
-        report = b.apply_phase(phase, 1)
-        assert report["native"]["update_ops"] == 0
-        assert report["native"]["bn"].startswith("batch_norm is_training=True in: none")
-        assert b.step.update_ops == [] and b._train_towers[((), False)] is b.eval_tower
-        assert any(n.endswith("/BatchNorm/beta") for n in b.trainable_names())
-        assert report["native"]["not_expressed_by_flags"][-1].startswith(
-            "batch_norm is_training=False everywhere")
-        before = b.snapshot("Mixed_7b")
-        b.set_learning_rate(0.1)
-        b.fit_epoch(phase, 1)
-        after = b.snapshot("Mixed_7b")
-        moving = [k for k in before if "/moving_" in k]
-        betas = [k for k in before if k.endswith("/beta")]
-        assert len(moving) == 2 * len(betas) == 2 * 9
-        assert all(np.array_equal(before[k], after[k]) for k in moving)
-        assert all(not np.array_equal(before[k], after[k]) for k in betas)
-    finally:
-        b.close()
+    the moving statistics are bit-identical and the betas moved."""
+    phase = dataclasses.replace(load_recipe("two_phase").phases[1], bn="inference",
+                                learning_rate=0.1)
+    report = built.apply_phase(phase, 21)  # a phase index of its own: its own optimizer slots
+    assert report["native"]["update_ops"] == 0
+    assert report["native"]["bn"].startswith("batch_norm is_training=True in: none")
+    assert built.step.update_ops == [] and built._train_towers[((), False)] is built.eval_tower
+    assert any(n.endswith("/BatchNorm/beta") for n in built.trainable_names())
+    assert report["native"]["not_expressed_by_flags"][-1].startswith(
+        "batch_norm is_training=False everywhere")
+    before = built.snapshot("Mixed_7b")
+    built.set_learning_rate(0.1)
+    built.fit_epoch(phase, 1)
+    after = built.snapshot("Mixed_7b")
+    moving = [k for k in before if "/moving_" in k]
+    betas = [k for k in before if k.endswith("/beta")]
+    assert len(moving) == 2 * len(betas) == 2 * 9
+    assert all(np.array_equal(before[k], after[k]) for k in moving)
+    assert all(not np.array_equal(before[k], after[k]) for k in betas)
 
 
 def test_trainable_scopes_as_written_map_to_blocks_or_fail_in_one_line(built):
