@@ -16,7 +16,7 @@ from common.config import Phase, load_recipe
 from common.models import HEAD, get_model
 from common.results import validate_result
 from conftest import require_backend, tiny_config
-from test_run_times import assert_timeline
+from test_run_times import assert_timeline, best_is_last
 
 BACKENDS = ["pytorch", "keras", "slim"]
 # (model, image size): each model at its minimum size
@@ -205,4 +205,4 @@ def test_two_phase_run_writes_a_valid_result(backend_name, model, tiny_quads, tm
     assert len(on_disk["test"]["confusion"]) == 5
     assert on_disk["versions"] and on_disk["device"]["kind"]
     # where the run's time went: the same spans in every backend (docs/design.md)
-    assert_timeline(on_disk["times"], phases=2, epochs_per_phase=1)
+    assert_timeline(on_disk["times"], phases=2, epochs_per_phase=1, best_is_last=best_is_last(on_disk))

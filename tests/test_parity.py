@@ -568,6 +568,22 @@ def test_bench_parity_refuses_dtype_without_train_and_an_unknown_dtype(capsys, t
     assert not out.exists() and not {"torch", "tensorflow"} & (set(sys.modules) - before)
 
 
+def float64_steps(case: str):
+    """``(fidelities, steps)`` for 3 float64 steps of ``case`` from the seeded random weights
+    on the golden batch: ``steps(backend, fidelity label)`` runs them in this process."""
+    from benchmarks.parity import TRAIN_CASES, backend_train_steps, case_fidelities, training_batch
+
+    phase = TRAIN_CASES[case]
+    fidelities = case_fidelities(phase)
+    tensors = canonical.random_weights("inception_v3", SPEC.feature_dim, 5, 0)
+    images, labels = training_batch("inception_v3", 75)
+
+    def steps(name, label):
+        return backend_train_steps(name, "inception_v3", tensors, images, labels, phase,
+                                   fidelities[label], (1, 3), "float64")
+    return fidelities, steps
+
+
 def test_float64_bn_training_step_agrees_within_1e5_torch_keras_and_names_the_variance(tmp_path):
     """In float64, 3 steps of ``top2-sgd-bn-train-wd`` (BatchNorm training at 1x1 in
     Mixed_7b/7c, weight decay) with every switch aligned: PyTorch and Keras agree within 1e-5
@@ -578,18 +594,9 @@ def test_float64_bn_training_step_agrees_within_1e5_torch_keras_and_names_the_va
     ``run_train_parity`` are the slow test below."""
     for b in ("pytorch", "keras"):
         require_backend(b)
-    from benchmarks.parity import (MOVING, PARAMS, TRAIN_CASES, backend_train_steps,
-                                   case_fidelities, compare_steps, training_batch)
+    from benchmarks.parity import MOVING, PARAMS, compare_steps
 
-    phase = TRAIN_CASES["top2-sgd-bn-train-wd"]
-    fidelities = case_fidelities(phase)
-    tensors = canonical.random_weights("inception_v3", SPEC.feature_dim, 5, 0)
-    images, labels = training_batch("inception_v3", 75)
-
-    def steps(name, label):
-        return backend_train_steps(name, "inception_v3", tensors, images, labels, phase,
-                                   fidelities[label], (1, 3), "float64")
-
+    _, steps = float64_steps("top2-sgd-bn-train-wd")
     torch_run = steps("pytorch", "aligned")
     aligned = compare_steps(torch_run, steps("keras", "aligned"), SPEC)
     assert aligned["max_rel"] <= 1e-5, aligned["max_rel"]
@@ -604,23 +611,14 @@ def test_float64_adam_step_agrees_within_1e5_torch_keras_once_the_adam_switch_is
     """In float64, 3 Adam steps of ``all-adam-bn-inference`` (every layer, BatchNorm on moving
     statistics) with every switch aligned: PyTorch and Keras agree within 1e-5 relative in the
     loss and every trained tensor; with ``adam`` alone native (torch's own Adam, Keras' betas
-    through float32) they differ by more than 1e-3 (the committed float64 report, made before
-    the switch: 1.6e-2 in the head)."""
+    through float32) they differ by more than 1e-3 (the committed float64 report: 1.6e-2 in the
+    head)."""
     for b in ("pytorch", "keras"):
         require_backend(b)
-    from benchmarks.parity import (TRAIN_CASES, backend_train_steps, case_fidelities, compare_steps,
-                                   training_batch)
+    from benchmarks.parity import compare_steps
 
-    phase = TRAIN_CASES["all-adam-bn-inference"]
-    fidelities = case_fidelities(phase)
+    fidelities, steps = float64_steps("all-adam-bn-inference")
     assert list(fidelities) == ["native", "aligned", "adam native"]
-    tensors = canonical.random_weights("inception_v3", SPEC.feature_dim, 5, 0)
-    images, labels = training_batch("inception_v3", 75)
-
-    def steps(name, label):
-        return backend_train_steps(name, "inception_v3", tensors, images, labels, phase,
-                                   fidelities[label], (1, 3), "float64")
-
     keras_run = steps("keras", "aligned")
     aligned = compare_steps(steps("pytorch", "aligned"), keras_run, SPEC)
     assert aligned["max_rel"] <= 1e-5, aligned["max_rel"]
@@ -639,15 +637,10 @@ def test_float64_momentum_bn_training_step_agrees_within_1e5_keras_slim():
     ``test_float64_momentum_step_is_the_float64_formula_and_parity_gives_it_float64_numbers``)."""
     for b in ("keras", "slim"):
         require_backend(b)
-    from benchmarks.parity import (TRAIN_CASES, backend_train_steps, case_fidelities,
-                                   compare_steps, training_batch)
+    from benchmarks.parity import compare_steps
 
-    phase = TRAIN_CASES["all-momentum-bn-train"]
-    tensors = canonical.random_weights("inception_v3", SPEC.feature_dim, 5, 0)
-    images, labels = training_batch("inception_v3", 75)
-    runs = [backend_train_steps(name, "inception_v3", tensors, images, labels, phase,
-                                case_fidelities(phase)["aligned"], (1, 3), "float64")
-            for name in ("keras", "slim")]
+    _, steps = float64_steps("all-momentum-bn-train")
+    runs = [steps(name, "aligned") for name in ("keras", "slim")]
     compared = compare_steps(*runs, SPEC)
     assert compared["max_rel"] <= 1e-5 and max(compared["loss_rel"]) <= 1e-5, compared["max_rel"]
     assert compared["steps"]["3"]["stem"]["trained"]["scale"] > 0.5  # the stem's kernels compared

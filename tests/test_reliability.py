@@ -131,8 +131,10 @@ def test_a_claimed_out_refuses_a_second_bench_run_naming_the_holder_pid(fake, ti
 def test_killing_the_bench_run_parent_kills_its_worker_and_resume_adds_its_time(fake, tiny_quads,
                                                                                   tmp_path, capsys):
     out = tmp_path / "out"
-    run_dir = out / "fake-head-s0"
-    parent = spawn_bench(*fake_run(tiny_quads, out, "--epochs", "3"), FAKE_BACKEND_CRASH="sleep")
+    run_dir = out / "fake-two_phase-s0"
+    # two phases of 2 epochs: phase 1's end writes the checkpoints and state.json
+    parent = spawn_bench(*fake_run(tiny_quads, out, "--recipe", "two_phase", "--epochs", "2"),
+                         FAKE_BACKEND_CRASH="sleep")
     try:
         # the worker holds its run directory's claim and records its PID there
         worker = wait_for(lambda: (holder_pid(run_dir) or 0) not in (0, parent.pid)
@@ -143,7 +145,7 @@ def test_killing_the_bench_run_parent_kills_its_worker_and_resume_adds_its_time(
         one_line_error(capsys, code, f"is in use by another bench run (PID {parent.pid})")
         code = bench(*fake_run(tiny_quads, out))
         one_line_error(capsys, code, f"--out '{out}' is in use by another bench run (PID {parent.pid})")
-        wait_for(lambda: (run_dir / "state.json").is_file(), "the first epoch's checkpoint")
+        wait_for(lambda: (run_dir / "state.json").is_file(), "the first phase's checkpoints")
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait()
         wait_for(lambda: not alive(worker), "the worker to die with its parent", 10)
@@ -154,9 +156,9 @@ def test_killing_the_bench_run_parent_kills_its_worker_and_resume_adds_its_time(
     claim_directory(run_dir, wait=runner.RUN_CLAIM_WAIT_SECONDS).release()
     assert bench("run", "--resume", out, "--no-report") == 0
     result = json.loads((run_dir / "result.json").read_text())
-    assert result["status"] == "ok" and len(result["curves"]) == 3
+    assert result["status"] == "ok" and len(result["curves"]) == 4
     first, second = result["times"]["attempt_seconds"]
-    assert first >= 2.0  # the killed attempt slept 2 s in its one finished epoch
+    assert first >= 4.0  # the killed attempt slept 2 s in each of its two saved epochs
     assert result["times"]["total_seconds"] == pytest.approx(first + second)
     assert "earlier attempt(s)" in capsys.readouterr().out
 
