@@ -17,7 +17,25 @@ import torch
 from common.config import Fidelity, Phase
 
 
-class RMSpropEpsilonInside(torch.optim.Optimizer):
+class _PerParameterStep(torch.optim.Optimizer):
+    """``step`` as ``torch.optim`` writes it (the closure, no gradient tracking), calling the
+    subclass's ``update(p, group, state)`` for every parameter of every group that has a
+    gradient."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self.update(p, group, self.state[p])
+        return loss
+
+
+class RMSpropEpsilonInside(_PerParameterStep):
     """RMSprop with epsilon inside the square root, ``g / sqrt(square_avg + eps)``, as Keras 3
     and TensorFlow's ``RMSPropOptimizer`` (slim) compute it; ``torch.optim.RMSprop`` divides by
     ``sqrt(square_avg) + eps``. The slot starts at 0 and the momentum buffer, the weight decay
@@ -29,32 +47,21 @@ class RMSpropEpsilonInside(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "alpha": alpha, "eps": eps, "momentum": momentum,
                                   "weight_decay": weight_decay})
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            alpha, eps, m, wd = group["alpha"], group["eps"], group["momentum"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad.add(p, alpha=wd) if wd else p.grad
-                state = self.state[p]
-                if not state:
-                    state["square_avg"] = torch.zeros_like(p)
-                    if m:
-                        state["momentum_buffer"] = torch.zeros_like(p)
-                square_avg = state["square_avg"].mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
-                update = grad / (square_avg + eps).sqrt()
-                if m:
-                    update = state["momentum_buffer"].mul_(m).add_(update)
-                p.add_(update, alpha=-group["lr"])
-        return loss
+    def update(self, p: torch.Tensor, group: dict, state: dict) -> None:
+        alpha, eps, m, wd = group["alpha"], group["eps"], group["momentum"], group["weight_decay"]
+        grad = p.grad.add(p, alpha=wd) if wd else p.grad
+        if not state:
+            state["square_avg"] = torch.zeros_like(p)
+            if m:
+                state["momentum_buffer"] = torch.zeros_like(p)
+        square_avg = state["square_avg"].mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+        update = grad / (square_avg + eps).sqrt()
+        if m:
+            update = state["momentum_buffer"].mul_(m).add_(update)
+        p.add_(update, alpha=-group["lr"])
 
 
-class AdamEpsilonHat(torch.optim.Optimizer):
+class AdamEpsilonHat(_PerParameterStep):
     """Adam as Keras 3 and TensorFlow's ``AdamOptimizer`` (slim) compute it: the bias
     correction folded into the step size, ``lr_t = lr * sqrt(1 - b2^t) / (1 - b1^t)``,
     ``w -= lr_t * m / (sqrt(v) + eps)`` ("epsilon hat", Kingma and Ba's section 2 form);
@@ -69,32 +76,21 @@ class AdamEpsilonHat(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps,
                                   "weight_decay": weight_decay, "decoupled": decoupled})
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad.add(p, alpha=wd) if wd and not group["decoupled"] else p.grad
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                t = state["step"]
-                if wd and group["decoupled"]:
-                    p.mul_(1 - lr * wd)  # AdamW: decay with this group's lr, then the Adam step
-                m = state["exp_avg"].lerp_(grad, 1 - b1)  # m += (g - m) * (1 - b1), as Keras
-                v = state["exp_avg_sq"].lerp_(grad * grad, 1 - b2)
-                lr_t = lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
-                p.sub_(m * lr_t / (v.sqrt() + eps))
-        return loss
+    def update(self, p: torch.Tensor, group: dict, state: dict) -> None:
+        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        grad = p.grad.add(p, alpha=wd) if wd and not group["decoupled"] else p.grad
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        state["step"] += 1
+        t = state["step"]
+        if wd and group["decoupled"]:
+            p.mul_(1 - lr * wd)  # AdamW: decay with this group's lr, then the Adam step
+        m = state["exp_avg"].lerp_(grad, 1 - b1)  # m += (g - m) * (1 - b1), as Keras
+        v = state["exp_avg_sq"].lerp_(grad * grad, 1 - b2)
+        lr_t = lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        p.sub_(m * lr_t / (v.sqrt() + eps))
 
 
 def aligned_optimizer(phase: Phase, groups: list[dict],
