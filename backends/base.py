@@ -579,6 +579,14 @@ class Backend(abc.ABC):
     #: the framework's checkpoint file suffix (".pt", ".weights.h5", ".ckpt")
     checkpoint_suffix: ClassVar[str]
 
+    def __init_subclass__(cls, **kwargs):
+        """A backend that holds state (``_hold``) writes it too (``_save_held``): checked when
+        the class is defined, so ``save(path, held)`` always has its writer."""
+        super().__init_subclass__(**kwargs)
+        if cls._hold is not Backend._hold and not callable(getattr(cls, "_save_held", None)):
+            raise TypeError(f"{cls.__name__} defines _hold but not _save_held(held, path), "
+                            f"which writes what _hold returned")
+
     def __init__(self, config: RunConfig, run_dir: Path):
         self.config = config
         self.run_dir = Path(run_dir)
@@ -994,12 +1002,9 @@ class Backend(abc.ABC):
     def _restore(self, path: Path) -> None: ...
 
     def _hold(self) -> object | None:
-        """Optional: an in-memory copy of the model and optimizer state (see ``hold``)."""
+        """Optional, with ``_save_held(held, path)`` (``__init_subclass__`` checks the pair):
+        an in-memory copy of the model and optimizer state (see ``hold``)."""
         return None
-
-    def _save_held(self, held: object, path: Path) -> Path:
-        """Write ``held`` as ``_save`` writes the current state; needed where ``_hold`` is."""
-        raise NotImplementedError(f"{type(self).__name__} holds state but cannot save it")
 
     @abc.abstractmethod
     def _trainable_names(self) -> list[str]: ...

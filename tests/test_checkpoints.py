@@ -88,6 +88,17 @@ def test_checkpoints_are_written_when_validation_improves_and_at_each_phase_end(
     assert not [s for s in one["times"]["spans"] if s["name"] == "restore"]
 
 
+def test_a_backend_that_holds_state_must_write_it():
+    """``_hold`` without ``_save_held`` is refused when the class is defined, not when a
+    phase ends and the held state has nowhere to go."""
+    from backends.base import Backend
+
+    with pytest.raises(TypeError, match="defines _hold but not _save_held"):
+        class Holder(Backend):  # noqa: F841 (defining it is the test)
+            def _hold(self):
+                return {}
+
+
 @pytest.mark.parametrize("learning_rate, dies_in, resumes_from, best, holds", [
     # epoch 4's better state was held in memory: lost with the process, found again
     (0.01, 6, ("last", 3), 2, "state"),
