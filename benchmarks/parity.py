@@ -21,6 +21,7 @@ reproduced and compared (``benchmarks/results/parity/``).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import importlib
 import importlib.metadata
@@ -493,6 +494,44 @@ def train_parity_passes(report: dict) -> bool:
     return all(all(pairs.values()) for pairs in report[key].values())
 
 
+def compare_label(case: str, label: str, arrived: dict, names: list[str], spec) -> dict:
+    """What the report keeps of one (case, fidelity)'s runs, every backend's in
+    ``arrived[(case, label)]``: their losses, each pair's ``compare_steps`` and what a backend
+    did not compare; for ``FLOOR``, each backend's ``fp32_floor`` against its aligned run
+    (which the caller keeps in ``arrived`` until then, and which this drops)."""
+    runs = arrived[(case, label)]
+    if label == FLOOR:
+        return {"fp32_floor": fp32_floor({"aligned": arrived.pop((case, "aligned")), FLOOR: runs},
+                                         spec)}
+    return {"loss": {n: r["loss"] for n, r in runs.items()},
+            "pairs": {f"{a}-{b}": compare_steps(runs[a], runs[b], spec)
+                      for a, b in itertools.combinations(names, 2)},
+            "not_compared": {n: r["not_compared"] for n, r in runs.items() if r.get("not_compared")}}
+
+
+def case_report(case: str, by_label: dict, names: list[str]) -> dict:
+    """One case of the report from its ``compare_label`` results (label -> kept)."""
+    floor = by_label.pop(FLOOR, {}).get("fp32_floor", {})
+    # no switch concerns the case: its aligned runs are its native ones
+    by_label = {"native": by_label["native"], "aligned": by_label.get("aligned", by_label["native"]),
+                **by_label}
+    compared = {label: kept["pairs"] for label, kept in by_label.items()}
+    phase = TRAIN_CASES[case]
+    return {
+        "phase": dataclasses.asdict(phase),
+        "switches": list(case_switches(phase)),
+        "aligned_is_native": not case_switches(phase),
+        "loss": {label: kept["loss"] for label, kept in by_label.items()},
+        "fidelity": compared,
+        "explained_by": explain(compared),
+        # each backend against itself on the batch moved by one ulp (every switch aligned)
+        "fp32_floor": floor,
+        "pair_floor": pair_floors(floor, names),
+        # backend -> {kind: why}: left out of every pair with that backend
+        "not_compared": by_label["aligned"]["not_compared"],
+    }
+
+
 def run_train_parity(model: str, image_size: int, out_dir: Path, *,
                      backends: list[str] | None = None, cases: list[str] | None = None,
                      seed: int = 0, steps=TRAIN_STEPS, command: str | None = None,
@@ -516,7 +555,6 @@ def run_train_parity(model: str, image_size: int, out_dir: Path, *,
     t0 = time.perf_counter()
     tensors = canonical.random_weights(model, spec.feature_dim, len(GOLDEN_SPEC.classes), seed)
     images, labels = training_batch(model, image_size)
-    results: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-train-parity-") as tmp:
         tmp = Path(tmp)
         npz = tmp / "weights.npz"
@@ -551,34 +589,28 @@ def run_train_parity(model: str, image_size: int, out_dir: Path, *,
                  f"{', '.join(names)}"
                  + ("" if in_process else ", one child process each") + " ...")
         workers = 1 if in_process else max(1, min(len(names), os.cpu_count() or 1))
+        # each (case, fidelity)'s runs are compared as soon as its last backend's arrives, then
+        # dropped (a case's aligned runs wait for its floor runs): the parent holds a few runs'
+        # tensors, not every run's (about 10 GB for float64's every case at 75 px)
+        arrived: dict = {}
+        compared: dict = {case: {} for case in cases}
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            done = list(pool.map(lambda j: one(j[3], j[0], j[1], j[2]), jobs))
-        for (case, label, _, name), value in zip(jobs, done):
-            results.setdefault(case, {}).setdefault(label, {})[name] = value
-    report_cases = {}
-    for case, by_label in results.items():
-        by_label = {"native": by_label["native"], "aligned": by_label.get("aligned", by_label["native"]),
-                    **by_label}
-        floor = fp32_floor(by_label, spec)
-        by_label.pop(FLOOR, None)
-        compared = {label: {f"{a}-{b}": compare_steps(runs[a], runs[b], spec)
-                            for a, b in itertools.combinations(names, 2)}
-                    for label, runs in by_label.items()}
-        report_cases[case] = {
-            "phase": dataclasses.asdict(TRAIN_CASES[case]),
-            "switches": list(case_switches(TRAIN_CASES[case])),
-            # no switch concerns the case: its aligned runs are its native ones
-            "aligned_is_native": not case_switches(TRAIN_CASES[case]),
-            "loss": {label: {n: r["loss"] for n, r in runs.items()} for label, runs in by_label.items()},
-            "fidelity": compared,
-            "explained_by": explain(compared),
-            # each backend against itself on the batch moved by one ulp (every switch aligned)
-            "fp32_floor": floor,
-            "pair_floor": pair_floors(floor, names),
-            # backend -> {kind: why}: left out of every pair with that backend
-            "not_compared": {n: r["not_compared"] for n, r in by_label["aligned"].items()
-                             if r.get("not_compared")},
-        }
+            # at most ``workers`` runs started ahead of the one compared next
+            queue = iter(jobs)
+            window = collections.deque((j, pool.submit(one, j[3], j[0], j[1], j[2]))
+                                       for j in itertools.islice(queue, workers))
+            while window:
+                (case, label, _, name), future = window.popleft()
+                value = future.result()
+                for j in itertools.islice(queue, 1):
+                    window.append((j, pool.submit(one, j[3], j[0], j[1], j[2])))
+                runs = arrived.setdefault((case, label), {})
+                runs[name] = value
+                if len(runs) == len(names):
+                    compared[case][label] = compare_label(case, label, arrived, names, spec)
+                    if not (label == "aligned" and FLOOR in train_runs(TRAIN_CASES[case], dtype)):
+                        del arrived[(case, label)]
+    report_cases = {case: case_report(case, by_label, names) for case, by_label in compared.items()}
     report = {
         "command": command, "machine": machine(),
         "processes": "this process" if in_process else "one child process per backend and case",

@@ -282,6 +282,44 @@ def test_bench_parity_train_head_case_agrees_in_every_pair_and_names_what_it_com
         report["weights"]["digest"]
 
 
+def test_train_parity_compares_each_fidelity_as_its_runs_arrive_and_holds_few_runs(
+        tmp_path, monkeypatch):
+    """``run_train_parity`` compares a (case, fidelity)'s runs when its last backend's arrives
+    and drops them (a case's aligned runs wait for its floor runs): with a stand-in step
+    function, no more than two fidelities' runs (plus the one in hand) are alive when a run
+    starts, where holding every run until the end kept all 36 here (and about 10 GB for the
+    float64 report of every case at 75 px); the report still pairs every backend."""
+    import gc
+    import weakref
+
+    import benchmarks.parity as parity
+
+    names = ["pytorch", "keras", "slim"]
+    monkeypatch.setattr(parity, "check_parity_request", lambda *a: (names, {}))
+    alive: list = []
+    most = []
+
+    def fake_steps(name, model, tensors, images, labels, phase, fidelity, steps, dtype):
+        gc.collect()
+        most.append(sum(r() is not None for r in alive))
+        value = np.full(4, names.index(name) * 1e-3 + 1.0, np.float32)
+        alive.append(weakref.ref(value))
+        return {"loss": [1.0, 0.9, 0.8], "tensors": {k: {"head/kernel": value} for k in steps}}
+
+    monkeypatch.setattr(parity, "backend_train_steps", fake_steps)
+    cases = ["head-momentum", "top2-sgd-bn-train-wd", "all-adamw-wd-head-x10"]
+    report = parity.run_train_parity("inception_v3", 75, tmp_path, cases=cases, in_process=True)
+    assert len(alive) == 3 * (1 + 5 + 6)  # native only; 4 and 5 fidelities + the floor run
+    assert max(most) <= 2 * len(names) + 1, most
+    for case in cases:
+        assert set(report["cases"][case]["fidelity"]["native"]) == {
+            "pytorch-keras", "pytorch-slim", "keras-slim"}
+    floor = report["cases"]["top2-sgd-bn-train-wd"]["fp32_floor"]
+    assert set(floor) == set(names) and floor["slim"]["max_rel"] == 0.0
+    assert report["cases"]["all-adamw-wd-head-x10"]["fidelity"]["aligned"]["pytorch-slim"][
+        "max_rel"] == pytest.approx(2e-3 / 1.002, rel=1e-3)
+
+
 def test_a_switch_explains_a_difference_that_comes_back_when_it_alone_is_native():
     from benchmarks.parity import case_fidelities, case_switches, explain
     from common.config import Phase
