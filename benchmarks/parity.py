@@ -580,7 +580,9 @@ def run_train_parity(model: str, image_size: int, out_dir: Path, *,
                                            "--weights", npz,
                                            "--batch", tmp / ("batch-ulp.npz" if floor else "batch.npz"),
                                            "--case", spec_file, "--output", out])
-            return load_train_steps(out)
+            result = load_train_steps(out)
+            out.unlink()  # InceptionV3: 175 MB a run; the folder would hold every run's
+            return result
 
         jobs = [(case, label, fidelity, name) for case in cases
                 for label, fidelity in train_runs(TRAIN_CASES[case], dtype).items()
