@@ -80,6 +80,40 @@ def test_floor_ratio_and_where_the_rest_went():
     assert a["floor"] + parts == pytest.approx(a["wall"])
 
 
+def test_a_phases_first_epoch_excess_is_what_its_first_epoch_took_beyond_the_later_ones():
+    """A phase of three epochs whose first training pass took 10 s and the others 2 s, and
+    whose first validation took 3 s and the others 1 s: its first epoch's excess is 8 + 2 s,
+    its ratio without it is printed beside the ratio, and a phase that missed the target only
+    because of it is named as within the target without it; a one-epoch phase has none."""
+    spans = [{"name": "apply_phase", "start": 0.0, "end": 1.0}]
+    t = 1.0
+    for train, val in ((10.0, 3.0), (2.0, 1.0), (2.0, 1.0)):
+        spans += [{"name": "epoch", "start": t, "end": t + train, "images": 100},
+                  {"name": "predict", "start": t + train, "end": t + train + val, "images": 50}]
+        t += train + val
+    assert overhead.first_epoch_excess(spans) == pytest.approx(8.0 + 2.0)
+    assert overhead.first_epoch_excess(spans[:3]) is None  # one epoch: nothing to compare
+    r = synthetic_result("keras", epoch_seconds=2.0, train_ips=30.0, infer_ips=75.0)
+    r["times"]["spans"] = [s for s in r["times"]["spans"] if s["name"] != "epoch"] + [
+        {**s, "start": s["start"] + 1e4, "end": s["end"] + 1e4} for s in spans]
+    r["times"]["windows"] = [{"name": "phase", "start": 1e4, "end": 1e4 + t, "index": 0,
+                              "phase_name": "head", "epochs": 3}]
+    r["times"]["ended"] = 1e4 + t
+    a = overhead.analyse(r)
+    (head,) = a["phases"]
+    assert t == 20.0 and head["floor"] == pytest.approx(300 / 30 + 150 / 75)  # 12 s
+    assert head["ratio"] == pytest.approx(20 / 12)
+    assert head["first_epoch_excess"] == pytest.approx(10.0)
+    assert head["ratio_without_first_excess"] == pytest.approx(10 / 12)
+    summary = overhead.summarise([r])
+    assert summary["missed"] == [("keras-two_phase-s0", "head", pytest.approx(20 / 12))]
+    assert summary["missed_without_first_excess"] == [
+        ("keras-two_phase-s0", "head", pytest.approx(10 / 12))]
+    md = overhead.text(summary)
+    assert "head 20.0 s / 12.0 s = 1.67x (first epoch +10.0 s)" in md
+    assert "without it: keras-two_phase-s0 head 0.83x. Every one within 1.5x without it." in md
+
+
 def test_the_exit_status_says_whether_every_phase_met_the_target(tmp_path, capsys):
     fast = write_sweep(tmp_path / "fast", synthetic_result("pytorch", 12.0),
                        synthetic_result("keras", 10.5))
