@@ -310,6 +310,20 @@ class SlimBackend(Backend):
         with self.graph.as_default():
             return self._saver.save(self.session, tf.compat.v1.global_variables(), path)
 
+    def _hold(self) -> tuple[list[str], list[np.ndarray]]:
+        """What ``save`` writes (every global variable), copied out of the session: a fetched
+        variable's array may share the variable's buffer, which the next step overwrites."""
+        with self.graph.as_default():
+            variables = tf.compat.v1.global_variables()
+        return ([v.op.name for v in variables],
+                [np.array(a, copy=True) for a in self.session.run(variables)])
+
+    def _save_held(self, held: tuple[list[str], list[np.ndarray]], path: Path) -> Path:
+        """``save`` of ``held``: the same checkpoint, written from the arrays; the session and
+        its variables are not touched (``weights.CheckpointSaver.save_arrays``)."""
+        names, arrays = held
+        return self._saver.save_arrays(names, arrays, path)
+
     def _restore(self, path: Path) -> None:
         with self.graph.as_default():
             self._saver.restore(self.session, tf.compat.v1.global_variables(),

@@ -154,6 +154,23 @@ class CheckpointSaver:
         self._saver(variables).save(session, prefix, write_meta_graph=False)
         return Path(prefix)
 
+    def save_arrays(self, names: list[str], arrays: list[np.ndarray], path) -> Path:
+        """``save`` of values held in memory (``names``: the variables' op names): the same
+        V2 checkpoint, written by ``SaveV2`` in a graph and session of its own, and the
+        folder's ``checkpoint`` file naming it as ``save`` does (a relative path)."""
+        prefix = checkpoint_prefix(path)
+        Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+        names, arrays = zip(*sorted(zip(names, arrays), key=lambda pair: pair[0]))  # as Saver
+        graph = tf.Graph()
+        with graph.as_default():
+            feeds = [tf.compat.v1.placeholder(tf.as_dtype(a.dtype), a.shape) for a in arrays]
+            write = tf.raw_ops.SaveV2(prefix=prefix, tensor_names=list(names),
+                                      shape_and_slices=[""] * len(feeds), tensors=feeds)
+        with tf.compat.v1.Session(graph=graph) as session:
+            session.run(write, dict(zip(feeds, arrays)))
+        tf.compat.v1.train.update_checkpoint_state(str(Path(prefix).parent), Path(prefix).name)
+        return Path(prefix)
+
     def restore(self, session, variables, required, path) -> None:
         """Restore every variable the checkpoint holds; all of ``required`` must be there.
 
