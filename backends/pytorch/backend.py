@@ -219,36 +219,33 @@ class PyTorchBackend(Backend):
             return []
         return [type(self.optimizer).__name__, self.trainable_names()]
 
+    def _state(self) -> dict:
+        """What a checkpoint holds of the training state: the model's and the optimizer's
+        state dicts (live: ``_hold`` copies them)."""
+        return {"model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None}
+
     def _save(self, path: Path) -> Path:
-        return self._save_held(None, path)
+        return self._save_held(self._state(), path)
 
     def _hold(self) -> dict:
-        """Copies of the model's and the optimizer's state dicts, in host memory (a copy on
-        the accelerator would double the model's device memory)."""
-        optimizer = self.optimizer.state_dict() if self.optimizer is not None else None
-        return {"model": _host_copy(self.model.state_dict()), "optimizer": _host_copy(optimizer)}
+        """``_state`` copied to host memory (a copy on the accelerator would double the
+        model's device memory)."""
+        return _host_copy(self._state())
 
-    def _save_held(self, held: dict | None, path: Path) -> Path:
+    def _save_held(self, held: dict, path: Path) -> Path:
         file = weights_lib.checkpoint_file(path, self.checkpoint_suffix)
         if self.rank == 0:
-            self._save_checkpoint(file, held)
+            weights_lib.save_checkpoint(file, {
+                **held,
+                "optimizer_signature": self._optimizer_signature(),
+                "classes": list(self.split.classes) if self.split is not None else [],
+                "num_classes": self.num_classes,
+                "model_name": self.spec.name,
+            })
         if self.world > 1:
             parallel_lib.barrier()  # no rank reads it before rank 0 has written it
         return file
-
-    def _save_checkpoint(self, file: Path, held: dict | None = None) -> None:
-        if held is None:
-            held = {"model": self.model.state_dict(),
-                    "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None}
-        payload = {
-            "model": held["model"],
-            "optimizer": held["optimizer"],
-            "optimizer_signature": self._optimizer_signature(),
-            "classes": list(self.split.classes) if self.split is not None else [],
-            "num_classes": self.num_classes,
-            "model_name": self.spec.name,
-        }
-        weights_lib.save_checkpoint(file, payload)
 
     def _restore(self, path: Path) -> None:
         net = self.model
