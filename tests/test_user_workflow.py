@@ -149,13 +149,49 @@ def test_workers_is_the_tf_data_map_parallelism(tiny_quads):
 
     split, norm = split_dataset(load_dataset(tiny_quads), 0), get_normalisation("inception")
 
-    def parallel_calls(dataset) -> int:  # prefetch <- batch <- map(num_parallel_calls)
-        return int(tf.get_static_value(dataset._input_dataset._input_dataset._num_parallel_calls))
+    def parallel_calls(dataset) -> int:  # options <- prefetch <- batch <- map(num_parallel_calls)
+        while not hasattr(dataset, "_num_parallel_calls"):
+            dataset = dataset._input_dataset
+        return int(tf.get_static_value(dataset._num_parallel_calls))
 
     assert parallel_calls(KerasData(split, 32, norm, 4, 0, num_workers=3).eval("test")) == 3
     assert parallel_calls(KerasData(split, 32, norm, 4, 0).eval("test")) == tf.data.AUTOTUNE
     with tf.Graph().as_default():
         assert parallel_calls(make_dataset(split.test, 32, norm, 4, num_workers=3)) == 3
+
+
+def test_tf_data_pipelines_run_with_the_autotuner_off(tiny_quads):
+    """Every dataset Keras (on TensorFlow) and slim read has tf.data's autotuner off
+    (backends/tf_data.py: with it on, releasing an exhausted iterator can wait 0.45 s,
+    ``python -m benchmarks.bench_tfdata_iterator_end``), and the same pixels."""
+    require_backend("keras")
+    require_backend("slim")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import numpy as np
+    import tensorflow as tf
+
+    from backends.keras.data import KerasData
+    from backends.slim.data import make_dataset
+    from common.data import load_dataset, split_dataset
+    from common.preprocess import get_normalisation
+
+    split, norm = split_dataset(load_dataset(tiny_quads), 0), get_normalisation("inception")
+    keras_data = [KerasData(split, 32, norm, 4, 0, common_sampler=aligned) for aligned in (False, True)]
+    datasets = [d.train([1, 2], augment=True) for d in keras_data] + [keras_data[0].eval("val")]
+    assert all(ds.options().autotune.enabled is False for ds in datasets)
+    # the pixels do not depend on it: the autotuner turned back on reads the same batches
+    on = tf.data.Options()
+    on.autotune.enabled = True
+    for ds in datasets:
+        for (x, y), (x_on, y_on) in zip(ds, ds.with_options(on)):
+            np.testing.assert_array_equal(x.numpy(), x_on.numpy())
+            np.testing.assert_array_equal(y.numpy(), y_on.numpy())
+    with tf.Graph().as_default():
+        epoch_seed, epoch = tf.constant(3, tf.int64), tf.constant(1, tf.int64)
+        slim = [make_dataset(split.train, 32, norm, 4, augment=True, shuffle=True,
+                             epoch_seed=epoch_seed, epoch=epoch, common_sampler_seed=seed)
+                for seed in (None, 0)] + [make_dataset(split.val, 32, norm, 4)]
+        assert all(ds.options().autotune.enabled is False for ds in slim)
 
 
 # ------------------------------------------------------------------ ImageNet by default

@@ -12,8 +12,9 @@ decoder (``common.preprocess.Preset``: ``eval_image`` finishes an evaluation
 image in ``common``, the same array in every backend; ``train_source`` is what a
 training crop is taken from) -> when augmenting, the preset's training
 augmentation as ``tf.image`` stateless ops seeded by (epoch seed, element
-index) -> ``common.preprocess`` normalisation -> batch -> prefetch. Images are
-NHWC float32.
+index) -> ``common.preprocess`` normalisation -> batch -> prefetch, with tf.data's autotuner
+off (``backends.tf_data``: with it on, each re-initialisation could wait 0.45 s). Images
+are NHWC float32.
 
 ``inception`` is slim's ``inception_preprocessing.preprocess_for_train`` (tf_slim
 1.1 ships the nets but not ``preprocessing/``, which lives in tensorflow/models
@@ -40,6 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from backends import tf_image
+from backends.tf_data import without_autotuner
 from common.data import Sample, drops_last_batch
 from common.preprocess import Normalisation, Preset, get_preset
 from common.sampler import sample_order, train_example
@@ -108,7 +110,7 @@ def make_dataset(samples: list[Sample], image_size: int, norm: Normalisation, ba
     # --workers: num_parallel_calls (0: AUTOTUNE)
     ds = ds.map(load, num_parallel_calls=num_workers or tf.data.AUTOTUNE, deterministic=True)
     drop = shuffle and drops_last_batch(len(samples), batch_size)
-    return ds.batch(batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE)
+    return without_autotuner(ds.batch(batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE))
 
 
 def _common_sampler_dataset(paths: tf.Tensor, labels: tf.Tensor, image_size: int,
@@ -136,7 +138,7 @@ def _common_sampler_dataset(paths: tf.Tensor, labels: tf.Tensor, image_size: int
 
     ds = ds.map(load, num_parallel_calls=num_workers or tf.data.AUTOTUNE, deterministic=True)
     drop = drops_last_batch(n, batch_size)
-    return ds.batch(batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE)
+    return without_autotuner(ds.batch(batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE))
 
 
 @dataclass
