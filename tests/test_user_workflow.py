@@ -194,6 +194,21 @@ def test_tf_data_pipelines_run_with_the_autotuner_off(tiny_quads):
             np.testing.assert_array_equal(y.numpy(), y_on.numpy())
 
 
+def test_the_iterator_release_benchmark_times_both_settings(capsys):
+    """``python -m benchmarks.bench_tfdata_iterator_end`` (docs/measurements.md, "Releasing
+    a tf.data iterator"), tiny: a row per setting and step time, each pass counted."""
+    require_backend("slim")
+    from benchmarks import bench_tfdata_iterator_end as bench
+
+    assert bench.main(["--images", "5", "--batch-size", "2", "--step-seconds", "0,0.01",
+                       "--rounds", "2"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| autotuner")]
+    assert [r.split("|")[1:3] for r in rows] == [
+        [f" autotuner {setting} ", f" {step} s "] for setting in
+        ("on (TensorFlow's default)", "off (the backends')") for step in ("0.00", "0.01")]
+    assert all("of 2 |" in r for r in rows)
+
+
 # ------------------------------------------------------------------ ImageNet by default
 
 def test_offline_imagenet_is_one_line_from_the_parent_before_any_run(tiny_quads, tmp_path, caches):
