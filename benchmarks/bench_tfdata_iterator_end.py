@@ -4,14 +4,15 @@ slim's pipelines use).
 
 The pipeline has the backends' shape: ``map`` of a ``tf.numpy_function`` (a 75 px RGB
 float32 image per element) with ``num_parallel_calls=AUTOTUNE``, ``deterministic=True``,
-``batch``, ``prefetch(AUTOTUNE)``. Each pass builds the dataset (as each Keras ``predict`` does), and a
-consumer reads every batch, sleeping a model step's seconds after each (0.05 s is about
-a 16-image InceptionV3 inference step at 75 px on a 2-core CPU, 0.2 s a training step),
-then drops the iterator, as slim does when it re-initialises its iterator for validation
-and Keras at the end of a ``predict``. The release is timed, and so is the whole pass.
-Whether a release waits depends on where the autotuner's thread is when the pass ends, so
-each step time gets ``--rounds`` passes per setting, the settings alternating; means and
-maxima. docs/measurements.md, "Releasing a tf.data iterator", quotes it.
+``batch``, ``prefetch(AUTOTUNE)``. Each pass builds the dataset (as each Keras
+``predict`` does), and a consumer reads every batch, sleeping a model step's seconds
+after each (0.05 s is about a 16-image InceptionV3 inference step at 75 px on a 2-core
+CPU, 0.2 s a training step), then drops the iterator, as slim does when it
+re-initialises its iterator for validation and Keras at the end of a ``predict``. The
+release is timed, and so is the whole pass. Whether a release waits depends on how long
+the pass took, so each of several step times gets ``--rounds`` passes per setting, the
+settings alternating; means and maxima. docs/measurements.md, "Releasing a tf.data
+iterator", quotes it.
 
     python -m benchmarks.bench_tfdata_iterator_end [--images 50] [--batch-size 16]
         [--step-seconds 0.05,0.1,0.15,0.2,0.25,0.3] [--rounds 12]

@@ -176,7 +176,8 @@ def test_tf_data_pipelines_run_with_the_autotuner_off(tiny_quads):
     from common.preprocess import get_normalisation
 
     split, norm = split_dataset(load_dataset(tiny_quads), 0), get_normalisation("inception")
-    keras_data = [KerasData(split, 32, norm, 4, 0, common_sampler=aligned) for aligned in (False, True)]
+    keras_data = [KerasData(split, 32, norm, 4, 0, common_sampler=aligned)
+                  for aligned in (False, True)]
     datasets = [d.train([1, 2], augment=True) for d in keras_data] + [keras_data[0].eval("val")]
     # slim's, built eagerly here (the backend builds them in its graph): an eager dataset's
     # options are known before it runs

@@ -4,10 +4,10 @@ With ``KERAS_BACKEND=tensorflow`` (the default) this is a ``tf.data`` pipeline:
 file paths and labels -> ``tf.numpy_function(common.data.load_image)`` ->
 ``tf.image`` stateless random crop and flip -> normalisation -> one-hot labels
 -> ``batch`` -> ``prefetch``, with tf.data's autotuner off (``backends.tf_data``:
-with it on, the end of each ``predict`` could wait 0.45 s). With the jax or torch Keras backends, where
-``tf.data`` is not the native choice (and TensorFlow may not be installed), a
-``keras.utils.PyDataset`` does the same operations with numpy (same decoder,
-same order, the same crop/flip distribution but its own draws).
+with it on, the end of each ``predict`` could wait 0.45 s). With the jax or torch Keras
+backends, where ``tf.data`` is not the native choice (and TensorFlow may not be
+installed), a ``keras.utils.PyDataset`` does the same operations with numpy (same
+decoder, same order, the same crop/flip distribution but its own draws).
 
 A phase is one ``model.fit``, and each epoch has its own order and
 augmentation, drawn from ``(seed, epoch)`` so that a resumed run sees the
