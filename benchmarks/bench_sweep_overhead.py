@@ -130,10 +130,9 @@ def first_epoch_excess(spans: list[dict]) -> float | None:
     the first validation, each less the median of the phase's later ones of its kind (the
     one-time cost of a phase's first steps: Keras and slim build the step's graph there,
     Keras traces ``predict``); None for a phase of one epoch."""
-    excess = None
+    excess, ordered = None, sorted(spans, key=lambda s: s["start"])
     for kind in ("epoch", "predict"):
-        durations = [_duration(s) for s in sorted(spans, key=lambda s: s["start"])
-                     if s["name"] == kind]
+        durations = [_duration(s) for s in ordered if s["name"] == kind]
         if len(durations) >= 2:
             excess = (excess or 0.0) + durations[0] - statistics.median(durations[1:])
     return excess
@@ -150,11 +149,11 @@ def summarise(results: list[dict], target: float = TARGET) -> dict:
             total["rest"][label] = total["rest"].get(label, 0.0) + value
     ends = [(r["started_at"], r["started_at"] + r["wall"]) for r in ok if r.get("started_at")]
     total["span"] = max(e for _, e in ends) - min(s for s, _ in ends) if ends else None
-    missed = [(r["name"], p["name"], p["ratio"]) for r in ok for p in r["phases"]
-              if p["ratio"] is not None and p["ratio"] > target]
+    over = [(r["name"], p) for r in ok for p in r["phases"]
+            if p["ratio"] is not None and p["ratio"] > target]
+    missed = [(run, p["name"], p["ratio"]) for run, p in over]
     # the same phases with their first epoch's excess taken out (None: a one-epoch phase)
-    without_first = [(r["name"], p["name"], p["ratio_without_first_excess"]) for r in ok
-                     for p in r["phases"] if p["ratio"] is not None and p["ratio"] > target]
+    without_first = [(run, p["name"], p["ratio_without_first_excess"]) for run, p in over]
     return {"runs": runs, "total": total, "missed": missed, "target": target,
             "missed_without_first_excess": without_first}
 
