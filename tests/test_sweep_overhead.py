@@ -84,7 +84,9 @@ def test_a_phases_first_epoch_excess_is_what_its_first_epoch_took_beyond_the_lat
     """A phase of three epochs whose first training pass took 10 s and the others 2 s, and
     whose first validation took 3 s and the others 1 s: its first epoch's excess is 8 + 2 s,
     its ratio without it is printed beside the ratio, and a phase that missed the target only
-    because of it is named as within the target without it; a one-epoch phase has none."""
+    because of it is named as within the target without it; a one-epoch phase has none. Its
+    one-time build is that excess and its 1 s apply_phase, and its ratio without the build is
+    printed too."""
     spans = [{"name": "apply_phase", "start": 0.0, "end": 1.0}]
     t = 1.0
     for train, val in ((10.0, 3.0), (2.0, 1.0), (2.0, 1.0)):
@@ -109,9 +111,22 @@ def test_a_phases_first_epoch_excess_is_what_its_first_epoch_took_beyond_the_lat
     assert summary["missed"] == [("keras-two_phase-s0", "head", pytest.approx(20 / 12))]
     assert summary["missed_without_first_excess"] == [
         ("keras-two_phase-s0", "head", pytest.approx(10 / 12))]
-    md = overhead.text(summary)
-    assert "head 20.0 s / 12.0 s = 1.67x (first epoch +10.0 s)" in md
+    # without the whole one-time build: the excess and the 1 s apply_phase
+    assert head["apply_phase"] == pytest.approx(1.0)
+    assert head["one_time_build"] == pytest.approx(11.0)
+    assert head["ratio_without_one_time_build"] == pytest.approx(9 / 12)
+    assert summary["missed_without_one_time_build"] == [
+        ("keras-two_phase-s0", "head", pytest.approx(9 / 12))]
+    md = " ".join(overhead.text(summary).split())
+    assert "head 20.0 s / 12.0 s = 1.67x (first epoch +10.0 s, apply_phase 1.0 s)" in md
     assert "without it: keras-two_phase-s0 head 0.83x. Every one within 1.5x without it." in md
+    assert ("Without their whole one-time build (apply_phase, where slim builds the phase's "
+            "training graph, and the first epoch's excess): keras-two_phase-s0 head 0.75x. "
+            "Every one within 1.5x without it.") in md
+    # a phase above the target even without its build is named as such
+    md = " ".join(overhead.text(overhead.summarise([r], target=0.7)).split())
+    assert ("first epoch's excess): keras-two_phase-s0 head 0.75x. Still above 0.7x without it "
+            "(or one epoch long): keras-two_phase-s0 head.") in md
 
 
 def test_the_exit_status_says_whether_every_phase_met_the_target(tmp_path, capsys):
