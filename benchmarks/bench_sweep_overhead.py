@@ -16,7 +16,7 @@ a run's time goes"), and in total:
 * per phase, its first epoch's excess: what its first training pass and first validation
   took beyond the median of its later ones (``first_epoch_excess``), and its ratio without
   it: the one-time cost of a phase's first steps (Keras traces and builds the step's graph
-  there), which no number of epochs amortises in a short phase; and its ratio without its
+  there, slim first runs the graph its ``apply_phase`` built), which no number of epochs amortises in a short phase; and its ratio without its
   whole one-time build, that excess plus its ``apply_phase`` (where slim builds the phase's
   training graph): what the phase costs per epoch, for a target that counts the build apart.
 
@@ -136,8 +136,9 @@ def analyse(result: dict) -> dict:
 def first_epoch_excess(spans: list[dict]) -> float | None:
     """What a phase's first epoch took beyond its later ones: the first training pass and
     the first validation, each less the median of the phase's later ones of its kind (the
-    one-time cost of a phase's first steps: Keras and slim build the step's graph there,
-    Keras traces ``predict``); None for a phase of one epoch."""
+    one-time cost of a phase's first steps: Keras traces and builds the step's graph there
+    and traces ``predict``, slim runs the graph its ``apply_phase`` built for the first
+    time); None for a phase of one epoch."""
     excess, ordered = None, sorted(spans, key=lambda s: s["start"])
     for kind in ("epoch", "predict"):
         durations = [_duration(s) for s in ordered if s["name"] == kind]
@@ -226,13 +227,9 @@ def text(summary: dict, sweep_wall: float | None = None, verdict: dict | None = 
     rest = [[label, f"{value:.1f}", *(f"{r['rest'].get(label, 0.0):.1f}" for r in ok)]
             for label, value in t["rest"].items()]
     missed = [f"{run} {phase} {ratio:.2f}x" for run, phase, ratio in summary["missed"]]
-    without = summary.get("missed_without_first_excess") or []
-    without_first = [f"{run} {phase} {_ratio(ratio)}" for run, phase, ratio in without]
-    still = [f"{run} {phase}" for run, phase, ratio in without if ratio is None or ratio > summary["target"]]
-    built = summary.get("missed_without_one_time_build") or []
-    without_build = [f"{run} {phase} {_ratio(ratio)}" for run, phase, ratio in built]
-    still_built = [f"{run} {phase}" for run, phase, ratio in built
-                   if ratio is None or ratio > summary["target"]]
+    without_first, still = _without(summary.get("missed_without_first_excess"), summary["target"])
+    without_build, still_built = _without(summary.get("missed_without_one_time_build"),
+                                          summary["target"])
     return render("sweep_overhead.j2", "markdown", runs=runs, rest=rest,
                   rest_head=["", "all runs", *(r["name"] for r in ok)], missed=missed,
                   without_first=without_first, still=still, without_build=without_build,
@@ -241,6 +238,14 @@ def text(summary: dict, sweep_wall: float | None = None, verdict: dict | None = 
                   sweep_wall=sweep_wall and _secs(sweep_wall), verdict=verdict and {
                       **verdict, "measured": _minutes(verdict["measured"]),
                       "target": _minutes(verdict["target"])})
+
+
+def _without(phases: list | None, target: float) -> tuple[list[str], list[str]]:
+    """The missed phases with a cost taken out, ``(run, phase, ratio)`` each: every one with its
+    ratio, and those still above ``target`` (or with no ratio: one epoch long)."""
+    phases = phases or []
+    return ([f"{run} {phase} {_ratio(ratio)}" for run, phase, ratio in phases],
+            [f"{run} {phase}" for run, phase, ratio in phases if ratio is None or ratio > target])
 
 
 def _one_time(phase: dict) -> str:
